@@ -1,0 +1,34 @@
+"""Schedule templates (design spaces) for the sparse convolution, one rule class per strategy.
+
+Imported by the library as `tvm_sparseconv.schedules` (pyproject maps this folder there).
+`default_rule(target)` is the untuned fallback; `rules_for(target)` lists every strategy to tune.
+"""
+
+from __future__ import annotations
+
+from tvm.target import Target
+
+from .common import SparseConvRule
+from .cpu import CPUDirectTile
+
+RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(),)
+
+
+def rules_for(target: Target) -> list[SparseConvRule]:
+    """Every rule written for `target`'s kind, in order of preference."""
+    return [r for r in RULES if r.target_kind == target.kind.name]
+
+
+def default_rule(target: Target) -> SparseConvRule:
+    """The rule whose untuned (`tunable=False`) schedule is used when no tuning record exists."""
+    rules = rules_for(target)
+    if not rules:
+        raise ValueError(f"no schedule template for target kind {target.kind.name!r}")
+    return rules[0]
+
+
+def rule_by_name(name: str) -> SparseConvRule:
+    for r in RULES:
+        if r.name == name:
+            return r
+    raise KeyError(f"no schedule rule named {name!r}; known: {[r.name for r in RULES]}")

@@ -1,0 +1,54 @@
+"""Helpers shared by the schedule rules: finding the blocks of `tvm_sparseconv.compute`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+
+from tvm_sparseconv.compute import CONV, EPILOGUE, X_GATHER
+
+__all__ = ["SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor"]
+
+
+@dataclass
+class SparseConvBlocks:
+    """The blocks of a sparse-conv PrimFunc inside a schedule."""
+
+    x_gather: s_tir.schedule.SBlockRV
+    conv: s_tir.schedule.SBlockRV
+    epilogue: s_tir.schedule.SBlockRV | None
+
+
+def find_blocks(sch: s_tir.Schedule) -> SparseConvBlocks | None:
+    """The three blocks, or None when the function is not a `tvm_sparseconv` compute."""
+    try:
+        xg, conv = sch.get_sblock(X_GATHER), sch.get_sblock(CONV)
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return None
+    try:
+        epi = sch.get_sblock(EPILOGUE)
+    except Exception:  # noqa: BLE001
+        epi = None
+    return SparseConvBlocks(xg, conv, epi)
+
+
+class SparseConvRule(ScheduleRule):
+    """Base of the rules here: `apply(func, target, tunable) -> Schedule | None` as in dlight."""
+
+    #: short name, recorded with tuning results and shown in reports
+    name: str = "base"
+    #: target kind the rule is written for ("llvm" or "cuda")
+    target_kind: str = ""
+
+    def applies_to(self, func: tirx.PrimFunc, target) -> bool:
+        return target.kind.name == self.target_kind and isinstance(func, tirx.PrimFunc)
+
+
+def largest_divisor(n: int, candidates: list[int]) -> int:
+    """The largest of `candidates` that divides `n` (1 if none does)."""
+    for c in sorted(candidates, reverse=True):
+        if n % c == 0:
+            return c
+    return 1

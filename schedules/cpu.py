@@ -1,0 +1,71 @@
+"""CPU (LLVM) design space for the sparse convolution.
+
+Parallel over (image, block of output rows); inside, a register tile of `co_tile` output channels x
+`ow_tile` output columns, vectorised along the columns: for each stored nonzero k, every channel
+of the tile broadcasts its weight and does one vector FMA with `ow_tile` consecutive inputs
+(contiguous for stride 1, thanks to the channel-major gather layout of `compute.py`).
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from .common import SparseConvRule, find_blocks, largest_divisor
+
+
+class CPUDirectTile(SparseConvRule):
+    """Register-tiled direct sparse convolution for LLVM targets."""
+
+    name = "cpu-direct-tile"
+    target_kind = "llvm"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not self.applies_to(func, target):
+            return None
+        sch = s_tir.Schedule(func)
+        blocks = find_blocks(sch)
+        if blocks is None:
+            return None
+        b, oh, ow, co, k = sch.get_loops(blocks.conv)
+        n_oh = sch.get(oh).extent.value
+        n_ow = sch.get(ow).extent.value
+        n_co = sch.get(co).extent.value
+
+        if tunable:
+            ow_tile = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=64)
+            co_tile = sch.sample_perfect_tile(co, n=2, max_innermost_factor=8)
+            oh_tile = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=8)
+            unroll = sch.sample_categorical([0, 4, 16], [0.34, 0.33, 0.33])
+        else:
+            ow_in = largest_divisor(n_ow, [32, 16, 8, 4, 2])
+            co_in = largest_divisor(n_co, [4, 2])
+            ow_tile, co_tile, oh_tile = [None, ow_in], [None, co_in], [None, 1 if n_oh > 1 else 1]
+            unroll = 4
+        ow_o, ow_i = sch.split(ow, factors=ow_tile)
+        co_o, co_i = sch.split(co, factors=co_tile)
+        oh_o, oh_i = sch.split(oh, factors=oh_tile)
+        sch.reorder(b, oh_o, oh_i, ow_o, co_o, k, co_i, ow_i)
+
+        # Accumulate the (co_tile x ow_tile) tile in a local buffer that LLVM keeps in registers.
+        acc = sch.cache_write(blocks.conv, 0, "local")
+        sch.reverse_compute_at(acc, co_o, preserve_unit_loops=True)
+        # Columns innermost in the accumulator, so its vectors are contiguous (registers, no shuffles).
+        sch.transform_layout(blocks.conv, ("write", 0), lambda b_, h, w, c: (b_, h, c, w))
+        if blocks.epilogue is not None:
+            sch.reverse_compute_inline(blocks.epilogue)
+        sch.unroll(co_i)
+        sch.vectorize(ow_i)
+        sch.annotate(k, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(k, "pragma_unroll_explicit", 1)
+        wb = sch.get_loops(acc)[-2:]  # write-back of the tile: vectorise along channels
+        sch.reorder(wb[1], wb[0])
+        sch.vectorize(sch.get_loops(acc)[-1])
+
+        sch.parallel(sch.fuse(b, oh_o))
+        # Last: parallel/vectorize need the reduction block with its init still attached.
+        sch.decompose_reduction(blocks.conv, k)
+        # The gather/pad stage: a cheap pass over the input, parallel over its rows.
+        xb, xf = sch.get_loops(blocks.x_gather)
+        sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
+        return sch

@@ -1,0 +1,27 @@
+"""tvm_sparseconv: conv2d with pruned (sparse) kernels, compiled and tuned with Apache TVM.
+
+    kernel = tvm_sparseconv.SparseKernel.from_dense(w)          # HWIO, converted once
+    conv = tvm_sparseconv.compile(kernel, x.shape, padding="SAME")
+    y = conv(x)                                                 # tf.Tensor in, tf.Tensor out
+
+Layout: `compute.py` (the TE math), `schedules/` (templates, `tvm_sparseconv.schedules`),
+`build.py` (schedule choice, compile, disk cache), `op.py` (the callable), `interop.py` (DLPack).
+"""
+
+from .build import UntunedWarning
+from .interop import InputCopyWarning
+from .kernel import SparseKernel, SparseKernelFormatError
+from .op import SparseConv2D, compile, conv2d
+from .workload import ConvWorkload
+
+__all__ = [
+    "ConvWorkload",
+    "InputCopyWarning",
+    "SparseConv2D",
+    "SparseKernel",
+    "SparseKernelFormatError",
+    "UntunedWarning",
+    "compile",
+    "conv2d",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""The user-facing op: `compile(kernel, input_shape, ...)` -> a callable on framework tensors.
+
+Compiled ops are cached in memory (per kernel object and arguments) and their machine code on disk
+(see `build.py`). A compiled op holds its weights on the device and only allocates its output per
+call, so it may be called from several threads at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+import tvm
+
+from . import interop
+from .build import BuildResult, build
+from .compute import pack_offsets
+from .kernel import SparseKernel
+from .targets import TargetLike, device_for, resolve_target
+from .workload import ConvWorkload, Padding
+
+
+class SparseConv2D:
+    """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
+
+    def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None):
+        self.kernel = kernel
+        self.workload = workload
+        self.target = target
+        self.device = device_for(target)
+        self._build: BuildResult = build(workload, target)
+        offsets = pack_offsets(workload, kernel.kh, kernel.kw, kernel.ci)
+        self._weights = [
+            tvm.runtime.tensor(kernel.values, self.device),
+            tvm.runtime.tensor(offsets, self.device),
+        ]
+        if bias is not None:
+            self._weights.append(tvm.runtime.tensor(bias, self.device))
+
+    # --- information ---------------------------------------------------------------------------
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return self.workload.input_shape
+
+    @property
+    def output_shape(self) -> tuple[int, int, int, int]:
+        return self.workload.output_shape
+
+    @property
+    def tuned(self) -> bool:
+        """True when a tuning record (not the untuned template) scheduled this op."""
+        return self._build.tuned
+
+    @property
+    def schedule_source(self) -> str:
+        return self._build.schedule_source
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseConv2D({self.workload.describe()}, target={self.target.kind.name}, "
+            f"{self.schedule_source})"
+        )
+
+    # --- running -------------------------------------------------------------------------------
+    def __call__(self, x: Any) -> Any:
+        """Convolve `x` (NHWC float32, the compiled shape, on the compiled device)."""
+        view = interop.to_tvm(x, "input")
+        self._check_input(view)
+        out = tvm.runtime.empty(self.output_shape, "float32", self.device)
+        self.run(view, out)
+        return interop.from_tvm(out, interop.framework_of(x))
+
+    def run(self, x: tvm.runtime.Tensor, out: tvm.runtime.Tensor) -> None:
+        """Low-level call on TVM tensors (no checks): writes the result into `out`."""
+        self._build.function(x, *self._weights, out)
+
+    def _check_input(self, view) -> None:
+        if tuple(view.shape) != self.input_shape:
+            raise ValueError(
+                f"input shape {tuple(view.shape)} does not match the compiled shape "
+                f"{self.input_shape} (NHWC); compile again for a new shape"
+            )
+        if str(view.dtype) != "float32":
+            raise TypeError(f"input dtype must be float32, got {view.dtype}")
+        dev = view.device
+        if (dev.dlpack_device_type(), dev.index) != (self.device.dlpack_device_type(), self.device.index):
+            raise ValueError(
+                f"input is on {interop.describe_device(dev)} but this op was compiled for "
+                f"{interop.describe_device(self.device)}"
+            )
+
+
+# --- compile, with an in-memory cache ------------------------------------------------------------
+_CACHE: "weakref.WeakKeyDictionary[SparseKernel, dict]" = weakref.WeakKeyDictionary()
+_CACHE_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple, threading.Lock] = {}
+
+
+def _normalize_bias(bias: Any, cout: int) -> np.ndarray | None:
+    if bias is None:
+        return None
+    arr = np.asarray(bias.numpy() if hasattr(bias, "numpy") else bias)
+    if arr.shape != (cout,):
+        raise ValueError(f"bias must have shape ({cout},) (one per output channel), got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"bias must be float32, got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("bias must be finite (found NaN or Inf)")
+    return np.ascontiguousarray(arr, np.float32)
+
+
+def compile(  # noqa: A001 - the natural name, as tvm.compile
+    kernel: SparseKernel,
+    input_shape: Sequence[int],
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilations: int | Sequence[int] = 1,
+    bias: Any = None,
+    activation: str | None = None,
+    target: TargetLike = None,
+) -> SparseConv2D:
+    """Compile a sparse conv2d with `tf.nn.conv2d` semantics for one NHWC input shape.
+
+    `target=None` picks CUDA when TVM sees a GPU, else this CPU. Uses `tuning_logs/` when they hold
+    a record for this workload and device, else the untuned template (with a warning).
+    """
+    if not isinstance(kernel, SparseKernel):
+        raise TypeError(
+            f"kernel must be a SparseKernel (build one with SparseKernel.from_dense(w)), "
+            f"got {type(kernel).__name__}"
+        )
+    bias_arr = _normalize_bias(bias, kernel.shape[3])
+    wl = ConvWorkload.create(
+        input_shape, kernel.shape, kernel.ell_width, strides, padding, dilations,
+        has_bias=bias_arr is not None, activation=activation,
+    )
+    tgt = resolve_target(target)
+    key = (wl, str(tgt), None if bias_arr is None else bias_arr.tobytes())
+    with _CACHE_LOCK:
+        per_kernel = _CACHE.setdefault(kernel, {})
+        if key in per_kernel:
+            return per_kernel[key]
+        key_lock = _KEY_LOCKS.setdefault((id(kernel), key), threading.Lock())
+    with key_lock:  # one compile per key, even when several threads ask at once
+        with _CACHE_LOCK:
+            if key in per_kernel:
+                return per_kernel[key]
+        op = SparseConv2D(kernel, wl, tgt, bias_arr)
+        with _CACHE_LOCK:
+            per_kernel[key] = op
+            _KEY_LOCKS.pop((id(kernel), key), None)
+        return op
+
+
+def conv2d(
+    x: Any,
+    kernel: SparseKernel,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    dilations: int | Sequence[int] = 1,
+    bias: Any = None,
+    activation: str | None = None,
+    target: TargetLike = None,
+) -> Any:
+    """One-shot `tf.nn.conv2d` with a sparse kernel; compiles on first use (cached) and runs."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(f"x must be a tensor with a shape, got {type(x).__name__}")
+    if target is None and hasattr(x, "__dlpack_device__"):
+        dev_type, _ = x.__dlpack_device__()
+        target = "cuda" if int(dev_type) == 2 else "cpu"
+    op = compile(kernel, tuple(int(d) for d in shape), strides, padding, dilations, bias, activation, target)
+    return op(x)

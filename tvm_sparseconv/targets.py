@@ -1,0 +1,119 @@
+"""Compilation targets: the one place that turns "this machine" or a user's choice into a TVM Target.
+
+Also names the GPU a tuning log belongs to (`tuning_logs/<gpu_folder>/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+
+import tvm
+from tvm.target import Target, codegen
+
+TargetLike = Any  # None, "cpu", "llvm", "cuda", a tag such as "nvidia/nvidia-h100", a dict, a Target
+
+
+@functools.lru_cache(maxsize=None)
+def host_cpu_target() -> Target:
+    """LLVM for this CPU: its own instruction set, and as many cores as TVM's thread pool uses."""
+    cores = int(os.environ.get("TVM_NUM_THREADS", 0)) or _physical_cores()
+    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        return os.cpu_count() or 1
+
+
+def gpu_available() -> bool:
+    """True when TVM was built with CUDA and sees a device."""
+    return bool(tvm.runtime.enabled("cuda")) and tvm.cuda(0).exist
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_target(device_id: int = 0) -> Target:
+    """A CUDA target describing the visible GPU `device_id` (arch and limits read off the device)."""
+    dev = tvm.cuda(device_id)
+    if not dev.exist:
+        raise RuntimeError(f"no CUDA device {device_id} visible to TVM")
+    major, minor = (int(v) for v in dev.compute_version.split("."))
+    cfg = {
+        "kind": "cuda",
+        "arch": f"sm_{major}{minor}",
+        "max_shared_memory_per_block": dev.max_shared_memory_per_block,
+        "max_threads_per_block": dev.max_threads_per_block,
+        "thread_warp_size": dev.warp_size,
+        "registers_per_block": 65536,
+    }
+    return Target(cfg, host=host_cpu_target())
+
+
+def cuda_target_for_arch(arch: str = "sm_90") -> Target:
+    """A CUDA target for an architecture without a GPU present (code generation, CI checks)."""
+    cfg = {
+        "kind": "cuda",
+        "arch": arch,
+        "max_shared_memory_per_block": 49152,
+        "max_threads_per_block": 1024,
+        "thread_warp_size": 32,
+        "registers_per_block": 65536,
+    }
+    return Target(cfg, host=Target({"kind": "llvm"}))
+
+
+def resolve_target(target: TargetLike = None) -> Target:
+    """`None`: CUDA if TVM sees a GPU, else this CPU. Strings "cpu"/"llvm"/"cuda", tags, dicts, Targets."""
+    if isinstance(target, Target):
+        return target
+    if target is None:
+        return cuda_target() if gpu_available() else host_cpu_target()
+    if isinstance(target, str):
+        name = target.strip().lower()
+        if name in ("cpu", "llvm"):
+            return host_cpu_target()
+        if name in ("cuda", "gpu"):
+            return cuda_target()
+        try:
+            return Target(target)
+        except Exception as e:  # noqa: BLE001 - TVM's error text explains the problem
+            raise ValueError(
+                f"unknown target {target!r}: expected 'cpu', 'cuda', a TVM tag or a target dict ({e})"
+            ) from e
+    if isinstance(target, dict):
+        return Target(target)
+    raise TypeError(f"target must be None, a string, a dict or a tvm Target, got {type(target).__name__}")
+
+
+def device_for(target: Target, device_id: int = 0) -> tvm.runtime.Device:
+    """The runtime device a target's code runs on."""
+    kind = target.kind.name
+    if kind == "llvm":
+        return tvm.cpu(0)
+    if kind == "cuda":
+        return tvm.cuda(device_id)
+    raise ValueError(f"unsupported target kind {kind!r}: expected 'llvm' or 'cuda'")
+
+
+def gpu_folder_name(device_name: str) -> str:
+    """Folder of a GPU's tuning logs: "NVIDIA H100 80GB HBM3" -> "nvidia-h100"."""
+    words = device_name.lower().replace("nvidia", " ").split()
+    model = next((w for w in words if re.fullmatch(r"[a-z]+\d+[a-z]*", w)), None)
+    if model is None:
+        model = "-".join(re.sub(r"[^a-z0-9]+", "-", device_name.lower()).strip("-").split("-")[:3])
+        return model
+    return f"nvidia-{model}"
+
+
+def target_folder_name(target: Target, device_id: int = 0) -> str:
+    """Folder for `target`'s tuning logs: the GPU's name for CUDA, `cpu-<mcpu>` for LLVM."""
+    if target.kind.name == "cuda":
+        return gpu_folder_name(tvm.cuda(device_id).device_name)
+    mcpu = str(target.attrs.get("mcpu", "generic"))
+    return f"cpu-{mcpu}"
