@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from .common import SparseConvRule
+from .common import RULE_ANNOTATION, SparseConvRule
 from .cpu import CPUDirectTile
+from .cuda_gather import CUDAEllGather, CUDAEllSharedWeights
 
-RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(),)
+RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights())
 
 
 def rules_for(target: Target) -> list[SparseConvRule]:

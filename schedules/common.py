@@ -9,7 +9,7 @@ from tvm.s_tir.dlight import ScheduleRule
 
 from tvm_sparseconv.compute import CONV, EPILOGUE, X_GATHER
 
-__all__ = ["SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor"]
+__all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor"]
 
 
 @dataclass
@@ -34,16 +34,37 @@ def find_blocks(sch: s_tir.Schedule) -> SparseConvBlocks | None:
     return SparseConvBlocks(xg, conv, epi)
 
 
+RULE_ANNOTATION = "sparseconv_rule"
+
+
 class SparseConvRule(ScheduleRule):
-    """Base of the rules here: `apply(func, target, tunable) -> Schedule | None` as in dlight."""
+    """Base of the rules here: `apply(func, target, tunable) -> Schedule | None` as in dlight.
+
+    Subclasses implement `schedule(sch, blocks, target, tunable)`, which works on a given schedule
+    so that MetaSchedule can drive it with its own traced schedule (see `tvm_sparseconv.tuning`).
+    """
 
     #: short name, recorded with tuning results and shown in reports
     name: str = "base"
     #: target kind the rule is written for ("llvm" or "cuda")
     target_kind: str = ""
 
-    def applies_to(self, func: tirx.PrimFunc, target) -> bool:
-        return target.kind.name == self.target_kind and isinstance(func, tirx.PrimFunc)
+    def apply(self, func: tirx.PrimFunc, target, tunable: bool) -> s_tir.Schedule | None:
+        if target.kind.name != self.target_kind or not isinstance(func, tirx.PrimFunc):
+            return None
+        return self.schedule_into(s_tir.Schedule(func), target, tunable)
+
+    def schedule_into(self, sch: s_tir.Schedule, target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule `sch` in place (None where the rule does not apply)."""
+        blocks = find_blocks(sch)
+        if blocks is None:
+            return None
+        # The name travels in the trace, so a tuning record tells which rule it came from.
+        sch.annotate(blocks.conv, RULE_ANNOTATION, self.name)
+        return self.schedule(sch, blocks, target, tunable)
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target, tunable: bool):
+        raise NotImplementedError
 
 
 def largest_divisor(n: int, candidates: list[int]) -> int:

@@ -8,10 +8,20 @@ of the tile broadcasts its weight and does one vector FMA with `ow_tile` consecu
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import s_tir
 from tvm.target import Target
 
-from .common import SparseConvRule, find_blocks, largest_divisor
+from .common import SparseConvBlocks, SparseConvRule, largest_divisor
+
+
+def default_tiles(n_oh: int, n_ow: int, n_co: int):
+    """Untuned choice: 32 columns x 4 channels per tile (8 AVX-512 / 16 AVX2 accumulators)."""
+    ow_in = largest_divisor(n_ow, DEFAULT_OW)
+    co_in = largest_divisor(n_co, DEFAULT_CO)
+    return [None, ow_in], [None, co_in], [None, 1], DEFAULT_UNROLL
+
+
+DEFAULT_OW, DEFAULT_CO, DEFAULT_UNROLL = [32, 16, 8, 4, 2], [4, 2], 4
 
 
 class CPUDirectTile(SparseConvRule):
@@ -20,13 +30,7 @@ class CPUDirectTile(SparseConvRule):
     name = "cpu-direct-tile"
     target_kind = "llvm"
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        if not self.applies_to(func, target):
-            return None
-        sch = s_tir.Schedule(func)
-        blocks = find_blocks(sch)
-        if blocks is None:
-            return None
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         b, oh, ow, co, k = sch.get_loops(blocks.conv)
         n_oh = sch.get(oh).extent.value
         n_ow = sch.get(ow).extent.value
@@ -38,10 +42,7 @@ class CPUDirectTile(SparseConvRule):
             oh_tile = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=8)
             unroll = sch.sample_categorical([0, 4, 16], [0.34, 0.33, 0.33])
         else:
-            ow_in = largest_divisor(n_ow, [32, 16, 8, 4, 2])
-            co_in = largest_divisor(n_co, [4, 2])
-            ow_tile, co_tile, oh_tile = [None, ow_in], [None, co_in], [None, 1 if n_oh > 1 else 1]
-            unroll = 4
+            ow_tile, co_tile, oh_tile, unroll = default_tiles(n_oh, n_ow, n_co)
         ow_o, ow_i = sch.split(ow, factors=ow_tile)
         co_o, co_i = sch.split(co, factors=co_tile)
         oh_o, oh_i = sch.split(oh, factors=oh_tile)

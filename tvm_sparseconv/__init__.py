@@ -8,11 +8,15 @@ Layout: `compute.py` (the TE math), `schedules/` (templates, `tvm_sparseconv.sch
 `build.py` (schedule choice, compile, disk cache), `op.py` (the callable), `interop.py` (DLPack).
 """
 
-from .build import UntunedWarning
-from .interop import InputCopyWarning
-from .kernel import SparseKernel, SparseKernelFormatError
-from .op import SparseConv2D, compile, conv2d
-from .workload import ConvWorkload
+from ._source_tree import ensure_schedules_importable
+
+ensure_schedules_importable()
+
+from .build import UntunedWarning  # noqa: E402
+from .interop import InputCopyWarning  # noqa: E402
+from .kernel import SparseKernel, SparseKernelFormatError  # noqa: E402
+from .op import SparseConv2D, compile, conv2d  # noqa: E402
+from .workload import ConvWorkload  # noqa: E402
 
 __all__ = [
     "ConvWorkload",

@@ -17,6 +17,8 @@ import numpy as np
 FORMAT_NAME = "tvm_sparseconv.SparseKernel/ell"
 FORMAT_VERSION = 1
 _INDEX_DTYPE = np.int32
+#: ELL width is a multiple of this, so GPU schedules can load 4 values/offsets as one vector.
+ELL_ALIGN = 4
 
 
 class SparseKernelFormatError(ValueError):
@@ -74,7 +76,7 @@ class SparseKernel:
         per_channel = arr.transpose(3, 2, 0, 1).reshape(cout, -1)
         keep = np.abs(per_channel) > threshold
         counts = keep.sum(axis=1).astype(_INDEX_DTYPE)
-        width = max(int(counts.max()), 1)
+        width = -(-max(int(counts.max()), 1) // ELL_ALIGN) * ELL_ALIGN
 
         values = np.zeros((cout, width), np.float32)
         flat_idx = np.zeros((cout, width), np.int64)
@@ -113,7 +115,7 @@ class SparseKernel:
 
     @property
     def ell_width(self) -> int:
-        """Stored entries per output channel (the largest channel count, at least 1)."""
+        """Stored entries per output channel (largest channel count, rounded up to ELL_ALIGN)."""
         return int(self.values.shape[1])
 
     @property
@@ -181,8 +183,14 @@ def _validated(path: str, d: dict) -> SparseKernel:
         fail(f"shape must be 4 positive ints (HWIO), got {shape}")
     kh_, kw_, cin, cout = shape
     values, counts = d["values"], d["counts"]
-    if values.dtype != np.float32 or values.ndim != 2 or values.shape[0] != cout or values.shape[1] < 1:
-        fail(f"values must be float32 of shape ({cout}, width>=1), got {values.dtype} {values.shape}")
+    if (
+        values.dtype != np.float32 or values.ndim != 2 or values.shape[0] != cout
+        or values.shape[1] < 1 or values.shape[1] % ELL_ALIGN
+    ):
+        fail(
+            f"values must be float32 of shape ({cout}, width), width a positive multiple of "
+            f"{ELL_ALIGN}, got {values.dtype} {values.shape}"
+        )
     for name, hi in (("kh", kh_), ("kw", kw_), ("ci", cin)):
         a = d[name]
         if a.shape != values.shape or not np.issubdtype(a.dtype, np.integer):

@@ -26,7 +26,8 @@ class SparseConv2D:
     """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
 
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None):
-        self.kernel = kernel
+        # No reference to `kernel` itself: the in-memory cache is keyed weakly on it.
+        self.nnz = kernel.nnz
         self.workload = workload
         self.target = target
         self.device = device_for(target)

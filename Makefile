@@ -1,0 +1,29 @@
+# Two entry points, each doing all the set-up on a fresh machine (Python >= 3.10 with venv):
+#   make demo   the main job: prune, compile, run on TensorFlow tensors, compare with tf.nn.conv2d
+#   make test   the test suite (CPU; tests marked `gpu` run only where TVM sees a GPU)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test setup clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstalls when pyproject.toml changes. CPU TensorFlow here; see README for the GPU build.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,tools]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV)

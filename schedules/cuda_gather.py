@@ -1,0 +1,121 @@
+"""CUDA design spaces: register-tiled gathers over the ELL format.
+
+A warp's threads take consecutive output columns of one row, so for every stored nonzero they read
+consecutive addresses of the channel-major input (coalesced, mostly L1 hits: neighbouring
+nonzeros of a channel read neighbouring input), while the nonzero's value and offset are the same
+for the whole warp. Each thread keeps a register tile of `rows` output rows x `co_in` output
+channels; the weights of 4 consecutive nonzeros arrive as one 16-byte vector (the ELL width is a
+multiple of 4), so the weight stream costs a quarter of a load per nonzero and channel.
+
+- `CUDAEllGather`: the weight vectors come straight from global memory (read-only cache).
+- `CUDAEllSharedWeights`: the thread block's slice of values and offsets is first staged in shared
+  memory by all its threads, and the vectors are read from there.
+
+Why no shared-memory tile of the input: MetaSchedule's analysis cannot bound a data-dependent
+gather (`InverseAffineIterMap ... HasLowerBound`), and a tile of the whole input-channel halo does
+not fit in 48 KB; the L1 cache (which shares its SRAM with shared memory) does that staging here.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.target import Target
+
+from .common import SparseConvBlocks, SparseConvRule, largest_divisor
+
+VEC = 4  # = tvm_sparseconv.kernel.ELL_ALIGN
+_THREADS_X = [16, 32, 64, 128]
+_ROWS = [1, 2, 4]
+_UNROLL = [0, 16, 64, 256]
+
+
+def _schedule_relayout(sch: s_tir.Schedule, block) -> None:
+    """The NHWC -> padded channel-major relayout: one thread per element."""
+    fused = sch.fuse(*sch.get_loops(block))
+    bx, tx = sch.split(fused, factors=[None, 256])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+class CUDAEllGather(SparseConvRule):
+    """Columns across threads, rows x output channels in registers, weights as 16-byte vectors."""
+
+    name = "cuda-ell-gather"
+    target_kind = "cuda"
+    stage_weights_in_shared = False
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
+        b, oh, ow, co, k = sch.get_loops(blocks.conv)
+        n_ow, n_co, n_k = (sch.get(x).extent.value for x in (ow, co, k))
+        if n_k % VEC:
+            return None  # not an ELL width from SparseKernel (always a multiple of 4)
+
+        if tunable:
+            tx = sch.sample_categorical(_THREADS_X, [0.25] * 4)
+            rows = sch.sample_categorical(_ROWS, [1 / 3] * 3)
+            co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=16)
+            unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
+        else:
+            tx = 32 if n_ow <= 32 else 64
+            rows, co_split, unroll = 2, [None, 1, largest_divisor(n_co, [8, 4, 2])], 16
+
+        oh_o, oh_i = sch.split(oh, factors=[None, rows])
+        ow_o, ow_t = sch.split(ow, factors=[None, tx])
+        co_o, co_t, co_i = sch.split(co, factors=co_split)
+        k_o, k_v = sch.split(k, factors=[None, VEC])
+        sch.reorder(b, oh_o, ow_o, co_o, co_t, ow_t, k_o, k_v, oh_i, co_i)
+        block_loop = sch.fuse(b, oh_o, ow_o, co_o)
+        sch.bind(block_loop, "blockIdx.x")
+        sch.bind(co_t, "threadIdx.y")
+        sch.bind(ow_t, "threadIdx.x")
+
+        # Registers: the accumulator tile, and one 16-byte vector of values / of offsets.
+        acc = sch.cache_write(blocks.conv, 0, "local")
+        sch.reverse_compute_at(acc, ow_t, preserve_unit_loops=True)
+        if blocks.epilogue is not None:
+            sch.reverse_compute_inline(blocks.epilogue)
+        for name in ("values", "offsets"):
+            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_t, ow_t)
+            reg = sch.cache_read(src, _read_index(sch, src, name), "local")
+            sch.compute_at(reg, k_o, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(reg)[-1])
+
+        sch.unroll(k_v)
+        sch.unroll(oh_i)
+        sch.unroll(co_i)
+        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        sch.decompose_reduction(blocks.conv, k_o)
+        _schedule_relayout(sch, blocks.x_gather)
+        return sch
+
+    def _stage_in_shared(self, sch, conv, name, block_loop, co_t, ow_t):
+        """For the shared-weights variant: a block-wide copy; returns the block that reads `name`."""
+        if not self.stage_weights_in_shared:
+            return conv
+        shared = sch.cache_read(conv, _read_index(sch, conv, name), "shared")
+        sch.compute_at(shared, block_loop, preserve_unit_loops=True)
+        fused = sch.fuse(*sch.get_loops(shared)[1:])
+        extent_ty = sch.get(co_t).extent
+        extent_tx = sch.get(ow_t).extent
+        _, ty, tx, vec = sch.split(fused, factors=[None, extent_ty, extent_tx, VEC])
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
+        return conv
+
+
+def _read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
+    """Position of `buffer_name` among the block's read regions (what cache_read takes)."""
+    names = [r.source.name for r in sch.get(block).reads]
+    for i, n in enumerate(names):  # "values", or "values_shared" once staged
+        if n == buffer_name or n.startswith(buffer_name + "_"):
+            return i
+    raise ValueError(f"block reads {names}, none is {buffer_name!r}")
+
+
+class CUDAEllSharedWeights(CUDAEllGather):
+    """As `CUDAEllGather`, with the block's values and offsets staged in shared memory first."""
+
+    name = "cuda-ell-shared-weights"
+    stage_weights_in_shared = True

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Tune sparse conv2d workloads with MetaSchedule and keep the results in tuning_logs/<device>/.
+
+Examples:
+  python scripts/tune.py --workloads headline --trials 256              # CUDA if a GPU is seen
+  python scripts/tune.py --workloads kernel_size,density --trials 128
+  python scripts/tune.py --workloads tiny --trials 16 --target llvm     # this CPU
+  python scripts/tune.py --list                                         # the workload sets
+
+Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
+every candidate timed on the workload's real sparse pattern; the best candidates are checked against
+a float64 reference and the first correct one is kept. Workloads already in the output folder are
+skipped (use --force to tune them again); an interrupted workload restarts warm from its work dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+from tvm_sparseconv import baselines, targets  # noqa: E402
+from tvm_sparseconv.tuning import problem_arguments, tune_problem, tuned_problems  # noqa: E402
+from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
+from tvm_sparseconv.workload import ConvWorkload  # noqa: E402,F401
+from tvm_sparseconv.workloads import WORKLOAD_SETS, Problem, workload_set  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ImportError:  # progress bars are a nicety
+    tqdm = None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", default="headline", help="workload set(s), comma-separated (see --list)")
+    ap.add_argument("--trials", type=int, default=256, help="measured candidates per workload (default 256)")
+    ap.add_argument("--target", choices=["cuda", "llvm"], default=None, help="default: cuda if TVM sees a GPU, else llvm")
+    ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
+    ap.add_argument("--work-dir", type=Path, default=None,
+                    help="per-workload MetaSchedule work dirs (default ~/.cache/tvm_sparseconv/tuning)")
+    ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
+    ap.add_argument("--force", action="store_true", help="tune workloads that already have a record")
+    ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
+    ap.add_argument("--summary-json", type=Path, default=None, help="write the per-workload summary here")
+    ap.add_argument("--list", action="store_true", help="list the workload sets and exit")
+    ap.add_argument("--verbose", action="store_true", help="show MetaSchedule's own log")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, problems in WORKLOAD_SETS.items():
+            print(f"{name:<22} {len(problems):>3} workloads: {', '.join(p.name for p in problems[:4])}"
+                  + (" ..." if len(problems) > 4 else ""))
+        return 0
+    if not args.verbose:
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    target = targets.resolve_target(args.target)
+    folder_name = targets.target_folder_name(target)
+    out = args.out or logs_root() / folder_name
+    work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
+    problems = workload_set(args.workloads)
+    done = tuned_problems(out)
+    todo = [p for p in problems if args.force or p.workload() not in done]
+    device_name = _device_name(target)
+    print(f"tuning {len(todo)} of {len(problems)} workloads ({len(problems) - len(todo)} already in {out}) "
+          f"for {device_name} [{target.kind.name}], {args.trials} trials each")
+
+    rows = []
+    t0 = time.time()
+    for i, problem in enumerate(todo):
+        eta = "" if i == 0 else f", ETA {(time.time() - t0) / i * (len(todo) - i) / 60:.1f} min"
+        print(f"\n[{i + 1}/{len(todo)}{eta}] {problem.name}: input {problem.input_shape}, kernel "
+              f"{problem.kernel_shape}, density {problem.density}")
+        bar = tqdm(total=args.trials, unit="cand", desc=problem.name, leave=False) if tqdm else None
+
+        def on_batch(n, best, bar=bar):
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(best_us=f"{best * 1e6:.1f}")
+
+        try:
+            res = tune_problem(problem, target, out, args.trials, work_root,
+                               rule_names=args.rules.split(",") if args.rules else None,
+                               on_batch=on_batch, device_name=device_name)
+        except Exception as e:  # noqa: BLE001 - report, keep going with the next workload
+            if bar is not None:
+                bar.close()
+            print(f"  FAILED: {e}")
+            rows.append({"problem": problem.name, "error": str(e)})
+            continue
+        if bar is not None:
+            bar.close()
+        row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
+               "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
+               "rejected_as_wrong": res.rejected}
+        if not args.no_baseline:
+            row["dense_us"] = _dense_us(problem, target)
+        rows.append(row)
+        print("  " + _line(row))
+
+    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
+    for row in rows:
+        print(_line(row, table=True))
+    print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        args.summary_json.write_text(json.dumps({"device": device_name, "target": str(target),
+                                                 "trials": args.trials, "workloads": rows}, indent=1) + "\n")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def _device_name(target) -> str:
+    import tvm
+
+    if target.kind.name == "cuda":
+        return tvm.cuda(0).device_name
+    return f"CPU {target.attrs.get('mcpu', '')} x{target.attrs.get('num-cores', '')}"
+
+
+def _dense_us(problem: Problem, target) -> dict:
+    wl, w, arrays = problem_arguments(problem)
+    res = baselines.dense_baselines(arrays[0], w, wl, on_gpu=target.kind.name == "cuda", repeats=20)
+    return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in res.items()}
+
+
+def _line(row: dict, table: bool = False) -> str:
+    if "error" in row:
+        return f"{row['problem']:<28}FAILED: {row['error'][:80]}"
+    dense = ", ".join(f"{k} {v:.1f} us" for k, v in row.get("dense_us", {}).items() if isinstance(v, float))
+    if table:
+        return (f"{row['problem']:<28}{row['rule']:<26}{row['best_us']:>8.1f}us"
+                f"{dense:>34}{row['tuning_s'] / 60:>7.1f}min")
+    return (f"best {row['best_us']:.1f} us ({row['rule']}, rel. error {row['relative_error']:.1e}, "
+            f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""MetaSchedule tuning of one problem: search, check the winner, keep it in `tuning_logs/<device>/`.
+
+- Design space: the rules of `schedules/` for the target, drawn with MetaSchedule's sampling
+  instructions (`tunable=True`); evolutionary search ranked by the XGBoost cost model.
+- Builder: workers build without importing `tvm.s_tir.tensor_intrin` (20-60 s per worker, which
+  makes the default 30 s build timeout fail every candidate); the timeout is raised as well.
+- Runner: every candidate runs on the problem's real sparse pattern (`f_alloc_argument`), not on
+  random index arrays, so its time is the pattern's time and its reads stay in bounds.
+- Check: MetaSchedule does not look at results, so the best records are replayed, run on the real
+  pattern with a NaN-poisoned output and compared with a float64 reference; the first one within
+  tolerance is kept. Only that record is written to the committed database.
+- Resume: a per-problem work directory keeps every measured record (warm start after a stop);
+  problems already in `meta.json` are skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.ir.utils import derived_object
+from tvm.target import Target
+
+from . import reference
+from .compute import pack_offsets
+from .schedules import RULE_ANNOTATION, RULES, rules_for
+from .targets import device_for
+from .tuning_records import META_FILE, read_meta, workload_module
+from .workload import ConvWorkload
+from .workloads import Problem
+
+CHECK_TOLERANCE = 1e-5
+
+
+def build_without_tensor_intrinsics(mod: tvm.IRModule, target: Target, _params=None):
+    """MetaSchedule's default build minus its `import tvm.s_tir.tensor_intrin` (unused here)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def problem_arguments(problem: Problem, seed: int = 0):
+    """(workload, dense kernel, [x, values, offsets]) as numpy arrays: the real pattern."""
+    kernel = problem.sparse_kernel()
+    wl = problem.workload(kernel)
+    x = np.random.default_rng(seed + 1).standard_normal(wl.input_shape, dtype=np.float32)
+    offsets = pack_offsets(wl, kernel.kh, kernel.kw, kernel.ci)
+    return wl, kernel.to_dense(), [x, np.asarray(kernel.values), offsets]
+
+
+def make_alloc_argument(arrays: list[np.ndarray]) -> Callable:
+    """An `f_alloc_argument` for MetaSchedule's runner that uploads the real arguments."""
+
+    def alloc(device, args_info, alloc_repeat):
+        out_shape = tuple(args_info[-1][2])  # ["TENSOR", dtype, shape]
+        repeated = []
+        for _ in range(alloc_repeat):
+            args = [tvm.runtime.tensor(a, device) for a in arrays]
+            args.append(tvm.runtime.empty(out_shape, "float32", device))
+            repeated.append(args)
+        return repeated
+
+    return alloc
+
+
+def design_space(target: Target, rule_names: list[str] | None = None) -> ms.space_generator.ScheduleFn:
+    """One design space per rule written for the target (all of them by default)."""
+    rules = [r for r in rules_for(target) if rule_names is None or r.name in rule_names]
+    if not rules:
+        raise ValueError(f"no schedule rule for {target.kind.name} among {rule_names}")
+
+    def spaces(sch):
+        out = [r.schedule_into(sch.copy(), target, True) for r in rules]
+        return [s for s in out if s is not None]
+
+    return ms.space_generator.ScheduleFn(spaces)
+
+
+def rule_of(trace) -> str:
+    """The rule that produced a trace (its annotation on the conv block)."""
+    text = str(trace)
+    for rule in RULES:
+        if f'ann_key="{RULE_ANNOTATION}", ann_val="{rule.name}"' in text:
+            return rule.name
+    return "?"
+
+
+@derived_object
+class ProgressCallback(ms.measure_callback.PyMeasureCallback):
+    """Reports every measured batch to `on_batch(n_measured, best_seconds)`."""
+
+    def __init__(self, on_batch: Callable[[int, float], None]):
+        self.on_batch = on_batch
+        self.best = float("inf")
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        for r in runner_results:
+            if r.error_msg is None and r.run_secs:
+                self.best = min(self.best, float(np.mean([float(s) for s in r.run_secs])))
+        self.on_batch(len(runner_results), self.best)
+
+
+@dataclass
+class TuneResult:
+    problem: str
+    workload: ConvWorkload
+    rule: str
+    best_seconds: float
+    relative_error: float
+    trials: int
+    tuning_seconds: float
+    rejected: list[str] = field(default_factory=list)
+
+
+def tune_problem(
+    problem: Problem,
+    target: Target,
+    out_folder: Path,
+    trials: int,
+    work_root: Path,
+    rule_names: list[str] | None = None,
+    trials_per_iter: int = 64,
+    on_batch: Callable[[int, float], None] | None = None,
+    device_name: str = "",
+) -> TuneResult:
+    """Tune `problem` for `target`; the checked best record goes into `out_folder`."""
+    t_start = time.time()
+    wl, dense_w, arrays = problem_arguments(problem)
+    mod = workload_module(wl)
+    work_dir = work_root / wl.key()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    on_gpu = target.kind.name == "cuda"
+    runner = ms.runner.LocalRunner(
+        timeout_sec=60,
+        evaluator_config=ms.runner.EvaluatorConfig(
+            number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50,
+            enable_cpu_cache_flush=False,
+        ),
+        f_alloc_argument=make_alloc_argument(arrays),
+    )
+    builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120)
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+    if on_batch is not None:
+        callbacks.append(ProgressCallback(on_batch))
+    database = ms.tune_tir(
+        mod,
+        target,
+        str(work_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=min(trials_per_iter, trials),
+        space=design_space(target, rule_names),
+        builder=builder,
+        runner=runner,
+        cost_model="xgb",
+        strategy="evolutionary",
+        measure_callbacks=callbacks,
+        num_tuning_cores="physical",
+    )
+    record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target)
+    best = float(np.mean([float(s) for s in record.run_secs]))
+    _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
+    return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected)
+
+
+def _first_correct_record(database, mod, wl, dense_w, arrays, target, top_k: int = 8):
+    """The fastest record whose output matches the float64 reference; raises if none does."""
+    workload = database.commit_workload(mod)
+    records = database.get_top_k(workload, top_k)
+    if not records:
+        raise RuntimeError(f"no successful candidate for {wl.describe()} (every build or run failed)")
+    ref = reference.conv2d_f64(arrays[0], dense_w, wl)
+    dev = device_for(target)
+    rejected = []
+    for rec in records:
+        sch = tvm.s_tir.Schedule(mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        err = check_schedule(sch, target, dev, arrays, wl, ref)
+        if err <= CHECK_TOLERANCE:
+            return rec, err, rejected
+        rejected.append(f"{rule_of(rec.trace)} run {np.mean([float(s) for s in rec.run_secs]) * 1e6:.1f} us: rel. error {err:.2e}")
+    raise RuntimeError(f"none of the {len(records)} best candidates is correct: {rejected}")
+
+
+def check_schedule(sch, target, dev, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
+    """Build `sch`, run it on `arrays` with a NaN-poisoned output, return the relative error."""
+    lib = tvm.compile(sch.mod, target=target)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+    lib["sparse_conv2d"](*args, out)
+    return reference.relative_error(out.numpy(), ref)
+
+
+def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
+    out_folder.mkdir(parents=True, exist_ok=True)
+    db = ms.database.JSONDatabase(
+        path_workload=str(out_folder / "database_workload.json"),
+        path_tuning_record=str(out_folder / "database_tuning_record.json"),
+        allow_missing=True,
+    )
+    db.commit_tuning_record(
+        ms.database.TuningRecord(record.trace, db.commit_workload(mod), record.run_secs, target, record.args_info)
+    )
+    meta = read_meta(out_folder) or {}
+    target_json = {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}
+    meta.update(tvm_version=tvm.__version__, device_name=device_name or meta.get("device_name", ""), target=target_json)
+    entries = [e for e in meta.get("entries", []) if ConvWorkload.from_json(e["workload"]) != wl]
+    entries.append({
+        "problem": problem.name, "workload": wl.to_json(), "rule": rule_of(record.trace),
+        "run_us": best * 1e6, "relative_error": err, "tuned_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    })
+    meta["entries"] = sorted(entries, key=lambda e: e["problem"])
+    tmp = out_folder / (META_FILE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, out_folder / META_FILE)
+
+
+def tuned_problems(out_folder: Path) -> set[ConvWorkload]:
+    meta = read_meta(out_folder) or {}
+    return {ConvWorkload.from_json(e["workload"]) for e in meta.get("entries", [])}

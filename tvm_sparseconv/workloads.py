@@ -1,0 +1,147 @@
+"""Named problem sets, defined once: used by the demo, the tuner, the benchmarks and the tests.
+
+A `Problem` is a layer shape plus a density; its kernel is a magnitude-pruned random kernel drawn
+from a fixed seed, so every tool sees the same sparsity pattern (and so the same ELL width).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .kernel import SparseKernel
+from .workload import ConvWorkload, Padding
+
+
+def random_pruned_kernel(shape: Sequence[int], density: float, rng: np.random.Generator) -> np.ndarray:
+    """A normal(0,1) HWIO kernel magnitude-pruned to exactly round(density * size) nonzeros."""
+    w = rng.standard_normal(tuple(shape), dtype=np.float32)
+    keep = int(round(density * w.size))
+    if keep <= 0:
+        return np.zeros_like(w)
+    if keep < w.size:
+        cut = np.partition(np.abs(w).ravel(), w.size - keep)[w.size - keep]
+        w[np.abs(w) < cut] = 0.0
+    return w
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One conv layer with a pruned kernel; `sweep`/`value` place it on a benchmark plot."""
+
+    name: str
+    input_shape: tuple[int, int, int, int]
+    kernel_shape: tuple[int, int, int, int]
+    density: float
+    strides: int | tuple[int, int] = 1
+    padding: Padding = "SAME"
+    sweep: str = ""
+    value: float = 0.0
+    seed: int = 0
+
+    def dense_kernel(self) -> np.ndarray:
+        return random_pruned_kernel(self.kernel_shape, self.density, np.random.default_rng(self.seed))
+
+    def sparse_kernel(self) -> SparseKernel:
+        return SparseKernel.from_dense(self.dense_kernel())
+
+    def workload(self, kernel: SparseKernel | None = None) -> ConvWorkload:
+        kernel = kernel or self.sparse_kernel()
+        return ConvWorkload.create(
+            self.input_shape, self.kernel_shape, kernel.ell_width, self.strides, self.padding
+        )
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.input_shape[1], self.input_shape[2]
+
+
+HEADLINE = Problem("headline", (1, 256, 512, 32), (11, 11, 32, 64), 0.1, sweep="headline", value=0.1)
+
+
+def _sweeps() -> dict[str, list[Problem]]:
+    """The original op's five sweeps, at 10% nonzeros unless the density is what is swept."""
+    s: dict[str, list[Problem]] = {}
+    s["kernel_size"] = [
+        Problem(f"ksize{k}", (1, 256, 512, 3), (k, k, 3, 64), 0.1, sweep="kernel_size", value=k)
+        for k in (1, 3, 5, 7, 9, 11)
+    ]
+    s["in_channels"] = [
+        Problem(f"cin{c}", (1, 256, 512, c), (11, 11, c, 3), 0.1, sweep="in_channels", value=c)
+        for c in (1, 2, 4, 8, 16, 32, 64)
+    ]
+    s["out_channels"] = [
+        Problem(f"cout{c}", (1, 256, 512, 3), (11, 11, 3, c), 0.1, sweep="out_channels", value=c)
+        for c in (1, 2, 4, 8, 16, 32, 64, 128)
+    ]
+    s["density"] = [
+        Problem(f"density{d:g}", HEADLINE.input_shape, HEADLINE.kernel_shape, d, sweep="density", value=d)
+        for d in (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+    ]
+    s["image_size"] = [
+        Problem(f"img{n}", (1, n, n, 3), (11, 11, 3, 64), 0.1, sweep="image_size", value=n)
+        for n in (64, 128, 256, 512, 1024)
+    ]
+    return s
+
+
+# ResNet-50 (v1.5: stride on the 3x3) at 224x224: (name, input HW, Cin, Cout, kernel, stride).
+_RESNET50_LAYERS = [
+    ("conv2_3x3", 56, 64, 64, 3, 1),
+    ("conv3_3x3_s2", 56, 128, 128, 3, 2),
+    ("conv3_3x3", 28, 128, 128, 3, 1),
+    ("conv4_3x3_s2", 28, 256, 256, 3, 2),
+    ("conv4_3x3", 14, 256, 256, 3, 1),
+    ("conv5_3x3_s2", 14, 512, 512, 3, 2),
+    ("conv5_3x3", 7, 512, 512, 3, 1),
+    ("conv2_1x1_reduce", 56, 256, 64, 1, 1),
+    ("conv2_1x1_expand", 56, 64, 256, 1, 1),
+    ("conv3_1x1_reduce", 28, 512, 128, 1, 1),
+    ("conv3_1x1_expand", 28, 128, 512, 1, 1),
+    ("conv4_1x1_reduce", 14, 1024, 256, 1, 1),
+    ("conv4_1x1_expand", 14, 256, 1024, 1, 1),
+    ("conv5_1x1_reduce", 7, 2048, 512, 1, 1),
+    ("conv5_1x1_expand", 7, 512, 2048, 1, 1),
+]
+
+
+def _resnet50(batch: int, kernel: int) -> list[Problem]:
+    return [
+        Problem(
+            f"resnet50_{name}_b{batch}", (batch, hw, hw, cin), (k, k, cin, cout), 0.1, strides=s,
+            sweep=f"resnet50_{k}x{k}_b{batch}", value=i,
+        )
+        for i, (name, hw, cin, cout, k, s) in enumerate(_RESNET50_LAYERS)
+        if k == kernel
+    ]
+
+
+SWEEPS: dict[str, list[Problem]] = _sweeps()
+RESNET50: dict[str, list[Problem]] = {
+    f"resnet50_{k}x{k}_b{b}": _resnet50(b, k) for k in (3, 1) for b in (1, 32)
+}
+TINY = [
+    Problem("tiny_same", (1, 16, 24, 4), (3, 3, 4, 8), 0.3, sweep="tiny", value=0),
+    Problem("tiny_stride", (2, 15, 13, 3), (5, 4, 3, 6), 0.2, strides=(3, 2), padding="VALID", sweep="tiny", value=1),
+]
+
+WORKLOAD_SETS: dict[str, list[Problem]] = {
+    "headline": [HEADLINE],
+    **SWEEPS,
+    "sweeps": [p for ps in SWEEPS.values() for p in ps],
+    **RESNET50,
+    "resnet50": [p for ps in RESNET50.values() for p in ps],
+    "tiny": TINY,
+}
+
+
+def workload_set(name: str) -> list[Problem]:
+    """The problems of a named set (see `WORKLOAD_SETS`); a comma-separated list joins several."""
+    out: list[Problem] = []
+    for part in name.split(","):
+        if part not in WORKLOAD_SETS:
+            raise KeyError(f"unknown workload set {part!r}; known: {', '.join(WORKLOAD_SETS)}")
+        out += [p for p in WORKLOAD_SETS[part] if p not in out]
+    return out
