@@ -42,8 +42,16 @@ def describe_device(dev: tvm.runtime.Device) -> str:
     return {_DL_CPU: "cpu", _DL_CUDA: f"cuda:{dev.index}"}.get(dev.dlpack_device_type(), str(dev))
 
 
-def to_tvm(x: Any, name: str = "input", stream: int | None = None) -> tvm.runtime.Tensor:
-    """A TVM view of `x` (no copy), or an aligned contiguous copy of it with a warning."""
+LEGACY_DEFAULT_STREAM = 1  # DLPack's code for CUDA's legacy default stream, where TVM launches
+
+
+def to_tvm(x: Any, name: str = "input") -> tvm.runtime.Tensor:
+    """A TVM view of `x` (no copy), or an aligned contiguous copy of it with a warning.
+
+    For a CUDA tensor the producer is told (DLPack's `stream` argument) that TVM reads it on the
+    legacy default stream, so it orders its pending writes first (PyTorch records an event on its
+    current stream and makes ours wait on it).
+    """
     if isinstance(x, tvm.runtime.Tensor):
         view = x
     else:
@@ -52,9 +60,8 @@ def to_tvm(x: Any, name: str = "input", stream: int | None = None) -> tvm.runtim
                 f"{name} must be a DLPack tensor (tf.Tensor, numpy, torch, jax, cupy), "
                 f"got {type(x).__name__}"
             )
-        if stream is not None and framework_of(x) == "torch" and x.is_cuda:
-            # Let the producer order its pending writes before our stream reads them.
-            x = _DLPackWithStream(x, stream)
+        if _on_cuda(x):
+            x = _DLPackWithStream(x, LEGACY_DEFAULT_STREAM)
         try:
             view = tvm_ffi.from_dlpack(x, require_alignment=0, require_contiguous=False)
         except BufferError:
@@ -66,6 +73,13 @@ def to_tvm(x: Any, name: str = "input", stream: int | None = None) -> tvm.runtim
         return view
     reason = "not 64-byte aligned" if view.data_ptr() % ALIGNMENT else "not contiguous"
     return _aligned_copy(x, view, name, reason)
+
+
+def _on_cuda(x: Any) -> bool:
+    try:
+        return int(x.__dlpack_device__()[0]) == _DL_CUDA
+    except Exception:  # noqa: BLE001 - no device query: treat as host memory
+        return False
 
 
 class _DLPackWithStream:

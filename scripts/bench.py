@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Benchmark the sparse conv2d against dense baselines, side by side in one process.
+
+  python scripts/bench.py --sweeps headline                  # GPU if TVM sees one, else CPU
+  python scripts/bench.py --sweeps sweeps --device cpu
+  python scripts/bench.py --sweeps density --out benchmarks/results/nvidia-h100.json
+
+For each point: the same random input and pruned kernel for every contender; our output (written
+into a NaN-poisoned buffer) is checked against a float64 reference before anything is timed;
+conversion and compilation are timed separately from the kernel. Times are medians (see
+tvm_sparseconv/baselines.py for the method). Results merge into the JSON file by (sweep, point),
+so a sweep can be run on its own and added to the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import tvm  # noqa: E402
+
+import tvm_sparseconv as tsc  # noqa: E402
+from tvm_sparseconv import baselines, reference, targets  # noqa: E402
+from tvm_sparseconv.workloads import Problem, workload_set  # noqa: E402
+
+try:
+    from tqdm import tqdm
+except ImportError:
+    tqdm = None
+
+TOLERANCE = 1e-5
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweeps", default="headline", help="workload set(s), comma-separated (scripts/tune.py --list)")
+    ap.add_argument("--device", choices=["gpu", "cpu"], default=None, help="default: gpu if TVM sees one")
+    ap.add_argument("--repeats", type=int, default=None, help="timed samples per contender (default 50 GPU, 5 CPU)")
+    ap.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/<device>.json)")
+    ap.add_argument("--no-baselines", action="store_true", help="time only the sparse kernel")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("ignore", tsc.UntunedWarning)  # reported per point as "untuned"
+    target = targets.resolve_target("cuda" if args.device == "gpu" else "cpu" if args.device == "cpu" else None)
+    on_gpu = target.kind.name == "cuda"
+    repeats = args.repeats or (50 if on_gpu else 5)
+    device_name = tvm.cuda(0).device_name if on_gpu else f"cpu-{target.attrs.get('mcpu', '')}"
+    folder = targets.target_folder_name(target)
+    out = args.out or Path("benchmarks/results") / f"{folder}.json"
+    problems = workload_set(args.sweeps)
+    print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
+
+    points = []
+    it = tqdm(problems, unit="point") if tqdm else problems
+    for problem in it:
+        try:
+            points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines))
+        except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
+            points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
+        print_point(points[-1], file=sys.stdout if tqdm is None else None)
+    results = merge(out, points, environment(device_name, target))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print_table(points)
+    print(f"wrote {out}")
+    return 1 if any("error" in p or not p.get("correct", False) for p in points) else 0
+
+
+def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool) -> dict:
+    rng = np.random.default_rng(1234)
+    t0 = time.perf_counter()
+    w = problem.dense_kernel()
+    kernel = tsc.SparseKernel.from_dense(w)
+    t_convert = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding, target=target)
+    t_compile = time.perf_counter() - t0
+    wl = op.workload
+    n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4) if on_gpu else 1
+    xs = [rng.standard_normal(wl.input_shape, dtype=np.float32) for _ in range(n_rot)]
+
+    # Correct first: poisoned output, float64 reference, before any timing.
+    dev = op.device
+    x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+    op.run(x_dev[0], out)
+    err = reference.relative_error(out.numpy(), reference.conv2d_f64(xs[0], w, wl))
+
+    run = lambda i: op.run(x_dev[i % n_rot], out)  # noqa: E731
+    if on_gpu:
+        ours = baselines.cuda_event_median(run, repeats)
+    else:
+        ours = baselines.median_wall(run, repeats)
+    times = {"sparse": ours}
+    if with_baselines:
+        times.update(baselines.dense_baselines(xs, w, wl, on_gpu, repeats))
+    useful = wl.useful_flops(kernel.nnz)
+    return {
+        "sweep": problem.sweep, "problem": problem.name, "value": problem.value,
+        "input_shape": wl.input_shape, "kernel_shape": wl.kernel_shape, "strides": wl.strides,
+        "density": kernel.density, "nnz": kernel.nnz, "ell_width": kernel.ell_width,
+        "schedule": op.schedule_source, "tuned": op.tuned,
+        "relative_error": err, "correct": err <= TOLERANCE,
+        "seconds": times, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
+        "useful_flops": useful, "dense_flops": wl.dense_flops(),
+        "useful_tflops": useful / ours / 1e12,
+    }
+
+
+def environment(device_name: str, target) -> dict:
+    env = {
+        "device": device_name, "target": str(target), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(), "python": platform.python_version(),
+        "versions": {"tvm": tvm.__version__, "numpy": np.__version__},
+    }
+    for mod in ("torch", "tensorflow", "jax", "cupy"):
+        try:
+            env["versions"][mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - not installed here
+            pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["versions"]["cuda"] = torch.version.cuda
+            env["versions"]["cudnn"] = torch.backends.cudnn.version()
+            env["driver"] = _nvidia_driver()
+    except ImportError:
+        pass
+    return env
+
+
+def _nvidia_driver() -> str:
+    try:
+        import subprocess
+
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=20).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def merge(path: Path, points: list[dict], env: dict) -> dict:
+    """New points replace old ones of the same (sweep, problem); the environment is the latest run's."""
+    old = json.loads(path.read_text()) if path.is_file() else {"points": []}
+    fresh = {(p["sweep"], p["problem"]) for p in points}
+    kept = [p for p in old.get("points", []) if (p["sweep"], p["problem"]) not in fresh]
+    runs = old.get("runs", []) + [env | {"points": sorted(fresh)}]
+    return env | {"runs": runs, "points": kept + points}
+
+
+def _fmt(v) -> str:
+    return f"{v * 1e3:9.3f}" if isinstance(v, float) else f"{'n/a':>9}"
+
+
+def print_point(p: dict, file=None) -> None:
+    msg = f"{p['problem']}: " + (f"ERROR {p['error']}" if "error" in p else
+                                 f"{p['seconds']['sparse'] * 1e3:.3f} ms, err {p['relative_error']:.1e}, {p['schedule']}")
+    if tqdm is not None and file is None:
+        tqdm.write(msg)
+    else:
+        print(msg, file=file)
+
+
+def print_table(points: list[dict]) -> None:
+    names = sorted({k for p in points if "seconds" in p for k in p["seconds"] if k != "sparse"})
+    print(f"\n{'point':<26}{'sparse ms':>10}" + "".join(f"{n + ' ms':>16}" for n in names)
+          + f"{'TFLOP/s':>9}{'rel.err':>9}  schedule")
+    for p in points:
+        if "error" in p:
+            print(f"{p['problem']:<26} ERROR {p['error'][:90]}")
+            continue
+        s = p["seconds"]
+        print(f"{p['problem']:<26}{_fmt(s['sparse']):>10}" + "".join(f"{_fmt(s.get(n)):>16}" for n in names)
+              + f"{p['useful_tflops']:>9.2f}{p['relative_error']:>9.1e}  {p['schedule']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

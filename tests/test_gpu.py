@@ -1,0 +1,122 @@
+"""GPU tests (marked `gpu`; run on the GPU machine, skipped elsewhere).
+
+Every CUDA schedule (untuned templates and the committed tuning records of this GPU) against a
+float64 reference with NaN-poisoned outputs; zero copy from PyTorch CUDA tensors; ordering with
+the producer's stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import reference, targets, tuning_records
+from tvm_sparseconv.compute import pack_offsets
+from tvm_sparseconv.schedules import rules_for
+from tvm_sparseconv.tuning import problem_arguments
+from tvm_sparseconv.workload import ConvWorkload
+from tvm_sparseconv.workloads import TINY, WORKLOAD_SETS
+
+pytestmark = pytest.mark.gpu
+TOL = 1e-5
+
+CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bias, activation)
+    ((1, 16, 40, 3), (3, 3, 3, 8), 0.3, 1, "SAME", 1, False, None),
+    ((2, 15, 13, 5), (5, 4, 5, 6), 0.2, (3, 2), "VALID", 1, True, "relu"),
+    ((1, 21, 33, 4), (3, 3, 4, 16), 0.5, 1, [(2, 1), (0, 3)], 2, True, "relu6"),
+    ((3, 7, 7, 32), (1, 1, 32, 24), 0.1, 1, "SAME", 1, False, None),
+    ((1, 64, 128, 8), (11, 11, 8, 16), 0.1, 4, "SAME", 1, False, None),
+    ((1, 8, 8, 4), (3, 3, 4, 4), 0.0, 1, "SAME", 1, True, "relu"),  # all-zero kernel
+]
+
+
+def _kernel(rng, shape, density):
+    w = rng.standard_normal(shape).astype(np.float32)
+    return np.where(rng.random(shape) < density, w, 0.0).astype(np.float32)
+
+
+def _run_schedule(sch, target, wl, arrays):
+    dev = tvm.cuda(0)
+    lib = tvm.compile(sch.mod, target=target)
+    args = [tvm.runtime.tensor(a, dev) for a in arrays]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+    lib["sparse_conv2d"](*args, out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("rule", [r.name for r in rules_for(targets.cuda_target_for_arch())])
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_untuned_cuda_templates_match_reference(rule, case):
+    shape, kshape, density, strides, padding, dil, has_bias, act = case
+    rng = np.random.default_rng()
+    w = _kernel(rng, kshape, density)
+    k = tsc.SparseKernel.from_dense(w)
+    bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
+    wl = ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil, has_bias, act)
+    target = targets.cuda_target()
+    rule_obj = next(r for r in rules_for(target) if r.name == rule)
+    sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], target, False)
+    x = rng.standard_normal(shape).astype(np.float32)
+    arrays = [x, k.values, pack_offsets(wl, k.kh, k.kw, k.ci)] + ([bias] if has_bias else [])
+    y = _run_schedule(sch, target, wl, arrays)
+    ref = reference.conv2d_f64(x, w, wl, bias)
+    assert reference.relative_error(y, ref) <= TOL
+
+
+def _committed_entries():
+    if not targets.gpu_available():
+        return []
+    folder = tuning_records.logs_root() / targets.target_folder_name(targets.cuda_target())
+    meta = tuning_records.read_meta(folder) or {}
+    return [e["problem"] for e in meta.get("entries", [])]
+
+
+@pytest.mark.parametrize("problem_name", _committed_entries() or ["<no records for this GPU>"])
+def test_tuned_records_match_reference(problem_name):
+    if problem_name.startswith("<"):
+        pytest.skip("no committed tuning records for this GPU")
+    problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
+    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000))
+    target = targets.cuda_target()
+    tuned = tuning_records.find_tuned_schedule(wl, target)
+    assert tuned is not None, f"record of {problem_name} does not apply to its workload"
+    y = _run_schedule(tuned.schedule, target, wl, arrays)
+    assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl)) <= TOL
+
+
+def test_zero_copy_from_and_to_torch_cuda():
+    torch = pytest.importorskip("torch")
+    problem = TINY[0]
+    k = problem.sparse_kernel()
+    op = tsc.compile(k, problem.input_shape, target="cuda")
+    x = torch.randn(problem.input_shape, device="cuda")
+    view = tsc.interop.to_tvm(x)
+    assert view.data_ptr() == x.data_ptr()
+    y = op(x)
+    assert isinstance(y, torch.Tensor) and y.is_cuda
+    ref = reference.conv2d_f64(x.cpu().numpy(), k.to_dense(), op.workload)
+    assert reference.relative_error(y.cpu().numpy(), ref) <= TOL
+    t = tvm.runtime.empty((4, 64), "float32", tvm.cuda(0))
+    assert tsc.interop.from_tvm(t, "torch").data_ptr() == t.data_ptr()
+
+
+def test_waits_for_the_producer_stream():
+    """A producer kernel on a side (non-blocking) stream writes x right before the call."""
+    torch = pytest.importorskip("torch")
+    problem = TINY[0]
+    k = problem.sparse_kernel()
+    op = tsc.compile(k, problem.input_shape, target="cuda")
+    src = torch.randn(problem.input_shape, device="cuda")
+    ref = reference.conv2d_f64(src.cpu().numpy(), k.to_dense(), op.workload)
+    for _ in range(3):
+        x = torch.full(problem.input_shape, float("nan"), device="cuda")
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time before the write lands
+            x.copy_(src)
+            y = op(x)  # no synchronisation by the caller
+        torch.cuda.synchronize()
+        assert reference.relative_error(y.cpu().numpy(), ref) <= TOL
