@@ -75,7 +75,7 @@ class CUDAEllGather(SparseConvRule):
         if blocks.epilogue is not None:
             sch.reverse_compute_inline(blocks.epilogue)
         for name in ("values", "offsets"):
-            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_t, ow_t)
+            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_split[1], tx)
             reg = sch.cache_read(src, _read_index(sch, src, name), "local")
             sch.compute_at(reg, k_o, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(reg)[-1])
@@ -89,16 +89,18 @@ class CUDAEllGather(SparseConvRule):
         _schedule_relayout(sch, blocks.x_gather)
         return sch
 
-    def _stage_in_shared(self, sch, conv, name, block_loop, co_t, ow_t):
-        """For the shared-weights variant: a block-wide copy; returns the block that reads `name`."""
+    def _stage_in_shared(self, sch, conv, name, block_loop, threads_y, threads_x):
+        """For the shared-weights variant: a block-wide copy; returns the block that reads `name`.
+
+        `threads_y`/`threads_x` are the same factors (sampled variables when tuning) that size the
+        thread block, so the copy keeps matching the block when the search mutates them.
+        """
         if not self.stage_weights_in_shared:
             return conv
         shared = sch.cache_read(conv, _read_index(sch, conv, name), "shared")
         sch.compute_at(shared, block_loop, preserve_unit_loops=True)
         fused = sch.fuse(*sch.get_loops(shared)[1:])
-        extent_ty = sch.get(co_t).extent
-        extent_tx = sch.get(ow_t).extent
-        _, ty, tx, vec = sch.split(fused, factors=[None, extent_ty, extent_tx, VEC])
+        _, ty, tx, vec = sch.split(fused, factors=[None, threads_y, threads_x, VEC])
         sch.bind(ty, "threadIdx.y")
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
