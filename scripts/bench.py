@@ -97,16 +97,19 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
     x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
     op.run(x_dev[0], out)
-    err = reference.relative_error(out.numpy(), reference.conv2d_f64(xs[0], w, wl))
+    ref = reference.conv2d_f64(xs[0], w, wl)
+    err = reference.relative_error(out.numpy(), ref)
 
     run = lambda i: op.run(x_dev[i % n_rot], out)  # noqa: E731
     if on_gpu:
         ours = baselines.cuda_event_median(run, repeats)
     else:
         ours = baselines.median_wall(run, repeats)
-    times = {"sparse": ours}
+    times, errors = {"sparse": ours}, {"sparse": err}
     if with_baselines:
-        times.update(baselines.dense_baselines(xs, w, wl, on_gpu, repeats))
+        base_times, base_errors = baselines.dense_baselines(xs, w, wl, on_gpu, repeats, ref)
+        times.update(base_times)
+        errors.update(base_errors)
     useful = wl.useful_flops(kernel.nnz)
     return {
         "sweep": problem.sweep, "problem": problem.name, "value": problem.value,
@@ -114,7 +117,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         "density": kernel.density, "nnz": kernel.nnz, "ell_width": kernel.ell_width,
         "schedule": op.schedule_source, "tuned": op.tuned,
         "relative_error": err, "correct": err <= TOLERANCE,
-        "seconds": times, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
+        "seconds": times, "relative_errors": errors, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
         "useful_flops": useful, "dense_flops": wl.dense_flops(),
         "useful_tflops": useful / ours / 1e12,
     }

@@ -131,7 +131,7 @@ def _device_name(target) -> str:
 
 def _dense_us(problem: Problem, target) -> dict:
     wl, w, arrays = problem_arguments(problem)
-    res = baselines.dense_baselines([arrays[0]], w, wl, on_gpu=target.kind.name == "cuda", repeats=20)
+    res, _ = baselines.dense_baselines([arrays[0]], w, wl, on_gpu=target.kind.name == "cuda", repeats=20)
     return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in res.items()}
 
 

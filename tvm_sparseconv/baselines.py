@@ -7,11 +7,13 @@
 Timing: warm-up, then the median over `repeats` samples; on a GPU each sample is a batch of calls
 between two CUDA events on the legacy default stream (where TVM launches too), divided by the
 batch size, with the inputs rotated over several copies so that repeated runs do not measure L2.
-Each function returns seconds per call, or raises `BaselineUnavailable` saying why not.
+Each function returns (seconds per call, its NHWC output as numpy) or raises
+`BaselineUnavailable` saying why not; `dense_baselines` checks every output against the reference.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable, Sequence
 
@@ -86,7 +88,7 @@ def tf_conv2d_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload,
     with tf.device("/GPU:0" if gpu else "/CPU:0"):
         xts, wt = [tf.constant(x) for x in xs], tf.constant(w)
         run = lambda i: tf.nn.conv2d(xts[i % len(xts)], wt, wl.strides, pads, dilations=wl.dilations).numpy()  # noqa: E731
-        return median_wall(run, repeats)
+        return median_wall(run, repeats), run(0)
 
 
 def cudnn_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, tf32: bool, repeats: int) -> float:
@@ -104,23 +106,110 @@ def cudnn_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, tf3
     wt = torch.as_tensor(w, device="cuda").permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.functional.conv2d
     run = lambda i: conv(xts[i % len(xts)], wt, stride=wl.strides, dilation=wl.dilations)  # noqa: E731
-    return cuda_event_median(run, repeats)
+    return cuda_event_median(run, repeats), run(0).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def dense_baselines(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, on_gpu: bool, repeats: int) -> dict:
-    """{name: seconds, or "unavailable: why"} for the dense baselines that fit this device."""
+def xla_conv_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, highest: bool, repeats: int) -> float:
+    """JAX/XLA's convolution on the GPU; `highest`: strict fp32, else XLA's default (TF32)."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with the others
+    try:
+        import jax
+    except ImportError as e:
+        raise BaselineUnavailable(f"JAX is not installed ({e})") from None
+    try:
+        dev = jax.devices("gpu")[0]
+    except RuntimeError as e:
+        raise BaselineUnavailable(f"JAX sees no GPU ({e})") from None
+    precision = jax.lax.Precision.HIGHEST if highest else jax.lax.Precision.DEFAULT
+    conv = jax.jit(lambda x, k: jax.lax.conv_general_dilated(
+        x, k, window_strides=wl.strides, padding=list(wl.pads), rhs_dilation=wl.dilations,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision))
+    xjs, wj = [jax.device_put(x, dev) for x in xs], jax.device_put(w, dev)
+    batch = 10  # XLA dispatches asynchronously: time batches, wait on the last result
+
+    def run(i):
+        for j in range(batch):
+            y = conv(xjs[(i * batch + j) % len(xjs)], wj)
+        y.block_until_ready()
+
+    return median_wall(run, repeats) / batch, np.asarray(conv(xjs[0], wj))
+
+
+def cusparse_im2col_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, repeats: int) -> float:
+    """The sparse peer on the GPU: im2col (CuPy) then cuSPARSE CSR x dense (SpMM), both timed."""
+    try:
+        import cupy as cp
+        import cupyx.scipy.sparse as csp
+    except ImportError as e:
+        raise BaselineUnavailable(f"CuPy is not installed ({e})") from None
+    kh, kw, cin, cout = wl.kernel_shape
+    w_csr = csp.csr_matrix(cp.asarray(w.transpose(3, 0, 1, 2).reshape(cout, -1)))
+    xps = [cp.asarray(np.pad(x, ((0, 0), *wl.pads, (0, 0)))) for x in xs]
+    if kh * kw * cin * int(np.prod(wl.output_shape[:3])) * 4 > 8 * 2**30:
+        raise BaselineUnavailable("im2col matrix over 8 GiB")
+    run = lambda i: w_csr @ _im2col(cp, xps[i % len(xps)], wl)  # noqa: E731
+    return cuda_event_median(run, repeats, batch=2), _cols_to_nhwc(cp.asnumpy(run(0)), wl)
+
+
+def scipy_im2col_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, repeats: int) -> float:
+    """The sparse peer on the CPU: im2col (numpy) then scipy.sparse CSR x dense."""
+    try:
+        import scipy.sparse as sp
+    except ImportError as e:
+        raise BaselineUnavailable(f"SciPy is not installed ({e})") from None
+    kh, kw, cin, cout = wl.kernel_shape
+    w_csr = sp.csr_matrix(w.transpose(3, 0, 1, 2).reshape(cout, -1))
+    xps = [np.pad(x, ((0, 0), *wl.pads, (0, 0))) for x in xs]
+    run = lambda i: w_csr @ _im2col(np, xps[i % len(xps)], wl)  # noqa: E731
+    return median_wall(run, repeats, warmup=1), _cols_to_nhwc(run(0), wl)
+
+
+def _cols_to_nhwc(y, wl: ConvWorkload) -> np.ndarray:
+    n, oh, ow, cout = wl.output_shape
+    return np.asarray(y).reshape(cout, n, oh, ow).transpose(1, 2, 3, 0)
+
+
+def _im2col(xp, x_padded, wl: ConvWorkload):
+    """(KH*KW*Cin, N*OH*OW) matrix of input windows, rows ordered like the HWIO kernel."""
+    n, oh, ow, _ = wl.output_shape
+    kh, kw, cin, _ = wl.kernel_shape
+    (sh, sw), (dh, dw) = wl.strides, wl.dilations
+    s = x_padded.strides
+    win = xp.lib.stride_tricks.as_strided(
+        x_padded, (kh, kw, cin, n, oh, ow), (s[1] * dh, s[2] * dw, s[3], s[0], s[1] * sh, s[2] * sw))
+    return xp.ascontiguousarray(win).reshape(kh * kw * cin, n * oh * ow)
+
+
+def dense_baselines(
+    xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, on_gpu: bool, repeats: int,
+    ref: np.ndarray | None = None,
+) -> tuple[dict, dict]:
+    """({name: seconds, or "unavailable: why"}, {name: relative error vs `ref`}) for this device."""
     if on_gpu:
         candidates = {
             "cudnn_fp32": lambda: cudnn_seconds(xs, w, wl, tf32=False, repeats=repeats),
             "cudnn_tf32": lambda: cudnn_seconds(xs, w, wl, tf32=True, repeats=repeats),
             "tf_conv2d_gpu": lambda: tf_conv2d_seconds(xs, w, wl, repeats, gpu=True),
+            "xla_fp32": lambda: xla_conv_seconds(xs, w, wl, True, repeats),
+            "xla_default": lambda: xla_conv_seconds(xs, w, wl, False, repeats),
+            "cusparse_im2col": lambda: cusparse_im2col_seconds(xs, w, wl, max(5, repeats // 5)),
         }
     else:
-        candidates = {"tf_conv2d": lambda: tf_conv2d_seconds(xs, w, wl, repeats)}
-    out: dict[str, float | str] = {}
+        candidates = {
+            "tf_conv2d": lambda: tf_conv2d_seconds(xs, w, wl, repeats),
+            "scipy_im2col": lambda: scipy_im2col_seconds(xs, w, wl, max(2, repeats // 2)),
+        }
+    from .reference import relative_error
+
+    times: dict[str, float | str] = {}
+    errors: dict[str, float] = {}
     for name, fn in candidates.items():
         try:
-            out[name] = fn()
+            times[name], y = fn()
+            if ref is not None:
+                errors[name] = relative_error(y, ref)
         except BaselineUnavailable as e:
-            out[name] = f"unavailable: {e}"
-    return out
+            times[name] = f"unavailable: {e}"
+        except Exception as e:  # noqa: BLE001 - a baseline's own failure is reported, not fatal
+            times[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
+    return times, errors
