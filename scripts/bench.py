@@ -48,6 +48,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per contender (default 50 GPU, 5 CPU)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/<device>.json)")
     ap.add_argument("--no-baselines", action="store_true", help="time only the sparse kernel")
+    ap.add_argument("--ceilings", action="store_true",
+                    help="also measure the device's fp32 GEMM rate and copy bandwidth (stored with the results)")
     return ap.parse_args(argv)
 
 
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     device_name = tvm.cuda(0).device_name if on_gpu else f"cpu-{target.attrs.get('mcpu', '')}"
     folder = targets.target_folder_name(target)
     out = args.out or Path("benchmarks/results") / f"{folder}.json"
-    problems = workload_set(args.sweeps)
+    problems = workload_set(args.sweeps) if args.sweeps != "none" else []
     print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
 
     points = []
@@ -71,7 +73,11 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)
-    results = merge(out, points, environment(device_name, target))
+    env = environment(device_name, target)
+    if args.ceilings:
+        env["ceilings"] = baselines.measure_ceilings(on_gpu)
+        print(f"ceilings: {env['ceilings']}")
+    results = merge(out, points, env)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(points)
@@ -157,8 +163,11 @@ def _nvidia_driver() -> str:
 
 
 def merge(path: Path, points: list[dict], env: dict) -> dict:
-    """New points replace old ones of the same (sweep, problem); the environment is the latest run's."""
+    """New points replace old ones of the same (sweep, problem); the environment is the latest run's
+    (measured ceilings are kept from an earlier run when this one measured none)."""
     old = json.loads(path.read_text()) if path.is_file() else {"points": []}
+    if "ceilings" not in env and "ceilings" in old:
+        env = env | {"ceilings": old["ceilings"]}
     fresh = {(p["sweep"], p["problem"]) for p in points}
     kept = [p for p in old.get("points", []) if (p["sweep"], p["problem"]) not in fresh]
     runs = old.get("runs", []) + [env | {"points": sorted(fresh)}]

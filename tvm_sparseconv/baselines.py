@@ -213,3 +213,26 @@ def dense_baselines(
         except Exception as e:  # noqa: BLE001 - a baseline's own failure is reported, not fatal
             times[name] = f"failed: {type(e).__name__}: {str(e)[:200]}"
     return times, errors
+
+
+def measure_ceilings(on_gpu: bool) -> dict:
+    """The device's measured ceilings: strict-fp32 GEMM TFLOP/s and copy TB/s (read + write)."""
+    n = 8192 if on_gpu else 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    if on_gpu:
+        torch = _torch_cuda()
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ta, tb = torch.as_tensor(a, device="cuda"), torch.as_tensor(a.T.copy(), device="cuda")
+        t_mm = cuda_event_median(lambda i: ta @ tb, 10, batch=3)
+        big = torch.empty(2**28, dtype=torch.float32, device="cuda")  # 1 GiB
+        dst = torch.empty_like(big)
+        t_cp = cuda_event_median(lambda i: dst.copy_(big), 10, batch=3)
+        nbytes = 2 * big.numel() * 4
+    else:
+        t_mm = median_wall(lambda i: a @ a, 5)
+        big = np.ones(2**26, np.float32)
+        dst = np.empty_like(big)
+        t_cp = median_wall(lambda i: np.copyto(dst, big), 5)
+        nbytes = 2 * big.size * 4
+    return {"fp32_gemm_tflops": 2 * n**3 / t_mm / 1e12, "copy_tbps": nbytes / t_cp / 1e12,
+            "method": f"{n}^3 fp32 matmul (no TF32); {nbytes // 2**20} MiB copy, read+write counted"}

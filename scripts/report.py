@@ -1,0 +1,193 @@
+#!/usr/bin/env python
+"""Turn benchmarks/results/<device>.json into plots and markdown tables.
+
+  python scripts/report.py                 # every device in benchmarks/results/
+
+Writes benchmarks/plots/<device>/<sweep>.png (time against the swept parameter, ours against every
+baseline), benchmarks/RESULTS.md (every point: speed-ups, useful TFLOP/s, share of the measured
+fp32 ceiling, whether the issue's target holds, break-even nonzero ratios), and the summary between
+the `results` markers in README.md. Nothing here is typed by hand: rerun after every benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP_ORDER = ["headline", "kernel_size", "in_channels", "out_channels", "density", "image_size"]
+SWEEP_LABEL = {
+    "kernel_size": "kernel size (1x256x512x3 input, 64 filters)",
+    "in_channels": "input channels (11x11 kernels, 3 filters)",
+    "out_channels": "output channels (11x11x3 kernels)",
+    "density": "nonzero ratio (1x256x512x32 input, 11x11x32x64 kernel)",
+    "image_size": "image size (11x11x3x64 kernel)",
+}
+MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def target_check(p: dict) -> str:
+    """Whether the issues' per-point targets hold ('' where none applies)."""
+    s = p["seconds"]
+    sp = s["sparse"]
+    fp32, tf32, tf = s.get("cudnn_fp32"), s.get("cudnn_tf32"), s.get("tf_conv2d")
+    ok = lambda c: "yes" if c else "**no**"  # noqa: E731
+    if isinstance(fp32, float):
+        if p["sweep"] == "headline":
+            return f"10x fp32: {ok(fp32 / sp >= 10)}, >= TF32: {ok(tf32 / sp >= 1)}"
+        if p["sweep"] in SWEEP_LABEL and (p["sweep"] != "density" or abs(p["value"] - 0.1) < 1e-9):
+            return f"> fp32: {ok(fp32 > sp)}, > TF32: {ok(tf32 > sp)}"
+        if p["sweep"] == "resnet50_3x3_b1":
+            return f"1.5x fp32: {ok(fp32 / sp >= 1.5)}"
+    if isinstance(tf, float) and p["sweep"] == "headline":
+        return f"4x tf.nn.conv2d: {ok(tf / sp >= 4)}"
+    return ""
+
+
+def baselines_of(points: list[dict]) -> list[str]:
+    names = []
+    for p in points:
+        for k, v in p.get("seconds", {}).items():
+            if k != "sparse" and isinstance(v, float) and k not in names:
+                names.append(k)
+    return names
+
+
+def break_even(points: list[dict], base: str) -> str:
+    """Nonzero ratio where the sparse kernel stops beating `base` (log-interpolated)."""
+    pts = sorted((p["value"], p["seconds"][base] / p["seconds"]["sparse"]) for p in points
+                 if isinstance(p["seconds"].get(base), float))
+    if not pts:
+        return "n/a"
+    if all(r > 1 for _, r in pts):
+        return f"> {pts[-1][0]:g} (faster at every ratio measured)"
+    if all(r <= 1 for _, r in pts):
+        return f"< {pts[0][0]:g} (slower at every ratio measured)"
+    for (d0, r0), (d1, r1) in zip(pts, pts[1:]):
+        if r0 > 1 >= r1:
+            t = math.log(r0) / (math.log(r0) - math.log(r1)) if r0 != r1 else 0
+            return f"{math.exp(math.log(d0) + t * (math.log(d1) - math.log(d0))):.2f}"
+    return "n/a"
+
+
+def sweeps_of(points: list[dict]) -> list[str]:
+    present = {p["sweep"] for p in points}
+    return [s for s in SWEEP_ORDER if s in present] + sorted(present - set(SWEEP_ORDER))
+
+
+def plot(device: str, sweep: str, points: list[dict], out_dir: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted((p for p in points if "seconds" in p), key=lambda p: p["value"])
+    if len(pts) < 2:
+        return None
+    resnet = sweep.startswith("resnet50")
+    xs = list(range(len(pts))) if resnet else [p["value"] for p in pts]
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name in ["sparse"] + baselines_of(pts):
+        ys = [p["seconds"].get(name) for p in pts]
+        if not all(isinstance(y, float) for y in ys):
+            continue
+        style = dict(lw=2.5, color="black", marker="o") if name == "sparse" else dict(lw=1.2, marker=".")
+        ax.plot(xs, [y * 1e3 for y in ys], label="tvm_sparseconv" if name == "sparse" else name, **style)
+    ax.set_yscale("log")
+    if sweep in ("density", "image_size", "in_channels", "out_channels"):
+        ax.set_xscale("log")
+    if resnet:
+        ax.set_xticks(xs, [p["problem"].replace("resnet50_", "").rsplit("_b", 1)[0] for p in pts],
+                      rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(SWEEP_LABEL.get(sweep, "layer" if resnet else sweep))
+    ax.set_ylabel("time per call (ms, log)")
+    dens = "" if sweep == "density" else " at 10% nonzeros"
+    ax.set_title(f"{sweep}{dens} on {device}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{sweep}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> tuple[str, str]:
+    """(full tables, short summary) for one device's results."""
+    points = [p for p in res["points"] if "seconds" in p]
+    ceiling = res.get("ceilings", {}).get("fp32_gemm_tflops")
+    bases = baselines_of(points)
+    head = (f"### {res['device']} (`benchmarks/results/{name}.json`)\n\n"
+            f"Measured {res['date']} with `scripts/bench.py`; versions {res['versions']}"
+            + (f"; driver {res['driver']}" if res.get("driver") else "")
+            + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
+    full = [head]
+    summary = [head, "| sweep | points | sparse faster than " + " | ".join(bases) + " | best useful TFLOP/s |",
+               "|---" * (3 + len(bases)) + "|"]
+    for sweep in sweeps_of(points):
+        pts = sorted((p for p in points if p["sweep"] == sweep), key=lambda p: p["value"])
+        full.append(f"\n#### {sweep}\n")
+        if sweep in plotted:
+            full.append(f"![{sweep}]({plots_rel}/{sweep}.png)\n")
+        cols = ["point", "sparse ms"] + [f"x vs {b}" for b in bases] + ["useful TFLOP/s", "% fp32 ceiling",
+                                                                         "rel. err", "tuned", "target"]
+        full.append("| " + " | ".join(cols) + " |")
+        full.append("|---" * len(cols) + "|")
+        for p in pts:
+            s = p["seconds"]
+            speed = [f"{s[b] / s['sparse']:.2f}" if isinstance(s.get(b), float) else "n/a" for b in bases]
+            share = f"{100 * p['useful_tflops'] / ceiling:.0f}%" if ceiling else "n/a"
+            full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | " + " | ".join(speed)
+                        + f" | {p['useful_tflops']:.2f} | {share} | {p['relative_error']:.1e} | "
+                        f"{'yes' if p['tuned'] else 'no'} | {target_check(p)} |")
+        wins = [f"{sum(1 for p in pts if isinstance(p['seconds'].get(b), float) and p['seconds'][b] > p['seconds']['sparse'])}/{len(pts)}"
+                for b in bases]
+        summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {max(p['useful_tflops'] for p in pts):.2f} |")
+    dens = [p for p in points if p["sweep"] == "density"]
+    if dens:
+        line = "\nBreak-even nonzero ratio (density sweep): " + "; ".join(f"{b}: {break_even(dens, b)}" for b in bases) + ".\n"
+        full.append(line)
+        summary.append(line)
+    return "\n".join(full) + "\n", "\n".join(summary) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's summary")
+    args = ap.parse_args(argv)
+    fulls, summaries = [], []
+    for path in sorted(args.results.glob("*.json")):
+        res = json.loads(path.read_text())
+        if "points" not in res:
+            continue
+        name = path.stem
+        plotted = {
+            sweep for sweep in sweeps_of([p for p in res["points"] if "seconds" in p])
+            if plot(res["device"], sweep, [p for p in res["points"] if p["sweep"] == sweep],
+                    ROOT / "benchmarks" / "plots" / name)
+        }
+        full, summary = device_markdown(name, res, f"plots/{name}", plotted)
+        fulls.append(full)
+        summaries.append(summary.replace("](plots/", "](benchmarks/plots/"))
+        print(f"{name}: {len(res['points'])} points")
+    (ROOT / "benchmarks" / "RESULTS.md").write_text(
+        "# Benchmark results\n\nGenerated by `python scripts/report.py` from `benchmarks/results/*.json`.\n\n"
+        + "\n".join(fulls))
+    if not args.no_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        if MARK_START in text and MARK_END in text:
+            pre, rest = text.split(MARK_START, 1)
+            _, post = rest.split(MARK_END, 1)
+            readme.write_text(pre + MARK_START + "\n" + "\n".join(summaries) + MARK_END + post)
+    print("wrote benchmarks/RESULTS.md and plots" + ("" if args.no_readme else ", README summary"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

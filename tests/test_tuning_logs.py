@@ -1,0 +1,117 @@
+"""Committed tuning logs and the tuning pipeline, checked on a machine without a GPU.
+
+- Every committed CUDA record replays onto its workload and its generated CUDA code compiles with
+  nvcc for the record's architecture (TVM generates CUDA source without a GPU).
+- Random draws from each CUDA design space pass MetaSchedule's postprocessors or are rejected by
+  them, never by a crash (a broken trace would waste every tuning trial).
+- A real (tiny) MetaSchedule tuning run for this CPU writes a record that `compile()` then uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import targets, tuning_records
+from tvm_sparseconv.tuning import design_space, tune_problem
+from tvm_sparseconv.workload import ConvWorkload
+from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
+
+from conftest import run_poisoned, reference_conv, rel_err
+
+LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
+
+
+def _cuda_entries():
+    out = []
+    for folder in sorted(p for p in LOGS.iterdir() if p.is_dir()) if LOGS.is_dir() else []:
+        meta = tuning_records.read_meta(folder) or {}
+        if meta.get("target", {}).get("kind") == "cuda":
+            out += [(folder.name, e["problem"], e["workload"], meta["target"]["arch"]) for e in meta["entries"]]
+    return out
+
+
+CUDA_ENTRIES = _cuda_entries()
+
+
+def test_committed_logs_exist_and_are_for_this_tvm():
+    assert CUDA_ENTRIES, f"no committed CUDA tuning records under {LOGS}"
+    for folder in {f for f, *_ in CUDA_ENTRIES}:
+        meta = tuning_records.read_meta(LOGS / folder)
+        assert meta["tvm_version"] == tvm.__version__, f"{folder} was tuned with TVM {meta['tvm_version']}"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("folder,problem,workload,arch", CUDA_ENTRIES, ids=[f"{f}/{p}" for f, p, *_ in CUDA_ENTRIES])
+def test_committed_cuda_record_applies_and_compiles_with_nvcc(folder, problem, workload, arch, tmp_path):
+    from tvm.support import nvcc
+
+    wl = ConvWorkload.from_json(workload)
+    target = targets.cuda_target_for_arch(arch)
+    tuned = tuning_records.find_tuned_schedule(wl, target, LOGS / folder)
+    assert tuned is not None, f"{folder}/{problem}: record does not apply to its workload"
+    assert tuned.tuned_workload == wl
+    lib = tvm.compile(tuned.schedule.mod, target=target)
+    src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+    assert "__global__" in src
+    with target:
+        cubin = nvcc.compile_cuda(src, target_format="cubin", arch=arch)
+    assert len(cubin) > 0
+
+
+def test_records_are_never_applied_to_another_gpu_or_tvm_version(tmp_path):
+    folder, problem, workload, arch = CUDA_ENTRIES[0]
+    wl = ConvWorkload.from_json(workload)
+    other_arch = targets.cuda_target_for_arch("sm_80" if arch != "sm_80" else "sm_90")
+    assert tuning_records.find_tuned_schedule(wl, other_arch, LOGS / folder) is None
+    copy = tmp_path / folder
+    shutil.copytree(LOGS / folder, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["tvm_version"] = "0.0.1"
+    (copy / "meta.json").write_text(json.dumps(meta))
+    assert tuning_records.find_tuned_schedule(wl, targets.cuda_target_for_arch(arch), copy) is None
+
+
+@pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1]], ids=lambda p: p.name)
+def test_cuda_design_spaces_sample_cleanly(problem):
+    target = targets.cuda_target_for_arch("sm_90")
+    mod = tuning_records.workload_module(problem.workload())
+    space = design_space(target)
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=space, task_name="main", num_threads=1)
+    postprocs = ctx.space_generator.postprocs
+    built = 0
+    for seed in range(1, 9):
+        for design in ctx.generate_design_space():
+            sch = tvm.s_tir.Schedule(mod, seed=seed)
+            tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+            sch.enter_postproc()
+            if all(p.apply(sch) for p in postprocs):
+                tvm.compile(sch.mod, target=target)
+                built += 1
+    assert built > 0, "every sampled candidate was rejected"
+
+
+def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_path, monkeypatch):
+    target = targets.host_cpu_target()
+    root = tmp_path / "logs"
+    folder = root / targets.target_folder_name(target)
+    res = tune_problem(TINY[0], target, folder, trials=8, work_root=tmp_path / "work")
+    assert res.relative_error <= 1e-5 and res.best_seconds > 0
+    assert (folder / "database_tuning_record.json").stat().st_size > 0
+
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    kernel = TINY[0].sparse_kernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tsc.UntunedWarning)  # must find the record: no warning
+        op = tsc.compile(kernel, TINY[0].input_shape, target="cpu")
+    assert op.tuned, op.schedule_source
+    x = np.random.default_rng().standard_normal(TINY[0].input_shape).astype(np.float32)
+    assert rel_err(run_poisoned(op, x), reference_conv(x, kernel.to_dense())) <= 1e-5
