@@ -126,7 +126,7 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
     full = [head]
-    summary = [head, "| sweep | points | sparse faster than " + " | ".join(bases) + " | best useful TFLOP/s |",
+    summary = [head, "| sweep | points | " + " | ".join(f"faster than {b}" for b in bases) + " | best useful TFLOP/s |",
                "|---" * (3 + len(bases)) + "|"]
     for sweep in sweeps_of(points):
         pts = sorted((p for p in points if p["sweep"] == sweep), key=lambda p: p["value"])
