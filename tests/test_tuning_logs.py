@@ -63,7 +63,7 @@ def test_committed_cuda_record_applies_and_compiles_with_nvcc(folder, problem, w
     src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
     assert "__global__" in src
     with target:
-        cubin = nvcc.compile_cuda(src, target_format="cubin", arch=arch)
+        cubin = nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvcc")
     assert len(cubin) > 0
 
 
