@@ -155,6 +155,17 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
     return "\n".join(full) + "\n", "\n".join(summary) + "\n"
 
 
+def demo_markdown(path: Path, d: dict) -> str:
+    sec = d["seconds"]
+    return (f"### `make demo` on {d['machine']['cpu']} ({d['machine']['cores']} cores), "
+            f"`benchmarks/results/{path.name}`\n\n"
+            f"Headline case ({d['nnz']} nonzeros), {d['date']}, schedule `{d['schedule']}`: "
+            f"`tf.nn.conv2d` {sec['tf_conv2d'] * 1e3:.1f} ms, tvm_sparseconv {sec['sparse'] * 1e3:.1f} ms "
+            f"(**{d['speedup']:.2f}x**, whole call on TF tensors, median of {d['repeats']}); relative error "
+            f"{d['relative_error']:.1e}; conversion {sec['convert'] * 1e3:.0f} ms and compilation "
+            f"{sec['compile']:.1f} s once, not in the times.\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -163,6 +174,9 @@ def main(argv=None) -> int:
     fulls, summaries = [], []
     for path in sorted(args.results.glob("*.json")):
         res = json.loads(path.read_text())
+        if res.get("script") == "scripts/demo.py":
+            summaries.append(demo_markdown(path, res))
+            continue
         if "points" not in res:
             continue
         name = path.stem

@@ -53,6 +53,14 @@ def parse_args(argv=None):
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
     ap.add_argument("--summary-json", type=Path, default=None, help="write the per-workload summary here")
     ap.add_argument("--list", action="store_true", help="list the workload sets and exit")
+    own = ap.add_argument_group("your own layer (instead of --workloads): tuned on its real sparsity pattern")
+    own.add_argument("--kernel", type=Path, default=None, help="a SparseKernel saved with kernel.save(PATH)")
+    own.add_argument("--input-shape", default=None, help="N,H,W,C of the layer's input")
+    own.add_argument("--strides", default="1,1", help="h,w (default 1,1)")
+    own.add_argument("--dilations", default="1,1", help="h,w (default 1,1)")
+    own.add_argument("--padding", default="SAME", help="SAME, VALID or top,bottom,left,right")
+    own.add_argument("--bias", action="store_true", help="the layer adds a bias")
+    own.add_argument("--activation", choices=["relu", "relu6"], default=None, help="fused activation")
     ap.add_argument("--verbose", action="store_true", help="show MetaSchedule's own log")
     return ap.parse_args(argv)
 
@@ -70,7 +78,7 @@ def main(argv=None) -> int:
     folder_name = targets.target_folder_name(target)
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
-    problems = workload_set(args.workloads)
+    problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
     done = tuned_problems(out)
     todo = [p for p in problems if args.force or p.workload() not in done]
     device_name = _device_name(target)
@@ -119,6 +127,31 @@ def main(argv=None) -> int:
         args.summary_json.write_text(json.dumps({"device": device_name, "target": str(target),
                                                  "trials": args.trials, "workloads": rows}, indent=1) + "\n")
     return 1 if any("error" in r for r in rows) else 0
+
+
+def _ints(text: str, n: int, name: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != n:
+        raise SystemExit(f"--{name} must be {n} comma-separated integers, got {text!r}")
+    return vals
+
+
+def _own_problem(args) -> Problem:
+    from tvm_sparseconv import SparseKernel
+
+    if args.input_shape is None:
+        raise SystemExit("--kernel needs --input-shape N,H,W,C")
+    pad = args.padding.upper()
+    if pad not in ("SAME", "VALID"):
+        t, b, l, r = _ints(args.padding, 4, "padding")
+        pad = [(t, b), (l, r)]
+    kernel = SparseKernel.load(args.kernel)
+    return Problem.from_kernel(kernel, _ints(args.input_shape, 4, "input-shape"), _ints(args.strides, 2, "strides"),
+                               pad, _ints(args.dilations, 2, "dilations"), args.bias, args.activation,
+                               name=args.kernel.stem)
 
 
 def _device_name(target) -> str:

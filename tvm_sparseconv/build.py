@@ -50,8 +50,18 @@ def cache_dir() -> Path:
 
 
 def tune_command(wl: ConvWorkload, target: Target) -> str:
+    """The `scripts/tune.py` call that tunes this workload on its real kernel (saved to a file)."""
     kind = "cuda" if target.kind.name == "cuda" else "llvm"
-    return f"python scripts/tune.py --target {kind} --workload '{json.dumps(wl.to_json())}'"
+    (t, b), (l, r) = wl.pads
+    pair = lambda p: f"{p[0]},{p[1]}"  # noqa: E731
+    cmd = (f"kernel.save('kernel.npz'); python scripts/tune.py --target {kind} --kernel kernel.npz "
+           f"--input-shape {','.join(map(str, wl.input_shape))} --strides {pair(wl.strides)} "
+           f"--dilations {pair(wl.dilations)} --padding {t},{b},{l},{r}")
+    if wl.has_bias:
+        cmd += " --bias"
+    if wl.activation:
+        cmd += f" --activation {wl.activation}"
+    return cmd
 
 
 def choose_schedule(wl: ConvWorkload, target: Target):

@@ -49,12 +49,16 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: Target, _params=N
 
 
 def problem_arguments(problem: Problem, seed: int = 0):
-    """(workload, dense kernel, [x, values, offsets]) as numpy arrays: the real pattern."""
+    """(workload, dense kernel, [x, values, offsets, (bias)]) as numpy arrays: the real pattern."""
     kernel = problem.sparse_kernel()
     wl = problem.workload(kernel)
-    x = np.random.default_rng(seed + 1).standard_normal(wl.input_shape, dtype=np.float32)
+    rng = np.random.default_rng(seed + 1)
+    x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     offsets = pack_offsets(wl, kernel.kh, kernel.kw, kernel.ci)
-    return wl, kernel.to_dense(), [x, np.asarray(kernel.values), offsets]
+    arrays = [x, np.asarray(kernel.values), offsets]
+    if wl.has_bias:
+        arrays.append(rng.standard_normal(wl.out_channels, dtype=np.float32))
+    return wl, kernel.to_dense(), arrays
 
 
 def make_alloc_argument(arrays: list[np.ndarray]) -> Callable:
@@ -177,7 +181,7 @@ def _first_correct_record(database, mod, wl, dense_w, arrays, target, top_k: int
     records = database.get_top_k(workload, top_k)
     if not records:
         raise RuntimeError(f"no successful candidate for {wl.describe()} (every build or run failed)")
-    ref = reference.conv2d_f64(arrays[0], dense_w, wl)
+    ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
     dev = device_for(target)
     rejected = []
     for rec in records:

@@ -6,7 +6,7 @@ from a fixed seed, so every tool sees the same sparsity pattern (and so the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -40,17 +40,32 @@ class Problem:
     sweep: str = ""
     value: float = 0.0
     seed: int = 0
+    dilations: int | tuple[int, int] = 1
+    has_bias: bool = False
+    activation: str | None = None
+    #: a user's own kernel (see `from_kernel`); None: a random kernel pruned to `density`
+    kernel: SparseKernel | None = field(default=None, compare=False, repr=False)
+
+    @staticmethod
+    def from_kernel(kernel: SparseKernel, input_shape, strides=1, padding: Padding = "SAME", dilations=1,
+                    has_bias: bool = False, activation: str | None = None, name: str = "user") -> "Problem":
+        """A problem for a given (e.g. loaded) kernel: tuned on its real sparsity pattern."""
+        return Problem(name, tuple(int(d) for d in input_shape), kernel.shape, kernel.density, strides,
+                       padding, dilations=dilations, has_bias=has_bias, activation=activation, kernel=kernel)
 
     def dense_kernel(self) -> np.ndarray:
+        if self.kernel is not None:
+            return self.kernel.to_dense()
         return random_pruned_kernel(self.kernel_shape, self.density, np.random.default_rng(self.seed))
 
     def sparse_kernel(self) -> SparseKernel:
-        return SparseKernel.from_dense(self.dense_kernel())
+        return self.kernel if self.kernel is not None else SparseKernel.from_dense(self.dense_kernel())
 
     def workload(self, kernel: SparseKernel | None = None) -> ConvWorkload:
         kernel = kernel or self.sparse_kernel()
         return ConvWorkload.create(
-            self.input_shape, self.kernel_shape, kernel.ell_width, self.strides, self.padding
+            self.input_shape, self.kernel_shape, kernel.ell_width, self.strides, self.padding,
+            self.dilations, self.has_bias, self.activation,
         )
 
     @property
