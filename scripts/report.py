@@ -73,6 +73,11 @@ def break_even(points: list[dict], base: str) -> str:
     return "n/a"
 
 
+def _gflops(p: dict) -> str:
+    g = p["useful_tflops"] * 1e3
+    return f"{g:.0f}" if g >= 100 else f"{g:.1f}"
+
+
 def sweeps_of(points: list[dict]) -> list[str]:
     present = {p["sweep"] for p in points}
     return [s for s in SWEEP_ORDER if s in present] + sorted(present - set(SWEEP_ORDER))
@@ -126,14 +131,14 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
     full = [head]
-    summary = [head, "| sweep | points | " + " | ".join(f"faster than {b}" for b in bases) + " | best useful TFLOP/s |",
+    summary = [head, "| sweep | points | " + " | ".join(f"faster than {b}" for b in bases) + " | best useful GFLOP/s |",
                "|---" * (3 + len(bases)) + "|"]
     for sweep in sweeps_of(points):
         pts = sorted((p for p in points if p["sweep"] == sweep), key=lambda p: p["value"])
         full.append(f"\n#### {sweep}\n")
         if sweep in plotted:
             full.append(f"![{sweep}]({plots_rel}/{sweep}.png)\n")
-        cols = ["point", "sparse ms"] + [f"x vs {b}" for b in bases] + ["useful TFLOP/s", "% fp32 ceiling",
+        cols = ["point", "sparse ms"] + [f"x vs {b}" for b in bases] + ["useful GFLOP/s", "% fp32 ceiling",
                                                                          "rel. err", "tuned", "target"]
         full.append("| " + " | ".join(cols) + " |")
         full.append("|---" * len(cols) + "|")
@@ -142,11 +147,11 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             speed = [f"{s[b] / s['sparse']:.2f}" if isinstance(s.get(b), float) else "n/a" for b in bases]
             share = f"{100 * p['useful_tflops'] / ceiling:.0f}%" if ceiling else "n/a"
             full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | " + " | ".join(speed)
-                        + f" | {p['useful_tflops']:.2f} | {share} | {p['relative_error']:.1e} | "
+                        + f" | {_gflops(p)} | {share} | {p['relative_error']:.1e} | "
                         f"{'yes' if p['tuned'] else 'no'} | {target_check(p)} |")
         wins = [f"{sum(1 for p in pts if isinstance(p['seconds'].get(b), float) and p['seconds'][b] > p['seconds']['sparse'])}/{len(pts)}"
                 for b in bases]
-        summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {max(p['useful_tflops'] for p in pts):.2f} |")
+        summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {_gflops(max(pts, key=lambda p: p['useful_tflops']))} |")
     dens = [p for p in points if p["sweep"] == "density"]
     if dens:
         line = "\nBreak-even nonzero ratio (density sweep): " + "; ".join(f"{b}: {break_even(dens, b)}" for b in bases) + ".\n"
