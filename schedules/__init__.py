@@ -12,6 +12,8 @@ from .common import RULE_ANNOTATION, SparseConvRule
 from .cpu import CPUDirectTile
 from .cuda_gather import CUDAEllGather, CUDAEllSharedWeights
 
+__all__ = ["RULES", "RULE_ANNOTATION", "SparseConvRule", "default_rule", "rule_by_name", "rules_for"]
+
 RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights())
 
 

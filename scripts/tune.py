@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
 
 from tvm_sparseconv import baselines, targets  # noqa: E402
 from tvm_sparseconv.tuning import problem_arguments, tune_problem, tuned_problems  # noqa: E402

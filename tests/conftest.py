@@ -23,7 +23,7 @@ try:  # the GPU machine has no TensorFlow; only its GPU tests run there
 except ImportError:  # pragma: no cover
     tf = None
 
-import tvm_sparseconv  # noqa: E402
+import tvm_sparseconv  # noqa: E402,F401 - imported after the env vars above are set
 from tvm_sparseconv import targets  # noqa: E402
 
 ACTIVATIONS = (None, "relu", "relu6")
