@@ -71,8 +71,6 @@ def main(argv=None) -> int:
             print(f"{name:<22} {len(problems):>3} workloads: {', '.join(p.name for p in problems[:4])}"
                   + (" ..." if len(problems) > 4 else ""))
         return 0
-    if not args.verbose:
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = targets.resolve_target(args.target)
     folder_name = targets.target_folder_name(target)
     out = args.out or logs_root() / folder_name
@@ -97,6 +95,10 @@ def main(argv=None) -> int:
                 bar.update(n)
                 bar.set_postfix(best_us=f"{best * 1e6:.1f}")
 
+        if not args.verbose:
+            # MetaSchedule sizes its console handler from this level at each tuning call, and
+            # leaves the level at DEBUG afterwards: set it again for every workload.
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         try:
             res = tune_problem(problem, target, out, args.trials, work_root,
                                rule_names=args.rules.split(",") if args.rules else None,
