@@ -15,8 +15,13 @@ from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 
 
 def default_tiles(n_oh: int, n_ow: int, n_co: int):
-    """Untuned choice: 32 columns x 4 channels per tile (8 AVX-512 / 16 AVX2 accumulators)."""
+    """Untuned choice: 32 columns x 4 channels per tile (8 AVX-512 / 16 AVX2 accumulators).
+
+    A narrow output (ResNet's 7x7, 14x14) is vectorised whole, rather than by a small divisor.
+    """
     ow_in = largest_divisor(n_ow, DEFAULT_OW)
+    if ow_in < 4 and n_ow <= DEFAULT_OW[0]:
+        ow_in = n_ow
     co_in = largest_divisor(n_co, DEFAULT_CO)
     return [None, ow_in], [None, co_in], [None, 1], DEFAULT_UNROLL
 
