@@ -127,7 +127,7 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
     ceiling = res.get("ceilings", {}).get("fp32_gemm_tflops")
     bases = baselines_of(points)
     head = (f"### {res['device']} (`benchmarks/results/{name}.json`)\n\n"
-            f"Measured {res['date']} with `scripts/bench.py`; versions {res['versions']}"
+            f"Latest run {res['date']} ({len(res.get('runs', []))} runs of `scripts/bench.py`, each listed in the JSON); versions {res['versions']}"
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
     full = [head]
