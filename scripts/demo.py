@@ -24,16 +24,8 @@ import tensorflow as tf  # noqa: E402
 import tvm  # noqa: E402
 
 import tvm_sparseconv as tsc  # noqa: E402
+from tvm_sparseconv.baselines import median_wall  # noqa: E402
 from tvm_sparseconv.workloads import HEADLINE, random_pruned_kernel  # noqa: E402
-
-
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def main(argv=None) -> int:
@@ -68,11 +60,10 @@ def main(argv=None) -> int:
     print(f"relative error vs float64 tf.nn.conv2d: {err:.2e}  {'OK' if err <= 1e-5 else 'FAILED'}")
 
     wt = tf.constant(w)
-    dense = lambda: tf.nn.conv2d(x, wt, 1, "SAME").numpy()  # noqa: E731 - .numpy() waits for the result
-    sparse = lambda: conv(x).numpy()  # noqa: E731
-    dense(), sparse()  # warm-up
-    t_dense = median_seconds(dense, args.repeats)
-    t_sparse = median_seconds(sparse, args.repeats)
+    dense = lambda i: tf.nn.conv2d(x, wt, 1, "SAME").numpy()  # noqa: E731 - .numpy() waits for the result
+    sparse = lambda i: conv(x).numpy()  # noqa: E731
+    t_dense = median_wall(dense, args.repeats, warmup=1)
+    t_sparse = median_wall(sparse, args.repeats, warmup=1)
     useful = conv.workload.useful_flops(kernel.nnz)
     print()
     print(f"{'op':<28}{'median time':>14}{'GFLOP/s (useful)':>20}")
