@@ -60,7 +60,7 @@ def to_tvm(x: Any, name: str = "input") -> tvm.runtime.Tensor:
                 f"{name} must be a DLPack tensor (tf.Tensor, numpy, torch, jax, cupy), "
                 f"got {type(x).__name__}"
             )
-        if _on_cuda(x):
+        if on_cuda(x):
             x = _DLPackWithStream(x, LEGACY_DEFAULT_STREAM)
         try:
             view = tvm_ffi.from_dlpack(x, require_alignment=0, require_contiguous=False)
@@ -75,7 +75,8 @@ def to_tvm(x: Any, name: str = "input") -> tvm.runtime.Tensor:
     return _aligned_copy(x, view, name, reason)
 
 
-def _on_cuda(x: Any) -> bool:
+def on_cuda(x: Any) -> bool:
+    """True for a tensor whose DLPack device is a CUDA GPU."""
     try:
         return int(x.__dlpack_device__()[0]) == _DL_CUDA
     except Exception:  # noqa: BLE001 - no device query: treat as host memory

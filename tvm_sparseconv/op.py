@@ -169,8 +169,7 @@ def conv2d(
     shape = getattr(x, "shape", None)
     if shape is None:
         raise TypeError(f"x must be a tensor with a shape, got {type(x).__name__}")
-    if target is None and hasattr(x, "__dlpack_device__"):
-        dev_type, _ = x.__dlpack_device__()
-        target = "cuda" if int(dev_type) == 2 else "cpu"
+    if target is None:
+        target = "cuda" if interop.on_cuda(x) else "cpu"
     op = compile(kernel, tuple(int(d) for d in shape), strides, padding, dilations, bias, activation, target)
     return op(x)
