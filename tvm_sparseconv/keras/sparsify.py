@@ -108,12 +108,14 @@ def unsupported_reason(conv) -> str | None:
 
 
 def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size: int = 1,
-             target: str | None = None, repeats: int = 20, verbose: bool = True):
+             target: str | None = None, repeats: int = 20, min_speedup: float = 1.05, verbose: bool = True):
     """A new model in which each pruned Conv2D that runs faster sparse is a `SparseConv2D`.
 
     `min_sparsity`: smallest fraction of zeros in a kernel to consider it. `measure`: time dense and
     sparse on the layer's input shape (batch `batch_size`) and keep whichever is faster; without it,
-    every sparse-enough convertible layer is converted. `target`: None (CPU), "cpu" or "cuda".
+    every sparse-enough convertible layer is converted; a measured layer turns sparse only when that is
+    at least `min_speedup` times faster (a tie within timing noise stays dense). `target`: None
+    (CPU), "cpu" or "cuda". Tuning records are looked up for batch `batch_size`.
     Returns `(new_model, report)`; the report's table is printed when `verbose`.
     """
     keras = keras_of(model)
@@ -134,21 +136,31 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Conv2D):
             continue
-        decision, sparse = _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats)
+        decision, sparse = _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats,
+                                   min_speedup)
         decisions[layer.name] = decision
         if decision.chosen == "sparse":
             replacements[layer.name] = sparse
 
+    shared: list[str] = []
+
     def clone(layer):
         if layer.name in replacements:
             return replacements[layer.name]
-        return layer.__class__.from_config(layer.get_config())
+        try:
+            return layer.__class__.from_config(layer.get_config())
+        except (TypeError, ValueError):  # e.g. a lambda activation: its config cannot be rebuilt
+            shared.append(layer.name)
+            return layer
 
     new_model = keras.models.clone_model(model, clone_function=clone)
     new_layers = {lay.name: lay for lay in new_model.layers}
     for layer in model.layers:
-        if layer.name not in replacements and layer.weights:
+        if layer.name not in replacements and layer.name not in shared and layer.weights:
             new_layers[layer.name].set_weights(layer.get_weights())
+    if shared:
+        warn_user(f"sparsify: layer(s) {shared} cannot be rebuilt from their config (e.g. a lambda "
+                  "activation), so the new model shares them with the original", UserWarning)
     report = SparsifyReport(list(decisions.values()), "cuda" if target == "cuda" else "cpu")
     if not decisions:
         warn_user("sparsify: the model has no Conv2D layer; returning an unchanged copy", UserWarning)
@@ -167,7 +179,7 @@ def _is_graph_model(model, keras) -> bool:
     return bool(getattr(model, "_is_graph_network", False))
 
 
-def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats):
+def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup):
     kernel = np.asarray(layer.kernel.numpy()) if layer.built else None
     shape = tuple(int(d) for d in layer.kernel.shape) if layer.built else ()
     in_shape = _input_shape(layer)
@@ -193,8 +205,9 @@ def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats
     timed = dict(dense_ms=dense_s * 1e3, sparse_ms=sparse_s * 1e3, tuned=tuned, tune_command=command)
     if not err <= MATCH_TOLERANCE:
         return decision("dense", f"sparse output differs (rel. error {err:.1e}): kept dense", **timed), None
-    if sparse_s >= dense_s:
-        return decision("dense", "dense is faster", **timed), None
+    if sparse_s * min_speedup > dense_s:
+        why = "dense is faster" if sparse_s >= dense_s else f"sparse faster by less than {min_speedup:.2f}x"
+        return decision("dense", why, **timed), None
     return decision("sparse", f"{sparsity:.0%} zeros, faster", **timed), sparse
 
 
