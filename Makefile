@@ -11,10 +11,11 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls when pyproject.toml changes. CPU TensorFlow here; see README for the GPU build.
-$(STAMP): pyproject.toml | $(PY)
+# Reinstalls when pyproject.toml or requirements-tfmot.txt changes. CPU TensorFlow here; see README for the GPU build.
+$(STAMP): pyproject.toml requirements-tfmot.txt | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,tools]"
+	$(PY) -m pip install -q --no-deps -r requirements-tfmot.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

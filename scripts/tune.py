@@ -6,11 +6,16 @@ Examples:
   python scripts/tune.py --workloads kernel_size,density --trials 128
   python scripts/tune.py --workloads tiny --trials 16 --target llvm     # this CPU
   python scripts/tune.py --list                                         # the workload sets
+  python scripts/tune.py --workloads sweeps --rpc 127.0.0.1:9190 --key h100   # on a tracker's GPUs
 
 Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
 every candidate timed on the workload's real sparse pattern; the best candidates are checked against
 a float64 reference and the first correct one is kept. Workloads already in the output folder are
 skipped (use --force to tune them again); an interrupted workload restarts warm from its work dir.
+
+With --rpc, candidates are built here and measured on the RPC servers registered with the tracker
+under --key (one server per GPU, see scripts/rpc_cluster.py); --workers workloads are tuned at once
+(default: one per server), and the tuning-log folder is named after the servers' device.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 from tvm_sparseconv import baselines, targets  # noqa: E402
-from tvm_sparseconv.tuning import problem_arguments, tune_problem, tuned_problems  # noqa: E402
+from tvm_sparseconv.rpc import Tracker, probe  # noqa: E402
+from tvm_sparseconv.tuning import problem_arguments, tune_in_parallel, tune_problem, tuned_problems  # noqa: E402
 from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
 from tvm_sparseconv.workload import ConvWorkload  # noqa: E402,F401
 from tvm_sparseconv.workloads import WORKLOAD_SETS, Problem, workload_set  # noqa: E402
@@ -61,7 +67,19 @@ def parse_args(argv=None):
     own.add_argument("--bias", action="store_true", help="the layer adds a bias")
     own.add_argument("--activation", choices=["relu", "relu6"], default=None, help="fused activation")
     ap.add_argument("--verbose", action="store_true", help="show MetaSchedule's own log")
-    return ap.parse_args(argv)
+    far = ap.add_argument_group("measuring on other machines (TVM's RPC tracker)")
+    far.add_argument("--rpc", metavar="HOST:PORT", default=None, help="the RPC tracker's address")
+    far.add_argument("--key", default=None, help="the device key the servers registered with")
+    far.add_argument("--workers", type=int, default=None,
+                     help="workloads tuned at once (default: 1 locally, one per server with --rpc)")
+    args = ap.parse_args(argv)
+    if (args.rpc is None) != (args.key is None):
+        ap.error("--rpc and --key go together")
+    if args.workers is not None and args.workers < 1:
+        ap.error("--workers must be at least 1")
+    if args.workers and args.workers > 1 and not args.rpc:
+        ap.error("--workers above 1 needs --rpc: workloads tuned side by side on one device would time each other")
+    return args
 
 
 def main(argv=None) -> int:
@@ -71,17 +89,55 @@ def main(argv=None) -> int:
             print(f"{name:<22} {len(problems):>3} workloads: {', '.join(p.name for p in problems[:4])}"
                   + (" ..." if len(problems) > 4 else ""))
         return 0
-    target = targets.resolve_target(args.target)
-    folder_name = targets.target_folder_name(target)
+    tracker = None
+    if args.rpc:
+        tracker = Tracker.parse(args.rpc, args.key)
+        remote = probe(tracker)
+        if args.target and args.target != remote.target.kind.name:
+            raise SystemExit(f"--target {args.target}, but the servers of {tracker} run {remote.target.kind.name}")
+        target, folder_name, device_name = remote.target, remote.folder_name, remote.device_name
+        servers = tracker.servers()
+        print(f"tracker {tracker}: {servers} server(s) with {device_name}")
+    else:
+        target = targets.resolve_target(args.target)
+        folder_name = targets.target_folder_name(target)
+        device_name = _device_name(target)
+        servers = 1
+    workers = args.workers or servers
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
     done = tuned_problems(out)
     todo = [p for p in problems if args.force or p.workload() not in done]
-    device_name = _device_name(target)
     print(f"tuning {len(todo)} of {len(problems)} workloads ({len(problems) - len(todo)} already in {out}) "
-          f"for {device_name} [{target.kind.name}], {args.trials} trials each")
+          f"for {device_name} [{target.kind.name}], {args.trials} trials each"
+          + (f", {workers} at a time" if workers > 1 else ""))
+    options = dict(rule_names=args.rules.split(",") if args.rules else None, device_name=device_name,
+                   tracker=tracker, rpc_workers=servers)
+    baseline = not args.no_baseline and tracker is None  # dense baselines run here, not on the servers
 
+    t0 = time.time()
+    if workers > 1 and len(todo) > 1:
+        rows = _tune_parallel(todo, target, out, work_root, args, workers, options, baseline)
+    else:
+        rows = _tune_serial(todo, target, out, work_root, args, options, baseline)
+
+    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
+    for row in rows:
+        print(_line(row, table=True))
+    wall = time.time() - t0
+    print(f"records in {out}; total {wall / 60:.1f} min")
+    if args.summary_json:
+        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"device": device_name, "target": str(target), "trials": args.trials, "workers": workers,
+                   "rpc": None if tracker is None else {"tracker": f"{tracker.host}:{tracker.port}",
+                                                        "key": tracker.key, "servers": servers},
+                   "wall_s": wall, "workloads": rows}
+        args.summary_json.write_text(json.dumps(summary, indent=1) + "\n")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def _tune_serial(todo, target, out, work_root, args, options, baseline) -> list[dict]:
     rows = []
     t0 = time.time()
     for i, problem in enumerate(todo):
@@ -100,34 +156,50 @@ def main(argv=None) -> int:
             # leaves the level at DEBUG afterwards: set it again for every workload.
             logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         try:
-            res = tune_problem(problem, target, out, args.trials, work_root,
-                               rule_names=args.rules.split(",") if args.rules else None,
-                               on_batch=on_batch, device_name=device_name)
+            res = tune_problem(problem, target, out, args.trials, work_root, on_batch=on_batch, **options)
         except Exception as e:  # noqa: BLE001 - report, keep going with the next workload
-            if bar is not None:
-                bar.close()
-            print(f"  FAILED: {e}")
-            rows.append({"problem": problem.name, "error": str(e)})
-            continue
+            res = e
         if bar is not None:
             bar.close()
-        row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
-               "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
-               "rejected_as_wrong": res.rejected}
-        if not args.no_baseline:
-            row["dense_us"] = _dense_us(problem, target)
-        rows.append(row)
-        print("  " + _line(row))
+        rows.append(_row(problem, res, target, baseline))
+        print("  " + _line(rows[-1]))
+    return rows
 
-    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
-    for row in rows:
-        print(_line(row, table=True))
-    print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
-    if args.summary_json:
-        args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-        args.summary_json.write_text(json.dumps({"device": device_name, "target": str(target),
-                                                 "trials": args.trials, "workloads": rows}, indent=1) + "\n")
-    return 1 if any("error" in r for r in rows) else 0
+
+def _tune_parallel(todo, target, out, work_root, args, workers, options, baseline) -> list[dict]:
+    """Several workloads at once, each in its own process; one bar over all candidates."""
+    bar = tqdm(total=args.trials * len(todo), unit="cand", desc=f"{len(todo)} workloads") if tqdm else None
+    best: dict[str, float] = {}
+    rows = []
+
+    def on_batch(name, n, best_s):
+        best[name] = best_s
+        if bar is not None:
+            bar.update(n)
+            bar.set_postfix_str(", ".join(f"{k} {v * 1e6:.0f}us" for k, v in list(best.items())[-workers:]))
+
+    def on_done(problem, res):
+        rows.append(_row(problem, res, target, baseline))
+        line = f"{problem.name}: {_line(rows[-1])}"
+        (bar.write if bar is not None else print)(line)
+
+    tune_in_parallel(todo, target, out, args.trials, work_root, workers, on_batch, on_done,
+                     quiet=not args.verbose, **options)
+    if bar is not None:
+        bar.close()
+    order = {p.name: i for i, p in enumerate(todo)}
+    return sorted(rows, key=lambda r: order[r["problem"]])
+
+
+def _row(problem: Problem, res, target, baseline: bool) -> dict:
+    if isinstance(res, BaseException):
+        return {"problem": problem.name, "error": str(res)}
+    row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
+           "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
+           "rejected_as_wrong": res.rejected}
+    if baseline:
+        row["dense_us"] = _dense_us(problem, target)
+    return row
 
 
 def _ints(text: str, n: int, name: str) -> tuple[int, ...]:

@@ -43,6 +43,11 @@ def cuda_target(device_id: int = 0) -> Target:
     dev = tvm.cuda(device_id)
     if not dev.exist:
         raise RuntimeError(f"no CUDA device {device_id} visible to TVM")
+    return cuda_target_from_device(dev, host_cpu_target())
+
+
+def cuda_target_from_device(dev: tvm.runtime.Device, host: Target) -> Target:
+    """A CUDA target read off `dev`, a local device or one of an RPC session."""
     major, minor = (int(v) for v in dev.compute_version.split("."))
     cfg = {
         "kind": "cuda",
@@ -52,7 +57,7 @@ def cuda_target(device_id: int = 0) -> Target:
         "thread_warp_size": dev.warp_size,
         "registers_per_block": 65536,
     }
-    return Target(cfg, host=host_cpu_target())
+    return Target(cfg, host=host)
 
 
 def cuda_target_for_arch(arch: str = "sm_90") -> Target:

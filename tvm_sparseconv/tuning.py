@@ -11,13 +11,22 @@
   tolerance is kept. Only that record is written to the committed database.
 - Resume: a per-problem work directory keeps every measured record (warm start after a stop);
   problems already in `meta.json` are skipped unless forced.
+- Elsewhere: with a `Tracker` (see `rpc.py`), candidates and the check run on the RPC servers of
+  its key; several problems can be tuned at once by separate processes, which write the shared
+  database under a file lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
+import multiprocessing
 import os
+import queue as queue_module
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,6 +39,7 @@ from tvm.target import Target
 
 from . import reference
 from .compute import pack_offsets
+from .rpc import RemoteSite, Tracker, tracker_runner
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
 from .tuning_records import META_FILE, read_meta, workload_module
@@ -113,6 +123,26 @@ class ProgressCallback(ms.measure_callback.PyMeasureCallback):
         self.on_batch(len(runner_results), self.best)
 
 
+class LocalSite:
+    """Runs a compiled module on this machine's device (`rpc.RemoteSite` runs it on a server)."""
+
+    def __init__(self, device: tvm.runtime.Device):
+        self.device = device
+
+    def load(self, lib: tvm.runtime.Module) -> tvm.runtime.Module:
+        return lib
+
+
+def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_workers: int = 1) -> ms.runner.Runner:
+    """Times candidates on this machine, or on the tracker's servers (`rpc_workers` at once)."""
+    config = ms.runner.EvaluatorConfig(
+        number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50, enable_cpu_cache_flush=False,
+    )
+    if tracker is not None:
+        return tracker_runner(tracker, make_alloc_argument(arrays), config, max_workers=rpc_workers)
+    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, f_alloc_argument=make_alloc_argument(arrays))
+
+
 @dataclass
 class TuneResult:
     problem: str
@@ -135,23 +165,23 @@ def tune_problem(
     trials_per_iter: int = 64,
     on_batch: Callable[[int, float], None] | None = None,
     device_name: str = "",
+    tracker: Tracker | None = None,
+    rpc_workers: int = 1,
+    builder_workers: int | None = None,
 ) -> TuneResult:
-    """Tune `problem` for `target`; the checked best record goes into `out_folder`."""
+    """Tune `problem` for `target`; the checked best record goes into `out_folder`.
+
+    With `tracker`, candidates run on its servers (`rpc_workers` sessions at once) and the check
+    runs on one of them; `builder_workers` caps local build processes (default: all cores).
+    """
     t_start = time.time()
     wl, dense_w, arrays = problem_arguments(problem)
     mod = workload_module(wl)
     work_dir = work_root / wl.key()
     work_dir.mkdir(parents=True, exist_ok=True)
-    on_gpu = target.kind.name == "cuda"
-    runner = ms.runner.LocalRunner(
-        timeout_sec=60,
-        evaluator_config=ms.runner.EvaluatorConfig(
-            number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50,
-            enable_cpu_cache_flush=False,
-        ),
-        f_alloc_argument=make_alloc_argument(arrays),
-    )
-    builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120)
+    runner = make_runner(arrays, target.kind.name == "cuda", tracker, rpc_workers)
+    builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120,
+                                      max_workers=builder_workers)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
         callbacks.append(ProgressCallback(on_batch))
@@ -169,42 +199,58 @@ def tune_problem(
         measure_callbacks=callbacks,
         num_tuning_cores="physical",
     )
-    record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target)
+    site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
+    record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target, site)
     best = float(np.mean([float(s) for s in record.run_secs]))
     _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected)
 
 
-def _first_correct_record(database, mod, wl, dense_w, arrays, target, top_k: int = 8):
+def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_k: int = 8):
     """The fastest record whose output matches the float64 reference; raises if none does."""
     workload = database.commit_workload(mod)
     records = database.get_top_k(workload, top_k)
     if not records:
         raise RuntimeError(f"no successful candidate for {wl.describe()} (every build or run failed)")
     ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
-    dev = device_for(target)
     rejected = []
     for rec in records:
         sch = tvm.s_tir.Schedule(mod)
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        err = check_schedule(sch, target, dev, arrays, wl, ref)
+        err = check_schedule(sch, target, site, arrays, wl, ref)
         if err <= CHECK_TOLERANCE:
             return rec, err, rejected
         rejected.append(f"{rule_of(rec.trace)} run {np.mean([float(s) for s in rec.run_secs]) * 1e6:.1f} us: rel. error {err:.2e}")
     raise RuntimeError(f"none of the {len(records)} best candidates is correct: {rejected}")
 
 
-def check_schedule(sch, target, dev, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
-    """Build `sch`, run it on `arrays` with a NaN-poisoned output, return the relative error."""
-    lib = tvm.compile(sch.mod, target=target)
-    args = [tvm.runtime.tensor(a, dev) for a in arrays]
-    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+def check_schedule(sch, target, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
+    """Build `sch`, run it at `site` on `arrays` with a NaN-poisoned output, return the relative error."""
+    lib = site.load(tvm.compile(sch.mod, target=target))
+    args = [tvm.runtime.tensor(a, site.device) for a in arrays]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), site.device)
     lib["sparse_conv2d"](*args, out)
     return reference.relative_error(out.numpy(), ref)
 
 
+@contextmanager
+def _folder_lock(folder: Path):
+    """Excludes other tuning processes from the folder's database while held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
-    out_folder.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(out_folder):
+        _write_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
+
+
+def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
     db = ms.database.JSONDatabase(
         path_workload=str(out_folder / "database_workload.json"),
         path_tuning_record=str(out_folder / "database_tuning_record.json"),
@@ -230,3 +276,58 @@ def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, 
 def tuned_problems(out_folder: Path) -> set[ConvWorkload]:
     meta = read_meta(out_folder) or {}
     return {ConvWorkload.from_json(e["workload"]) for e in meta.get("entries", [])}
+
+
+def tune_in_parallel(
+    problems: list[Problem],
+    target: Target,
+    out_folder: Path,
+    trials: int,
+    work_root: Path,
+    workers: int,
+    on_batch: Callable[[str, int, float], None],
+    on_done: Callable[[Problem, "TuneResult | BaseException"], None],
+    quiet: bool = True,
+    **options,
+) -> None:
+    """Tune `workers` problems at a time, each in its own process (`options` go to `tune_problem`).
+
+    Meant for a tracker with several servers: each process keeps servers busy while the others
+    search or build. Local builds are shared out so that the processes together use every core.
+    `on_batch(problem_name, n_measured, best_seconds)` and `on_done(problem, result_or_error)` are
+    called in this process.
+    """
+    options.setdefault("builder_workers", max(1, (os.cpu_count() or 1) // workers))
+    ctx = multiprocessing.get_context("spawn")  # TVM's runtime does not survive fork
+    with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        events = manager.Queue()
+        futures = {
+            pool.submit(_tune_in_worker, p, target.export(), out_folder, trials, work_root, events, quiet, options): p
+            for p in problems
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            _drain(events, on_batch)
+            for fut in done:
+                exc = fut.exception()
+                on_done(futures[fut], exc if exc is not None else fut.result())
+        _drain(events, on_batch)
+
+
+def _drain(events, on_batch) -> None:
+    while True:
+        try:
+            on_batch(*events.get_nowait())
+        except queue_module.Empty:
+            return
+
+
+def _tune_in_worker(problem, target_json, out_folder, trials, work_root, events, quiet, options) -> TuneResult:
+    def report(n, best):
+        events.put((problem.name, n, best))
+
+    if quiet:  # MetaSchedule lowers its logger to DEBUG after each call: raise it per problem
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    return tune_problem(problem, Target(target_json), out_folder, trials, work_root, on_batch=report, **options)
+

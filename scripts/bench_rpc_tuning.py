@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""Wall time of tuning one workload set through TVM's RPC tracker with 1, 2, ... GPUs of this machine.
+
+  python scripts/bench_rpc_tuning.py --gpu-counts 1,2 --workloads resnet50_1x1_b1 --trials 32
+
+For each GPU count: a fresh tracker with one server per GPU (scripts/rpc_cluster.py's LocalCluster),
+then `scripts/tune.py --rpc ... --workers <count>` from scratch (an empty work folder, so no run
+warm-starts from another), then the cluster is stopped. Results merge into the JSON file by GPU
+count, so the counts can be run in separate commands. With --keep-records the run with the most GPUs
+writes into tuning_logs/<gpu>/ like any tuning (workloads already there are then skipped: pick a
+set that is not tuned yet); the other runs write into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tvm_sparseconv.rpc import probe  # noqa: E402
+from tvm_sparseconv.rpc_cluster import LocalCluster, free_port, local_gpu_count  # noqa: E402
+from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu-counts", default="1,2", help="comma-separated GPU counts to time (default 1,2)")
+    ap.add_argument("--workloads", default="resnet50_1x1_b1", help="workload set(s) to tune (scripts/tune.py --list)")
+    ap.add_argument("--trials", type=int, default=32, help="trials per workload (default 32)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default benchmarks/results/rpc-tuning-<gpu>.json)")
+    ap.add_argument("--keep-records", action="store_true",
+                    help="merge the records of the largest count into tuning_logs/<gpu>/")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    counts = [int(c) for c in args.gpu_counts.split(",")]
+    have = local_gpu_count()
+    if max(counts) > have:
+        print(f"asked for {max(counts)} GPUs, TVM sees {have}", file=sys.stderr)
+        return 1
+    runs = {}
+    device = folder = None
+    for n in counts:
+        with tempfile.TemporaryDirectory(prefix="rpc_tuning_") as tmp:
+            tmp = Path(tmp)
+            cluster = LocalCluster(f"bench-{n}gpu", gpus=list(range(n)), port=free_port(),
+                                   server_port=free_port(), log_dir=tmp / "logs")
+            with cluster:
+                remote = probe(cluster.tracker)
+                device, folder = remote.device_name, remote.folder_name
+                print(f"\n=== {n} GPU(s): {device}, tracker {cluster.tracker} ===", flush=True)
+                keep = args.keep_records and n == max(counts)
+                db = logs_root() / folder if keep else tmp / "db"
+                cmd = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--workloads", args.workloads,
+                       "--trials", str(args.trials), "--rpc", f"{cluster.host}:{cluster.port}",
+                       "--key", cluster.key, "--out", str(db), "--work-dir", str(tmp / "work"),
+                       "--summary-json", str(tmp / "summary.json")]
+                t0 = time.time()
+                rc = subprocess.run(cmd).returncode
+                wall = time.time() - t0
+            summary = json.loads((tmp / "summary.json").read_text()) if (tmp / "summary.json").exists() else {}
+            runs[str(n)] = {"gpus": n, "wall_s": wall, "returncode": rc, "workers": summary.get("workers"),
+                            "workloads": summary.get("workloads", [])}
+            print(f"{n} GPU(s): {wall:.1f} s, exit {rc}", flush=True)
+
+    out = args.out or ROOT / "benchmarks" / "results" / f"rpc-tuning-{folder}.json"
+    data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    data.update(device=device, workloads=args.workloads, trials=args.trials,
+                date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    data["runs"].update(runs)
+    base = data["runs"].get("1", {}).get("wall_s")
+    for run in data["runs"].values():
+        run["speedup_vs_1gpu"] = base / run["wall_s"] if base else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"\n{'GPUs':>5}{'wall':>10}{'speed-up':>10}")
+    for key in sorted(data["runs"], key=int):
+        run = data["runs"][key]
+        sp = f"{run['speedup_vs_1gpu']:.2f}x" if run["speedup_vs_1gpu"] else "-"
+        print(f"{key:>5}{run['wall_s']:>9.1f}s{sp:>10}")
+    print(f"results in {out}")
+    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
