@@ -10,7 +10,7 @@
 reads); `--foreground` keeps them until Ctrl-C instead. The processes are TVM's own
 (`python -m tvm.exec.rpc_tracker`, `python -m tvm.exec.rpc_server`). To add another machine's GPUs,
 run there, once per GPU: `CUDA_VISIBLE_DEVICES=i python -m tvm.exec.rpc_server
---tracker=THIS_HOST:9190 --key=h100` (start the tracker here with `--host 0.0.0.0`). One key per GPU
+--tracker=THIS_HOST:9190 --key=h100 --no-fork` (CUDA cannot start in a forked session process) (start the tracker here with `--host 0.0.0.0`). One key per GPU
 model: a tuning log belongs to one GPU.
 """
 

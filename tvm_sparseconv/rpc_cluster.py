@@ -75,10 +75,12 @@ class LocalCluster:
             self._wait_for_tracker(timeout_s)
             for i in range(self.server_count):
                 env = {"CUDA_VISIBLE_DEVICES": str(self.gpus[i])} if self.gpus else {"CUDA_VISIBLE_DEVICES": ""}
+                # A GPU server runs each session in a spawned process: in a forked one CUDA fails to
+                # initialise (cudaErrorInitializationError, seen on the H200 machine).
                 self._spawn(f"server{i}", [
                     "tvm.exec.rpc_server", f"--host={self.host}", f"--port={self.server_port}",
                     f"--port-end={self.server_port + 100}", f"--tracker={self.host}:{self.port}",
-                    f"--key={self.key}",
+                    f"--key={self.key}", *(["--no-fork"] if self.gpus else []),
                 ], env)
             self._wait_for_servers(timeout_s)
         except BaseException:
