@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tvm_sparseconv.rpc import probe  # noqa: E402
-from tvm_sparseconv.rpc_cluster import LocalCluster, free_port, local_gpu_count  # noqa: E402
+from tvm_sparseconv.rpc_cluster import LocalCluster, free_port, local_gpu_count, stop_process  # noqa: E402
 from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
 
 
@@ -37,6 +36,13 @@ def parse_args(argv=None):
     ap.add_argument("--trials", type=int, default=32, help="trials per workload (default 32)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default benchmarks/results/rpc-tuning-<gpu>.json)")
+    ap.add_argument("--sessions", choices=["fork", "spawn"], default=None,
+                    help="how the servers run sessions (default: spawn on GPUs, see rpc_cluster.py)")
+    ap.add_argument("--cpu", action="store_true",
+                    help="use 1..N CPU servers instead of GPUs (to try the script on a machine without one)")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="stop each count's tuning after this many seconds and record what finished "
+                         "(workloads done, wall time); for device calls with a time limit")
     ap.add_argument("--keep-records", action="store_true",
                     help="merge the records of the largest count into tuning_logs/<gpu>/")
     return ap.parse_args(argv)
@@ -46,7 +52,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     counts = [int(c) for c in args.gpu_counts.split(",")]
     have = local_gpu_count()
-    if max(counts) > have:
+    if not args.cpu and max(counts) > have:
         print(f"asked for {max(counts)} GPUs, TVM sees {have}", file=sys.stderr)
         return 1
     runs = {}
@@ -54,12 +60,14 @@ def main(argv=None) -> int:
     for n in counts:
         with tempfile.TemporaryDirectory(prefix="rpc_tuning_") as tmp:
             tmp = Path(tmp)
-            cluster = LocalCluster(f"bench-{n}gpu", gpus=list(range(n)), port=free_port(),
-                                   server_port=free_port(), log_dir=tmp / "logs")
+            devices = dict(servers=n) if args.cpu else dict(gpus=list(range(n)))
+            cluster = LocalCluster(f"bench-{n}", **devices, port=free_port(),
+                                   server_port=free_port(), log_dir=tmp / "logs",
+                                   fork_sessions=None if args.sessions is None else args.sessions == "fork")
             with cluster:
                 remote = probe(cluster.tracker)
                 device, folder = remote.device_name, remote.folder_name
-                print(f"\n=== {n} GPU(s): {device}, tracker {cluster.tracker} ===", flush=True)
+                print(f"\n=== {n} server(s): {device}, tracker {cluster.tracker} ===", flush=True)
                 keep = args.keep_records and n == max(counts)
                 db = logs_root() / folder if keep else tmp / "db"
                 cmd = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--workloads", args.workloads,
@@ -67,21 +75,29 @@ def main(argv=None) -> int:
                        "--key", cluster.key, "--out", str(db), "--work-dir", str(tmp / "work"),
                        "--summary-json", str(tmp / "summary.json")]
                 t0 = time.time()
-                rc = subprocess.run(cmd).returncode
+                proc = subprocess.Popen(cmd, start_new_session=True)
+                try:
+                    rc = proc.wait(args.time_limit)
+                except subprocess.TimeoutExpired:
+                    stop_process(proc.pid, proc)  # the whole group: tune.py and its workers
+                    rc = "stopped at --time-limit"
                 wall = time.time() - t0
             summary = json.loads((tmp / "summary.json").read_text()) if (tmp / "summary.json").exists() else {}
-            runs[str(n)] = {"gpus": n, "wall_s": wall, "returncode": rc, "workers": summary.get("workers"),
+            sessions = args.sessions or ("fork" if args.cpu else "spawn")
+            runs[str(n)] = {"gpus": n, "wall_s": wall, "sessions": sessions, "returncode": rc,
+                            "workers": summary.get("workers"), "finished": summary.get("finished"),
                             "workloads": summary.get("workloads", [])}
-            print(f"{n} GPU(s): {wall:.1f} s, exit {rc}", flush=True)
+            print(f"{n} server(s): {wall:.1f} s, exit {rc}", flush=True)
 
     out = args.out or ROOT / "benchmarks" / "results" / f"rpc-tuning-{folder}.json"
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     data.update(device=device, workloads=args.workloads, trials=args.trials,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
     data["runs"].update(runs)
-    base = data["runs"].get("1", {}).get("wall_s")
-    for run in data["runs"].values():
-        run["speedup_vs_1gpu"] = base / run["wall_s"] if base else None
+    base = data["runs"].get("1", {})
+    for run in data["runs"].values():  # wall-time ratio; only meaningful when both runs finished
+        both = base.get("finished") and run.get("finished")
+        run["speedup_vs_1gpu"] = base["wall_s"] / run["wall_s"] if both else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"\n{'GPUs':>5}{'wall':>10}{'speed-up':>10}")
@@ -90,7 +106,7 @@ def main(argv=None) -> int:
         sp = f"{run['speedup_vs_1gpu']:.2f}x" if run["speedup_vs_1gpu"] else "-"
         print(f"{key:>5}{run['wall_s']:>9.1f}s{sp:>10}")
     print(f"results in {out}")
-    return 0 if all(r["returncode"] == 0 for r in runs.values()) else 1
+    return 0 if all(r["returncode"] in (0, "stopped at --time-limit") for r in runs.values()) else 1
 
 
 if __name__ == "__main__":

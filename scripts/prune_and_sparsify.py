@@ -60,8 +60,7 @@ def main(argv=None) -> int:
     (x_train, y_train), (x_test, y_test) = load_digits(args.upsample, args.seed)
 
     model = build_cnn(keras, x_train.shape[1:])
-    model.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
+    compile_for_training(keras, model)
     print(f"\ntraining on {len(x_train)} digits of {x_train.shape[1]}x{x_train.shape[2]} ...")
     model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=2)
     dense_acc = accuracy(model, x_test, y_test)
@@ -148,8 +147,7 @@ def prune_with_tfmot(keras, model, x, y, args):
 
     # tfmot's recipe: the wrappers and the other layers keep the trained weights (shared with `model`).
     wrapped = keras.models.clone_model(model, clone_function=wrap)
-    wrapped.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                    metrics=["accuracy"])
+    compile_for_training(keras, wrapped)
     wrapped.fit(x, y, epochs=args.prune_epochs, batch_size=32, verbose=2,
                 callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
     return tfmot.sparsity.keras.strip_pruning(wrapped)
@@ -173,14 +171,17 @@ def prune_by_magnitude(keras, model, x, y, args):
                 lay.kernel.assign(lay.kernel.numpy() * masks[lay.name])
 
     KeepMask().on_train_batch_end(0)
-    pruned.compile(optimizer=keras.optimizers.Adam(2e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                   metrics=["accuracy"])
+    compile_for_training(keras, pruned)
     pruned.fit(x, y, epochs=args.prune_epochs, batch_size=32, verbose=2, callbacks=[KeepMask()])
     return pruned
 
 
+def compile_for_training(keras, model) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(2e-3), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+
 def accuracy(model, x, y) -> float:
-    import numpy as np
 
     return float((model.predict(x, verbose=0).argmax(axis=1) == y).mean())
 

@@ -117,27 +117,33 @@ def main(argv=None) -> int:
     baseline = not args.no_baseline and tracker is None  # dense baselines run here, not on the servers
 
     t0 = time.time()
-    if workers > 1 and len(todo) > 1:
-        rows = _tune_parallel(todo, target, out, work_root, args, workers, options, baseline)
-    else:
-        rows = _tune_serial(todo, target, out, work_root, args, options, baseline)
 
-    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
-    for row in rows:
-        print(_line(row, table=True))
-    wall = time.time() - t0
-    print(f"records in {out}; total {wall / 60:.1f} min")
-    if args.summary_json:
+    def write_summary(rows: list[dict], finished: bool) -> None:
+        """Written after every workload, so a run cut short still leaves what it finished."""
+        if not args.summary_json:
+            return
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary = {"device": device_name, "target": str(target), "trials": args.trials, "workers": workers,
                    "rpc": None if tracker is None else {"tracker": f"{tracker.host}:{tracker.port}",
                                                         "key": tracker.key, "servers": servers},
-                   "wall_s": wall, "workloads": rows}
-        args.summary_json.write_text(json.dumps(summary, indent=1) + "\n")
+                   "finished": finished, "wall_s": time.time() - t0, "workloads": rows}
+        tmp = args.summary_json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+        os.replace(tmp, args.summary_json)
+
+    run = _tune_parallel if workers > 1 and len(todo) > 1 else _tune_serial
+    rows = run(todo, target, out, work_root, args, workers, options, baseline,
+               on_row=lambda rows: write_summary(rows, finished=False))
+
+    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
+    for row in rows:
+        print(_line(row, table=True))
+    print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
+    write_summary(rows, finished=True)
     return 1 if any("error" in r for r in rows) else 0
 
 
-def _tune_serial(todo, target, out, work_root, args, options, baseline) -> list[dict]:
+def _tune_serial(todo, target, out, work_root, args, workers, options, baseline, on_row) -> list[dict]:
     rows = []
     t0 = time.time()
     for i, problem in enumerate(todo):
@@ -163,10 +169,11 @@ def _tune_serial(todo, target, out, work_root, args, options, baseline) -> list[
             bar.close()
         rows.append(_row(problem, res, target, baseline))
         print("  " + _line(rows[-1]))
+        on_row(rows)
     return rows
 
 
-def _tune_parallel(todo, target, out, work_root, args, workers, options, baseline) -> list[dict]:
+def _tune_parallel(todo, target, out, work_root, args, workers, options, baseline, on_row) -> list[dict]:
     """Several workloads at once, each in its own process; one bar over all candidates."""
     bar = tqdm(total=args.trials * len(todo), unit="cand", desc=f"{len(todo)} workloads") if tqdm else None
     best: dict[str, float] = {}
@@ -180,6 +187,7 @@ def _tune_parallel(todo, target, out, work_root, args, workers, options, baselin
 
     def on_done(problem, res):
         rows.append(_row(problem, res, target, baseline))
+        on_row(rows)
         line = f"{problem.name}: {_line(rows[-1])}"
         (bar.write if bar is not None else print)(line)
 

@@ -220,7 +220,8 @@ def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_
         err = check_schedule(sch, target, site, arrays, wl, ref)
         if err <= CHECK_TOLERANCE:
             return rec, err, rejected
-        rejected.append(f"{rule_of(rec.trace)} run {np.mean([float(s) for s in rec.run_secs]) * 1e6:.1f} us: rel. error {err:.2e}")
+        run_us = np.mean([float(s) for s in rec.run_secs]) * 1e6
+        rejected.append(f"{rule_of(rec.trace)} run {run_us:.1f} us: rel. error {err:.2e}")
     raise RuntimeError(f"none of the {len(records)} best candidates is correct: {rejected}")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..kernel import SparseKernel
-from ..workload import _pair, _same_pads
+from ..workload import _pair
 
 #: Activations the compiled kernel applies itself; any other named Keras activation runs after it.
 FUSED_ACTIVATIONS = ("relu", "relu6")
