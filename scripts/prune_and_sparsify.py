@@ -3,6 +3,7 @@
 
   python scripts/prune_and_sparsify.py                    # scikit-learn's digits, nothing downloaded
   python scripts/prune_and_sparsify.py --epochs 1 --prune-epochs 1 --upsample 2 --json out.json
+  python scripts/prune_and_sparsify.py --tune 16       # tune the pruned layers for this CPU first
 
 Steps: train on scikit-learn's 8x8 digits (upsampled so the convolutions have some size); prune
 the Conv2D kernels to 90% zeros with tfmot's `prune_low_magnitude` and fine-tune; `strip_pruning`;
@@ -37,6 +38,9 @@ def parse_args(argv=None):
     ap.add_argument("--upsample", type=int, default=4, help="digits are 8x8; upsample by this (default 4: 32x32)")
     ap.add_argument("--batch", type=int, default=1, help="batch size for timing (default 1: one image)")
     ap.add_argument("--no-tfmot", action="store_true", help="prune by magnitude here instead of with tfmot")
+    ap.add_argument("--tune", type=int, default=0, metavar="TRIALS",
+                    help="tune each pruned layer for this machine first (TRIALS per layer; default 0: "
+                         "no tuning). Records go to tuning_logs/<device>/, or $TVM_SPARSECONV_TUNING_LOGS")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from tvm_sparseconv.keras import sparsify
+    from tvm_sparseconv.keras import sparsify, tune_layers
     from tvm_sparseconv.keras._flavour import active_keras
 
     keras = active_keras()
@@ -71,6 +75,10 @@ def main(argv=None) -> int:
     zeros = {lay.name: 1 - np.count_nonzero(lay.kernel.numpy()) / lay.kernel.numpy().size
              for lay in pruned.layers if isinstance(lay, keras.layers.Conv2D)}
     print("zeros per Conv2D: " + ", ".join(f"{k} {v:.1%}" for k, v in zeros.items()))
+
+    if args.tune:
+        print(f"\ntuning the pruned layers for this machine ({args.tune} trials each) ...")
+        tune_layers(pruned, trials=args.tune, batch_size=args.batch)
 
     print("\nsparsify (dense and sparse timed per layer on this machine):")
     fast, report = sparsify(pruned, batch_size=args.batch)
@@ -96,7 +104,7 @@ def main(argv=None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "pruning": "tfmot" if use_tfmot else "magnitude", "keras": keras.__name__,
+            "pruning": "tfmot" if use_tfmot else "magnitude", "keras": keras.__name__, "tune_trials": args.tune,
             "image_size": int(x_train.shape[1]), "accuracy": {"dense": dense_acc, "pruned": pruned_acc,
                                                               "sparsified": sparse_acc},
             "zeros": zeros, "max_relative_difference": rel, "after_save_load": reload_rel,

@@ -170,6 +170,26 @@ def test_set_weights_takes_effect(rng):
     assert rel_err(sparse(x).numpy(), conv(x).numpy()) <= 1e-5
 
 
+def test_tune_layers_then_sparsify_uses_the_records(rng, tmp_path, monkeypatch):
+    from tvm_sparseconv.keras import layer_problems, tune_layers
+
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(tmp_path / "logs"))
+    inp = keras.Input((12, 10, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="pruned")(inp)
+    x = keras.layers.Conv2D(4, 3, name="dense")(x)
+    model = keras.Model(inp, x)
+    prune(model.get_layer("pruned"), rng)
+    prune(model.get_layer("dense"), rng, sparsity=0.0)
+    assert [p.name for p in layer_problems(model)] == ["pruned"]
+    results = tune_layers(model, trials=4, work_dir=tmp_path / "work", verbose=False)
+    assert len(results) == 1 and results[0].relative_error <= 1e-5
+    assert tune_layers(model, trials=4, work_dir=tmp_path / "work", verbose=False) == []  # already tuned
+    _, report = sparsify(model, measure=False, verbose=False)
+    assert report.sparse_layers == ["pruned"]
+    new, report = sparsify(model, repeats=3, min_speedup=0.0, verbose=False)
+    assert {d.name: d.tuned for d in report.layers}["pruned"] is True
+
+
 # --- what cannot be converted, and bad input ------------------------------------------------------
 def test_unconvertible_layers_stay_dense_with_a_reason(rng):
     inp = keras.Input((12, 12, 4))

@@ -59,8 +59,14 @@ def _family(wl: ConvWorkload) -> ConvWorkload:
     return replace(wl, ell_width=0)
 
 
-@functools.lru_cache(maxsize=16)
 def _open_database(folder: str) -> ms.database.JSONDatabase:
+    """The folder's database, read again when its record file changed (tuning in this process)."""
+    stamp = os.stat(os.path.join(folder, "database_tuning_record.json")).st_mtime_ns
+    return _read_database(folder, stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_database(folder: str, _stamp: int) -> ms.database.JSONDatabase:
     return ms.database.JSONDatabase(
         path_workload=os.path.join(folder, "database_workload.json"),
         path_tuning_record=os.path.join(folder, "database_tuning_record.json"),

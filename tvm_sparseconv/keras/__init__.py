@@ -1,6 +1,7 @@
 """Keras integration: the `SparseConv2D` layer and `sparsify(model)` for pruned models.
 
     from tvm_sparseconv.keras import sparsify
+    tune_layers(pruned_model, trials=64)            # optional: tune each pruned layer for this device
     fast_model, report = sparsify(pruned_model)     # pruned Conv2D -> SparseConv2D where faster
     fast_model.save("fast.keras"); keras.models.load_model("fast.keras")   # after this import
 
@@ -12,6 +13,7 @@ for the Keras that `tf.keras` is; `sparsify` uses the one the model was built wi
 from ._flavour import active_keras
 from .layer import FUSED_ACTIVATIONS, sparse_conv2d_class
 from .sparsify import LayerDecision, SparsifyReport, sparsify, unsupported_reason
+from .tune import layer_problems, tune_layers
 
 #: The layer class for the active Keras (importing this module registers it for `load_model`).
 SparseConv2D = sparse_conv2d_class(active_keras())
@@ -22,6 +24,8 @@ __all__ = [
     "SparseConv2D",
     "SparsifyReport",
     "sparse_conv2d_class",
+    "layer_problems",
     "sparsify",
+    "tune_layers",
     "unsupported_reason",
 ]
