@@ -25,10 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tvm_sparseconv.build import cache_dir  # noqa: E402
 from tvm_sparseconv.rpc import Tracker  # noqa: E402
 from tvm_sparseconv.rpc_cluster import LocalCluster, local_gpu_count, stop_process  # noqa: E402
 
-STATE = Path.home() / ".cache" / "tvm_sparseconv" / "rpc_cluster.json"
+STATE = cache_dir() / "rpc_cluster.json"  # what `start` left running, for `status` and `stop`
 
 
 def parse_args(argv=None):

@@ -8,12 +8,14 @@ writes the database; the processes are stopped at the end, also when a test fail
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 import tvm_sparseconv as tsc
@@ -54,6 +56,31 @@ def test_cluster_processes_are_stopped_when_the_body_fails(tmp_path):
             assert len(procs) == 2 and c.tracker.servers() == 1
             raise RuntimeError("boom")
     assert all(p.poll() is not None for p in procs)
+
+
+def test_rpc_cluster_cli_start_status_stop(tmp_path):
+    env = {**os.environ, "TVM_SPARSECONV_CACHE": str(tmp_path)}
+    script = [sys.executable, str(ROOT / "scripts" / "rpc_cluster.py")]
+    port = str(free_port())
+
+    def cli(*args):
+        return subprocess.run(script + list(args), capture_output=True, text=True, timeout=120, env=env)
+
+    try:
+        started = cli("start", "--key", KEY, "--cpu-servers", "2", "--port", port, "--logs", str(tmp_path / "logs"))
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "ready" in started.stdout
+        again = cli("start", "--key", KEY, "--cpu-servers", "1", "--port", str(free_port()))
+        assert again.returncode == 1 and "stop" in again.stderr
+        status = cli("status")
+        assert status.returncode == 0 and KEY in status.stdout and f"127.0.0.1:{port}" in status.stdout
+        pids = json.loads((tmp_path / "rpc_cluster.json").read_text())["pids"]
+    finally:
+        stopped = cli("stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not (tmp_path / "rpc_cluster.json").exists()
+    for pid in pids:  # gone, or a zombie waiting for a parent that does not reap (some containers)
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_servers_describe_their_device(cluster):

@@ -169,8 +169,10 @@ def stop_process(pid: int, proc: subprocess.Popen | None = None, grace_s: float 
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, which an init that does not reap may leave, counts as gone)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
