@@ -3,9 +3,9 @@
 For each Conv2D: convertible? (float32, channels-last, no groups, a named activation) -> sparse
 enough? (`min_sparsity` zeros) -> faster? (with `measure=True`: the dense layer and the sparse one
 timed on the layer's real input shape, inside `tf.function` as `model.predict` runs them, less the
-fixed cost of a tf.function call, and their outputs compared). Chosen layers become `SparseConv2D` with the same name and weights;
-everything else is rebuilt from its config with its weights copied. The given model is never
-modified.
+fixed cost of a tf.function call, and their outputs compared). Chosen layers become
+`SparseConv2D` with the same name and weights; everything else is rebuilt from its config with its
+weights copied. The given model is never modified.
 """
 
 from __future__ import annotations
