@@ -71,6 +71,19 @@ def problem_arguments(problem: Problem, seed: int = 0):
     return wl, kernel.to_dense(), arrays
 
 
+def _prepare_meta_schedule_logger() -> None:
+    """Drop unnamed handlers from MetaSchedule's logger before a tuning call.
+
+    `tune_tir` rebuilds its logging config from the names of its logger's handlers and fails on one
+    without a name (`'NoneType' object has no attribute 'format'`), e.g. pytest's log capture handler,
+    which is there after an earlier tuning call in the same process.
+    """
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def make_alloc_argument(arrays: list[np.ndarray]) -> Callable:
     """An `f_alloc_argument` for MetaSchedule's runner that uploads the real arguments."""
 
@@ -182,6 +195,7 @@ def tune_problem(
     runner = make_runner(arrays, target.kind.name == "cuda", tracker, rpc_workers)
     builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120,
                                       max_workers=builder_workers)
+    _prepare_meta_schedule_logger()
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
         callbacks.append(ProgressCallback(on_batch))
