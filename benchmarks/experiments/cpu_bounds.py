@@ -8,6 +8,7 @@
   offsets, and with offsets changed so that every load reads a small window or one address: if
   the time barely moves, the kernel is not bound by where its loads go in memory.
 """
+
 import argparse
 import json
 import time
@@ -73,14 +74,22 @@ def main():
         "one channel, one kernel row": pack_offsets(wl, zeros(kern.kh), kern.kw, zeros(kern.ci)),
         "one address for every nonzero": zeros(kern.ci),
     }
-    results = {"machine": f"cpu-{target.attrs['mcpu']}", "workload": wl.describe(),
-               "schedule": built.schedule_source, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "x_gather_alone_ms": gather_alone(wl, target, x), "whole_kernel_ms": {}}
+    results = {
+        "machine": f"cpu-{target.attrs['mcpu']}",
+        "workload": wl.describe(),
+        "schedule": built.schedule_source,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "x_gather_alone_ms": gather_alone(wl, target, x),
+        "whole_kernel_ms": {},
+    }
     print(f"x_gather alone: {results['x_gather_alone_ms']:.1f} ms")
     dev = tvm.cpu()
     for name, off in offsets.items():
-        args = [tvm.runtime.tensor(x, dev), tvm.runtime.tensor(np.asarray(kern.values), dev),
-                tvm.runtime.tensor(off.astype(np.int32), dev)]
+        args = [
+            tvm.runtime.tensor(x, dev),
+            tvm.runtime.tensor(np.asarray(kern.values), dev),
+            tvm.runtime.tensor(off.astype(np.int32), dev),
+        ]
         out = tvm.runtime.empty(wl.output_shape, "float32", dev)
         ms = median_ms(lambda: built.function(*args, out))
         results["whole_kernel_ms"][name] = ms

@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Keras experiment (issue 5): what a SparseConv2D costs inside tf.function beyond its kernel. Not library code.
 
-  python benchmarks/experiments/keras_graph_overhead.py --out benchmarks/experiments/keras_graph_overhead-cpu-znver4.json
+  python benchmarks/experiments/keras_graph_overhead.py \
+      --out benchmarks/experiments/keras_graph_overhead-cpu-znver4.json
 
 One pruned 5x5x32x64 layer on a 1x32x32x32 input, untuned. Each setting runs in its own process:
 default threads; TensorFlow's inter-op pool limited to 1 thread; TVM's pool limited to 1 thread
 (TVM_NUM_THREADS=1). Printed: the op called eagerly on a tf.Tensor, and the layer inside
 tf.function less the cost of an identity tf.function.
 """
+
 import argparse
 import json
 import os
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time, warnings
 import numpy as np, tensorflow as tf, keras
 if sys.argv[1] == "tf_interop_1":
@@ -44,7 +46,7 @@ identity = tf.function(lambda u: tf.identity(u))
 base = med(lambda: identity(x))
 print(json.dumps({"eager_op_us": med(lambda: op(x)), "in_graph_us": med(lambda: in_graph(x)) - base,
                   "tf_function_call_us": base}))
-'''
+"""
 
 
 def main():
@@ -60,8 +62,10 @@ def main():
         proc = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True, text=True, env=env)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results["settings"][name] = res
-        print(f"{name:<14} eager op {res['eager_op_us']:.0f} us, in graph {res['in_graph_us']:.0f} us "
-              f"(tf.function call {res['tf_function_call_us']:.0f} us, subtracted)")
+        print(
+            f"{name:<14} eager op {res['eager_op_us']:.0f} us, in graph {res['in_graph_us']:.0f} us "
+            f"(tf.function call {res['tf_function_call_us']:.0f} us, subtracted)"
+        )
     out.write_text(json.dumps(results, indent=1) + "\n")
 
 
