@@ -36,9 +36,17 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return pair
 
 
+def output_size(size: int, kernel: int, stride: int, dilation: int, padding: str) -> int:
+    """Output extent along one axis for TensorFlow's "SAME" or "VALID" padding (0 if none fits)."""
+    if padding.upper() == "SAME":
+        return -(-size // stride)
+    extent = (kernel - 1) * dilation + 1
+    return max((size - extent) // stride + 1, 0)
+
+
 def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
     """TensorFlow's SAME padding: output = ceil(size / stride), extra padding at the end."""
-    out = -(-size // stride)
+    out = output_size(size, kernel, stride, dilation, "SAME")
     total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import s_tir, te, tirx
+from tvm import s_tir, te
 
 from tvm_sparseconv.build import build
-from tvm_sparseconv.compute import pack_offsets
+from tvm_sparseconv.compute import X_GATHER, pack_offsets, sparse_conv2d_te
 from tvm_sparseconv.targets import host_cpu_target
 from tvm_sparseconv.workloads import HEADLINE
 
@@ -36,25 +36,16 @@ def median_ms(f, repeats=7):
 
 
 def gather_alone(wl, target, x_np):
-    n, h, w, cin = wl.input_shape
-    (pt, _), (pl, _) = wl.pads
-    gh, gw = wl.gather_hw
-    plane = gh * gw
-    x = te.placeholder((n, h, w, cin), "float32", name="x")
-
-    def gather(b, f):
-        c, r = f // plane, f % plane
-        row, col = r // gw - pt, r % gw - pl
-        inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
-        return tirx.if_then_else(inside, x[b, row, col, c], tirx.const(0.0, "float32"))
-
-    xg = te.compute((n, cin * plane), gather, name="x_gather")
+    """The library's x_gather stage (from compute.py) on its own, with the CPU rule's schedule of it."""
+    args = sparse_conv2d_te(wl)
+    x = args[0]
+    xg = next(t for t in args[-1].op.input_tensors if t.op.name == X_GATHER)
     sch = s_tir.Schedule(te.create_prim_func([x, xg]))
-    xb, xf = sch.get_loops(sch.get_sblock("x_gather"))
+    xb, xf = sch.get_loops(sch.get_sblock(X_GATHER))
     sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
     lib = tvm.compile(sch.mod, target=target)
     a = tvm.runtime.tensor(x_np)
-    o = tvm.runtime.empty((n, cin * plane), "float32", tvm.cpu())
+    o = tvm.runtime.empty(tuple(int(d) for d in xg.shape), "float32", tvm.cpu())
     return median_ms(lambda: lib["main"](a, o))
 
 

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ..kernel import SparseKernel
-from ..workload import _pair
+from ..workload import _pair, output_size
+from ..workloads import Problem
 
 #: Activations the compiled kernel applies itself; any other named Keras activation runs after it.
 FUSED_ACTIVATIONS = ("relu", "relu6")
@@ -45,15 +46,8 @@ def activation_name(activation: Any, keras: ModuleType) -> str | None:
 
 def output_hw(h, w, kernel_size, strides, dilation_rate, padding: str):
     """Output height and width (None where the input's is unknown), TensorFlow's arithmetic."""
-    out = []
-    for size, k, s, d in zip((h, w), kernel_size, strides, dilation_rate):
-        if size is None:
-            out.append(None)
-        elif padding == "same":
-            out.append(-(-size // s))
-        else:
-            out.append(max(-(-(size - (k - 1) * d) // s), 0))
-    return tuple(out)
+    return tuple(None if size is None else output_size(size, k, s, d, padding)
+                 for size, k, s, d in zip((h, w), kernel_size, strides, dilation_rate))
 
 
 @functools.lru_cache(maxsize=None)
@@ -185,6 +179,16 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
                     self._tsc_sparse = SparseKernel.from_dense(np.asarray(self.kernel.numpy()))
                 return self._tsc_sparse
 
+        @property
+        def fused_activation(self) -> str | None:
+            """The activation the compiled kernel applies itself (relu/relu6), else None."""
+            return self.activation if self.activation in FUSED_ACTIVATIONS else None
+
+        def tuning_problem(self, input_shape) -> Problem:
+            """This layer's workload for one NHWC input shape, with its real kernel (to tune)."""
+            return Problem.from_kernel(self.sparse_kernel, input_shape, self.strides, self.padding.upper(),
+                                       self.dilation_rate, self.use_bias, self.fused_activation, name=self.name)
+
         def compiled(self, input_shape, on_cuda: bool = False):
             """The compiled op for one NHWC input shape (compiled on first use, then cached)."""
             from .. import op as tsc_op
@@ -195,9 +199,8 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
             if op is None:
                 kernel = self.sparse_kernel
                 bias = None if self.bias is None else np.asarray(self.bias.numpy())
-                pad = self.padding.upper()
-                fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
-                op = tsc_op.compile(kernel, key[0], self.strides, pad, self.dilation_rate, bias, fused, target)
+                op = tsc_op.compile(kernel, key[0], self.strides, self.padding.upper(), self.dilation_rate, bias,
+                                    self.fused_activation, target)
                 with self._tsc_lock:
                     op = self._tsc_ops.setdefault(key, op)
             return op

@@ -182,7 +182,7 @@ def _is_graph_model(model, keras) -> bool:
 def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup):
     kernel = np.asarray(layer.kernel.numpy()) if layer.built else None
     shape = tuple(int(d) for d in layer.kernel.shape) if layer.built else ()
-    in_shape = _input_shape(layer)
+    in_shape = layer_input_shape(layer)
 
     def decision(chosen, reason, **kw):
         density = None if kernel is None else float(np.count_nonzero(kernel)) / kernel.size
@@ -211,7 +211,8 @@ def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats
     return decision("sparse", f"{sparsity:.0%} zeros, faster", **timed), sparse
 
 
-def _input_shape(layer) -> tuple | None:
+def layer_input_shape(layer) -> tuple | None:
+    """The layer's NHWC input shape in its model (None entries where unknown), or None."""
     try:
         return tuple(None if d is None else int(d) for d in layer.input.shape)
     except (AttributeError, ValueError, TypeError):

@@ -12,32 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernel import SparseKernel
 from ..targets import resolve_target, target_folder_name
 from ..tuning import TuneResult, tune_problem, tuned_problems
 from ..tuning_records import logs_root
 from ..workloads import Problem
 from ._flavour import keras_of
-from .layer import FUSED_ACTIVATIONS, activation_name
-from .sparsify import _input_shape, unsupported_reason
+from .layer import sparse_conv2d_class
+from .sparsify import layer_input_shape, unsupported_reason
 
 
 def layer_problems(model, batch_size: int = 1, min_sparsity: float = 0.5) -> list[Problem]:
     """The tuning problem of each convertible, sparse-enough Conv2D with a known input size."""
     keras = keras_of(model)
+    layer_cls = sparse_conv2d_class(keras)
     problems = []
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Conv2D) or unsupported_reason(layer):
             continue
         w = np.asarray(layer.kernel.numpy())
-        shape = _input_shape(layer)
+        shape = layer_input_shape(layer)
         if 1 - np.count_nonzero(w) / w.size < min_sparsity or shape is None or None in shape[1:]:
             continue
-        cfg = layer.get_config()
-        act = activation_name(layer.activation, keras)
-        problems.append(Problem.from_kernel(
-            SparseKernel.from_dense(w), (batch_size, *shape[1:]), cfg["strides"], cfg["padding"].upper(),
-            cfg["dilation_rate"], cfg["use_bias"], act if act in FUSED_ACTIVATIONS else None, name=layer.name))
+        problems.append(layer_cls.from_conv2d(layer).tuning_problem((batch_size, *shape[1:])))
     return problems
 
 
