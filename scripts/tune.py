@@ -131,9 +131,11 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
         os.replace(tmp, args.summary_json)
 
-    run = _tune_parallel if workers > 1 and len(todo) > 1 else _tune_serial
-    rows = run(todo, target, out, work_root, args, workers, options, baseline,
-               on_row=lambda rows: write_summary(rows, finished=False))
+    on_row = lambda rows: write_summary(rows, finished=False)  # noqa: E731
+    if workers > 1 and len(todo) > 1:
+        rows = _tune_parallel(todo, target, out, work_root, args, workers, options, baseline, on_row)
+    else:
+        rows = _tune_serial(todo, target, out, work_root, args, options, baseline, on_row)
 
     print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
     for row in rows:
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
     return 1 if any("error" in r for r in rows) else 0
 
 
-def _tune_serial(todo, target, out, work_root, args, workers, options, baseline, on_row) -> list[dict]:
+def _tune_serial(todo, target, out, work_root, args, options, baseline, on_row) -> list[dict]:
     rows = []
     t0 = time.time()
     for i, problem in enumerate(todo):
