@@ -6,8 +6,9 @@
 
 One pruned 5x5x32x64 layer on a 1x32x32x32 input, untuned. Each setting runs in its own process:
 default threads; TensorFlow's inter-op pool limited to 1 thread; TVM's pool limited to 1 thread
-(TVM_NUM_THREADS=1). Printed: the op called eagerly on a tf.Tensor, and the layer inside
-tf.function less the cost of an identity tf.function.
+(TVM_NUM_THREADS=1). Printed: the kernel alone on TVM tensors, the op called eagerly on a
+tf.Tensor, the layer inside tf.function and an identity `tf.py_function`, each of these two less
+the cost of an identity tf.function.
 """
 
 import argparse
@@ -41,10 +42,16 @@ def med(f, n=100):
     for _ in range(n):
         t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
     return float(np.median(ts) * 1e6)
+import tvm
+xt = tvm.runtime.tensor(x.numpy())
+yt = tvm.runtime.empty(op.output_shape, "float32", tvm.cpu())
 in_graph = tf.function(lambda t: layer(t))
 identity = tf.function(lambda u: tf.identity(u))
+py_identity = tf.function(lambda v: tf.py_function(lambda a: a, [v], Tout=tf.float32))
 base = med(lambda: identity(x))
-print(json.dumps({"eager_op_us": med(lambda: op(x)), "in_graph_us": med(lambda: in_graph(x)) - base,
+print(json.dumps({"kernel_us": med(lambda: op.run(xt, yt)), "eager_op_us": med(lambda: op(x)),
+                  "in_graph_us": med(lambda: in_graph(x)) - base,
+                  "py_function_identity_us": med(lambda: py_identity(x)) - base,
                   "tf_function_call_us": base}))
 """
 
@@ -63,7 +70,8 @@ def main():
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results["settings"][name] = res
         print(
-            f"{name:<14} eager op {res['eager_op_us']:.0f} us, in graph {res['in_graph_us']:.0f} us "
+            f"{name:<14} kernel {res['kernel_us']:.0f} us, eager op {res['eager_op_us']:.0f} us, "
+            f"in graph {res['in_graph_us']:.0f} us, py_function alone {res['py_function_identity_us']:.0f} us "
             f"(tf.function call {res['tf_function_call_us']:.0f} us, subtracted)"
         )
     out.write_text(json.dumps(results, indent=1) + "\n")
