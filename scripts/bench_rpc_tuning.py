@@ -5,8 +5,12 @@
 
 For each GPU count: a fresh tracker with one server per GPU (scripts/rpc_cluster.py's LocalCluster),
 then `scripts/tune.py --rpc ... --workers <count>` from scratch (an empty work folder, so no run
-warm-starts from another), then the cluster is stopped. Results merge into the JSON file by GPU
-count, so the counts can be run in separate commands. With --keep-records the run with the most GPUs
+warm-starts from another), then the cluster is stopped. `--workers W` tunes W workloads at once
+whatever the GPU count (1 GPU with 2 workers tells how much of a 2-GPU gain is only the overlap of
+one workload's search and builds with another's measurements). Results merge into the JSON file by
+run ("<n>gpu-<w>workers"), so the runs can be made in separate commands. The speed-up is against
+1 GPU with 1 worker: of the wall times when both runs finished, else of the times at which each
+had finished its k-th workload (k: the most both reached). With --keep-records the run with the most GPUs
 writes into tuning_logs/<gpu>/ like any tuning (workloads already there are then skipped: pick a
 set that is not tuned yet); the other runs write into a temporary folder.
 """
@@ -36,6 +40,8 @@ def parse_args(argv=None):
     ap.add_argument("--trials", type=int, default=32, help="trials per workload (default 32)")
     ap.add_argument("--out", type=Path, default=None,
                     help="results JSON (default benchmarks/results/rpc-tuning-<gpu>.json)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="workloads tuned at once (default: one per GPU)")
     ap.add_argument("--sessions", choices=["fork", "spawn"], default=None,
                     help="how the servers run sessions (default: spawn on GPUs, see rpc_cluster.py)")
     ap.add_argument("--cpu", action="store_true",
@@ -58,6 +64,7 @@ def main(argv=None) -> int:
     runs = {}
     device = folder = None
     for n in counts:
+        workers = args.workers or n
         with tempfile.TemporaryDirectory(prefix="rpc_tuning_") as tmp:
             tmp = Path(tmp)
             devices = dict(servers=n) if args.cpu else dict(gpus=list(range(n)))
@@ -67,12 +74,14 @@ def main(argv=None) -> int:
             with cluster:
                 remote = probe(cluster.tracker)
                 device, folder = remote.device_name, remote.folder_name
-                print(f"\n=== {n} server(s): {device}, tracker {cluster.tracker} ===", flush=True)
+                print(f"\n=== {n} server(s), {workers} worker(s): {device}, tracker {cluster.tracker} ===",
+                      flush=True)
                 keep = args.keep_records and n == max(counts)
                 db = logs_root() / folder if keep else tmp / "db"
                 cmd = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--workloads", args.workloads,
                        "--trials", str(args.trials), "--rpc", f"{cluster.host}:{cluster.port}",
-                       "--key", cluster.key, "--out", str(db), "--work-dir", str(tmp / "work"),
+                       "--key", cluster.key, "--workers", str(workers), "--out", str(db),
+                       "--work-dir", str(tmp / "work"),
                        "--summary-json", str(tmp / "summary.json")]
                 t0 = time.time()
                 proc = subprocess.Popen(cmd, start_new_session=True)
@@ -84,29 +93,50 @@ def main(argv=None) -> int:
                 wall = time.time() - t0
             summary = json.loads((tmp / "summary.json").read_text()) if (tmp / "summary.json").exists() else {}
             sessions = args.sessions or ("fork" if args.cpu else "spawn")
-            runs[str(n)] = {"gpus": n, "wall_s": wall, "sessions": sessions, "returncode": rc,
-                            "workers": summary.get("workers"), "finished": summary.get("finished"),
-                            "workloads": summary.get("workloads", [])}
-            print(f"{n} server(s): {wall:.1f} s, exit {rc}", flush=True)
+            runs[run_label(n, workers)] = {
+                "gpus": n, "workers": workers, "wall_s": wall, "sessions": sessions, "returncode": rc,
+                "finished": summary.get("finished"), "workloads": summary.get("workloads", [])}
+            print(f"{n} server(s), {workers} worker(s): {wall:.1f} s, exit {rc}", flush=True)
 
     out = args.out or ROOT / "benchmarks" / "results" / f"rpc-tuning-{folder}.json"
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     data.update(device=device, workloads=args.workloads, trials=args.trials,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
     data["runs"].update(runs)
-    base = data["runs"].get("1", {})
-    for run in data["runs"].values():  # wall-time ratio; only meaningful when both runs finished
-        both = base.get("finished") and run.get("finished")
-        run["speedup_vs_1gpu"] = base["wall_s"] / run["wall_s"] if both else None
+    base = data["runs"].get(run_label(1, 1))
+    for run in data["runs"].values():
+        run["speedup_vs_1gpu"] = speedup(base, run) if base else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"\n{'GPUs':>5}{'wall':>10}{'speed-up':>10}")
-    for key in sorted(data["runs"], key=int):
+    print(f"\n{'run':<16}{'finished':>10}{'wall':>9}{'speed-up vs 1 GPU':>26}")
+    for key in sorted(data["runs"], key=lambda k: (data["runs"][k]["gpus"], data["runs"][k]["workers"])):
         run = data["runs"][key]
-        sp = f"{run['speedup_vs_1gpu']:.2f}x" if run["speedup_vs_1gpu"] else "-"
-        print(f"{key:>5}{run['wall_s']:>9.1f}s{sp:>10}")
+        sp = run["speedup_vs_1gpu"]
+        sp = "-" if sp is None else f"{sp['ratio']:.2f}x ({sp['basis']})"
+        done = f"{len(run['workloads'])}{'' if run['finished'] else '+'}"
+        print(f"{key:<16}{done:>10}{run['wall_s']:>8.1f}s{sp:>26}")
     print(f"results in {out}")
     return 0 if all(r["returncode"] in (0, "stopped at --time-limit") for r in runs.values()) else 1
+
+
+def run_label(gpus: int, workers: int) -> str:
+    return f"{gpus}gpu-{workers}workers"
+
+
+def done_times(run: dict) -> list[float]:
+    """When each finished workload was done, seconds from the start of tuning, in order."""
+    return sorted(w["done_at_s"] for w in run["workloads"] if "done_at_s" in w and "error" not in w)
+
+
+def speedup(base: dict, run: dict) -> dict | None:
+    """`base`'s time over `run`'s: whole runs if both finished, else to the k-th finished workload."""
+    if base.get("finished") and run.get("finished"):
+        return {"ratio": base["wall_s"] / run["wall_s"], "basis": "whole run"}
+    a, b = done_times(base), done_times(run)
+    k = min(len(a), len(b))
+    if k == 0:
+        return None
+    return {"ratio": a[k - 1] / b[k - 1], "basis": f"first {k} workloads"}
 
 
 if __name__ == "__main__":

@@ -131,7 +131,10 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(summary, indent=1) + "\n")
         os.replace(tmp, args.summary_json)
 
-    on_row = lambda rows: write_summary(rows, finished=False)  # noqa: E731
+    def on_row(rows: list[dict]) -> None:
+        rows[-1]["done_at_s"] = time.time() - t0  # when it finished, to compare runs cut short
+        write_summary(rows, finished=False)
+
     if workers > 1 and len(todo) > 1:
         rows = _tune_parallel(todo, target, out, work_root, args, workers, options, baseline, on_row)
     else:
