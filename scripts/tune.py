@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tuning never hands torch tensors to TVM; without this, every process that imports TVM (the tuning
+# workers and each builder process) probes CUDA through torch when torch is installed.
+os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
@@ -209,7 +212,7 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
         return {"problem": problem.name, "error": str(res)}
     row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
-           "rejected_as_wrong": res.rejected}
+           "rejected_as_wrong": res.rejected, "phases_s": res.phases}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row

@@ -166,6 +166,7 @@ class TuneResult:
     trials: int
     tuning_seconds: float
     rejected: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds, MetaSchedule's profiler scopes + "Check"
 
 
 def tune_problem(
@@ -181,11 +182,13 @@ def tune_problem(
     tracker: Tracker | None = None,
     rpc_workers: int = 1,
     builder_workers: int | None = None,
+    search_threads: int | None = None,
 ) -> TuneResult:
     """Tune `problem` for `target`; the checked best record goes into `out_folder`.
 
     With `tracker`, candidates run on its servers (`rpc_workers` sessions at once) and the check
-    runs on one of them; `builder_workers` caps local build processes (default: all cores).
+    runs on one of them; `builder_workers` caps local build processes and `search_threads` the
+    evolutionary search's threads (defaults: all cores, all physical cores).
     """
     t_start = time.time()
     wl, dense_w, arrays = problem_arguments(problem)
@@ -199,25 +202,29 @@ def tune_problem(
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
         callbacks.append(ProgressCallback(on_batch))
-    database = ms.tune_tir(
-        mod,
-        target,
-        str(work_dir),
-        max_trials_global=trials,
-        num_trials_per_iter=min(trials_per_iter, trials),
-        space=design_space(target, rule_names),
-        builder=builder,
-        runner=runner,
-        cost_model="xgb",
-        strategy="evolutionary",
-        measure_callbacks=callbacks,
-        num_tuning_cores="physical",
-    )
-    site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
-    record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target, site)
+    with ms.Profiler() as profiler:
+        database = ms.tune_tir(
+            mod,
+            target,
+            str(work_dir),
+            max_trials_global=trials,
+            num_trials_per_iter=min(trials_per_iter, trials),
+            space=design_space(target, rule_names),
+            builder=builder,
+            runner=runner,
+            cost_model="xgb",
+            strategy="evolutionary",
+            measure_callbacks=callbacks,
+            num_tuning_cores=search_threads or "physical",
+        )
+        with ms.Profiler.timeit("Check"):
+            site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
+            record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target, site)
     best = float(np.mean([float(s) for s in record.run_secs]))
     _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
-    return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected)
+    phases = {k: float(v) for k, v in profiler.get().items()}
+    return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
+                      phases)
 
 
 def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_k: int = 8):
@@ -312,7 +319,9 @@ def tune_in_parallel(
     `on_batch(problem_name, n_measured, best_seconds)` and `on_done(problem, result_or_error)` are
     called in this process.
     """
+    # Share the cores out: each process searching with every physical core would oversubscribe them.
     options.setdefault("builder_workers", max(1, (os.cpu_count() or 1) // workers))
+    options.setdefault("search_threads", max(1, ms.utils.cpu_count(logical=False) // workers))
     ctx = multiprocessing.get_context("spawn")  # TVM's runtime does not survive fork
     with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         events = manager.Queue()
