@@ -10,7 +10,10 @@ whatever the GPU count (1 GPU with 2 workers tells how much of a 2-GPU gain is o
 one workload's search and builds with another's measurements). Results merge into the JSON file by
 run ("<n>gpu-<w>workers"), so the runs can be made in separate commands. The speed-up is against
 1 GPU with 1 worker: of the wall times when both runs finished, else of the times at which each
-had finished its k-th workload (k: the most both reached). With --keep-records the run with the most GPUs
+had finished its k-th workload (k: the most both reached). The steady rate leaves out each worker's
+first workload, which also pays the process start-up (TVM's tensor-intrinsic import, ~20 s):
+seconds per workload between the w-th and the last finished one. `--report FILE` reprints a
+results file (and recomputes its ratios) without tuning. With --keep-records the run with the most GPUs
 writes into tuning_logs/<gpu>/ like any tuning (workloads already there are then skipped: pick a
 set that is not tuned yet); the other runs write into a temporary folder.
 """
@@ -49,6 +52,8 @@ def parse_args(argv=None):
     ap.add_argument("--time-limit", type=float, default=None,
                     help="stop each count's tuning after this many seconds and record what finished "
                          "(workloads done, wall time); for device calls with a time limit")
+    ap.add_argument("--report", type=Path, default=None, metavar="FILE",
+                    help="only recompute and print the table of an earlier results file")
     ap.add_argument("--keep-records", action="store_true",
                     help="merge the records of the largest count into tuning_logs/<gpu>/")
     return ap.parse_args(argv)
@@ -56,6 +61,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.report:
+        data = json.loads(args.report.read_text())
+        summarize(data)
+        args.report.write_text(json.dumps(data, indent=1) + "\n")
+        print_table(data)
+        return 0
     counts = [int(c) for c in args.gpu_counts.split(",")]
     have = local_gpu_count()
     if not args.cpu and max(counts) > have:
@@ -103,20 +114,45 @@ def main(argv=None) -> int:
     data.update(device=device, workloads=args.workloads, trials=args.trials,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
     data["runs"].update(runs)
+    summarize(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1) + "\n")
+    print_table(data)
+    print(f"results in {out}")
+    return 0 if all(r["returncode"] in (0, "stopped at --time-limit") for r in runs.values()) else 1
+
+
+def summarize(data: dict) -> None:
+    """Adds each run's steady rate and its ratios against 1 GPU with 1 worker."""
+    for run in data["runs"].values():
+        run["steady_s_per_workload"] = steady_rate(run)
     base = data["runs"].get(run_label(1, 1))
     for run in data["runs"].values():
         run["speedup_vs_1gpu"] = speedup(base, run) if base else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1) + "\n")
-    print(f"\n{'run':<16}{'finished':>10}{'wall':>9}{'speed-up vs 1 GPU':>26}")
+        both = base and base["steady_s_per_workload"] and run["steady_s_per_workload"]
+        run["steady_speedup_vs_1gpu"] = base["steady_s_per_workload"] / run["steady_s_per_workload"] if both else None
+
+
+def print_table(data: dict) -> None:
+    print(f"\n{data.get('device')}, {data.get('workloads')}, {data.get('trials')} trials per workload")
+    print(f"{'run':<16}{'finished':>9}{'wall':>9}{'speed-up vs 1 GPU':>28}{'steady s/workload':>19}{'ratio':>7}")
     for key in sorted(data["runs"], key=lambda k: (data["runs"][k]["gpus"], data["runs"][k]["workers"])):
         run = data["runs"][key]
         sp = run["speedup_vs_1gpu"]
         sp = "-" if sp is None else f"{sp['ratio']:.2f}x ({sp['basis']})"
         done = f"{len(run['workloads'])}{'' if run['finished'] else '+'}"
-        print(f"{key:<16}{done:>10}{run['wall_s']:>8.1f}s{sp:>26}")
-    print(f"results in {out}")
-    return 0 if all(r["returncode"] in (0, "stopped at --time-limit") for r in runs.values()) else 1
+        steady, ratio = run["steady_s_per_workload"], run["steady_speedup_vs_1gpu"]
+        steady = "-" if steady is None else f"{steady:.1f}"
+        ratio = "-" if ratio is None else f"{ratio:.2f}x"
+        print(f"{key:<16}{done:>9}{run['wall_s']:>8.1f}s{sp:>28}{steady:>19}{ratio:>7}")
+
+
+def steady_rate(run: dict) -> float | None:
+    """Seconds per workload after every worker has finished its first one (None if too few)."""
+    times, w = done_times(run), run["workers"]
+    if len(times) <= w:
+        return None
+    return (times[-1] - times[w - 1]) / (len(times) - w)
 
 
 def run_label(gpus: int, workers: int) -> str:
