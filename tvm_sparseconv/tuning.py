@@ -2,8 +2,8 @@
 
 - Design space: the rules of `schedules/` for the target, drawn with MetaSchedule's sampling
   instructions (`tunable=True`); evolutionary search ranked by the XGBoost cost model.
-- Builder: workers build without importing `tvm.s_tir.tensor_intrin` (20-60 s per worker, which
-  makes the default 30 s build timeout fail every candidate); the timeout is raised as well.
+- Builder: one pool of build processes per tuning process, kept across batches and workloads,
+  building without importing `tvm.s_tir.tensor_intrin` (`tuning_builder.py`).
 - Runner: every candidate runs on the problem's real sparse pattern (`f_alloc_argument`), not on
   random index arrays, so its time is the pattern's time and its reads stay in bounds.
 - Check: MetaSchedule does not look at results, so the best records are replayed, run on the real
@@ -42,20 +42,12 @@ from .compute import pack_offsets
 from .rpc import RemoteSite, Tracker, tracker_runner
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
+from .tuning_builder import build_without_tensor_intrinsics, pooled_builder
 from .tuning_records import META_FILE, read_meta, workload_module
 from .workload import ConvWorkload
 from .workloads import Problem
 
 CHECK_TOLERANCE = 1e-5
-
-
-def build_without_tensor_intrinsics(mod: tvm.IRModule, target: Target, _params=None):
-    """MetaSchedule's default build minus its `import tvm.s_tir.tensor_intrin` (unused here)."""
-    from tvm.driver import build as tvm_build
-    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
-
-    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
 
 
 def problem_arguments(problem: Problem, seed: int = 0):
@@ -183,12 +175,15 @@ def tune_problem(
     rpc_workers: int = 1,
     builder_workers: int | None = None,
     search_threads: int | None = None,
+    pooled_builds: bool = True,
 ) -> TuneResult:
     """Tune `problem` for `target`; the checked best record goes into `out_folder`.
 
     With `tracker`, candidates run on its servers (`rpc_workers` sessions at once) and the check
     runs on one of them; `builder_workers` caps local build processes and `search_threads` the
-    evolutionary search's threads (defaults: all cores, all physical cores).
+    evolutionary search's threads (defaults: all cores, all physical cores). `pooled_builds=False`
+    builds with MetaSchedule's `LocalBuilder` (fresh processes per batch) instead of this process's
+    pool (`tuning_builder.py`).
     """
     t_start = time.time()
     wl, dense_w, arrays = problem_arguments(problem)
@@ -196,8 +191,11 @@ def tune_problem(
     work_dir = work_root / wl.key()
     work_dir.mkdir(parents=True, exist_ok=True)
     runner = make_runner(arrays, target.kind.name == "cuda", tracker, rpc_workers)
-    builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120,
-                                      max_workers=builder_workers)
+    if pooled_builds:
+        builder = pooled_builder(builder_workers)
+    else:
+        builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120,
+                                          max_workers=builder_workers)
     _prepare_meta_schedule_logger()
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
