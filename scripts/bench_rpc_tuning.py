@@ -45,8 +45,8 @@ def parse_args(argv=None):
                     help="results JSON (default benchmarks/results/rpc-tuning-<gpu>.json)")
     ap.add_argument("--workers", type=int, default=None,
                     help="workloads tuned at once (default: one per GPU)")
-    ap.add_argument("--sessions", choices=["fork", "spawn"], default=None,
-                    help="how the servers run sessions (default: spawn on GPUs, see rpc_cluster.py)")
+    ap.add_argument("--sessions", choices=["fork", "spawn"], default="fork",
+                    help="how the servers run sessions (default fork, see rpc_cluster.py)")
     ap.add_argument("--cpu", action="store_true",
                     help="use 1..N CPU servers instead of GPUs (to try the script on a machine without one)")
     ap.add_argument("--time-limit", type=float, default=None,
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
             devices = dict(servers=n) if args.cpu else dict(gpus=list(range(n)))
             cluster = LocalCluster(f"bench-{n}", **devices, port=free_port(),
                                    server_port=free_port(), log_dir=tmp / "logs",
-                                   fork_sessions=None if args.sessions is None else args.sessions == "fork")
+                                   fork_sessions=args.sessions == "fork")
             with cluster:
                 remote = probe(cluster.tracker)
                 device, folder = remote.device_name, remote.folder_name
@@ -103,9 +103,8 @@ def main(argv=None) -> int:
                     rc = "stopped at --time-limit"
                 wall = time.time() - t0
             summary = json.loads((tmp / "summary.json").read_text()) if (tmp / "summary.json").exists() else {}
-            sessions = args.sessions or ("fork" if args.cpu else "spawn")
             runs[run_label(n, workers)] = {
-                "gpus": n, "workers": workers, "wall_s": wall, "sessions": sessions, "returncode": rc,
+                "gpus": n, "workers": workers, "wall_s": wall, "sessions": args.sessions, "returncode": rc,
                 "finished": summary.get("finished"), "workloads": summary.get("workloads", [])}
             print(f"{n} server(s), {workers} worker(s): {wall:.1f} s, exit {rc}", flush=True)
 

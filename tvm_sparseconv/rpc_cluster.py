@@ -46,8 +46,8 @@ class LocalCluster:
     `gpus`: one server per listed GPU index (each sees only its GPU); when empty, `servers` CPU
     servers. `host` is where everything listens: 127.0.0.1 keeps it on this machine; use the
     machine's address (and start remote servers with `--tracker=HOST:PORT`) for several machines.
-    `fork_sessions`: run each session in a forked process (cheap) or a spawned one (a fresh Python
-    importing TVM, seconds). None: fork for CPU servers, spawn for GPU servers (see `start`).
+    `fork_sessions`: run each session in a forked process (0.4 s on an H200 server) or a spawned
+    one (a fresh Python importing TVM: 6 s there; `benchmarks/results/rpc-session-*.json`).
     """
 
     key: str
@@ -57,7 +57,7 @@ class LocalCluster:
     port: int = 9190
     server_port: int = 9090
     log_dir: Path | None = None
-    fork_sessions: bool | None = None
+    fork_sessions: bool = True
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -76,18 +76,16 @@ class LocalCluster:
             self._spawn("tracker", ["tvm.exec.rpc_tracker", f"--host={self.host}", f"--port={self.port}",
                                     f"--port-end={self.port + 1}"], {})
             self._wait_for_tracker(timeout_s)
-            fork = self.fork_sessions if self.fork_sessions is not None else not self.gpus
             for i in range(self.server_count):
                 env = {"CUDA_VISIBLE_DEVICES": str(self.gpus[i])} if self.gpus else {"CUDA_VISIBLE_DEVICES": ""}
-                # tvm_ffi's import calls torch.cuda.is_available() where PyTorch is installed, which
-                # initialises CUDA in the server; a forked session process then fails with
-                # cudaErrorInitializationError (seen on the H200 machine). Spawned sessions work
-                # (verified); forked ones with the torch hook disabled should (not yet verified).
+                # Where PyTorch is installed, tvm_ffi's import calls torch.cuda.is_available(), which
+                # initialises CUDA in the server; every forked session then fails with
+                # cudaErrorInitializationError. With the hook off, forked sessions work (H200).
                 env["TVM_FFI_DISABLE_TORCH_C_DLPACK"] = "1"
                 self._spawn(f"server{i}", [
                     "tvm.exec.rpc_server", f"--host={self.host}", f"--port={self.server_port}",
                     f"--port-end={self.server_port + 100}", f"--tracker={self.host}:{self.port}",
-                    f"--key={self.key}", *([] if fork else ["--no-fork"]),
+                    f"--key={self.key}", *([] if self.fork_sessions else ["--no-fork"]),
                 ], env)
             self._wait_for_servers(timeout_s)
         except BaseException:
