@@ -24,7 +24,9 @@ import logging
 import multiprocessing
 import os
 import queue as queue_module
+import sys
 import time
+import types
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -101,7 +103,12 @@ def design_space(target: Target, rule_names: list[str] | None = None) -> ms.spac
         out = [r.schedule_into(sch.copy(), target, True) for r in rules]
         return [s for s in out if s is not None]
 
-    return ms.space_generator.ScheduleFn(spaces)
+    # Everything given, so MetaSchedule builds no target defaults: those for sm_75+ and VNNI CPUs
+    # need the tensor intrinsics we leave unimported. A ScheduleFn applies no schedule rules; the
+    # postprocessors and mutators are the target's defaults minus RewriteTensorize, which only
+    # acts on blocks marked for tensorization (ours never are).
+    kind = "cuda" if target.kind.name == "cuda" else "llvm"
+    return ms.space_generator.ScheduleFn(spaces, sch_rules=[], postprocs=kind, mutator_probs=kind)
 
 
 def rule_of(trace) -> str:
@@ -111,6 +118,30 @@ def rule_of(trace) -> str:
         if f'ann_key="{RULE_ANNOTATION}", ann_val="{rule.name}"' in text:
             return rule.name
     return "?"
+
+
+TENSOR_INTRIN_MODULE = "tvm.s_tir.tensor_intrin"
+
+
+@contextmanager
+def _tensor_intrinsics_not_imported():
+    """Keeps MetaSchedule's `TuneContext` from importing `tvm.s_tir.tensor_intrin` while we tune.
+
+    That import parses hundreds of TVMScript tensor-core and SIMD intrinsics (about 20 s on the
+    H200 machine's CPU, 45 s on a 2-core one) once in every tuning process; our design spaces use
+    none of them (the builder skips the same import, `tuning_builder.py`). An empty module stands
+    in while tuning runs, unless the real one is already loaded; it is removed afterwards, so a
+    later import elsewhere in the process gets the real module.
+    """
+    if TENSOR_INTRIN_MODULE in sys.modules:
+        yield
+        return
+    stand_in = sys.modules[TENSOR_INTRIN_MODULE] = types.ModuleType(TENSOR_INTRIN_MODULE)
+    try:
+        yield
+    finally:
+        if sys.modules.get(TENSOR_INTRIN_MODULE) is stand_in:
+            del sys.modules[TENSOR_INTRIN_MODULE]
 
 
 @derived_object
@@ -200,7 +231,7 @@ def tune_problem(
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
         callbacks.append(ProgressCallback(on_batch))
-    with ms.Profiler() as profiler:
+    with ms.Profiler() as profiler, _tensor_intrinsics_not_imported():
         database = ms.tune_tir(
             mod,
             target,
