@@ -14,6 +14,7 @@ fresh worker, unused by our schedules), which with the default 30 s timeout fail
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import tvm
@@ -60,6 +61,14 @@ class PooledBuilder(ms.builder.PyBuilder):
 
 
 _pools: dict[int, PopenPoolExecutor] = {}
+
+
+@atexit.register
+def _shut_pools() -> None:
+    """Stop the build processes with the tuning process instead of leaving them to the OS."""
+    for pool in _pools.values():
+        pool.shutdown()
+    _pools.clear()
 
 
 def pooled_builder(max_workers: int | None = None) -> PooledBuilder:
