@@ -109,16 +109,21 @@ def tracker_runner(
     `alloc_arguments(device, args_info, alloc_repeat)` is the same function the local runner
     uses; on a remote device, `tvm.runtime.tensor` uploads through the session.
     """
-
-    def alloc(session, device, args_info, alloc_repeat):  # RPCRunner's signature
-        return alloc_arguments(device, args_info, alloc_repeat)
-
     return ms.runner.RPCRunner(
         rpc_config=tracker.rpc_config(),
         evaluator_config=evaluator_config,
-        f_alloc_argument=alloc,
+        f_alloc_argument=rpc_alloc_argument(alloc_arguments),
         max_workers=max_workers,
     )
+
+
+def rpc_alloc_argument(alloc_arguments: Callable) -> Callable:
+    """`alloc_arguments(device, args_info, alloc_repeat)` with RPCRunner's signature (session first)."""
+
+    def alloc(session, device, args_info, alloc_repeat):
+        return alloc_arguments(device, args_info, alloc_repeat)
+
+    return alloc
 
 
 class RemoteSite:

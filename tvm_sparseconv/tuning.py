@@ -41,7 +41,7 @@ from tvm.target import Target
 
 from . import reference
 from .compute import pack_offsets
-from .rpc import RemoteSite, Tracker, tracker_runner
+from .rpc import RemoteSite, Tracker, rpc_alloc_argument, tracker_runner
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
 from .tuning_builder import build_without_tensor_intrinsics, pooled_builder
@@ -169,14 +169,31 @@ class LocalSite:
         return lib
 
 
+_runners: dict[tuple, ms.runner.Runner] = {}
+
+
 def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_workers: int = 1) -> ms.runner.Runner:
-    """Times candidates on this machine, or on the tracker's servers (`rpc_workers` at once)."""
-    config = ms.runner.EvaluatorConfig(
-        number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50, enable_cpu_cache_flush=False,
-    )
-    if tracker is not None:
-        return tracker_runner(tracker, make_alloc_argument(arrays), config, max_workers=rpc_workers)
-    return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, f_alloc_argument=make_alloc_argument(arrays))
+    """Times candidates on this machine, or on the tracker's servers (`rpc_workers` at once).
+
+    One runner per configuration is kept for the life of the process: MetaSchedule's runners
+    start a worker process and sanity-check it when created (seconds, for every workload
+    otherwise). Only the arguments change between problems; the runner reads them at each run.
+    """
+    key = (on_gpu, tracker, rpc_workers)
+    alloc = make_alloc_argument(arrays)
+    runner = _runners.get(key)
+    if runner is None:
+        config = ms.runner.EvaluatorConfig(
+            number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50, enable_cpu_cache_flush=False,
+        )
+        if tracker is not None:
+            runner = tracker_runner(tracker, alloc, config, max_workers=rpc_workers)
+        else:
+            runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, f_alloc_argument=alloc)
+        _runners[key] = runner
+    # `_inst` is the Python object behind TVM's derived_object wrapper; run() reads its field.
+    runner._inst.f_alloc_argument = rpc_alloc_argument(alloc) if tracker is not None else alloc
+    return runner
 
 
 @dataclass

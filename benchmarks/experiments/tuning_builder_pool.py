@@ -9,7 +9,8 @@ per workload; `tuning_builder.pooled_builder` keeps one pool per process. Each r
 first; the per-workload tuning seconds and MetaSchedule's profiler phases go to the JSON beside
 this script. The first workload of a process also pays one-off imports, so the later ones are the
 comparison of builders. `tuning_builder_pool-before-intrin-skip.json` is the same run from before
-tuning stopped importing `tvm.s_tir.tensor_intrin` (first workloads 53-58 s there).
+tuning stopped importing `tvm.s_tir.tensor_intrin` and kept its runner across workloads (first
+workloads 53-58 s there; both arms use the kept runner now).
 """
 
 from __future__ import annotations
