@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import logging
@@ -170,6 +171,14 @@ class LocalSite:
 
 
 _runners: dict[tuple, ms.runner.Runner] = {}
+
+
+@atexit.register
+def _stop_runners() -> None:
+    """Stop the kept runners' worker processes with this process."""
+    for runner in _runners.values():
+        runner._inst.pool.shutdown()
+    _runners.clear()
 
 
 def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_workers: int = 1) -> ms.runner.Runner:
