@@ -11,7 +11,7 @@ one workload's search and builds with another's measurements). Results merge int
 run ("<n>gpu-<w>workers"), so the runs can be made in separate commands. The speed-up is against
 1 GPU with 1 worker: of the wall times when both runs finished, else of the times at which each
 had finished its k-th workload (k: the most both reached). The steady rate leaves out each worker's
-first workload, which also pays the process start-up (TVM's tensor-intrinsic import, ~20 s):
+first workload, which also pays the process start-up (starting Python, importing TVM):
 seconds per workload between the w-th and the last finished one. `--report FILE` reprints a
 results file (and recomputes its ratios) without tuning. With --keep-records the run with the most GPUs
 writes into tuning_logs/<gpu>/ like any tuning (workloads already there are then skipped: pick a

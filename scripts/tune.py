@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -165,12 +164,9 @@ def _tune_serial(todo, target, out, work_root, args, options, baseline, on_row) 
                 bar.update(n)
                 bar.set_postfix(best_us=f"{best * 1e6:.1f}")
 
-        if not args.verbose:
-            # MetaSchedule sizes its console handler from this level at each tuning call, and
-            # leaves the level at DEBUG afterwards: set it again for every workload.
-            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         try:
-            res = tune_problem(problem, target, out, args.trials, work_root, on_batch=on_batch, **options)
+            res = tune_problem(problem, target, out, args.trials, work_root, on_batch=on_batch,
+                               quiet=not args.verbose, **options)
         except Exception as e:  # noqa: BLE001 - report, keep going with the next workload
             res = e
         if bar is not None:

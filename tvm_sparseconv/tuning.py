@@ -45,7 +45,7 @@ from .compute import pack_offsets
 from .rpc import RemoteSite, Tracker, rpc_alloc_argument, tracker_runner
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
-from .tuning_builder import build_without_tensor_intrinsics, pooled_builder
+from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_records import META_FILE, read_meta, workload_module
 from .workload import ConvWorkload
 from .workloads import Problem
@@ -66,14 +66,18 @@ def problem_arguments(problem: Problem, seed: int = 0):
     return wl, kernel.to_dense(), arrays
 
 
-def _prepare_meta_schedule_logger() -> None:
-    """Drop unnamed handlers from MetaSchedule's logger before a tuning call.
+def _prepare_meta_schedule_logger(quiet: bool) -> None:
+    """Set up MetaSchedule's logger before a tuning call.
 
-    `tune_tir` rebuilds its logging config from the names of its logger's handlers and fails on one
-    without a name (`'NoneType' object has no attribute 'format'`), e.g. pytest's log capture handler,
-    which is there after an earlier tuning call in the same process.
+    `quiet`: warnings only. MetaSchedule sizes its console handler from the logger's level at each
+    tuning call and leaves the level at DEBUG afterwards, so it is set again for every call.
+    Unnamed handlers are dropped: `tune_tir` rebuilds its logging config from the names of its
+    logger's handlers and fails on one without a name (`'NoneType' object has no attribute
+    'format'`), e.g. pytest's log capture handler, there after an earlier tuning call in the process.
     """
     logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if quiet:
+        logger.setLevel(logging.WARNING)
     for handler in list(logger.handlers):
         if handler.get_name() is None:
             logger.removeHandler(handler)
@@ -233,6 +237,7 @@ def tune_problem(
     builder_workers: int | None = None,
     search_threads: int | None = None,
     pooled_builds: bool = True,
+    quiet: bool = False,
 ) -> TuneResult:
     """Tune `problem` for `target`; the checked best record goes into `out_folder`.
 
@@ -240,7 +245,7 @@ def tune_problem(
     runs on one of them; `builder_workers` caps local build processes and `search_threads` the
     evolutionary search's threads (defaults: all cores, all physical cores). `pooled_builds=False`
     builds with MetaSchedule's `LocalBuilder` (fresh processes per batch) instead of this process's
-    pool (`tuning_builder.py`).
+    pool (`tuning_builder.py`). `quiet`: MetaSchedule logs warnings only.
     """
     t_start = time.time()
     wl, dense_w, arrays = problem_arguments(problem)
@@ -251,9 +256,9 @@ def tune_problem(
     if pooled_builds:
         builder = pooled_builder(builder_workers)
     else:
-        builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=120,
+        builder = ms.builder.LocalBuilder(f_build=build_without_tensor_intrinsics, timeout_sec=BUILD_TIMEOUT_S,
                                           max_workers=builder_workers)
-    _prepare_meta_schedule_logger()
+    _prepare_meta_schedule_logger(quiet)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
     if on_batch is not None:
         callbacks.append(ProgressCallback(on_batch))
@@ -406,7 +411,6 @@ def _tune_in_worker(problem, target_json, out_folder, trials, work_root, events,
     def report(n, best):
         events.put((problem.name, n, best))
 
-    if quiet:  # MetaSchedule lowers its logger to DEBUG after each call: raise it per problem
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    return tune_problem(problem, Target(target_json), out_folder, trials, work_root, on_batch=report, **options)
+    return tune_problem(problem, Target(target_json), out_folder, trials, work_root, on_batch=report, quiet=quiet,
+                        **options)
 

@@ -7,7 +7,6 @@ folder; `sparsify` and `SparseConv2D` then find the records. Already tuned layer
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +49,7 @@ def tune_layers(model, trials: int = 64, batch_size: int = 1, min_sparsity: floa
             if verbose:
                 print(f"{problem.name}: already tuned in {folder}")
             continue
-        # MetaSchedule lowers its logger to DEBUG after each call: keep its log out, per problem
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        res = tune_problem(problem, tgt, folder, trials, work)
+        res = tune_problem(problem, tgt, folder, trials, work, quiet=True)
         if verbose:
             print(f"{problem.name}: best {res.best_seconds * 1e3:.3f} ms ({res.rule}), "
                   f"{res.tuning_seconds:.0f} s of tuning")
