@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from tvm_sparseconv.rpc import probe  # noqa: E402
 from tvm_sparseconv.rpc_cluster import LocalCluster, free_port, local_gpu_count, stop_process  # noqa: E402
 from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
+from tvm_sparseconv.tuning_runner import SESSION_PER  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,11 +43,15 @@ def parse_args(argv=None):
     ap.add_argument("--workloads", default="resnet50_1x1_b1", help="workload set(s) to tune (scripts/tune.py --list)")
     ap.add_argument("--trials", type=int, default=32, help="trials per workload (default 32)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="results JSON (default benchmarks/results/rpc-tuning-<gpu>.json)")
+                    help="results JSON (default benchmarks/results/"
+                         "rpc-tuning-<gpu>-<trials>trials-session-per-<rpc-sessions>.json)")
     ap.add_argument("--workers", type=int, default=None,
                     help="workloads tuned at once (default: one per GPU)")
     ap.add_argument("--sessions", choices=["fork", "spawn"], default="fork",
                     help="how the servers run sessions (default fork, see rpc_cluster.py)")
+    ap.add_argument("--rpc-sessions", choices=SESSION_PER, default="batch",
+                    help="tune.py --rpc-sessions: an RPC session per share of a batch (default) or per "
+                         "candidate (MetaSchedule's RPCRunner); one results file per choice")
     ap.add_argument("--cpu", action="store_true",
                     help="use 1..N CPU servers instead of GPUs (to try the script on a machine without one)")
     ap.add_argument("--time-limit", type=float, default=None,
@@ -72,6 +77,8 @@ def main(argv=None) -> int:
     if not args.cpu and max(counts) > have:
         print(f"asked for {max(counts)} GPUs, TVM sees {have}", file=sys.stderr)
         return 1
+    if args.out and args.out.exists():
+        check_same_sessions(json.loads(args.out.read_text()), args.out, args.rpc_sessions)
     runs = {}
     device = folder = None
     for n in counts:
@@ -92,6 +99,7 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, str(ROOT / "scripts" / "tune.py"), "--workloads", args.workloads,
                        "--trials", str(args.trials), "--rpc", f"{cluster.host}:{cluster.port}",
                        "--key", cluster.key, "--workers", str(workers), "--out", str(db),
+                       "--rpc-sessions", args.rpc_sessions,
                        "--work-dir", str(tmp / "work"),
                        "--summary-json", str(tmp / "summary.json")]
                 t0 = time.time()
@@ -104,11 +112,12 @@ def main(argv=None) -> int:
                 wall = time.time() - t0
             summary = json.loads((tmp / "summary.json").read_text()) if (tmp / "summary.json").exists() else {}
             runs[run_label(n, workers)] = {
-                "gpus": n, "workers": workers, "wall_s": wall, "sessions": args.sessions, "returncode": rc,
+                "gpus": n, "workers": workers, "wall_s": wall, "sessions": args.sessions,
+                "rpc_sessions": args.rpc_sessions, "returncode": rc,
                 "finished": summary.get("finished"), "workloads": summary.get("workloads", [])}
             print(f"{n} server(s), {workers} worker(s): {wall:.1f} s, exit {rc}", flush=True)
 
-    out = args.out or ROOT / "benchmarks" / "results" / f"rpc-tuning-{folder}.json"
+    out = args.out or default_out(folder, args.trials, args.rpc_sessions)
     data = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     data.update(device=device, workloads=args.workloads, trials=args.trials,
                 date=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -119,6 +128,18 @@ def main(argv=None) -> int:
     print_table(data)
     print(f"results in {out}")
     return 0 if all(r["returncode"] in (0, "stopped at --time-limit") for r in runs.values()) else 1
+
+
+def default_out(folder: str, trials: int, rpc_sessions: str) -> Path:
+    return ROOT / "benchmarks" / "results" / f"rpc-tuning-{folder}-{trials}trials-session-per-{rpc_sessions}.json"
+
+
+def check_same_sessions(data: dict, path: Path, rpc_sessions: str) -> None:
+    """Runs of one file are compared with each other: they must share --rpc-sessions."""
+    other = {run.get("rpc_sessions", "candidate") for run in data.get("runs", {}).values()} - {rpc_sessions}
+    if other:
+        raise SystemExit(f"{path} holds runs with --rpc-sessions {', '.join(sorted(other))}, not {rpc_sessions}: "
+                         "give another --out")
 
 
 def summarize(data: dict) -> None:

@@ -38,6 +38,7 @@ from tvm_sparseconv import baselines, targets  # noqa: E402
 from tvm_sparseconv.rpc import Tracker, probe  # noqa: E402
 from tvm_sparseconv.tuning import problem_arguments, tune_in_parallel, tune_problem, tuned_problems  # noqa: E402
 from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
+from tvm_sparseconv.tuning_runner import SESSION_PER  # noqa: E402
 from tvm_sparseconv.workload import ConvWorkload  # noqa: E402,F401
 from tvm_sparseconv.workloads import WORKLOAD_SETS, Problem, workload_set  # noqa: E402
 
@@ -74,6 +75,9 @@ def parse_args(argv=None):
     far.add_argument("--key", default=None, help="the device key the servers registered with")
     far.add_argument("--workers", type=int, default=None,
                      help="workloads tuned at once (default: 1 locally, one per server with --rpc)")
+    far.add_argument("--rpc-sessions", choices=SESSION_PER, default="batch",
+                     help="an RPC session per share of a batch (default; a session costs a server process "
+                          "and a CUDA context) or per candidate (MetaSchedule's RPCRunner)")
     args = ap.parse_args(argv)
     if (args.rpc is None) != (args.key is None):
         ap.error("--rpc and --key go together")
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
           f"for {device_name} [{target.kind.name}], {args.trials} trials each"
           + (f", {workers} at a time" if workers > 1 else ""))
     options = dict(rule_names=args.rules.split(",") if args.rules else None, device_name=device_name,
-                   tracker=tracker, rpc_workers=servers)
+                   tracker=tracker, rpc_workers=servers, rpc_session_per=args.rpc_sessions)
     baseline = not args.no_baseline and tracker is None  # dense baselines run here, not on the servers
 
     t0 = time.time()
@@ -127,7 +131,8 @@ def main(argv=None) -> int:
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary = {"device": device_name, "target": str(target), "trials": args.trials, "workers": workers,
                    "rpc": None if tracker is None else {"tracker": f"{tracker.host}:{tracker.port}",
-                                                        "key": tracker.key, "servers": servers},
+                                                        "key": tracker.key, "servers": servers,
+                                                        "sessions_per": args.rpc_sessions},
                    "finished": finished, "wall_s": time.time() - t0, "workloads": rows}
         tmp = args.summary_json.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=1) + "\n")

@@ -7,7 +7,8 @@ MetaSchedule's `RPCRunner`. This module knows how to:
 
 - describe the servers' device (`probe`): the target and tuning-log folder come from the servers,
   not from the machine that runs the tuning;
-- make an `RPCRunner` that uploads the problem's real sparse arguments (`tracker_runner`);
+- adapt the problem's real sparse arguments to the RPC runners' signature (`rpc_alloc_argument`;
+  the runners are in `tuning_runner.py`);
 - run one compiled module on a server, for the correctness check of the winner (`RemoteSite`).
 """
 
@@ -96,25 +97,6 @@ def probe(tracker: Tracker) -> RemoteDevice:
     cores = int(sess.get_function("runtime.NumThreads")())
     target = Target({"kind": "llvm", "mcpu": host_cpu, "num-cores": cores})
     return RemoteDevice(target, f"CPU {host_cpu} x{cores}", f"cpu-{host_cpu}")
-
-
-def tracker_runner(
-    tracker: Tracker,
-    alloc_arguments: Callable,
-    evaluator_config: ms.runner.EvaluatorConfig,
-    max_workers: int,
-) -> ms.runner.RPCRunner:
-    """An RPCRunner whose candidates run on the key's servers with the real arguments.
-
-    `alloc_arguments(device, args_info, alloc_repeat)` is the same function the local runner
-    uses; on a remote device, `tvm.runtime.tensor` uploads through the session.
-    """
-    return ms.runner.RPCRunner(
-        rpc_config=tracker.rpc_config(),
-        evaluator_config=evaluator_config,
-        f_alloc_argument=rpc_alloc_argument(alloc_arguments),
-        max_workers=max_workers,
-    )
 
 
 def rpc_alloc_argument(alloc_arguments: Callable) -> Callable:

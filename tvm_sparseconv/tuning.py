@@ -42,10 +42,11 @@ from tvm.target import Target
 
 from . import reference
 from .compute import pack_offsets
-from .rpc import RemoteSite, Tracker, rpc_alloc_argument, tracker_runner
+from .rpc import RemoteSite, Tracker, rpc_alloc_argument
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
+from .tuning_runner import tracker_runner
 from .tuning_records import META_FILE, read_meta, workload_module
 from .workload import ConvWorkload
 from .workloads import Problem
@@ -185,14 +186,16 @@ def _stop_runners() -> None:
     _runners.clear()
 
 
-def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_workers: int = 1) -> ms.runner.Runner:
-    """Times candidates on this machine, or on the tracker's servers (`rpc_workers` at once).
+def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_workers: int = 1,
+                rpc_session_per: str = "batch") -> ms.runner.Runner:
+    """Times candidates on this machine, or on the tracker's servers (`rpc_workers` at once, with
+    one session per share of a batch or per candidate: `tuning_runner.tracker_runner`).
 
     One runner per configuration is kept for the life of the process: MetaSchedule's runners
     start a worker process and sanity-check it when created (seconds, for every workload
     otherwise). Only the arguments change between problems; the runner reads them at each run.
     """
-    key = (on_gpu, tracker, rpc_workers)
+    key = (on_gpu, tracker, rpc_workers, rpc_session_per)
     alloc = make_alloc_argument(arrays)
     runner = _runners.get(key)
     if runner is None:
@@ -200,7 +203,7 @@ def make_runner(arrays, on_gpu: bool, tracker: Tracker | None = None, rpc_worker
             number=5 if on_gpu else 1, repeat=3, min_repeat_ms=0 if on_gpu else 50, enable_cpu_cache_flush=False,
         )
         if tracker is not None:
-            runner = tracker_runner(tracker, alloc, config, max_workers=rpc_workers)
+            runner = tracker_runner(tracker, alloc, config, max_workers=rpc_workers, session_per=rpc_session_per)
         else:
             runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=config, f_alloc_argument=alloc)
         _runners[key] = runner
@@ -234,6 +237,7 @@ def tune_problem(
     device_name: str = "",
     tracker: Tracker | None = None,
     rpc_workers: int = 1,
+    rpc_session_per: str = "batch",
     builder_workers: int | None = None,
     search_threads: int | None = None,
     pooled_builds: bool = True,
@@ -241,8 +245,9 @@ def tune_problem(
 ) -> TuneResult:
     """Tune `problem` for `target`; the checked best record goes into `out_folder`.
 
-    With `tracker`, candidates run on its servers (`rpc_workers` sessions at once) and the check
-    runs on one of them; `builder_workers` caps local build processes and `search_threads` the
+    With `tracker`, candidates run on its servers (`rpc_workers` sessions at once, each for a share
+    of a batch, or for one candidate with `rpc_session_per="candidate"`) and the check runs on one
+    of them; `builder_workers` caps local build processes and `search_threads` the
     evolutionary search's threads (defaults: all cores, all physical cores). `pooled_builds=False`
     builds with MetaSchedule's `LocalBuilder` (fresh processes per batch) instead of this process's
     pool (`tuning_builder.py`). `quiet`: MetaSchedule logs warnings only.
@@ -252,7 +257,7 @@ def tune_problem(
     mod = workload_module(wl)
     work_dir = work_root / wl.key()
     work_dir.mkdir(parents=True, exist_ok=True)
-    runner = make_runner(arrays, target.kind.name == "cuda", tracker, rpc_workers)
+    runner = make_runner(arrays, target.kind.name == "cuda", tracker, rpc_workers, rpc_session_per)
     if pooled_builds:
         builder = pooled_builder(builder_workers)
     else:
