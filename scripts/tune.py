@@ -147,9 +147,10 @@ def main(argv=None) -> int:
     else:
         rows = _tune_serial(todo, target, out, work_root, args, options, baseline, on_row)
 
-    print(f"\n{'workload':<28}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
+    width = max([28] + [len(row["problem"]) + 2 for row in rows])  # ResNet's names are longer than 28
+    print(f"\n{'workload':<{width}}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
     for row in rows:
-        print(_line(row, table=True))
+        print(_line(row, table=width))
     print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
     write_summary(rows, finished=True)
     return 1 if any("error" in r for r in rows) else 0
@@ -258,12 +259,13 @@ def _dense_us(problem: Problem, target) -> dict:
     return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in res.items()}
 
 
-def _line(row: dict, table: bool = False) -> str:
+def _line(row: dict, table: int = 0) -> str:
+    """One workload's result: a table row `table` characters wide in its first column, or a sentence."""
     if "error" in row:
-        return f"{row['problem']:<28}FAILED: {row['error'][:80]}"
+        return f"{row['problem']:<{table or 28}}FAILED: {row['error'][:80]}"
     dense = ", ".join(f"{k} {v:.1f} us" for k, v in row.get("dense_us", {}).items() if isinstance(v, float))
     if table:
-        return (f"{row['problem']:<28}{row['rule']:<26}{row['best_us']:>8.1f}us"
+        return (f"{row['problem']:<{table}}{row['rule']:<26}{row['best_us']:>8.1f}us"
                 f"{dense:>34}{row['tuning_s'] / 60:>7.1f}min")
     return (f"best {row['best_us']:.1f} us ({row['rule']}, rel. error {row['relative_error']:.1e}, "
             f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}")

@@ -3,9 +3,10 @@
 MetaSchedule's `RPCRunner` asks the tracker for a new session for every candidate. The server
 serves each session in a new process, which must create its own CUDA context: 0.4 s on an H200
 server (`benchmarks/results/rpc-session-nvidia-h200.json`), for kernels that run for microseconds.
-On the H200 x2 machine the measuring of 64 candidates took 37 s of a 51 s workload (64 trials,
-`benchmarks/results/rpc-tuning-nvidia-h200-64trials-session-per-candidate.json`), so the servers, not the GPUs, set
-the pace.
+On the H200 x2 machine, measuring a workload's 64 candidates so took 37 s of its 51 s
+(`benchmarks/results/rpc-tuning-nvidia-h200-64trials-session-per-candidate.json`): the servers'
+session starts, not the GPUs, set the pace; one session per share took 2 s
+(`...-session-per-batch.json`).
 
 `SessionPerBatchRunner` splits each batch into `max_workers` shares, one per pool worker, and runs
 a share in one session: RPCRunner's own steps (upload and load, time evaluator, cleanup), with the
