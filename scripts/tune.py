@@ -51,7 +51,9 @@ except ImportError:  # progress bars are a nicety
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="headline", help="workload set(s), comma-separated (see --list)")
-    ap.add_argument("--trials", type=int, default=256, help="measured candidates per workload (default 256)")
+    ap.add_argument("--trials", type=int, default=256,
+                    help="measured candidates per workload (default 256; a search round that comes back "
+                         "short by at most 1/8 of a round is not topped up, see tuning.enough_trials)")
     ap.add_argument("--target", choices=["cuda", "llvm"], default=None, help="default: cuda if TVM sees a GPU, else llvm")
     ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
     ap.add_argument("--work-dir", type=Path, default=None,
@@ -214,7 +216,7 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
         return {"problem": problem.name, "error": str(res)}
     row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
-           "rejected_as_wrong": res.rejected, "phases_s": res.phases}
+           "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row

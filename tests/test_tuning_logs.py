@@ -21,7 +21,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import targets, tuning_records
-from tvm_sparseconv.tuning import design_space, tune_problem
+from tvm_sparseconv.tuning import design_space, enough_trials, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
 
@@ -99,12 +99,20 @@ def test_cuda_design_spaces_sample_cleanly(problem):
     assert built > 0, "every sampled candidate was rejected"
 
 
+def test_a_round_short_by_at_most_an_eighth_ends_the_workload():
+    assert enough_trials(64, 64) == 56  # 56..63 measured after a round: no new round for the rest
+    assert enough_trials(256, 64) == 248 and enough_trials(16, 16) == 14 and enough_trials(4, 4) == 4
+
+
 def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_path, monkeypatch):
     target = targets.host_cpu_target()
     root = tmp_path / "logs"
     folder = root / targets.target_folder_name(target)
-    res = tune_problem(TINY[0], target, folder, trials=8, work_root=tmp_path / "work")
+    measured = []
+    res = tune_problem(TINY[0], target, folder, trials=8, work_root=tmp_path / "work",
+                       on_batch=lambda n, best: measured.append(n))
     assert res.relative_error <= 1e-5 and res.best_seconds > 0
+    assert enough_trials(8, 8) <= sum(measured) == res.measured <= 8, measured
     assert (folder / "database_tuning_record.json").stat().st_size > 0
 
     monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
