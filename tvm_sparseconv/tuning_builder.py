@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import os
+from typing import Callable
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -71,10 +72,35 @@ def _shut_pools() -> None:
     _pools.clear()
 
 
-def pooled_builder(max_workers: int | None = None) -> PooledBuilder:
-    """A builder on this process's pool of `max_workers` build processes (default: all cores)."""
+def pooled_builder(max_workers: int | None = None, start_now: bool = False) -> PooledBuilder:
+    """A builder on this process's pool of `max_workers` build processes (default: all cores).
+
+    The first batch starts the pool's processes (a Python importing TVM each). `start_now=True`
+    starts them in the background when the pool is made, to overlap the first search round; on
+    the 2-core CPU the first workload was no faster that way (21-22 s either way,
+    `benchmarks/experiments/tuning_builder_pool-start-now.json`), so it stays off until measured
+    on a machine with cores to spare.
+    """
     workers = max_workers or os.cpu_count() or 1
     if workers not in _pools:
-        _pools[workers] = PopenPoolExecutor(max_workers=workers, timeout=BUILD_TIMEOUT_S,
-                                            maximum_process_uses=MAX_USES_PER_WORKER)
+        pool = PopenPoolExecutor(max_workers=workers, timeout=BUILD_TIMEOUT_S, maximum_process_uses=MAX_USES_PER_WORKER)
+        if start_now:
+            start_workers(pool, workers, _import_build_modules)
+        _pools[workers] = pool
     return PooledBuilder(_pools[workers], BUILD_TIMEOUT_S)
+
+
+def start_workers(pool: PopenPoolExecutor, workers: int, warm_up: Callable[[], None]) -> None:
+    """Start every process of `pool` now, without waiting, each running `warm_up` (imports).
+
+    The pool creates a thread (and its process) for each task submitted while none is idle, so
+    `workers` tasks submitted together start `workers` processes.
+    """
+    for _ in range(workers):
+        pool.submit(warm_up)
+
+
+def _import_build_modules() -> None:
+    """Run in a new worker: what every build needs, imported before the first build arrives."""
+    import tvm.driver  # noqa: F401
+    import tvm.s_tir.transform  # noqa: F401
