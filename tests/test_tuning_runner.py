@@ -80,6 +80,8 @@ def test_share_in_one_session_times_each_candidate_and_survives_a_failure(cluste
     # Two shares of three, plus a new session after the failure in the middle of the first.
     assert batch_sessions == 3
 
+    assert measure(cluster, "batch", []) == []  # a batch whose every build failed reaches the runner empty
+
     before = sessions_opened(cluster)
     results = measure(cluster, "candidate", paths)
     assert sessions_opened(cluster) - before == len(paths)  # MetaSchedule's RPCRunner: one per candidate

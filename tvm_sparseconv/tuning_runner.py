@@ -74,7 +74,7 @@ class SessionPerBatchRunner(ms.runner.PyRunner):
 
     def run(self, runner_inputs: list[ms.runner.RunnerInput]) -> list[ms.runner.RunnerFuture]:
         futures: list[ms.runner.RunnerFuture] = []
-        size = -(-len(runner_inputs) // self.max_workers)
+        size = max(1, -(-len(runner_inputs) // self.max_workers))  # no inputs when every build failed
         for start in range(0, len(runner_inputs), size):
             jobs = [(str(r.artifact_path), str(r.device_type), tuple(a.as_json() for a in r.args_info))
                     for r in runner_inputs[start:start + size]]
@@ -91,7 +91,6 @@ def run_share(rpc_config: ms.runner.RPCConfig, evaluator_config: ms.runner.Evalu
     for i, (artifact_path, device_type, args_info) in enumerate(jobs):
         if session is not None and time.monotonic() - opened > SESSION_TIMEOUT_S:
             session, arguments = None, {}
-        remote_path = None
         try:
             if session is None:
                 session, opened = rpc_config.connect_server(), time.monotonic()
@@ -102,14 +101,17 @@ def run_share(rpc_config: ms.runner.RPCConfig, evaluator_config: ms.runner.Evalu
             key = json.dumps(args_info)
             if key not in arguments:
                 arguments[key] = f_alloc_argument(session, device, args_info, 1)
-            outcome = (run_evaluator_common(module, device, evaluator_config, arguments[key]), None)
-            del module
+            outcomes.append((run_evaluator_common(module, device, evaluator_config, arguments[key]), None))
+        except Exception as e:  # noqa: BLE001 -- becomes this candidate's error, as in RPCRunner
+            outcomes.append((None, f"RPC runner: an exception occurred\n{e}"))
+            session, arguments = None, {}
+            continue
+        del module
+        try:  # a measured time stands even if its files cannot be removed
             for path in (remote_path, remote_path + ".so"):
                 session.remove(path)
-        except Exception as e:  # noqa: BLE001 -- becomes this candidate's error, as in RPCRunner
-            outcome = (None, f"RPC runner: an exception occurred\n{e}")
+        except Exception:  # noqa: BLE001 -- the next candidate gets a new session
             session, arguments = None, {}
-        outcomes.append(outcome)
     return outcomes
 
 
