@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         summary = {"device": device_name, "target": str(target), "trials": args.trials, "workers": workers,
                    "rpc": None if tracker is None else {"tracker": f"{tracker.host}:{tracker.port}",
                                                         "key": tracker.key, "servers": servers,
-                                                        "sessions_per": args.rpc_sessions},
+                                                        "rpc_sessions": args.rpc_sessions},
                    "finished": finished, "wall_s": time.time() - t0, "workloads": rows}
         tmp = args.summary_json.with_suffix(".tmp")
         tmp.write_text(json.dumps(summary, indent=1) + "\n")

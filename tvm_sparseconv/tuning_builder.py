@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Callable
 
 import tvm
 from tvm.ir.utils import derived_object
@@ -85,19 +84,19 @@ def pooled_builder(max_workers: int | None = None, start_now: bool = False) -> P
     if workers not in _pools:
         pool = PopenPoolExecutor(max_workers=workers, timeout=BUILD_TIMEOUT_S, maximum_process_uses=MAX_USES_PER_WORKER)
         if start_now:
-            start_workers(pool, workers, _import_build_modules)
+            _start_workers(pool, workers)
         _pools[workers] = pool
     return PooledBuilder(_pools[workers], BUILD_TIMEOUT_S)
 
 
-def start_workers(pool: PopenPoolExecutor, workers: int, warm_up: Callable[[], None]) -> None:
-    """Start every process of `pool` now, without waiting, each running `warm_up` (imports).
+def _start_workers(pool: PopenPoolExecutor, workers: int) -> None:
+    """Start every process of `pool` now, without waiting, each importing what builds need.
 
     The pool creates a thread (and its process) for each task submitted while none is idle, so
     `workers` tasks submitted together start `workers` processes.
     """
     for _ in range(workers):
-        pool.submit(warm_up)
+        pool.submit(_import_build_modules)
 
 
 def _import_build_modules() -> None:

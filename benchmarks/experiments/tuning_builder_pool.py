@@ -12,9 +12,9 @@ first; the per-workload tuning seconds and MetaSchedule's profiler phases go to 
 this script. The first workload of a process also pays one-off imports, so the later ones are the
 comparison of builders. `tuning_builder_pool-before-intrin-skip.json` is the same run from before
 tuning stopped importing `tvm.s_tir.tensor_intrin` and kept its runner across workloads (first
-workloads 53-58 s there; both arms use the kept runner now). The second command compares the pool whose first
-batch starts its processes with one that starts them when it is made (to overlap the first search
-round): only the first workload of a process can differ.
+workloads 53-58 s there; both arms use the kept runner now). The second command compares the pool
+whose first batch starts its processes with one that starts them when it is made (to overlap the
+first search round): only the first workload of a process can differ.
 """
 
 from __future__ import annotations
