@@ -11,22 +11,23 @@ from tvm.target import Target
 from .common import RULE_ANNOTATION, SparseConvRule
 from .cpu import CPUDirectTile
 from .cuda_gather import CUDAEllGather, CUDAEllSharedWeights
+from .cuda_nhwc_direct import CUDANhwcDirect
 
 __all__ = ["RULES", "RULE_ANNOTATION", "SparseConvRule", "default_rule", "rule_by_name", "rules_for"]
 
-RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights())
+RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights(), CUDANhwcDirect())
 
 
-def rules_for(target: Target) -> list[SparseConvRule]:
-    """Every rule written for `target`'s kind, in order of preference."""
-    return [r for r in RULES if r.target_kind == target.kind.name]
+def rules_for(target: Target, algorithm: str | None = None) -> list[SparseConvRule]:
+    """Every rule written for `target`'s kind (and `algorithm`, if given), in order of preference."""
+    return [r for r in RULES if r.target_kind == target.kind.name and algorithm in (None, r.algorithm)]
 
 
-def default_rule(target: Target) -> SparseConvRule:
+def default_rule(target: Target, algorithm: str = "ell-gather") -> SparseConvRule:
     """The rule whose untuned (`tunable=False`) schedule is used when no tuning record exists."""
-    rules = rules_for(target)
+    rules = rules_for(target, algorithm)
     if not rules:
-        raise ValueError(f"no schedule template for target kind {target.kind.name!r}")
+        raise ValueError(f"no schedule template for algorithm {algorithm!r} on target kind {target.kind.name!r}")
     return rules[0]
 
 

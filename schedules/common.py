@@ -1,4 +1,4 @@
-"""Helpers shared by the schedule rules: finding the blocks of `tvm_sparseconv.compute`."""
+"""Helpers shared by the schedule rules: finding the blocks of a `tvm_sparseconv.algorithms` compute."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 
-from tvm_sparseconv.compute import CONV, EPILOGUE, X_GATHER
+from tvm_sparseconv.algorithms import CONV, EPILOGUE, stage_names
 
 __all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor"]
 
@@ -16,7 +16,7 @@ __all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks
 class SparseConvBlocks:
     """The blocks of a sparse-conv PrimFunc inside a schedule."""
 
-    x_gather: s_tir.schedule.SBlockRV
+    x_stage: s_tir.schedule.SBlockRV  # the input's relayout or padding stage (`Algorithm.stage`)
     conv: s_tir.schedule.SBlockRV
     epilogue: s_tir.schedule.SBlockRV | None
 
@@ -24,8 +24,17 @@ class SparseConvBlocks:
 def find_blocks(sch: s_tir.Schedule) -> SparseConvBlocks | None:
     """The three blocks, or None when the function is not a `tvm_sparseconv` compute."""
     try:
-        xg, conv = sch.get_sblock(X_GATHER), sch.get_sblock(CONV)
+        conv = sch.get_sblock(CONV)
     except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return None
+    xg = None
+    for name in stage_names():
+        try:
+            xg = sch.get_sblock(name)
+            break
+        except Exception:  # noqa: BLE001
+            continue
+    if xg is None:
         return None
     try:
         epi = sch.get_sblock(EPILOGUE)
@@ -48,6 +57,8 @@ class SparseConvRule(ScheduleRule):
     name: str = "base"
     #: target kind the rule is written for ("llvm" or "cuda")
     target_kind: str = ""
+    #: the algorithm (`tvm_sparseconv.algorithms`) whose compute the rule schedules
+    algorithm: str = "ell-gather"
 
     def apply(self, func: tirx.PrimFunc, target, tunable: bool) -> s_tir.Schedule | None:
         if target.kind.name != self.target_kind or not isinstance(func, tirx.PrimFunc):
@@ -57,11 +68,16 @@ class SparseConvRule(ScheduleRule):
     def schedule_into(self, sch: s_tir.Schedule, target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule `sch` in place (None where the rule does not apply)."""
         blocks = find_blocks(sch)
-        if blocks is None:
+        if blocks is None or sch.get(blocks.x_stage).name_hint != self._stage_name():
             return None
         # The name travels in the trace, so a tuning record tells which rule it came from.
         sch.annotate(blocks.conv, RULE_ANNOTATION, self.name)
         return self.schedule(sch, blocks, target, tunable)
+
+    def _stage_name(self) -> str:
+        from tvm_sparseconv.algorithms import by_name
+
+        return by_name(self.algorithm).stage
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target, tunable: bool):
         raise NotImplementedError

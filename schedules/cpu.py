@@ -72,6 +72,6 @@ class CPUDirectTile(SparseConvRule):
         # Last: parallel/vectorize need the reduction block with its init still attached.
         sch.decompose_reduction(blocks.conv, k)
         # The gather/pad stage: a cheap pass over the input, parallel over its rows.
-        xb, xf = sch.get_loops(blocks.x_gather)
+        xb, xf = sch.get_loops(blocks.x_stage)
         sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
         return sch

@@ -86,7 +86,7 @@ class CUDAEllGather(SparseConvRule):
         sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(k_o, "pragma_unroll_explicit", 1)
         sch.decompose_reduction(blocks.conv, k_o)
-        _schedule_relayout(sch, blocks.x_gather)
+        _schedule_relayout(sch, blocks.x_stage)
         return sch
 
     def _stage_in_shared(self, sch, conv, name, block_loop, threads_y, threads_x):

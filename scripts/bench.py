@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import tvm  # noqa: E402
 
 import tvm_sparseconv as tsc  # noqa: E402
-from tvm_sparseconv import baselines, reference, targets  # noqa: E402
+from tvm_sparseconv import algorithms, baselines, reference, targets  # noqa: E402
 from tvm_sparseconv.workloads import Problem, workload_set  # noqa: E402
 
 try:
@@ -48,6 +48,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per contender (default 50 GPU, 5 CPU)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/<device>.json)")
     ap.add_argument("--no-baselines", action="store_true", help="time only the sparse kernel")
+    ap.add_argument("--algorithms", default="",
+                    help="also time these algorithms, each forced, beside compile()'s own choice: comma-separated "
+                         "names (tvm_sparseconv.algorithms), or 'all' for every one that runs on the device")
     ap.add_argument("--ceilings", action="store_true",
                     help="also measure the device's fp32 GEMM rate and copy bandwidth (stored with the results)")
     return ap.parse_args(argv)
@@ -63,13 +66,14 @@ def main(argv=None) -> int:
     folder = targets.target_folder_name(target)
     out = args.out or Path("benchmarks/results") / f"{folder}.json"
     problems = workload_set(args.sweeps) if args.sweeps != "none" else []
+    forced = [a for a in algorithms.ALGORITHMS if args.algorithms == "all" or a in args.algorithms.split(",")]
     print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
 
     points = []
     it = tqdm(problems, unit="point") if tqdm else problems
     for problem in it:
         try:
-            points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines))
+            points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced))
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)
@@ -82,10 +86,24 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(points)
     print(f"wrote {out}")
-    return 1 if any("error" in p or not p.get("correct", False) for p in points) else 0
+    wrong = [p for p in points if "error" in p or not p.get("correct", False)
+             or not all(a["correct"] for a in p.get("algorithms", {}).values())]
+    return 1 if wrong else 0
 
 
-def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool) -> dict:
+def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int) -> tuple[float, float]:
+    """(relative error of a NaN-poisoned run against `ref`, median seconds) of a compiled op."""
+    dev, wl = op.device, op.workload
+    x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+    op.run(x_dev[0], out)
+    err = reference.relative_error(out.numpy(), ref)
+    run = lambda i: op.run(x_dev[i % len(xs)], out)  # noqa: E731
+    return err, (baselines.cuda_event_median(run, repeats) if on_gpu else baselines.median_wall(run, repeats))
+
+
+def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool,
+                forced: list[str] = ()) -> dict:
     rng = np.random.default_rng(1234)
     t0 = time.perf_counter()
     w = problem.dense_kernel()
@@ -99,19 +117,21 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
     xs = [rng.standard_normal(wl.input_shape, dtype=np.float32) for _ in range(n_rot)]
 
     # Correct first: poisoned output, float64 reference, before any timing.
-    dev = op.device
-    x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
-    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
-    op.run(x_dev[0], out)
     ref = reference.conv2d_f64(xs[0], w, wl)
-    err = reference.relative_error(out.numpy(), ref)
-
-    run = lambda i: op.run(x_dev[i % n_rot], out)  # noqa: E731
-    if on_gpu:
-        ours = baselines.cuda_event_median(run, repeats)
-    else:
-        ours = baselines.median_wall(run, repeats)
+    err, ours = _check_and_time(op, xs, ref, on_gpu, repeats)
     times, errors = {"sparse": ours}, {"sparse": err}
+    per_algorithm = {}
+    for name in forced:
+        if not algorithms.by_name(name).applies(wl, target.kind.name):
+            continue
+        t0 = time.perf_counter()
+        forced_op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
+                                target=target, algorithm=name)
+        compile_s = time.perf_counter() - t0
+        a_err, a_time = _check_and_time(forced_op, xs, ref, on_gpu, repeats)
+        per_algorithm[name] = {"seconds": a_time, "relative_error": a_err, "correct": a_err <= TOLERANCE,
+                               "schedule": forced_op.schedule_source, "ell_width": forced_op.workload.ell_width,
+                               "chunk": forced_op.workload.chunk, "compile_s": compile_s}
     if with_baselines:
         base_times, base_errors = baselines.dense_baselines(xs, w, wl, on_gpu, repeats, ref)
         times.update(base_times)
@@ -121,7 +141,8 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         "sweep": problem.sweep, "problem": problem.name, "value": problem.value,
         "input_shape": wl.input_shape, "kernel_shape": wl.kernel_shape, "strides": wl.strides,
         "density": kernel.density, "nnz": kernel.nnz, "ell_width": kernel.ell_width,
-        "schedule": op.schedule_source, "tuned": op.tuned,
+        "schedule": op.schedule_source, "tuned": op.tuned, "algorithm": op.algorithm,
+        "algorithms": per_algorithm,
         "relative_error": err, "correct": err <= TOLERANCE,
         "seconds": times, "relative_errors": errors, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
         "useful_flops": useful, "dense_flops": wl.dense_flops(),
@@ -180,7 +201,9 @@ def _fmt(v) -> str:
 
 def print_point(p: dict, file=None) -> None:
     msg = f"{p['problem']}: " + (f"ERROR {p['error']}" if "error" in p else
-                                 f"{p['seconds']['sparse'] * 1e3:.3f} ms, err {p['relative_error']:.1e}, {p['schedule']}")
+                                 f"{p['seconds']['sparse'] * 1e3:.3f} ms, err {p['relative_error']:.1e}, {p['schedule']}"
+                                 + "".join(f"; {n} {a['seconds'] * 1e3:.3f} ms err {a['relative_error']:.1e}"
+                                           for n, a in p.get("algorithms", {}).items()))
     if tqdm is not None and file is None:
         tqdm.write(msg)
     else:
@@ -198,6 +221,9 @@ def print_table(points: list[dict]) -> None:
         s = p["seconds"]
         print(f"{p['problem']:<26}{_fmt(s['sparse']):>10}" + "".join(f"{_fmt(s.get(n)):>16}" for n in names)
               + f"{p['useful_tflops']:>9.2f}{p['relative_error']:>9.1e}  {p['schedule']}")
+        for name, a in p.get("algorithms", {}).items():
+            print(f"{'  forced ' + name:<26}{_fmt(a['seconds']):>10}{'':>{16 * len(names) + 9}}"
+                  f"{a['relative_error']:>9.1e}  {a['schedule']}")
 
 
 if __name__ == "__main__":

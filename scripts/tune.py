@@ -34,7 +34,7 @@ os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from tvm_sparseconv import baselines, targets  # noqa: E402
+from tvm_sparseconv import algorithms, baselines, targets  # noqa: E402
 from tvm_sparseconv.rpc import Tracker, probe  # noqa: E402
 from tvm_sparseconv.tuning import problem_arguments, tune_in_parallel, tune_problem, tuned_problems  # noqa: E402
 from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
@@ -58,6 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="per-workload MetaSchedule work dirs (default ~/.cache/tvm_sparseconv/tuning)")
+    ap.add_argument("--algorithm", default=algorithms.DEFAULT, choices=list(algorithms.ALGORITHMS),
+                    help=f"which computation to tune (default {algorithms.DEFAULT}); compile() takes, per layer, "
+                         "the algorithm whose record is fastest")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
     ap.add_argument("--force", action="store_true", help="tune workloads that already have a record")
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
@@ -115,12 +118,15 @@ def main(argv=None) -> int:
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
+    if not algorithms.by_name(args.algorithm).applies(problems[0].workload(), target.kind.name):
+        raise SystemExit(f"algorithm {args.algorithm} does not run on {target.kind.name}")
     done = tuned_problems(out)
-    todo = [p for p in problems if args.force or p.workload() not in done]
+    todo = [p for p in problems if args.force or p.workload(algorithm=args.algorithm) not in done]
     print(f"tuning {len(todo)} of {len(problems)} workloads ({len(problems) - len(todo)} already in {out}) "
-          f"for {device_name} [{target.kind.name}], {args.trials} trials each"
+          f"for {device_name} [{target.kind.name}], algorithm {args.algorithm}, {args.trials} trials each"
           + (f", {workers} at a time" if workers > 1 else ""))
     options = dict(rule_names=args.rules.split(",") if args.rules else None, device_name=device_name,
+                   algorithm=args.algorithm,
                    tracker=tracker, rpc_workers=servers, rpc_session_per=args.rpc_sessions)
     baseline = not args.no_baseline and tracker is None  # dense baselines run here, not on the servers
 
@@ -132,6 +138,7 @@ def main(argv=None) -> int:
             return
         args.summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary = {"device": device_name, "target": str(target), "trials": args.trials, "workers": workers,
+                   "algorithm": args.algorithm,
                    "rpc": None if tracker is None else {"tracker": f"{tracker.host}:{tracker.port}",
                                                         "key": tracker.key, "servers": servers,
                                                         "rpc_sessions": args.rpc_sessions},

@@ -12,8 +12,7 @@ import pytest
 import tvm
 
 import tvm_sparseconv as tsc
-from tvm_sparseconv import reference, targets, tuning_records
-from tvm_sparseconv.compute import pack_offsets
+from tvm_sparseconv import algorithms, reference, targets, tuning_records
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
@@ -29,12 +28,18 @@ CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bia
     ((3, 7, 7, 32), (1, 1, 32, 24), 0.1, 1, "SAME", 1, False, None),
     ((1, 64, 128, 8), (11, 11, 8, 16), 0.1, 4, "SAME", 1, False, None),
     ((1, 8, 8, 4), (3, 3, 4, 4), 0.0, 1, "SAME", 1, True, "relu"),  # all-zero kernel
+    ((4, 7, 7, 300), (3, 3, 300, 20), 0.05, 1, "SAME", 1, False, None),  # batch, several chunks, partial chunk
+    ((2, 14, 14, 96), (1, 1, 96, 40), 0.1, 2, "SAME", 1, True, None),  # strided 1x1
+    ((1, 9, 30, 6), (3, 5, 6, 12), 0.3, (1, 3), "SAME", (2, 1), False, "relu"),
 ]
 
 
 def _kernel(rng, shape, density):
     w = rng.standard_normal(shape).astype(np.float32)
-    return np.where(rng.random(shape) < density, w, 0.0).astype(np.float32)
+    w = np.where(rng.random(shape) < density, w, 0.0).astype(np.float32)
+    if shape[3] > 4:
+        w[..., 1] = 0.0  # an output channel without a single nonzero
+    return w
 
 
 def _run_schedule(sch, target, wl, arrays):
@@ -42,24 +47,27 @@ def _run_schedule(sch, target, wl, arrays):
     lib = tvm.compile(sch.mod, target=target)
     args = [tvm.runtime.tensor(a, dev) for a in arrays]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
-    lib["sparse_conv2d"](*args, out)
+    lib[algorithms.FUNC_NAME](*args, out)
     return out.numpy()
 
 
 @pytest.mark.parametrize("rule", [r.name for r in rules_for(targets.cuda_target_for_arch())])
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_untuned_cuda_templates_match_reference(rule, case):
+    """Every CUDA rule (of every algorithm), untuned, on shapes with strides, dilations, paddings,
+    batches, several input-channel chunks and an empty output channel."""
     shape, kshape, density, strides, padding, dil, has_bias, act = case
     rng = np.random.default_rng()
     w = _kernel(rng, kshape, density)
     k = tsc.SparseKernel.from_dense(w)
     bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
-    wl = ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil, has_bias, act)
     target = targets.cuda_target()
     rule_obj = next(r for r in rules_for(target) if r.name == rule)
+    base = ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil, has_bias, act)
+    wl = algorithms.workload_for(k, base, rule_obj.algorithm)
     sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], target, False)
     x = rng.standard_normal(shape).astype(np.float32)
-    arrays = [x, k.values, pack_offsets(wl, k.kh, k.kw, k.ci)] + ([bias] if has_bias else [])
+    arrays = [x, *algorithms.pack_weights(wl, k)] + ([bias] if has_bias else [])
     y = _run_schedule(sch, target, wl, arrays)
     ref = reference.conv2d_f64(x, w, wl, bias)
     assert reference.relative_error(y, ref) <= TOL
@@ -70,15 +78,16 @@ def _committed_entries():
         return []
     folder = tuning_records.logs_root() / targets.target_folder_name(targets.cuda_target())
     meta = tuning_records.read_meta(folder) or {}
-    return [e["problem"] for e in meta.get("entries", [])]
+    return [f"{e['problem']}:{e['workload'].get('algorithm', algorithms.DEFAULT)}" for e in meta.get("entries", [])]
 
 
-@pytest.mark.parametrize("problem_name", _committed_entries() or ["<no records for this GPU>"])
-def test_tuned_records_match_reference(problem_name):
-    if problem_name.startswith("<"):
+@pytest.mark.parametrize("entry", _committed_entries() or ["<no records for this GPU>"])
+def test_tuned_records_match_reference(entry):
+    if entry.startswith("<"):
         pytest.skip("no committed tuning records for this GPU")
+    problem_name, algorithm = entry.split(":")
     problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
-    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000))
+    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000), algorithm=algorithm)
     target = targets.cuda_target()
     tuned = tuning_records.find_tuned_schedule(wl, target)
     assert tuned is not None, f"record of {problem_name} does not apply to its workload"

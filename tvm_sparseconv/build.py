@@ -1,7 +1,9 @@
 """Turn a workload into a runnable TVM function: pick the schedule, compile, cache on disk.
 
-Schedule: the tuning record for this workload and device when `tuning_logs/` has one, else the
-untuned default template of `schedules/` (with a one-line warning naming the tune command).
+Algorithm and schedule: of the layer's workloads under each algorithm that runs on the target, the
+one whose tuning record for this device (`tuning_logs/`) is fastest; with no record for any, the
+default algorithm's untuned template from `schedules/` (with a one-line warning naming the tune
+command).
 Disk cache: `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one shared library per
 (TVM version, target, workload, schedule); a changed record or template gives a new file.
 """
@@ -15,16 +17,17 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import tvm
 from tvm.target import Target
 
-from . import tuning_records
+from . import algorithms, tuning_records
 from ._warnings import warn_user
 from .schedules import default_rule
 from .workload import ConvWorkload
 
-FUNC_NAME = "sparse_conv2d"
+FUNC_NAME = algorithms.FUNC_NAME
 log = logging.getLogger("tvm_sparseconv")
 
 
@@ -39,6 +42,7 @@ class BuildResult:
     schedule_source: str  # "tuned:<rule>@<folder>" or "untuned:<rule>"
     cache_path: Path | None
     from_disk_cache: bool
+    workload: ConvWorkload  # the chosen algorithm's
 
     @property
     def tuned(self) -> bool:
@@ -64,12 +68,19 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
     return cmd
 
 
-def choose_schedule(wl: ConvWorkload, target: Target):
-    """(schedule, source) for `wl`: tuned record if any, else the default template, untuned."""
-    tuned = tuning_records.find_tuned_schedule(wl, target)
-    if tuned is not None:
-        return tuned.schedule, f"tuned:{tuned.rule}@{tuned.folder.name}"
-    rule = default_rule(target)
+def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
+    """(workload, schedule, source): the fastest tuned record among `candidates` (the layer under
+    each algorithm), else the default algorithm's (or the first candidate's) template, untuned."""
+    found = []
+    for wl in candidates:
+        tuned = tuning_records.find_tuned_schedule(wl, target)
+        if tuned is not None:
+            found.append((tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
+    if found:
+        _, wl, tuned = min(found, key=lambda f: f[0])
+        return wl, tuned.schedule, f"tuned:{tuned.rule}@{tuned.folder.name}"
+    wl = next((w for w in candidates if w.algorithm == algorithms.DEFAULT), candidates[0])
+    rule = default_rule(target, wl.algorithm)
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
     if sch is None:
         raise RuntimeError(f"schedule rule {rule.name} does not apply to {wl.describe()}")
@@ -78,7 +89,7 @@ def choose_schedule(wl: ConvWorkload, target: Target):
         f"'{rule.name}' template; tune it with: {tune_command(wl, target)}",
         UntunedWarning,
     )
-    return sch, f"untuned:{rule.name}"
+    return wl, sch, f"untuned:{rule.name}"
 
 
 def _cache_key(wl: ConvWorkload, target: Target, schedule) -> str:
@@ -95,14 +106,17 @@ def _cache_key(wl: ConvWorkload, target: Target, schedule) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def build(wl: ConvWorkload, target: Target, use_disk_cache: bool = True) -> BuildResult:
-    """Compile `wl` for `target` (or load it from the disk cache)."""
-    schedule, source = choose_schedule(wl, target)
+def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
+          use_disk_cache: bool = True) -> BuildResult:
+    """Compile the best of `candidates` (see `choose_schedule`) for `target`, or load it from disk."""
+    if isinstance(candidates, ConvWorkload):
+        candidates = [candidates]
+    wl, schedule, source = choose_schedule(candidates, target)
     path = cache_dir() / f"tvm-{tvm.__version__}" / f"{wl.key()}-{_cache_key(wl, target, schedule)}.so"
     if use_disk_cache and path.is_file():
         try:
             module = tvm.runtime.load_module(str(path))
-            return BuildResult(module[FUNC_NAME], module, source, path, True)
+            return BuildResult(module[FUNC_NAME], module, source, path, True, wl)
         except Exception as e:  # noqa: BLE001 - a broken cache file is rebuilt, not fatal
             log.warning("ignoring unreadable cached module %s (%s)", path, e)
 
@@ -110,7 +124,7 @@ def build(wl: ConvWorkload, target: Target, use_disk_cache: bool = True) -> Buil
     module = executable.mod
     if use_disk_cache:
         _store(executable, path)
-    return BuildResult(module[FUNC_NAME], module, source, path if use_disk_cache else None, False)
+    return BuildResult(module[FUNC_NAME], module, source, path if use_disk_cache else None, False, wl)
 
 
 def _store(executable, path: Path) -> None:

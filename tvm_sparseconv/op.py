@@ -16,7 +16,7 @@ import tvm
 
 from . import interop
 from .build import BuildResult, build
-from .compute import pack_offsets
+from . import algorithms
 from .kernel import SparseKernel
 from .targets import TargetLike, device_for, resolve_target
 from .workload import ConvWorkload, Padding
@@ -25,18 +25,19 @@ from .workload import ConvWorkload, Padding
 class SparseConv2D:
     """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
 
-    def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None):
+    def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
+                 algorithm: str | None = None):
         # No reference to `kernel` itself: the in-memory cache is keyed weakly on it.
         self.nnz = kernel.nnz
-        self.workload = workload
         self.target = target
         self.device = device_for(target)
-        self._build: BuildResult = build(workload, target)
-        offsets = pack_offsets(workload, kernel.kh, kernel.kw, kernel.ci)
-        self._weights = [
-            tvm.runtime.tensor(kernel.values, self.device),
-            tvm.runtime.tensor(offsets, self.device),
-        ]
+        if algorithm is None:
+            candidates = algorithms.workloads_for(kernel, workload, target.kind.name)
+        else:
+            candidates = [algorithms.workload_for(kernel, workload, algorithm)]
+        self._build: BuildResult = build(candidates, target)
+        self.workload = self._build.workload
+        self._weights = [tvm.runtime.tensor(a, self.device) for a in algorithms.pack_weights(self.workload, kernel)]
         if bias is not None:
             self._weights.append(tvm.runtime.tensor(bias, self.device))
 
@@ -53,6 +54,11 @@ class SparseConv2D:
     def tuned(self) -> bool:
         """True when a tuning record (not the untuned template) scheduled this op."""
         return self._build.tuned
+
+    @property
+    def algorithm(self) -> str:
+        """The algorithm computing this op (`tvm_sparseconv.algorithms`)."""
+        return self.workload.algorithm
 
     @property
     def schedule_source(self) -> str:
@@ -121,11 +127,14 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     bias: Any = None,
     activation: str | None = None,
     target: TargetLike = None,
+    algorithm: str | None = None,
 ) -> SparseConv2D:
     """Compile a sparse conv2d with `tf.nn.conv2d` semantics for one NHWC input shape.
 
-    `target=None` picks CUDA when TVM sees a GPU, else this CPU. Uses `tuning_logs/` when they hold
-    a record for this workload and device, else the untuned template (with a warning).
+    `target=None` picks CUDA when TVM sees a GPU, else this CPU. `algorithm=None` takes, of the
+    algorithms that run on the target, the one with the fastest tuning record for this layer and
+    device in `tuning_logs/`, else the default algorithm's untuned template (with a warning); a
+    name (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm.
     """
     if not isinstance(kernel, SparseKernel):
         raise TypeError(
@@ -138,7 +147,9 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
         has_bias=bias_arr is not None, activation=activation,
     )
     tgt = resolve_target(target)
-    key = (wl, str(tgt), None if bias_arr is None else bias_arr.tobytes())
+    if algorithm is not None and not algorithms.by_name(algorithm).applies(wl, tgt.kind.name):
+        raise ValueError(f"algorithm {algorithm!r} does not run on target kind {tgt.kind.name!r}")
+    key = (wl, str(tgt), None if bias_arr is None else bias_arr.tobytes(), algorithm)
     with _CACHE_LOCK:
         per_kernel = _CACHE.setdefault(kernel, {})
         if key in per_kernel:
@@ -148,7 +159,7 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
         with _CACHE_LOCK:
             if key in per_kernel:
                 return per_kernel[key]
-        op = SparseConv2D(kernel, wl, tgt, bias_arr)
+        op = SparseConv2D(kernel, wl, tgt, bias_arr, algorithm)
         with _CACHE_LOCK:
             per_kernel[key] = op
             _KEY_LOCKS.pop((id(kernel), key), None)

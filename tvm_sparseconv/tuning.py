@@ -41,7 +41,7 @@ from tvm.ir.utils import derived_object
 from tvm.target import Target
 
 from . import reference
-from .compute import pack_offsets
+from . import algorithms
 from .rpc import RemoteSite, Tracker, rpc_alloc_argument
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
@@ -54,14 +54,13 @@ from .workloads import Problem
 CHECK_TOLERANCE = 1e-5
 
 
-def problem_arguments(problem: Problem, seed: int = 0):
-    """(workload, dense kernel, [x, values, offsets, (bias)]) as numpy arrays: the real pattern."""
+def problem_arguments(problem: Problem, seed: int = 0, algorithm: str = algorithms.DEFAULT):
+    """(workload, dense kernel, [x, weights..., (bias)]) as numpy arrays: the real pattern."""
     kernel = problem.sparse_kernel()
-    wl = problem.workload(kernel)
+    wl = problem.workload(kernel, algorithm)
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
-    offsets = pack_offsets(wl, kernel.kh, kernel.kw, kernel.ci)
-    arrays = [x, np.asarray(kernel.values), offsets]
+    arrays = [x, *algorithms.pack_weights(wl, kernel)]
     if wl.has_bias:
         arrays.append(rng.standard_normal(wl.out_channels, dtype=np.float32))
     return wl, kernel.to_dense(), arrays
@@ -99,11 +98,12 @@ def make_alloc_argument(arrays: list[np.ndarray]) -> Callable:
     return alloc
 
 
-def design_space(target: Target, rule_names: list[str] | None = None) -> ms.space_generator.ScheduleFn:
-    """One design space per rule written for the target (all of them by default)."""
-    rules = [r for r in rules_for(target) if rule_names is None or r.name in rule_names]
+def design_space(target: Target, rule_names: list[str] | None = None,
+                 algorithm: str = algorithms.DEFAULT) -> ms.space_generator.ScheduleFn:
+    """One design space per rule written for the target and algorithm (all of them by default)."""
+    rules = [r for r in rules_for(target, algorithm) if rule_names is None or r.name in rule_names]
     if not rules:
-        raise ValueError(f"no schedule rule for {target.kind.name} among {rule_names}")
+        raise ValueError(f"no schedule rule for {algorithm} on {target.kind.name} among {rule_names}")
 
     def spaces(sch):
         out = [r.schedule_into(sch.copy(), target, True) for r in rules]
@@ -243,6 +243,7 @@ def tune_problem(
     search_threads: int | None = None,
     pooled_builds: bool = True,
     quiet: bool = False,
+    algorithm: str = algorithms.DEFAULT,
 ) -> TuneResult:
     """Tune `problem` for `target`; the checked best record goes into `out_folder`.
 
@@ -251,10 +252,11 @@ def tune_problem(
     of them; `builder_workers` caps local build processes and `search_threads` the
     evolutionary search's threads (defaults: all cores, all physical cores). `pooled_builds=False`
     builds with MetaSchedule's `LocalBuilder` (fresh processes per batch) instead of this process's
-    pool (`tuning_builder.py`). `quiet`: MetaSchedule logs warnings only.
+    pool (`tuning_builder.py`). `quiet`: MetaSchedule logs warnings only. `algorithm`: which
+    computation of the layer (`tvm_sparseconv.algorithms`) is tuned.
     """
     t_start = time.time()
-    wl, dense_w, arrays = problem_arguments(problem)
+    wl, dense_w, arrays = problem_arguments(problem, algorithm=algorithm)
     mod = workload_module(wl)
     work_dir = work_root / wl.key()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +285,7 @@ def tune_problem(
             max_trials_global=enough_trials(trials, per_iter),
             max_trials_per_task=trials,
             num_trials_per_iter=per_iter,
-            space=design_space(target, rule_names),
+            space=design_space(target, rule_names, algorithm),
             builder=builder,
             runner=runner,
             cost_model="xgb",
@@ -337,7 +339,7 @@ def check_schedule(sch, target, site, arrays, wl: ConvWorkload, ref: np.ndarray)
     lib = site.load(tvm.compile(sch.mod, target=target))
     args = [tvm.runtime.tensor(a, site.device) for a in arrays]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), site.device)
-    lib["sparse_conv2d"](*args, out)
+    lib[algorithms.FUNC_NAME](*args, out)
     return reference.relative_error(out.numpy(), ref)
 
 

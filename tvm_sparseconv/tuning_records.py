@@ -27,7 +27,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
-from .compute import sparse_conv2d_prim_func
+from .algorithms import prim_func
 from .targets import target_folder_name
 from .workload import ConvWorkload
 
@@ -43,7 +43,7 @@ def logs_root() -> Path:
 
 def workload_module(wl: ConvWorkload) -> tvm.IRModule:
     """The IRModule MetaSchedule tunes and keys records on (one function, "main")."""
-    return _normalize_mod(sparse_conv2d_prim_func(wl))
+    return _normalize_mod(prim_func(wl))
 
 
 @dataclass(frozen=True)

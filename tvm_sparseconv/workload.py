@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence, Union
 
 ACTIVATIONS = (None, "relu", "relu6")
@@ -70,8 +70,10 @@ def _explicit_pads(padding: Sequence[Sequence[int]]) -> tuple[tuple[int, int], t
 class ConvWorkload:
     """A sparse conv2d problem: everything a compiled kernel is specialised on.
 
-    `ell_width` is the number of stored (padded) nonzeros per output channel: loop extents must be
-    static, so the kernel's pattern enters the compiled code only through this width.
+    `algorithm` names the computation (`tvm_sparseconv.algorithms`); `ell_width` is the number of
+    stored (padded) nonzeros per output channel, per chunk of `chunk` input channels where the
+    algorithm's format has chunks (`chunk=0`: none). Loop extents must be static, so the kernel's
+    pattern enters the compiled code only through these sizes.
     """
 
     input_shape: tuple[int, int, int, int]  # N, H, W, Cin
@@ -82,6 +84,8 @@ class ConvWorkload:
     pads: tuple[tuple[int, int], tuple[int, int]]  # (top, bottom), (left, right)
     has_bias: bool = False
     activation: str | None = None
+    algorithm: str = "ell-gather"
+    chunk: int = 0
 
     @staticmethod
     def create(
@@ -178,6 +182,12 @@ class ConvWorkload:
         kh, kw, cin, cout = self.kernel_shape
         return self.useful_flops(kh * kw * cin * cout)
 
+    def with_format(self, algorithm: str, ell_width: int, chunk: int = 0) -> "ConvWorkload":
+        """The same layer under another algorithm and format."""
+        if ell_width < 1 or chunk < 0:
+            raise ValueError(f"ell_width must be >= 1 and chunk >= 0, got {ell_width}, {chunk}")
+        return replace(self, algorithm=algorithm, ell_width=int(ell_width), chunk=int(chunk))
+
     # --- identity ----------------------------------------------------------------------------
     def to_json(self) -> dict:
         return asdict(self)
@@ -193,6 +203,8 @@ class ConvWorkload:
             tuple(tuple(p) for p in d["pads"]),
             bool(d["has_bias"]),
             d["activation"],
+            d.get("algorithm", "ell-gather"),  # records written before there were several
+            int(d.get("chunk", 0)),
         )
 
     def key(self) -> str:
@@ -204,7 +216,9 @@ class ConvWorkload:
         n, h, w, c = self.input_shape
         kh, kw, _, co = self.kernel_shape
         return (
-            f"{n}x{h}x{w}x{c} * {kh}x{kw}x{c}x{co} ell={self.ell_width} s={self.strides} "
+            f"{n}x{h}x{w}x{c} * {kh}x{kw}x{c}x{co} {self.algorithm} ell={self.ell_width}"
+            + (f"/chunk{self.chunk}" if self.chunk else "")
+            + f" s={self.strides} "
             f"d={self.dilations} pads={self.pads}"
             + (" +bias" if self.has_bias else "")
             + (f" {self.activation}" if self.activation else "")

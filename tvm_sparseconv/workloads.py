@@ -61,12 +61,16 @@ class Problem:
     def sparse_kernel(self) -> SparseKernel:
         return self.kernel if self.kernel is not None else SparseKernel.from_dense(self.dense_kernel())
 
-    def workload(self, kernel: SparseKernel | None = None) -> ConvWorkload:
+    def workload(self, kernel: SparseKernel | None = None, algorithm: str = "ell-gather") -> ConvWorkload:
+        """The layer as `algorithm` computes it (its format sizes come from the kernel)."""
+        from . import algorithms  # the algorithms import TVM; the problem sets need not
+
         kernel = kernel or self.sparse_kernel()
-        return ConvWorkload.create(
+        wl = ConvWorkload.create(
             self.input_shape, self.kernel_shape, kernel.ell_width, self.strides, self.padding,
             self.dilations, self.has_bias, self.activation,
         )
+        return wl if algorithm == wl.algorithm else algorithms.workload_for(kernel, wl, algorithm)
 
     @property
     def input_hw(self) -> tuple[int, int]:

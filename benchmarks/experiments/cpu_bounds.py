@@ -19,7 +19,7 @@ import tvm
 from tvm import s_tir, te
 
 from tvm_sparseconv.build import build
-from tvm_sparseconv.compute import X_GATHER, pack_offsets, sparse_conv2d_te
+from tvm_sparseconv.algorithms.ell_gather import X_GATHER, pack_offsets, sparse_conv2d_te
 from tvm_sparseconv.targets import host_cpu_target
 from tvm_sparseconv.workloads import HEADLINE
 

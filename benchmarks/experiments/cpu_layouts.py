@@ -21,7 +21,8 @@ from tvm import te, tirx, s_tir
 from tvm_sparseconv.workloads import HEADLINE
 from tvm_sparseconv.targets import host_cpu_target
 from tvm_sparseconv.schedules import default_rule
-from tvm_sparseconv.compute import X_GATHER, CONV
+from tvm_sparseconv.algorithms.base import CONV
+from tvm_sparseconv.algorithms.ell_gather import X_GATHER
 from tvm_sparseconv import reference
 
 

@@ -1,4 +1,4 @@
-"""The sparse convolution in TVM's tensor expression language (TE): the one definition of the math.
+"""Algorithm "ell-gather": a channel-major relayout of the input, then an ELL gather per channel.
 
 Stages (block names are what the schedule rules in `schedules/` look for):
 
@@ -12,15 +12,19 @@ Stages (block names are what the schedule rules in `schedules/` look for):
 - ``epilogue`` (only with bias or activation): ``act(conv + bias[co])``.
 
 The compiled function's arguments, in order: x, values, offsets, [bias], out.
+Format: the kernel's own ELL arrays (`SparseKernel`), with offsets packed for the input shape.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import te, tirx
 
-from .workload import ConvWorkload
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from .base import CONV, Algorithm, epilogue
 
-X_GATHER, CONV, EPILOGUE = "x_gather", "conv", "epilogue"
+X_GATHER = "x_gather"
 
 
 def sparse_conv2d_te(wl: ConvWorkload) -> list[te.Tensor]:
@@ -52,38 +56,11 @@ def sparse_conv2d_te(wl: ConvWorkload) -> list[te.Tensor]:
         ),
         name=CONV,
     )
-    args = [x, values, offsets]
-    if not wl.has_bias and wl.activation is None:
-        return args + [conv]
-
-    bias = te.placeholder((cout,), "float32", name="bias") if wl.has_bias else None
-    if bias is not None:
-        args.append(bias)
-
-    def epilogue(b, oh, ow, co):
-        y = conv[b, oh, ow, co]
-        if bias is not None:
-            y = y + bias[co]
-        if wl.activation == "relu":
-            y = tirx.max(y, tirx.const(0.0, "float32"))
-        elif wl.activation == "relu6":
-            y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return y
-
-    out = te.compute(conv.shape, epilogue, name=EPILOGUE)
-    return args + [out]
-
-
-def sparse_conv2d_prim_func(wl: ConvWorkload) -> tirx.PrimFunc:
-    """The workload as an unscheduled TIR PrimFunc (the unit MetaSchedule tunes and keys on)."""
-    func = te.create_prim_func(sparse_conv2d_te(wl))
-    return func.with_attr("global_symbol", "sparse_conv2d")
+    return epilogue(wl, [x, values, offsets], conv)
 
 
 def pack_offsets(wl: ConvWorkload, kh_idx, kw_idx, ci_idx):
     """The int32 offsets into ``x_gather`` of each stored nonzero (same shape as the indices)."""
-    import numpy as np
-
     gh, gw = wl.gather_hw
     dh, dw = wl.dilations
     off = (
@@ -92,3 +69,25 @@ def pack_offsets(wl: ConvWorkload, kh_idx, kw_idx, ci_idx):
         + kw_idx.astype(np.int64) * dw
     )
     return off.astype(np.int32)
+
+
+class EllGather(Algorithm):
+    """The first algorithm: any layer, any target; its format is the kernel's own ELL width."""
+
+    name = "ell-gather"
+    stage = X_GATHER
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        return True
+
+    def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
+        return {"ell_width": kernel.ell_width, "chunk": 0}
+
+    def te(self, wl: ConvWorkload) -> list[te.Tensor]:
+        return sparse_conv2d_te(wl)
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        return [np.asarray(kernel.values), pack_offsets(wl, kernel.kh, kernel.kw, kernel.ci)]
+
+
+ALGORITHM = EllGather()

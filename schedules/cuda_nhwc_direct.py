@@ -1,0 +1,135 @@
+"""CUDA design space of the "nhwc-direct" algorithm: pixel tiles staged from NHWC in shared memory.
+
+A thread block takes a tile of output pixels (images x rows x columns) and a slice of output
+channels. For each chunk of input channels it copies the tile's input halo x chunk from the NHWC
+input into shared memory (consecutive threads read consecutive channels: coalesced; TensorFlow's
+padding is the copy's bounds check, so there is no padded copy in device memory), then every
+thread gathers from shared memory for its own pixels. Threads run across the tile's flattened
+pixels, so a 7x7 map or a batch of small maps fills whole warps; each keeps `px_r` pixels x `co_i`
+output channels of accumulators in registers, and the weights of 4 consecutive nonzeros of a
+channel (the same for the whole warp) arrive as one 16-byte vector of values and one of taps.
+Each pixel's channel row in shared memory is padded by one word, so that the lanes of a warp,
+reading the same channel of consecutive pixels, hit distinct banks.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.target import Target
+
+from tvm_sparseconv.algorithms.nhwc_direct import TILE_ATTR as ATTR
+
+from .common import SparseConvBlocks, SparseConvRule, largest_divisor
+from .cuda_gather import _read_index
+
+VEC = 4  # = tvm_sparseconv.kernel.ELL_ALIGN
+_THREAD_CAP = 256
+_UNROLL = [0, 16, 64, 256]
+_SHARED_BYTES = 48 * 1024
+
+
+def _halo_bytes(tile: tuple[int, int, int], wl_dims: dict) -> int:
+    tn, th, tw = tile
+    rows = (th - 1) * wl_dims["sh"] + wl_dims["eh"]
+    cols = (tw - 1) * wl_dims["sw"] + wl_dims["ew"]
+    return tn * rows * cols * (wl_dims["chunk"] + 1) * 4
+
+
+def default_tile(n: int, oh: int, ow: int, dims: dict, target_px: int = 128) -> tuple[int, int, int]:
+    """Untuned tile (images, rows, columns): whole rows where they are short, ~128 pixels, in 48 KB."""
+    divisors = lambda x: [d for d in range(1, x + 1) if x % d == 0]  # noqa: E731
+    tw = max(d for d in divisors(ow) if d <= 64)
+    th = max(d for d in divisors(oh) if d * tw <= target_px)
+    tn = max(d for d in divisors(n) if d * th * tw <= target_px)
+    while _halo_bytes((tn, th, tw), dims) > _SHARED_BYTES // 2 and tn * th * tw > 1:
+        if tn > 1:
+            tn = max(d for d in divisors(n) if d < tn)
+        elif th > 1:
+            th = max(d for d in divisors(oh) if d < th)
+        else:
+            tw = max(d for d in divisors(ow) if d < tw)
+    return tn, th, tw
+
+
+class CUDANhwcDirect(SparseConvRule):
+    """Flattened pixel tiles across threads, output channels in registers, input chunks in shared memory."""
+
+    name = "cuda-nhwc-direct"
+    target_kind = "cuda"
+    algorithm = "nhwc-direct"
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
+        b, oh, ow, co, c, k = sch.get_loops(blocks.conv)
+        n_b, n_oh, n_ow, n_co, n_k = (sch.get(x).extent.value for x in (b, oh, ow, co, k))
+        if n_k % VEC:
+            return None
+        dims = _dims(sch, blocks)
+
+        if tunable:
+            tile_n = sch.sample_perfect_tile(b, n=2, max_innermost_factor=8)
+            tile_h = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=16)
+            tile_w = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=64)
+            co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
+            unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
+        else:
+            tn, th, tw = default_tile(n_b, n_oh, n_ow, dims)
+            tile_n, tile_h, tile_w = [None, tn], [None, th], [None, tw]
+            co_i = largest_divisor(n_co, [4, 2])
+            co_t = largest_divisor(n_co // co_i, [2]) if tn * th * tw <= 64 else 1
+            co_split, unroll = [None, co_t, co_i], 16
+
+        b_o, b_i = sch.split(b, factors=tile_n)
+        oh_o, oh_i = sch.split(oh, factors=tile_h)
+        ow_o, ow_i = sch.split(ow, factors=tile_w)
+        co_o, co_t, co_i = sch.split(co, factors=co_split)
+        sch.reorder(b_o, oh_o, ow_o, co_o, co_t, b_i, oh_i, ow_i, c, k, co_i)
+        block_loop = sch.fuse(b_o, oh_o, ow_o, co_o)
+        pixels = sch.fuse(b_i, oh_i, ow_i)
+        if tunable:
+            px_split = sch.sample_perfect_tile(pixels, n=2, max_innermost_factor=_THREAD_CAP)
+        else:
+            n_px = sch.get(pixels).extent.value
+            px_split = [None, max(d for d in range(1, min(n_px, _THREAD_CAP) + 1) if n_px % d == 0)]
+        px_r, px_t = sch.split(pixels, factors=px_split)
+        k_o, k_v = sch.split(k, factors=[None, VEC])
+        sch.reorder(co_t, px_t, c, k_o, k_v, px_r, co_i)
+        sch.bind(block_loop, "blockIdx.x")
+        sch.bind(co_t, "threadIdx.y")
+        sch.bind(px_t, "threadIdx.x")
+
+        acc = sch.cache_write(blocks.conv, 0, "local")
+        sch.reverse_compute_at(acc, px_t, preserve_unit_loops=True)
+        if blocks.epilogue is not None:
+            sch.reverse_compute_inline(blocks.epilogue)
+
+        # The tile's input chunk: NHWC -> shared, padding inlined as the copy's bounds check.
+        x_shared = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "x_pad"), "shared")
+        sch.compute_at(x_shared, c, preserve_unit_loops=True)
+        sch.compute_inline(blocks.x_stage)
+        if dims["chunk"] >= 4:
+            sch.storage_align(x_shared, 0, axis=2, factor=dims["chunk"], offset=1)
+        copy = sch.fuse(*sch.get_loops(x_shared)[-4:])
+        _, cty, ctx = sch.split(copy, factors=[None, co_split[1], px_split[1]])
+        sch.bind(cty, "threadIdx.y")
+        sch.bind(ctx, "threadIdx.x")
+
+        for name in ("values", "taps"):
+            reg = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, name), "local")
+            sch.compute_at(reg, k_o, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(reg)[-1])
+
+        sch.unroll(k_v)
+        sch.unroll(px_r)
+        sch.unroll(co_i)
+        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        sch.decompose_reduction(blocks.conv, c)
+        return sch
+
+
+def _dims(sch: s_tir.Schedule, blocks: SparseConvBlocks) -> dict:
+    """Strides, dilated kernel extent and chunk: the function attribute the algorithm sets."""
+    attrs = sch.mod["main"].attrs
+    if attrs is None or ATTR not in attrs:
+        raise ValueError(f"nhwc-direct compute without its {ATTR!r} attribute")
+    return {k: int(v) for k, v in attrs[ATTR].items()}

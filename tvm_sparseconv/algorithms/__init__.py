@@ -1,0 +1,68 @@
+"""The algorithms: one module each, with its TE definition and the weight format it reads.
+
+- `ell_gather`: channel-major relayout of the input, then one ELL gather per output channel
+  (the first algorithm; every target; the default where no record says otherwise).
+- `nhwc_direct`: the NHWC input read in place, a chunk of input channels of each tile of flattened
+  output pixels staged in shared memory (CUDA).
+
+A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
+in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from . import ell_gather, nhwc_direct
+from .base import CONV, EPILOGUE, Algorithm
+
+__all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "Algorithm", "by_name", "pack_weights", "prim_func",
+           "stage_names", "te_graph", "workload_for", "workloads_for"]
+
+FUNC_NAME = "sparse_conv2d"
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM)}
+#: used where no tuning record of the layer exists for any algorithm
+DEFAULT = ell_gather.ALGORITHM.name
+
+
+def by_name(name: str) -> Algorithm:
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}") from None
+
+
+def stage_names() -> tuple[str, ...]:
+    """Names of the input-staging blocks of every algorithm (schedule rules look for them)."""
+    return tuple(a.stage for a in ALGORITHMS.values())
+
+
+def workload_for(kernel: SparseKernel, wl: ConvWorkload, algorithm: str) -> ConvWorkload:
+    """`wl` (any algorithm's workload of the layer) as `algorithm` computes `kernel`."""
+    return wl.with_format(algorithm, **by_name(algorithm).format_of(kernel, wl))
+
+
+def workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str) -> list[ConvWorkload]:
+    """The layer's workload under every algorithm that can compute it on `target_kind`."""
+    return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values() if a.applies(wl, target_kind)]
+
+
+def prim_func(wl: ConvWorkload) -> tirx.PrimFunc:
+    """The workload as an unscheduled TIR PrimFunc (the unit MetaSchedule tunes and keys on)."""
+    algorithm = by_name(wl.algorithm)
+    func = te.create_prim_func(algorithm.te(wl)).with_attr("global_symbol", FUNC_NAME)
+    for key, value in algorithm.func_attrs(wl).items():
+        func = func.with_attr(key, value)
+    return func
+
+
+def te_graph(wl: ConvWorkload) -> list[te.Tensor]:
+    return by_name(wl.algorithm).te(wl)
+
+
+def pack_weights(wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+    """The weight arrays of `wl`'s algorithm for `kernel` (the arguments after x, bias excluded)."""
+    return by_name(wl.algorithm).pack(wl, kernel)

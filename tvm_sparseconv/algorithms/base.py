@@ -1,0 +1,68 @@
+"""What every algorithm provides, and the pieces they share (block names, the epilogue).
+
+An algorithm is one way to compute the sparse convolution: a TE definition plus the weight format
+it reads. Its schedule rules live in `schedules/` (they name the algorithm they schedule); its
+workloads carry its name (`ConvWorkload.algorithm`), so tuning records and caches never mix two.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import te, tirx
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+
+CONV, EPILOGUE = "conv", "epilogue"
+
+
+class Algorithm:
+    """One algorithm: `te(wl)` (arguments, then output), `pack(wl, kernel)` (its weight arrays)."""
+
+    #: the name in workloads, tuning records and reports
+    name: str = "base"
+    #: name of the block that stages the input (schedule rules look for it)
+    stage: str = ""
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        """Whether this algorithm can compute `wl` (any algorithm's workload of the problem)."""
+        raise NotImplementedError
+
+    def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
+        """The static format sizes (`ell_width`, `chunk`) of `kernel` for this algorithm."""
+        raise NotImplementedError
+
+    def te(self, wl: ConvWorkload) -> list[te.Tensor]:
+        """The TE graph: x, the weight arrays of `pack`, [bias], then the output."""
+        raise NotImplementedError
+
+    def func_attrs(self, wl: ConvWorkload) -> dict:
+        """Attributes of the PrimFunc that its schedule rules read (sizes the blocks do not show)."""
+        return {}
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        """The weight arrays the compiled function takes after x (bias excluded)."""
+        raise NotImplementedError
+
+
+def epilogue(wl: ConvWorkload, args: list[te.Tensor], conv: te.Tensor) -> list[te.Tensor]:
+    """`args + [out]`, with `act(conv + bias)` as a separate stage when the workload has one."""
+    if not wl.has_bias and wl.activation is None:
+        return args + [conv]
+
+    bias = te.placeholder((wl.out_channels,), "float32", name="bias") if wl.has_bias else None
+    if bias is not None:
+        args.append(bias)
+
+    def apply(b, oh, ow, co):
+        y = conv[b, oh, ow, co]
+        if bias is not None:
+            y = y + bias[co]
+        if wl.activation == "relu":
+            y = tirx.max(y, tirx.const(0.0, "float32"))
+        elif wl.activation == "relu6":
+            y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+        return y
+
+    out = te.compute(conv.shape, apply, name=EPILOGUE)
+    return args + [out]
