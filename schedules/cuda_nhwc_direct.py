@@ -72,10 +72,12 @@ class CUDANhwcDirect(SparseConvRule):
             co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
             unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
         else:
-            tn, th, tw = default_tile(n_b, n_oh, n_ow, dims)
+            tn, th, tw = default_tile(n_b, n_oh, n_ow, dims, target_px=64)
             tile_n, tile_h, tile_w = [None, tn], [None, th], [None, tw]
             co_i = largest_divisor(n_co, [4, 2])
-            co_t = largest_divisor(n_co // co_i, [2]) if tn * th * tw <= 64 else 1
+            # Many output channels per block: each staged input tile then serves them all.
+            px_t = max(d for d in range(1, min(tn * th * tw, _THREAD_CAP) + 1) if (tn * th * tw) % d == 0)
+            co_t = largest_divisor(n_co // co_i, [d for d in (32, 16, 8, 4, 2) if d * px_t <= 512])
             co_split, unroll = [None, co_t, co_i], 16
 
         b_o, b_i = sch.split(b, factors=tile_n)

@@ -20,7 +20,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparseconv as tsc
-from tvm_sparseconv import targets, tuning_records
+from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.tuning import design_space, enough_trials, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
@@ -80,11 +80,13 @@ def test_records_are_never_applied_to_another_gpu_or_tvm_version(tmp_path):
     assert tuning_records.find_tuned_schedule(wl, targets.cuda_target_for_arch(arch), copy) is None
 
 
-@pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1]], ids=lambda p: p.name)
-def test_cuda_design_spaces_sample_cleanly(problem):
+@pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])
+@pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1],
+                                     RESNET50["resnet50_1x1_b32"][-2]], ids=lambda p: p.name)
+def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
     target = targets.cuda_target_for_arch("sm_90")
-    mod = tuning_records.workload_module(problem.workload())
-    space = design_space(target)
+    mod = tuning_records.workload_module(problem.workload(algorithm=algorithm))
+    space = design_space(target, algorithm=algorithm)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=space, task_name="main", num_threads=1)
     postprocs = ctx.space_generator.postprocs
     built = 0
