@@ -5,8 +5,8 @@ channels. For each chunk of input channels it copies the tile's input halo x chu
 input into shared memory (consecutive threads read consecutive channels: coalesced; TensorFlow's
 padding is the copy's bounds check, so there is no padded copy in device memory), then every
 thread gathers from shared memory for its own pixels. Threads run across the tile's flattened
-pixels, so a 7x7 map or a batch of small maps fills whole warps; each keeps `px_r` pixels x `co_i`
-output channels of accumulators in registers, and the weights of 4 consecutive nonzeros of a
+pixels, so a 7x7 map or a batch of small maps fills whole warps, and across output channels; each
+keeps a box of pixels x `co_i` output channels of accumulators in registers, and the weights of 4 consecutive nonzeros of a
 channel (the same for the whole warp) arrive as one 16-byte vector of values and one of taps.
 Each pixel's channel row in shared memory is padded by one word, so that the lanes of a warp,
 reading the same channel of consecutive pixels, hit distinct banks.
@@ -66,35 +66,34 @@ class CUDANhwcDirect(SparseConvRule):
         dims = _dims(sch, blocks)
 
         if tunable:
-            tile_n = sch.sample_perfect_tile(b, n=2, max_innermost_factor=8)
-            tile_h = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=16)
-            tile_w = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=64)
+            # Each image/row/column loop splits into (block, thread, register) factors.
+            tile_n = sch.sample_perfect_tile(b, n=3, max_innermost_factor=8)
+            tile_h = sch.sample_perfect_tile(oh, n=3, max_innermost_factor=16)
+            tile_w = sch.sample_perfect_tile(ow, n=3, max_innermost_factor=64)
             co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
             unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
         else:
             tn, th, tw = default_tile(n_b, n_oh, n_ow, dims, target_px=64)
-            tile_n, tile_h, tile_w = [None, tn], [None, th], [None, tw]
+            # Threads over every pixel of the tile (no register pixels): whole warps on small maps.
+            tile_n, tile_h, tile_w = [None, tn, 1], [None, th, 1], [None, tw, 1]
             co_i = largest_divisor(n_co, [4, 2])
             # Many output channels per block: each staged input tile then serves them all.
-            px_t = max(d for d in range(1, min(tn * th * tw, _THREAD_CAP) + 1) if (tn * th * tw) % d == 0)
+            px_t = min(tn * th * tw, _THREAD_CAP)
             co_t = largest_divisor(n_co // co_i, [d for d in (32, 16, 8, 4, 2) if d * px_t <= 512])
             co_split, unroll = [None, co_t, co_i], 16
 
-        b_o, b_i = sch.split(b, factors=tile_n)
-        oh_o, oh_i = sch.split(oh, factors=tile_h)
-        ow_o, ow_i = sch.split(ow, factors=tile_w)
+        # A thread's pixels (and channels) are a contiguous box, register loops innermost. A
+        # thread loop inside a register loop would give each thread a strided set, whose bounding
+        # box TVM takes for the accumulators' write-back: threads would then store their
+        # uninitialised registers over their neighbours' pixels (a race that tuning once found).
+        b_o, b_t, b_r = sch.split(b, factors=tile_n)
+        oh_o, oh_t, oh_r = sch.split(oh, factors=tile_h)
+        ow_o, ow_t, ow_r = sch.split(ow, factors=tile_w)
         co_o, co_t, co_i = sch.split(co, factors=co_split)
-        sch.reorder(b_o, oh_o, ow_o, co_o, co_t, b_i, oh_i, ow_i, c, k, co_i)
-        block_loop = sch.fuse(b_o, oh_o, ow_o, co_o)
-        pixels = sch.fuse(b_i, oh_i, ow_i)
-        if tunable:
-            px_split = sch.sample_perfect_tile(pixels, n=2, max_innermost_factor=_THREAD_CAP)
-        else:
-            n_px = sch.get(pixels).extent.value
-            px_split = [None, max(d for d in range(1, min(n_px, _THREAD_CAP) + 1) if n_px % d == 0)]
-        px_r, px_t = sch.split(pixels, factors=px_split)
         k_o, k_v = sch.split(k, factors=[None, VEC])
-        sch.reorder(co_t, px_t, c, k_o, k_v, px_r, co_i)
+        sch.reorder(b_o, oh_o, ow_o, co_o, co_t, b_t, oh_t, ow_t, c, k_o, k_v, b_r, oh_r, ow_r, co_i)
+        block_loop = sch.fuse(b_o, oh_o, ow_o, co_o)
+        px_t = sch.fuse(b_t, oh_t, ow_t)
         sch.bind(block_loop, "blockIdx.x")
         sch.bind(co_t, "threadIdx.y")
         sch.bind(px_t, "threadIdx.x")
@@ -111,18 +110,17 @@ class CUDANhwcDirect(SparseConvRule):
         if dims["chunk"] >= 4:
             sch.storage_align(x_shared, 0, axis=2, factor=dims["chunk"], offset=1)
         copy = sch.fuse(*sch.get_loops(x_shared)[-4:])
-        _, cty, ctx = sch.split(copy, factors=[None, co_split[1], px_split[1]])
+        _, cty, *ctx = sch.split(copy, factors=[None, co_split[1], tile_n[1], tile_h[1], tile_w[1]])
         sch.bind(cty, "threadIdx.y")
-        sch.bind(ctx, "threadIdx.x")
+        sch.bind(sch.fuse(*ctx), "threadIdx.x")
 
         for name in ("values", "taps"):
             reg = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, name), "local")
             sch.compute_at(reg, k_o, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(reg)[-1])
 
-        sch.unroll(k_v)
-        sch.unroll(px_r)
-        sch.unroll(co_i)
+        for loop in (k_v, b_r, oh_r, ow_r, co_i):
+            sch.unroll(loop)
         sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(k_o, "pragma_unroll_explicit", 1)
         sch.decompose_reduction(blocks.conv, c)

@@ -3,13 +3,15 @@
 - Every committed CUDA record replays onto its workload and its generated CUDA code compiles with
   nvcc for the record's architecture (TVM generates CUDA source without a GPU).
 - Random draws from each CUDA design space pass MetaSchedule's postprocessors or are rejected by
-  them, never by a crash (a broken trace would waste every tuning trial).
+  them, never by a crash (a broken trace would waste every tuning trial), and every register
+  accumulator they write back was zeroed (a thread with a strided set of pixels races its neighbours).
 - A real (tiny) MetaSchedule tuning run for this CPU writes a record that `compile()` then uses.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -82,7 +84,8 @@ def test_records_are_never_applied_to_another_gpu_or_tvm_version(tmp_path):
 
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])
 @pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1],
-                                     RESNET50["resnet50_1x1_b32"][-2]], ids=lambda p: p.name)
+                                     RESNET50["resnet50_1x1_b32"][-2], RESNET50["resnet50_1x1_b1"][-3]],
+                         ids=lambda p: p.name)
 def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
     target = targets.cuda_target_for_arch("sm_90")
     mod = tuning_records.workload_module(problem.workload(algorithm=algorithm))
@@ -96,9 +99,24 @@ def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
             tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
             sch.enter_postproc()
             if all(p.apply(sch) for p in postprocs):
-                tvm.compile(sch.mod, target=target)
+                lib = tvm.compile(sch.mod, target=target)
+                _assert_accumulators_initialised(lib, sch.trace)
                 built += 1
     assert built > 0, "every sampled candidate was rejected"
+
+
+def _assert_accumulators_initialised(lib, trace):
+    """Every register accumulator a thread writes back was zeroed first. A thread whose pixels are
+    a strided set gets its bounding box as accumulators, and stores the unused ones (garbage) over
+    its neighbours' outputs: a race that a correctness check on the GPU passes now and then."""
+    src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+    size = re.search(r"float conv_local_ptr\[(\d+)\]", src)
+    if size is None:
+        return
+    zeroed = set(re.findall(r"conv_local_ptr\[(\d+)\] = 0x0p\+0f", src))
+    loops = re.search(r"conv_local_ptr\[[^\]]*[a-z_][^\]]*\] = 0x0p\+0f", src)  # zeroed in a loop
+    assert loops or len(zeroed) == int(size.group(1)), (
+        f"{len(zeroed)} of {size.group(1)} accumulators zeroed; decisions {list(trace.decisions.values())}")
 
 
 def test_a_round_short_by_at_most_an_eighth_ends_the_workload():
