@@ -116,6 +116,7 @@ def store(executable, path: Path) -> bool:
         def write_sidecar(tmp: str) -> None:
             with open(tmp, "w", encoding="ascii") as f:
                 f.write(f"{hex_digest} {size}\n")
+            os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users of a shared cache
 
         _write_atomically(sidecar_path(path), write_sidecar, SIDECAR_SUFFIX)
         return True
@@ -175,7 +176,6 @@ def load_or_build(path: Path, build: Callable[[], object], function: str) -> tup
             return module, True
         if problem is not None:
             warn_user(f"damaged compiled-module cache file {path}: {problem}; rebuilding it", CacheWarning)
-            log.warning("damaged cache file %s: %s; rebuilding", path, problem)
         executable = build()
         store(executable, path)
         return executable.mod, False
