@@ -378,6 +378,11 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
         ms.database.TuningRecord(record.trace, db.commit_workload(mod), record.run_secs, target, record.args_info)
     )
     target_json = {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}
+    previous = meta.get("tvm_version")
+    if previous and previous != tvm.__version__:  # older entries keep the version they were tuned with
+        for e in meta.get("entries", []):
+            if isinstance(e, dict):
+                e.setdefault("tvm_version", previous)
     meta.update(tvm_version=tvm.__version__, device_name=device_name or meta.get("device_name", ""), target=target_json)
     # An entry that does not parse is kept as it is (it may be someone's record to fix by hand).
     entries = [e for e in meta.get("entries", []) if entry_workload(e) != wl]
