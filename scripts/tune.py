@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tvm_sparseconv import algorithms, baselines, targets  # noqa: E402
 from tvm_sparseconv.rpc import Tracker, probe  # noqa: E402
 from tvm_sparseconv.tuning import problem_arguments, tune_in_parallel, tune_problem, tuned_problems  # noqa: E402
-from tvm_sparseconv.tuning_records import logs_root  # noqa: E402
+from tvm_sparseconv.tuning_records import TuningLogError, logs_root  # noqa: E402
 from tvm_sparseconv.tuning_runner import SESSION_PER  # noqa: E402
 from tvm_sparseconv.workload import ConvWorkload  # noqa: E402,F401
 from tvm_sparseconv.workloads import WORKLOAD_SETS, Problem, workload_set  # noqa: E402
@@ -120,7 +120,11 @@ def main(argv=None) -> int:
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
     if not algorithms.by_name(args.algorithm).applies(problems[0].workload(), target.kind.name):
         raise SystemExit(f"algorithm {args.algorithm} does not run on {target.kind.name}")
-    done = tuned_problems(out)
+    try:
+        done = tuned_problems(out)  # a damaged meta.json refuses here, before any tuning
+    except TuningLogError as e:
+        raise SystemExit(f"{e}: not tuning into it (rewriting it would lose entries); restore it, e.g. "
+                         f"with git checkout, or move it away, and run again") from None
     todo = [p for p in problems if args.force or p.workload(algorithm=args.algorithm) not in done]
     print(f"tuning {len(todo)} of {len(problems)} workloads ({len(problems) - len(todo)} already in {out}) "
           f"for {device_name} [{target.kind.name}], algorithm {args.algorithm}, {args.trials} trials each"

@@ -163,8 +163,32 @@ def test_input_shape_not_4d(kernel, shape):
 
 
 def test_kernel_larger_than_valid_input(kernel):
+    """Refused where tf.nn.conv2d refuses it (its output size would be negative)."""
     with pytest.raises(ValueError, match="does not fit the padded input"):
-        tvm_sparseconv.compile(kernel, (1, 2, 9, 3), padding="VALID", target="cpu")
+        tvm_sparseconv.compile(kernel, (1, 1, 9, 3), padding="VALID", target="cpu")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="negative"):
+        tf.nn.conv2d(tf.zeros((1, 1, 9, 3)), tf.zeros(KSHAPE), 1, "VALID")
+
+
+@pytest.mark.parametrize("shape,strides,padding", [((0, 8, 9, 3), 1, "SAME"), ((1, 2, 9, 3), 1, "VALID"),
+                                                   ((2, 0, 9, 3), 2, "SAME"), ((1, 0, 4, 3), 1, [(1, 1), (0, 0)])])
+def test_empty_shapes_give_tf_conv2d_output(kernel, rng, shape, strides, padding):
+    """Batch 0, a zero-sized image, a kernel fitting zero times: tf.nn.conv2d's output (shape and
+    values; an empty input with padding gives activation(bias)), no compile."""
+    bias = rng.standard_normal(4).astype(np.float32)
+    x = tf.zeros(shape)
+    tf_pad = padding if isinstance(padding, str) else [[0, 0], *padding, [0, 0]]
+    ref = tf.nn.relu6(tf.nn.conv2d(x, kernel.to_dense(), strides, tf_pad) + bias).numpy()
+    op = tvm_sparseconv.compile(kernel, shape, strides=strides, padding=padding, bias=bias, activation="relu6",
+                                target="cpu")
+    assert isinstance(op, tvm_sparseconv.EmptySparseConv2D) and op.output_shape == ref.shape
+    y = tvm_sparseconv.conv2d(x, kernel, strides=strides, padding=padding, bias=bias, activation="relu6",
+                              target="cpu")
+    assert isinstance(y, tf.Tensor) and y.shape == ref.shape
+    np.testing.assert_array_equal(y.numpy(), ref)
+    np.testing.assert_array_equal(op(np.zeros(shape, np.float32)), ref)
+    with pytest.raises(ValueError, match="does not match the compiled shape"):
+        op(tf.zeros((1, 8, 9, 3)))
 
 
 def test_unknown_target(kernel):

@@ -12,7 +12,7 @@ import tensorflow as tf
 import tvm_sparseconv
 import tvm_sparseconv.op as op_module
 from conftest import random_input, random_pruned_kernel, reference_conv, rel_err, run_poisoned
-from tvm_sparseconv import SparseKernel, UntunedWarning
+from tvm_sparseconv import CacheWarning, SparseKernel, UntunedWarning, module_cache
 
 SHAPE = (1, 10, 11, 3)
 KSHAPE = (3, 3, 3, 4)
@@ -94,10 +94,16 @@ def test_corrupt_disk_cache_file_is_rebuilt(cache_dir, rng):
     w = random_pruned_kernel(rng, KSHAPE, 0.3)
     k = SparseKernel.from_dense(w)
     first = tvm_sparseconv.compile(k, SHAPE, strides=3, target="cpu")
-    first._build.cache_path.write_bytes(b"not a shared library")
+    path = first._build.cache_path
+    assert module_cache.verify(path) is None and module_cache.sidecar_path(path).is_file()
+    path.write_bytes(b"not a shared library")
+    assert "does not match" in module_cache.verify(path) or "size" in module_cache.verify(path)
     op_module._CACHE.clear()
-    second = tvm_sparseconv.compile(k, SHAPE, strides=3, target="cpu")
+    with pytest.warns(CacheWarning, match="damaged compiled-module cache file .*rebuilding") as rec:
+        second = tvm_sparseconv.compile(k, SHAPE, strides=3, target="cpu")
+    assert len([r for r in rec if issubclass(r.category, CacheWarning)]) == 1
     assert second._build.from_disk_cache is False
+    assert module_cache.verify(path) is None  # replaced
     x = random_input(rng, SHAPE)
     assert rel_err(second(tf.constant(x)).numpy(), reference_conv(x, w, strides=3)) <= 1e-5
 

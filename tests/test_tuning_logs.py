@@ -73,13 +73,28 @@ def test_records_are_never_applied_to_another_gpu_or_tvm_version(tmp_path):
     folder, problem, workload, arch = CUDA_ENTRIES[0]
     wl = ConvWorkload.from_json(workload)
     other_arch = targets.cuda_target_for_arch("sm_80" if arch != "sm_80" else "sm_90")
-    assert tuning_records.find_tuned_schedule(wl, other_arch, LOGS / folder) is None
+    with pytest.warns(tuning_records.TuningLogWarning, match="its records are not used"):
+        assert tuning_records.find_tuned_schedule(wl, other_arch, LOGS / folder) is None
     copy = tmp_path / folder
     shutil.copytree(LOGS / folder, copy)
     meta = json.loads((copy / "meta.json").read_text())
     meta["tvm_version"] = "0.0.1"
     (copy / "meta.json").write_text(json.dumps(meta))
-    assert tuning_records.find_tuned_schedule(wl, targets.cuda_target_for_arch(arch), copy) is None
+    with pytest.warns(tuning_records.TuningLogWarning, match="tuned with TVM 0.0.1"):
+        assert tuning_records.find_tuned_schedule(wl, targets.cuda_target_for_arch(arch), copy) is None
+
+
+@pytest.mark.parametrize("folder", sorted(p.name for p in LOGS.iterdir() if p.is_dir()) if LOGS.is_dir() else [])
+def test_committed_logs_read_cleanly(folder):
+    """Every line of every committed database parses, and every record is for its folder's target."""
+    path = LOGS / folder
+    scan = tuning_records.scan_database(path)
+    assert scan.problems == [] and scan.normalised == set()
+    meta = tuning_records.read_meta(path)
+    assert len(scan.records) == len(meta["entries"]) and len(scan.workloads) == len(meta["entries"])
+    for rec in scan.records:
+        assert tuning_records._record_target_mismatch(rec.target, meta["target"]) is None
+    assert tuning_records.repair_folder(path) == []  # nothing to repair: the files are untouched
 
 
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])

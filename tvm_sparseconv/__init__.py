@@ -15,15 +15,20 @@ ensure_schedules_importable()
 from .build import UntunedWarning  # noqa: E402
 from .interop import InputCopyWarning  # noqa: E402
 from .kernel import SparseKernel, SparseKernelFormatError  # noqa: E402
-from .op import SparseConv2D, compile, conv2d  # noqa: E402
+from .module_cache import CacheWarning  # noqa: E402
+from .op import EmptySparseConv2D, SparseConv2D, compile, conv2d  # noqa: E402
+from .tuning_records import TuningLogWarning  # noqa: E402
 from .workload import ConvWorkload  # noqa: E402
 
 __all__ = [
+    "CacheWarning",
     "ConvWorkload",
+    "EmptySparseConv2D",
     "InputCopyWarning",
     "SparseConv2D",
     "SparseKernel",
     "SparseKernelFormatError",
+    "TuningLogWarning",
     "UntunedWarning",
     "compile",
     "conv2d",

@@ -4,8 +4,9 @@ Algorithm and schedule: of the layer's workloads under each algorithm that runs 
 one whose tuning record for this device (`tuning_logs/`) is fastest; with no record for any, the
 default algorithm's untuned template from `schedules/` (with a one-line warning naming the tune
 command).
-Disk cache: `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one shared library per
-(TVM version, target, workload, schedule); a changed record or template gives a new file.
+Disk cache (`module_cache.py`): `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one
+shared library per (TVM version, target, workload, schedule), verified against its checksum before
+it is loaded; a changed record or template gives a new file.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +21,9 @@ from typing import Sequence
 import tvm
 from tvm.target import Target
 
-from . import algorithms, tuning_records
+from . import algorithms, module_cache, tuning_records
 from ._warnings import warn_user
+from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
 from .workload import ConvWorkload
 
@@ -49,10 +49,6 @@ class BuildResult:
         return self.schedule_source.startswith("tuned")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TVM_SPARSECONV_CACHE", Path.home() / ".cache" / "tvm_sparseconv"))
-
-
 def tune_command(wl: ConvWorkload, target: Target) -> str:
     """The `scripts/tune.py` call that tunes this workload on its real kernel (saved to a file)."""
     kind = "cuda" if target.kind.name == "cuda" else "llvm"
@@ -73,7 +69,12 @@ def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
     each algorithm), else the default algorithm's (or the first candidate's) template, untuned."""
     found = []
     for wl in candidates:
-        tuned = tuning_records.find_tuned_schedule(wl, target)
+        try:
+            tuned = tuning_records.find_tuned_schedule(wl, target)
+        except Exception as e:  # noqa: BLE001 - logs are read defensively; anything left is not fatal
+            warn_user(f"could not read the tuning logs for {wl.describe()} ({type(e).__name__}: {e}); "
+                      "ignoring them", tuning_records.TuningLogWarning)
+            tuned = None
         if tuned is not None:
             found.append((tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
     if found:
@@ -112,32 +113,9 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
     if isinstance(candidates, ConvWorkload):
         candidates = [candidates]
     wl, schedule, source = choose_schedule(candidates, target)
-    path = cache_dir() / f"tvm-{tvm.__version__}" / f"{wl.key()}-{_cache_key(wl, target, schedule)}.so"
-    if use_disk_cache and path.is_file():
-        try:
-            module = tvm.runtime.load_module(str(path))
-            return BuildResult(module[FUNC_NAME], module, source, path, True, wl)
-        except Exception as e:  # noqa: BLE001 - a broken cache file is rebuilt, not fatal
-            log.warning("ignoring unreadable cached module %s (%s)", path, e)
-
-    executable = tvm.compile(schedule.mod, target=target)
-    module = executable.mod
-    if use_disk_cache:
-        _store(executable, path)
-    return BuildResult(module[FUNC_NAME], module, source, path if use_disk_cache else None, False, wl)
-
-
-def _store(executable, path: Path) -> None:
-    """Export atomically; without a C compiler or a writable cache the build is simply not kept."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        executable.export_library(tmp)
-        os.replace(tmp, path)
-    except Exception as e:  # noqa: BLE001
-        log.info("not caching the compiled module on disk (%s)", e)
-        try:
-            os.unlink(tmp)  # type: ignore[possibly-undefined]
-        except Exception:  # noqa: BLE001
-            pass
+    if not use_disk_cache:
+        module = tvm.compile(schedule.mod, target=target).mod
+        return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
+    path = module_cache.artifact_path(f"{wl.key()}-{_cache_key(wl, target, schedule)}")
+    module, from_disk = module_cache.load_or_build(path, lambda: tvm.compile(schedule.mod, target=target), FUNC_NAME)
+    return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)

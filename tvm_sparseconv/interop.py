@@ -69,8 +69,8 @@ def to_tvm(x: Any, name: str = "input") -> tvm.runtime.Tensor:
                 raise
             # numpy refuses to export a read-only array over (unversioned) DLPack.
             return _aligned_copy(x, None, name, "read-only")
-    if view.data_ptr() % ALIGNMENT == 0 and _is_contiguous(view):
-        return view
+    if (view.data_ptr() % ALIGNMENT == 0 and _is_contiguous(view)) or 0 in tuple(view.shape):
+        return view  # (nothing is read from an empty tensor: its pointer and strides do not matter)
     reason = "not 64-byte aligned" if view.data_ptr() % ALIGNMENT else "not contiguous"
     return _aligned_copy(x, view, name, reason)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from dataclasses import replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -99,6 +100,37 @@ class SparseConv2D:
             )
 
 
+class EmptySparseConv2D(SparseConv2D):
+    """The op for a shape without input or output elements (`ConvWorkload.is_empty`), as
+    `tf.nn.conv2d` computes it: an output of the right shape (empty, or, for an empty input with
+    explicit padding, every window reading only padding: `activation(bias)`). No TVM kernel runs."""
+
+    def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
+                 algorithm: str | None = None):
+        self.nnz = kernel.nnz
+        self.target = target
+        self.device = device_for(target)
+        self.workload = workload if algorithm is None else replace(workload, algorithm=algorithm)
+        value = np.zeros(workload.out_channels, np.float32) if bias is None else bias
+        if workload.activation in ("relu", "relu6"):
+            value = np.maximum(value, 0)
+        if workload.activation == "relu6":
+            value = np.minimum(value, 6)
+        self._value = np.broadcast_to(value.astype(np.float32), workload.output_shape)
+
+    @property
+    def tuned(self) -> bool:
+        return False
+
+    @property
+    def schedule_source(self) -> str:
+        return "empty"
+
+    def run(self, x: tvm.runtime.Tensor, out: tvm.runtime.Tensor) -> None:
+        if self._value.size:
+            out.copyfrom(np.ascontiguousarray(self._value))
+
+
 # --- compile, with an in-memory cache ------------------------------------------------------------
 _CACHE: "weakref.WeakKeyDictionary[SparseKernel, dict]" = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
@@ -135,6 +167,9 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     algorithms that run on the target, the one with the fastest tuning record for this layer and
     device in `tuning_logs/`, else the default algorithm's untuned template (with a warning); a
     name (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm.
+
+    Shapes without input or output elements (batch 0, ...) follow `tf.nn.conv2d`: the op returns
+    an output of the right shape (`EmptySparseConv2D`, nothing compiled).
     """
     if not isinstance(kernel, SparseKernel):
         raise TypeError(
@@ -144,7 +179,7 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     bias_arr = _normalize_bias(bias, kernel.shape[3])
     wl = ConvWorkload.create(
         input_shape, kernel.shape, kernel.ell_width, strides, padding, dilations,
-        has_bias=bias_arr is not None, activation=activation,
+        has_bias=bias_arr is not None, activation=activation, allow_empty=True,
     )
     tgt = resolve_target(target)
     if algorithm is not None and not algorithms.by_name(algorithm).applies(wl, tgt.kind.name):
@@ -159,7 +194,7 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
         with _CACHE_LOCK:
             if key in per_kernel:
                 return per_kernel[key]
-        op = SparseConv2D(kernel, wl, tgt, bias_arr, algorithm)
+        op = (EmptySparseConv2D if wl.is_empty else SparseConv2D)(kernel, wl, tgt, bias_arr, algorithm)
         with _CACHE_LOCK:
             per_kernel[key] = op
             _KEY_LOCKS.pop((id(kernel), key), None)

@@ -47,7 +47,7 @@ from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
-from .tuning_records import META_FILE, read_meta, workload_module
+from .tuning_records import META_FILE, entry_workload, read_meta, repair_folder, workload_module
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -256,6 +256,7 @@ def tune_problem(
     computation of the layer (`tvm_sparseconv.algorithms`) is tuned.
     """
     t_start = time.time()
+    read_meta(out_folder)  # a damaged meta.json refuses now (TuningLogError), not after the search
     wl, dense_w, arrays = problem_arguments(problem, algorithm=algorithm)
     mod = workload_module(wl)
     work_dir = work_root / wl.key()
@@ -361,6 +362,13 @@ def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, 
 
 
 def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
+    """Append the record to the folder's database and its entry to `meta.json` (lock held).
+
+    A damaged database is repaired first (`tuning_records.repair_folder`: good lines kept, the
+    original backed up); a damaged `meta.json` refuses (`TuningLogError`) before anything is written.
+    """
+    meta = read_meta(out_folder) or {}
+    repair_folder(out_folder)
     db = ms.database.JSONDatabase(
         path_workload=str(out_folder / "database_workload.json"),
         path_tuning_record=str(out_folder / "database_tuning_record.json"),
@@ -369,15 +377,21 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
     db.commit_tuning_record(
         ms.database.TuningRecord(record.trace, db.commit_workload(mod), record.run_secs, target, record.args_info)
     )
-    meta = read_meta(out_folder) or {}
     target_json = {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}
+    previous = meta.get("tvm_version")
+    if previous and previous != tvm.__version__:  # older entries keep the version they were tuned with
+        for e in meta.get("entries", []):
+            if isinstance(e, dict):
+                e.setdefault("tvm_version", previous)
     meta.update(tvm_version=tvm.__version__, device_name=device_name or meta.get("device_name", ""), target=target_json)
-    entries = [e for e in meta.get("entries", []) if ConvWorkload.from_json(e["workload"]) != wl]
+    # An entry that does not parse is kept as it is (it may be someone's record to fix by hand).
+    entries = [e for e in meta.get("entries", []) if entry_workload(e) != wl]
     entries.append({
         "problem": problem.name, "workload": wl.to_json(), "rule": rule_of(record.trace),
         "run_us": best * 1e6, "relative_error": err, "tuned_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "tvm_version": tvm.__version__,
     })
-    meta["entries"] = sorted(entries, key=lambda e: e["problem"])
+    meta["entries"] = sorted(entries, key=lambda e: str(e.get("problem", "")) if isinstance(e, dict) else "")
     tmp = out_folder / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(tmp, out_folder / META_FILE)
@@ -385,7 +399,7 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
 
 def tuned_problems(out_folder: Path) -> set[ConvWorkload]:
     meta = read_meta(out_folder) or {}
-    return {ConvWorkload.from_json(e["workload"]) for e in meta.get("entries", [])}
+    return {w for w in map(entry_workload, meta.get("entries", [])) if w is not None}
 
 
 def tune_in_parallel(

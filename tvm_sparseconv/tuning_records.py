@@ -10,6 +10,15 @@ MetaSchedule's database is not target-aware (apache/tvm#15549), so `meta.json` i
 record from being applied on another device or another TVM version. A record tuned for the same
 problem with a different ELL width (another kernel of the same layer and similar density) is
 replayed too: the schedules never split the nonzero loop by a sampled factor, so the trace fits.
+
+Damaged logs (a merge conflict, a hand edit, a truncated write) never reach TVM's JSON reader,
+whose errors are raw and fail the whole folder: every line is parsed here first (as JSON, then by
+MetaSchedule's own per-line parsers), a damaged line is skipped with a `TuningLogWarning` naming
+file and line, and the records that still parse are used. A record for another target, an entry
+for another TVM version and a folder without (or with a damaged) `meta.json` are skipped with a
+warning too; whatever is skipped, `compile()` falls back to the untuned template. Writers
+(`tuning._write_record`) call `repair_folder` first: damaged lines are dropped, the original is
+kept as `<file>.damaged-<time>`, and every good line is kept.
 """
 
 from __future__ import annotations
@@ -17,8 +26,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
-from dataclasses import dataclass, replace
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tvm
@@ -27,12 +40,31 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
+from ._warnings import warn_user
 from .algorithms import prim_func
 from .targets import target_folder_name
 from .workload import ConvWorkload
 
 META_FILE = "meta.json"
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
 _LOCK = threading.Lock()
+_WARNED: set[tuple[str, str]] = set()  # (folder, reason) already warned about in this process
+
+
+class TuningLogWarning(UserWarning):
+    """Part of a tuning log was damaged or does not belong in its folder, and was skipped."""
+
+
+class TuningLogError(ValueError):
+    """A tuning-log file cannot be used as it is (e.g. a damaged `meta.json` when writing)."""
+
+
+def _warn_once(folder: Path, reason: str) -> None:
+    key = (str(folder), reason)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warn_user(reason, TuningLogWarning)
 
 
 def logs_root() -> Path:
@@ -59,27 +91,225 @@ def _family(wl: ConvWorkload) -> ConvWorkload:
     return replace(wl, ell_width=0)
 
 
-def _open_database(folder: str) -> ms.database.JSONDatabase:
-    """The folder's database, read again when its record file changed (tuning in this process)."""
-    stamp = os.stat(os.path.join(folder, "database_tuning_record.json")).st_mtime_ns
-    return _read_database(folder, stamp)
+# --- reading the JSON database line by line ----------------------------------------------------------
+@dataclass
+class _Line:
+    number: int  # 1-based line number in its file
+    text: str
+    parsed: object  # ms.database.Workload, or ms.database.TuningRecord
+    workload_index: int = -1  # records: the index of their workload among the kept workload lines
+    target: dict = field(default_factory=dict)  # records: the target they were tuned for
+
+
+@dataclass
+class ScannedDatabase:
+    """The lines of a folder's database that parse, and what was wrong with the others."""
+
+    workloads: list[_Line]
+    records: list[_Line]
+    problems: list[str]  # "<file>:<line>: <what>", one per skipped line
+    normalised: set[str]  # files whose good lines are all kept but that need rewriting (blank lines,
+    # no final newline), so that MetaSchedule can read and append to them
+
+
+def _lines(path: Path) -> tuple[list[tuple[int, str]], bool]:
+    """The non-blank lines of `path` with their numbers, and whether the file needs normalising."""
+    raw = path.read_bytes().decode("utf-8", errors="replace")
+    lines = raw.split("\n")
+    needs = bool(raw) and not raw.endswith("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = [(i + 1, t) for i, t in enumerate(lines) if t.strip()]
+    return out, needs or len(out) != len(lines)
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def scan_database(folder: Path) -> ScannedDatabase:
+    """Parse `folder`'s database files line by line, skipping (and describing) damaged lines.
+
+    Blank lines are not counted as lines of the database (MetaSchedule cannot read a file with
+    one). A record's workload index is mapped onto the workload lines kept; a record whose
+    workload line was skipped, or that does not replay onto its workload, is skipped too.
+    """
+    problems: list[str] = []
+    normalised: set[str] = set()
+    wl_path, rec_path = folder / WORKLOAD_FILE, folder / RECORD_FILE
+    kept_index: dict[int, int] = {}  # position in the workload file -> index among kept lines
+    skipped_wl: dict[int, int] = {}  # position -> line number, for damaged workload lines
+    workloads: list[_Line] = []
+    wl_lines, needs = _lines(wl_path) if wl_path.is_file() else ([], False)
+    if needs:
+        normalised.add(WORKLOAD_FILE)
+    for pos, (number, text) in enumerate(wl_lines):
+        where = f"{wl_path}:{number}"
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            problems.append(f"{where}: not JSON ({_short(e)})")
+            skipped_wl[pos] = number
+            continue
+        if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], str)):
+            problems.append(f"{where}: not a MetaSchedule workload ([hash, module])")
+            skipped_wl[pos] = number
+            continue
+        try:
+            parsed = ms.database.Workload.from_json(obj)
+        except Exception as e:  # noqa: BLE001 - TVM's parser: anything it refuses is damage
+            problems.append(f"{where}: MetaSchedule cannot read this workload ({_short(e)})")
+            skipped_wl[pos] = number
+            continue
+        kept_index[pos] = len(workloads)
+        workloads.append(_Line(number, text, parsed))
+
+    records: list[_Line] = []
+    rec_lines, needs = _lines(rec_path) if rec_path.is_file() else ([], False)
+    if needs:
+        normalised.add(RECORD_FILE)
+    for number, text in rec_lines:
+        where = f"{rec_path}:{number}"
+        try:
+            obj = json.loads(text)
+        except ValueError as e:
+            problems.append(f"{where}: not JSON ({_short(e)})")
+            continue
+        if not (isinstance(obj, list) and len(obj) == 2 and isinstance(obj[0], int)
+                and isinstance(obj[1], list) and len(obj[1]) == 4):
+            problems.append(f"{where}: not a MetaSchedule tuning record ([workload index, [trace, times, "
+                            "target, arguments]])")
+            continue
+        pos = obj[0]
+        if pos in skipped_wl:
+            problems.append(f"{where}: its workload ({wl_path.name} line {skipped_wl[pos]}) was skipped")
+            continue
+        if pos not in kept_index:
+            problems.append(f"{where}: refers to workload {pos}, which {wl_path.name} does not have")
+            continue
+        workload = workloads[kept_index[pos]]
+        try:
+            parsed = ms.database.TuningRecord.from_json(obj[1], workload.parsed)
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{where}: MetaSchedule cannot replay this record on its workload ({_short(e)})")
+            continue
+        target = obj[1][2] if isinstance(obj[1][2], dict) else {}
+        records.append(_Line(number, text, parsed, kept_index[pos], target))
+    return ScannedDatabase(workloads, records, problems, normalised)
+
+
+def _record_target_mismatch(rec_target: dict, folder_target: dict) -> str | None:
+    """None when a record's target is the folder's (kind, and arch/mcpu where the folder has one)."""
+    if rec_target.get("kind") != folder_target.get("kind"):
+        return f"target kind {rec_target.get('kind')!r}, this folder is for {folder_target.get('kind')!r}"
+    for attr in ("arch", "mcpu"):
+        if attr in folder_target and str(rec_target.get(attr, "")) != str(folder_target[attr]):
+            return f"{attr}={rec_target.get(attr)!r}, this folder is for {attr}={folder_target[attr]!r}"
+    return None
+
+
+def _stamp(folder: Path) -> tuple:
+    out = []
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        try:
+            st = os.stat(folder / name)
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _open_database(folder: Path, meta: dict) -> ms.database.Database:
+    """The folder's usable records, read again when a database file changed (tuning in this process)."""
+    target = json.dumps(meta.get("target", {}), sort_keys=True)
+    return _read_database(str(folder), _stamp(folder), target)
 
 
 @functools.lru_cache(maxsize=16)
-def _read_database(folder: str, _stamp: int) -> ms.database.JSONDatabase:
-    return ms.database.JSONDatabase(
-        path_workload=os.path.join(folder, "database_workload.json"),
-        path_tuning_record=os.path.join(folder, "database_tuning_record.json"),
-        allow_missing=False,
-    )
+def _read_database(folder: str, _stamp: tuple, target_json: str) -> ms.database.Database:
+    """An in-memory database of the lines that parse (each problem warned about once per content)."""
+    path, folder_target = Path(folder), json.loads(target_json)
+    for name, st in zip((WORKLOAD_FILE, RECORD_FILE), _stamp):
+        if st is None:
+            warn_user(f"tuning log {path / name} is missing: no records of {path} are used", TuningLogWarning)
+            return ms.database.MemoryDatabase()
+    scan = scan_database(path)
+    for problem in scan.problems:
+        warn_user(f"damaged tuning log line {problem}; skipped (the other records are used)", TuningLogWarning)
+    db = ms.database.MemoryDatabase()
+    for wl in scan.workloads:
+        db.commit_workload(wl.parsed.mod)
+    for rec in scan.records:
+        why = _record_target_mismatch(rec.target, folder_target)
+        if why is not None:
+            warn_user(f"tuning record {path / RECORD_FILE}:{rec.number} was tuned for {why}; skipped",
+                      TuningLogWarning)
+            continue
+        db.commit_tuning_record(rec.parsed)
+    return db
+
+
+# --- repairing a folder before writing to it -------------------------------------------------------
+_INDEX = re.compile(r"^\s*\[\s*-?\d+\s*,")
+
+
+def repair_folder(folder: Path) -> list[str]:
+    """Make `folder`'s database readable and appendable by MetaSchedule, keeping every good line.
+
+    Damaged lines (and records whose workload line is damaged) are dropped, records are renumbered
+    onto the workload lines kept, blank lines go and a missing final newline is added. Each file
+    rewritten is first copied to `<file>.damaged-<time>`; files are replaced atomically. Returns
+    what was done (empty when nothing was needed) and warns (`TuningLogWarning`) when lines were
+    dropped. Call it with the folder's write lock held.
+    """
+    scan = scan_database(folder)
+    renumbered = any(rec.workload_index != json.loads(rec.text)[0] for rec in scan.records)
+    if not scan.problems and not scan.normalised and not renumbered:
+        return []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rewrite = {RECORD_FILE, WORKLOAD_FILE} if scan.problems or renumbered else set(scan.normalised)
+    contents = {
+        WORKLOAD_FILE: [w.text for w in scan.workloads],
+        RECORD_FILE: [_INDEX.sub(f"[{r.workload_index},", r.text, count=1) for r in scan.records],
+    }
+    done = []
+    for name in sorted(rewrite):
+        path = folder / name
+        if not path.is_file():
+            continue
+        backup = path.with_name(f"{name}.damaged-{stamp}")
+        n = 1
+        while backup.exists():
+            n += 1
+            backup = path.with_name(f"{name}.damaged-{stamp}-{n}")
+        shutil.copy2(path, backup)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(line + "\n" for line in contents[name]))
+        os.replace(tmp, path)
+        done.append(f"rewrote {path} with its {len(contents[name])} good lines (original kept as {backup.name})")
+    if scan.problems:
+        warn_user(
+            f"repaired the tuning log in {folder}: dropped {len(scan.problems)} damaged line(s) "
+            f"({'; '.join(scan.problems)}); " + "; ".join(done),
+            TuningLogWarning,
+        )
+    return done
 
 
 def read_meta(folder: Path) -> dict | None:
+    """The folder's `meta.json`, None without one; raises `TuningLogError` when it is damaged."""
     path = folder / META_FILE
     if not path.is_file():
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TuningLogError(f"{path} is damaged (not JSON: {_short(e)})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("entries", []), list):
+        raise TuningLogError(f"{path} is damaged (not an object with a list of 'entries')")
+    return meta
 
 
 def meta_matches(meta: dict, target: Target) -> str | None:
@@ -97,31 +327,81 @@ def meta_matches(meta: dict, target: Target) -> str | None:
     return None
 
 
-def _pick_entry(entries: list[dict], wl: ConvWorkload) -> dict | None:
+def entry_workload(entry: object) -> ConvWorkload | None:
+    """The workload of a `meta.json` entry, None when the entry is damaged."""
+    try:
+        return ConvWorkload.from_json(entry["workload"])  # type: ignore[index]
+    except Exception:  # noqa: BLE001 - any malformed entry
+        return None
+
+
+def _usable_entries(meta: dict, folder: Path) -> list[tuple[dict, ConvWorkload]]:
+    """The entries of `meta.json` that parse and are for this TVM (the others warned about once)."""
+    out = []
+    for i, entry in enumerate(meta.get("entries", [])):
+        wl = entry_workload(entry)
+        if wl is None:
+            _warn_once(folder, f"tuning log {folder / META_FILE}: entry {i} is damaged; skipped")
+            continue
+        version = entry.get("tvm_version", meta.get("tvm_version"))
+        if version != tvm.__version__:
+            _warn_once(folder, f"tuning log {folder / META_FILE}: entry {i} ({entry.get('problem', '?')}) was "
+                               f"tuned with TVM {version}, this is TVM {tvm.__version__}; skipped")
+            continue
+        out.append((entry, wl))
+    return out
+
+
+def _pick_entry(entries: list[tuple[dict, ConvWorkload]], wl: ConvWorkload) -> tuple[dict, ConvWorkload] | None:
     """The record of `wl` itself, else of the same problem with the nearest ELL width (wider first)."""
     fam = _family(wl)
-    same = [e for e in entries if _family(ConvWorkload.from_json(e["workload"])) == fam]
+    same = [(e, w) for e, w in entries if _family(w) == fam]
     if not same:
         return None
-    width = lambda e: e["workload"]["ell_width"]  # noqa: E731
-    wider = [e for e in same if width(e) >= wl.ell_width]
+    width = lambda ew: ew[1].ell_width  # noqa: E731
+    wider = [ew for ew in same if width(ew) >= wl.ell_width]
     if wider:
         return min(wider, key=width)
     return max(same, key=width)
 
 
+def _folder_meta(folder: Path, target: Target) -> dict | None:
+    """The folder's `meta.json` when its records may be used for `target`; else None, with a
+    warning (once per folder and reason) when the folder has records that cannot be used."""
+    if not folder.is_dir():
+        return None
+    try:
+        meta = read_meta(folder)
+    except (TuningLogError, OSError) as e:
+        _warn_once(folder, f"{e}: the tuning records of {folder} are not used")
+        return None
+    if meta is None:
+        if (folder / RECORD_FILE).is_file() or (folder / WORKLOAD_FILE).is_file():
+            _warn_once(folder, f"tuning log folder {folder} has no {META_FILE} (which says the TVM version and "
+                               "target its records are for): its records are not used")
+        return None
+    why = meta_matches(meta, target)
+    if why is not None:
+        _warn_once(folder, f"tuning log folder {folder} was {why}: its records are not used")
+        return None
+    return meta
+
+
 def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = None) -> TunedSchedule | None:
-    """A schedule of `wl` replayed from the best matching record for `target`, or None."""
+    """A schedule of `wl` replayed from the best matching record for `target`, or None.
+
+    Damaged or misplaced records are skipped with a `TuningLogWarning`, never raised.
+    """
     folder = folder or logs_root() / target_folder_name(target)
-    meta = read_meta(folder)
-    if meta is None or meta_matches(meta, target) is not None:
+    meta = _folder_meta(folder, target)
+    if meta is None:
         return None
-    entry = _pick_entry(meta.get("entries", []), wl)
-    if entry is None:
+    picked = _pick_entry(_usable_entries(meta, folder), wl)
+    if picked is None:
         return None
-    tuned_wl = ConvWorkload.from_json(entry["workload"])
+    entry, tuned_wl = picked
     with _LOCK:  # the database object is shared; queries are cheap
-        db = _open_database(str(folder))
+        db = _open_database(folder, meta)
         record = db.query_tuning_record(workload_module(tuned_wl), target, "main")
     if record is None:
         return None

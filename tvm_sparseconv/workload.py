@@ -97,12 +97,18 @@ class ConvWorkload:
         dilations: int | Sequence[int] = 1,
         has_bias: bool = False,
         activation: str | None = None,
+        allow_empty: bool = False,
     ) -> "ConvWorkload":
-        """Validate `tf.nn.conv2d`-style arguments and resolve the padding to explicit pads."""
+        """Validate `tf.nn.conv2d`-style arguments and resolve the padding to explicit pads.
+
+        `allow_empty`: accept, as `tf.nn.conv2d` does, an input or output without elements (batch
+        0, a zero-sized image, a kernel that fits the padded input zero times); see `is_empty`.
+        Otherwise such shapes are refused (nothing to compile or tune for them).
+        """
         shape = tuple(int(d) for d in input_shape)
         if len(shape) != 4:
             raise ValueError(f"input shape must be NHWC (4 dims), got {tuple(input_shape)}")
-        if min(shape) < 1:
+        if min(shape) < 0 or (min(shape) < 1 and not allow_empty):
             raise ValueError(f"input shape must be positive, got {shape}")
         kshape = tuple(int(d) for d in kernel_shape)
         if len(kshape) != 4 or min(kshape) < 1:
@@ -130,12 +136,17 @@ class ConvWorkload:
         else:
             pads = _explicit_pads(padding)
         wl = ConvWorkload(shape, kshape, int(ell_width), strides_, dil, pads, bool(has_bias), activation)
-        oh, ow = wl.output_hw
-        if oh < 1 or ow < 1:
+        # TensorFlow's output size, (padded - extent + stride) / stride rounded toward zero: below 0
+        # is an error there too, 0 an empty output.
+        sizes = [(p - e + s) / s for p, e, s in zip(wl.padded_hw, wl.kernel_extent, wl.strides)]
+        if min(sizes) <= -1 or (min(sizes) < 1 and not allow_empty):
+            oh, ow = ((p - e) // s + 1 for p, e, s in zip(wl.padded_hw, wl.kernel_extent, wl.strides))
             raise ValueError(
                 f"the kernel (extent {wl.kernel_extent} with dilation) does not fit the padded input "
                 f"{wl.padded_hw}: output would be {oh}x{ow}"
             )
+        if wl.is_empty:
+            return wl  # nothing is computed: no format or offset limits apply
         if wl.ell_width < 1:
             raise ValueError(f"ell_width must be >= 1, got {ell_width}")
         if shape[3] * wl.gather_hw[0] * wl.gather_hw[1] >= 2**31:
@@ -157,7 +168,13 @@ class ConvWorkload:
     @property
     def output_hw(self) -> tuple[int, int]:
         (ph, pw), (eh, ew) = self.padded_hw, self.kernel_extent
-        return (ph - eh) // self.strides[0] + 1, (pw - ew) // self.strides[1] + 1
+        (sh, sw) = self.strides
+        return max(ph - eh + sh, 0) // sh, max(pw - ew + sw, 0) // sw
+
+    @property
+    def is_empty(self) -> bool:
+        """No input or no output element (batch 0, a zero-sized image or output): nothing to run."""
+        return min(self.input_shape) == 0 or min(self.output_shape) == 0
 
     @property
     def gather_hw(self) -> tuple[int, int]:
