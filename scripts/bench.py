@@ -4,6 +4,7 @@
   python scripts/bench.py --sweeps headline                  # GPU if TVM sees one, else CPU
   python scripts/bench.py --sweeps sweeps --device cpu
   python scripts/bench.py --sweeps density --out benchmarks/results/nvidia-h100.json
+  python scripts/bench.py --sweeps resnet50_network_s90_b1 --baselines cudnn_fp32,cudnn_tf32   # whole network
 
 For each point: the same random input and pruned kernel for every contender; our output (written
 into a NaN-poisoned buffer) is checked against a float64 reference before anything is timed;
@@ -31,6 +32,7 @@ import tvm  # noqa: E402
 
 import tvm_sparseconv as tsc  # noqa: E402
 from tvm_sparseconv import algorithms, baselines, reference, targets  # noqa: E402
+from tvm_sparseconv.network_time import markdown, network_times  # noqa: E402
 from tvm_sparseconv.workloads import Problem, workload_set  # noqa: E402
 
 try:
@@ -48,6 +50,8 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed samples per contender (default 50 GPU, 5 CPU)")
     ap.add_argument("--out", type=Path, default=None, help="results JSON (default benchmarks/results/<device>.json)")
     ap.add_argument("--no-baselines", action="store_true", help="time only the sparse kernel")
+    ap.add_argument("--baselines", default="",
+                    help="time only these dense baselines, comma-separated (e.g. cudnn_fp32,cudnn_tf32); default all")
     ap.add_argument("--algorithms", default="",
                     help="also time these algorithms, each forced, beside compile()'s own choice: comma-separated "
                          "names (tvm_sparseconv.algorithms), or 'all' for every one that runs on the device")
@@ -73,7 +77,8 @@ def main(argv=None) -> int:
     it = tqdm(problems, unit="point") if tqdm else problems
     for problem in it:
         try:
-            points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced))
+            points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced,
+                                      [b for b in args.baselines.split(",") if b]))
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)
@@ -85,6 +90,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(points)
+    totals = network_times(points, "gpu" if on_gpu else "cpu")
+    if totals:
+        print("\nwhole networks (count x time per convolution shape):\n" + markdown(totals, "gpu" if on_gpu else "cpu"))
     print(f"wrote {out}")
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
              or not all(a["correct"] for a in p.get("algorithms", {}).values())]
@@ -103,7 +111,7 @@ def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int) -> tuple[float, flo
 
 
 def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool,
-                forced: list[str] = ()) -> dict:
+                forced: list[str] = (), only_baselines: list[str] = ()) -> dict:
     rng = np.random.default_rng(1234)
     t0 = time.perf_counter()
     w = problem.dense_kernel()
@@ -133,7 +141,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
                                "schedule": forced_op.schedule_source, "ell_width": forced_op.workload.ell_width,
                                "chunk": forced_op.workload.chunk, "compile_s": compile_s}
     if with_baselines:
-        base_times, base_errors = baselines.dense_baselines(xs, w, wl, on_gpu, repeats, ref)
+        base_times, base_errors = baselines.dense_baselines(xs, w, wl, on_gpu, repeats, ref, only_baselines)
         times.update(base_times)
         errors.update(base_errors)
     useful = wl.useful_flops(kernel.nnz)

@@ -18,6 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tvm_sparseconv.network_time import markdown, network_times  # noqa: E402
 SWEEP_ORDER = ["headline", "kernel_size", "in_channels", "out_channels", "density", "image_size"]
 SWEEP_LABEL = {
     "kernel_size": "kernel size (1x256x512x3 input, 64 filters)",
@@ -130,6 +133,11 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             f"Latest run {res['date']} ({len(res.get('runs', []))} runs of `scripts/bench.py`, each listed in the JSON); versions {res['versions']}"
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
+    device = "gpu" if any(p["seconds"].get("cudnn_fp32") for p in points) else "cpu"
+    networks = markdown(network_times(points, device), device)
+    if networks:
+        head += ("\nWhole ResNet-50, every convolution (count x time per shape, one batch), with the per-layer "
+                 "choice of sparse or dense:\n\n" + networks + "\nPer layer:\n")
     full = [head]
     summary = [head, "| sweep | points | " + " | ".join(f"faster than {b}" for b in bases) + " | best useful GFLOP/s |",
                "|---" * (3 + len(bases)) + "|"]

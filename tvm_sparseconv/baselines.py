@@ -182,9 +182,10 @@ def _im2col(xp, x_padded, wl: ConvWorkload):
 
 def dense_baselines(
     xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, on_gpu: bool, repeats: int,
-    ref: np.ndarray | None = None,
+    ref: np.ndarray | None = None, only: Sequence[str] = (),
 ) -> tuple[dict, dict]:
-    """({name: seconds, or "unavailable: why"}, {name: relative error vs `ref`}) for this device."""
+    """({name: seconds, or "unavailable: why"}, {name: relative error vs `ref`}) for this device;
+    `only` names a subset of the baselines (default: all)."""
     if on_gpu:
         candidates = {
             "cudnn_fp32": lambda: cudnn_seconds(xs, w, wl, tf32=False, repeats=repeats),
@@ -201,6 +202,11 @@ def dense_baselines(
         }
     from .reference import relative_error
 
+    unknown = set(only) - set(candidates)
+    if unknown:
+        raise ValueError(f"unknown baselines {sorted(unknown)}; on this device: {', '.join(candidates)}")
+    if only:
+        candidates = {k: v for k, v in candidates.items() if k in only}
     times: dict[str, float | str] = {}
     errors: dict[str, float] = {}
     for name, fn in candidates.items():

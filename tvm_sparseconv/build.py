@@ -2,8 +2,8 @@
 
 Algorithm and schedule: of the layer's workloads under each algorithm that runs on the target, the
 one whose tuning record for this device (`tuning_logs/`) is fastest; with no record for any, the
-default algorithm's untuned template from `schedules/` (with a one-line warning naming the tune
-command).
+untuned template (`schedules/`) of `algorithms.untuned_default`, with a one-line warning naming
+the tune command.
 Disk cache (`module_cache.py`): `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one
 shared library per (TVM version, target, workload, schedule), verified against its checksum before
 it is loaded; a changed record or template gives a new file.
@@ -66,7 +66,7 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
 
 def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
     """(workload, schedule, source): the fastest tuned record among `candidates` (the layer under
-    each algorithm), else the default algorithm's (or the first candidate's) template, untuned."""
+    each algorithm), else the template of `algorithms.untuned_default` (or the first candidate's)."""
     found = []
     for wl in candidates:
         try:
@@ -80,7 +80,8 @@ def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
     if found:
         _, wl, tuned = min(found, key=lambda f: f[0])
         return wl, tuned.schedule, f"tuned:{tuned.rule}@{tuned.folder.name}"
-    wl = next((w for w in candidates if w.algorithm == algorithms.DEFAULT), candidates[0])
+    preferred = (algorithms.untuned_default(candidates[0], target.kind.name), algorithms.DEFAULT)
+    wl = next((w for name in preferred for w in candidates if w.algorithm == name), candidates[0])
     rule = default_rule(target, wl.algorithm)
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
     if sch is None:

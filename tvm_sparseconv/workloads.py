@@ -43,6 +43,8 @@ class Problem:
     dilations: int | tuple[int, int] = 1
     has_bias: bool = False
     activation: str | None = None
+    #: how many layers of a network have this shape (network sets add up `count` x time)
+    count: int = 1
     #: a user's own kernel (see `from_kernel`); None: a random kernel pruned to `density`
     kernel: SparseKernel | None = field(default=None, compare=False, repr=False)
 
@@ -106,24 +108,36 @@ def _sweeps() -> dict[str, list[Problem]]:
     return s
 
 
-# ResNet-50 (v1.5: stride on the 3x3) at 224x224: (name, input HW, Cin, Cout, kernel, stride).
+# ResNet-50 (v1.5: stride on the 3x3) at 224x224: (name, input HW, Cin, Cout, kernel, stride, count),
+# count = how many of its 53 convolutions have that shape. The first 15 are the per-stage sweeps.
 _RESNET50_LAYERS = [
-    ("conv2_3x3", 56, 64, 64, 3, 1),
-    ("conv3_3x3_s2", 56, 128, 128, 3, 2),
-    ("conv3_3x3", 28, 128, 128, 3, 1),
-    ("conv4_3x3_s2", 28, 256, 256, 3, 2),
-    ("conv4_3x3", 14, 256, 256, 3, 1),
-    ("conv5_3x3_s2", 14, 512, 512, 3, 2),
-    ("conv5_3x3", 7, 512, 512, 3, 1),
-    ("conv2_1x1_reduce", 56, 256, 64, 1, 1),
-    ("conv2_1x1_expand", 56, 64, 256, 1, 1),
-    ("conv3_1x1_reduce", 28, 512, 128, 1, 1),
-    ("conv3_1x1_expand", 28, 128, 512, 1, 1),
-    ("conv4_1x1_reduce", 14, 1024, 256, 1, 1),
-    ("conv4_1x1_expand", 14, 256, 1024, 1, 1),
-    ("conv5_1x1_reduce", 7, 2048, 512, 1, 1),
-    ("conv5_1x1_expand", 7, 512, 2048, 1, 1),
+    ("conv2_3x3", 56, 64, 64, 3, 1, 3),
+    ("conv3_3x3_s2", 56, 128, 128, 3, 2, 1),
+    ("conv3_3x3", 28, 128, 128, 3, 1, 3),
+    ("conv4_3x3_s2", 28, 256, 256, 3, 2, 1),
+    ("conv4_3x3", 14, 256, 256, 3, 1, 5),
+    ("conv5_3x3_s2", 14, 512, 512, 3, 2, 1),
+    ("conv5_3x3", 7, 512, 512, 3, 1, 2),
+    ("conv2_1x1_reduce", 56, 256, 64, 1, 1, 2),
+    ("conv2_1x1_expand", 56, 64, 256, 1, 1, 4),  # 3 expands + the first block's projection
+    ("conv3_1x1_reduce", 28, 512, 128, 1, 1, 3),
+    ("conv3_1x1_expand", 28, 128, 512, 1, 1, 4),
+    ("conv4_1x1_reduce", 14, 1024, 256, 1, 1, 5),
+    ("conv4_1x1_expand", 14, 256, 1024, 1, 1, 6),
+    ("conv5_1x1_reduce", 7, 2048, 512, 1, 1, 2),
+    ("conv5_1x1_expand", 7, 512, 2048, 1, 1, 3),
 ]
+_RESNET50_OTHER_LAYERS = [  # the stem, each stage's first reduce and its strided projection
+    ("conv1_7x7_s2", 224, 3, 64, 7, 2, 1),
+    ("conv2_1x1_reduce_first", 56, 64, 64, 1, 1, 1),
+    ("conv3_1x1_reduce_first", 56, 256, 128, 1, 1, 1),
+    ("conv3_1x1_proj_s2", 56, 256, 512, 1, 2, 1),
+    ("conv4_1x1_reduce_first", 28, 512, 256, 1, 1, 1),
+    ("conv4_1x1_proj_s2", 28, 512, 1024, 1, 2, 1),
+    ("conv5_1x1_reduce_first", 14, 1024, 512, 1, 1, 1),
+    ("conv5_1x1_proj_s2", 14, 1024, 2048, 1, 2, 1),
+]
+assert sum(layer[-1] for layer in _RESNET50_LAYERS + _RESNET50_OTHER_LAYERS) == 53
 
 
 def _resnet50(batch: int, kernel: int) -> list[Problem]:
@@ -132,14 +146,36 @@ def _resnet50(batch: int, kernel: int) -> list[Problem]:
             f"resnet50_{name}_b{batch}", (batch, hw, hw, cin), (k, k, cin, cout), 0.1, strides=s,
             sweep=f"resnet50_{k}x{k}_b{batch}", value=i,
         )
-        for i, (name, hw, cin, cout, k, s) in enumerate(_RESNET50_LAYERS)
+        for i, (name, hw, cin, cout, k, s, _) in enumerate(_RESNET50_LAYERS)
         if k == kernel
     ]
+
+
+def _resnet50_network(batch: int, sparsity: int) -> list[Problem]:
+    """Every convolution shape of ResNet-50 with its count, pruned to `sparsity` percent zeros.
+    At 90% the names (and so the kernels and tuning records) are those of the per-stage sweeps."""
+    suffix = "" if sparsity == 90 else f"_s{sparsity}"
+    return [
+        Problem(
+            f"resnet50_{name}_b{batch}{suffix}", (batch, hw, hw, cin), (k, k, cin, cout), round(1 - sparsity / 100, 6),
+            strides=s, sweep=network_sweep(batch, sparsity), value=i, count=count,
+        )
+        for i, (name, hw, cin, cout, k, s, count) in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)
+    ]
+
+
+def network_sweep(batch: int, sparsity: int) -> str:
+    """The name of the whole-ResNet-50 set at `batch` and `sparsity` percent zeros."""
+    return f"resnet50_network_s{sparsity}_b{batch}"
 
 
 SWEEPS: dict[str, list[Problem]] = _sweeps()
 RESNET50: dict[str, list[Problem]] = {
     f"resnet50_{k}x{k}_b{b}": _resnet50(b, k) for k in (3, 1) for b in (1, 32)
+}
+#: whole networks: every convolution shape with its count (`tvm_sparseconv.network_time` adds them up)
+NETWORKS: dict[str, list[Problem]] = {
+    network_sweep(b, s): _resnet50_network(b, s) for s in (90, 95) for b in (1, 32)
 }
 TINY = [
     Problem("tiny_same", (1, 16, 24, 4), (3, 3, 4, 8), 0.3, sweep="tiny", value=0),
@@ -152,6 +188,8 @@ WORKLOAD_SETS: dict[str, list[Problem]] = {
     "sweeps": [p for ps in SWEEPS.values() for p in ps],
     **RESNET50,
     "resnet50": [p for ps in RESNET50.values() for p in ps],
+    **NETWORKS,
+    "resnet50_network": [p for ps in NETWORKS.values() for p in ps],
     "tiny": TINY,
 }
 

@@ -20,12 +20,24 @@ from . import ell_gather, nhwc_direct
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "Algorithm", "by_name", "pack_weights", "prim_func",
-           "stage_names", "te_graph", "workload_for", "workloads_for"]
+           "stage_names", "te_graph", "untuned_default", "workload_for", "workloads_for"]
 
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM)}
-#: used where no tuning record of the layer exists for any algorithm
+#: the algorithm that computes every layer on every target (tune.py's default)
 DEFAULT = ell_gather.ALGORITHM.name
+
+
+def untuned_default(wl: ConvWorkload, target_kind: str) -> str:
+    """The algorithm whose untuned template runs a layer that no tuning record covers.
+
+    Measured side by side (benchmarks/results/nvidia-h200-resnet50-1x1-algorithms-untuned.json and
+    nvidia-h200-resnet50-algorithms.json): on CUDA, nhwc-direct's template beat ell-gather's on all
+    16 ResNet-50 1x1 layers (batch 1 and 32) and lost on every 3x3 layer, by 1.3-6x.
+    """
+    if target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1):
+        return nhwc_direct.ALGORITHM.name
+    return DEFAULT
 
 
 def by_name(name: str) -> Algorithm:

@@ -1,0 +1,46 @@
+"""Whole-network totals from per-layer points: counts, the per-layer choice, wrong and missing layers."""
+
+from __future__ import annotations
+
+import pytest
+
+from tvm_sparseconv.network_time import markdown, network_times
+from tvm_sparseconv.workloads import NETWORKS, network_sweep
+
+
+def _points(network: str, sparse: float, fp32: float, tf32: float, correct: bool = True) -> list[dict]:
+    return [{"sweep": network, "problem": p.name, "correct": correct,
+             "seconds": {"sparse": sparse, "cudnn_fp32": fp32, "cudnn_tf32": tf32}} for p in NETWORKS[network]]
+
+
+def test_every_resnet50_network_set_has_53_convolutions():
+    for problems in NETWORKS.values():
+        assert sum(p.count for p in problems) == 53
+        assert len({p.name for p in problems}) == len(problems)
+
+
+def test_totals_weigh_each_shape_by_its_count_and_take_the_faster_per_layer():
+    net = network_sweep(1, 90)
+    points = _points(net, 2e-6, 3e-6, 1e-6)
+    first = NETWORKS[net][0]
+    points[0]["seconds"]["sparse"] = 0.5e-6  # sparse beats both dense at the first shape only
+    (t,) = network_times(points, "gpu")
+    assert t.layers == 53 and t.shapes == len(NETWORKS[net]) and not t.missing
+    assert t.dense_fp32 == pytest.approx(53 * 3e-6) and t.dense_default == pytest.approx(53 * 1e-6)
+    assert t.chosen_fp32 == pytest.approx(first.count * 0.5e-6 + (53 - first.count) * 2e-6)
+    assert t.chosen_default == pytest.approx(first.count * 0.5e-6 + (53 - first.count) * 1e-6)
+    assert t.sparse_layers_fp32 == 53 and t.sparse_layers_default == first.count
+    assert "resnet50_network_s90_b1" in markdown([t], "gpu")
+
+
+def test_a_wrong_sparse_result_counts_as_dense_and_a_missing_shape_is_reported():
+    net = network_sweep(32, 95)
+    points = _points(net, 1e-6, 3e-6, 2e-6, correct=False)[1:]
+    (t,) = network_times(points, "gpu")
+    assert t.chosen_fp32 == pytest.approx(t.dense_fp32) and t.sparse_layers_fp32 == 0
+    assert t.missing == (NETWORKS[net][0].name,)
+    assert "of 23 shapes" in markdown([t], "gpu")
+
+
+def test_no_network_points_no_totals():
+    assert network_times([{"sweep": "headline", "problem": "headline", "seconds": {"sparse": 1.0}}], "gpu") == []

@@ -1,0 +1,94 @@
+"""A whole network's convolution time from per-layer benchmark points, with the per-layer choice.
+
+A network set (`workloads.NETWORKS`) lists each distinct convolution shape once with its `count`.
+Given `scripts/bench.py` points for such a set, the network's time is the sum of count x time per
+shape, for: every layer dense (each dense baseline), and every layer the faster of the sparse
+kernel and a dense baseline (what `tvm_sparseconv.keras.sparsify` does layer by layer). A layer
+whose sparse result was wrong counts as dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .workloads import NETWORKS
+
+#: per device kind, the dense baselines a network total is given against: (strict fp32, default)
+DENSE = {"gpu": ("cudnn_fp32", "cudnn_tf32"), "cpu": ("tf_conv2d", "tf_conv2d")}
+
+
+@dataclass(frozen=True)
+class NetworkTime:
+    """Seconds for one pass of a network's convolutions (one batch)."""
+
+    network: str
+    layers: int  # convolutions in the network (sum of counts)
+    shapes: int  # distinct shapes measured
+    missing: tuple[str, ...]  # shapes without a correct measured point (the totals then are partial)
+    dense_fp32: float  # every layer dense, strict fp32
+    dense_default: float  # every layer dense at the framework's default (TF32 on Ampere and newer GPUs)
+    chosen_fp32: float  # each layer the faster of sparse and dense fp32: strict fp32 throughout
+    chosen_default: float  # each layer the faster of sparse and dense at the default precision
+    sparse_layers_fp32: int  # layers (with counts) where sparse beat dense fp32
+    sparse_layers_default: int  # layers where sparse beat the default dense
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {
+            "speedup_fp32": self.dense_fp32 / self.chosen_fp32,
+            "speedup_default": self.dense_default / self.chosen_default,
+            "fp32_chosen_vs_dense_default": self.dense_default / self.chosen_fp32,
+        }
+
+
+def network_times(points: list[dict], device: str) -> list[NetworkTime]:
+    """One `NetworkTime` per network set that has points (`device`: "gpu" or "cpu")."""
+    fp32_key, default_key = DENSE[device]
+    out = []
+    for network, problems in NETWORKS.items():
+        measured = {p["problem"]: p for p in points if p.get("sweep") == network and "seconds" in p}
+        if not measured:
+            continue
+        tot = dict(dense_fp32=0.0, dense_default=0.0, chosen_fp32=0.0, chosen_default=0.0)
+        wins = dict(fp32=0, default=0)
+        missing = []
+        for problem in problems:
+            p = measured.get(problem.name)
+            s = p["seconds"] if p else {}
+            fp32, default = s.get(fp32_key), s.get(default_key)
+            if not (isinstance(fp32, float) and isinstance(default, float)):
+                missing.append(problem.name)
+                continue
+            sparse = s["sparse"] if p.get("correct") else float("inf")
+            c = problem.count
+            tot["dense_fp32"] += c * fp32
+            tot["dense_default"] += c * default
+            tot["chosen_fp32"] += c * min(sparse, fp32)
+            tot["chosen_default"] += c * min(sparse, default)
+            wins["fp32"] += c * (sparse < fp32)
+            wins["default"] += c * (sparse < default)
+        out.append(NetworkTime(
+            network, sum(p.count for p in problems), len(problems) - len(missing), tuple(missing),
+            **tot, sparse_layers_fp32=wins["fp32"], sparse_layers_default=wins["default"],
+        ))
+    return out
+
+
+def markdown(times: list[NetworkTime], device: str) -> str:
+    """A table of network totals (empty when there are none)."""
+    if not times:
+        return ""
+    fp32, default = DENSE[device]
+    lines = [
+        f"| network | dense {fp32} ms | dense {default} ms | per-layer choice, fp32 ms | x vs dense {fp32} "
+        f"| x vs dense {default} | per-layer choice with {default} ms | x vs dense {default} | sparse layers |",
+        "|---" * 9 + "|",
+    ]
+    for t in times:
+        d = t.as_dict()
+        note = f" ({t.shapes} of {t.shapes + len(t.missing)} shapes)" if t.missing else ""
+        lines.append(
+            f"| {t.network}{note} | {t.dense_fp32 * 1e3:.3f} | {t.dense_default * 1e3:.3f} | {t.chosen_fp32 * 1e3:.3f} "
+            f"| {d['speedup_fp32']:.2f} | **{d['fp32_chosen_vs_dense_default']:.2f}** | {t.chosen_default * 1e3:.3f} "
+            f"| {d['speedup_default']:.2f} | {t.sparse_layers_fp32} of {t.layers} |"
+        )
+    return "\n".join(lines) + "\n"
