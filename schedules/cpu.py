@@ -3,7 +3,7 @@
 Parallel over (image, block of output rows); inside, a register tile of `co_tile` output channels x
 `ow_tile` output columns, vectorised along the columns: for each stored nonzero k, every channel
 of the tile broadcasts its weight and does one vector FMA with `ow_tile` consecutive inputs
-(contiguous for stride 1, thanks to the channel-major gather layout of `compute.py`).
+(contiguous for stride 1, thanks to the channel-major gather layout of `algorithms/ell_gather.py`).
 """
 
 from __future__ import annotations

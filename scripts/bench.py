@@ -146,7 +146,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         errors.update(base_errors)
     useful = wl.useful_flops(kernel.nnz)
     return {
-        "sweep": problem.sweep, "problem": problem.name, "value": problem.value,
+        "sweep": problem.sweep, "problem": problem.name, "value": problem.value, "count": problem.count,
         "input_shape": wl.input_shape, "kernel_shape": wl.kernel_shape, "strides": wl.strides,
         "density": kernel.density, "nnz": kernel.nnz, "ell_width": kernel.ell_width,
         "schedule": op.schedule_source, "tuned": op.tuned, "algorithm": op.algorithm,

@@ -5,8 +5,8 @@
 
 Writes benchmarks/plots/<device>/<sweep>.png (time against the swept parameter, ours against every
 baseline), benchmarks/RESULTS.md (every point: speed-ups, useful TFLOP/s, share of the measured
-fp32 ceiling, whether the issue's target holds, break-even nonzero ratios), and the summary between
-the `results` markers in README.md. Nothing here is typed by hand: rerun after every benchmark.
+fp32 ceiling, whether the issue's target holds, break-even nonzero ratios), the summary between
+the `results` markers in README.md, and whole-network totals between its `network` markers. Nothing here is typed by hand: rerun after every benchmark.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ SWEEP_LABEL = {
     "image_size": "image size (11x11x3x64 kernel)",
 }
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
+#: the README's lead figure: whole-network totals of every results file that has them
+HEAD_START, HEAD_END = "<!-- network:start -->", "<!-- network:end -->"
 
 
 def target_check(p: dict) -> str:
@@ -133,8 +135,7 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             f"Latest run {res['date']} ({len(res.get('runs', []))} runs of `scripts/bench.py`, each listed in the JSON); versions {res['versions']}"
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
-    device = "gpu" if any(p["seconds"].get("cudnn_fp32") for p in points) else "cpu"
-    networks = markdown(network_times(points, device), device)
+    networks = network_markdown(points)
     if networks:
         head += ("\nWhole ResNet-50, every convolution (count x time per shape, one batch), with the per-layer "
                  "choice of sparse or dense:\n\n" + networks + "\nPer layer:\n")
@@ -146,17 +147,19 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
         full.append(f"\n#### {sweep}\n")
         if sweep in plotted:
             full.append(f"![{sweep}]({plots_rel}/{sweep}.png)\n")
-        cols = ["point", "sparse ms"] + [f"x vs {b}" for b in bases] + ["useful GFLOP/s", "% fp32 ceiling",
-                                                                         "rel. err", "tuned", "target"]
+        cols = ["point", "sparse ms", "algorithm"] + [f"x vs {b}" for b in bases] + [
+            "useful GFLOP/s", "% fp32 ceiling", "rel. err", "tuned", "each algorithm ms", "target"]
         full.append("| " + " | ".join(cols) + " |")
         full.append("|---" * len(cols) + "|")
         for p in pts:
             s = p["seconds"]
             speed = [f"{s[b] / s['sparse']:.2f}" if isinstance(s.get(b), float) else "n/a" for b in bases]
             share = f"{100 * p['useful_tflops'] / ceiling:.0f}%" if ceiling else "n/a"
-            full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | " + " | ".join(speed)
-                        + f" | {_gflops(p)} | {share} | {p['relative_error']:.1e} | "
-                        f"{'yes' if p['tuned'] else 'no'} | {target_check(p)} |")
+            each = ", ".join(f"{n} {a['seconds'] * 1e3:.3f}" + ("" if a["correct"] else " (wrong)")
+                             for n, a in p.get("algorithms", {}).items())
+            full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | {p.get('algorithm', 'ell-gather')} | "
+                        + " | ".join(speed) + f" | {_gflops(p)} | {share} | {p['relative_error']:.1e} | "
+                        f"{'yes' if p['tuned'] else 'no'} | {each} | {target_check(p)} |")
         wins = [f"{sum(1 for p in pts if isinstance(p['seconds'].get(b), float) and p['seconds'][b] > p['seconds']['sparse'])}/{len(pts)}"
                 for b in bases]
         summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {_gflops(max(pts, key=lambda p: p['useful_tflops']))} |")
@@ -166,6 +169,19 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
         full.append(line)
         summary.append(line)
     return "\n".join(full) + "\n", "\n".join(summary) + "\n"
+
+
+def network_markdown(points: list[dict]) -> str:
+    device = "gpu" if any(isinstance(p["seconds"].get("cudnn_fp32"), float) for p in points) else "cpu"
+    return markdown(network_times(points, device), device)
+
+
+def _replace_between(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        return text
+    pre, rest = text.split(start, 1)
+    _, post = rest.split(end, 1)
+    return pre + start + "\n" + body + end + post
 
 
 def demo_markdown(path: Path, d: dict) -> str:
@@ -184,7 +200,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite README.md's summary")
     args = ap.parse_args(argv)
-    fulls, summaries = [], []
+    fulls, summaries, heads = [], [], []
     for path in sorted(args.results.glob("*.json")):
         res = json.loads(path.read_text())
         if res.get("script") == "scripts/demo.py":
@@ -199,6 +215,9 @@ def main(argv=None) -> int:
                     ROOT / "benchmarks" / "plots" / name)
         }
         full, summary = device_markdown(name, res, f"plots/{name}", plotted)
+        networks = network_markdown([p for p in res["points"] if "seconds" in p])
+        if networks:
+            heads.append(f"{res['device']}, {res['date']} (`benchmarks/results/{name}.json`):\n\n{networks}")
         fulls.append(full)
         summaries.append(summary.replace("](plots/", "](benchmarks/plots/"))
         print(f"{name}: {len(res['points'])} points")
@@ -208,10 +227,8 @@ def main(argv=None) -> int:
     if not args.no_readme:
         readme = ROOT / "README.md"
         text = readme.read_text()
-        if MARK_START in text and MARK_END in text:
-            pre, rest = text.split(MARK_START, 1)
-            _, post = rest.split(MARK_END, 1)
-            readme.write_text(pre + MARK_START + "\n" + "\n".join(summaries) + MARK_END + post)
+        text = _replace_between(text, MARK_START, MARK_END, "\n".join(summaries))
+        readme.write_text(_replace_between(text, HEAD_START, HEAD_END, "\n".join(heads)))
     print("wrote benchmarks/RESULTS.md and plots" + ("" if args.no_readme else ", README summary"))
     return 0
 

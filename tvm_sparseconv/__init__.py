@@ -4,8 +4,9 @@
     conv = tvm_sparseconv.compile(kernel, x.shape, padding="SAME")
     y = conv(x)                                                 # tf.Tensor in, tf.Tensor out
 
-Layout: `compute.py` (the TE math), `schedules/` (templates, `tvm_sparseconv.schedules`),
-`build.py` (schedule choice, compile, disk cache), `op.py` (the callable), `interop.py` (DLPack).
+Layout: `algorithms/` (the TE math, one module per algorithm), `schedules/` (templates,
+`tvm_sparseconv.schedules`), `build.py` (algorithm and schedule choice, compile), `module_cache.py`
+(disk cache), `op.py` (the callable), `interop.py` (DLPack).
 """
 
 from ._source_tree import ensure_schedules_importable

@@ -3,7 +3,8 @@
 Format ("ELL" per output channel): for each output channel `co`, its nonzeros sorted by
 (input channel, row, column), padded to the same count `ell_width` with value 0 at index (0,0,0).
 The compute reads `values[co, k]` and a packed input offset built from `(kh, kw, ci)[co, k]` for
-the input shape it is compiled for (see `compute.pack_offsets`).
+the input shape it is compiled for (see each algorithm's `pack`, e.g.
+`algorithms.ell_gather.pack_offsets`).
 """
 
 from __future__ import annotations

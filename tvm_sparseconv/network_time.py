@@ -79,8 +79,8 @@ def markdown(times: list[NetworkTime], device: str) -> str:
         return ""
     fp32, default = DENSE[device]
     lines = [
-        f"| network | dense {fp32} ms | dense {default} ms | per-layer choice, fp32 ms | x vs dense {fp32} "
-        f"| x vs dense {default} | per-layer choice with {default} ms | x vs dense {default} | sparse layers |",
+        f"| network | all {fp32} ms | all {default} ms | sparse or {fp32} ms | that vs all {fp32} "
+        f"| that vs all {default} | sparse or {default} ms | that vs all {default} | layers sparse (vs {fp32}) |",
         "|---" * 9 + "|",
     ]
     for t in times:
