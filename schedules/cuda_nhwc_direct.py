@@ -6,8 +6,8 @@ input into shared memory (consecutive threads read consecutive channels: coalesc
 padding is the copy's bounds check, so there is no padded copy in device memory), then every
 thread gathers from shared memory for its own pixels. Threads run across the tile's flattened
 pixels, so a 7x7 map or a batch of small maps fills whole warps, and across output channels; each
-keeps a box of pixels x `co_i` output channels of accumulators in registers, and the weights of 4 consecutive nonzeros of a
-channel (the same for the whole warp) arrive as one 16-byte vector of values and one of taps.
+keeps a box of pixels x `co_i` output channels of accumulators in registers, and the weights of 4
+consecutive nonzeros of a channel arrive as one 16-byte vector of values and one of taps.
 Each pixel's channel row in shared memory is padded by one word, so that the lanes of a warp,
 reading the same channel of consecutive pixels, hit distinct banks.
 """
@@ -23,7 +23,6 @@ from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 from .cuda_gather import _read_index
 
 VEC = 4  # = tvm_sparseconv.kernel.ELL_ALIGN
-_THREAD_CAP = 256
 _UNROLL = [0, 16, 64, 256]
 _SHARED_BYTES = 48 * 1024
 
@@ -78,8 +77,7 @@ class CUDANhwcDirect(SparseConvRule):
             tile_n, tile_h, tile_w = [None, tn, 1], [None, th, 1], [None, tw, 1]
             co_i = largest_divisor(n_co, [4, 2])
             # Many output channels per block: each staged input tile then serves them all.
-            px_t = min(tn * th * tw, _THREAD_CAP)
-            co_t = largest_divisor(n_co // co_i, [d for d in (32, 16, 8, 4, 2) if d * px_t <= 512])
+            co_t = largest_divisor(n_co // co_i, [d for d in (32, 16, 8, 4, 2) if d * tn * th * tw <= 512])
             co_split, unroll = [None, co_t, co_i], 16
 
         # A thread's pixels (and channels) are a contiguous box, register loops innermost. A

@@ -23,7 +23,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
-from tvm_sparseconv.tuning import design_space, enough_trials, tune_problem
+from tvm_sparseconv.tuning import design_space, enough_trials, problem_arguments, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
 
@@ -132,6 +132,34 @@ def _assert_accumulators_initialised(lib, trace):
     loops = re.search(r"conv_local_ptr\[[^\]]*[a-z_][^\]]*\] = 0x0p\+0f", src)  # zeroed in a loop
     assert loops or len(zeroed) == int(size.group(1)), (
         f"{len(zeroed)} of {size.group(1)} accumulators zeroed; decisions {list(trace.decisions.values())}")
+
+
+def test_cpu_design_space_draws_match_reference():
+    """Random draws from the CPU design space (what tuning measures) all compute the right result:
+    tuning checks only its best few, so no corner of the space may be wrong."""
+    target = targets.host_cpu_target()
+    rng = np.random.default_rng()
+    for problem in TINY:
+        wl, w, arrays = problem_arguments(problem, seed=int(rng.integers(1 << 30)))
+        mod = tuning_records.workload_module(wl)
+        ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target), task_name="main",
+                             num_threads=1)
+        ref = reference_conv(arrays[0], w, wl.strides, problem.padding, wl.dilations)
+        ran = 0
+        for design in ctx.generate_design_space():
+            for seed in rng.integers(1, 1 << 30, size=3):
+                sch = tvm.s_tir.Schedule(mod, seed=int(seed))
+                tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+                sch.enter_postproc()
+                if not all(p.apply(sch) for p in ctx.space_generator.postprocs):
+                    continue
+                f = tvm.compile(sch.mod, target=target)[algorithms.FUNC_NAME]
+                out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+                f(*[tvm.runtime.tensor(a) for a in arrays], out)
+                err = rel_err(out.numpy(), ref)
+                assert err <= 1e-5, f"{problem.name}: error {err:.2e}, decisions {list(sch.trace.decisions.values())}"
+                ran += 1
+        assert ran > 0, f"{problem.name}: every draw was rejected"
 
 
 def test_a_round_short_by_at_most_an_eighth_ends_the_workload():
