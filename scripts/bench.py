@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     out = args.out or Path("benchmarks/results") / f"{folder}.json"
     problems = workload_set(args.sweeps) if args.sweeps != "none" else []
     forced = [a for a in algorithms.ALGORITHMS if args.algorithms == "all" or a in args.algorithms.split(",")]
+    only_baselines = [b for b in args.baselines.split(",") if b]
+    baselines.check_names(only_baselines, on_gpu)
     print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
 
     points = []
@@ -78,7 +80,7 @@ def main(argv=None) -> int:
     for problem in it:
         try:
             points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced,
-                                      [b for b in args.baselines.split(",") if b]))
+                                      only_baselines))
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)

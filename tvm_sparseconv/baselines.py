@@ -180,6 +180,20 @@ def _im2col(xp, x_padded, wl: ConvWorkload):
     return xp.ascontiguousarray(win).reshape(kh * kw * cin, n * oh * ow)
 
 
+#: the dense baselines timed on each kind of device, in the order `dense_baselines` runs them
+BASELINE_NAMES = {
+    True: ("cudnn_fp32", "cudnn_tf32", "tf_conv2d_gpu", "xla_fp32", "xla_default", "cusparse_im2col"),
+    False: ("tf_conv2d", "scipy_im2col"),
+}
+
+
+def check_names(names: Sequence[str], on_gpu: bool) -> None:
+    """Raise ValueError naming the known baselines if any of `names` is not one of them."""
+    unknown = sorted(set(names) - set(BASELINE_NAMES[on_gpu]))
+    if unknown:
+        raise ValueError(f"unknown baselines {unknown}; on this device: {', '.join(BASELINE_NAMES[on_gpu])}")
+
+
 def dense_baselines(
     xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, on_gpu: bool, repeats: int,
     ref: np.ndarray | None = None, only: Sequence[str] = (),
@@ -202,9 +216,8 @@ def dense_baselines(
         }
     from .reference import relative_error
 
-    unknown = set(only) - set(candidates)
-    if unknown:
-        raise ValueError(f"unknown baselines {sorted(unknown)}; on this device: {', '.join(candidates)}")
+    assert tuple(candidates) == BASELINE_NAMES[on_gpu], "BASELINE_NAMES out of step with dense_baselines"
+    check_names(only, on_gpu)
     if only:
         candidates = {k: v for k, v in candidates.items() if k in only}
     times: dict[str, float | str] = {}
