@@ -6,7 +6,8 @@
 Writes benchmarks/plots/<device>/<sweep>.png (time against the swept parameter, ours against every
 baseline), benchmarks/RESULTS.md (every point: speed-ups, useful TFLOP/s, share of the measured
 fp32 ceiling, whether the issue's target holds, break-even nonzero ratios), the summary between
-the `results` markers in README.md, and whole-network totals between its `network` markers. Nothing here is typed by hand: rerun after every benchmark.
+the `results` markers in README.md, and whole-network totals between its `network` markers.
+Nothing here is typed by hand: rerun after every benchmark.
 """
 
 from __future__ import annotations
@@ -126,8 +127,8 @@ def plot(device: str, sweep: str, points: list[dict], out_dir: Path) -> Path | N
     return path
 
 
-def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> tuple[str, str]:
-    """(full tables, short summary) for one device's results."""
+def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], networks: str) -> tuple[str, str]:
+    """(full tables, short summary) for one device's results (`networks`: its network totals)."""
     points = [p for p in res["points"] if "seconds" in p]
     ceiling = res.get("ceilings", {}).get("fp32_gemm_tflops")
     bases = baselines_of(points)
@@ -135,7 +136,6 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str]) -> 
             f"Latest run {res['date']} ({len(res.get('runs', []))} runs of `scripts/bench.py`, each listed in the JSON); versions {res['versions']}"
             + (f"; driver {res['driver']}" if res.get("driver") else "")
             + (f"; measured fp32 GEMM ceiling {ceiling:.1f} TFLOP/s" if ceiling else "; no ceiling measured") + ".\n")
-    networks = network_markdown(points)
     if networks:
         head += ("\nWhole ResNet-50, every convolution (count x time per shape, one batch), with the per-layer "
                  "choice of sparse or dense:\n\n" + networks + "\nPer layer:\n")
@@ -214,8 +214,8 @@ def main(argv=None) -> int:
             if plot(res["device"], sweep, [p for p in res["points"] if p["sweep"] == sweep],
                     ROOT / "benchmarks" / "plots" / name)
         }
-        full, summary = device_markdown(name, res, f"plots/{name}", plotted)
         networks = network_markdown([p for p in res["points"] if "seconds" in p])
+        full, summary = device_markdown(name, res, f"plots/{name}", plotted, networks)
         if networks:
             heads.append(f"{res['device']}, {res['date']} (`benchmarks/results/{name}.json`):\n\n{networks}")
         fulls.append(full)
