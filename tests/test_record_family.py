@@ -89,6 +89,11 @@ def test_isa_families_of_known_cpus():
     assert targets.isa_family("sandybridge") == targets.isa_family("generic") == targets.GENERIC_FAMILY
     assert targets.isa_family("cortex-a72") == targets.GENERIC_FAMILY  # another architecture
     assert targets.cpu_vendor("znver4") == "amd" and targets.cpu_vendor("haswell") == "intel"
+    # tune.py --mcpu: another model's target with this machine's cores
+    assert targets.target_isa_family(targets.cpu_target("haswell")) == "x86-avx2"
+    assert targets.cpu_target("haswell").attrs["num-cores"] == HOST.attrs["num-cores"]
+    with pytest.raises(ValueError, match="does not know the CPU"):
+        targets.cpu_target("not-a-cpu")
 
 
 @needs_family

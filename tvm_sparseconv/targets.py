@@ -20,8 +20,16 @@ TargetLike = Any  # None, "cpu", "llvm", "cuda", a tag such as "nvidia/nvidia-h1
 @functools.lru_cache(maxsize=None)
 def host_cpu_target() -> Target:
     """LLVM for this CPU: its own instruction set, and as many cores as TVM's thread pool uses."""
+    return cpu_target(codegen.llvm_get_system_cpu())
+
+
+def cpu_target(mcpu: str) -> Target:
+    """LLVM for CPU model `mcpu` with this machine's core count (tuning another model's record
+    on a machine that runs its code, e.g. an AVX2 CPU's on an AVX-512 one)."""
+    if not codegen.llvm_is_valid_cpu(mcpu, str(codegen.llvm_get_system_triple())):
+        raise ValueError(f"LLVM does not know the CPU {mcpu!r} for {codegen.llvm_get_system_triple()}")
     cores = int(os.environ.get("TVM_NUM_THREADS", 0)) or _physical_cores()
-    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+    return Target({"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
 
 
 def _physical_cores() -> int:
