@@ -18,7 +18,7 @@ import pytest
 import tvm_sparseconv as tsc
 from tvm_sparseconv import build, module_cache, targets, tuning_records
 from tvm_sparseconv.tuning import tune_problem
-from tvm_sparseconv.workloads import TINY
+from tvm_sparseconv.workloads import TINY, Problem
 
 from conftest import reference_conv, rel_err, run_poisoned
 
@@ -94,6 +94,21 @@ def test_isa_families_of_known_cpus():
     assert targets.cpu_target("haswell").attrs["num-cores"] == HOST.attrs["num-cores"]
     with pytest.raises(ValueError, match="does not know the CPU"):
         targets.cpu_target("not-a-cpu")
+
+
+def test_the_row_sampled_reference_is_the_full_one_on_those_rows(rng):
+    from tvm_sparseconv import reference, verification
+
+    problem = Problem("strided", (2, 21, 9, 3), (3, 2, 3, 5), 0.5, strides=(2, 1), padding="SAME", dilations=(2, 1))
+    wl = problem.workload()
+    kernel = verification.random_kernel(wl, rng)
+    assert kernel.ell_width == wl.ell_width and kernel.nnz > 0
+    x = rng.standard_normal(wl.input_shape).astype(np.float32)
+    rows = verification.checked_rows(wl.output_shape[1], rng, count=6)
+    assert len(rows) == 6 and {0, 1, wl.output_shape[1] - 2, wl.output_shape[1] - 1} <= set(rows)
+    full = reference_conv(x, kernel.to_dense(), strides=problem.strides, padding="SAME", dilations=problem.dilations)
+    assert rel_err(reference.conv2d_f64(x, kernel.to_dense(), wl, rows=rows), full[:, rows]) <= 1e-12
+    assert list(verification.checked_rows(4, rng)) == [0, 1, 2, 3]
 
 
 @needs_family
