@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 
 import tvm_sparseconv as tsc
-from tvm_sparseconv import build, module_cache, targets, tuning_records
+import tvm
+
+from tvm_sparseconv import build, module_cache, targets, tuning_records, verification
 from tvm_sparseconv.tuning import tune_problem
+from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import TINY, Problem
 
 from conftest import reference_conv, rel_err, run_poisoned
@@ -30,6 +33,7 @@ FAMILY = targets.target_isa_family(HOST)
 CPUS = ("haswell", "skylake", "znver2", "znver3", "alderlake", "skylake-avx512", "icelake-server", "znver4",
         "sapphirerapids")
 
+LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
 needs_family = pytest.mark.skipif(FAMILY == targets.GENERIC_FAMILY,
                                   reason=f"this CPU ({HOST_MCPU}) is of no ISA family: its records do not travel")
 
@@ -132,6 +136,7 @@ def test_a_record_of_another_cpu_of_the_family_is_used_and_verified(tuned_folder
     verdict = module_cache.read_verdict(op._build.cache_path)
     assert verdict is not None and verdict["ok"] and verdict["relative_error"] <= 1e-5, verdict
     assert verdict["record"] == other.name and HOST_MCPU in verdict["target"]
+    assert tuning_records.find_tuned_schedule(PROBLEM.workload(), HOST, other).travelled  # a folder given
 
 
 @needs_family
@@ -163,6 +168,8 @@ def test_a_record_of_another_family_is_not_used(tuned_folder, tmp_path, monkeypa
         op = _compile()
     assert not op.tuned, op.schedule_source
     assert list(module_cache.cache_dir().rglob("*" + module_cache.VERDICT_SUFFIX)) == []
+    with pytest.warns(tuning_records.TuningLogWarning, match="its records are not used"):
+        assert tuning_records.find_tuned_schedule(PROBLEM.workload(), HOST, next(root.iterdir())) is None
 
 
 @needs_family
@@ -173,3 +180,27 @@ def test_this_cpus_own_record_comes_first(tuned_folder, tmp_path, monkeypatch, c
     monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
     op = _compile()
     assert op.schedule_source.endswith(f"@{tuned_folder.name}"), op.schedule_source
+
+
+def _committed_family_entries():
+    """(folder, problem, workload json) of every committed record of this CPU's family (own included)."""
+    out = []
+    for folder in sorted(p for p in LOGS.iterdir() if p.is_dir()) if LOGS.is_dir() else []:
+        meta = tuning_records.read_meta(folder) or {}
+        if FAMILY != targets.GENERIC_FAMILY and tuning_records.meta_family(meta) == FAMILY:
+            out += [(folder.name, e["problem"], e["workload"]) for e in meta["entries"]]
+    return out
+
+
+FAMILY_ENTRIES = _committed_family_entries()
+
+
+@pytest.mark.parametrize("folder,problem,workload", FAMILY_ENTRIES, ids=[f"{f}/{p}" for f, p, _ in FAMILY_ENTRIES])
+def test_committed_records_of_this_family_compute_correctly_here(folder, problem, workload):
+    """What `compile()` does with another CPU's record on first use, for every committed one."""
+    wl = ConvWorkload.from_json(workload)
+    tuned = tuning_records.find_tuned_schedule(wl, HOST, LOGS / folder)
+    assert tuned is not None and tuned.tuned_workload == wl, f"{folder}/{problem} does not replay"
+    assert tuned.travelled == (folder != targets.target_folder_name(HOST))
+    function = tvm.compile(tuned.schedule.mod, target=HOST).mod[build.FUNC_NAME]
+    assert verification.check_function(function, wl, tvm.cpu()) <= verification.TOLERANCE

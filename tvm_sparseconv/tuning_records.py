@@ -396,9 +396,10 @@ def _pick_entry(entries: list[tuple[dict, ConvWorkload]], wl: ConvWorkload) -> t
     return max(same, key=width)
 
 
-def _folder_meta(folder: Path, target: Target) -> dict | None:
-    """The folder's `meta.json` when its records may be used for `target`; else None, with a
-    warning (once per folder and reason) when the folder has records that cannot be used."""
+def _folder_meta(folder: Path, target: Target, same_family: bool = False) -> dict | None:
+    """The folder's `meta.json` when its records may be used for `target` (`same_family`: also when
+    tuned on another CPU of its ISA family); else None, with a warning (once per folder and reason)
+    when the folder has records that cannot be used."""
     if not folder.is_dir():
         return None
     try:
@@ -412,7 +413,7 @@ def _folder_meta(folder: Path, target: Target) -> dict | None:
                                "target its records are for): its records are not used")
         return None
     why = meta_matches(meta, target)
-    if why is not None:
+    if why is not None and not (same_family and meta_matches(meta, target, same_family=True) is None):
         _warn_once(folder, f"tuning log folder {folder} was {why}: its records are not used")
         return None
     return meta
@@ -444,12 +445,16 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
     """A schedule of `wl` replayed from the best matching record for `target`, or None.
 
     Without `folder`: this device's folder, else (CPUs) the first folder of another CPU of its ISA
-    family with a record of `wl` (`family_folders`), marked `travelled`. Damaged or misplaced
-    records are skipped with a `TuningLogWarning`, never raised.
+    family with a record of `wl` (`family_folders`). A record of another CPU (also from a `folder`
+    given) is marked `travelled`. Damaged or misplaced records are skipped with a
+    `TuningLogWarning`, never raised.
     """
     if folder is not None:
-        meta = _folder_meta(folder, target)
-        return _replayed(wl, target, folder, meta) if meta is not None else None
+        meta = _folder_meta(folder, target, same_family=True)
+        tuned = _replayed(wl, target, folder, meta) if meta is not None else None
+        if tuned is not None and meta_matches(meta, target) is not None:
+            tuned = replace(tuned, family=target_isa_family(target))
+        return tuned
     own = logs_root() / target_folder_name(target)
     meta = _folder_meta(own, target)
     tuned = _replayed(wl, target, own, meta) if meta is not None else None
