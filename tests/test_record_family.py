@@ -204,3 +204,15 @@ def test_committed_records_of_this_family_compute_correctly_here(folder, problem
     assert tuned.travelled == (folder != targets.target_folder_name(HOST))
     function = tvm.compile(tuned.schedule.mod, target=HOST).mod[build.FUNC_NAME]
     assert verification.check_function(function, wl, tvm.cpu()) <= verification.TOLERANCE
+
+
+@needs_family
+def test_family_folders_same_vendor_first_then_by_name(tuned_folder, tmp_path):
+    root = tmp_path / "logs"
+    same = [m for m in CPUS if m != HOST_MCPU and targets.isa_family(m) == FAMILY]
+    for mcpu in same + [_other_cpu(same_family=False)]:
+        _as_cpu(tuned_folder, root, mcpu)
+    vendor = targets.cpu_vendor(HOST_MCPU)
+    want = sorted(f"cpu-{m}" for m in same if targets.cpu_vendor(m) == vendor)
+    want += sorted(f"cpu-{m}" for m in same if targets.cpu_vendor(m) != vendor)
+    assert [folder.name for folder, _ in tuning_records.family_folders(HOST, root)] == want
