@@ -55,6 +55,9 @@ def parse_args(argv=None):
                     help="measured candidates per workload (default 256; a search round that comes back "
                          "short by at most 1/8 of a round is not topped up, see tuning.enough_trials)")
     ap.add_argument("--target", choices=["cuda", "llvm"], default=None, help="default: cuda if TVM sees a GPU, else llvm")
+    ap.add_argument("--mcpu", default=None,
+                    help="with --target llvm: tune for this LLVM CPU instead of this machine's (e.g. an AVX2 "
+                         "CPU's record on an AVX-512 machine); the machine must run its code")
     ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="per-workload MetaSchedule work dirs (default ~/.cache/tvm_sparseconv/tuning)")
@@ -111,6 +114,10 @@ def main(argv=None) -> int:
         print(f"tracker {tracker}: {servers} server(s) with {device_name}")
     else:
         target = targets.resolve_target(args.target)
+        if args.mcpu:
+            if target.kind.name != "llvm":
+                raise SystemExit("--mcpu is for --target llvm")
+            target = targets.cpu_target(args.mcpu)
         folder_name = targets.target_folder_name(target)
         device_name = _device_name(target)
         servers = 1

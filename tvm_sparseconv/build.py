@@ -1,9 +1,11 @@
 """Turn a workload into a runnable TVM function: pick the schedule, compile, cache on disk.
 
 Algorithm and schedule: of the layer's workloads under each algorithm that runs on the target, the
-one whose tuning record for this device (`tuning_logs/`) is fastest; with no record for any, the
-untuned template (`schedules/`) of `algorithms.untuned_default`, with a one-line warning naming
-the tune command.
+one whose tuning record for this device (`tuning_logs/`) is fastest; else, on a CPU, a record of
+another CPU model of its ISA family, compiled for this CPU and checked against float64 on its first
+use here (`verification.py`; the verdict is kept beside the module in the disk cache); with no
+record that fits, the untuned template (`schedules/`) of `algorithms.untuned_default`, with a
+one-line warning naming the tune command.
 Disk cache (`module_cache.py`): `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one
 shared library per (TVM version, target, workload, schedule), verified against its checksum before
 it is loaded; a changed record or template gives a new file.
@@ -14,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,10 +25,11 @@ from typing import Sequence
 import tvm
 from tvm.target import Target
 
-from . import algorithms, module_cache, tuning_records
+from . import algorithms, module_cache, tuning_records, verification
 from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
+from .targets import device_for
 from .workload import ConvWorkload
 
 FUNC_NAME = algorithms.FUNC_NAME
@@ -39,7 +44,8 @@ class UntunedWarning(UserWarning):
 class BuildResult:
     function: tvm.runtime.Function
     module: tvm.runtime.Module
-    schedule_source: str  # "tuned:<rule>@<folder>" or "untuned:<rule>"
+    schedule_source: str  # "tuned:<rule>@<folder>", "tuned:<rule>@<folder> (family <f>, verified here)"
+    # or "untuned:<rule>"
     cache_path: Path | None
     from_disk_cache: bool
     workload: ConvWorkload  # the chosen algorithm's
@@ -65,8 +71,10 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
 
 
 def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
-    """(workload, schedule, source): the fastest tuned record among `candidates` (the layer under
-    each algorithm), else the template of `algorithms.untuned_default` (or the first candidate's)."""
+    """(workload, schedule, source, tuned): the fastest record of this device among `candidates` (the
+    layer under each algorithm), else the first found for another CPU of its ISA family
+    (`tuned.travelled`), else the template of `algorithms.untuned_default` (or the first
+    candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports."""
     found = []
     for wl in candidates:
         try:
@@ -76,10 +84,19 @@ def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
                       "ignoring them", tuning_records.TuningLogWarning)
             tuned = None
         if tuned is not None:
-            found.append((tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
+            found.append((tuned.travelled, tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
     if found:
-        _, wl, tuned = min(found, key=lambda f: f[0])
-        return wl, tuned.schedule, f"tuned:{tuned.rule}@{tuned.folder.name}"
+        *_, wl, tuned = min(found, key=lambda f: f[:2])
+        source = f"tuned:{tuned.rule}@{tuned.folder.name}"
+        if tuned.travelled:
+            source += f" (family {tuned.family}, verified here)"
+        return wl, tuned.schedule, source, tuned
+    return (*_untuned(candidates, target), None)
+
+
+def _untuned(candidates: Sequence[ConvWorkload], target: Target):
+    """(workload, schedule, source) of the untuned template, with the `UntunedWarning` naming the
+    tune command."""
     preferred = (algorithms.untuned_default(candidates[0], target.kind.name), algorithms.DEFAULT)
     wl = next((w for name in preferred for w in candidates if w.algorithm == name), candidates[0])
     rule = default_rule(target, wl.algorithm)
@@ -108,12 +125,63 @@ def _cache_key(wl: ConvWorkload, target: Target, schedule) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+_VERDICTS: dict[str, dict] = {}  # artifact name -> verdict, for modules not kept on disk
+_VERDICT_LOCK = threading.Lock()
+
+
+def _verified(function, wl: ConvWorkload, target: Target, name: str, path: Path | None, tuned) -> dict:
+    """The float64 check of a travelled record's module: the verdict kept in the cache, else run now."""
+    with _VERDICT_LOCK:  # one check per module even when several threads compile the layer at once
+        verdict = module_cache.read_verdict(path) if path is not None else None
+        if verdict is None:
+            verdict = _VERDICTS.get(name) or _check(function, wl, target, tuned)
+            if path is not None:  # also when checked earlier in this process, before the cache was emptied
+                module_cache.write_verdict(path, verdict)
+        _VERDICTS[name] = verdict
+    return verdict
+
+
+def _check(function, wl: ConvWorkload, target: Target, tuned) -> dict:
+    t0 = time.perf_counter()
+    try:
+        err, problem = verification.check_function(function, wl, device_for(target)), None
+    except Exception as e:  # noqa: BLE001 - a module that fails to run fails the check
+        err, problem = float("inf"), f"{type(e).__name__}: {e}"
+    verdict = {"ok": err <= verification.TOLERANCE, "relative_error": err, "record": tuned.folder.name,
+               "family": tuned.family, "target": str(target), "seconds": round(time.perf_counter() - t0, 3),
+               "checked_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if problem:
+        verdict["error"] = problem
+    log.info("checked the record of %s from %s (family %s) on this CPU: relative error %.2e (%s)",
+             wl.describe(), tuned.folder.name, tuned.family, err, "ok" if verdict["ok"] else "FAILED")
+    return verdict
+
+
 def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
           use_disk_cache: bool = True) -> BuildResult:
-    """Compile the best of `candidates` (see `choose_schedule`) for `target`, or load it from disk."""
+    """Compile the best of `candidates` (see `choose_schedule`) for `target`, or load it from disk.
+
+    A record of another CPU of the family is checked against float64 on its first use; if it fails,
+    the untuned template is used instead, with a `TuningLogWarning` saying why.
+    """
     if isinstance(candidates, ConvWorkload):
         candidates = [candidates]
-    wl, schedule, source = choose_schedule(candidates, target)
+    wl, schedule, source, tuned = choose_schedule(candidates, target)
+    result = _compile(wl, schedule, source, target, use_disk_cache)
+    if tuned is None or not tuned.travelled:
+        return result
+    name = f"{wl.key()}-{_cache_key(wl, target, schedule)}"
+    verdict = _verified(result.function, wl, target, name, result.cache_path, tuned)
+    if verdict["ok"]:
+        return result
+    warn_user(f"the tuning record of {wl.describe()} from {tuned.folder} (another CPU of family {tuned.family}) "
+              f"gives wrong results on this CPU (relative error {verdict['relative_error']:.2e}"
+              f"{', ' + verdict['error'] if verdict.get('error') else ''}): not used",
+              tuning_records.TuningLogWarning)
+    return _compile(*_untuned(candidates, target), target, use_disk_cache)
+
+
+def _compile(wl: ConvWorkload, schedule, source: str, target: Target, use_disk_cache: bool) -> BuildResult:
     if not use_disk_cache:
         module = tvm.compile(schedule.mod, target=target).mod
         return BuildResult(module[FUNC_NAME], module, source, None, False, wl)

@@ -13,12 +13,15 @@ in `tvm-<version>/`, each with a sidecar `<name>.sha256` ("<hex digest> <size>")
   processes compiling the same layer at once build it once and all succeed; the others load it.
 - An unwritable cache (read-only folder, no C compiler for `export_library`) is not an error: the
   module is built and used without being kept.
+- A module that had to be checked on first use (`verification.py`) keeps the verdict beside it,
+  `<name>.verdict.json`; a damaged verdict is no verdict (the module is checked again).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -33,6 +36,7 @@ from ._warnings import warn_user
 log = logging.getLogger("tvm_sparseconv")
 SIDECAR_SUFFIX = ".sha256"
 LOCK_SUFFIX = ".lock"
+VERDICT_SUFFIX = ".verdict.json"
 
 
 class CacheWarning(UserWarning):
@@ -186,4 +190,35 @@ def _has(module: tvm.runtime.Module, function: str) -> bool:
         module[function]
         return True
     except Exception:  # noqa: BLE001
+        return False
+
+
+def verdict_path(path: Path) -> Path:
+    return path.with_name(path.name + VERDICT_SUFFIX)
+
+
+def read_verdict(path: Path) -> dict | None:
+    """The verdict stored beside the artifact `path` (a dict with a bool "ok"), None without a
+    readable one."""
+    try:
+        verdict = json.loads(verdict_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return verdict if isinstance(verdict, dict) and isinstance(verdict.get("ok"), bool) else None
+
+
+def write_verdict(path: Path, verdict: dict) -> bool:
+    """Store `verdict` beside the artifact `path`, atomically. False if it could not be kept."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(verdict, f, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(verdict_path(path), write, ".json")
+        return True
+    except OSError as e:  # a read-only cache: checked again in the next process
+        log.info("not keeping the verification verdict of %s (%s)", path, e)
         return False

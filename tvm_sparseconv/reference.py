@@ -11,14 +11,17 @@ import numpy as np
 from .workload import ConvWorkload
 
 
-def conv2d_f64(x: np.ndarray, w: np.ndarray, wl: ConvWorkload, bias: np.ndarray | None = None) -> np.ndarray:
-    """float64 NHWC output of `wl` for input `x` (NHWC) and dense kernel `w` (HWIO)."""
+def conv2d_f64(x: np.ndarray, w: np.ndarray, wl: ConvWorkload, bias: np.ndarray | None = None,
+               rows: np.ndarray | None = None) -> np.ndarray:
+    """float64 NHWC output of `wl` for input `x` (NHWC) and dense kernel `w` (HWIO); with `rows`,
+    only those output rows (axis 1), each computed in full."""
     try:
         import torch
     except ImportError:
-        y = _numpy_conv(np.asarray(x, np.float64), np.asarray(w, np.float64), wl)
+        y = _numpy_conv(np.asarray(x, np.float64), np.asarray(w, np.float64), wl, rows)
     else:
         y = _torch_conv(torch, x, w, wl)
+        y = y if rows is None else y[:, rows]
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     if wl.activation == "relu":
@@ -28,18 +31,19 @@ def conv2d_f64(x: np.ndarray, w: np.ndarray, wl: ConvWorkload, bias: np.ndarray 
     return y
 
 
-def _numpy_conv(x: np.ndarray, w: np.ndarray, wl: ConvWorkload) -> np.ndarray:
+def _numpy_conv(x: np.ndarray, w: np.ndarray, wl: ConvWorkload, rows: np.ndarray | None = None) -> np.ndarray:
     (pt, pb), (pl, pr) = wl.pads
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     n, oh, ow, co = wl.output_shape
     sh, sw = wl.strides
     dh, dw = wl.dilations
-    out = np.zeros((n, oh, ow, co))
+    rows = np.arange(oh) if rows is None else np.asarray(rows)
+    out = np.zeros((n, len(rows), ow, co))
     for i in range(w.shape[0]):
         for j in range(w.shape[1]):
             if not w[i, j].any():
                 continue
-            win = xp[:, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw, :]
+            win = xp[:, i * dh + rows * sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw, :]
             out += win @ w[i, j]
     return out
 

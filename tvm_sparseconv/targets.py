@@ -1,6 +1,7 @@
 """Compilation targets: the one place that turns "this machine" or a user's choice into a TVM Target.
 
-Also names the GPU a tuning log belongs to (`tuning_logs/<gpu_folder>/`).
+Also names the GPU a tuning log belongs to (`tuning_logs/<gpu_folder>/`), and defines the ISA
+families of CPUs whose tuning records travel between CPU models (`isa_family`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ TargetLike = Any  # None, "cpu", "llvm", "cuda", a tag such as "nvidia/nvidia-h1
 @functools.lru_cache(maxsize=None)
 def host_cpu_target() -> Target:
     """LLVM for this CPU: its own instruction set, and as many cores as TVM's thread pool uses."""
+    return cpu_target(codegen.llvm_get_system_cpu())
+
+
+def cpu_target(mcpu: str) -> Target:
+    """LLVM for CPU model `mcpu` with this machine's core count (tuning another model's record
+    on a machine that runs its code, e.g. an AVX2 CPU's on an AVX-512 one)."""
+    if not codegen.llvm_is_valid_cpu(mcpu, str(codegen.llvm_get_system_triple())):
+        raise ValueError(f"LLVM does not know the CPU {mcpu!r} for {codegen.llvm_get_system_triple()}")
     cores = int(os.environ.get("TVM_NUM_THREADS", 0)) or _physical_cores()
-    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+    return Target({"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
 
 
 def _physical_cores() -> int:
@@ -122,3 +131,44 @@ def target_folder_name(target: Target, device_id: int = 0) -> str:
         return gpu_folder_name(tvm.cuda(device_id).device_name)
     mcpu = str(target.attrs.get("mcpu", "generic"))
     return f"cpu-{mcpu}"
+
+
+# --- ISA families: which CPUs may use each other's tuning records --------------------------------
+#: (family, LLVM features every CPU of it has), widest first. A CPU of no family is "generic":
+#: its records are used on its own model only.
+ISA_FAMILIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("x86-avx512", ("avx512f",)),
+    ("x86-avx2", ("avx2", "fma")),
+)
+GENERIC_FAMILY = "generic"
+_AMD_CPUS = ("znver", "bdver", "btver", "barcelona", "amdfam", "athlon", "opteron", "k8")
+
+
+@functools.lru_cache(maxsize=None)
+def isa_family(mcpu: str | None) -> str:
+    """The ISA family of LLVM CPU `mcpu` ("x86-avx512", "x86-avx2"), else "generic".
+
+    Read off LLVM's feature table for the CPU, so a CPU model LLVM knows needs no list here. A CPU
+    this LLVM does not know for this machine's triple (another architecture) is "generic".
+    """
+    if not mcpu or mcpu == "generic":
+        return GENERIC_FAMILY
+    if not codegen.llvm_is_valid_cpu(mcpu, str(codegen.llvm_get_system_triple())):
+        return GENERIC_FAMILY  # also keeps LLVM from logging an "invalid -mcpu" error per query
+    probe = Target({"kind": "llvm", "mcpu": mcpu})
+    for family, features in ISA_FAMILIES:
+        if codegen.llvm_cpu_has_features(list(features), probe):
+            return family
+    return GENERIC_FAMILY
+
+
+def target_isa_family(target: Target) -> str:
+    """`isa_family` of an LLVM target's `-mcpu`; "generic" for other kinds (GPU records never travel)."""
+    if target.kind.name != "llvm" or "mcpu" not in target.attrs:
+        return GENERIC_FAMILY
+    return isa_family(str(target.attrs["mcpu"]))
+
+
+def cpu_vendor(mcpu: str) -> str:
+    """"amd" or "intel" for an x86 LLVM CPU name (only orders candidate records: same vendor first)."""
+    return "amd" if mcpu.startswith(_AMD_CPUS) else "intel"

@@ -44,7 +44,7 @@ from . import reference
 from . import algorithms
 from .rpc import RemoteSite, Tracker, rpc_alloc_argument
 from .schedules import RULE_ANNOTATION, RULES, rules_for
-from .targets import device_for
+from .targets import device_for, target_isa_family
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
 from .tuning_records import META_FILE, entry_workload, read_meta, repair_folder, workload_module
@@ -384,6 +384,8 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
             if isinstance(e, dict):
                 e.setdefault("tvm_version", previous)
     meta.update(tvm_version=tvm.__version__, device_name=device_name or meta.get("device_name", ""), target=target_json)
+    if target.kind.name == "llvm":  # which CPUs may use these records (tuning_records.meta_family)
+        meta["isa_family"] = target_isa_family(target)
     # An entry that does not parse is kept as it is (it may be someone's record to fix by hand).
     entries = [e for e in meta.get("entries", []) if entry_workload(e) != wl]
     entries.append({

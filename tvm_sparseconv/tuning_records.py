@@ -11,6 +11,11 @@ record from being applied on another device or another TVM version. A record tun
 problem with a different ELL width (another kernel of the same layer and similar density) is
 replayed too: the schedules never split the nonzero loop by a sampled factor, so the trace fits.
 
+Records travel within a CPU ISA family (`targets.isa_family`): with no record in this CPU's own
+folder, the folders of other CPUs of its family (same TVM version; same vendor first, then by
+name) are searched, and a record found there is replayed onto this workload and compiled for this
+CPU. `build.py` checks such a schedule against float64 on its first use here.
+
 Damaged logs (a merge conflict, a hand edit, a truncated write) never reach TVM's JSON reader,
 whose errors are raw and fail the whole folder: every line is parsed here first (as JSON, then by
 MetaSchedule's own per-line parsers), a damaged line is skipped with a `TuningLogWarning` naming
@@ -42,7 +47,7 @@ from tvm.target import Target
 
 from ._warnings import warn_user
 from .algorithms import prim_func
-from .targets import target_folder_name
+from .targets import GENERIC_FAMILY, cpu_vendor, isa_family, target_folder_name, target_isa_family
 from .workload import ConvWorkload
 
 META_FILE = "meta.json"
@@ -85,6 +90,12 @@ class TunedSchedule:
     rule: str
     tuned_workload: ConvWorkload
     run_us: float | None
+    family: str | None = None  # the ISA family when the record is another CPU's (not yet checked here)
+
+    @property
+    def travelled(self) -> bool:
+        """True when the record was tuned on another CPU model of this CPU's ISA family."""
+        return self.family is not None
 
 
 def _family(wl: ConvWorkload) -> ConvWorkload:
@@ -312,13 +323,33 @@ def read_meta(folder: Path) -> dict | None:
     return meta
 
 
-def meta_matches(meta: dict, target: Target) -> str | None:
-    """None when the folder's records may be used for `target`; else why not."""
+def meta_family(meta: dict) -> str:
+    """The ISA family of a folder's CPU: from its target's `mcpu` where this LLVM knows the CPU,
+    else the `isa_family` recorded by `tune.py` (meta.json written before it has none)."""
+    rec_target = meta.get("target", {}) if isinstance(meta.get("target"), dict) else {}
+    if rec_target.get("kind") != "llvm":
+        return GENERIC_FAMILY
+    family = isa_family(str(rec_target.get("mcpu", "")))
+    if family == GENERIC_FAMILY:
+        family = str(meta.get("isa_family") or GENERIC_FAMILY)
+    return family
+
+
+def meta_matches(meta: dict, target: Target, same_family: bool = False) -> str | None:
+    """None when the folder's records may be used for `target`; else why not.
+
+    `same_family`: another CPU model of `target`'s ISA family is accepted (its `mcpu` may differ).
+    """
     if meta.get("tvm_version") != tvm.__version__:
         return f"tuned with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}"
     rec_target = meta.get("target", {})
     if rec_target.get("kind") != target.kind.name:
         return f"tuned for target kind {rec_target.get('kind')!r}, not {target.kind.name!r}"
+    if same_family:
+        family = target_isa_family(target)
+        if family == GENERIC_FAMILY or meta_family(meta) != family:
+            return f"tuned for a CPU of family {meta_family(meta)!r}, this target's is {family!r}"
+        return None
     for attr in ("arch", "mcpu"):
         want = str(target.attrs.get(attr, "")) if attr in target.attrs else ""
         have = str(rec_target.get(attr, ""))
@@ -365,9 +396,10 @@ def _pick_entry(entries: list[tuple[dict, ConvWorkload]], wl: ConvWorkload) -> t
     return max(same, key=width)
 
 
-def _folder_meta(folder: Path, target: Target) -> dict | None:
-    """The folder's `meta.json` when its records may be used for `target`; else None, with a
-    warning (once per folder and reason) when the folder has records that cannot be used."""
+def _folder_meta(folder: Path, target: Target, same_family: bool = False) -> dict | None:
+    """The folder's `meta.json` when its records may be used for `target` (`same_family`: also when
+    tuned on another CPU of its ISA family); else None, with a warning (once per folder and reason)
+    when the folder has records that cannot be used."""
     if not folder.is_dir():
         return None
     try:
@@ -381,21 +413,62 @@ def _folder_meta(folder: Path, target: Target) -> dict | None:
                                "target its records are for): its records are not used")
         return None
     why = meta_matches(meta, target)
-    if why is not None:
+    if why is not None and not (same_family and meta_matches(meta, target, same_family=True) is None):
         _warn_once(folder, f"tuning log folder {folder} was {why}: its records are not used")
         return None
     return meta
 
 
+def family_folders(target: Target, root: Path | None = None) -> list[tuple[Path, dict]]:
+    """(folder, meta) of the other CPUs of `target`'s ISA family under `root` whose records may be
+    used here (same TVM version), in the order they are searched: same vendor first, then by name."""
+    family = target_isa_family(target)
+    root = root or logs_root()
+    if family == GENERIC_FAMILY or not root.is_dir():
+        return []
+    own = target_folder_name(target)
+    vendor = cpu_vendor(str(target.attrs.get("mcpu", "")))
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != own):
+        try:
+            meta = read_meta(folder)
+        except (TuningLogError, OSError):
+            continue  # another CPU's damaged folder: its own users are warned
+        if meta is None or meta_matches(meta, target, same_family=True) is not None:
+            continue
+        mcpu = str(meta.get("target", {}).get("mcpu", ""))
+        found.append((cpu_vendor(mcpu) != vendor, folder.name, folder, meta))
+    return [(folder, meta) for *_, folder, meta in sorted(found, key=lambda f: f[:2])]
+
+
 def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = None) -> TunedSchedule | None:
     """A schedule of `wl` replayed from the best matching record for `target`, or None.
 
-    Damaged or misplaced records are skipped with a `TuningLogWarning`, never raised.
+    Without `folder`: this device's folder, else (CPUs) the first folder of another CPU of its ISA
+    family with a record of `wl` (`family_folders`). A record of another CPU (also from a `folder`
+    given) is marked `travelled`. Damaged or misplaced records are skipped with a
+    `TuningLogWarning`, never raised.
     """
-    folder = folder or logs_root() / target_folder_name(target)
-    meta = _folder_meta(folder, target)
-    if meta is None:
-        return None
+    if folder is not None:
+        meta = _folder_meta(folder, target, same_family=True)
+        tuned = _replayed(wl, target, folder, meta) if meta is not None else None
+        if tuned is not None and meta_matches(meta, target) is not None:
+            tuned = replace(tuned, family=target_isa_family(target))
+        return tuned
+    own = logs_root() / target_folder_name(target)
+    meta = _folder_meta(own, target)
+    tuned = _replayed(wl, target, own, meta) if meta is not None else None
+    if tuned is not None:
+        return tuned
+    for other, other_meta in family_folders(target):
+        tuned = _replayed(wl, target, other, other_meta)
+        if tuned is not None:
+            return replace(tuned, family=target_isa_family(target))
+    return None
+
+
+def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:
+    """`wl` scheduled by the folder's record of it (or of its nearest ELL width), or None."""
     picked = _pick_entry(_usable_entries(meta, folder), wl)
     if picked is None:
         return None
