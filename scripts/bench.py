@@ -92,9 +92,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(points)
-    totals = network_times(points, "gpu" if on_gpu else "cpu")
+    kind = "gpu" if on_gpu else "cpu"
+    totals = network_times(points, kind)
     if totals:
-        print("\nwhole networks (count x time per convolution shape):\n" + markdown(totals, "gpu" if on_gpu else "cpu"))
+        print("\nwhole networks (count x time per convolution shape):\n" + markdown(totals, kind))
     print(f"wrote {out}")
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
              or not all(a["correct"] for a in p.get("algorithms", {}).values())]

@@ -140,14 +140,18 @@ _RESNET50_OTHER_LAYERS = [  # the stem, each stage's first reduce and its stride
 assert sum(layer[-1] for layer in _RESNET50_LAYERS + _RESNET50_OTHER_LAYERS) == 53
 
 
+def _resnet50_problem(layer: tuple, batch: int, density: float, suffix: str = "", **kw) -> Problem:
+    """One row of the ResNet-50 tables as a problem (`kw`: sweep, value, count)."""
+    name, hw, cin, cout, k, s, _ = layer
+    return Problem(f"resnet50_{name}_b{batch}{suffix}", (batch, hw, hw, cin), (k, k, cin, cout), density,
+                   strides=s, **kw)
+
+
 def _resnet50(batch: int, kernel: int) -> list[Problem]:
     return [
-        Problem(
-            f"resnet50_{name}_b{batch}", (batch, hw, hw, cin), (k, k, cin, cout), 0.1, strides=s,
-            sweep=f"resnet50_{k}x{k}_b{batch}", value=i,
-        )
-        for i, (name, hw, cin, cout, k, s, _) in enumerate(_RESNET50_LAYERS)
-        if k == kernel
+        _resnet50_problem(layer, batch, 0.1, sweep=f"resnet50_{kernel}x{kernel}_b{batch}", value=i)
+        for i, layer in enumerate(_RESNET50_LAYERS)
+        if layer[4] == kernel
     ]
 
 
@@ -156,11 +160,9 @@ def _resnet50_network(batch: int, sparsity: int) -> list[Problem]:
     At 90% the names (and so the kernels and tuning records) are those of the per-stage sweeps."""
     suffix = "" if sparsity == 90 else f"_s{sparsity}"
     return [
-        Problem(
-            f"resnet50_{name}_b{batch}{suffix}", (batch, hw, hw, cin), (k, k, cin, cout), round(1 - sparsity / 100, 6),
-            strides=s, sweep=network_sweep(batch, sparsity), value=i, count=count,
-        )
-        for i, (name, hw, cin, cout, k, s, count) in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)
+        _resnet50_problem(layer, batch, round(1 - sparsity / 100, 6), suffix,
+                          sweep=network_sweep(batch, sparsity), value=i, count=layer[-1])
+        for i, layer in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)
     ]
 
 
