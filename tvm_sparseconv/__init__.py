@@ -6,7 +6,9 @@
 
 Layout: `algorithms/` (the TE math, one module per algorithm), `schedules/` (templates,
 `tvm_sparseconv.schedules`), `build.py` (algorithm and schedule choice, compile), `module_cache.py`
-(disk cache), `op.py` (the callable), `interop.py` (DLPack).
+(disk cache), `op.py` (the callable), `interop.py` (DLPack), `tf_op/` (the TensorFlow op that runs
+compiled modules in graphs and SavedModels; loaded here when TensorFlow is installed, built on first
+use, skipped with `TVM_SPARSECONV_NO_TF_OP=1`).
 """
 
 from ._source_tree import ensure_schedules_importable
@@ -20,6 +22,12 @@ from .module_cache import CacheWarning  # noqa: E402
 from .op import EmptySparseConv2D, SparseConv2D, compile, conv2d  # noqa: E402
 from .tuning_records import TuningLogWarning  # noqa: E402
 from .workload import ConvWorkload  # noqa: E402
+from . import tf_op  # noqa: E402
+from .tf_op import TFOpWarning  # noqa: E402
+
+# SavedModels holding the op need it registered before `tf.saved_model.load`: importing this
+# package is all a fresh process has to do.
+tf_op.load_on_import()
 
 __all__ = [
     "CacheWarning",
@@ -29,6 +37,7 @@ __all__ = [
     "SparseConv2D",
     "SparseKernel",
     "SparseKernelFormatError",
+    "TFOpWarning",
     "TuningLogWarning",
     "UntunedWarning",
     "compile",

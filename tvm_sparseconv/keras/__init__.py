@@ -11,7 +11,7 @@ for the Keras that `tf.keras` is; `sparsify` uses the one the model was built wi
 """
 
 from ._flavour import active_keras
-from .layer import FUSED_ACTIVATIONS, sparse_conv2d_class
+from .layer import FUSED_ACTIVATIONS, NotExportableError, sparse_conv2d_class
 from .sparsify import LayerDecision, SparsifyReport, sparsify, unsupported_reason
 from .tune import layer_problems, tune_layers
 
@@ -21,6 +21,7 @@ SparseConv2D = sparse_conv2d_class(active_keras())
 __all__ = [
     "FUSED_ACTIVATIONS",
     "LayerDecision",
+    "NotExportableError",
     "SparseConv2D",
     "SparsifyReport",
     "sparse_conv2d_class",

@@ -4,9 +4,20 @@ The layer keeps the Conv2D's weights (`kernel` HWIO and `bias`, non-trainable) s
 between the two layers unchanged and `model.save`/`load_model` need nothing special. The sparse
 form is built from the kernel once, on the first call (again after `set_weights` or a weights
 load), and one compiled op is kept per input shape and device: a new batch or image size compiles
-again, cached. In eager mode the layer calls the op on the tensor directly (DLPack, zero copy);
-inside `tf.function` / `model.predict` it runs through `tf.py_function` with its static output
-shape set, since DLPack needs eager tensors. Inference only: it has no gradient.
+again, cached. In eager mode the layer calls the op on the tensor directly (DLPack, zero copy).
+Inside `tf.function` / `model.predict` / an export it becomes one `TvmSparseConv2D` node
+(`tvm_sparseconv.tf_op`), which holds the compiled module and the packed weights, so the graph runs
+without Python and a SavedModel serves in any process that has imported tvm_sparseconv. Traced
+with an unknown batch, the node holds a batch-1 module and runs it once per image; with a known
+batch, a module for that batch. The image size must be known when the graph is traced.
+
+Fallback: where the op library cannot be built (`tf_op.unavailable_reason()`), or for an input
+whose height or width is unknown at tracing, the layer runs through `tf.py_function` in graphs
+(as before the op existed). Such a graph only works in this Python process, so saving the model as
+a SavedModel (`model.export`, `tf.saved_model.save`) raises `NotExportableError` instead of writing
+an artifact that cannot be served. The weights are constants of a traced graph: after
+`set_weights`, trace again (e.g. `model.make_predict_function(force=True)`).
+Inference only: it has no gradient.
 """
 
 from __future__ import annotations
@@ -21,6 +32,10 @@ import numpy as np
 from ..kernel import SparseKernel
 from ..workload import _pair, output_size
 from ..workloads import Problem
+
+class NotExportableError(RuntimeError):
+    """A model whose SparseConv2D runs through tf.py_function cannot be saved as a SavedModel."""
+
 
 #: Activations the compiled kernel applies itself; any other named Keras activation runs after it.
 FUSED_ACTIVATIONS = ("relu", "relu6")
@@ -91,6 +106,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
             self._tsc_after = (None if self.activation in (None, *FUSED_ACTIVATIONS)
                            else keras.activations.get(self.activation))
             self._tsc_ops: dict = {}
+            self._tsc_py_function_reason: str | None = None  # set when a graph used the fallback
             self._tsc_sparse: SparseKernel | None = None
             self._tsc_lock = threading.Lock()
 
@@ -150,9 +166,58 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
                 raise ValueError(f"layer {self.name!r}: input must be NHWC (rank 4), got shape {inputs.shape}")
             if tf.executing_eagerly():
                 return self._run(inputs)
-            out = tf.py_function(self._run, [inputs], Tout=tf.float32, name=f"{self.name}_tvm")
-            out.set_shape(self.compute_output_shape(inputs.shape))
-            return out
+            return self._graph_call(inputs)
+
+        def _graph_call(self, inputs):
+            """The layer in a graph: the TvmSparseConv2D op, else the tf.py_function fallback."""
+            import tensorflow as tf
+
+            from .. import tf_op
+            from ..op import EmptySparseConv2D
+
+            n, h, w, c = inputs.shape
+            reason = tf_op.unavailable_reason()
+            if reason is None and (h is None or w is None):
+                reason = (f"the input's height and width are unknown when the graph is traced (input shape "
+                          f"{tuple(inputs.shape)}); give the model's Input a fixed image size")
+            if reason is not None:
+                self._tsc_py_function_reason = reason
+                out = tf.py_function(self._run, [inputs], Tout=tf.float32, name=f"{self.name}_tvm")
+                out.set_shape(self.compute_output_shape(inputs.shape))
+                return out
+            # An unknown batch gets a batch-1 module, which the op runs once per image.
+            shape = (1 if n is None else int(n), int(h), int(w), int(c))
+            on_cuda = self.target == "cuda" or (self.target is None and _tf_gpu_for_tvm())
+            with tf.init_scope():  # reads the weights' values: eagerly, outside the graph being traced
+                op = self.compiled(shape, on_cuda)
+            with tf.device("/GPU:0" if on_cuda else "/CPU:0"):
+                if isinstance(op, EmptySparseConv2D):  # no elements to compute: tf.nn.conv2d's output
+                    value = tf.constant(np.ascontiguousarray(op._value.reshape(-1, self.filters)[:1]))
+                    y = tf.broadcast_to(tf.reshape(value, (1, 1, 1, self.filters)),
+                                        tf.stack([tf.shape(inputs)[0], *op.output_shape[1:]]))
+                else:
+                    y = tf_op.sparse_conv2d(inputs, op, name=f"{self.name}_tvm")
+            return y if self._tsc_after is None else self._tsc_after(y)
+
+        def _trackable_children(self, save_type="checkpoint", **kwargs):
+            # Every SavedModel writer (model.export, tf.saved_model.save, tf_keras' SavedModel
+            # format) walks this; refusing here stops it before an unservable artifact is written.
+            if save_type == "savedmodel":
+                self.check_exportable()
+            return super()._trackable_children(save_type, **kwargs)
+
+        def check_exportable(self) -> None:
+            """Raise `NotExportableError` if a graph of this layer needs Python (tf.py_function)."""
+            from .. import tf_op
+
+            reason = tf_op.unavailable_reason() or self._tsc_py_function_reason
+            if reason:
+                raise NotExportableError(
+                    f"cannot save layer {self.name!r} (SparseConv2D) in a SavedModel: in graphs it runs through "
+                    f"tf.py_function, which exists only in this Python process, so the SavedModel could not be "
+                    f"served anywhere else. Why: {reason}. Save the model with model.save('model.keras') "
+                    "instead, or fix the cause (`python -m tvm_sparseconv.tf_op` builds the op and says what "
+                    "is missing)")
 
         def get_config(self):
             config = super().get_config()
@@ -219,3 +284,12 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
     SparseConv2D.__module__ = "tvm_sparseconv.keras"
     SparseConv2D.__qualname__ = "SparseConv2D"
     return SparseConv2D
+
+
+def _tf_gpu_for_tvm() -> bool:
+    """Whether graphs should run the layer on a GPU: TensorFlow has one and TVM sees one."""
+    import tensorflow as tf
+
+    from ..targets import gpu_available
+
+    return bool(tf.config.list_logical_devices("GPU")) and gpu_available()

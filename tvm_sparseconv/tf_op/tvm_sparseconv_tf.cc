@@ -257,7 +257,8 @@ class TvmSparseConv2DOp : public OpKernel {
     char* x_base = const_cast<char*>(x.tensor_data().data());
     char* y_base = const_cast<char*>(y->tensor_data().data());
     // A slice that is not 64-byte aligned goes through an aligned scratch buffer (CPU only).
-    Tensor x_scratch, y_scratch;
+    Tensor x_scratch, y_scratch;  // (a default Tensor counts as initialized: track them here)
+    bool have_x_scratch = false, have_y_scratch = false;
     View xv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
             std::vector<int64_t>(input_shape_.begin(), input_shape_.end()));
     View yv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
@@ -285,9 +286,10 @@ class TvmSparseConv2DOp : public OpKernel {
           status = errors::InvalidArgument("input slice is not 64-byte aligned");
           break;
         }
-        if (!x_scratch.IsInitialized()) {
+        if (!have_x_scratch) {
           status = ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({in_bytes / 4}), &x_scratch);
           if (!status.ok()) break;
+          have_x_scratch = true;
         }
         std::memcpy(const_cast<char*>(x_scratch.tensor_data().data()), xs, in_bytes);
         xs = const_cast<char*>(x_scratch.tensor_data().data());
@@ -298,9 +300,10 @@ class TvmSparseConv2DOp : public OpKernel {
           status = errors::InvalidArgument("output slice is not 64-byte aligned");
           break;
         }
-        if (!y_scratch.IsInitialized()) {
+        if (!have_y_scratch) {
           status = ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({out_bytes / 4}), &y_scratch);
           if (!status.ok()) break;
+          have_y_scratch = true;
         }
       }
       xv.t.data = xs;
