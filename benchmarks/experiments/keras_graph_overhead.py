@@ -1,14 +1,21 @@
 #!/usr/bin/env python
-"""Keras experiment (issue 5): what a SparseConv2D costs inside tf.function beyond its kernel. Not library code.
+"""Keras experiment (issues 5, 14): what a SparseConv2D costs inside tf.function beyond its kernel. Not library code.
 
   python benchmarks/experiments/keras_graph_overhead.py \
-      --out benchmarks/experiments/keras_graph_overhead-cpu-znver4.json
+      --out benchmarks/experiments/keras_graph_overhead-cpu-znver3.json
 
-One pruned 5x5x32x64 layer on a 1x32x32x32 input, untuned. Each setting runs in its own process:
-default threads; TensorFlow's inter-op pool limited to 1 thread; TVM's pool limited to 1 thread
-(TVM_NUM_THREADS=1). Printed: the kernel alone on TVM tensors, the op called eagerly on a
-tf.Tensor, the layer inside tf.function and an identity `tf.py_function`, each of these two less
-the cost of an identity tf.function.
+Two pruned layers (90% zeros), untuned: 5x5x32x64 on a 1x32x32x32 input (the kernel dominates)
+and 3x3x8x8 on 1x8x8x8 (the overhead dominates). Each setting runs in its own process: default
+threads; TensorFlow's inter-op pool limited to 1 thread; TVM's pool limited to 1 thread
+(TVM_NUM_THREADS=1). Medians (microseconds) of: the kernel alone on TVM tensors; the compiled op
+called eagerly on a tf.Tensor (DLPack); the TvmSparseConv2D op called eagerly; the Keras layer
+called eagerly; the layer inside tf.function through the TvmSparseConv2D op and, forced, through
+the tf.py_function fallback; an identity tf.py_function. The three in-graph numbers are less the
+cost of calling an identity tf.function; `*_overhead_us` is that less the kernel. For the small layer
+also 20 copies chained in one tf.function (`chain_*_overhead_us`: per layer, less the kernel), which
+spreads the call's cost and its noise over 20 layers. Issue 14's target: in-graph overhead of the
+op <= 20 us.
+Issue 5's run (py_function only, the larger layer) is `keras_graph_overhead-cpu-znver4.json`.
 """
 
 import argparse
@@ -25,55 +32,118 @@ import numpy as np, tensorflow as tf, keras
 if sys.argv[1] == "tf_interop_1":
     tf.config.threading.set_inter_op_parallelism_threads(1)
 warnings.simplefilter("ignore")
+import tvm, tvm_sparseconv
+from tvm_sparseconv import tf_op
 from tvm_sparseconv.keras import SparseConv2D
+assert tf_op.available(), tf_op.unavailable_reason()
 rng = np.random.default_rng(0)
-conv = keras.layers.Conv2D(64, 5, padding="same")
-x = tf.constant(rng.random((1, 32, 32, 32), dtype=np.float32))
-conv(x)
-w = conv.get_weights()
-w[0][rng.random(w[0].shape) < 0.9] = 0
-conv.set_weights(w)
-layer = SparseConv2D.from_conv2d(conv)
-op = layer.compiled(x.shape)
-def med(f, n=100):
+REPEATS = int(sys.argv[2])
+CHAIN = 20
+
+
+def med(f, n=REPEATS):
     for _ in range(10):
         f()
     ts = []
     for _ in range(n):
         t0 = time.perf_counter(); f(); ts.append(time.perf_counter() - t0)
     return float(np.median(ts) * 1e6)
-import tvm
-xt = tvm.runtime.tensor(x.numpy())
-yt = tvm.runtime.empty(op.output_shape, "float32", tvm.cpu())
-in_graph = tf.function(lambda t: layer(t))
+
+
+def layer_for(name, shape, filters, k):
+    conv = keras.layers.Conv2D(filters, k, padding="same", name=name)
+    x = tf.constant(rng.random(shape, dtype=np.float32))
+    conv(x)
+    w = conv.get_weights()
+    w[0][rng.random(w[0].shape) < 0.9] = 0
+    conv.set_weights(w)
+    return SparseConv2D.from_conv2d(conv), x
+
+
 identity = tf.function(lambda u: tf.identity(u))
 py_identity = tf.function(lambda v: tf.py_function(lambda a: a, [v], Tout=tf.float32))
-base = med(lambda: identity(x))
-print(json.dumps({"kernel_us": med(lambda: op.run(xt, yt)), "eager_op_us": med(lambda: op(x)),
-                  "in_graph_us": med(lambda: in_graph(x)) - base,
-                  "py_function_identity_us": med(lambda: py_identity(x)) - base,
-                  "tf_function_call_us": base}))
+results = {}
+for name, shape, filters, k in (("5x5x32x64 at 1x32x32", (1, 32, 32, 32), 64, 5),
+                                ("3x3x8x8 at 1x8x8", (1, 8, 8, 8), 8, 3)):
+    layer, x = layer_for(name.split()[0].replace("x", "_"), shape, filters, k)
+    op = layer.compiled(x.shape)
+    xt = tvm.runtime.tensor(x.numpy())
+    yt = tvm.runtime.empty(op.output_shape, "float32", tvm.cpu())
+    weights = [tf.constant(w) for w in tf_op._artifacts(op)[1]]
+    data = tf_op.module_bytes(op)
+    lib = tf_op.load()
+    eager_op = lambda: lib.tvm_sparse_conv2d(x, weights, module=data, function="sparse_conv2d",
+                                             input_shape=list(op.input_shape), output_shape=list(op.output_shape))
+    in_graph = tf.function(lambda t: layer(t))
+    in_graph(x)  # traced with the op
+    real = tf_op.unavailable_reason
+    tf_op.unavailable_reason = lambda: "benchmark: forced tf.py_function"
+    py_graph = tf.function(lambda t: layer(t))
+    py_graph(x)  # traced with the fallback
+    tf_op.unavailable_reason = real
+    ops = {o.type for o in py_graph.get_concrete_function(x).graph.get_operations()}
+    assert "EagerPyFunc" in ops, ops
+    base = med(lambda: identity(x))
+    r = {"kernel_us": med(lambda: op.run(xt, yt)), "eager_dlpack_us": med(lambda: op(x)),
+         "eager_op_us": med(eager_op), "eager_layer_us": med(lambda: layer(x)),
+         "in_graph_op_us": med(lambda: in_graph(x)) - base,
+         "in_graph_py_function_us": med(lambda: py_graph(x)) - base,
+         "py_function_identity_us": med(lambda: py_identity(x)) - base,
+         "tf_function_call_us": base}
+    r["in_graph_op_overhead_us"] = r["in_graph_op_us"] - r["kernel_us"]
+    r["in_graph_py_function_overhead_us"] = r["in_graph_py_function_us"] - r["kernel_us"]
+    if shape[-1] == filters:  # chainable: CHAIN layers in one graph, per layer (the call's cost spread out)
+        def chain(t):
+            for _ in range(CHAIN):
+                t = layer(t)
+            return t
+
+        chained = tf.function(chain)
+        chained(x)
+        tf_op.unavailable_reason = lambda: "benchmark: forced tf.py_function"
+        py_chained = tf.function(chain)
+        py_chained(x)
+        tf_op.unavailable_reason = real
+        base = med(lambda: identity(x))
+        r["chain"] = CHAIN
+        r["chain_op_overhead_us"] = (med(lambda: chained(x)) - base) / CHAIN - r["kernel_us"]
+        r["chain_py_function_overhead_us"] = (med(lambda: py_chained(x)) - base) / CHAIN - r["kernel_us"]
+    results[name] = r
+print(json.dumps(results))
 """
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    out = ap.parse_args().out
+    ap.add_argument("--repeats", type=int, default=300, help="timed calls per measurement (default 300)")
+    args = ap.parse_args()
+    out = args.out
     root = Path(__file__).resolve().parents[2]
-    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "settings": {}}
+    import platform
+
+    results = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(), "machine": platform.machine(),
+               "repeats": args.repeats, "settings": {}}
     for name in ("default", "tf_interop_1", "tvm_threads_1"):
         env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
         if name == "tvm_threads_1":
             env["TVM_NUM_THREADS"] = "1"
-        proc = subprocess.run([sys.executable, "-c", CHILD, name], capture_output=True, text=True, env=env)
+        proc = subprocess.run([sys.executable, "-c", CHILD, name, str(args.repeats)], capture_output=True,
+                              text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: child failed:\n{proc.stderr[-3000:]}")
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         results["settings"][name] = res
-        print(
-            f"{name:<14} kernel {res['kernel_us']:.0f} us, eager op {res['eager_op_us']:.0f} us, "
-            f"in graph {res['in_graph_us']:.0f} us, py_function alone {res['py_function_identity_us']:.0f} us "
-            f"(tf.function call {res['tf_function_call_us']:.0f} us, subtracted)"
-        )
+        for layer, r in res.items():
+            print(
+                f"{name:<14} {layer:<22} kernel {r['kernel_us']:.0f} us | eager: DLPack {r['eager_dlpack_us']:.0f}, "
+                f"op {r['eager_op_us']:.0f}, layer {r['eager_layer_us']:.0f} | in graph: op {r['in_graph_op_us']:.0f} "
+                f"(overhead {r['in_graph_op_overhead_us']:.0f}), py_function {r['in_graph_py_function_us']:.0f} "
+                f"(overhead {r['in_graph_py_function_overhead_us']:.0f}) | tf.function call "
+                f"{r['tf_function_call_us']:.0f} us, subtracted"
+                + (f" | chain of {r['chain']}: per-layer overhead op {r['chain_op_overhead_us']:.1f}, "
+                   f"py_function {r['chain_py_function_overhead_us']:.1f}" if "chain" in r else "")
+            )
     out.write_text(json.dumps(results, indent=1) + "\n")
 
 
