@@ -11,11 +11,14 @@ STAMP  := $(VENV)/.installed
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstalls when pyproject.toml or requirements-tfmot.txt changes. CPU TensorFlow here; see README for the GPU build.
-$(STAMP): pyproject.toml requirements-tfmot.txt | $(PY)
+# Reinstalls when pyproject.toml, requirements-tfmot.txt or the TensorFlow op's source changes. CPU
+# TensorFlow here; see README for the GPU build. The last step builds the TensorFlow op library with
+# the system C++ compiler (cached; it says what to install if there is no compiler).
+$(STAMP): pyproject.toml requirements-tfmot.txt tvm_sparseconv/tf_op/tvm_sparseconv_tf.cc | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test,tools]"
 	$(PY) -m pip install -q --no-deps -r requirements-tfmot.txt
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -m tvm_sparseconv.tf_op
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,7 +1,8 @@
 """Shared fixtures and helpers of the tvm_sparseconv test suite.
 
 The environment is set at import time, before TensorFlow or the library is imported:
-the compiled-module disk cache goes to a private temporary folder for this session.
+the compiled-module disk cache goes to a private temporary folder for this session (the TensorFlow
+op library stays in the user's cache, where `make setup` built it).
 Helpers (`reference_conv`, `rel_err`, `random_pruned_kernel`, ...) are plain functions; test
 modules import them with `from conftest import ...`.
 """
@@ -12,6 +13,11 @@ import os
 import shutil
 import tempfile
 
+# The TensorFlow op library stays where `make setup` built it (keyed by its source and TensorFlow,
+# so never stale); only compiled conv modules go to the session's private cache.
+os.environ.setdefault("TVM_SPARSECONV_TF_OP_DIR", os.path.join(
+    os.environ.get("TVM_SPARSECONV_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tvm_sparseconv")),
+    "tf_op"))
 _SESSION_CACHE = tempfile.mkdtemp(prefix="tvm_sparseconv_test_cache_")
 os.environ["TVM_SPARSECONV_CACHE"] = _SESSION_CACHE
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
