@@ -4,12 +4,17 @@
   python scripts/prune_and_sparsify.py                    # scikit-learn's digits, nothing downloaded
   python scripts/prune_and_sparsify.py --epochs 1 --prune-epochs 1 --upsample 2 --json out.json
   python scripts/prune_and_sparsify.py --tune 16       # tune the pruned layers for this CPU first
+  python scripts/prune_and_sparsify.py --export exported/  # also export a SavedModel and serve it
+                                                          # in a fresh process
 
 Steps: train on scikit-learn's 8x8 digits (upsampled so the convolutions have some size); prune
 the Conv2D kernels to 90% zeros with tfmot's `prune_low_magnitude` and fine-tune; `strip_pruning`;
 `tvm_sparseconv.keras.sparsify` swaps each Conv2D that runs faster sparse (timed here, on this
 machine); then accuracy and predictions of the stripped dense model and the sparsified one are
-compared, the sparsified model is saved and loaded back, and whole-model latency is timed.
+compared, the sparsified model is saved and loaded back, and whole-model latency is timed. With
+`--export DIR` the sparsified model is also exported as a SavedModel (`model.export`) and served by
+a new Python process that only imports tensorflow and tvm_sparseconv: its predictions are compared
+too. `--convert-all` converts every pruned layer (sparsify with measure=False) instead of timing.
 
 tfmot needs Keras 2 (`tf_keras`), so this script sets TF_USE_LEGACY_KERAS=1 before TensorFlow is
 imported. Without tfmot installed (`--no-tfmot` forces it) it prunes by magnitude itself, in Keras 3.
@@ -41,6 +46,10 @@ def parse_args(argv=None):
     ap.add_argument("--tune", type=int, default=0, metavar="TRIALS",
                     help="tune each pruned layer for this machine first (TRIALS per layer; default 0: "
                          "no tuning). Records go to tuning_logs/<device>/, or $TVM_SPARSECONV_TUNING_LOGS")
+    ap.add_argument("--export", type=Path, default=None, metavar="DIR",
+                    help="export the sparsified model as a SavedModel to DIR and serve it in a fresh process")
+    ap.add_argument("--convert-all", action="store_true",
+                    help="convert every pruned layer instead of keeping the faster of dense and sparse")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
@@ -81,7 +90,7 @@ def main(argv=None) -> int:
         tune_layers(pruned, trials=args.tune, batch_size=args.batch)
 
     print("\nsparsify (dense and sparse timed per layer on this machine):")
-    fast, report = sparsify(pruned, batch_size=args.batch)
+    fast, report = sparsify(pruned, batch_size=args.batch, measure=not args.convert_all)
     sparse_acc = accuracy(fast, x_test, y_test)
     ref = pruned.predict(x_test, verbose=0).astype(np.float64)
     got = fast.predict(x_test, verbose=0)
@@ -92,6 +101,12 @@ def main(argv=None) -> int:
         fast.save(path)
         loaded = keras.models.load_model(path)
         reload_rel = float(np.abs(loaded.predict(x_test, verbose=0) - got).max() / np.abs(got).max())
+
+    served = None
+    if args.export:
+        served = export_and_serve(fast, args.export, x_test, got)
+        print(f"SavedModel {args.export}: served in a fresh process, {served['tvm_ops']} TvmSparseConv2D op(s), "
+              f"max relative difference {served['max_relative_difference']:.1e}")
 
     batch = x_test[: args.batch]
     t_dense, t_sparse = (median_ms(tf.function(m), batch) for m in (pruned, fast))
@@ -109,9 +124,47 @@ def main(argv=None) -> int:
                                                               "sparsified": sparse_acc},
             "zeros": zeros, "max_relative_difference": rel, "after_save_load": reload_rel,
             "model_ms": {"dense": t_dense, "sparsified": t_sparse, "batch": args.batch},
-            "layers": report.to_dicts(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "layers": report.to_dicts(), "served": served, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, indent=1, default=str) + "\n")
     return 0
+
+
+SERVE = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tvm_sparseconv  # loads the op library: all a fresh process needs
+loaded = tf.saved_model.load(sys.argv[1])
+x = np.load(sys.argv[2])
+np.save(sys.argv[3], loaded.serve(tf.constant(x)).numpy())
+graph = loaded.serve.get_concrete_function(tf.TensorSpec([None, *x.shape[1:]], tf.float32)).graph.as_graph_def()
+ops = [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+print(json.dumps({"tvm_ops": ops.count("TvmSparseConv2D"),
+                  "py_function_ops": sum(o in ("EagerPyFunc", "PyFunc", "PyFuncStateless") for o in ops)}))
+"""
+
+
+def export_and_serve(model, export_dir: Path, x, expected) -> dict:
+    """`model.export(export_dir)`, then a new Python process loads and calls it on `x`."""
+    import subprocess
+
+    import numpy as np
+
+    model.export(str(export_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        out = Path(tmp) / "y.npy"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                             os.environ.get("PYTHONPATH", "")])}
+        env.pop("TF_USE_LEGACY_KERAS", None)  # the server needs no Keras at all
+        proc = subprocess.run([sys.executable, "-c", SERVE, str(export_dir), str(Path(tmp) / "x.npy"), str(out)],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"serving the SavedModel in a fresh process failed:\n{proc.stderr[-4000:]}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        y = np.load(out)
+    result["max_relative_difference"] = float(np.abs(y - expected).max() / np.abs(expected).max())
+    return result
 
 
 def load_digits(upsample: int, seed: int):

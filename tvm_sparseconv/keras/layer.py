@@ -105,7 +105,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
             self.use_bias = bool(use_bias)
             self._tsc_after = (None if self.activation in (None, *FUSED_ACTIVATIONS)
                            else keras.activations.get(self.activation))
-            self._tsc_ops: dict = {}
+            self._tsc_compiled = _CompiledOps()
             self._tsc_py_function_reason: str | None = None  # set when a graph used the fallback
             self._tsc_sparse: SparseKernel | None = None
             self._tsc_lock = threading.Lock()
@@ -237,6 +237,11 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
 
         # --- running ------------------------------------------------------------------------------
         @property
+        def _tsc_ops(self) -> dict:
+            """The compiled ops, per (input shape, target)."""
+            return self._tsc_compiled.ops
+
+        @property
         def sparse_kernel(self) -> SparseKernel:
             """The kernel in tvm_sparseconv's sparse format (converted once)."""
             with self._tsc_lock:
@@ -279,11 +284,19 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
         def _forget(self) -> None:
             with self._tsc_lock:
                 self._tsc_sparse = None
-                self._tsc_ops = {}
+                self._tsc_compiled = _CompiledOps()
 
     SparseConv2D.__module__ = "tvm_sparseconv.keras"
     SparseConv2D.__qualname__ = "SparseConv2D"
     return SparseConv2D
+
+
+class _CompiledOps:
+    """A layer's compiled ops. Not a dict attribute: tf_keras would track a dict as checkpointable
+    state and then refuse to save it as a SavedModel (it changes outside Keras' wrapper)."""
+
+    def __init__(self) -> None:
+        self.ops: dict = {}
 
 
 def _tf_gpu_for_tvm() -> bool:
