@@ -4,16 +4,18 @@
   python benchmarks/experiments/keras_graph_overhead.py \
       --out benchmarks/experiments/keras_graph_overhead-cpu-znver3.json
 
-Two pruned layers (90% zeros), untuned: 5x5x32x64 on a 1x32x32x32 input (the kernel dominates)
-and 3x3x8x8 on 1x8x8x8 (the overhead dominates). Each setting runs in its own process: default
+Three pruned layers (90% zeros), untuned: 5x5x32x64 and 5x5x32x32 on a 1x32x32x32 input (the
+kernel dominates) and 3x3x8x8 on 1x8x8x8 (the overhead dominates). Each setting runs in its own process: default
 threads; TensorFlow's inter-op pool limited to 1 thread; TVM's pool limited to 1 thread
 (TVM_NUM_THREADS=1). Medians (microseconds) of: the kernel alone on TVM tensors; the compiled op
 called eagerly on a tf.Tensor (DLPack); the TvmSparseConv2D op called eagerly; the Keras layer
 called eagerly; the layer inside tf.function through the TvmSparseConv2D op and, forced, through
 the tf.py_function fallback; an identity tf.py_function. The three in-graph numbers are less the
-cost of calling an identity tf.function; `*_overhead_us` is that less the kernel. For the small layer
-also 20 copies chained in one tf.function (`chain_*_overhead_us`: per layer, less the kernel), which
-spreads the call's cost and its noise over 20 layers. Issue 14's target: in-graph overhead of the
+cost of calling an identity tf.function; `*_overhead_us` is that less the kernel. For the layers
+with as many outputs as inputs also 20 copies chained in one tf.function (`chain_*_overhead_us`:
+per layer, less the kernel), which spreads the call's cost and its noise over 20 layers (a
+tf.function call hands the work to one of TensorFlow's threads, which an identity function does
+not pay, so the single-layer numbers overstate the per-layer cost). Issue 14's target: in-graph overhead of the
 op <= 20 us.
 Issue 5's run (py_function only, the larger layer) is `keras_graph_overhead-cpu-znver4.json`.
 """
@@ -64,6 +66,7 @@ identity = tf.function(lambda u: tf.identity(u))
 py_identity = tf.function(lambda v: tf.py_function(lambda a: a, [v], Tout=tf.float32))
 results = {}
 for name, shape, filters, k in (("5x5x32x64 at 1x32x32", (1, 32, 32, 32), 64, 5),
+                                ("5x5x32x32 at 1x32x32", (1, 32, 32, 32), 32, 5),
                                 ("3x3x8x8 at 1x8x8", (1, 8, 8, 8), 8, 3)):
     layer, x = layer_for(name.split()[0].replace("x", "_"), shape, filters, k)
     op = layer.compiled(x.shape)

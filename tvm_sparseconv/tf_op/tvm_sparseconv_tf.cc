@@ -204,6 +204,11 @@ class TvmSparseConv2DOp : public OpKernel {
     OP_REQUIRES_OK(ctx, LoadModule(bytes, function, &module_));
   }
 
+  // Run inline on the executor's thread rather than handing off to the inter-op pool: the kernel
+  // already spreads over every core with TVM's own thread pool, and the hand-off (waking a parked
+  // thread, then the caller) costs more than a small layer's kernel.
+  bool IsExpensive() override { return false; }
+
   void Compute(OpKernelContext* ctx) override {
     const Tensor& x = ctx->input(0);
     const int64_t batch = input_shape_[0];
