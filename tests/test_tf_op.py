@@ -125,6 +125,33 @@ def test_op_library_is_built_and_loaded():
     assert tf_op.library_path().exists()
 
 
+def test_import_registers_the_op_before_or_after_tensorflow():
+    """`import tvm_sparseconv` alone does not import TensorFlow; it registers the op when it is."""
+    code = textwrap.dedent("""
+        import sys
+        import tvm_sparseconv
+        assert "tensorflow" not in sys.modules, "importing tvm_sparseconv imported TensorFlow"
+        import tensorflow
+        from tensorflow.python.framework import op_def_registry
+        assert op_def_registry.get("TvmSparseConv2D") is not None, "op not registered after import tensorflow"
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_gpu_kernel_compiles_against_these_headers():
+    """The GPU kernel is built only against a CUDA TensorFlow, which no project machine has; this at
+    least keeps its source compiling (syntax and types, with TensorFlow's stream headers)."""
+    from tvm_sparseconv.tf_op import builder as op_build
+
+    cmd = [op_build.find_compiler(), "-fsyntax-only", *op_build.compile_flags(), "-DTSC_TF_OP_GPU",
+           '-DTSC_TVM_RUNTIME_CUDA="libtvm_runtime_cuda.so"', str(op_build.SOURCE)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @pytest.mark.parametrize("case", [
     dict(shape=(1, 13, 11, 5), k=(3, 3, 5, 7), strides=1, padding="SAME", activation="relu", bias=True, batch=4),
     dict(shape=(2, 9, 12, 3), k=(5, 3, 3, 6), strides=2, padding="VALID", activation="relu6", bias=True, batch=6),

@@ -7,8 +7,8 @@
 Layout: `algorithms/` (the TE math, one module per algorithm), `schedules/` (templates,
 `tvm_sparseconv.schedules`), `build.py` (algorithm and schedule choice, compile), `module_cache.py`
 (disk cache), `op.py` (the callable), `interop.py` (DLPack), `tf_op/` (the TensorFlow op that runs
-compiled modules in graphs and SavedModels; loaded here when TensorFlow is installed, built on first
-use, skipped with `TVM_SPARSECONV_NO_TF_OP=1`).
+compiled modules in graphs and SavedModels; registered with TensorFlow here, or when TensorFlow is
+imported later; built on first use; skipped with `TVM_SPARSECONV_NO_TF_OP=1`).
 """
 
 from ._source_tree import ensure_schedules_importable

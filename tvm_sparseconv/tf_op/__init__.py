@@ -6,10 +6,11 @@
 `TvmSparseConv2D` (C++, `tvm_sparseconv_tf.cc`) carries the compiled shared library as an
 attribute and its weights as graph constants, so graphs, `tf.function`, `model.predict` and
 SavedModels hold everything they need: a fresh process only has to `import tvm_sparseconv` (which
-loads this op library when TensorFlow is installed) before `tf.saved_model.load`.
+registers this op with TensorFlow, at once or when TensorFlow is imported) before
+`tf.saved_model.load`.
 
 The library is built on first use with the system C++ compiler against the installed TensorFlow
-(`build.py`; `make setup` does it), cached, and loaded with `tf.load_op_library`. If it cannot be
+(`builder.py`; `make setup` does it), cached, and loaded with `tf.load_op_library`. If it cannot be
 built, `available()` is False, `unavailable_reason()` says why, and the Keras layer falls back to
 `tf.py_function` (which a SavedModel cannot hold: exporting such a model is refused).
 
@@ -20,7 +21,10 @@ batch gets a batch-1 module and so serves every batch (see `SparseConv2D` in `ke
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -29,7 +33,7 @@ from types import ModuleType
 import numpy as np
 
 from .._warnings import warn_user
-from .build import OpLibraryError, build, library_path  # noqa: F401 - public API
+from .builder import OpLibraryError, build, library_path  # noqa: F401 - public API
 
 OP_NAME = "TvmSparseConv2D"
 #: Setting this (to anything) keeps `import tvm_sparseconv` from loading the op library.
@@ -87,17 +91,46 @@ def unavailable_reason() -> str | None:
 
 
 def load_on_import() -> None:
-    """What `import tvm_sparseconv` does: load the op library where TensorFlow is installed, so that
-    SavedModels holding the op load; a failure is a `TFOpWarning`, not an error."""
-    import importlib.util
-
-    if os.environ.get(NO_LOAD_ENV) or importlib.util.find_spec("tensorflow") is None:
+    """What `import tvm_sparseconv` does: register the op with TensorFlow, so that SavedModels holding
+    it load: at once if TensorFlow is imported, else right after TensorFlow's own import (processes
+    that never import TensorFlow, such as tuning workers, do not pay for it). A failure is a
+    `TFOpWarning`, not an error."""
+    if os.environ.get(NO_LOAD_ENV):
         return
+    if "tensorflow" in sys.modules:
+        _load_or_warn()
+    elif not any(isinstance(f, _AfterTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTensorFlowImport())
+
+
+def _load_or_warn() -> None:
     try:
         load()
     except OpLibraryError as e:
         warn_user(f"{e}\ntvm_sparseconv's Keras layer falls back to tf.py_function in graphs, and models "
                   "using it cannot be exported as SavedModels", TFOpWarning)
+
+
+class _AfterTensorFlowImport(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: finds `tensorflow` with the other finders, and loads the op library
+    once TensorFlow's module has run."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _load_or_warn()
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 # --- calling the op ---------------------------------------------------------------------------

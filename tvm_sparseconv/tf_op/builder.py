@@ -79,22 +79,33 @@ def _compiler_version(cxx: str) -> str:
         return "unknown"
 
 
+def gpu_defines(gpu: bool) -> list[str]:
+    """The defines that compile the GPU kernel in (and load TVM's CUDA runtime by path for it)."""
+    if not gpu:
+        return []
+    cuda = _tvm_libraries()["runtime_cuda"]
+    return ["-DTSC_TF_OP_GPU"] + ([f'-DTSC_TVM_RUNTIME_CUDA="{cuda}"'] if cuda.exists() else [])
+
+
+def compile_flags() -> list[str]:
+    """TensorFlow's compile flags and tvm-ffi's headers (no defines)."""
+    import tensorflow as tf
+
+    return ["-fPIC", "-w", *tf.sysconfig.get_compile_flags(), f"-I{_tvm_libraries()['ffi_include']}"]
+
+
 def build_command(output: Path) -> tuple[list[str], dict]:
-    """(the compiler command that writes `output`, what identifies the build)."""
+    """(the compiler command that writes `output`, what identifies the build). The GPU kernel is
+    compiled in when TensorFlow is built with CUDA."""
     import tensorflow as tf
 
     cxx = find_compiler()
     libs = _tvm_libraries()
-    gpu = bool(tf.test.is_built_with_cuda())
-    defines = []
-    if gpu:  # the GPU kernel, and TVM's CUDA runtime loaded by path when it first runs
-        defines += ["-DTSC_TF_OP_GPU"]
-        if libs["runtime_cuda"].exists():
-            defines += [f'-DTSC_TVM_RUNTIME_CUDA="{libs["runtime_cuda"]}"']
-    cflags = list(tf.sysconfig.get_compile_flags())
+    defines = gpu_defines(bool(tf.test.is_built_with_cuda()))
+    cflags = compile_flags()
     lflags = list(tf.sysconfig.get_link_flags())
     rpath = f"-Wl,-rpath,{libs['ffi_lib'].parent}:{libs['runtime'].parent}"
-    cmd = [cxx, "-O2", "-shared", "-fPIC", "-w", *cflags, f"-I{libs['ffi_include']}", *defines,
+    cmd = [cxx, "-O2", "-shared", *cflags, *defines,
            str(SOURCE), "-o", str(output), *lflags,
            # libtvm_runtime is linked although nothing calls it directly: loading it registers
            # the CPU thread pool and workspace functions that compiled modules call.
