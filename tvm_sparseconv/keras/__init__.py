@@ -4,6 +4,7 @@
     tune_layers(pruned_model, trials=64)            # optional: tune each pruned layer for this device
     fast_model, report = sparsify(pruned_model)     # pruned Conv2D -> SparseConv2D where faster
     fast_model.save("fast.keras"); keras.models.load_model("fast.keras")   # after this import
+    fast_model.export("served/")     # a SavedModel: tf.saved_model.load it anywhere after `import tvm_sparseconv`
 
 Works with Keras 3 (TensorFlow's default `tf.keras`) and with Keras 2 (`tf_keras`, which
 tensorflow-model-optimization uses, with `TF_USE_LEGACY_KERAS=1`): `SparseConv2D` here is the layer

@@ -33,6 +33,7 @@ from ..kernel import SparseKernel
 from ..workload import _pair, output_size
 from ..workloads import Problem
 
+
 class NotExportableError(RuntimeError):
     """A model whose SparseConv2D runs through tf.py_function cannot be saved as a SavedModel."""
 
