@@ -141,6 +141,18 @@ def test_import_registers_the_op_before_or_after_tensorflow():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+def test_missing_compiler_says_what_to_install(monkeypatch, tmp_path):
+    from tvm_sparseconv.tf_op import builder as op_build
+
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    with pytest.raises(tf_op.OpLibraryError, match=r"no C\+\+ compiler found.*apt-get install g\+\+"):
+        op_build.find_compiler()
+    monkeypatch.delenv("CXX")
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to find
+    with pytest.raises(tf_op.OpLibraryError, match="c\\+\\+, g\\+\\+, clang\\+\\+"):
+        op_build.find_compiler()
+
+
 def test_gpu_kernel_compiles_against_these_headers():
     """The GPU kernel is built only against a CUDA TensorFlow, which no project machine has; this at
     least keeps its source compiling (syntax and types, with TensorFlow's stream headers)."""
