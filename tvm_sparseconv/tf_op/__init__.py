@@ -177,7 +177,14 @@ def sparse_conv2d(x, compiled, name: str | None = None):
     if isinstance(compiled, EmptySparseConv2D):
         raise ValueError("an empty workload has no module; compute its output without the op")
     data, weights = _artifacts(compiled)
-    return lib.tvm_sparse_conv2d(x, [tf.constant(w) for w in weights], module=data, function=_function_name(),
+    if tf.executing_eagerly():  # eager tensors of the weights, made once (a graph gets its own constants)
+        eager = getattr(compiled, "_tf_op_eager_weights", None)
+        if eager is None:
+            compiled._tf_op_eager_weights = eager = [tf.constant(w) for w in weights]
+        tensors = eager
+    else:
+        tensors = [tf.constant(w) for w in weights]
+    return lib.tvm_sparse_conv2d(x, tensors, module=data, function=_function_name(),
                                  input_shape=list(compiled.input_shape),
                                  output_shape=list(compiled.output_shape), name=name)
 
