@@ -25,7 +25,7 @@ import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.tuning import design_space, enough_trials, problem_arguments, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
-from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
+from tvm_sparseconv.workloads import HEADLINE, NETWORKS, RESNET50, TINY
 
 from conftest import run_poisoned, reference_conv, rel_err
 
@@ -97,9 +97,14 @@ def test_committed_logs_read_cleanly(folder):
     assert tuning_records.repair_folder(path) == []  # nothing to repair: the files are untouched
 
 
+# a strided 1x1 (nhwc-direct stages its strided view)
+_PROJECTION_B32 = next(p for p in NETWORKS["resnet50_network_s90_b32"] if "proj_s2" in p.name)
+
+
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])
 @pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1],
-                                     RESNET50["resnet50_1x1_b32"][-2], RESNET50["resnet50_1x1_b1"][-3]],
+                                     RESNET50["resnet50_1x1_b32"][-2], RESNET50["resnet50_1x1_b1"][-3],
+                                     _PROJECTION_B32],
                          ids=lambda p: p.name)
 def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
     target = targets.cuda_target_for_arch("sm_90")
