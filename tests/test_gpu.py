@@ -30,6 +30,7 @@ CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bia
     ((1, 8, 8, 4), (3, 3, 4, 4), 0.0, 1, "SAME", 1, True, "relu"),  # all-zero kernel
     ((4, 7, 7, 300), (3, 3, 300, 20), 0.05, 1, "SAME", 1, False, None),  # batch, several chunks, partial chunk
     ((2, 14, 14, 96), (1, 1, 96, 40), 0.1, 2, "SAME", 1, True, None),  # strided 1x1
+    ((2, 15, 13, 20), (1, 1, 20, 12), 0.3, (3, 2), [(1, 2), (2, 1)], 1, True, "relu"),  # padded strided 1x1
     ((1, 9, 30, 6), (3, 5, 6, 12), 0.3, (1, 3), "SAME", (2, 1), False, "relu"),
 ]
 
@@ -76,6 +77,7 @@ def test_untuned_cuda_templates_match_reference(rule, case):
 FUZZ_CASES = [  # shapes where a thread's share of a tile's pixels can be split many ways
     ((2, 14, 14, 64), (1, 1, 64, 48), 0.1, 1, "SAME", 1),
     ((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1),
+    ((4, 14, 14, 48), (1, 1, 48, 32), 0.2, 2, "VALID", 1),  # nhwc-direct's strided view
 ]
 FUZZ_SEEDS = 8
 
