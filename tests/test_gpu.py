@@ -7,6 +7,8 @@ the producer's stream.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tvm
@@ -138,6 +140,22 @@ def test_tuned_records_match_reference(entry):
     assert tuned is not None, f"record of {problem_name} does not apply to its workload"
     y = _run_schedule(tuned.schedule, target, wl, arrays)
     assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl)) <= TOL
+
+
+@pytest.mark.parametrize("entry", _committed_entries()[::7] or ["<no records for this GPU>"])
+def test_tuned_records_serve_layers_with_bias_and_relu(entry):
+    """A record tuned without an epilogue, replayed onto its layer with a bias and ReLU (the
+    epilogue inlined after the replay), is still right (every 7th record: each rule and algorithm)."""
+    if entry.startswith("<"):
+        pytest.skip("no committed tuning records for this GPU")
+    problem_name, algorithm = entry.split(":")
+    problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
+    problem = dataclasses.replace(problem, has_bias=True, activation="relu")
+    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000), algorithm=algorithm)
+    tuned = tuning_records.find_tuned_schedule(wl, targets.cuda_target())
+    assert tuned is not None and not tuned.tuned_workload.has_bias, f"{problem_name}: no record served it"
+    y = _run_schedule(tuned.schedule, targets.cuda_target(), wl, arrays)
+    assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl, arrays[-1])) <= TOL
 
 
 def test_zero_copy_from_and_to_torch_cuda():
