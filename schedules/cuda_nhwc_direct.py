@@ -50,6 +50,17 @@ def default_tile(n: int, oh: int, ow: int, dims: dict, target_px: int = 128) -> 
     return tn, th, tw
 
 
+def max_tile(n: int, oh: int, ow: int, dims: dict) -> tuple[int, int, int]:
+    """The largest tile (images, rows, columns) tuning may draw: divisors of the map (up to 8 images,
+    16 rows, 64 columns) shrunk, largest first, until its input halo fits in shared memory."""
+    divisors = lambda x: [d for d in range(1, x + 1) if x % d == 0]  # noqa: E731
+    tile = [max(d for d in divisors(e) if d <= lim) for e, lim in zip((n, oh, ow), (8, 16, 64))]
+    while _halo_bytes(tuple(tile), dims) > _SHARED_BYTES and max(tile) > 1:
+        i = max(range(3), key=lambda j: tile[j])
+        tile[i] = max(d for d in divisors((n, oh, ow)[i]) if d < tile[i])
+    return tuple(tile)
+
+
 class CUDANhwcDirect(SparseConvRule):
     """Flattened pixel tiles across threads, output channels in registers, input chunks in shared memory."""
 
@@ -64,11 +75,18 @@ class CUDANhwcDirect(SparseConvRule):
             return None
         dims = _dims(sch, blocks)
 
+        block_parts = []
         if tunable:
-            # Each image/row/column loop splits into (block, thread, register) factors.
-            tile_n = sch.sample_perfect_tile(b, n=3, max_innermost_factor=8)
-            tile_h = sch.sample_perfect_tile(oh, n=3, max_innermost_factor=16)
-            tile_w = sch.sample_perfect_tile(ow, n=3, max_innermost_factor=64)
+            # Each image/row/column loop splits into (block, thread, register) factors, within a
+            # largest tile whose input fits in shared memory: drawn from whole maps, nearly every
+            # tile of a batch-32 layer overflowed it and was rejected after building.
+            cap = max_tile(n_b, n_oh, n_ow, dims)
+            splits = []
+            for loop, extent, limit, inner in zip((b, oh, ow), (n_b, n_oh, n_ow), cap, (8, 16, 64)):
+                outer, loop = sch.split(loop, factors=[extent // limit, limit])
+                block_parts.append(outer)
+                splits.append((loop, sch.sample_perfect_tile(loop, n=3, max_innermost_factor=inner)))
+            (b, tile_n), (oh, tile_h), (ow, tile_w) = splits
             co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
             unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
         else:
@@ -89,8 +107,8 @@ class CUDANhwcDirect(SparseConvRule):
         ow_o, ow_t, ow_r = sch.split(ow, factors=tile_w)
         co_o, co_t, co_i = sch.split(co, factors=co_split)
         k_o, k_v = sch.split(k, factors=[None, VEC])
-        sch.reorder(b_o, oh_o, ow_o, co_o, co_t, b_t, oh_t, ow_t, c, k_o, k_v, b_r, oh_r, ow_r, co_i)
-        block_loop = sch.fuse(b_o, oh_o, ow_o, co_o)
+        sch.reorder(*block_parts, b_o, oh_o, ow_o, co_o, co_t, b_t, oh_t, ow_t, c, k_o, k_v, b_r, oh_r, ow_r, co_i)
+        block_loop = sch.fuse(*block_parts, b_o, oh_o, ow_o, co_o)
         px_t = sch.fuse(b_t, oh_t, ow_t)
         sch.bind(block_loop, "blockIdx.x")
         sch.bind(co_t, "threadIdx.y")

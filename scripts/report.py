@@ -195,6 +195,32 @@ def demo_markdown(path: Path, d: dict) -> str:
             f"{sec['compile']:.1f} s once, not in the times.\n")
 
 
+def pruned_model_markdown(path: Path, d: dict) -> tuple[str, str]:
+    """(README summary, RESULTS.md section with the per-layer table) of a `pruned_resnet50.py` run."""
+    ms_, conv = d["model_ms"], d["conv_ms"]
+    head = (f"### A whole pruned ResNet-50 in TensorFlow on {d['cpu']} ({d['cores']} cores), "
+            f"`benchmarks/results/{path.name}`\n\n"
+            f"`{d['model']}` at {'x'.join(map(str, d['input_shape']))}, every Conv2D pruned to "
+            f"{d['sparsity']:.0%} zeros, {d['date']} (`{d['command']}`): dense {ms_['dense']:.1f} ms, "
+            f"sparsified {ms_['sparsified']:.1f} ms (**{ms_['dense'] / ms_['sparsified']:.2f}x**, whole model "
+            f"in `tf.function`, median of {ms_['repeats']}); {d['sparse_layers']} of {d['conv_layers']} "
+            f"convolutions run sparse (`sparsify` timed each; the convolutions alone {conv['dense']:.1f} -> "
+            f"{conv['chosen']:.1f} ms); predictions within {d['max_relative_difference']:.1e} of the dense "
+            f"pruned model.\n")
+    def ms(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    rows = ["| layer | kernel | input | dense ms | sparse ms | speed-up | tuned | chosen |",
+            "|---|---|---|---|---|---|---|---|"]
+    for lay in d["layers"]:
+        speedup = "-" if lay["speedup"] is None else f"{lay['speedup']:.2f}x"
+        tuned = "-" if lay["tuned"] is None else ("yes" if lay["tuned"] else "no")
+        shape_in = "x".join("?" if v is None else str(v) for v in lay["input_shape"] or ())
+        rows.append(f"| {lay['name']} | {'x'.join(map(str, lay['kernel_shape']))} | {shape_in} | "
+                    f"{ms(lay['dense_ms'])} | {ms(lay['sparse_ms'])} | {speedup} | {tuned} | {lay['chosen']} |")
+    return head, head.replace("### ", "## ", 1) + "\n" + "\n".join(rows) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -205,6 +231,11 @@ def main(argv=None) -> int:
         res = json.loads(path.read_text())
         if res.get("script") == "scripts/demo.py":
             summaries.append(demo_markdown(path, res))
+            continue
+        if res.get("script") == "scripts/pruned_resnet50.py":
+            summary, full = pruned_model_markdown(path, res)
+            summaries.append(summary)
+            fulls.append(full)
             continue
         if "points" not in res:
             continue

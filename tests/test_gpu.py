@@ -7,6 +7,8 @@ the producer's stream.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tvm
@@ -30,6 +32,7 @@ CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bia
     ((1, 8, 8, 4), (3, 3, 4, 4), 0.0, 1, "SAME", 1, True, "relu"),  # all-zero kernel
     ((4, 7, 7, 300), (3, 3, 300, 20), 0.05, 1, "SAME", 1, False, None),  # batch, several chunks, partial chunk
     ((2, 14, 14, 96), (1, 1, 96, 40), 0.1, 2, "SAME", 1, True, None),  # strided 1x1
+    ((2, 15, 13, 20), (1, 1, 20, 12), 0.3, (3, 2), [(1, 2), (2, 1)], 1, True, "relu"),  # padded strided 1x1
     ((1, 9, 30, 6), (3, 5, 6, 12), 0.3, (1, 3), "SAME", (2, 1), False, "relu"),
 ]
 
@@ -76,6 +79,7 @@ def test_untuned_cuda_templates_match_reference(rule, case):
 FUZZ_CASES = [  # shapes where a thread's share of a tile's pixels can be split many ways
     ((2, 14, 14, 64), (1, 1, 64, 48), 0.1, 1, "SAME", 1),
     ((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1),
+    ((4, 14, 14, 48), (1, 1, 48, 32), 0.2, 2, "VALID", 1),  # nhwc-direct's strided view
 ]
 FUZZ_SEEDS = 8
 
@@ -136,6 +140,22 @@ def test_tuned_records_match_reference(entry):
     assert tuned is not None, f"record of {problem_name} does not apply to its workload"
     y = _run_schedule(tuned.schedule, target, wl, arrays)
     assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl)) <= TOL
+
+
+@pytest.mark.parametrize("entry", _committed_entries()[::7] or ["<no records for this GPU>"])
+def test_tuned_records_serve_layers_with_bias_and_relu(entry):
+    """A record tuned without an epilogue, replayed onto its layer with a bias and ReLU (the
+    epilogue inlined after the replay), is still right (every 7th record: each rule and algorithm)."""
+    if entry.startswith("<"):
+        pytest.skip("no committed tuning records for this GPU")
+    problem_name, algorithm = entry.split(":")
+    problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
+    problem = dataclasses.replace(problem, has_bias=True, activation="relu")
+    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000), algorithm=algorithm)
+    tuned = tuning_records.find_tuned_schedule(wl, targets.cuda_target())
+    assert tuned is not None and not tuned.tuned_workload.has_bias, f"{problem_name}: no record served it"
+    y = _run_schedule(tuned.schedule, targets.cuda_target(), wl, arrays)
+    assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl, arrays[-1])) <= TOL
 
 
 def test_zero_copy_from_and_to_torch_cuda():

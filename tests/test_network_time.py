@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tvm_sparseconv.network_time import markdown, network_times
-from tvm_sparseconv.workloads import NETWORKS, network_sweep
+from tvm_sparseconv.workloads import NETWORKS, TINY, network_sweep, workload_set
 
 
 def _points(network: str, sparse: float, fp32: float, tf32: float, correct: bool = True) -> list[dict]:
@@ -44,3 +44,11 @@ def test_a_wrong_sparse_result_counts_as_dense_and_a_missing_shape_is_reported()
 
 def test_no_network_points_no_totals():
     assert network_times([{"sweep": "headline", "problem": "headline", "seconds": {"sparse": 1.0}}], "gpu") == []
+
+
+def test_workload_sets_take_single_problems_by_name():
+    proj = "resnet50_conv3_1x1_proj_s2_b32"
+    picked = workload_set(f"{proj},tiny")
+    assert [p.name for p in picked] == [proj, *(p.name for p in TINY)] and picked[0].strides == 2
+    with pytest.raises(KeyError, match="unknown workload set or problem 'nope'"):
+        workload_set("tiny,nope")

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +26,26 @@ import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.tuning import design_space, enough_trials, problem_arguments, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
-from tvm_sparseconv.workloads import HEADLINE, RESNET50, TINY
+from tvm_sparseconv.workloads import HEADLINE, NETWORKS, RESNET50, TINY
 
 from conftest import run_poisoned, reference_conv, rel_err
 
 LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
 
 
-def _cuda_entries():
+def _cuda_entries_with_rule():
+    """(folder, problem, workload, arch, rule) of every committed CUDA record."""
     out = []
     for folder in sorted(p for p in LOGS.iterdir() if p.is_dir()) if LOGS.is_dir() else []:
         meta = tuning_records.read_meta(folder) or {}
         if meta.get("target", {}).get("kind") == "cuda":
-            out += [(folder.name, e["problem"], e["workload"], meta["target"]["arch"]) for e in meta["entries"]]
+            out += [(folder.name, e["problem"], e["workload"], meta["target"]["arch"], e.get("rule", "?"))
+                    for e in meta["entries"]]
     return out
+
+
+def _cuda_entries():
+    return [e[:4] for e in _cuda_entries_with_rule()]
 
 
 CUDA_ENTRIES = _cuda_entries()
@@ -97,9 +104,14 @@ def test_committed_logs_read_cleanly(folder):
     assert tuning_records.repair_folder(path) == []  # nothing to repair: the files are untouched
 
 
+# a strided 1x1 (nhwc-direct stages its strided view)
+_PROJECTION_B32 = next(p for p in NETWORKS["resnet50_network_s90_b32"] if "proj_s2" in p.name)
+
+
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])
 @pytest.mark.parametrize("problem", [HEADLINE, TINY[1], RESNET50["resnet50_3x3_b1"][-1],
-                                     RESNET50["resnet50_1x1_b32"][-2], RESNET50["resnet50_1x1_b1"][-3]],
+                                     RESNET50["resnet50_1x1_b32"][-2], RESNET50["resnet50_1x1_b1"][-3],
+                                     _PROJECTION_B32],
                          ids=lambda p: p.name)
 def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
     target = targets.cuda_target_for_arch("sm_90")
@@ -186,3 +198,46 @@ def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_pat
     assert op.tuned, op.schedule_source
     x = np.random.default_rng().standard_normal(TINY[0].input_shape).astype(np.float32)
     assert rel_err(run_poisoned(op, x), reference_conv(x, kernel.to_dense())) <= 1e-5
+
+    # The same layer with a bias and an activation (as Keras layers have) replays that record, the
+    # epilogue inlined after it, and computes act(conv + bias).
+    bias = np.random.default_rng().standard_normal(kernel.shape[3]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tsc.UntunedWarning)
+        op = tsc.compile(kernel, TINY[0].input_shape, target="cpu", bias=bias, activation="relu6")
+    assert op.tuned, op.schedule_source
+    ref = reference_conv(x, kernel.to_dense(), bias=bias, activation="relu6")
+    assert rel_err(run_poisoned(op, x), ref) <= 1e-5
+
+
+def test_records_serve_other_epilogues_but_never_a_layer_without_one():
+    base = TINY[0].workload()
+    width = lambda w, n: replace(w, ell_width=n)  # noqa: E731
+    plain, biased = width(base, 8), width(replace(base, has_bias=True), 8)
+    relu, biased_relu = width(replace(base, activation="relu"), 8), replace(biased, activation="relu")
+    wider_plain = width(base, 12)
+    entries = [({"n": i}, w) for i, w in enumerate([wider_plain, biased, plain])]
+    pick = lambda wl, es=entries: tuning_records._pick_entry(es, wl)[1]  # noqa: E731
+    assert pick(plain) == plain and pick(biased) == biased  # their own epilogue first
+    assert pick(biased_relu) == biased  # another epilogue: its trace inlines the block both have
+    assert pick(relu, entries[:1] + entries[2:]) == plain  # none: inlined after the replay
+    assert tuning_records._pick_entry(entries[1:2], plain) is None  # its trace would look for one
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("rule", sorted({e[-1] for e in _cuda_entries_with_rule()}))
+def test_a_cuda_record_serves_its_layer_with_bias_and_relu(rule):
+    """One committed record per CUDA rule replays onto its layer with a bias and ReLU (the epilogue
+    inlined after the replay) and the result still compiles with nvcc; the GPU tests run such layers."""
+    from tvm.support import nvcc
+
+    folder, problem, workload, arch, _ = next(e for e in _cuda_entries_with_rule() if e[-1] == rule)
+    wl = replace(ConvWorkload.from_json(workload), has_bias=True, activation="relu")
+    target = targets.cuda_target_for_arch(arch)
+    tuned = tuning_records.find_tuned_schedule(wl, target, LOGS / folder)
+    assert tuned is not None, f"{folder}/{problem}: its record does not serve the layer with an epilogue"
+    lib = tvm.compile(tuned.schedule.mod, target=target)
+    src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+    assert "bias" in src and "max(" in src, "the epilogue is not in the kernel"
+    with target:
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvcc")) > 0

@@ -46,7 +46,7 @@ from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
 from ._warnings import warn_user
-from .algorithms import prim_func
+from .algorithms import EPILOGUE, prim_func
 from .targets import GENERIC_FAMILY, cpu_vendor, isa_family, target_folder_name, target_isa_family
 from .workload import ConvWorkload
 
@@ -99,7 +99,14 @@ class TunedSchedule:
 
 
 def _family(wl: ConvWorkload) -> ConvWorkload:
-    return replace(wl, ell_width=0)
+    """`wl` without what a record's trace can be replayed across: the ELL width (a trace fits any)
+    and the epilogue (bias, activation), which a record tuned without one gets inlined afterwards
+    (`_replayed`); Keras layers nearly always have a bias, records of benchmark sets have none."""
+    return replace(wl, ell_width=0, has_bias=False, activation=None)
+
+
+def _has_epilogue(wl: ConvWorkload) -> bool:
+    return wl.has_bias or wl.activation is not None
 
 
 # --- reading the JSON database line by line ----------------------------------------------------------
@@ -384,9 +391,15 @@ def _usable_entries(meta: dict, folder: Path) -> list[tuple[dict, ConvWorkload]]
 
 
 def _pick_entry(entries: list[tuple[dict, ConvWorkload]], wl: ConvWorkload) -> tuple[dict, ConvWorkload] | None:
-    """The record of `wl` itself, else of the same problem with the nearest ELL width (wider first)."""
+    """The record of `wl` itself, else of the same problem with the nearest ELL width (wider first):
+    with `wl`'s own epilogue first, then another epilogue (its trace inlines the block that `wl` has
+    too), then none (inlined after the replay). A record with an epilogue never serves a layer without."""
     fam = _family(wl)
     same = [(e, w) for e, w in entries if _family(w) == fam]
+    tiers = ([(e, w) for e, w in same if (w.has_bias, w.activation) == (wl.has_bias, wl.activation)],
+             [(e, w) for e, w in same if _has_epilogue(wl) and _has_epilogue(w)],
+             [(e, w) for e, w in same if _has_epilogue(wl) and not _has_epilogue(w)])
+    same = next((tier for tier in tiers if tier), [])
     if not same:
         return None
     width = lambda ew: ew[1].ell_width  # noqa: E731
@@ -481,6 +494,9 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
     sch = s_tir.Schedule(workload_module(wl))
     try:
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-    except Exception:  # noqa: BLE001 - a trace that does not fit this width: fall back
+        if _has_epilogue(wl) and not _has_epilogue(tuned_wl):
+            # As the rules do when they see an epilogue: computed where the accumulators are stored.
+            sch.reverse_compute_inline(sch.get_sblock(EPILOGUE))
+    except Exception:  # noqa: BLE001 - a trace that does not fit this width or epilogue: fall back
         return None
     return TunedSchedule(sch, folder, entry.get("rule", "?"), tuned_wl, entry.get("run_us"))

@@ -197,10 +197,16 @@ WORKLOAD_SETS: dict[str, list[Problem]] = {
 
 
 def workload_set(name: str) -> list[Problem]:
-    """The problems of a named set (see `WORKLOAD_SETS`); a comma-separated list joins several."""
+    """The problems of a named set (see `WORKLOAD_SETS`) or one problem by its name (e.g.
+    `resnet50_conv3_1x1_proj_s2_b32`); a comma-separated list joins several."""
+    by_name = {p.name: p for ps in WORKLOAD_SETS.values() for p in ps}
     out: list[Problem] = []
     for part in name.split(","):
-        if part not in WORKLOAD_SETS:
-            raise KeyError(f"unknown workload set {part!r}; known: {', '.join(WORKLOAD_SETS)}")
-        out += [p for p in WORKLOAD_SETS[part] if p not in out]
+        if part in WORKLOAD_SETS:
+            problems = WORKLOAD_SETS[part]
+        elif part in by_name:
+            problems = [by_name[part]]
+        else:
+            raise KeyError(f"unknown workload set or problem {part!r}; sets: {', '.join(WORKLOAD_SETS)}")
+        out += [p for p in problems if p not in out]
     return out

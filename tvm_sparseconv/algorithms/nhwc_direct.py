@@ -5,7 +5,10 @@ Stages (block names are what the schedule rules in `schedules/` look for):
 - ``x_pad``: the NHWC input with TensorFlow's padding as zeros and its channels padded to whole
   chunks, ``x_pad[n, r, c, ch]``. It is a definition, not a pass: the CUDA rule inlines it into the
   shared-memory copy of each tile (padding folded into that copy's bounds checks), so the input is
-  read once, coalesced along channels, and nothing is written back.
+  read once, coalesced along channels, and nothing is written back. For a strided 1x1 layer it is
+  the strided view, indexed by output pixel (``x_pad[n, oh, ow, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]``):
+  a tile then stages exactly the pixels it reads, not their strided bounding box (4x as many at
+  stride 2, which also cut the chunk 4x).
 - ``conv``: input channels in chunks of ``chunk``; for each output channel and chunk, a
   static-length (ELL) list of that chunk's nonzeros, each one value and one packed tap
   ``ci_in_chunk + chunk * (kw + KW * kh)``:
@@ -36,9 +39,22 @@ MIN_TILE = (4, 8)  # output rows x columns the chunk must leave room for
 MAX_CHUNK = 256
 
 
+def strided_view(wl: ConvWorkload) -> bool:
+    """Whether `x_pad` is the strided view of the input on the output grid (strided 1x1 layers).
+
+    Stride-1 1x1 layers keep the plain padded definition, whose tuning records are committed.
+    """
+    return tuple(wl.kernel_shape[:2]) == (1, 1) and tuple(wl.strides) != (1, 1)
+
+
+def staged_geometry(wl: ConvWorkload) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(kernel extent, strides) of the tile that `x_pad` stages: unit ones for the strided view."""
+    return ((1, 1), (1, 1)) if strided_view(wl) else (wl.kernel_extent, wl.strides)
+
+
 def chunk_size(wl: ConvWorkload) -> int:
     """Input channels per chunk: the largest power of two whose minimal tile fits the budget."""
-    (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
+    (eh, ew), (sh, sw) = staged_geometry(wl)
     halo = ((MIN_TILE[0] - 1) * sh + eh) * ((MIN_TILE[1] - 1) * sw + ew)
     cap = 1 << max(wl.input_shape[3] - 1, 0).bit_length()  # next power of two >= Cin
     chunk = 1
@@ -97,7 +113,14 @@ def nhwc_direct_te(wl: ConvWorkload) -> list[te.Tensor]:
         inside = tirx.all(r >= pt, r < h + pt, c >= pl, c < w + pl, ch < cin)
         return tirx.if_then_else(inside, x[b, r - pt, c - pl, ch], tirx.const(0.0, "float32"))
 
-    xp = te.compute((n, gh, gw, n_chunks * chunk), pad, name=X_PAD)
+    if strided_view(wl):
+        def view(b, oh, ow, ch):
+            return pad(b, oh * sh, ow * sw, ch)
+
+        xp = te.compute((n, *wl.output_hw, n_chunks * chunk), view, name=X_PAD)
+        sh = sw = 1  # conv reads the view at its own output pixel
+    else:
+        xp = te.compute((n, gh, gw, n_chunks * chunk), pad, name=X_PAD)
 
     rc = te.reduce_axis((0, n_chunks), name="c")
     rk = te.reduce_axis((0, width), name="k")
@@ -137,7 +160,7 @@ class NhwcDirect(Algorithm):
         return nhwc_direct_te(wl)
 
     def func_attrs(self, wl: ConvWorkload) -> dict:
-        (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
+        (eh, ew), (sh, sw) = staged_geometry(wl)
         return {TILE_ATTR: {"sh": sh, "sw": sw, "eh": eh, "ew": ew, "chunk": wl.chunk}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:

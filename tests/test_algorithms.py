@@ -1,0 +1,65 @@
+"""Every algorithm's definition (its TE compute and weight packing), unscheduled, against float64.
+
+Schedules only reorder that computation, so a definition that is wrong here is wrong on every
+target; this runs it as TVM lowers it without a schedule, on the CPU, for algorithms that are
+scheduled only for CUDA too (their schedules are checked on the GPU, tests/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from tvm_sparseconv import algorithms
+from tvm_sparseconv.algorithms import nhwc_direct
+from tvm_sparseconv.tuning import problem_arguments
+from tvm_sparseconv.workloads import Problem
+
+from conftest import reference_conv, rel_err
+
+# Small layers covering what the definitions special-case: 1x1 strided (nhwc-direct's strided view)
+# with and without padding, KxK strided and dilated, channels that do not fill a chunk, batch > 1.
+GRID = [
+    Problem("1x1", (2, 6, 5, 12), (1, 1, 12, 8), 0.3),
+    Problem("1x1_s2", (2, 9, 8, 12), (1, 1, 12, 8), 0.3, strides=2),
+    Problem("1x1_s3x2_padded", (1, 7, 9, 5), (1, 1, 5, 6), 0.4, strides=(3, 2), padding=((1, 2), (2, 1))),
+    Problem("3x3_s2", (2, 9, 7, 6), (3, 3, 6, 5), 0.3, strides=2, has_bias=True, activation="relu"),
+    Problem("5x3_dilated", (1, 11, 10, 3), (5, 3, 3, 4), 0.4, padding="VALID", dilations=(2, 1)),
+]
+
+
+@pytest.mark.parametrize("algorithm", list(algorithms.ALGORITHMS))
+@pytest.mark.parametrize("problem", GRID, ids=lambda p: p.name)
+def test_unscheduled_definition_matches_float64(problem, algorithm, rng):
+    wl, w, arrays = problem_arguments(problem, seed=int(rng.integers(1 << 30)), algorithm=algorithm)
+    func = te.create_prim_func(algorithms.te_graph(wl))
+    f = tvm.compile(tvm.IRModule({"main": func}), target="llvm")["main"]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+    f(*[tvm.runtime.tensor(a) for a in arrays], out)
+    bias = arrays[-1] if wl.has_bias else None
+    ref = reference_conv(arrays[0], w, wl.strides, problem.padding, wl.dilations, bias, wl.activation)
+    assert rel_err(out.numpy(), ref) <= 1e-5
+
+
+def test_strided_1x1_stages_only_the_pixels_it_reads():
+    """The strided view's stage is the output grid (not the strided bounding box), so its tiles and
+    chunk are those of a stride-1 layer; stride-1 1x1 layers keep the definition their records key on."""
+    s2 = Problem("s2", (1, 56, 56, 256), (1, 1, 256, 512), 0.1, strides=2).workload(algorithm="nhwc-direct")
+    s1 = Problem("s1", (1, 28, 28, 256), (1, 1, 256, 512), 0.1).workload(algorithm="nhwc-direct")
+    assert nhwc_direct.strided_view(s2) and not nhwc_direct.strided_view(s1)
+    shapes = {t.op.name: tuple(int(d) for d in t.shape) for t in _all_tensors(algorithms.te_graph(s2)[-1])}
+    assert shapes[nhwc_direct.X_PAD][:3] == (1, 28, 28)
+    assert s2.chunk == s1.chunk
+    assert nhwc_direct.ALGORITHM.func_attrs(s2) == nhwc_direct.ALGORITHM.func_attrs(s1)
+
+
+def _all_tensors(out: te.Tensor) -> list[te.Tensor]:
+    seen, stack = {}, [out]
+    while stack:
+        t = stack.pop()
+        if t.op.name not in seen:
+            seen[t.op.name] = t
+            stack.extend(t.op.input_tensors)
+    return list(seen.values())
