@@ -141,6 +141,15 @@ def test_import_registers_the_op_before_or_after_tensorflow():
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
+
+def test_setup_command_loads_the_op_in_a_fresh_process():
+    """`python -m tvm_sparseconv.tf_op` (what `make setup` runs): there `load()` itself imports
+    TensorFlow, whose import hook loads the op too; it once deadlocked on its own lock."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "tvm_sparseconv.tf_op"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0 and "TensorFlow op:" in proc.stdout, proc.stderr[-3000:]
+
 def test_missing_compiler_says_what_to_install(monkeypatch, tmp_path):
     from tvm_sparseconv.tf_op import builder as op_build
 

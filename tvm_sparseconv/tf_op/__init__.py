@@ -53,14 +53,19 @@ def load() -> ModuleType:
     """The loaded op library (built first if needed; once per process). OpLibraryError if it
     cannot be built or loaded; later calls raise the same error without trying again."""
     global _LIBRARY, _ERROR
+    # TensorFlow first, outside the lock: where it is not imported yet, its import runs the hook of
+    # `load_on_import`, which calls load() itself (holding the lock here would deadlock that call).
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise OpLibraryError(f"TensorFlow is not importable ({e}): the op needs it") from e
+
     with _LOCK:
         if _LIBRARY is not None:
             return _LIBRARY
         if _ERROR is not None:
             raise OpLibraryError(_ERROR)
         try:
-            import tensorflow as tf
-
             path = build()
             _LIBRARY = tf.load_op_library(str(path))
         except OpLibraryError as e:
