@@ -5,7 +5,8 @@
   python scripts/pruned_resnet50.py --sparsity 0.95 --json benchmarks/results/pruned-resnet50-cpu-znver3-s95.json
   python scripts/pruned_resnet50.py --image-size 64 --repeats 3  # a quick look
 
-Steps: `keras.applications.ResNet50(weights=None)` (random weights: nothing is downloaded); every
+Steps: `keras.applications.ResNet50(weights=None)` (random weights: nothing is downloaded; logits
+out, so that predictions are compared before a softmax can saturate); every
 Conv2D kernel pruned by magnitude to `--sparsity` zeros (per layer, the smallest |w| set to 0);
 `tvm_sparseconv.keras.sparsify` times each of its 53 convolutions dense and sparse on this CPU and
 swaps those that run faster sparse; then the predictions of the sparsified model are compared with
@@ -103,7 +104,8 @@ def main(argv=None) -> int:
     shape = (args.image_size, args.image_size, 3)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}; ResNet-50 at {shape}, batch {args.batch}, "
           f"{os.cpu_count()} cores ({cpu_name()})")
-    model = keras.applications.ResNet50(weights=None, input_shape=shape)
+    # Logits, not softmax: a saturated softmax of random weights would hide any difference.
+    model = keras.applications.ResNet50(weights=None, input_shape=shape, classifier_activation=None)
     zeros = prune_by_magnitude(keras, model, args.sparsity)
     print(f"pruned {len(zeros)} Conv2D kernels to {args.sparsity:.0%} zeros by magnitude")
 
@@ -134,7 +136,8 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "script": "scripts/pruned_resnet50.py", "command": " ".join(["python", *sys.argv]),
-            "model": "keras.applications.ResNet50(weights=None)", "input_shape": [args.batch, *shape],
+            "model": "keras.applications.ResNet50(weights=None, classifier_activation=None)",
+            "input_shape": [args.batch, *shape],
             "sparsity": args.sparsity, "pruning": "magnitude, per layer", "keras": keras.__version__,
             "tensorflow": tf.__version__, "cpu": cpu_name(), "cores": os.cpu_count(),
             "cpu_folder": targets.target_folder_name(targets.host_cpu_target()),
