@@ -108,6 +108,15 @@ def expected_ell_width(max_count: int) -> int:
     return -(-max(int(max_count), 1) // align) * align
 
 
+def prune_layer(layer, rng, sparsity: float = 0.9) -> None:
+    """New random weights for a Keras Conv2D, with a random `sparsity` share of the kernel zeroed."""
+    w = layer.get_weights()
+    w[0] = np.where(rng.random(w[0].shape) < sparsity, 0.0, rng.standard_normal(w[0].shape)).astype(np.float32)
+    if len(w) > 1:
+        w[1] = rng.standard_normal(w[1].shape).astype(np.float32)
+    layer.set_weights(w)
+
+
 def random_input(rng, shape) -> np.ndarray:
     """A float32 NHWC input with standard-normal entries."""
     return rng.standard_normal(tuple(int(d) for d in shape)).astype(np.float32)

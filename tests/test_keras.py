@@ -17,18 +17,9 @@ keras = pytest.importorskip("keras")
 import tvm_sparseconv as tsc  # noqa: E402
 from tvm_sparseconv.keras import SparseConv2D, sparsify  # noqa: E402
 
-from conftest import rel_err  # noqa: E402
+from conftest import prune_layer as prune, rel_err  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::tvm_sparseconv.UntunedWarning")
-
-
-def prune(layer, rng, sparsity: float = 0.9) -> None:
-    """New random weights for a Conv2D, with a random `sparsity` share of the kernel zeroed."""
-    w = layer.get_weights()
-    w[0] = np.where(rng.random(w[0].shape) < sparsity, 0.0, rng.standard_normal(w[0].shape)).astype(np.float32)
-    if len(w) > 1:
-        w[1] = rng.standard_normal(w[1].shape).astype(np.float32)
-    layer.set_weights(w)
 
 
 def small_cnn(rng, sparsity=0.9, input_shape=(20, 18, 3)):

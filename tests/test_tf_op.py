@@ -24,18 +24,10 @@ import tvm_sparseconv as tsc  # noqa: E402
 from tvm_sparseconv import tf_op  # noqa: E402
 from tvm_sparseconv.keras import NotExportableError, SparseConv2D, sparsify  # noqa: E402
 
-from conftest import random_input, random_pruned_kernel, reference_conv, rel_err  # noqa: E402
+from conftest import prune_layer as prune, random_input, random_pruned_kernel, reference_conv, rel_err  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PY_FUNC_OPS = {"EagerPyFunc", "PyFunc", "PyFuncStateless"}
-
-
-def prune(layer, rng, sparsity: float = 0.9) -> None:
-    w = layer.get_weights()
-    w[0] = np.where(rng.random(w[0].shape) < sparsity, 0.0, rng.standard_normal(w[0].shape)).astype(np.float32)
-    if len(w) > 1:
-        w[1] = rng.standard_normal(w[1].shape).astype(np.float32)
-    layer.set_weights(w)
 
 
 def op_types(fn) -> set[str]:
@@ -139,7 +131,6 @@ def test_import_registers_the_op_before_or_after_tensorflow():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
-
 
 
 def test_setup_command_loads_the_op_in_a_fresh_process():
