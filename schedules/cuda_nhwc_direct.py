@@ -34,30 +34,37 @@ def _halo_bytes(tile: tuple[int, int, int], wl_dims: dict) -> int:
     return tn * rows * cols * (wl_dims["chunk"] + 1) * 4
 
 
+def _divisors(x: int) -> list[int]:
+    return [d for d in range(1, x + 1) if x % d == 0]
+
+
+def _largest_divisor_below(x: int, bound: int) -> int:
+    """The largest divisor of `x` smaller than `bound` (> 1): the next smaller tile side."""
+    return max(d for d in _divisors(x) if d < bound)
+
+
 def default_tile(n: int, oh: int, ow: int, dims: dict, target_px: int = 128) -> tuple[int, int, int]:
     """Untuned tile (images, rows, columns): whole rows where they are short, ~128 pixels, in 48 KB."""
-    divisors = lambda x: [d for d in range(1, x + 1) if x % d == 0]  # noqa: E731
-    tw = max(d for d in divisors(ow) if d <= 64)
-    th = max(d for d in divisors(oh) if d * tw <= target_px)
-    tn = max(d for d in divisors(n) if d * th * tw <= target_px)
+    tw = max(d for d in _divisors(ow) if d <= 64)
+    th = max(d for d in _divisors(oh) if d * tw <= target_px)
+    tn = max(d for d in _divisors(n) if d * th * tw <= target_px)
     while _halo_bytes((tn, th, tw), dims) > _SHARED_BYTES // 2 and tn * th * tw > 1:
         if tn > 1:
-            tn = max(d for d in divisors(n) if d < tn)
+            tn = _largest_divisor_below(n, tn)
         elif th > 1:
-            th = max(d for d in divisors(oh) if d < th)
+            th = _largest_divisor_below(oh, th)
         else:
-            tw = max(d for d in divisors(ow) if d < tw)
+            tw = _largest_divisor_below(ow, tw)
     return tn, th, tw
 
 
 def max_tile(n: int, oh: int, ow: int, dims: dict) -> tuple[int, int, int]:
     """The largest tile (images, rows, columns) tuning may draw: divisors of the map (up to 8 images,
     16 rows, 64 columns) shrunk, largest first, until its input halo fits in shared memory."""
-    divisors = lambda x: [d for d in range(1, x + 1) if x % d == 0]  # noqa: E731
-    tile = [max(d for d in divisors(e) if d <= lim) for e, lim in zip((n, oh, ow), (8, 16, 64))]
+    tile = [max(d for d in _divisors(e) if d <= lim) for e, lim in zip((n, oh, ow), (8, 16, 64))]
     while _halo_bytes(tuple(tile), dims) > _SHARED_BYTES and max(tile) > 1:
         i = max(range(3), key=lambda j: tile[j])
-        tile[i] = max(d for d in divisors((n, oh, ow)[i]) if d < tile[i])
+        tile[i] = _largest_divisor_below((n, oh, ow)[i], tile[i])
     return tuple(tile)
 
 

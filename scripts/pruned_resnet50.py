@@ -59,23 +59,6 @@ def prune_by_magnitude(keras, model, sparsity: float) -> dict[str, float]:
     return zeros
 
 
-def interleaved_median_ms(fns: list, x, repeats: int, warmup: int = 3) -> list[float]:
-    """Median ms per call of each of `fns` on `x`, timed in turns (one call of each per round), so
-    that whatever else the machine does in the meantime falls on all of them alike."""
-    import numpy as np
-
-    for _ in range(warmup):
-        for fn in fns:
-            fn(x).numpy()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            t0 = time.perf_counter()
-            fn(x).numpy()
-            t.append(time.perf_counter() - t0)
-    return [float(np.median(t)) * 1e3 for t in times]
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -96,6 +79,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from tvm_sparseconv import targets
+    from tvm_sparseconv.baselines import interleaved_median_wall
     from tvm_sparseconv.keras import sparsify
     from tvm_sparseconv.keras._flavour import active_keras
 
@@ -118,7 +102,8 @@ def main(argv=None) -> int:
     got = fast(x, training=False).numpy()
     rel = float(np.abs(got - ref).max() / np.abs(ref).max())
     same_top1 = bool((got.argmax(axis=1) == ref.argmax(axis=1)).all())
-    t_dense, t_sparse = interleaved_median_ms([tf.function(model), tf.function(fast)], x, args.repeats)
+    t_dense, t_sparse = (t * 1e3 for t in interleaved_median_wall(
+        [lambda _i, f=tf.function(m): f(x).numpy() for m in (model, fast)], args.repeats))
 
     chosen = report.sparse_layers
     timed = [d for d in report.layers if d.dense_ms is not None]

@@ -18,7 +18,7 @@ from tvm_sparseconv import algorithms, reference, targets, tuning_records
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
-from tvm_sparseconv.workloads import TINY, WORKLOAD_SETS
+from tvm_sparseconv.workloads import TINY, workload_set
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-5
@@ -132,14 +132,9 @@ def _committed_entries():
 def test_tuned_records_match_reference(entry):
     if entry.startswith("<"):
         pytest.skip("no committed tuning records for this GPU")
-    problem_name, algorithm = entry.split(":")
-    problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
-    wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000), algorithm=algorithm)
-    target = targets.cuda_target()
-    tuned = tuning_records.find_tuned_schedule(wl, target)
-    assert tuned is not None, f"record of {problem_name} does not apply to its workload"
-    y = _run_schedule(tuned.schedule, target, wl, arrays)
-    assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl)) <= TOL
+    tuned, error = _replay_committed(entry)
+    assert tuned is not None, f"record of {entry} does not apply to its workload"
+    assert error <= TOL
 
 
 @pytest.mark.parametrize("entry", _committed_entries()[::7] or ["<no records for this GPU>"])
@@ -148,14 +143,23 @@ def test_tuned_records_serve_layers_with_bias_and_relu(entry):
     epilogue inlined after the replay), is still right (every 7th record: each rule and algorithm)."""
     if entry.startswith("<"):
         pytest.skip("no committed tuning records for this GPU")
+    tuned, error = _replay_committed(entry, has_bias=True, activation="relu")
+    assert tuned is not None and not tuned.tuned_workload.has_bias, f"{entry}: no record served it"
+    assert error <= TOL
+
+
+def _replay_committed(entry: str, **changes):
+    """(this GPU's record replayed onto the entry's problem with `changes`, or None; its error against
+    float64 on fresh inputs, NaN-poisoned output)."""
     problem_name, algorithm = entry.split(":")
-    problem = next(p for ps in WORKLOAD_SETS.values() for p in ps if p.name == problem_name)
-    problem = dataclasses.replace(problem, has_bias=True, activation="relu")
+    problem = dataclasses.replace(workload_set(problem_name)[0], **changes)
     wl, w, arrays = problem_arguments(problem, seed=int(np.random.SeedSequence().entropy % 1000), algorithm=algorithm)
     tuned = tuning_records.find_tuned_schedule(wl, targets.cuda_target())
-    assert tuned is not None and not tuned.tuned_workload.has_bias, f"{problem_name}: no record served it"
+    if tuned is None:
+        return None, float("inf")
     y = _run_schedule(tuned.schedule, targets.cuda_target(), wl, arrays)
-    assert reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl, arrays[-1])) <= TOL
+    bias = arrays[-1] if wl.has_bias else None
+    return tuned, reference.relative_error(y, reference.conv2d_f64(arrays[0], w, wl, bias))
 
 
 def test_zero_copy_from_and_to_torch_cuda():

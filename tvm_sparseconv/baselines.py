@@ -45,6 +45,21 @@ def median_wall(fn: Callable[[int], object], repeats: int, warmup: int = 2) -> f
     return float(np.median(times))
 
 
+def interleaved_median_wall(fns: Sequence[Callable[[int], object]], repeats: int, warmup: int = 3) -> list[float]:
+    """Median wall time of each of `fns` (synchronous), timed in turns, one call of each per round:
+    whatever else the machine does meanwhile falls on all of them alike."""
+    for i in range(warmup):
+        for fn in fns:
+            fn(i)
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(repeats):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn(i)
+            t.append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
+
+
 def cuda_event_median(fn: Callable[[int], object], repeats: int, batch: int = 10, warmup: int = 5) -> float:
     """Median seconds per call of `fn(i)`, timed with CUDA events around batches of calls."""
     import torch

@@ -264,6 +264,15 @@ class TvmSparseConv2DOp : public OpKernel {
     // A slice that is not 64-byte aligned goes through an aligned scratch buffer (CPU only).
     Tensor x_scratch, y_scratch;  // (a default Tensor counts as initialized: track them here)
     bool have_x_scratch = false, have_y_scratch = false;
+    auto ensure_scratch = [&](const char* what, int64_t bytes, Tensor* scratch, bool* have) -> Status {
+      if (device_type_ != kDLCPU) return errors::InvalidArgument(what, " slice is not 64-byte aligned");
+      if (!*have) {
+        Status allocated = ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({bytes / 4}), scratch);
+        if (!allocated.ok()) return allocated;
+        *have = true;
+      }
+      return Status();
+    };
     View xv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
             std::vector<int64_t>(input_shape_.begin(), input_shape_.end()));
     View yv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
@@ -287,29 +296,15 @@ class TvmSparseConv2DOp : public OpKernel {
       char* xs = x_base + i * in_bytes;
       char* ys = y_base + i * out_bytes;
       if (!Aligned(xs)) {
-        if (device_type_ != kDLCPU) {
-          status = errors::InvalidArgument("input slice is not 64-byte aligned");
-          break;
-        }
-        if (!have_x_scratch) {
-          status = ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({in_bytes / 4}), &x_scratch);
-          if (!status.ok()) break;
-          have_x_scratch = true;
-        }
+        status = ensure_scratch("input", in_bytes, &x_scratch, &have_x_scratch);
+        if (!status.ok()) break;
         std::memcpy(const_cast<char*>(x_scratch.tensor_data().data()), xs, in_bytes);
         xs = const_cast<char*>(x_scratch.tensor_data().data());
       }
       bool y_direct = Aligned(ys);
       if (!y_direct) {
-        if (device_type_ != kDLCPU) {
-          status = errors::InvalidArgument("output slice is not 64-byte aligned");
-          break;
-        }
-        if (!have_y_scratch) {
-          status = ctx->allocate_temp(tensorflow::DT_FLOAT, TensorShape({out_bytes / 4}), &y_scratch);
-          if (!status.ok()) break;
-          have_y_scratch = true;
-        }
+        status = ensure_scratch("output", out_bytes, &y_scratch, &have_y_scratch);
+        if (!status.ok()) break;
       }
       xv.t.data = xs;
       yv.t.data = y_direct ? ys : const_cast<char*>(y_scratch.tensor_data().data());
