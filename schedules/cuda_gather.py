@@ -10,6 +10,11 @@ multiple of 4), so the weight stream costs a quarter of a load per nonzero and c
 - `CUDAEllGather`: the weight vectors come straight from global memory (read-only cache).
 - `CUDAEllSharedWeights`: the thread block's slice of values and offsets is first staged in shared
   memory by all its threads, and the vectors are read from there.
+- `CUDAEllPixels`: as `CUDAEllSharedWeights`, but the threads of a warp take consecutive output
+  pixels of the flattened (image, row, column) index rather than columns of one row: on a 7x7 map
+  (ResNet-50's conv5) column-wise warps keep 7 of 32 lanes busy (ow=7 with 16 or 32 lanes per
+  row), flattened ones 49 of 64. Lanes still read consecutive addresses within a row; a row
+  boundary costs one more cache line.
 
 Why no shared-memory tile of the input: MetaSchedule's analysis cannot bound a data-dependent
 gather (`InverseAffineIterMap ... HasLowerBound`), and a tile of the whole input-channel halo does
@@ -121,3 +126,66 @@ class CUDAEllSharedWeights(CUDAEllGather):
 
     name = "cuda-ell-shared-weights"
     stage_weights_in_shared = True
+
+
+_PIXEL_THREADS = [32, 64, 128, 256]
+_PIXELS_PER_THREAD = [1, 2, 4]
+_WEIGHT_BYTES = 24 * 1024
+
+
+class CUDAEllPixels(CUDAEllSharedWeights):
+    """Flattened output pixels across threads (whole warps on small maps), weights staged in shared."""
+
+    name = "cuda-ell-pixels"
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
+        b, oh, ow, co, k = sch.get_loops(blocks.conv)
+        n_b, n_oh, n_ow, n_co, n_k = (sch.get(x).extent.value for x in (b, oh, ow, co, k))
+        if n_k % VEC:
+            return None
+        pixels = n_b * n_oh * n_ow
+
+        if tunable:
+            tx = sch.sample_categorical(_PIXEL_THREADS, [0.25] * 4)
+            px = sch.sample_categorical(_PIXELS_PER_THREAD, [1 / 3] * 3)
+            co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=16)
+            unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
+        else:
+            tx = 32 if pixels <= 64 else 64
+            co_i = largest_divisor(n_co, [8, 4, 2])
+            # Channel threads so that a small map still makes a block of >= 128 threads, as long as
+            # the block's weights (values and offsets) stay within half the 48 KB of shared memory.
+            fits = [d for d in (4, 2) if d * tx <= 256 and d * co_i * n_k * 8 <= _WEIGHT_BYTES]
+            co_t = largest_divisor(n_co // co_i, fits)
+            px, co_split, unroll = 1, [None, co_t, co_i], 16
+
+        # A thread's pixels are consecutive (register loop innermost): a strided set would make
+        # its accumulators' write-back the bounding box (see cuda_nhwc_direct). The last block's
+        # pixels past the map are predicated off.
+        p = sch.fuse(b, oh, ow)
+        p_o, p_t, p_r = sch.split(p, factors=[None, tx, px])
+        co_o, co_t, co_i = sch.split(co, factors=co_split)
+        k_o, k_v = sch.split(k, factors=[None, VEC])
+        sch.reorder(p_o, co_o, co_t, p_t, k_o, k_v, p_r, co_i)
+        block_loop = sch.fuse(p_o, co_o)
+        sch.bind(block_loop, "blockIdx.x")
+        sch.bind(co_t, "threadIdx.y")
+        sch.bind(p_t, "threadIdx.x")
+
+        acc = sch.cache_write(blocks.conv, 0, "local")
+        sch.reverse_compute_at(acc, p_t, preserve_unit_loops=True)
+        if blocks.epilogue is not None:
+            sch.reverse_compute_inline(blocks.epilogue)
+        for name in ("values", "offsets"):
+            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_split[1], tx)
+            reg = sch.cache_read(src, _read_index(sch, src, name), "local")
+            sch.compute_at(reg, k_o, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(reg)[-1])
+
+        for loop in (k_v, p_r, co_i):
+            sch.unroll(loop)
+        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        sch.decompose_reduction(blocks.conv, k_o)
+        _schedule_relayout(sch, blocks.x_stage)
+        return sch
