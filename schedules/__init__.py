@@ -10,13 +10,13 @@ from tvm.target import Target
 
 from .common import RULE_ANNOTATION, SparseConvRule
 from .cpu import CPUDirectTile
-from .cuda_gather import CUDAEllGather, CUDAEllPixels, CUDAEllSharedWeights
+from .cuda_gather import CUDAEllGather, CUDAEllPixels, CUDAEllSharedWeights, CUDAEllSplitK
 from .cuda_nhwc_direct import CUDANhwcDirect
 
 __all__ = ["RULES", "RULE_ANNOTATION", "SparseConvRule", "default_rule", "rule_by_name", "rules_for"]
 
 RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights(), CUDAEllPixels(),
-                                     CUDANhwcDirect())
+                                     CUDAEllSplitK(), CUDANhwcDirect())
 
 
 def rules_for(target: Target, algorithm: str | None = None) -> list[SparseConvRule]:
