@@ -15,6 +15,9 @@ multiple of 4), so the weight stream costs a quarter of a load per nonzero and c
   (ResNet-50's conv5) column-wise warps keep 7 of 32 lanes busy (ow=7 with 16 or 32 lanes per
   row), flattened ones 49 of 64. Lanes still read consecutive addresses within a row; a row
   boundary costs one more cache line.
+- `CUDAEllSplitK`: for maps of up to 256 pixels, each output's nonzeros split into slices that
+  separate warps sum (threadIdx.z), the partial sums added in shared memory: at batch 1 a 7x7 map
+  has too few outputs to fill the GPU, and each warp's chain of ~460 dependent steps is the time.
 
 Why no shared-memory tile of the input: MetaSchedule's analysis cannot bound a data-dependent
 gather (`InverseAffineIterMap ... HasLowerBound`), and a tile of the whole input-channel halo does

@@ -69,6 +69,8 @@ def test_untuned_cuda_templates_match_reference(rule, case):
     base = ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil, has_bias, act)
     wl = algorithms.workload_for(k, base, rule_obj.algorithm)
     sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], target, False)
+    if sch is None:  # a rule may decline a layer (cuda-ell-splitk takes maps of <= 256 pixels)
+        pytest.skip(f"{rule} does not schedule this layer")
     x = rng.standard_normal(shape).astype(np.float32)
     arrays = [x, *algorithms.pack_weights(wl, k)] + ([bias] if has_bias else [])
     y = _run_schedule(sch, target, wl, arrays)
