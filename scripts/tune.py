@@ -11,7 +11,8 @@ Examples:
 Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
 every candidate timed on the workload's real sparse pattern; the best candidates are checked against
 a float64 reference and the first correct one is kept. Workloads already in the output folder are
-skipped (use --force to tune them again); an interrupted workload restarts warm from its work dir.
+skipped (use --force to tune them again: the new record replaces the old only if it ran faster); an
+interrupted workload restarts warm from its work dir.
 
 With --rpc, candidates are built here and measured on the RPC servers registered with the tracker
 under --key (one server per GPU, see scripts/rpc_cluster.py); --workers workloads are tuned at once
@@ -65,7 +66,8 @@ def parse_args(argv=None):
                     help=f"which computation to tune (default {algorithms.DEFAULT}); compile() takes, per layer, "
                          "the algorithm whose record is fastest")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
-    ap.add_argument("--force", action="store_true", help="tune workloads that already have a record")
+    ap.add_argument("--force", action="store_true",
+                    help="tune workloads that already have a record (the new record replaces it only if faster)")
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
     ap.add_argument("--summary-json", type=Path, default=None, help="write the per-workload summary here")
     ap.add_argument("--list", action="store_true", help="list the workload sets and exit")
@@ -234,7 +236,8 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
         return {"problem": problem.name, "error": str(res)}
     row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
-           "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured}
+           "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured,
+           "not_kept": res.not_kept}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row
@@ -287,8 +290,9 @@ def _line(row: dict, table: int = 0) -> str:
     if table:
         return (f"{row['problem']:<{table}}{row['rule']:<26}{row['best_us']:>8.1f}us"
                 f"{dense:>34}{row['tuning_s'] / 60:>7.1f}min")
+    kept = f"; not kept: {row['not_kept']}" if row.get("not_kept") else ""
     return (f"best {row['best_us']:.1f} us ({row['rule']}, rel. error {row['relative_error']:.1e}, "
-            f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}")
+            f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}{kept}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tvm
+import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparseconv as tsc
@@ -208,6 +209,37 @@ def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_pat
     assert op.tuned, op.schedule_source
     ref = reference_conv(x, kernel.to_dense(), bias=bias, activation="relu6")
     assert rel_err(run_poisoned(op, x), ref) <= 1e-5
+
+
+def test_a_retune_replaces_the_record_only_when_faster(tmp_path):
+    """`tune.py --force` with a new rule: one record per workload stays, the faster one."""
+    from tvm_sparseconv.tuning import _keep_record
+
+    src = LOGS / "cpu-znver3"
+    folder = tmp_path / "cpu-znver3"
+    shutil.copytree(src, folder)
+    meta = tuning_records.read_meta(folder)
+    entry = next(e for e in meta["entries"] if e["problem"] == HEADLINE.name)
+    wl = tuning_records.entry_workload(entry)
+    mod = tuning_records.workload_module(wl)
+    scan = tuning_records.scan_database(folder)
+    index = next(i for i, w in enumerate(scan.workloads) if tvm_ffi.structural_equal(w.parsed.mod, mod))
+    record = next(r.parsed for r in scan.records if r.workload_index == index)
+    target = targets.cpu_target(mcpu=meta["target"]["mcpu"])
+    n_records = len(tuning_records.scan_database(folder).records)
+
+    slower = entry["run_us"] * 2e-6
+    why = _keep_record(folder, record, mod, wl, HEADLINE, target, slower, 1e-7, "")
+    assert "faster" in why
+    assert len(tuning_records.scan_database(folder).records) == n_records
+    assert tuning_records.read_meta(folder) == meta  # untouched
+
+    faster = entry["run_us"] * 0.5e-6
+    assert _keep_record(folder, record, mod, wl, HEADLINE, target, faster, 1e-7, "") == ""
+    scan = tuning_records.scan_database(folder)
+    assert len(scan.records) == n_records  # the old record of the workload went
+    new_entry = next(e for e in tuning_records.read_meta(folder)["entries"] if e["problem"] == HEADLINE.name)
+    assert new_entry["run_us"] == pytest.approx(faster * 1e6)
 
 
 def test_records_serve_other_epilogues_but_never_a_layer_without_one():

@@ -47,7 +47,7 @@ from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for, target_isa_family
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
-from .tuning_records import META_FILE, entry_workload, read_meta, repair_folder, workload_module
+from .tuning_records import META_FILE, entry_workload, keep_newest_record, read_meta, repair_folder, workload_module
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -224,6 +224,8 @@ class TuneResult:
     rejected: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)  # seconds, MetaSchedule's profiler scopes + "Check"
     measured: int = 0  # candidates measured in this run (`trials` asked for; see enough_trials)
+    #: why the record was not written (the folder's record of the workload was faster), else ""
+    not_kept: str = ""
 
 
 def tune_problem(
@@ -298,10 +300,10 @@ def tune_problem(
             site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
             record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target, site)
     best = float(np.mean([float(s) for s in record.run_secs]))
-    _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
+    not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
     phases = {k: float(v) for k, v in profiler.get().items()}
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
-                      phases, measured)
+                      phases, measured, not_kept)
 
 
 def enough_trials(trials: int, per_iter: int) -> int:
@@ -356,18 +358,26 @@ def _folder_lock(folder: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
+def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> str:
     with _folder_lock(out_folder):
-        _write_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
+        return _write_record(out_folder, record, mod, wl, problem, target, best, err, device_name)
 
 
-def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> None:
-    """Append the record to the folder's database and its entry to `meta.json` (lock held).
+def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name) -> str:
+    """Put the record in the folder's database and its entry in `meta.json` (lock held); returns
+    why it was not written ("" when it was).
 
-    A damaged database is repaired first (`tuning_records.repair_folder`: good lines kept, the
-    original backed up); a damaged `meta.json` refuses (`TuningLogError`) before anything is written.
+    One record per workload: re-tuning (`tune.py --force`, e.g. with a new rule) replaces the
+    folder's record only when the new one ran faster (both times as measured by their tuning), so
+    a re-tune never makes a committed layer slower. A damaged database is repaired first
+    (`tuning_records.repair_folder`: good lines kept, the original backed up); a damaged
+    `meta.json` refuses (`TuningLogError`) before anything is written.
     """
     meta = read_meta(out_folder) or {}
+    old = next((e for e in meta.get("entries", []) if entry_workload(e) == wl), None)
+    old_us = old.get("run_us") if isinstance(old, dict) else None
+    if isinstance(old_us, (int, float)) and old_us <= best * 1e6:
+        return f"the folder's record ({old.get('rule', '?')}, {old_us:.1f} us) is faster: kept"
     repair_folder(out_folder)
     db = ms.database.JSONDatabase(
         path_workload=str(out_folder / "database_workload.json"),
@@ -377,6 +387,7 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
     db.commit_tuning_record(
         ms.database.TuningRecord(record.trace, db.commit_workload(mod), record.run_secs, target, record.args_info)
     )
+    keep_newest_record(out_folder, mod)
     target_json = {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}
     previous = meta.get("tvm_version")
     if previous and previous != tvm.__version__:  # older entries keep the version they were tuned with
@@ -397,6 +408,7 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
     tmp = out_folder / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(tmp, out_folder / META_FILE)
+    return ""
 
 
 def tuned_problems(out_folder: Path) -> set[ConvWorkload]:

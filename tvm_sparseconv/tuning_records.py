@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tvm
+import tvm_ffi
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
@@ -314,6 +315,28 @@ def repair_folder(folder: Path) -> list[str]:
             TuningLogWarning,
         )
     return done
+
+
+def keep_newest_record(folder: Path, mod: tvm.IRModule) -> int:
+    """Drop every record of `mod`'s workload but the last one written; returns how many went.
+
+    The folder holds one record per workload (its `meta.json` entry describes that one): a
+    re-tune that is kept replaces the record it beat. Call it with the folder's write lock held,
+    on a repaired folder.
+    """
+    scan = scan_database(folder)
+    mine = {i for i, w in enumerate(scan.workloads) if tvm_ffi.structural_equal(w.parsed.mod, mod)}
+    drop = {r.number for r in scan.records if r.workload_index in mine}
+    drop.discard(max(drop, default=0))
+    if not drop:
+        return 0
+    path = folder / RECORD_FILE
+    lines, _ = _lines(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_FILE}.", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(text + "\n" for number, text in lines if number not in drop))
+    os.replace(tmp, path)
+    return len(drop)
 
 
 def read_meta(folder: Path) -> dict | None:
