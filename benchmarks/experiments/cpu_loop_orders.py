@@ -30,7 +30,7 @@ from tvm import s_tir
 import tvm_sparseconv as tsc
 from tvm_sparseconv import baselines, reference, targets, tuning_records
 from tvm_sparseconv.workloads import workload_set
-from schedules.common import find_blocks
+from tvm_sparseconv.schedules.common import find_blocks
 
 
 def _base(wl):
