@@ -9,13 +9,13 @@ from __future__ import annotations
 from tvm.target import Target
 
 from .common import RULE_ANNOTATION, SparseConvRule
-from .cpu import CPUDirectTile
+from .cpu import CPUDirectTile, CPURowTile
 from .cuda_gather import CUDAEllGather, CUDAEllPixels, CUDAEllSharedWeights, CUDAEllSplitK
 from .cuda_nhwc_direct import CUDANhwcDirect
 
 __all__ = ["RULES", "RULE_ANNOTATION", "SparseConvRule", "default_rule", "rule_by_name", "rules_for"]
 
-RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CUDAEllGather(), CUDAEllSharedWeights(), CUDAEllPixels(),
+RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CPURowTile(), CUDAEllGather(), CUDAEllSharedWeights(), CUDAEllPixels(),
                                      CUDAEllSplitK(), CUDANhwcDirect())
 
 

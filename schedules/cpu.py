@@ -4,6 +4,11 @@ Parallel over (image, block of output rows); inside, a register tile of `co_tile
 `ow_tile` output columns, vectorised along the columns: for each stored nonzero k, every channel
 of the tile broadcasts its weight and does one vector FMA with `ow_tile` consecutive inputs
 (contiguous for stride 1, thanks to the channel-major gather layout of `algorithms/ell_gather.py`).
+
+- `CPUDirectTile`: the block's rows one after another, each with its own register tile.
+- `CPURowTile`: `oh_tile` rows in the register tile too, so each nonzero's offset and broadcast
+  weight serve rows x columns FMAs (on 2 znver3 cores the headline ran in 129 ms against the
+  record's 152 ms, `benchmarks/experiments/cpu_loop_orders-cpu-znver3.json`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class CPUDirectTile(SparseConvRule):
 
     name = "cpu-direct-tile"
     target_kind = "llvm"
+    rows_in_registers = False
+    max_oh_tile, max_ow_tile = 8, 64
+
+    def default_tiles(self, n_oh: int, n_ow: int, n_co: int):
+        return default_tiles(n_oh, n_ow, n_co)
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         b, oh, ow, co, k = sch.get_loops(blocks.conv)
@@ -42,16 +52,20 @@ class CPUDirectTile(SparseConvRule):
         n_co = sch.get(co).extent.value
 
         if tunable:
-            ow_tile = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=64)
+            ow_tile = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=self.max_ow_tile)
             co_tile = sch.sample_perfect_tile(co, n=2, max_innermost_factor=8)
-            oh_tile = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=8)
+            oh_tile = sch.sample_perfect_tile(oh, n=2, max_innermost_factor=self.max_oh_tile)
             unroll = sch.sample_categorical([0, 4, 16], [0.34, 0.33, 0.33])
         else:
-            ow_tile, co_tile, oh_tile, unroll = default_tiles(n_oh, n_ow, n_co)
+            ow_tile, co_tile, oh_tile, unroll = self.default_tiles(n_oh, n_ow, n_co)
         ow_o, ow_i = sch.split(ow, factors=ow_tile)
         co_o, co_i = sch.split(co, factors=co_tile)
         oh_o, oh_i = sch.split(oh, factors=oh_tile)
-        sch.reorder(b, oh_o, oh_i, ow_o, co_o, k, co_i, ow_i)
+        if self.rows_in_registers:
+            sch.reorder(b, oh_o, ow_o, co_o, k, oh_i, co_i, ow_i)
+            sch.unroll(oh_i)
+        else:
+            sch.reorder(b, oh_o, oh_i, ow_o, co_o, k, co_i, ow_i)
 
         # Accumulate the (co_tile x ow_tile) tile in a local buffer that LLVM keeps in registers.
         acc = sch.cache_write(blocks.conv, 0, "local")
@@ -75,3 +89,16 @@ class CPUDirectTile(SparseConvRule):
         xb, xf = sch.get_loops(blocks.x_stage)
         sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
         return sch
+
+
+class CPURowTile(CPUDirectTile):
+    """As `CPUDirectTile`, with a few output rows in the register tile (rows x channels x columns)."""
+
+    name = "cpu-row-tile"
+    rows_in_registers = True
+    max_oh_tile, max_ow_tile = 4, 16  # 16 AVX2 / 32 AVX-512 registers hold the tile
+
+    def default_tiles(self, n_oh: int, n_ow: int, n_co: int):
+        # The best of benchmarks/experiments/cpu_loop_orders: 4 rows x 8 columns x 2 channels.
+        return ([None, largest_divisor(n_ow, [8, 4, 2])], [None, largest_divisor(n_co, [2])],
+                [None, largest_divisor(n_oh, [4, 2])], DEFAULT_UNROLL)

@@ -198,3 +198,33 @@ def test_conv2d_one_shot(rng):
         assert isinstance(y, tf.Tensor)
         ref = reference_conv(x, w, strides=2, padding="SAME", bias=bias, activation="relu")
         assert rel_err(y.numpy(), ref) <= TOL
+
+
+@pytest.mark.parametrize("rule", ["cpu-direct-tile", "cpu-row-tile"])
+@pytest.mark.parametrize("case", [
+    ((1, 17, 24, 5), (3, 3, 5, 6), dict(strides=1, padding="SAME")),
+    ((2, 15, 13, 4), (5, 3, 4, 8), dict(strides=(2, 3), padding="VALID", use_bias=True, activation="relu")),
+    ((1, 20, 16, 3), (3, 3, 3, 4), dict(dilations=2, padding=[(2, 1), (0, 3)], use_bias=True, activation="relu6")),
+], ids=["same", "strided-valid-bias-relu", "dilated-explicit-relu6"])
+def test_every_cpu_rule_untuned_matches_reference(rng, rule, case):
+    """Each CPU rule's untuned template (what a layer without a record of that rule would get if
+    the rule were the default), NaN-poisoned output, against float64."""
+    import tvm
+    from tvm_sparseconv import algorithms, reference, targets, tuning_records
+    from tvm_sparseconv.schedules import rule_by_name
+    from tvm_sparseconv.workload import ConvWorkload
+
+    shape, kshape, kw = case
+    w = random_pruned_kernel(rng, kshape, 0.3)
+    k = tvm_sparseconv.SparseKernel.from_dense(w)
+    has_bias = kw.pop("use_bias", False)
+    act = kw.pop("activation", None)
+    wl = ConvWorkload.create(shape, kshape, k.ell_width, has_bias=has_bias, activation=act, **kw)
+    target = targets.host_cpu_target()
+    sch = rule_by_name(rule).apply(tuning_records.workload_module(wl)["main"], target, False)
+    f = tvm.compile(sch.mod, target=target)[algorithms.FUNC_NAME]
+    x = random_input(rng, shape)
+    bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+    f(*[tvm.runtime.tensor(a) for a in [x, *algorithms.pack_weights(wl, k)] + ([bias] if has_bias else [])], out)
+    assert rel_err(out.numpy(), reference.conv2d_f64(x, w, wl, bias)) <= TOL
