@@ -12,10 +12,10 @@ imported later; built on first use; skipped with `TVM_SPARSECONV_NO_TF_OP=1`).
 """
 
 from ._source_tree import ensure_schedules_importable
-from .targets import use_physical_cores
+from .targets import configure_cpu_threads
 
 ensure_schedules_importable()
-use_physical_cores()  # before any TVM CPU kernel creates the thread pool
+configure_cpu_threads()  # before any TVM CPU kernel creates the thread pool
 
 from .build import UntunedWarning  # noqa: E402
 from .interop import InputCopyWarning  # noqa: E402

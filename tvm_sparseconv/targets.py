@@ -32,17 +32,24 @@ def cpu_target(mcpu: str) -> Target:
     return Target({"kind": "llvm", "mcpu": mcpu, "num-cores": cores})
 
 
-def use_physical_cores() -> None:
-    """Make TVM's CPU thread pool use every physical core, unless the user chose a number.
+def configure_cpu_threads() -> None:
+    """TVM's CPU thread pool: every physical core, and idle workers that sleep rather than spin.
 
-    TVM's default is half the logical CPUs on x86 (to skip hyper-threads): on a machine without
-    them, such as a 2-vCPU cloud VM, every CPU kernel then ran on one core of two (the headline
-    took 337 ms on one thread and 155 ms on two). The pool reads `TVM_NUM_THREADS` when it is first
-    created, so this must run before any TVM CPU kernel does; child processes (MetaSchedule's
-    runners) inherit it. `TVM_NUM_THREADS` or `OMP_NUM_THREADS`, when set, win.
+    - Cores: TVM's default is half the logical CPUs on x86 (to skip hyper-threads); on a machine
+      without them, such as a 2-vCPU cloud VM, every CPU kernel then ran on one core of two (the
+      headline took 337 ms on one thread and 155 ms on two).
+    - Spinning: after a parallel region TVM's workers spin for the next one. Inside a TensorFlow
+      model that steals cores from TensorFlow's own ops: the dense pruned ResNet-50 took 148-153 ms
+      timed in turns with the sparsified one, 93-103 ms with spinning off, and the sparsified one
+      106-115 against 93-96 ms (`benchmarks/experiments/tvm_spin_in_tf-cpu-znver3-2threads.json`).
+
+    The pool reads both when it is first created, so this must run before any TVM CPU kernel
+    does; child processes (MetaSchedule's runners) inherit them. Values the user set win
+    (`TVM_NUM_THREADS` or `OMP_NUM_THREADS`; `TVM_THREAD_POOL_SPIN_COUNT`).
     """
     if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
         os.environ["TVM_NUM_THREADS"] = str(_physical_cores())
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 
 def _physical_cores() -> int:
