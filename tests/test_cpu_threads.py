@@ -33,3 +33,18 @@ def test_the_pool_uses_every_physical_core():
 @pytest.mark.parametrize("var", ["TVM_NUM_THREADS", "OMP_NUM_THREADS"])
 def test_a_users_thread_count_wins(var):
     assert _threads(**{var: "1"}) == 1
+
+
+def _spin(**env) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "TVM_THREAD_POOL_SPIN_COUNT"}
+    clean["TVM_SPARSECONV_NO_TF_OP"] = "1"
+    probe = "import os, tvm_sparseconv; print(os.environ['TVM_THREAD_POOL_SPIN_COUNT'])"
+    out = subprocess.run([sys.executable, "-c", probe], env=clean | env, capture_output=True, text=True,
+                         timeout=300, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_idle_workers_sleep_unless_the_user_says_otherwise():
+    """Spinning TVM workers stole cores from TensorFlow's ops inside a model (README, CPU threads)."""
+    assert _spin() == "0"
+    assert _spin(TVM_THREAD_POOL_SPIN_COUNT="300000") == "300000"
