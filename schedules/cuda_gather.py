@@ -77,25 +77,29 @@ class CUDAEllGather(SparseConvRule):
         sch.bind(co_t, "threadIdx.y")
         sch.bind(ow_t, "threadIdx.x")
 
-        # Registers: the accumulator tile, and one 16-byte vector of values / of offsets.
+        self._registers(sch, blocks, ow_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, oh_i, co_i))
+        return sch
+
+    def _registers(self, sch, blocks, thread_loop, block_loop, k_o, threads, unroll, unrolled):
+        """The thread's accumulator tile in registers, written back (epilogue inlined) under
+        `thread_loop`; one 16-byte vector of values and one of offsets per `k_o` step; `unrolled`
+        loops unrolled and `k_o` up to `unroll` deep; then the relayout's schedule."""
         acc = sch.cache_write(blocks.conv, 0, "local")
-        sch.reverse_compute_at(acc, ow_t, preserve_unit_loops=True)
+        sch.reverse_compute_at(acc, thread_loop, preserve_unit_loops=True)
         if blocks.epilogue is not None:
             sch.reverse_compute_inline(blocks.epilogue)
         for name in ("values", "offsets"):
-            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_split[1], tx)
+            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, *threads)
             reg = sch.cache_read(src, _read_index(sch, src, name), "local")
             sch.compute_at(reg, k_o, preserve_unit_loops=True)
             sch.vectorize(sch.get_loops(reg)[-1])
 
-        sch.unroll(k_v)
-        sch.unroll(oh_i)
-        sch.unroll(co_i)
+        for loop in unrolled:
+            sch.unroll(loop)
         sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
         sch.annotate(k_o, "pragma_unroll_explicit", 1)
         sch.decompose_reduction(blocks.conv, k_o)
         _schedule_relayout(sch, blocks.x_stage)
-        return sch
 
     def _stage_in_shared(self, sch, conv, name, block_loop, threads_y, threads_x):
         """For the shared-weights variant: a block-wide copy; returns the block that reads `name`.
@@ -175,22 +179,7 @@ class CUDAEllPixels(CUDAEllSharedWeights):
         sch.bind(co_t, "threadIdx.y")
         sch.bind(p_t, "threadIdx.x")
 
-        acc = sch.cache_write(blocks.conv, 0, "local")
-        sch.reverse_compute_at(acc, p_t, preserve_unit_loops=True)
-        if blocks.epilogue is not None:
-            sch.reverse_compute_inline(blocks.epilogue)
-        for name in ("values", "offsets"):
-            src = self._stage_in_shared(sch, blocks.conv, name, block_loop, co_split[1], tx)
-            reg = sch.cache_read(src, _read_index(sch, src, name), "local")
-            sch.compute_at(reg, k_o, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(reg)[-1])
-
-        for loop in (k_v, p_r, co_i):
-            sch.unroll(loop)
-        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
-        sch.annotate(k_o, "pragma_unroll_explicit", 1)
-        sch.decompose_reduction(blocks.conv, k_o)
-        _schedule_relayout(sch, blocks.x_stage)
+        self._registers(sch, blocks, p_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, p_r, co_i))
         return sch
 
 
