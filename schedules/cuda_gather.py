@@ -90,9 +90,7 @@ class CUDAEllGather(SparseConvRule):
             sch.reverse_compute_inline(blocks.epilogue)
         for name in ("values", "offsets"):
             src = self._stage_in_shared(sch, blocks.conv, name, block_loop, *threads)
-            reg = sch.cache_read(src, _read_index(sch, src, name), "local")
-            sch.compute_at(reg, k_o, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(reg)[-1])
+            vector_reads(sch, src, (name,), k_o)
 
         for loop in unrolled:
             sch.unroll(loop)
@@ -117,6 +115,15 @@ class CUDAEllGather(SparseConvRule):
         sch.bind(tx, "threadIdx.x")
         sch.vectorize(vec)
         return conv
+
+
+def vector_reads(sch: s_tir.Schedule, block, names, k_o) -> None:
+    """`block`'s reads of each of `names` (weight arrays) as one register vector per `k_o` step:
+    the VEC nonzeros of that step in one 16-byte load."""
+    for name in names:
+        reg = sch.cache_read(block, _read_index(sch, block, name), "local")
+        sch.compute_at(reg, k_o, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(reg)[-1])
 
 
 def _read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
@@ -193,7 +200,7 @@ class CUDAEllSplitK(CUDAEllGather):
 
     A small map at batch 1 has too few outputs for the GPU: ResNet-50's conv5 3x3 (7x7x512) ran
     as 512 one-warp blocks with 6% of the warp slots busy, each warp working through its ~460
-    nonzeros one dependent step after another (ncu: 2.8 M instructions in 24 us). Slicing the
+    nonzeros one dependent step after another (ncu: 2.8 M instructions; 24 us in the benchmark). Slicing the
     nonzeros multiplies the warps and divides that chain.
     """
 
@@ -201,14 +208,13 @@ class CUDAEllSplitK(CUDAEllGather):
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         b, oh, ow, co, k = sch.get_loops(blocks.conv)
-        n_b, n_oh, n_ow, n_co, n_k = (sch.get(x).extent.value for x in (b, oh, ow, co, k))
-        slices = [s for s in _SPLIT_K if (n_k // VEC) % s == 0]
+        n_oh, n_ow, n_co, n_k = (sch.get(x).extent.value for x in (oh, ow, co, k))
         # A block takes a whole image: the last warp's pixels past the tile then fall off the map
         # (masked), where tiles of a few rows let them spill into the next tile's rows (TVM drops
         # the split's predicate from the write-backs: the GPU fuzz test caught that).
         if n_k % VEC or n_oh * n_ow > 256:
             return None
-        rows = n_oh
+        slices = [s for s in _SPLIT_K if (n_k // VEC) % s == 0]
 
         if tunable:
             tx = sch.sample_categorical(_SPLIT_K_THREADS, [1 / 3] * 3)
@@ -216,14 +222,16 @@ class CUDAEllSplitK(CUDAEllGather):
             co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
             unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
         else:
-            tx = 32 if rows * n_ow <= 32 else 64
+            tx = 32 if n_oh * n_ow <= 32 else 64
             ks = max(s for s in slices if s * tx <= 512)
             co_split, unroll = [None, 1, largest_divisor(n_co, [4, 2])], 16
 
         # The sum over slices keeps the original loops (rfactor copies them for the partials):
         # a block per (image, channel slice), threads over its outputs.
         k_s, _ = sch.split(k, factors=[ks, None])
-        oh_o, oh_i = sch.split(oh, factors=[None, rows])
+        # A unit outer row loop: the schedule the GPU tests and the committed records ran (without
+        # it TVM generates different CUDA, untested on a GPU).
+        oh_o, oh_i = sch.split(oh, factors=[None, n_oh])
         co_o, co_t, co_i = sch.split(co, factors=co_split)
         sch.reorder(b, oh_o, co_o, k_s, oh_i, ow, co_t, co_i)
         partial = sch.rfactor(k_s, factor_axis=0)  # partial[slice, n, oh, ow, co]
@@ -256,10 +264,7 @@ class CUDAEllSplitK(CUDAEllGather):
         sch.bind(px_t, "threadIdx.x")
         acc = sch.cache_write(partial, 0, "local")
         sch.reverse_compute_at(acc, px_t, preserve_unit_loops=True)
-        for name in ("values", "offsets"):
-            reg = sch.cache_read(partial, _read_index(sch, partial, name), "local")
-            sch.compute_at(reg, k_o, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(reg)[-1])
+        vector_reads(sch, partial, ("values", "offsets"), k_o)
         sch.unroll(k_v)
         sch.unroll(pc_i)
         sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)

@@ -20,7 +20,7 @@ from tvm.target import Target
 from tvm_sparseconv.algorithms.nhwc_direct import TILE_ATTR as ATTR
 
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
-from .cuda_gather import _read_index
+from .cuda_gather import _read_index, vector_reads
 
 VEC = 4  # = tvm_sparseconv.kernel.ELL_ALIGN
 _UNROLL = [0, 16, 64, 256]
@@ -137,10 +137,7 @@ class CUDANhwcDirect(SparseConvRule):
         sch.bind(cty, "threadIdx.y")
         sch.bind(sch.fuse(*ctx), "threadIdx.x")
 
-        for name in ("values", "taps"):
-            reg = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, name), "local")
-            sch.compute_at(reg, k_o, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(reg)[-1])
+        vector_reads(sch, blocks.conv, ("values", "taps"), k_o)
 
         for loop in (k_v, b_r, oh_r, ow_r, co_i):
             sch.unroll(loop)

@@ -37,7 +37,8 @@ def configure_cpu_threads() -> None:
 
     - Cores: TVM's default is half the logical CPUs on x86 (to skip hyper-threads); on a machine
       without them, such as a 2-vCPU cloud VM, every CPU kernel then ran on one core of two (the
-      headline took 337 ms on one thread and 155 ms on two).
+      headline's 4x8x2 row tile: 341.7 ms on one thread, 129.4 ms on two,
+      `benchmarks/experiments/cpu_loop_orders-cpu-znver3{-1thread,}.json`).
     - Spinning: after a parallel region TVM's workers spin for the next one. Inside a TensorFlow
       model that steals cores from TensorFlow's own ops: the dense pruned ResNet-50 took 148-153 ms
       timed in turns with the sparsified one, 93-103 ms with spinning off, and the sparsified one
