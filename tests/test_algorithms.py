@@ -13,7 +13,7 @@ import tvm
 from tvm import te
 
 from tvm_sparseconv import algorithms
-from tvm_sparseconv.algorithms import nhwc_direct
+from tvm_sparseconv.algorithms import nhwc_direct, union_tf32
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workloads import Problem
 
@@ -27,20 +27,61 @@ GRID = [
     Problem("1x1_s3x2_padded", (1, 7, 9, 5), (1, 1, 5, 6), 0.4, strides=(3, 2), padding=((1, 2), (2, 1))),
     Problem("3x3_s2", (2, 9, 7, 6), (3, 3, 6, 5), 0.3, strides=2, has_bias=True, activation="relu"),
     Problem("5x3_dilated", (1, 11, 10, 3), (5, 3, 3, 4), 0.4, padding="VALID", dilations=(2, 1)),
+    # whole groups of 8 output channels and 16-pixel tiles (what union-tf32 computes)
+    Problem("1x1_groups", (2, 4, 4, 12), (1, 1, 12, 16), 0.3),
+    Problem("3x3_s2_groups", (1, 8, 8, 6), (3, 3, 6, 8), 0.3, strides=2, has_bias=True, activation="relu6"),
+    Problem("5x3_dilated_groups", (1, 12, 10, 3), (5, 3, 3, 8), 0.4, padding="VALID", dilations=(2, 1)),
 ]
+
+
+def _applies(algorithm: str, problem: Problem) -> bool:
+    a = algorithms.by_name(algorithm)
+    wl = problem.workload()
+    return a.applies(wl, "llvm") or a.applies(wl, "cuda")
 
 
 @pytest.mark.parametrize("algorithm", list(algorithms.ALGORITHMS))
 @pytest.mark.parametrize("problem", GRID, ids=lambda p: p.name)
 def test_unscheduled_definition_matches_float64(problem, algorithm, rng):
+    if not _applies(algorithm, problem):
+        pytest.skip(f"{algorithm} does not compute {problem.name}")
     wl, w, arrays = problem_arguments(problem, seed=int(rng.integers(1 << 30)), algorithm=algorithm)
+    out = _run_unscheduled(wl, arrays)
+    bias = arrays[-1] if wl.has_bias else None
+    ref = reference_conv(arrays[0], w, wl.strides, problem.padding, wl.dilations, bias, wl.activation)
+    assert rel_err(out, ref) <= algorithms.by_name(algorithm).tolerance
+
+
+def _run_unscheduled(wl, arrays) -> np.ndarray:
     func = te.create_prim_func(algorithms.te_graph(wl))
     f = tvm.compile(tvm.IRModule({"main": func}), target="llvm")["main"]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
     f(*[tvm.runtime.tensor(a) for a in arrays], out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("problem", [p for p in GRID if _applies("union-tf32", p)], ids=lambda p: p.name)
+def test_union_tf32_is_exact_on_tf32_rounded_operands(problem, rng):
+    """union-tf32 rounds input and weights to TF32 (nearest) and sums in fp32: against float64 on the
+    same rounded operands it is as exact as fp32 (the 2e-3 TF32 tolerance alone would miss a
+    truncation or a wrong rounding of either operand)."""
+    wl, w, arrays = problem_arguments(problem, seed=int(rng.integers(1 << 30)), algorithm="union-tf32")
+    x = arrays[0]
+    out = _run_unscheduled(wl, arrays)
     bias = arrays[-1] if wl.has_bias else None
-    ref = reference_conv(arrays[0], w, wl.strides, problem.padding, wl.dilations, bias, wl.activation)
-    assert rel_err(out.numpy(), ref) <= 1e-5
+    ref = reference_conv(union_tf32.round_tf32(x), union_tf32.round_tf32(w), wl.strides, problem.padding,
+                         wl.dilations, bias, wl.activation)
+    assert rel_err(out, ref) <= 1e-5
+    assert rel_err(out, reference_conv(x, w, wl.strides, problem.padding, wl.dilations, bias, wl.activation)) > 1e-6
+
+
+def test_round_tf32_is_round_to_nearest_ties_away():
+    one_ulp = 2.0 ** -10  # TF32 keeps 10 mantissa bits
+    x = np.array([1.0, 1.0 + one_ulp * 0.49, 1.0 + one_ulp * 0.5, -(1.0 + one_ulp * 0.5), 1.0 + one_ulp * 0.51,
+                  3.0e-39, 65504.0 + 3.0], np.float32)
+    r = union_tf32.round_tf32(x)
+    assert list(r[:5]) == [1.0, 1.0, 1.0 + one_ulp, -(1.0 + one_ulp), 1.0 + one_ulp]
+    assert (r.view(np.uint32) & 0x1FFF == 0).all()
 
 
 def test_strided_1x1_stages_only_the_pixels_it_reads():

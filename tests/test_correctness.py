@@ -213,6 +213,7 @@ def test_every_cpu_rule_untuned_matches_reference(rng, rule, case):
     from tvm_sparseconv import algorithms, reference, targets, tuning_records
     from tvm_sparseconv.schedules import rule_by_name
     from tvm_sparseconv.workload import ConvWorkload
+    from tvm_sparseconv.tir_build import compile_tir
 
     shape, kshape, kw = case
     w = random_pruned_kernel(rng, kshape, 0.3)
@@ -222,7 +223,7 @@ def test_every_cpu_rule_untuned_matches_reference(rng, rule, case):
     wl = ConvWorkload.create(shape, kshape, k.ell_width, has_bias=has_bias, activation=act, **kw)
     target = targets.host_cpu_target()
     sch = rule_by_name(rule).apply(tuning_records.workload_module(wl)["main"], target, False)
-    f = tvm.compile(sch.mod, target=target)[algorithms.FUNC_NAME]
+    f = compile_tir(sch.mod, target)[algorithms.FUNC_NAME]
     x = random_input(rng, shape)
     bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))

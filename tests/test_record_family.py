@@ -19,6 +19,7 @@ import tvm_sparseconv as tsc
 import tvm
 
 from tvm_sparseconv import build, module_cache, targets, tuning_records, verification
+from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.tuning import tune_problem
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import TINY, Problem
@@ -202,7 +203,7 @@ def test_committed_records_of_this_family_compute_correctly_here(folder, problem
     tuned = tuning_records.find_tuned_schedule(wl, HOST, LOGS / folder)
     assert tuned is not None and tuned.tuned_workload == wl, f"{folder}/{problem} does not replay"
     assert tuned.travelled == (folder != targets.target_folder_name(HOST))
-    function = tvm.compile(tuned.schedule.mod, target=HOST).mod[build.FUNC_NAME]
+    function = compile_tir(tuned.schedule.mod, HOST).mod[build.FUNC_NAME]
     assert verification.check_function(function, wl, tvm.cpu()) <= verification.TOLERANCE
 
 

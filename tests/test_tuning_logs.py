@@ -25,6 +25,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
+from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.tuning import design_space, enough_trials, problem_arguments, tune_problem
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import HEADLINE, NETWORKS, RESNET50, TINY
@@ -69,7 +70,7 @@ def test_committed_cuda_record_applies_and_compiles_with_nvcc(folder, problem, w
     tuned = tuning_records.find_tuned_schedule(wl, target, LOGS / folder)
     assert tuned is not None, f"{folder}/{problem}: record does not apply to its workload"
     assert tuned.tuned_workload == wl
-    lib = tvm.compile(tuned.schedule.mod, target=target)
+    lib = compile_tir(tuned.schedule.mod, target)
     src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
     assert "__global__" in src
     with target:
@@ -127,7 +128,7 @@ def test_cuda_design_spaces_sample_cleanly(problem, algorithm):
             tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
             sch.enter_postproc()
             if all(p.apply(sch) for p in postprocs):
-                lib = tvm.compile(sch.mod, target=target)
+                lib = compile_tir(sch.mod, target)
                 _assert_accumulators_initialised(lib, sch.trace)
                 built += 1
     assert built > 0, "every sampled candidate was rejected"
@@ -166,7 +167,7 @@ def test_cpu_design_space_draws_match_reference():
                 sch.enter_postproc()
                 if not all(p.apply(sch) for p in ctx.space_generator.postprocs):
                     continue
-                f = tvm.compile(sch.mod, target=target)[algorithms.FUNC_NAME]
+                f = compile_tir(sch.mod, target)[algorithms.FUNC_NAME]
                 out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
                 f(*[tvm.runtime.tensor(a) for a in arrays], out)
                 err = rel_err(out.numpy(), ref)
@@ -268,7 +269,7 @@ def test_a_cuda_record_serves_its_layer_with_bias_and_relu(rule):
     target = targets.cuda_target_for_arch(arch)
     tuned = tuning_records.find_tuned_schedule(wl, target, LOGS / folder)
     assert tuned is not None, f"{folder}/{problem}: its record does not serve the layer with an epilogue"
-    lib = tvm.compile(tuned.schedule.mod, target=target)
+    lib = compile_tir(tuned.schedule.mod, target)
     src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
     assert "bias" in src and "max(" in src, "the epilogue is not in the kernel"
     with target:

@@ -30,6 +30,7 @@ from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
 from .targets import device_for
+from .tir_build import compile_tir
 from .workload import ConvWorkload
 
 FUNC_NAME = algorithms.FUNC_NAME
@@ -183,8 +184,8 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
 
 def _compile(wl: ConvWorkload, schedule, source: str, target: Target, use_disk_cache: bool) -> BuildResult:
     if not use_disk_cache:
-        module = tvm.compile(schedule.mod, target=target).mod
+        module = compile_tir(schedule.mod, target).mod
         return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
     path = module_cache.artifact_path(f"{wl.key()}-{_cache_key(wl, target, schedule)}")
-    module, from_disk = module_cache.load_or_build(path, lambda: tvm.compile(schedule.mod, target=target), FUNC_NAME)
+    module, from_disk = module_cache.load_or_build(path, lambda: compile_tir(schedule.mod, target), FUNC_NAME)
     return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)

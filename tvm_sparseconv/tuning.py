@@ -45,6 +45,7 @@ from . import algorithms
 from .rpc import RemoteSite, Tracker, rpc_alloc_argument
 from .schedules import RULE_ANNOTATION, RULES, rules_for
 from .targets import device_for, target_isa_family
+from .tir_build import compile_tir
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
 from .tuning_records import META_FILE, entry_workload, keep_newest_record, read_meta, repair_folder, workload_module
@@ -339,7 +340,7 @@ def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_
 
 def check_schedule(sch, target, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
     """Build `sch`, run it at `site` on `arrays` with a NaN-poisoned output, return the relative error."""
-    lib = site.load(tvm.compile(sch.mod, target=target))
+    lib = site.load(compile_tir(sch.mod, target))
     args = [tvm.runtime.tensor(a, site.device) for a in arrays]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), site.device)
     lib[algorithms.FUNC_NAME](*args, out)

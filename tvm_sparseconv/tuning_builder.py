@@ -33,8 +33,10 @@ def build_without_tensor_intrinsics(mod: tvm.IRModule, target: Target, _params=N
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from .tir_build import PIPELINE
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(mod, target=target, pipeline=PIPELINE)
 
 
 @derived_object

@@ -16,14 +16,15 @@ from tvm import te, tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from . import ell_gather, nhwc_direct
+from . import ell_gather, nhwc_direct, union_tf32
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "Algorithm", "by_name", "pack_weights", "prim_func",
            "stage_names", "te_graph", "untuned_default", "workload_for", "workloads_for"]
 
 FUNC_NAME = "sparse_conv2d"
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
+                                                             union_tf32.ALGORITHM)}
 #: the algorithm that computes every layer on every target (tune.py's default)
 DEFAULT = ell_gather.ALGORITHM.name
 

@@ -14,6 +14,10 @@ from ..kernel import SparseKernel
 from ..workload import ConvWorkload
 
 CONV, EPILOGUE = "conv", "epilogue"
+#: relative error against float64 a correct result stays within, by arithmetic precision: fp32
+#: kernels sum in a different order than the reference; TF32 rounds both operands to 11
+#: significant bits (unit roundoff 2^-11 = 4.9e-4 per product; observed ~3e-4, cuDNN TF32 alike)
+TOLERANCES = {"fp32": 1e-5, "tf32": 2e-3}
 
 
 class Algorithm:
@@ -23,6 +27,13 @@ class Algorithm:
     name: str = "base"
     #: name of the block that stages the input (schedule rules look for it)
     stage: str = ""
+    #: arithmetic: "fp32" (the default mode's) or "tf32" (tensor cores; chosen only on request)
+    precision: str = "fp32"
+
+    @property
+    def tolerance(self) -> float:
+        """Relative error against float64 that a correct result of this algorithm stays within."""
+        return TOLERANCES[self.precision]
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
         """Whether this algorithm can compute `wl` (any algorithm's workload of the problem)."""

@@ -1,0 +1,114 @@
+"""CUDA design space of the "union-tf32" algorithm: TF32 mma.sync over each channel group's union of taps.
+
+A warp owns `m_tiles` x 16 flattened output pixels and `g_regs` groups of 8 output channels, i.e.
+m_tiles x g_regs accumulator fragments (4 registers per lane each). For each step of 8 union taps
+it gathers its A fragments (each lane its own 4 elements per tile: the input value, zero-padded and
+rounded to TF32, straight from the NHWC input through L1) and its B fragments (2 weights per lane
+and group), then issues one `mma.m16n8k8` per (tile, group). A block holds `warps_p` x `warps_g`
+warps; warps of one block share pixels, so their gathers hit the same input lines in L1.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.target import Target
+
+from tvm_sparseconv.algorithms.union_tf32 import GROUP, K_STEP, M_TILE
+
+from . import mma_tf32 as mma
+from .common import SparseConvBlocks, SparseConvRule, largest_divisor
+from .cuda_gather import _read_index
+
+
+class CUDAUnionTF32(SparseConvRule):
+    """Warps of 16-pixel x 8-channel TF32 mma tiles, fragments gathered straight from the NHWC input."""
+
+    name = "cuda-union-tf32"
+    target_kind = "cuda"
+    algorithm = "union-tf32"
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
+        p, co, k = sch.get_loops(blocks.conv)
+        n_p, n_co, n_k = (sch.get(x).extent.value for x in (p, co, k))
+        if n_p % M_TILE or n_co % GROUP or n_k % K_STEP:
+            return None
+        tiles, groups = n_p // M_TILE, n_co // GROUP
+
+        g, j = sch.split(co, factors=[groups, GROUP])
+        p, p_i = sch.split(p, factors=[tiles, M_TILE])
+        k_o, k_i = sch.split(k, factors=[None, K_STEP])
+        if tunable:
+            p_split = sch.sample_perfect_tile(p, n=3, max_innermost_factor=4)
+            g_split = sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
+        else:
+            m_tiles = largest_divisor(tiles, [2, 1])
+            warps_p = largest_divisor(tiles // m_tiles, [2, 1])
+            g_regs = largest_divisor(groups, [2, 1])
+            warps_g = largest_divisor(groups // g_regs, [2, 1])
+            p_split, g_split = [None, warps_p, m_tiles], [None, warps_g, g_regs]
+        p_b, p_w, p_m = sch.split(p, factors=p_split)
+        g_b, g_w, g_r = sch.split(g, factors=g_split)
+        sch.reorder(p_b, g_b, p_w, g_w, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(p_b, g_b), "blockIdx.x")
+        warp = sch.fuse(p_w, g_w)
+        sch.bind(warp, "threadIdx.y")
+
+        # Accumulators: warp fragments, stored (through the NHWC epilogue) after the k loop.
+        acc = sch.cache_write(blocks.conv, 0, "warp")
+        sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
+        sch.reverse_compute_inline(blocks.epilogue)
+
+        # A fragments: the gather itself, computed per k step into registers.
+        sch.compute_at(blocks.x_stage, k_o, preserve_unit_loops=True)
+        sch.set_scope(blocks.x_stage, 0, "warp")
+        b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
+        sch.compute_at(b_frag, k_o, preserve_unit_loops=True)
+
+        init = sch.decompose_reduction(blocks.conv, k_o)
+
+        sch.transform_layout(blocks.x_stage, ("write", 0),
+                             lambda p_, g_, k_: (p_ // M_TILE, g_, k_ // K_STEP, *mma.a_layout(p_ % M_TILE, k_ % K_STEP)))
+        sch.transform_layout(b_frag, ("write", 0),
+                             lambda g_, k_, j_: (g_, k_ // K_STEP, *mma.b_layout(k_ % K_STEP, j_)))
+        sch.transform_layout(blocks.conv, ("write", 0),
+                             lambda p_, c_: (p_ // M_TILE, c_ // GROUP, *mma.c_layout(p_ % M_TILE, c_ % GROUP)))
+
+        # Each lane runs its own elements: split rows/columns as the layouts spread them, lanes fused.
+        _lanes_a(sch, blocks.x_stage)
+        _lanes_b(sch, b_frag)
+        _lanes_c(sch, *sch.get_loops(init)[-2:], vectorize=False)
+        pix, ch = sch.get_loops(acc)[-2:]
+        m, pix = sch.split(pix, factors=[None, M_TILE])
+        g, ch = sch.split(ch, factors=[None, GROUP])
+        sch.reorder(m, g, pix, ch)
+        _lanes_c(sch, pix, ch, vectorize=True)
+
+        sch.tensorize(p_i, mma.MMA_TF32)
+        return sch
+
+
+def _lanes_a(sch: s_tir.Schedule, block) -> None:
+    """A fragment (pixels x 8 taps per group): lane = (i % 8) * 4 + k % 4."""
+    pix, grp, tap = sch.get_loops(block)[-3:]
+    m, hi, lo = sch.split(pix, factors=[None, 2, 8])
+    k_hi, k_lo = sch.split(tap, factors=[2, 4])
+    sch.reorder(m, grp, hi, k_hi, lo, k_lo)
+    sch.bind(sch.fuse(lo, k_lo), "threadIdx.x")
+
+
+def _lanes_b(sch: s_tir.Schedule, block) -> None:
+    """B fragment (groups x 8 taps x 8 channels): lane = j * 4 + k % 4."""
+    grp, tap, ch = sch.get_loops(block)[-3:]
+    k_hi, k_lo = sch.split(tap, factors=[2, 4])
+    sch.reorder(grp, k_hi, ch, k_lo)
+    sch.bind(sch.fuse(ch, k_lo), "threadIdx.x")
+
+
+def _lanes_c(sch: s_tir.Schedule, pix, ch, vectorize: bool) -> None:
+    """C fragment (16 pixels x 8 channels, the two innermost loops): lane = (i % 8) * 4 + j // 2."""
+    hi, lo = sch.split(pix, factors=[2, 8])
+    j_hi, j_lo = sch.split(ch, factors=[4, 2])
+    sch.reorder(hi, lo, j_hi, j_lo)
+    sch.bind(sch.fuse(lo, j_hi), "threadIdx.x")
+    if vectorize:
+        sch.vectorize(j_lo)

@@ -1,0 +1,61 @@
+"""How every scheduled sparse convolution becomes a module: `compile_tir` (TVM's pipeline, two fixes).
+
+Algorithms whose CUDA rules keep tensor-core fragments in "warp" scope buffers (one per operand;
+see `schedules/mma_tf32.py`) mark their PrimFunc with `WARP_FRAGMENTS_ATTR`. For those, TVM 0.27's
+default TIR pipeline needs two changes:
+
+- `LowerWarpMemory` rewrites only the first warp buffer of a scope per run (the others stay 32x
+  too large, per-thread arrays in local memory), so it runs once per warp buffer;
+- common-subexpression elimination runs before it and turns a fragment index's lane term into a
+  `let` variable, which `LowerWarpMemory` then rejects ("require positive constant coefficient
+  on warp index threadIdx_x"), so it is off for such functions (nvcc eliminates them anyway).
+
+Functions without the attribute go through TVM's default pipeline unchanged.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.target import Target
+from tvm.tirx import compilation_pipeline
+
+PIPELINE = "sparseconv"
+#: PrimFunc attribute: the number of warp-scope fragment buffers the schedule may create
+WARP_FRAGMENTS_ATTR = "sparseconv_warp_fragments"
+
+
+def _warp_fragments(mod: tvm.IRModule) -> int:
+    counts = [int(f.attrs[WARP_FRAGMENTS_ATTR]) for f in mod.functions.values()
+              if isinstance(f, tirx.PrimFunc) and f.attrs is not None and WARP_FRAGMENTS_ATTR in f.attrs]
+    return max(counts, default=0)
+
+
+def _sparseconv_pipeline(**kwargs):
+    lower, finalize_host, finalize_device = compilation_pipeline.get_tir_pipeline("s_tir", **kwargs)
+    fragments = {"n": 0}
+
+    @tvm.transform.module_pass(opt_level=0, name="sparseconv.Lower")
+    def _lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        fragments["n"] = _warp_fragments(mod)
+        if not fragments["n"]:
+            return lower(mod)
+        ctx = tvm.transform.PassContext.current()
+        config = {**ctx.config, "tirx.disable_cse_tir": True}
+        with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config,
+                                       required_pass=list(ctx.required_pass), disabled_pass=list(ctx.disabled_pass)):
+            return lower(mod)
+
+    def _finalize_device():
+        passes = [tirx.transform.LowerWarpMemory() for _ in range(fragments["n"])]
+        return tvm.ir.transform.Sequential([*passes, finalize_device()])
+
+    return _lower, finalize_host, _finalize_device
+
+
+compilation_pipeline.register_tir_pipeline(PIPELINE, _sparseconv_pipeline)
+
+
+def compile_tir(mod: tvm.IRModule, target: Target | str) -> tvm.runtime.Executable:
+    """`tvm.compile(mod, target)` through this project's TIR pipeline (see the module docstring)."""
+    return tvm.compile(mod, target=target, tir_pipeline=PIPELINE)
