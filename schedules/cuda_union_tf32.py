@@ -13,7 +13,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from tvm_sparseconv.algorithms.union_tf32 import GROUP, K_STEP, M_TILE
+from tvm_sparseconv.algorithms.union_tf32 import A_TF32, GROUP, K_STEP, M_TILE, X_TF32
 
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
@@ -21,60 +21,80 @@ from .cuda_gather import _read_index
 
 
 class CUDAUnionTF32(SparseConvRule):
-    """Warps of 16-pixel x 8-channel TF32 mma tiles, fragments gathered straight from the NHWC input."""
+    """Warps of 16-pixel x 8-channel TF32 mma tiles; 1x1 layers stage each input chunk in shared memory."""
 
     name = "cuda-union-tf32"
     target_kind = "cuda"
     algorithm = "union-tf32"
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
-        p, co, k = sch.get_loops(blocks.conv)
+        p, co, c, k = sch.get_loops(blocks.conv)
         n_p, n_co, n_k = (sch.get(x).extent.value for x in (p, co, k))
         if n_p % M_TILE or n_co % GROUP or n_k % K_STEP:
             return None
         tiles, groups = n_p // M_TILE, n_co // GROUP
+        a_block = sch.get_sblock(A_TF32)
+        staged = len(sch.get(blocks.x_stage).writes[0].source.shape) == 2  # the 1x1 pixel view
 
         g, j = sch.split(co, factors=[groups, GROUP])
         p, p_i = sch.split(p, factors=[tiles, M_TILE])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
+        # A block's tiles and groups are drawn below caps: its staged chunk (<= 8 tiles x 68 words
+        # = 34 KB) fits in 48 KB of shared memory, and its warps in 1024 threads.
+        p_cap, g_cap = largest_divisor(tiles, [8, 4, 2, 1]), largest_divisor(groups, [16, 8, 4, 2, 1])
+        p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
+        g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         if tunable:
             p_split = sch.sample_perfect_tile(p, n=3, max_innermost_factor=4)
             g_split = sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
         else:
-            m_tiles = largest_divisor(tiles, [2, 1])
-            warps_p = largest_divisor(tiles // m_tiles, [2, 1])
-            g_regs = largest_divisor(groups, [2, 1])
-            warps_g = largest_divisor(groups // g_regs, [2, 1])
-            p_split, g_split = [None, warps_p, m_tiles], [None, warps_g, g_regs]
+            m_tiles = largest_divisor(p_cap, [2, 1])
+            g_regs = largest_divisor(g_cap, [2, 1])
+            p_split = [1, p_cap // m_tiles, m_tiles]
+            g_split = [1, largest_divisor(g_cap // g_regs, [4, 2, 1]), g_regs]
+            g_split[0] = g_cap // (g_split[1] * g_regs)
         p_b, p_w, p_m = sch.split(p, factors=p_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(p_b, g_b, p_w, g_w, k_o, p_m, g_r, p_i, j, k_i)
-        sch.bind(sch.fuse(p_b, g_b), "blockIdx.x")
+        sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(p_outer, p_b, g_outer, g_b), "blockIdx.x")
         warp = sch.fuse(p_w, g_w)
         sch.bind(warp, "threadIdx.y")
 
-        # Accumulators: warp fragments, stored (through the NHWC epilogue) after the k loop.
+        # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
         sch.reverse_compute_inline(blocks.epilogue)
 
         # A fragments: the gather itself, computed per k step into registers.
-        sch.compute_at(blocks.x_stage, k_o, preserve_unit_loops=True)
-        sch.set_scope(blocks.x_stage, 0, "warp")
+        sch.compute_at(a_block, k_o, preserve_unit_loops=True)
+        if staged:
+            # The block's pixels x one chunk, copied once for all its groups (consecutive threads
+            # read consecutive channels), each row padded by 4 words against bank conflicts.
+            x_shared = sch.cache_read(a_block, _read_index(sch, a_block, X_TF32), "shared")
+            sch.compute_at(x_shared, c, preserve_unit_loops=True)
+            sch.compute_inline(blocks.x_stage)
+            sch.storage_align(x_shared, 0, axis=0, factor=32, offset=4)
+            copy = sch.fuse(*sch.get_loops(x_shared)[-2:])
+            _, cty, ctx = sch.split(copy, factors=[None, p_split[1] * g_split[1], 32])
+            sch.bind(cty, "threadIdx.y")
+            sch.bind(ctx, "threadIdx.x")
+        else:
+            sch.compute_inline(blocks.x_stage)
+        sch.set_scope(a_block, 0, "warp")
         b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
         sch.compute_at(b_frag, k_o, preserve_unit_loops=True)
 
-        init = sch.decompose_reduction(blocks.conv, k_o)
+        init = sch.decompose_reduction(blocks.conv, c)
 
-        sch.transform_layout(blocks.x_stage, ("write", 0),
-                             lambda p_, g_, k_: (p_ // M_TILE, g_, k_ // K_STEP, *mma.a_layout(p_ % M_TILE, k_ % K_STEP)))
-        sch.transform_layout(b_frag, ("write", 0),
-                             lambda g_, k_, j_: (g_, k_ // K_STEP, *mma.b_layout(k_ % K_STEP, j_)))
-        sch.transform_layout(blocks.conv, ("write", 0),
-                             lambda p_, c_: (p_ // M_TILE, c_ // GROUP, *mma.c_layout(p_ % M_TILE, c_ % GROUP)))
+        sch.transform_layout(a_block, ("write", 0), lambda p_, g_, c_, k_: (
+            p_ // M_TILE, g_, c_, k_ // K_STEP, *mma.a_layout(p_ % M_TILE, k_ % K_STEP)))
+        sch.transform_layout(b_frag, ("write", 0), lambda g_, c_, k_, j_: (
+            g_, c_, k_ // K_STEP, *mma.b_layout(k_ % K_STEP, j_)))
+        sch.transform_layout(blocks.conv, ("write", 0), lambda p_, o_: (
+            p_ // M_TILE, o_ // GROUP, *mma.c_layout(p_ % M_TILE, o_ % GROUP)))
 
-        # Each lane runs its own elements: split rows/columns as the layouts spread them, lanes fused.
-        _lanes_a(sch, blocks.x_stage)
+        # Each lane runs its own elements: rows/columns split as the layouts spread them, lanes fused.
+        _lanes_a(sch, a_block)
         _lanes_b(sch, b_frag)
         _lanes_c(sch, *sch.get_loops(init)[-2:], vectorize=False)
         pix, ch = sch.get_loops(acc)[-2:]
@@ -88,19 +108,19 @@ class CUDAUnionTF32(SparseConvRule):
 
 
 def _lanes_a(sch: s_tir.Schedule, block) -> None:
-    """A fragment (pixels x 8 taps per group): lane = (i % 8) * 4 + k % 4."""
-    pix, grp, tap = sch.get_loops(block)[-3:]
+    """A fragment (pixels x groups x 1 chunk x 8 taps): lane = (i % 8) * 4 + k % 4."""
+    pix, grp, chunk, tap = sch.get_loops(block)[-4:]
     m, hi, lo = sch.split(pix, factors=[None, 2, 8])
     k_hi, k_lo = sch.split(tap, factors=[2, 4])
-    sch.reorder(m, grp, hi, k_hi, lo, k_lo)
+    sch.reorder(m, grp, chunk, hi, k_hi, lo, k_lo)
     sch.bind(sch.fuse(lo, k_lo), "threadIdx.x")
 
 
 def _lanes_b(sch: s_tir.Schedule, block) -> None:
-    """B fragment (groups x 8 taps x 8 channels): lane = j * 4 + k % 4."""
-    grp, tap, ch = sch.get_loops(block)[-3:]
+    """B fragment (groups x 1 chunk x 8 taps x 8 channels): lane = j * 4 + k % 4."""
+    grp, chunk, tap, ch = sch.get_loops(block)[-4:]
     k_hi, k_lo = sch.split(tap, factors=[2, 4])
-    sch.reorder(grp, k_hi, ch, k_lo)
+    sch.reorder(grp, chunk, k_hi, ch, k_lo)
     sch.bind(sch.fuse(ch, k_lo), "threadIdx.x")
 
 

@@ -31,6 +31,8 @@ GRID = [
     Problem("1x1_groups", (2, 4, 4, 12), (1, 1, 12, 16), 0.3),
     Problem("3x3_s2_groups", (1, 8, 8, 6), (3, 3, 6, 8), 0.3, strides=2, has_bias=True, activation="relu6"),
     Problem("5x3_dilated_groups", (1, 12, 10, 3), (5, 3, 3, 8), 0.4, padding="VALID", dilations=(2, 1)),
+    Problem("1x1_chunks", (2, 4, 4, 150), (1, 1, 150, 16), 0.2, has_bias=True),  # 3 chunks, the last partial
+    Problem("1x1_s2_padded_groups", (4, 7, 9, 70), (1, 1, 70, 16), 0.3, strides=2, padding=((1, 0), (0, 1))),
 ]
 
 

@@ -36,6 +36,8 @@ CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bia
     ((2, 15, 13, 20), (1, 1, 20, 12), 0.3, (3, 2), [(1, 2), (2, 1)], 1, True, "relu"),  # padded strided 1x1
     ((1, 9, 30, 6), (3, 5, 6, 12), 0.3, (1, 3), "SAME", (2, 1), False, "relu"),
     ((2, 9, 8, 12), (3, 3, 12, 24), 0.3, (2, 1), [(1, 2), (0, 1)], (1, 2), True, "relu6"),  # union-tf32 tiles
+    ((2, 8, 8, 150), (1, 1, 150, 24), 0.2, 1, "SAME", 1, True, "relu"),  # union-tf32: 3 chunks, 1 partial
+    ((4, 7, 9, 70), (1, 1, 70, 16), 0.3, 2, [(1, 0), (0, 1)], 1, False, None),  # union-tf32: padded strided 1x1
 ]
 
 

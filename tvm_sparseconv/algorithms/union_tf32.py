@@ -10,20 +10,24 @@ input value per 8 multiply-adds.
 
 Stages (block names are what the schedule rules in `schedules/` look for):
 
-- ``a_tf32``: the gathered input, ``a[p, g, k] = tf32(x[n, oh*sh + kh*dh - pt, ow*sw + kw*dw - pl, ci])``
-  over flattened output pixels p = (n, oh, ow), group g and union position k, where
-  ``(ci, kw, kh)`` is unpacked from ``taps[g, k] = ci + Cin*(kw + KW*kh)``. Zero outside the input
-  (TensorFlow's padding). Rounded to TF32 (nearest, ties away from zero, as ``cvt.rna.tf32.f32``):
-  the tensor cores would otherwise truncate. The CUDA rule computes it into the mma's A fragments
-  (registers), never into memory.
-- ``conv``: ``conv[p, co] = sum_k a[p, co // 8, k] * weights[co // 8, k, co % 8]`` (flattened
-  pixels: a warp's 16-pixel mma tile is any 16 consecutive pixels, whatever the map's width).
+- ``x_tf32``: the input rounded to TF32 (nearest, ties away from zero, as ``cvt.rna.tf32.f32``; the
+  tensor cores would otherwise truncate), zero outside it (TensorFlow's padding), its channels padded
+  to whole chunks. For 1x1 layers it is the view on flattened output pixels,
+  ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow)), which the CUDA rule stages
+  per chunk of ``chunk`` channels in shared memory for all the block's groups; otherwise it is the
+  padded input ``xs[n, r, c, ch]`` (one chunk: all channels), gathered from where it is.
+- ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
+  the input at the tap ``taps[g, c, k] = ci_in_chunk + chunk*(kw + KW*kh)``. The CUDA rule computes
+  it into the mma's A fragments (registers), never into memory.
+- ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * weights[co // 8, c, k, co % 8]``
+  (flattened pixels: a warp's 16-pixel mma tile is any 16 consecutive pixels, whatever the width).
 - ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` (always present:
   it is also the reshape to NHWC).
 
 Weights are rounded to TF32 when packed. The compiled function's arguments, in order:
-x, weights (groups, K, 8), taps (groups, K), [bias], out.
-Format sizes in the workload: ``ell_width`` = K (union taps per group), ``chunk`` = ``GROUP``.
+x, weights (groups, chunks, K, 8), taps (groups, chunks, K), [bias], out.
+Format sizes in the workload: ``ell_width`` = K (the longest union of a group within a chunk,
+padded to 8), ``chunk`` = input channels per chunk.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ from ..workload import ConvWorkload
 from .base import CONV, EPILOGUE, Algorithm
 
 A_TF32 = "a_tf32"
+X_TF32 = "x_tf32"
 GROUP = 8  # output channels per group: the n of mma m16n8k8
 K_STEP = 8  # union taps per mma: its k
 M_TILE = 16  # output pixels per mma: its m
+#: input channels per chunk of a 1x1 layer: a tile of 128 pixels x 64 channels (+ padding) is
+#: 34 KB of shared memory, and each group's union within a chunk pads to a multiple of 8 taps
+CHUNK_1X1 = 64
 
 
 def round_tf32(bits: np.ndarray) -> np.ndarray:
@@ -53,31 +61,51 @@ def _round_tf32_expr(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.reinterpret("float32", (u + tirx.const(0x1000, "uint32")) & tirx.const(0xFFFFE000, "uint32"))
 
 
-def group_unions(kernel: SparseKernel) -> list[np.ndarray]:
-    """Per group of `GROUP` output channels: its sorted packed taps ``ci + Cin*(kw + KW*kh)``."""
+def is_pointwise(wl: ConvWorkload) -> bool:
+    """1x1 layers: their input is staged per chunk of channels as a (pixels x channels) view."""
+    return tuple(wl.kernel_shape[:2]) == (1, 1)
+
+
+def chunk_size(kernel_shape) -> int:
+    """Input channels per chunk: `CHUNK_1X1` for 1x1 layers, all of them (one chunk) otherwise."""
+    kh, kw, cin, _ = kernel_shape
+    return min(cin, CHUNK_1X1) if (kh, kw) == (1, 1) else cin
+
+
+def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
+    """[group][chunk]: the sorted taps ``(ci - chunk*c) + chunk*(kw + KW*kh)`` of that group's
+    `GROUP` output channels whose input channel is in chunk c."""
     kh_, kw_, cin, cout = kernel.shape
+    chunk = chunk_size(kernel.shape)
+    n_chunks = -(-cin // chunk)
     real = np.arange(kernel.ell_width)[None, :] < kernel.counts[:, None]
-    packed = kernel.ci.astype(np.int64) + cin * (kernel.kw.astype(np.int64) + kw_ * kernel.kh.astype(np.int64))
+    ci = kernel.ci.astype(np.int64)
+    which = ci // chunk
+    packed = (ci - which * chunk) + chunk * (kernel.kw.astype(np.int64) + kw_ * kernel.kh.astype(np.int64))
     unions = []
     for g in range(cout // GROUP):
         rows = slice(g * GROUP, (g + 1) * GROUP)
-        unions.append(np.unique(packed[rows][real[rows]]))
+        taps, chunks = packed[rows][real[rows]], which[rows][real[rows]]
+        unions.append([np.unique(taps[chunks == c]) for c in range(n_chunks)])
     return unions
 
 
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
-    """(weights (groups, K, GROUP) rounded to TF32, taps (groups, K)); padding: tap 0, weight 0."""
+    """(weights (groups, chunks, K, GROUP) rounded to TF32, taps (groups, chunks, K)); padding has
+    tap 0 and weight 0."""
     kh_, kw_, cin, cout = kernel.shape
-    k_pad = wl.ell_width
+    chunk, k_pad = wl.chunk, wl.ell_width
     unions = group_unions(kernel)
     dense = kernel.to_dense()  # HWIO
-    weights = np.zeros((len(unions), k_pad, GROUP), np.float32)
-    taps = np.zeros((len(unions), k_pad), np.int32)
-    for g, u in enumerate(unions):
-        ci, rest = u % cin, u // cin
-        kw, kh = rest % kw_, rest // kw_
-        taps[g, : len(u)] = u
-        weights[g, : len(u)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
+    n_chunks = len(unions[0]) if unions else 1
+    weights = np.zeros((len(unions), n_chunks, k_pad, GROUP), np.float32)
+    taps = np.zeros((len(unions), n_chunks, k_pad), np.int32)
+    for g, per_chunk in enumerate(unions):
+        for c, u in enumerate(per_chunk):
+            ci, rest = u % chunk + c * chunk, u // chunk
+            kw, kh = rest % kw_, rest // kw_
+            taps[g, c, : len(u)] = u
+            weights[g, c, : len(u)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
     return round_tf32(weights), taps
 
 
@@ -85,37 +113,57 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     """Build the TE graph of `wl`; returns the argument tensors followed by the output."""
     n, h, w, cin = wl.input_shape
     kh_, kw_, _, cout = wl.kernel_shape
-    k_pad, groups = wl.ell_width, cout // GROUP
+    k_pad, chunk, groups = wl.ell_width, wl.chunk, cout // GROUP
+    n_chunks = -(-cin // chunk)
     oh_, ow_ = wl.output_hw
     (pt, _), (pl, _) = wl.pads
+    gh, gw = wl.gather_hw
     sh, sw = wl.strides
     dh, dw = wl.dilations
     pixels = n * oh_ * ow_
 
     x = te.placeholder((n, h, w, cin), "float32", name="x")
-    weights = te.placeholder((groups, k_pad, GROUP), "float32", name="weights")
-    taps = te.placeholder((groups, k_pad), "int32", name="taps")
+    weights = te.placeholder((groups, n_chunks, k_pad, GROUP), "float32", name="weights")
+    taps = te.placeholder((groups, n_chunks, k_pad), "int32", name="taps")
 
-    def gather(p, g, k):
-        t = taps[g, k]
-        ci = tirx.floormod(t, cin)
-        kw = tirx.floormod(tirx.floordiv(t, cin), kw_) if kw_ > 1 else 0
-        kh = tirx.max(tirx.min(tirx.floordiv(t, cin * kw_), kh_ - 1), 0) if kh_ > 1 else 0
+    def padded(b, r, col, ch):
+        inside = tirx.all(r >= 0, r < h, col >= 0, col < w, ch < cin)
+        return _round_tf32_expr(tirx.if_then_else(inside, x[b, r, col, ch], tirx.const(0.0, "float32")))
+
+    def pixel(p):
         b, rest = tirx.floordiv(p, oh_ * ow_), tirx.floormod(p, oh_ * ow_)
-        row = tirx.floordiv(rest, ow_) * sh + kh * dh - pt
-        col = tirx.floormod(rest, ow_) * sw + kw * dw - pl
-        inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
-        v = tirx.if_then_else(inside, x[b, row, col, ci], tirx.const(0.0, "float32"))
-        return _round_tf32_expr(v)
+        return b, tirx.floordiv(rest, ow_), tirx.floormod(rest, ow_)
 
-    a = te.compute((pixels, groups, k_pad), gather, name=A_TF32)
+    if is_pointwise(wl):
+        def view(p, ch):
+            b, oh, ow = pixel(p)
+            return padded(b, oh * sh - pt, ow * sw - pl, ch)
+
+        xs = te.compute((pixels, n_chunks * chunk), view, name=X_TF32)
+
+        def gather(p, g, c, k):
+            # Clamped so that TVM's region analysis can bound a chunk (packed taps are in range).
+            return xs[p, c * chunk + tirx.max(tirx.min(taps[g, c, k], chunk - 1), 0)]
+    else:
+        xs = te.compute((n, gh, gw, n_chunks * chunk), lambda b, r, col, ch: padded(b, r - pt, col - pl, ch),
+                        name=X_TF32)
+
+        def gather(p, g, c, k):
+            t = taps[g, c, k]
+            ci = tirx.floormod(t, chunk)
+            kw = tirx.floormod(tirx.floordiv(t, chunk), kw_) if kw_ > 1 else 0
+            kh = tirx.max(tirx.min(tirx.floordiv(t, chunk * kw_), kh_ - 1), 0) if kh_ > 1 else 0
+            b, oh, ow = pixel(p)
+            return xs[b, oh * sh + kh * dh, ow * sw + kw * dw, c * chunk + ci]
+
+    a = te.compute((pixels, groups, n_chunks, k_pad), gather, name=A_TF32)
+    rc = te.reduce_axis((0, n_chunks), name="c")
     rk = te.reduce_axis((0, k_pad), name="k")
     conv = te.compute(
         (pixels, cout),
-        lambda p, co: te.sum(a[p, co // GROUP, rk] * weights[co // GROUP, rk, co % GROUP], axis=rk),
+        lambda p, co: te.sum(a[p, co // GROUP, rc, rk] * weights[co // GROUP, rc, rk, co % GROUP], axis=[rc, rk]),
         name=CONV,
     )
-
     args = [x, weights, taps]
     bias = te.placeholder((cout,), "float32", name="bias") if wl.has_bias else None
     if bias is not None:
@@ -139,7 +187,7 @@ class UnionTF32(Algorithm):
     """Dense TF32 mma over each 8-channel group's union of taps (CUDA, sm_80 and newer; opt-in)."""
 
     name = "union-tf32"
-    stage = A_TF32
+    stage = X_TF32
     precision = "tf32"
 
     def applies(self, wl: ConvWorkload | None, target_kind: str) -> bool:
@@ -150,8 +198,8 @@ class UnionTF32(Algorithm):
         return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
-        longest = max((len(u) for u in group_unions(kernel)), default=0)
-        return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": GROUP}
+        longest = max((len(u) for per_chunk in group_unions(kernel) for u in per_chunk), default=0)
+        return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": chunk_size(kernel.shape)}
 
     def te(self, wl: ConvWorkload) -> list[te.Tensor]:
         return union_tf32_te(wl)
