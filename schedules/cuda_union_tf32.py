@@ -48,11 +48,14 @@ class CUDAUnionTF32(SparseConvRule):
             p_split = sch.sample_perfect_tile(p, n=3, max_innermost_factor=4)
             g_split = sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
         else:
+            # 64 pixels x 16 groups (what the best of 8 random draws was on most ResNet-50 1x1
+            # layers at batch 32, benchmarks/experiments/union_tf32-v2-nvidia-h200.json)
             m_tiles = largest_divisor(p_cap, [2, 1])
-            g_regs = largest_divisor(g_cap, [2, 1])
-            p_split = [1, p_cap // m_tiles, m_tiles]
-            g_split = [1, largest_divisor(g_cap // g_regs, [4, 2, 1]), g_regs]
-            g_split[0] = g_cap // (g_split[1] * g_regs)
+            warps_p = largest_divisor(p_cap // m_tiles, [2, 1])
+            g_regs = largest_divisor(g_cap, [4, 2, 1])
+            warps_g = largest_divisor(g_cap // g_regs, [4, 2, 1])
+            p_split = [p_cap // (warps_p * m_tiles), warps_p, m_tiles]
+            g_split = [g_cap // (warps_g * g_regs), warps_g, g_regs]
         p_b, p_w, p_m = sch.split(p, factors=p_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
         sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
@@ -88,8 +91,6 @@ class CUDAUnionTF32(SparseConvRule):
 
         sch.transform_layout(a_block, ("write", 0), lambda p_, g_, c_, k_: (
             p_ // M_TILE, g_, c_, k_ // K_STEP, *mma.a_layout(p_ % M_TILE, k_ % K_STEP)))
-        sch.transform_layout(b_frag, ("write", 0), lambda g_, c_, k_, j_: (
-            g_, c_, k_ // K_STEP, *mma.b_layout(k_ % K_STEP, j_)))
         sch.transform_layout(blocks.conv, ("write", 0), lambda p_, o_: (
             p_ // M_TILE, o_ // GROUP, *mma.c_layout(p_ % M_TILE, o_ % GROUP)))
 
@@ -117,11 +118,11 @@ def _lanes_a(sch: s_tir.Schedule, block) -> None:
 
 
 def _lanes_b(sch: s_tir.Schedule, block) -> None:
-    """B fragment (groups x 1 chunk x 8 taps x 8 channels): lane = j * 4 + k % 4."""
-    grp, chunk, tap, ch = sch.get_loops(block)[-4:]
-    k_hi, k_lo = sch.split(tap, factors=[2, 4])
-    sch.reorder(grp, chunk, k_hi, ch, k_lo)
-    sch.bind(sch.fuse(ch, k_lo), "threadIdx.x")
+    """B fragment (groups x 1 chunk x 1 k step x 32 lanes x 2): stored in fragment order already, so
+    a lane's two weights are adjacent (LowerWarpMemory takes no vector store into a warp buffer)."""
+    lane, reg = sch.get_loops(block)[-2:]
+    sch.bind(lane, "threadIdx.x")
+    sch.unroll(reg)
 
 
 def _lanes_c(sch: s_tir.Schedule, pix, ch, vectorize: bool) -> None:

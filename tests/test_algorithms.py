@@ -106,3 +106,25 @@ def _all_tensors(out: te.Tensor) -> list[te.Tensor]:
             seen[t.op.name] = t
             stack.extend(t.op.input_tensors)
     return list(seen.values())
+
+
+def test_tf32_algorithms_only_serve_layers_compiled_for_tf32():
+    """A TF32 record must never be picked behind the back of a user who asked for fp32 (the default)."""
+    problem = GRID[-2]  # 1x1, whole groups and tiles
+    kernel = problem.sparse_kernel()
+    wl = problem.workload(kernel)
+    fp32 = {w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")}
+    tf32 = {w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda", precision="tf32")}
+    assert "union-tf32" not in fp32 and "union-tf32" in tf32 and fp32 < tf32
+    with pytest.raises(ValueError, match="precision"):
+        algorithms.workloads_for(kernel, wl, "cuda", precision="fp16")
+
+
+def test_forcing_a_tf32_algorithm_needs_precision_tf32():
+    import tvm_sparseconv as tsc
+    from tvm_sparseconv import targets
+
+    problem = GRID[-2]
+    with pytest.raises(ValueError, match="precision='tf32'"):
+        tsc.compile(problem.sparse_kernel(), problem.input_shape, target=targets.cuda_target_for_arch("sm_90"),
+                    algorithm="union-tf32")

@@ -27,13 +27,13 @@ class SparseConv2D:
     """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
 
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
-                 algorithm: str | None = None):
+                 algorithm: str | None = None, precision: str = "fp32"):
         # No reference to `kernel` itself: the in-memory cache is keyed weakly on it.
         self.nnz = kernel.nnz
         self.target = target
         self.device = device_for(target)
         if algorithm is None:
-            candidates = algorithms.workloads_for(kernel, workload, target.kind.name)
+            candidates = algorithms.workloads_for(kernel, workload, target.kind.name, precision)
         else:
             candidates = [algorithms.workload_for(kernel, workload, algorithm)]
         self._build: BuildResult = build(candidates, target)
@@ -106,7 +106,7 @@ class EmptySparseConv2D(SparseConv2D):
     explicit padding, every window reading only padding: `activation(bias)`). No TVM kernel runs."""
 
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
-                 algorithm: str | None = None):
+                 algorithm: str | None = None, precision: str = "fp32"):
         self.nnz = kernel.nnz
         self.target = target
         self.device = device_for(target)
@@ -160,13 +160,16 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     activation: str | None = None,
     target: TargetLike = None,
     algorithm: str | None = None,
+    precision: str = "fp32",
 ) -> SparseConv2D:
     """Compile a sparse conv2d with `tf.nn.conv2d` semantics for one NHWC input shape.
 
     `target=None` picks CUDA when TVM sees a GPU, else this CPU. `algorithm=None` takes, of the
     algorithms that run on the target, the one with the fastest tuning record for this layer and
     device in `tuning_logs/`, else the default algorithm's untuned template (with a warning); a
-    name (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm.
+    name (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm. `precision="tf32"` also
+    lets TF32 tensor-core algorithms compete (TensorFlow's own default on Ampere and newer GPUs;
+    relative error about 3e-4 instead of fp32's 1e-6); the default "fp32" never uses them.
 
     Shapes without input or output elements (batch 0, ...) follow `tf.nn.conv2d`: the op returns
     an output of the right shape (`EmptySparseConv2D`, nothing compiled).
@@ -182,9 +185,14 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
         has_bias=bias_arr is not None, activation=activation, allow_empty=True,
     )
     tgt = resolve_target(target)
-    if algorithm is not None and not algorithms.by_name(algorithm).applies(wl, tgt.kind.name):
-        raise ValueError(f"algorithm {algorithm!r} does not run on target kind {tgt.kind.name!r}")
-    key = (wl, str(tgt), None if bias_arr is None else bias_arr.tobytes(), algorithm)
+    algorithms.check_precision(precision)
+    if algorithm is not None:
+        chosen = algorithms.by_name(algorithm)
+        if not chosen.applies(wl, tgt.kind.name):
+            raise ValueError(f"algorithm {algorithm!r} does not run this layer on target kind {tgt.kind.name!r}")
+        if not algorithms.allowed(chosen, precision):
+            raise ValueError(f"algorithm {algorithm!r} computes in {chosen.precision}; pass precision={chosen.precision!r}")
+    key = (wl, str(tgt), None if bias_arr is None else bias_arr.tobytes(), algorithm, precision)
     with _CACHE_LOCK:
         per_kernel = _CACHE.setdefault(kernel, {})
         if key in per_kernel:
@@ -194,7 +202,7 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
         with _CACHE_LOCK:
             if key in per_kernel:
                 return per_kernel[key]
-        op = (EmptySparseConv2D if wl.is_empty else SparseConv2D)(kernel, wl, tgt, bias_arr, algorithm)
+        op = (EmptySparseConv2D if wl.is_empty else SparseConv2D)(kernel, wl, tgt, bias_arr, algorithm, precision)
         with _CACHE_LOCK:
             per_kernel[key] = op
             _KEY_LOCKS.pop((id(kernel), key), None)

@@ -52,7 +52,7 @@ from .tuning_records import META_FILE, entry_workload, keep_newest_record, read_
 from .workload import ConvWorkload
 from .workloads import Problem
 
-CHECK_TOLERANCE = 1e-5
+CHECK_TOLERANCE = 1e-5  # fp32 algorithms' (`Algorithm.tolerance`: each algorithm's own is checked)
 
 
 def problem_arguments(problem: Problem, seed: int = 0, algorithm: str = algorithms.DEFAULT):
@@ -331,7 +331,7 @@ def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_
         sch = tvm.s_tir.Schedule(mod)
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
         err = check_schedule(sch, target, site, arrays, wl, ref)
-        if err <= CHECK_TOLERANCE:
+        if err <= algorithms.by_name(wl.algorithm).tolerance:
             return rec, err, rejected
         run_us = np.mean([float(s) for s in rec.run_secs]) * 1e6
         rejected.append(f"{rule_of(rec.trace)} run {run_us:.1f} us: rel. error {err:.2e}")

@@ -4,6 +4,8 @@
   (the first algorithm; every target; the default where no record says otherwise).
 - `nhwc_direct`: the NHWC input read in place, a chunk of input channels of each tile of flattened
   output pixels staged in shared memory (CUDA).
+- `union_tf32`: TF32 tensor cores (mma.sync) on each group of 8 output channels' union of taps
+  (CUDA; `precision="tf32"` only).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules).
@@ -19,7 +21,8 @@ from ..workload import ConvWorkload
 from . import ell_gather, nhwc_direct, union_tf32
 from .base import CONV, EPILOGUE, Algorithm
 
-__all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "Algorithm", "by_name", "pack_weights", "prim_func",
+__all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
+           "check_precision", "pack_weights", "prim_func",
            "stage_names", "te_graph", "untuned_default", "workload_for", "workloads_for"]
 
 FUNC_NAME = "sparse_conv2d"
@@ -58,9 +61,26 @@ def workload_for(kernel: SparseKernel, wl: ConvWorkload, algorithm: str) -> Conv
     return wl.with_format(algorithm, **by_name(algorithm).format_of(kernel, wl))
 
 
-def workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str) -> list[ConvWorkload]:
-    """The layer's workload under every algorithm that can compute it on `target_kind`."""
-    return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values() if a.applies(wl, target_kind)]
+PRECISIONS = ("fp32", "tf32")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def allowed(algorithm: Algorithm, precision: str) -> bool:
+    """Whether `algorithm` may serve a layer compiled at `precision`: fp32 ones always, TF32 ones
+    only when TF32 was asked for (it is never chosen behind a user's back)."""
+    return algorithm.precision == "fp32" or algorithm.precision == check_precision(precision)
+
+
+def workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str,
+                  precision: str = "fp32") -> list[ConvWorkload]:
+    """The layer's workload under every algorithm that can compute it on `target_kind` at `precision`."""
+    return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values()
+            if a.applies(wl, target_kind) and allowed(a, precision)]
 
 
 def prim_func(wl: ConvWorkload) -> tirx.PrimFunc:

@@ -19,13 +19,16 @@ Stages (block names are what the schedule rules in `schedules/` look for):
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
   the input at the tap ``taps[g, c, k] = ci_in_chunk + chunk*(kw + KW*kh)``. The CUDA rule computes
   it into the mma's A fragments (registers), never into memory.
-- ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * weights[co // 8, c, k, co % 8]``
+- ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * w[co // 8, c, k, co % 8]``, where the
+  weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
+  ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane loads its
+  two weights of a k step as one 8-byte vector
   (flattened pixels: a warp's 16-pixel mma tile is any 16 consecutive pixels, whatever the width).
 - ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` (always present:
   it is also the reshape to NHWC).
 
 Weights are rounded to TF32 when packed. The compiled function's arguments, in order:
-x, weights (groups, chunks, K, 8), taps (groups, chunks, K), [bias], out.
+x, weights (groups, chunks, K/8, 32, 2), taps (groups, chunks, K), [bias], out.
 Format sizes in the workload: ``ell_width`` = K (the longest union of a group within a chunk,
 padded to 8), ``chunk`` = input channels per chunk.
 """
@@ -91,8 +94,8 @@ def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
 
 
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
-    """(weights (groups, chunks, K, GROUP) rounded to TF32, taps (groups, chunks, K)); padding has
-    tap 0 and weight 0."""
+    """(weights (groups, chunks, K/8, 32, 2) in B-fragment order, rounded to TF32; taps (groups,
+    chunks, K)); padding has tap 0 and weight 0."""
     kh_, kw_, cin, cout = kernel.shape
     chunk, k_pad = wl.chunk, wl.ell_width
     unions = group_unions(kernel)
@@ -106,7 +109,9 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
             kw, kh = rest % kw_, rest // kw_
             taps[g, c, : len(u)] = u
             weights[g, c, : len(u)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
-    return round_tf32(weights), taps
+    # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
+    frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
+    return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
 
 
 def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
@@ -123,7 +128,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     pixels = n * oh_ * ow_
 
     x = te.placeholder((n, h, w, cin), "float32", name="x")
-    weights = te.placeholder((groups, n_chunks, k_pad, GROUP), "float32", name="weights")
+    weights = te.placeholder((groups, n_chunks, k_pad // K_STEP, 32, 2), "float32", name="weights")
     taps = te.placeholder((groups, n_chunks, k_pad), "int32", name="taps")
 
     def padded(b, r, col, ch):
@@ -161,7 +166,9 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     rk = te.reduce_axis((0, k_pad), name="k")
     conv = te.compute(
         (pixels, cout),
-        lambda p, co: te.sum(a[p, co // GROUP, rc, rk] * weights[co // GROUP, rc, rk, co % GROUP], axis=[rc, rk]),
+        lambda p, co: te.sum(a[p, co // GROUP, rc, rk]
+                             * weights[co // GROUP, rc, rk // K_STEP, co % GROUP * 4 + rk % 4, rk % K_STEP // 4],
+                             axis=[rc, rk]),
         name=CONV,
     )
     args = [x, weights, taps]
