@@ -67,8 +67,12 @@ def measure_layer(problem, samples: int, repeats: int, rng) -> dict:
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     ref = reference.conv2d_f64(x, w, wl)
     args = [tvm.runtime.tensor(a, dev) for a in [x, *algorithms.pack_weights(wl, kernel)]]
-    row = {"layer": problem.name, "K_union": wl.ell_width, "dense_K": int(np.prod(wl.kernel_shape[:3])),
-           "union_fraction": wl.ell_width / float(np.prod(wl.kernel_shape[:3])), "candidates": []}
+    kh, kw, cin, _ = wl.kernel_shape
+    chunks = -(-cin // wl.chunk)
+    # the mma's work relative to the dense layer's (unions padded to 8 per group and chunk)
+    row = {"layer": problem.name, "K_per_chunk": wl.ell_width, "chunk": wl.chunk, "chunks": chunks,
+           "union_fraction": wl.ell_width * chunks / float(kh * kw * chunks * wl.chunk),
+           "density": kernel.density, "candidates": []}
     tol = algorithms.by_name(ALGORITHM).tolerance
     best = None
     for label, sch in _union_candidates(wl, target, samples, rng):
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
         row = measure_layer(problem, args.samples, args.repeats, rng)
         rows.append(row)
         best = row["union_best_us"]
-        print(f"{row['layer']}: union K={row['K_union']} ({row['union_fraction']:.2f} of dense) "
+        print(f"{row['layer']}: union K={row['K_per_chunk']} x {row['chunks']} chunks ({row['union_fraction']:.2f} of dense) "
               f"best {best if best is None else round(best, 1)} us [{row['union_best']}] | "
               f"cuDNN TF32 {row['cudnn_tf32_us']:.1f} us (err {row['cudnn_tf32_relative_error']:.1e}) | "
               f"cuDNN fp32 {row['cudnn_fp32_us']:.1f} | ours fp32 {row['ours_fp32_us']:.1f}", flush=True)

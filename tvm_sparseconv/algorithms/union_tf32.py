@@ -93,6 +93,26 @@ def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
     return unions
 
 
+def bank_spread(taps: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
+    """`taps` (one group's union in one chunk) in an order for conflict-free A-fragment loads, padded
+    to `k_pad` with -1.
+
+    A fragment load reads 8 pixel rows x 4 consecutive union positions of the staged tile, whose
+    rows are 4 words apart modulo 32 banks (the rule pads each row to 4 mod 32 words): bank
+    ``(4 * row + ci) % 32``. Four positions whose channels differ modulo 4 hit 32 distinct banks.
+    So each aligned quad takes one tap of each residue ``ci % 4`` while it can (largest classes
+    first); the padding positions are filled later with taps of the missing residues."""
+    classes = [list(taps[(taps % chunk) % 4 == r]) for r in range(4)]
+    order: list[int] = []
+    while any(classes):
+        ranked = sorted(range(4), key=lambda r: -len(classes[r]))
+        quad = [classes[r].pop(0) for r in ranked if classes[r]][:4]
+        while len(quad) < 4 and any(classes):  # fewer residues left than lanes: reuse the largest
+            quad.append(classes[max(range(4), key=lambda r: len(classes[r]))].pop(0))
+        order.extend(quad)
+    return np.array(order + [-1] * (k_pad - len(order)), np.int64)
+
+
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
     """(weights (groups, chunks, K/8, 32, 2) in B-fragment order, rounded to TF32; taps (groups,
     chunks, K)); padding has tap 0 and weight 0."""
@@ -105,10 +125,19 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     taps = np.zeros((len(unions), n_chunks, k_pad), np.int32)
     for g, per_chunk in enumerate(unions):
         for c, u in enumerate(per_chunk):
-            ci, rest = u % chunk + c * chunk, u // chunk
+            u = bank_spread(u, k_pad, chunk) if is_pointwise(wl) else np.concatenate([u, -np.ones(k_pad - len(u), np.int64)])
+            real = u >= 0
+            ci, rest = u[real] % chunk + c * chunk, u[real] // chunk
             kw, kh = rest % kw_, rest // kw_
-            taps[g, c, : len(u)] = u
-            weights[g, c, : len(u)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
+            taps[g, c, real] = u[real]
+            weights[g, c, real] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
+            # padding (weight 0): a channel of the residue its quad lacks, so the quad stays conflict-free
+            for i in np.flatnonzero(~real):
+                quad = taps[g, c, i - i % 4:i - i % 4 + 4]
+                have = {int(t) % chunk % 4 for t, r in zip(quad, real[i - i % 4:i - i % 4 + 4]) if r}
+                missing = [r for r in range(4) if r not in have and r < chunk]
+                taps[g, c, i] = missing[0] if missing else 0
+                real[i] = True  # counts as present for the rest of its quad
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
