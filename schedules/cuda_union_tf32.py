@@ -78,8 +78,10 @@ class CUDAUnionTF32(SparseConvRule):
             sch.compute_inline(blocks.x_stage)
             sch.storage_align(x_shared, 0, axis=0, factor=32, offset=4)
             copy = sch.fuse(*sch.get_loops(x_shared)[-2:])
-            _, cty, ctx = sch.split(copy, factors=[None, p_split[1] * g_split[1], 32])
-            sch.bind(cty, "threadIdx.y")
+            # (the warp count is p_split[1] * g_split[1]; a product of sampled factors would not
+            # serialise into the tuning record's trace, so the copy splits by each of them)
+            _, cty_p, cty_g, ctx = sch.split(copy, factors=[None, p_split[1], g_split[1], 32])
+            sch.bind(sch.fuse(cty_p, cty_g), "threadIdx.y")
             sch.bind(ctx, "threadIdx.x")
         else:
             sch.compute_inline(blocks.x_stage)
