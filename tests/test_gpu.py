@@ -206,3 +206,23 @@ def test_waits_for_the_producer_stream():
             y = op(x)  # no synchronisation by the caller
         torch.cuda.synchronize()
         assert reference.relative_error(y.cpu().numpy(), ref) <= TOL
+
+
+def test_compile_precision_tf32_runs_union_tf32_at_tf32_accuracy():
+    """`compile(precision="tf32")` serves a layer with union-tf32 (forced here: no record is
+    committed) at TF32's accuracy; the fp32 default never picks it."""
+    rng = np.random.default_rng()
+    shape, kshape = (2, 8, 8, 96), (1, 1, 96, 40)
+    w = _kernel(rng, kshape, 0.2)
+    k = tsc.SparseKernel.from_dense(w)
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = reference.conv2d_f64(x, w, ConvWorkload.create(shape, kshape, k.ell_width))
+    dev = tvm.cuda(0)
+    results = {}
+    for precision, algorithm in (("tf32", "union-tf32"), ("fp32", None)):
+        op = tsc.compile(k, shape, target="cuda", precision=precision, algorithm=algorithm)
+        out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+        op.run(tvm.runtime.tensor(x, dev), out)
+        results[precision] = (op.workload.algorithm, reference.relative_error(out.numpy(), ref))
+    assert results["tf32"][0] == "union-tf32" and 1e-6 < results["tf32"][1] <= 2e-3
+    assert results["fp32"][0] != "union-tf32" and results["fp32"][1] <= TOL
