@@ -65,15 +65,16 @@ def epilogue(wl: ConvWorkload, args: list[te.Tensor], conv: te.Tensor) -> list[t
     if bias is not None:
         args.append(bias)
 
-    def apply(b, oh, ow, co):
-        y = conv[b, oh, ow, co]
-        if bias is not None:
-            y = y + bias[co]
-        if wl.activation == "relu":
-            y = tirx.max(y, tirx.const(0.0, "float32"))
-        elif wl.activation == "relu6":
-            y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return y
-
-    out = te.compute(conv.shape, apply, name=EPILOGUE)
+    out = te.compute(conv.shape, lambda b, oh, ow, co: finish(wl, conv[b, oh, ow, co], bias, co), name=EPILOGUE)
     return args + [out]
+
+
+def finish(wl: ConvWorkload, y: tirx.PrimExpr, bias: te.Tensor | None, co) -> tirx.PrimExpr:
+    """`act(y + bias[co])`: the workload's bias (if `bias` is given) and activation applied to `y`."""
+    if bias is not None:
+        y = y + bias[co]
+    if wl.activation == "relu":
+        y = tirx.max(y, tirx.const(0.0, "float32"))
+    elif wl.activation == "relu6":
+        y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+    return y

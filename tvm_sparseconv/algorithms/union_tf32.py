@@ -41,7 +41,7 @@ from tvm import te, tirx
 from ..kernel import SparseKernel
 from ..tir_build import WARP_FRAGMENTS_ATTR
 from ..workload import ConvWorkload
-from .base import CONV, EPILOGUE, Algorithm
+from .base import CONV, EPILOGUE, Algorithm, finish
 
 A_TF32 = "a_tf32"
 X_TF32 = "x_tf32"
@@ -205,17 +205,8 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     if bias is not None:
         args.append(bias)
 
-    def finish(b, oh, ow, co):
-        y = conv[(b * oh_ + oh) * ow_ + ow, co]
-        if bias is not None:
-            y = y + bias[co]
-        if wl.activation == "relu":
-            y = tirx.max(y, tirx.const(0.0, "float32"))
-        elif wl.activation == "relu6":
-            y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
-        return y
-
-    out = te.compute((n, oh_, ow_, cout), finish, name=EPILOGUE)
+    out = te.compute((n, oh_, ow_, cout),
+                     lambda b, oh, ow, co: finish(wl, conv[(b * oh_ + oh) * ow_ + ow, co], bias, co), name=EPILOGUE)
     return args + [out]
 
 
