@@ -278,3 +278,33 @@ def test_a_cuda_record_serves_its_layer_with_bias_and_relu(rule):
     assert "bias" in src and "max(" in src, "the epilogue is not in the kernel"
     with target:
         assert len(nvcc.compile_cuda(src, target_format="cubin", arch=arch, compiler="nvcc")) > 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_a_union_tf32_record_serves_its_layer_with_bias_and_relu(tmp_path):
+    """union-tf32's compute always ends in its NHWC epilogue, which its rule inlines: a record tuned
+    without bias (written as tuning writes one, from a sampled draw) still serves the layer with a
+    bias and ReLU (the replay must not look for the block a second time), and compiles with nvcc."""
+    from types import SimpleNamespace
+
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.support import nvcc
+
+    from tvm_sparseconv import tuning
+
+    problem = RESNET50["resnet50_1x1_b32"][-2]
+    wl = problem.workload(algorithm="union-tf32")
+    target = targets.cuda_target_for_arch("sm_90")
+    mod = tuning_records.workload_module(wl)
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm="union-tf32"),
+                         task_name="main", num_threads=1)
+    design = ctx.generate_design_space()[0]
+    record = SimpleNamespace(trace=design.trace, run_secs=[tvm.runtime.convert(50e-6)], args_info=None)
+    assert tuning._write_record(tmp_path, record, mod, wl, problem, target, 50e-6, 3e-4, "test GPU") == ""
+    biased = replace(wl, has_bias=True, activation="relu")
+    tuned = tuning_records.find_tuned_schedule(biased, target, tmp_path)
+    assert tuned is not None and tuned.tuned_workload == wl, "the record does not serve the biased layer"
+    src = next(m for m in compile_tir(tuned.schedule.mod, target).mod.imports if m.kind == "cuda").inspect_source()
+    assert "bias" in src and "max(" in src and "mma.sync" in src
+    with target:
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0

@@ -503,6 +503,14 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
     return None
 
 
+def _block_exists(sch: s_tir.Schedule, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
+        return False
+
+
 def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:
     """`wl` scheduled by the folder's record of it (or of its nearest ELL width), or None."""
     picked = _pick_entry(_usable_entries(meta, folder), wl)
@@ -517,8 +525,9 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
     sch = s_tir.Schedule(workload_module(wl))
     try:
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        if _has_epilogue(wl) and not _has_epilogue(tuned_wl):
+        if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and _block_exists(sch, EPILOGUE):
             # As the rules do when they see an epilogue: computed where the accumulators are stored.
+            # (An algorithm whose compute always has one, union-tf32's NHWC reshape, inlined it already.)
             sch.reverse_compute_inline(sch.get_sblock(EPILOGUE))
     except Exception:  # noqa: BLE001 - a trace that does not fit this width or epilogue: fall back
         return None
