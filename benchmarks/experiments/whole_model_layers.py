@@ -11,6 +11,9 @@ loss of each kind is measured where it counts:
 
 Variants: dense; all 3x3 layers sparse; the stride-1 1x1 layers sparse; conv1 (7x7) sparse; every
 convertible layer sparse. Same pruned model (90% by magnitude, random weights), batch 1, 224x224.
+Then, per stride-1 3x3 layer of each stage: the layer alone in a `tf.function` (as `sparsify` times
+it, the identity function's time subtracted) and 8 dependent calls chained in one `tf.function`
+(per call; as in a model, the fixed cost of a call paid once), dense and sparse, in turns.
 """
 
 from __future__ import annotations
@@ -49,6 +52,36 @@ def with_sparse_layers(keras, model, layer_cls, chosen) -> tuple[object, list[st
         if layer.name not in replacements and layer.weights:
             by_name[layer.name].set_weights(layer.get_weights())
     return new, sorted(replacements)
+
+
+CHAINED = [("conv2_block2_2_conv", (1, 56, 56, 64)), ("conv3_block2_2_conv", (1, 28, 28, 128)),
+           ("conv4_block2_2_conv", (1, 14, 14, 256)), ("conv5_block2_2_conv", (1, 7, 7, 512))]
+
+
+def chained_layer_times(tf, layer, layer_cls, shape, repeats: int) -> dict:
+    """ms per call of `layer` dense and sparse: alone in a tf.function, and 8 chained in one."""
+    from tvm_sparseconv.baselines import interleaved_median_wall
+
+    import numpy as np
+
+    sparse = layer_cls.from_conv2d(layer)
+    x = tf.constant(np.random.default_rng(0).standard_normal(shape, dtype=np.float32))
+
+    def chain(f):
+        def run(t):
+            for _ in range(8):
+                t = f(t) * 0.01  # dependent calls (Cin == Cout), kept in range
+            return t
+        return tf.function(run)
+
+    fns = [tf.function(tf.identity), tf.function(layer), tf.function(sparse), chain(layer), chain(sparse)]
+    base, dense, sp, dense8, sp8 = interleaved_median_wall([lambda _i, f=f: f(x).numpy() for f in fns], repeats)
+    row = {"layer": layer.name, "input_shape": list(shape), "alone_dense_ms": (dense - base) * 1e3,
+           "alone_sparse_ms": (sp - base) * 1e3, "chained_dense_ms": (dense8 - base) * 1e3 / 8,
+           "chained_sparse_ms": (sp8 - base) * 1e3 / 8}
+    print(f"{layer.name}: alone dense {row['alone_dense_ms']:.2f} sparse {row['alone_sparse_ms']:.2f} ms; "
+          f"chained dense {row['chained_dense_ms']:.2f} sparse {row['chained_sparse_ms']:.2f} ms per call", flush=True)
+    return row
 
 
 def main(argv=None) -> int:
@@ -90,13 +123,16 @@ def main(argv=None) -> int:
         row["model_ms"] = t * 1e3
         print(f"{row['variant']:22s} {row['sparse_layers']:3d} sparse layers: {row['model_ms']:7.1f} ms "
               f"(max rel. diff {row['max_relative_difference']:.1e})")
+    per_layer = [chained_layer_times(tf, model.get_layer(name), layer_cls, shape, args.repeats)
+                 for name, shape in CHAINED]
     if args.json:
         args.json.write_text(json.dumps({
             "command": "python benchmarks/experiments/whole_model_layers.py " + " ".join(argv or sys.argv[1:]),
             "cpu": cpu_name(), "cores": os.cpu_count(),
             "cpu_folder": targets.target_folder_name(targets.host_cpu_target()),
             "tensorflow": tf.__version__, "keras": keras.__version__, "sparsity": args.sparsity,
-            "repeats": args.repeats, "variants": rows, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "repeats": args.repeats, "variants": rows, "layers_alone_and_chained": per_layer,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, indent=1) + "\n")
     return 0
 
