@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     print(f"\n{len(chosen)} of {len(report.layers)} convolutions sparse (sparsify took {sparsify_s:.0f} s)")
     print(f"predictions, sparsified vs pruned dense: max relative difference {rel:.1e} "
           f"(<= {PREDICTION_TOLERANCE:g}: {rel <= PREDICTION_TOLERANCE}), same top-1: {same_top1}")
-    print(f"convolutions alone (sum of sparsify's per-layer times): dense {conv_dense:.1f} ms, "
+    print(f"convolutions (sum of sparsify's per-layer times, each in a graph): dense {conv_dense:.1f} ms, "
           f"chosen {conv_chosen:.1f} ms ({conv_dense / conv_chosen:.2f}x)")
     print(f"whole model, batch {args.batch}, tf.function: dense {t_dense:.1f} ms, sparsified {t_sparse:.1f} ms "
           f"({t_dense / t_sparse:.2f}x)")

@@ -220,31 +220,49 @@ def layer_input_shape(layer) -> tuple | None:
         return tuple(shape) if isinstance(shape, tuple) and len(shape) == 4 else None
 
 
-def _time_both(dense_layer, sparse_layer, x_shape, repeats: int):
-    """Each layer's own time inside tf.function on the same random input, and their difference.
+#: calls of a layer per timed graph (`_time_both`)
+IN_GRAPH_CALLS = 8
 
-    A tf.function call has a fixed cost (about 0.3 ms on the project's 2-core CPU) that a model pays
-    once per call, not per layer: it is measured with an identity function and subtracted.
+
+def _time_both(dense_layer, sparse_layer, x_shape, repeats: int):
+    """Each layer's time per call inside a graph, as a model runs it, and their difference.
+
+    One `tf.function` runs the layer `IN_GRAPH_CALLS` times, one call after the other (control
+    dependencies), each on a differently scaled copy of one random input so that TensorFlow cannot
+    merge them; the same graph with the scaling alone is subtracted, and the three are timed in turns.
+    A layer timed alone, one call per `tf.function`, overstated this library's layers by 0.2-0.5 ms
+    per call on a 2-core CPU: in ResNet-50, 3x3 layers that looked 1.25-2.3x faster alone were
+    0.9-2.0x in a graph (`benchmarks/experiments/whole_model_layers.md`).
     """
     import tensorflow as tf
 
-    from ..baselines import median_wall
+    from ..baselines import interleaved_median_wall
     from ..reference import relative_error
 
     x = tf.constant(np.random.default_rng().standard_normal(x_shape, dtype=np.float32))
-    dense_fn = tf.function(lambda t: dense_layer(t))
-    sparse_fn = tf.function(lambda t: sparse_layer(t))
-    base_fn = tf.function(lambda t: tf.identity(t))
+    scales = [1.0 + i * 2.0 ** -12 for i in range(IN_GRAPH_CALLS)]
+
+    def in_graph(layer):
+        def run(t):
+            outs = []
+            for s in scales:
+                with tf.control_dependencies(outs[-1:]):
+                    outs.append(layer(t * s))
+            return outs
+        return tf.function(run)
+
     with warnings.catch_warnings():  # the report says which layers are untuned, once
         warnings.simplefilter("ignore", UntunedWarning)
         op = sparse_layer.compiled(x_shape, on_cuda=sparse_layer.target == "cuda")
     command = None if op.tuned else tune_command(op.workload, op.target).replace(
         "kernel.save(", f"SparseKernel.from_dense(model.get_layer({sparse_layer.name!r}).kernel.numpy()).save(", 1)
-    err = relative_error(sparse_fn(x).numpy(), dense_fn(x).numpy().astype(np.float64))
-    base, dense, sparse = (median_wall(lambda _i, f=f: _sync(f(x)), repeats, warmup=3)
-                           for f in (base_fn, dense_fn, sparse_fn))
+    fns = [in_graph(tf.identity), in_graph(dense_layer), in_graph(sparse_layer)]
+    # the first call of each graph has scale 1: the sparse layer as a model's graph runs it
+    err = relative_error(fns[2](x)[0].numpy(), fns[1](x)[0].numpy().astype(np.float64))
+    base, dense, sparse = interleaved_median_wall([lambda _i, f=f: _sync(f(x)[-1]) for f in fns], repeats)
     floor = 1e-6  # a layer never costs less than a microsecond, whatever the noise in `base`
-    return max(dense - base, floor), max(sparse - base, floor), err, op.tuned, command
+    return (max((dense - base) / IN_GRAPH_CALLS, floor), max((sparse - base) / IN_GRAPH_CALLS, floor), err,
+            op.tuned, command)
 
 
 def _sync(y):
