@@ -2,10 +2,13 @@
 
 A warp owns `m_tiles` x 16 flattened output pixels and `g_regs` groups of 8 output channels, i.e.
 m_tiles x g_regs accumulator fragments (4 registers per lane each). For each step of 8 union taps
-it gathers its A fragments (each lane its own 4 elements per tile: the input value, zero-padded and
-rounded to TF32, straight from the NHWC input through L1) and its B fragments (2 weights per lane
-and group), then issues one `mma.m16n8k8` per (tile, group). A block holds `warps_p` x `warps_g`
-warps; warps of one block share pixels, so their gathers hit the same input lines in L1.
+it gathers its A fragments (each lane its own 4 input values per tile) and its B fragments (2
+weights per lane and group, stored in fragment order), then issues one `mma.m16n8k8` per (tile,
+group). A block holds `warps_p` x `warps_g` warps. For 1x1 layers the block first copies its
+pixels x one chunk of input channels (rounded to TF32) into shared memory, once for all its groups,
+and the fragments gather from there (rows padded to 4 mod 32 words: with the algorithm's
+bank-spread union order, a fragment load hits 32 distinct banks). Other layers gather from the
+NHWC input through L1 (each group re-reads it: slow, `benchmarks/experiments/union_tf32.md`).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class CUDAUnionTF32(SparseConvRule):
             g_split = sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
         else:
             # 64 pixels x 16 groups (what the best of 8 random draws was on most ResNet-50 1x1
-            # layers at batch 32, benchmarks/experiments/union_tf32-v2-nvidia-h200.json)
+            # layers at batch 32, benchmarks/experiments/union_tf32-v2-staged-nvidia-h200.json)
             m_tiles = largest_divisor(p_cap, [2, 1])
             warps_p = largest_divisor(p_cap // m_tiles, [2, 1])
             g_regs = largest_divisor(g_cap, [4, 2, 1])
