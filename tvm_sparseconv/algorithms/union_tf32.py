@@ -21,9 +21,11 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   it into the mma's A fragments (registers), never into memory.
 - ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * w[co // 8, c, k, co % 8]``, where the
   weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
-  ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane loads its
-  two weights of a k step as one 8-byte vector
-  (flattened pixels: a warp's 16-pixel mma tile is any 16 consecutive pixels, whatever the width).
+  ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane's two
+  weights of a k step are adjacent (flattened pixels: a warp's 16-pixel mma tile is any 16
+  consecutive pixels, whatever the width). The union positions of a 1x1 group are ordered so that
+  each aligned quad has channels of distinct residues mod 4 (`bank_spread`), with padding taps
+  (weight 0) of the missing residues.
 - ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` (always present:
   it is also the reshape to NHWC).
 
