@@ -66,15 +66,15 @@ def _round_tf32_expr(v: tirx.PrimExpr) -> tirx.PrimExpr:
     return tirx.reinterpret("float32", (u + tirx.const(0x1000, "uint32")) & tirx.const(0xFFFFE000, "uint32"))
 
 
-def is_pointwise(wl: ConvWorkload) -> bool:
+def is_pointwise(kernel_shape) -> bool:
     """1x1 layers: their input is staged per chunk of channels as a (pixels x channels) view."""
-    return tuple(wl.kernel_shape[:2]) == (1, 1)
+    return tuple(kernel_shape[:2]) == (1, 1)
 
 
 def chunk_size(kernel_shape) -> int:
     """Input channels per chunk: `CHUNK_1X1` for 1x1 layers, all of them (one chunk) otherwise."""
-    kh, kw, cin, _ = kernel_shape
-    return min(cin, CHUNK_1X1) if (kh, kw) == (1, 1) else cin
+    cin = kernel_shape[2]
+    return min(cin, CHUNK_1X1) if is_pointwise(kernel_shape) else cin
 
 
 def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
@@ -95,15 +95,14 @@ def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
     return unions
 
 
-def bank_spread(taps: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
-    """`taps` (one group's union in one chunk) in an order for conflict-free A-fragment loads, padded
-    to `k_pad` with -1.
+def bank_spread(taps: np.ndarray, chunk: int) -> np.ndarray:
+    """`taps` (one group's union in one chunk) in an order for conflict-free A-fragment loads.
 
     A fragment load reads 8 pixel rows x 4 consecutive union positions of the staged tile, whose
     rows are 4 words apart modulo 32 banks (the rule pads each row to 4 mod 32 words): bank
     ``(4 * row + ci) % 32``. Four positions whose channels differ modulo 4 hit 32 distinct banks.
     So each aligned quad takes one tap of each residue ``ci % 4`` while it can (largest classes
-    first); the padding positions are filled later with taps of the missing residues."""
+    first); `padded` fills the padding positions with taps of the missing residues."""
     classes = [list(taps[(taps % chunk) % 4 == r]) for r in range(4)]
     order: list[int] = []
     while any(classes):
@@ -112,7 +111,19 @@ def bank_spread(taps: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
         while len(quad) < 4 and any(classes):  # fewer residues left than lanes: reuse the largest
             quad.append(classes[max(range(4), key=lambda r: len(classes[r]))].pop(0))
         order.extend(quad)
-    return np.array(order + [-1] * (k_pad - len(order)), np.int64)
+    return np.array(order, np.int64)
+
+
+def padded(order: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
+    """`order` followed by padding taps (their weights are 0) up to `k_pad`: each a channel of a
+    residue mod 4 that the taps before it in its aligned quad lack, so the quad stays conflict-free."""
+    taps = np.zeros(k_pad, np.int64)
+    taps[: len(order)] = order
+    for i in range(len(order), k_pad):
+        have = {int(t) % chunk % 4 for t in taps[i - i % 4:i]}
+        missing = [r for r in range(4) if r not in have and r < chunk]
+        taps[i] = missing[0] if missing else 0
+    return taps
 
 
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
@@ -127,19 +138,11 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     taps = np.zeros((len(unions), n_chunks, k_pad), np.int32)
     for g, per_chunk in enumerate(unions):
         for c, u in enumerate(per_chunk):
-            u = bank_spread(u, k_pad, chunk) if is_pointwise(wl) else np.concatenate([u, -np.ones(k_pad - len(u), np.int64)])
-            real = u >= 0
-            ci, rest = u[real] % chunk + c * chunk, u[real] // chunk
+            order = bank_spread(u, chunk) if is_pointwise(kernel.shape) else u
+            taps[g, c] = padded(order, k_pad, chunk)
+            ci, rest = order % chunk + c * chunk, order // chunk
             kw, kh = rest % kw_, rest // kw_
-            taps[g, c, real] = u[real]
-            weights[g, c, real] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
-            # padding (weight 0): a channel of the residue its quad lacks, so the quad stays conflict-free
-            for i in np.flatnonzero(~real):
-                quad = taps[g, c, i - i % 4:i - i % 4 + 4]
-                have = {int(t) % chunk % 4 for t, r in zip(quad, real[i - i % 4:i - i % 4 + 4]) if r}
-                missing = [r for r in range(4) if r not in have and r < chunk]
-                taps[g, c, i] = missing[0] if missing else 0
-                real[i] = True  # counts as present for the rest of its quad
+            weights[g, c, : len(order)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
@@ -170,7 +173,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         b, rest = tirx.floordiv(p, oh_ * ow_), tirx.floormod(p, oh_ * ow_)
         return b, tirx.floordiv(rest, ow_), tirx.floormod(rest, ow_)
 
-    if is_pointwise(wl):
+    if is_pointwise(wl.kernel_shape):
         def view(p, ch):
             b, oh, ow = pixel(p)
             return padded(b, oh * sh - pt, ow * sw - pl, ch)
