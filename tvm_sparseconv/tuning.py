@@ -52,7 +52,6 @@ from .tuning_records import META_FILE, entry_workload, keep_newest_record, read_
 from .workload import ConvWorkload
 from .workloads import Problem
 
-CHECK_TOLERANCE = 1e-5  # fp32 algorithms' (`Algorithm.tolerance`: each algorithm's own is checked)
 
 
 def problem_arguments(problem: Problem, seed: int = 0, algorithm: str = algorithms.DEFAULT):

@@ -18,10 +18,11 @@ import numpy as np
 import tvm
 
 from . import algorithms, reference
+from .algorithms.base import TOLERANCES
 from .kernel import SparseKernel
 from .workload import ConvWorkload
 
-TOLERANCE = 1e-5  # relative error, as tuning's own check (`tuning.CHECK_TOLERANCE`)
+TOLERANCE = TOLERANCES["fp32"]  # relative error: the CPU algorithms' (all fp32), as tuning checks them
 CHECKED_ROWS = 16
 
 
