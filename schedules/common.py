@@ -9,7 +9,7 @@ from tvm.s_tir.dlight import ScheduleRule
 
 from tvm_sparseconv.algorithms import CONV, EPILOGUE, stage_names
 
-__all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor"]
+__all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor", "sblock_or_none"]
 
 
 @dataclass
@@ -21,26 +21,21 @@ class SparseConvBlocks:
     epilogue: s_tir.schedule.SBlockRV | None
 
 
-def find_blocks(sch: s_tir.Schedule) -> SparseConvBlocks | None:
-    """The three blocks, or None when the function is not a `tvm_sparseconv` compute."""
+def sblock_or_none(sch: s_tir.Schedule, name: str) -> s_tir.schedule.SBlockRV | None:
+    """The block named `name`, or None when the schedule has none (any more)."""
     try:
-        conv = sch.get_sblock(CONV)
+        return sch.get_sblock(name)
     except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
         return None
-    xg = None
-    for name in stage_names():
-        try:
-            xg = sch.get_sblock(name)
-            break
-        except Exception:  # noqa: BLE001
-            continue
-    if xg is None:
+
+
+def find_blocks(sch: s_tir.Schedule) -> SparseConvBlocks | None:
+    """The three blocks, or None when the function is not a `tvm_sparseconv` compute."""
+    conv = sblock_or_none(sch, CONV)
+    xg = next((b for b in (sblock_or_none(sch, name) for name in stage_names()) if b is not None), None)
+    if conv is None or xg is None:
         return None
-    try:
-        epi = sch.get_sblock(EPILOGUE)
-    except Exception:  # noqa: BLE001
-        epi = None
-    return SparseConvBlocks(xg, conv, epi)
+    return SparseConvBlocks(xg, conv, sblock_or_none(sch, EPILOGUE))
 
 
 RULE_ANNOTATION = "sparseconv_rule"

@@ -48,6 +48,7 @@ from tvm.target import Target
 
 from ._warnings import warn_user
 from .algorithms import EPILOGUE, prim_func
+from .schedules.common import sblock_or_none
 from .targets import GENERIC_FAMILY, cpu_vendor, isa_family, target_folder_name, target_isa_family
 from .workload import ConvWorkload
 
@@ -503,14 +504,6 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
     return None
 
 
-def _block_exists(sch: s_tir.Schedule, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-        return True
-    except Exception:  # noqa: BLE001 - TVM raises its own error type for a missing block
-        return False
-
-
 def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:
     """`wl` scheduled by the folder's record of it (or of its nearest ELL width), or None."""
     picked = _pick_entry(_usable_entries(meta, folder), wl)
@@ -525,7 +518,7 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
     sch = s_tir.Schedule(workload_module(wl))
     try:
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and _block_exists(sch, EPILOGUE):
+        if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and sblock_or_none(sch, EPILOGUE) is not None:
             # As the rules do when they see an epilogue: computed where the accumulators are stored.
             # (An algorithm whose compute always has one, union-tf32's NHWC reshape, inlined it already.)
             sch.reverse_compute_inline(sch.get_sblock(EPILOGUE))
