@@ -9,7 +9,9 @@
 For each point: the same random input and pruned kernel for every contender; our output (written
 into a NaN-poisoned buffer) is checked against a float64 reference before anything is timed;
 conversion and compilation are timed separately from the kernel. Times are medians (see
-tvm_sparseconv/baselines.py for the method). Results merge into the JSON file by (sweep, point),
+tvm_sparseconv/baselines.py for the method); on a GPU they are device times (the host queues each
+batch of calls ahead of the device), and `--call-times` adds the time per call from Python
+(`call_seconds`: host overhead included) for ours and cuDNN, in the same run. Results merge into the JSON file by (sweep, point),
 so a sweep can be run on its own and added to the others.
 """
 
@@ -55,6 +57,8 @@ def parse_args(argv=None):
     ap.add_argument("--algorithms", default="",
                     help="also time these algorithms, each forced, beside compile()'s own choice: comma-separated "
                          "names (tvm_sparseconv.algorithms), or 'all' for every one that runs on the device")
+    ap.add_argument("--call-times", action="store_true",
+                    help="GPU: also time ours and cuDNN per call from Python, host overhead included (call_seconds)")
     ap.add_argument("--ceilings", action="store_true",
                     help="also measure the device's fp32 GEMM rate and copy bandwidth (stored with the results)")
     return ap.parse_args(argv)
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
     for problem in it:
         try:
             points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced,
-                                      only_baselines))
+                                      only_baselines, call_times=args.call_times and on_gpu))
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)
@@ -96,25 +100,31 @@ def main(argv=None) -> int:
     totals = network_times(points, kind)
     if totals:
         print("\nwhole networks (count x time per convolution shape):\n" + markdown(totals, kind))
+    call_totals = network_times(points, kind, key="call_seconds")
+    if call_totals:
+        print("\nthe same, per call from Python (host overhead included):\n" + markdown(call_totals, kind))
     print(f"wrote {out}")
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
              or not all(a["correct"] for a in p.get("algorithms", {}).values())]
     return 1 if wrong else 0
 
 
-def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int) -> tuple[float, float]:
-    """(relative error of a NaN-poisoned run against `ref`, median seconds) of a compiled op."""
+def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int, host_ahead: bool = True) -> tuple[float, float]:
+    """(relative error of a NaN-poisoned run against `ref`, median seconds) of a compiled op
+    (`host_ahead`: see baselines.cuda_event_median)."""
     dev, wl = op.device, op.workload
     x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
     op.run(x_dev[0], out)
     err = reference.relative_error(out.numpy(), ref)
     run = lambda i: op.run(x_dev[i % len(xs)], out)  # noqa: E731
-    return err, (baselines.cuda_event_median(run, repeats) if on_gpu else baselines.median_wall(run, repeats))
+    if not on_gpu:
+        return err, baselines.median_wall(run, repeats)
+    return err, baselines.cuda_event_median(run, repeats, host_ahead=host_ahead)
 
 
 def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool,
-                forced: list[str] = (), only_baselines: list[str] = ()) -> dict:
+                forced: list[str] = (), only_baselines: list[str] = (), call_times: bool = False) -> dict:
     rng = np.random.default_rng(1234)
     t0 = time.perf_counter()
     w = problem.dense_kernel()
@@ -148,6 +158,12 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         base_times, base_errors = baselines.dense_baselines(xs, w, wl, on_gpu, repeats, ref, only_baselines)
         times.update(base_times)
         errors.update(base_errors)
+    call = {}
+    if call_times:
+        call["sparse"] = _check_and_time(op, xs, ref, on_gpu, repeats, host_ahead=False)[1]
+        for name, tf32 in (("cudnn_fp32", False), ("cudnn_tf32", True)):
+            if isinstance(times.get(name), float):
+                call[name] = baselines.cudnn_seconds(xs, w, wl, tf32, repeats, host_ahead=False)[0]
     useful = wl.useful_flops(kernel.nnz)
     return {
         "sweep": problem.sweep, "problem": problem.name, "value": problem.value, "count": problem.count,
@@ -159,7 +175,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         "seconds": times, "relative_errors": errors, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
         "useful_flops": useful, "dense_flops": wl.dense_flops(),
         "useful_tflops": useful / ours / 1e12,
-    }
+    } | ({"call_seconds": call} if call else {})
 
 
 def environment(device_name: str, target) -> dict:

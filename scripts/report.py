@@ -172,8 +172,15 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
 
 
 def network_markdown(points: list[dict]) -> str:
+    """Whole-network totals, and the same per call from Python where the run measured that too."""
     device = "gpu" if any(isinstance(p["seconds"].get("cudnn_fp32"), float) for p in points) else "cpu"
-    return markdown(network_times(points, device), device)
+    text = markdown(network_times(points, device), device)
+    per_call = markdown(network_times(points, device, key="call_seconds"), device)
+    if text and per_call:
+        text = ("Device time (kernels back to back):\n\n" + text
+                + "\nThe same run, per call from Python (host overhead included: PyTorch's for cuDNN):\n\n"
+                + per_call)
+    return text
 
 
 def _replace_between(text: str, start: str, end: str, body: str) -> str:

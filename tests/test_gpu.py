@@ -226,3 +226,33 @@ def test_compile_precision_tf32_runs_union_tf32_at_tf32_accuracy():
         results[precision] = (op.workload.algorithm, reference.relative_error(out.numpy(), ref))
     assert results["tf32"][0] == "union-tf32" and 1e-6 < results["tf32"][1] <= 2e-3
     assert results["fp32"][0] != "union-tf32" and results["fp32"][1] <= TOL
+
+
+def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
+    """A known device time (a spin) behind a slow host call: device timing finds the spin's time,
+    per-call timing the host's."""
+    import time
+
+    torch = pytest.importorskip("torch")
+    from tvm_sparseconv import baselines
+
+    cycles, host_s = 40_000, 300e-6  # ~20 us of device work, 300 us of host work per call
+    torch.cuda._sleep(cycles)  # its first launch loads the module (~7 ms on an H200)
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    torch.cuda._sleep(cycles * 10)
+    b.record()
+    b.synchronize()
+    spin_s = a.elapsed_time(b) / 1e3 / 10
+
+    def call(i):
+        torch.cuda._sleep(cycles)
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < host_s:
+            pass
+
+    device = baselines.cuda_event_median(call, repeats=10)
+    per_call = baselines.cuda_event_median(call, repeats=10, host_ahead=False)
+    assert device == pytest.approx(spin_s, rel=0.3), (device, spin_s)
+    assert per_call >= host_s, (per_call, host_s)

@@ -7,6 +7,11 @@
 Timing: warm-up, then the median over `repeats` samples; on a GPU each sample is a batch of calls
 between two CUDA events on the legacy default stream (where TVM launches too), divided by the
 batch size, with the inputs rotated over several copies so that repeated runs do not measure L2.
+GPU times are device times by default: a spin kernel runs first, long enough for the host to queue
+the whole batch behind it, so the kernels run back to back and a call's host cost is not counted
+(PyTorch's convolution costs 15-35 us per call from Python on the H200 machine, more than cuDNN's
+4-18 us kernels at batch 1: per-call times there compared hosts, not kernels). `host_ahead=False`
+gives the time per call as a Python caller sees it (host and device, whichever is slower).
 Each function returns (seconds per call, its NHWC output as numpy) or raises
 `BaselineUnavailable` saying why not; `dense_baselines` checks every output against the reference.
 """
@@ -60,24 +65,63 @@ def interleaved_median_wall(fns: Sequence[Callable[[int], object]], repeats: int
     return [float(np.median(t)) for t in times]
 
 
-def cuda_event_median(fn: Callable[[int], object], repeats: int, batch: int = 10, warmup: int = 5) -> float:
-    """Median seconds per call of `fn(i)`, timed with CUDA events around batches of calls."""
+def cuda_event_median(fn: Callable[[int], object], repeats: int, batch: int = 10, warmup: int = 5,
+                      host_ahead: bool = True) -> float:
+    """Median seconds per call of `fn(i)`, timed with CUDA events around batches of calls.
+
+    `host_ahead`: device time; each batch is queued behind a spin kernel (`torch.cuda._sleep`) that
+    outlasts the host's queueing, checked on every sample (the spin doubles when the host caught up).
+    Otherwise the time per call as the caller sees it, host overhead included."""
     import torch
 
     for i in range(warmup):
         fn(i)
     torch.cuda.synchronize()
-    times, calls = [], 0
-    for _ in range(repeats):
+    spin = 0
+    if host_ahead:
+        t0 = time.perf_counter()
+        for i in range(batch):
+            fn(i)
+        spin = int(3 * (time.perf_counter() - t0) * SPIN_CYCLES_PER_S) + 200_000
+        torch.cuda.synchronize()
+    times, calls, attempts = [], 0, 0
+    while len(times) < repeats:
+        attempts += 1
+        if attempts > 2 * repeats + 20:
+            raise RuntimeError(f"the host could not queue {batch} calls ahead of the device (spin {spin} cycles)")
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0 = time.perf_counter()
+        if spin:
+            torch.cuda._sleep(spin)
         start.record()
         for _ in range(batch):
             fn(calls)
             calls += 1
         end.record()
+        host_ms = (time.perf_counter() - t0) * 1e3
         end.synchronize()
+        if spin and host_ms >= _spin_ms(torch, spin):
+            spin *= 2  # the device may have waited for the host: not a device time; take it again
+            continue
         times.append(start.elapsed_time(end) / 1e3 / batch)
     return float(np.median(times))
+
+
+#: clock cycles per second that sizes the spin; too high only spins longer (H100/H200 boost ~1.98 GHz)
+SPIN_CYCLES_PER_S = 2.0e9
+_SPIN_MS: dict[int, float] = {}
+
+
+def _spin_ms(torch, spin: int) -> float:
+    """Milliseconds that a spin of `spin` cycles lasts on this device (measured once per length)."""
+    if spin not in _SPIN_MS:
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        torch.cuda._sleep(spin)
+        b.record()
+        b.synchronize()
+        _SPIN_MS[spin] = a.elapsed_time(b)
+    return _SPIN_MS[spin]
 
 
 def _torch_cuda():
@@ -106,8 +150,10 @@ def tf_conv2d_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload,
         return median_wall(run, repeats), run(0)
 
 
-def cudnn_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, tf32: bool, repeats: int) -> float:
-    """cuDNN via PyTorch (channels-last, benchmark mode), strict fp32 or TF32."""
+def cudnn_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, tf32: bool, repeats: int,
+                  host_ahead: bool = True) -> float:
+    """cuDNN via PyTorch (channels-last, benchmark mode), strict fp32 or TF32 (`host_ahead`: as
+    `cuda_event_median`)."""
     torch = _torch_cuda()
     torch.backends.cudnn.benchmark = True
     torch.backends.cudnn.allow_tf32 = tf32
@@ -121,7 +167,7 @@ def cudnn_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, tf3
     wt = torch.as_tensor(w, device="cuda").permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.functional.conv2d
     run = lambda i: conv(xts[i % len(xts)], wt, stride=wl.strides, dilation=wl.dilations)  # noqa: E731
-    return cuda_event_median(run, repeats), run(0).permute(0, 2, 3, 1).cpu().numpy()
+    return cuda_event_median(run, repeats, host_ahead=host_ahead), run(0).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def xla_conv_seconds(xs: Sequence[np.ndarray], w: np.ndarray, wl: ConvWorkload, highest: bool, repeats: int) -> float:

@@ -40,12 +40,13 @@ class NetworkTime:
         }
 
 
-def network_times(points: list[dict], device: str) -> list[NetworkTime]:
-    """One `NetworkTime` per network set that has points (`device`: "gpu" or "cpu")."""
+def network_times(points: list[dict], device: str, key: str = "seconds") -> list[NetworkTime]:
+    """One `NetworkTime` per network set that has points (`device`: "gpu" or "cpu"), from each
+    point's times under `key` ("seconds"; "call_seconds" for bench.py --call-times)."""
     fp32_key, default_key = DENSE[device]
     out = []
     for network, problems in NETWORKS.items():
-        measured = {p["problem"]: p for p in points if p.get("sweep") == network and "seconds" in p}
+        measured = {p["problem"]: p for p in points if p.get("sweep") == network and key in p}
         if not measured:
             continue
         tot = dict(dense_fp32=0.0, dense_default=0.0, chosen_fp32=0.0, chosen_default=0.0)
@@ -53,7 +54,7 @@ def network_times(points: list[dict], device: str) -> list[NetworkTime]:
         missing = []
         for problem in problems:
             p = measured.get(problem.name)
-            s = p["seconds"] if p else {}
+            s = p[key] if p else {}
             fp32, default = s.get(fp32_key), s.get(default_key)
             if not (isinstance(fp32, float) and isinstance(default, float)):
                 missing.append(problem.name)
