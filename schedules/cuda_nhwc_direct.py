@@ -153,3 +153,123 @@ def _dims(sch: s_tir.Schedule, blocks: SparseConvBlocks) -> dict:
     if attrs is None or ATTR not in attrs:
         raise ValueError(f"nhwc-direct compute without its {ATTR!r} attribute")
     return {k: int(v) for k, v in attrs[ATTR].items()}
+
+
+_SLICES = [1, 2, 4, 8, 16]
+_MAX_SLICES = 16
+
+
+class CUDANhwcSplitK(CUDANhwcDirect):
+    """nhwc-direct with each output's nonzeros in slices summed by as many thread groups
+    (threadIdx.z), the partial sums added in shared memory: `kc` adjacent input chunks staged at
+    once, one per chunk slice, each chunk's nonzeros optionally split further.
+
+    At batch 1 the maps are small: ResNet-50's conv5 1x1 reduction (7x7, 2048 -> 512) ran as 224
+    blocks of 4 warps, each thread working through 16 chunks one after another (copy, barrier,
+    ~28 dependent steps) for 19 us in device time, where the work is ~10 MFLOP. Slicing the
+    reduction multiplies the warps and divides the chain; the tile's input is read once per block
+    all the same.
+    """
+
+    name = "cuda-nhwc-splitk"
+
+    def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
+        b, oh, ow, co, c, k = sch.get_loops(blocks.conv)
+        n_b, n_oh, n_ow, n_co, n_c, n_k = (sch.get(x).extent.value for x in (b, oh, ow, co, c, k))
+        if n_k % VEC:
+            return None
+        dims = _dims(sch, blocks)
+        c_slices = [d for d in (1, 2, 4, 8) if n_c % d == 0]
+        k_slices = [s for s in _SLICES if (n_k // VEC) % s == 0]
+
+        if tunable:
+            # Tiles up to the largest that fits one chunk; more chunks at once (kc) need smaller
+            # ones, and candidates whose tile x kc overflows shared memory are rejected when built.
+            cap = max_tile(n_b, n_oh, n_ow, dims)
+            block_parts, tiles = [], []
+            for loop, extent, limit in zip((b, oh, ow), (n_b, n_oh, n_ow), cap):
+                outer, loop = sch.split(loop, factors=[extent // limit, limit])
+                block_parts.append(outer)
+                tiles.append((loop, sch.sample_perfect_tile(loop, n=2, max_innermost_factor=64)))
+            (b, tile_n), (oh, tile_h), (ow, tile_w) = tiles
+            kc = sch.sample_categorical(c_slices, [1 / len(c_slices)] * len(c_slices))
+            kk = sch.sample_categorical(k_slices, [1 / len(k_slices)] * len(k_slices))
+            co_split = sch.sample_perfect_tile(co, n=3, max_innermost_factor=8)
+            unroll = sch.sample_categorical(_UNROLL, [0.25] * 4)
+        else:
+            # nhwc-direct's tile of ~64 pixels, with as many chunks at once as fit beside it.
+            block_parts = []
+            tn, th, tw = default_tile(n_b, n_oh, n_ow, dims, target_px=64)
+            tile_n, tile_h, tile_w = [None, tn], [None, th], [None, tw]
+            px = tn * th * tw
+            kc = max(d for d in c_slices if _halo_bytes((tn, th, tw), dims) * d <= _SHARED_BYTES and d * px <= 512)
+            kk = max(s for s in k_slices if s * kc * px <= 512 and s * kc <= _MAX_SLICES)
+            co_i = largest_divisor(n_co, [4, 2])
+            co_t = largest_divisor(n_co // co_i, [d for d in (16, 8, 4, 2) if d * kk * kc * px <= 512])
+            co_split, unroll = [None, co_t, co_i], 16
+        b_o, b_i = sch.split(b, factors=tile_n)
+        oh_o, oh_i = sch.split(oh, factors=tile_h)
+        ow_o, ow_i = sch.split(ow, factors=tile_w)
+        co_o, co_t, co_i = sch.split(co, factors=co_split)
+        # Slices over adjacent chunks (c_s inner), so the chunks staged at once are one box.
+        c_o, c_s = sch.split(c, factors=[None, kc])
+        k_s, k_r = sch.split(k, factors=[kk, None])
+        sch.reorder(*block_parts, b_o, oh_o, ow_o, co_o, co_t, b_i, oh_i, ow_i, k_s, c_s, co_i, c_o, k_r)
+        slices = sch.fuse(k_s, c_s)
+        block_loop = sch.fuse(*block_parts, b_o, oh_o, ow_o, co_o)
+        px = sch.fuse(b_i, oh_i, ow_i)
+        # Each thread's partial sums stay in its registers; the sum over slices (the original
+        # block, its reduction loop bound to threadIdx.z) becomes a cross-thread reduction.
+        partial = sch.rfactor(slices, factor_axis=0)
+        sch.set_scope(partial, 0, "local")
+        # rfactor left the original loops with the sum over slices; the partials have their own.
+        block_loop, p_ct, p_px, p_sl, p_co_i, p_c, p_k = sch.get_loops(partial)
+        sch.bind(block_loop, "blockIdx.x")
+        sch.bind(p_ct, "threadIdx.y")
+        sch.bind(p_px, "threadIdx.x")
+        sch.bind(p_sl, "threadIdx.z")
+        k_o, k_v = sch.split(p_k, factors=[None, VEC])
+        sch.reorder(p_c, k_o, k_v, p_co_i)
+
+        # The sum over slices, under the same threads: a thread's outputs, its slice on z.
+        sch.reverse_compute_at(blocks.conv, block_loop, preserve_unit_loops=True)
+        w_sl, *w_px, w_co = sch.get_loops(blocks.conv)[-5:]
+        w_ct, w_ci = sch.split(w_co, factors=[co_split[1], None])
+        w_px = sch.fuse(*w_px)
+        sch.reorder(w_ct, w_px, w_ci, w_sl)
+        sch.bind(w_ct, "threadIdx.y")
+        sch.bind(w_px, "threadIdx.x")
+        sch.bind(w_sl, "threadIdx.z")
+        if blocks.epilogue is not None:
+            # The sum lands in every z thread's registers; the epilogue writes it once per z thread
+            # (the same value: dlight's GEMV epilogue does the same).
+            sch.set_scope(blocks.conv, 0, "local")
+            sch.reverse_compute_at(blocks.epilogue, block_loop, preserve_unit_loops=True)
+            *e_px, e_co = sch.get_loops(blocks.epilogue)[-4:]
+            e_ct, _ = sch.split(e_co, factors=[co_split[1], None])
+            e_px = sch.fuse(*e_px)
+            sch.reorder(e_ct, e_px)
+            sch.bind(e_ct, "threadIdx.y")
+            sch.bind(e_px, "threadIdx.x")
+
+        # kc chunks of the tile's input, NHWC -> shared, padding inlined as the copy's bounds check.
+        x_shared = sch.cache_read(partial, _read_index(sch, partial, "x_pad"), "shared")
+        sch.compute_at(x_shared, p_c, preserve_unit_loops=True)
+        sch.compute_inline(blocks.x_stage)
+        if dims["chunk"] >= 4:
+            sch.storage_align(x_shared, 0, axis=2, factor=dims["chunk"], offset=1)
+        # Thread extents as split factors (z: slices, y: channels, x: pixels). Each is one sampled
+        # variable or a constant: a product of sampled ones would not serialise into a trace.
+        _, zk, zc, ty, *tx = sch.split(sch.fuse(*sch.get_loops(x_shared)[-4:]),
+                                       factors=[None, kk, kc, co_split[1], tile_n[1], tile_h[1], tile_w[1]])
+        sch.bind(sch.fuse(zk, zc), "threadIdx.z")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(sch.fuse(*tx), "threadIdx.x")
+
+        vector_reads(sch, partial, ("values", "taps"), k_o)
+        sch.unroll(k_v)
+        sch.unroll(p_co_i)
+        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
+        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        sch.decompose_reduction(partial, p_c)
+        return sch
