@@ -16,8 +16,8 @@ __all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks
 class SparseConvBlocks:
     """The blocks of a sparse-conv PrimFunc inside a schedule."""
 
-    x_stage: s_tir.schedule.SBlockRV  # the input's relayout or padding stage (`Algorithm.stage`)
-    conv: s_tir.schedule.SBlockRV
+    x_stage: s_tir.schedule.SBlockRV | None  # the input's relayout or padding stage (`Algorithm.stage`)
+    conv: s_tir.schedule.SBlockRV | None  # None only in a replayed schedule whose trace renamed it
     epilogue: s_tir.schedule.SBlockRV | None
 
 
@@ -76,6 +76,11 @@ class SparseConvRule(ScheduleRule):
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target, tunable: bool):
         raise NotImplementedError
+
+    def attach_epilogue(self, sch: s_tir.Schedule, blocks: SparseConvBlocks) -> None:
+        """Compute the epilogue (bias, activation) where the accumulators are stored: called by
+        `schedule`, and after replaying a record that was tuned without one."""
+        sch.reverse_compute_inline(blocks.epilogue)
 
 
 def largest_divisor(n: int, candidates: list[int]) -> int:

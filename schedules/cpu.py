@@ -73,7 +73,7 @@ class CPUDirectTile(SparseConvRule):
         # Columns innermost in the accumulator, so its vectors are contiguous (registers, no shuffles).
         sch.transform_layout(blocks.conv, ("write", 0), lambda b_, h, w, c: (b_, h, c, w))
         if blocks.epilogue is not None:
-            sch.reverse_compute_inline(blocks.epilogue)
+            self.attach_epilogue(sch, blocks)
         sch.unroll(co_i)
         sch.vectorize(ow_i)
         sch.annotate(k, "pragma_auto_unroll_max_step", unroll)

@@ -87,7 +87,7 @@ class CUDAEllGather(SparseConvRule):
         acc = sch.cache_write(blocks.conv, 0, "local")
         sch.reverse_compute_at(acc, thread_loop, preserve_unit_loops=True)
         if blocks.epilogue is not None:
-            sch.reverse_compute_inline(blocks.epilogue)
+            self.attach_epilogue(sch, blocks)
         for name in ("values", "offsets"):
             src = self._stage_in_shared(sch, blocks.conv, name, block_loop, *threads)
             vector_reads(sch, src, (name,), k_o)
@@ -247,7 +247,7 @@ class CUDAEllSplitK(CUDAEllGather):
         total = sch.cache_write(blocks.conv, 0, "local")
         sch.reverse_compute_at(total, sx, preserve_unit_loops=True)
         if blocks.epilogue is not None:
-            sch.reverse_compute_inline(blocks.epilogue)
+            self.attach_epilogue(sch, blocks)
 
         # The partials of the block's tile (exactly its rows: no halo), one slice per threadIdx.z.
         # A thread's pixels step by `tx` in a loop outside the thread loops, so that its

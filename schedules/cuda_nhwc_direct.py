@@ -124,7 +124,7 @@ class CUDANhwcDirect(SparseConvRule):
         acc = sch.cache_write(blocks.conv, 0, "local")
         sch.reverse_compute_at(acc, px_t, preserve_unit_loops=True)
         if blocks.epilogue is not None:
-            sch.reverse_compute_inline(blocks.epilogue)
+            self.attach_epilogue(sch, blocks)
 
         # The tile's input chunk: NHWC -> shared, padding inlined as the copy's bounds check.
         x_shared = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "x_pad"), "shared")
@@ -241,16 +241,7 @@ class CUDANhwcSplitK(CUDANhwcDirect):
         sch.bind(w_px, "threadIdx.x")
         sch.bind(w_sl, "threadIdx.z")
         if blocks.epilogue is not None:
-            # The sum lands in every z thread's registers; the epilogue writes it once per z thread
-            # (the same value: dlight's GEMV epilogue does the same).
-            sch.set_scope(blocks.conv, 0, "local")
-            sch.reverse_compute_at(blocks.epilogue, block_loop, preserve_unit_loops=True)
-            *e_px, e_co = sch.get_loops(blocks.epilogue)[-4:]
-            e_ct, _ = sch.split(e_co, factors=[co_split[1], None])
-            e_px = sch.fuse(*e_px)
-            sch.reorder(e_ct, e_px)
-            sch.bind(e_ct, "threadIdx.y")
-            sch.bind(e_px, "threadIdx.x")
+            self.attach_epilogue(sch, blocks)
 
         # kc chunks of the tile's input, NHWC -> shared, padding inlined as the copy's bounds check.
         x_shared = sch.cache_read(partial, _read_index(sch, partial, "x_pad"), "shared")
@@ -273,3 +264,24 @@ class CUDANhwcSplitK(CUDANhwcDirect):
         sch.annotate(k_o, "pragma_unroll_explicit", 1)
         sch.decompose_reduction(partial, p_c)
         return sch
+
+    def attach_epilogue(self, sch: s_tir.Schedule, blocks: SparseConvBlocks) -> None:
+        """The sum over slices is a cross-thread reduction, into which nothing can be inlined: it
+        lands in every z thread's registers, and the epilogue, over the block's outputs with the
+        sum's channel and pixel threads, writes it (the same value from each z thread, as dlight's
+        GEMV epilogue does)."""
+        loops = sch.get_loops(blocks.conv)
+        co_threads = next(sch.get(x).extent for x in loops if _thread_tag(sch, x) == "threadIdx.y")
+        sch.set_scope(blocks.conv, 0, "local")
+        sch.reverse_compute_at(blocks.epilogue, loops[0], preserve_unit_loops=True)
+        *e_px, e_co = sch.get_loops(blocks.epilogue)[-4:]
+        e_ct, _ = sch.split(e_co, factors=[co_threads, None])
+        e_px = sch.fuse(*e_px)
+        sch.reorder(e_ct, e_px)
+        sch.bind(e_ct, "threadIdx.y")
+        sch.bind(e_px, "threadIdx.x")
+
+
+def _thread_tag(sch: s_tir.Schedule, loop) -> str | None:
+    binding = sch.get(loop).thread_binding
+    return None if binding is None else binding.thread_tag

@@ -69,7 +69,7 @@ class CUDAUnionTF32(SparseConvRule):
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
-        sch.reverse_compute_inline(blocks.epilogue)
+        self.attach_epilogue(sch, blocks)
 
         # A fragments: the gather itself, computed per k step into registers.
         sch.compute_at(a_block, k_o, preserve_unit_loops=True)

@@ -47,8 +47,9 @@ from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
 from ._warnings import warn_user
-from .algorithms import EPILOGUE, prim_func
-from .schedules.common import sblock_or_none
+from .algorithms import CONV, EPILOGUE, prim_func
+from .schedules import RULES
+from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none
 from .targets import GENERIC_FAMILY, cpu_vendor, isa_family, target_folder_name, target_isa_family
 from .workload import ConvWorkload
 
@@ -519,9 +520,11 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
     try:
         record.trace.apply_to_schedule(sch, remove_postproc=False)
         if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and sblock_or_none(sch, EPILOGUE) is not None:
-            # As the rules do when they see an epilogue: computed where the accumulators are stored.
-            # (An algorithm whose compute always has one, union-tf32's NHWC reshape, inlined it already.)
-            sch.reverse_compute_inline(sch.get_sblock(EPILOGUE))
+            # As the record's rule does when it sees an epilogue. (An algorithm whose compute always
+            # has one, union-tf32's NHWC reshape, inlined it already.)
+            rule = next((r for r in RULES if r.name == entry.get("rule")), SparseConvRule())  # unnamed: inline
+            # (the input stage may be gone: inlined by the replay, and the epilogue does not need it)
+            rule.attach_epilogue(sch, SparseConvBlocks(None, sblock_or_none(sch, CONV), sch.get_sblock(EPILOGUE)))
     except Exception:  # noqa: BLE001 - a trace that does not fit this width or epilogue: fall back
         return None
     return TunedSchedule(sch, folder, entry.get("rule", "?"), tuned_wl, entry.get("run_us"))
