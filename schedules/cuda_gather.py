@@ -126,6 +126,16 @@ def vector_reads(sch: s_tir.Schedule, block, names, k_o) -> None:
         sch.vectorize(sch.get_loops(reg)[-1])
 
 
+def unrolled_nonzeros(sch: s_tir.Schedule, block, names, k_o, k_v, regs, unroll) -> None:
+    """The loop over a thread's nonzeros: the weights as one vector per `k_o` step (`vector_reads`),
+    the step's VEC nonzeros and the register channels `regs` unrolled, and up to `unroll` steps."""
+    vector_reads(sch, block, names, k_o)
+    sch.unroll(k_v)
+    sch.unroll(regs)
+    sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
+    sch.annotate(k_o, "pragma_unroll_explicit", 1)
+
+
 def _read_index(sch: s_tir.Schedule, block, buffer_name: str) -> int:
     """Position of `buffer_name` among the block's read regions (what cache_read takes)."""
     names = [r.source.name for r in sch.get(block).reads]
@@ -264,11 +274,7 @@ class CUDAEllSplitK(CUDAEllGather):
         sch.bind(px_t, "threadIdx.x")
         acc = sch.cache_write(partial, 0, "local")
         sch.reverse_compute_at(acc, px_t, preserve_unit_loops=True)
-        vector_reads(sch, partial, ("values", "offsets"), k_o)
-        sch.unroll(k_v)
-        sch.unroll(pc_i)
-        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
-        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        unrolled_nonzeros(sch, partial, ("values", "offsets"), k_o, k_v, pc_i, unroll)
         sch.decompose_reduction(partial, k_o)
         _schedule_relayout(sch, blocks.x_stage)
         return sch

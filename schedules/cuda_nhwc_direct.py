@@ -20,7 +20,7 @@ from tvm.target import Target
 from tvm_sparseconv.algorithms.nhwc_direct import TILE_ATTR as ATTR
 
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
-from .cuda_gather import _read_index, vector_reads
+from .cuda_gather import _read_index, unrolled_nonzeros, vector_reads
 
 VEC = 4  # = tvm_sparseconv.kernel.ELL_ALIGN
 _UNROLL = [0, 16, 64, 256]
@@ -258,11 +258,7 @@ class CUDANhwcSplitK(CUDANhwcDirect):
         sch.bind(ty, "threadIdx.y")
         sch.bind(sch.fuse(*tx), "threadIdx.x")
 
-        vector_reads(sch, partial, ("values", "taps"), k_o)
-        sch.unroll(k_v)
-        sch.unroll(p_co_i)
-        sch.annotate(k_o, "pragma_auto_unroll_max_step", unroll)
-        sch.annotate(k_o, "pragma_unroll_explicit", 1)
+        unrolled_nonzeros(sch, partial, ("values", "taps"), k_o, k_v, p_co_i, unroll)
         sch.decompose_reduction(partial, p_c)
         return sch
 
