@@ -42,6 +42,18 @@ def test_a_wrong_sparse_result_counts_as_dense_and_a_missing_shape_is_reported()
     assert "of 23 shapes" in markdown([t], "gpu")
 
 
+def test_per_call_totals_come_from_call_seconds_only_where_measured():
+    net = network_sweep(1, 90)
+    points = _points(net, 2e-6, 3e-6, 1e-6)
+    for p in points:
+        p["call_seconds"] = {"sparse": 3e-6, "cudnn_fp32": 20e-6, "cudnn_tf32": 20e-6}
+    (device,) = network_times(points, "gpu")
+    (per_call,) = network_times(points, "gpu", key="call_seconds")
+    assert device.chosen_fp32 == pytest.approx(53 * 2e-6) and device.dense_default == pytest.approx(53 * 1e-6)
+    assert per_call.chosen_fp32 == pytest.approx(53 * 3e-6) and per_call.dense_default == pytest.approx(53 * 20e-6)
+    assert network_times(_points(net, 2e-6, 3e-6, 1e-6), "gpu", key="call_seconds") == []
+
+
 def test_no_network_points_no_totals():
     assert network_times([{"sweep": "headline", "problem": "headline", "seconds": {"sparse": 1.0}}], "gpu") == []
 
