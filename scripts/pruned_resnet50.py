@@ -42,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--layer-repeats", type=int, default=20, help="sparsify's timed calls per layer (default 20)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--inter-op-threads", type=int, default=None,
+                    help="TensorFlow's inter-op threads (ops run at once; default: TensorFlow's choice)")
     return ap.parse_args(argv)
 
 
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
+    if args.inter_op_threads is not None:  # before TensorFlow starts its thread pools
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     from tvm_sparseconv import targets
     from tvm_sparseconv.baselines import interleaved_median_wall
     from tvm_sparseconv.keras import sparsify
@@ -125,6 +129,7 @@ def main(argv=None) -> int:
             "input_shape": [args.batch, *shape],
             "sparsity": args.sparsity, "pruning": "magnitude, per layer", "keras": keras.__version__,
             "tensorflow": tf.__version__, "cpu": cpu_name(), "cores": os.cpu_count(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "cpu_folder": targets.target_folder_name(targets.host_cpu_target()),
             "max_relative_difference": rel, "tolerance": PREDICTION_TOLERANCE, "same_top1": same_top1,
             "model_ms": {"dense": t_dense, "sparsified": t_sparse, "repeats": args.repeats},
