@@ -11,8 +11,8 @@ into a NaN-poisoned buffer) is checked against a float64 reference before anythi
 conversion and compilation are timed separately from the kernel. Times are medians (see
 tvm_sparseconv/baselines.py for the method); on a GPU they are device times (the host queues each
 batch of calls ahead of the device), and `--call-times` adds the time per call from Python
-(`call_seconds`: host overhead included) for ours and cuDNN, in the same run. Results merge into the JSON file by (sweep, point),
-so a sweep can be run on its own and added to the others.
+(`call_seconds`: host overhead included) for ours and cuDNN, in the same run. Results merge into
+the JSON file by (sweep, point), so a sweep can be run on its own and added to the others.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import tvm  # noqa: E402
 
 import tvm_sparseconv as tsc  # noqa: E402
 from tvm_sparseconv import algorithms, baselines, reference, targets  # noqa: E402
-from tvm_sparseconv.network_time import markdown, network_times  # noqa: E402
+from tvm_sparseconv.network_time import markdown_with_calls  # noqa: E402
 from tvm_sparseconv.workloads import Problem, workload_set  # noqa: E402
 
 try:
@@ -97,21 +97,20 @@ def main(argv=None) -> int:
     out.write_text(json.dumps(results, indent=1) + "\n")
     print_table(points)
     kind = "gpu" if on_gpu else "cpu"
-    totals = network_times(points, kind)
+    totals = markdown_with_calls(points, kind)
     if totals:
-        print("\nwhole networks (count x time per convolution shape):\n" + markdown(totals, kind))
-    call_totals = network_times(points, kind, key="call_seconds")
-    if call_totals:
-        print("\nthe same, per call from Python (host overhead included):\n" + markdown(call_totals, kind))
+        print("\nwhole networks (count x time per convolution shape):\n" + totals)
     print(f"wrote {out}")
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
              or not all(a["correct"] for a in p.get("algorithms", {}).values())]
     return 1 if wrong else 0
 
 
-def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int, host_ahead: bool = True) -> tuple[float, float]:
-    """(relative error of a NaN-poisoned run against `ref`, median seconds) of a compiled op
-    (`host_ahead`: see baselines.cuda_event_median)."""
+def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int,
+                    call_times: bool = False) -> tuple[float, float, float | None]:
+    """(relative error of a NaN-poisoned run against `ref`, median seconds, median seconds per call
+    from Python or None) of a compiled op; `call_times` (GPU): also that per-call time (see
+    baselines.cuda_event_median's `host_ahead`)."""
     dev, wl = op.device, op.workload
     x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
@@ -119,8 +118,9 @@ def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int, host_ahead: bool = 
     err = reference.relative_error(out.numpy(), ref)
     run = lambda i: op.run(x_dev[i % len(xs)], out)  # noqa: E731
     if not on_gpu:
-        return err, baselines.median_wall(run, repeats)
-    return err, baselines.cuda_event_median(run, repeats, host_ahead=host_ahead)
+        return err, baselines.median_wall(run, repeats), None
+    per_call = baselines.cuda_event_median(run, repeats, host_ahead=False) if call_times else None
+    return err, baselines.cuda_event_median(run, repeats), per_call
 
 
 def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool,
@@ -139,7 +139,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
 
     # Correct first: poisoned output, float64 reference, before any timing.
     ref = reference.conv2d_f64(xs[0], w, wl)
-    err, ours = _check_and_time(op, xs, ref, on_gpu, repeats)
+    err, ours, ours_per_call = _check_and_time(op, xs, ref, on_gpu, repeats, call_times)
     times, errors = {"sparse": ours}, {"sparse": err}
     per_algorithm = {}
     for name in forced:
@@ -150,7 +150,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         forced_op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
                                 target=target, algorithm=name, precision=forced_alg.precision)
         compile_s = time.perf_counter() - t0
-        a_err, a_time = _check_and_time(forced_op, xs, ref, on_gpu, repeats)
+        a_err, a_time, _ = _check_and_time(forced_op, xs, ref, on_gpu, repeats)
         per_algorithm[name] = {"seconds": a_time, "relative_error": a_err, "correct": a_err <= forced_alg.tolerance,
                                "schedule": forced_op.schedule_source, "ell_width": forced_op.workload.ell_width,
                                "chunk": forced_op.workload.chunk, "compile_s": compile_s}
@@ -159,8 +159,8 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         times.update(base_times)
         errors.update(base_errors)
     call = {}
-    if call_times:
-        call["sparse"] = _check_and_time(op, xs, ref, on_gpu, repeats, host_ahead=False)[1]
+    if ours_per_call is not None:
+        call["sparse"] = ours_per_call
         for name, tf32 in (("cudnn_fp32", False), ("cudnn_tf32", True)):
             if isinstance(times.get(name), float):
                 call[name] = baselines.cudnn_seconds(xs, w, wl, tf32, repeats, host_ahead=False)[0]

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tvm_sparseconv.network_time import markdown, network_times  # noqa: E402
+from tvm_sparseconv.network_time import markdown_with_calls  # noqa: E402
 SWEEP_ORDER = ["headline", "kernel_size", "in_channels", "out_channels", "density", "image_size"]
 SWEEP_LABEL = {
     "kernel_size": "kernel size (1x256x512x3 input, 64 filters)",
@@ -172,15 +172,8 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
 
 
 def network_markdown(points: list[dict]) -> str:
-    """Whole-network totals, and the same per call from Python where the run measured that too."""
     device = "gpu" if any(isinstance(p["seconds"].get("cudnn_fp32"), float) for p in points) else "cpu"
-    text = markdown(network_times(points, device), device)
-    per_call = markdown(network_times(points, device, key="call_seconds"), device)
-    if text and per_call:
-        text = ("Device time (kernels back to back):\n\n" + text
-                + "\nThe same run, per call from Python (host overhead included: PyTorch's for cuDNN):\n\n"
-                + per_call)
-    return text
+    return markdown_with_calls(points, device)
 
 
 def _replace_between(text: str, start: str, end: str, body: str) -> str:

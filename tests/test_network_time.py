@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tvm_sparseconv.network_time import markdown, network_times
+from tvm_sparseconv.network_time import markdown, markdown_with_calls, network_times
 from tvm_sparseconv.workloads import NETWORKS, TINY, network_sweep, workload_set
 
 
@@ -52,6 +52,9 @@ def test_per_call_totals_come_from_call_seconds_only_where_measured():
     assert device.chosen_fp32 == pytest.approx(53 * 2e-6) and device.dense_default == pytest.approx(53 * 1e-6)
     assert per_call.chosen_fp32 == pytest.approx(53 * 3e-6) and per_call.dense_default == pytest.approx(53 * 20e-6)
     assert network_times(_points(net, 2e-6, 3e-6, 1e-6), "gpu", key="call_seconds") == []
+    both = markdown_with_calls(points, "gpu")
+    assert both.startswith("Device time") and "per call from Python" in both and both.count(net) == 2
+    assert markdown_with_calls(_points(net, 2e-6, 3e-6, 1e-6), "gpu") == markdown([device], "gpu")
 
 
 def test_no_network_points_no_totals():

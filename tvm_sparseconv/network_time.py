@@ -93,3 +93,15 @@ def markdown(times: list[NetworkTime], device: str) -> str:
             f"| {d['speedup_default']:.2f} | {t.sparse_layers_fp32} of {t.layers} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def markdown_with_calls(points: list[dict], device: str) -> str:
+    """`markdown` of the device-time totals and, where the run also measured per-call times
+    (`bench.py --call-times`), of those beside them (empty when there are no network points)."""
+    text = markdown(network_times(points, device), device)
+    per_call = markdown(network_times(points, device, key="call_seconds"), device)
+    if text and per_call:
+        text = ("Device time (kernels back to back):\n\n" + text
+                + "\nThe same run, per call from Python (host overhead included: PyTorch's for cuDNN):\n\n"
+                + per_call)
+    return text
