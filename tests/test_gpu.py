@@ -256,3 +256,28 @@ def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
     per_call = baselines.cuda_event_median(call, repeats=10, host_ahead=False)
     assert device == pytest.approx(spin_s, rel=0.3), (device, spin_s)
     assert per_call >= host_s, (per_call, host_s)
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_register_reuse_kernel_matches_float64(strides):
+    """The experimental pattern-in-the-code kernel (NVPTX build) against float64, output poisoned."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+
+    rng = np.random.default_rng(7)
+    n, h, w_, cin, cout = 3, 9, 11, 40, 36
+    w = (rng.standard_normal((cin, cout)) * (rng.random((cin, cout)) < 0.2)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    oh, ow = -(-h // strides[0]), -(-w_ // strides[1])
+    tile = Tile(group=16, pixels=32, groups=2, stage=16, regs=8)
+    ex = compile_nvptx(lambda llvm: emit(w, (n, h, w_, cin), (oh, ow), strides, ((0, 0), (0, 0)), tile,
+                                         bias=True, activation="relu", llvm=llvm))
+    x = rng.standard_normal((n, h, w_, cin)).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full((n, oh, ow, cout), np.nan, np.float32), dev)
+    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
+    xs = x[:, ::strides[0], ::strides[1], :].astype(np.float64)
+    ref = np.maximum(np.einsum("nhwc,ck->nhwk", xs, w.astype(np.float64)) + bias, 0.0)
+    got = out.numpy()
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL

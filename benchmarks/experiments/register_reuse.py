@@ -1,0 +1,150 @@
+"""Experiment: the pattern compiled into the code ("register-reuse") against cuDNN and our records.
+
+For each 1x1 layer of the chosen sets: the kernel as the benchmarks draw it, then for each tile
+configuration the generated kernel (`schedules/cuda_register_reuse.py`, LLVM NVPTX), checked
+against float64 on a fresh input with a NaN-poisoned output, then timed in device time side by
+side with the library's current choice for the layer (its tuning record) and cuDNN fp32 / TF32.
+Compiles run in parallel worker processes (one per CPU). Writes one JSON.
+
+    python benchmarks/experiments/register_reuse.py --sets resnet50_1x1_b32,resnet50_1x1_b1 \
+        --json $OUT/register_reuse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+TILES = {  # name -> Tile fields
+    "g32p32x8": dict(group=32, pixels=32, groups=8, stage=64, regs=16),
+    "g32p64x4": dict(group=32, pixels=64, groups=4, stage=64, regs=16),
+    "g16p64x4": dict(group=16, pixels=64, groups=4, stage=64, regs=16),
+    "g64p32x4": dict(group=64, pixels=32, groups=4, stage=32, regs=8),
+    "g8p32x4": dict(group=8, pixels=32, groups=4, stage=128, regs=16),
+    "g16p32x2": dict(group=16, pixels=32, groups=2, stage=256, regs=16),
+}
+
+
+def _compile(args) -> dict:
+    """Worker: emit and compile one (layer, tile) through NVPTX; export the module."""
+    name, tile_name, w, shape, out_hw, strides, pads, path = args
+    from schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+
+    tile = Tile(**TILES[tile_name])
+    t0 = time.perf_counter()
+    emit(w, shape, out_hw, strides, pads, tile)
+    t1 = time.perf_counter()
+    ex = compile_nvptx(lambda llvm: emit(w, shape, out_hw, strides, pads, tile, llvm=llvm))
+    t2 = time.perf_counter()
+    ex.export_library(path)
+    return {"layer": name, "tile": tile_name, "emit_s": t1 - t0, "compile_s": t2 - t1, "path": path}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sets", default="resnet50_1x1_b32,resnet50_1x1_b1")
+    ap.add_argument("--tiles", default=",".join(TILES))
+    ap.add_argument("--max-fmas", type=int, default=30000, help="skip layers with more nonzeros (compile time)")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--compile-only", action="store_true", help="stop after compiling (no GPU needed)")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args(argv)
+
+    import tvm
+
+    import tvm_sparseconv as tsc
+    from tvm_sparseconv import baselines
+    from tvm_sparseconv.workloads import workload_set
+
+    problems = [p for p in workload_set(args.sets) if p.kernel_shape[:2] == (1, 1)]
+    tiles = args.tiles.split(",")
+    tmp = Path(tempfile.mkdtemp())
+    jobs, layers = [], {}
+    for p in problems:
+        kernel = p.sparse_kernel()
+        wl = p.workload(kernel)
+        w = p.dense_kernel()[0, 0].astype(np.float32)
+        layers[p.name] = (p, kernel, wl, w)
+        if kernel.nnz > args.max_fmas:
+            continue
+        for t in tiles:
+            jobs.append((p.name, t, w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, str(tmp / f"{p.name}-{t}.so")))
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        built = list(pool.map(_compile, jobs))
+    print(f"compiled {len(built)} kernels in {time.perf_counter() - t0:.0f} s", flush=True)
+    if args.compile_only:
+        Path(args.json).write_text(json.dumps({"compiled": built}, indent=1))
+        return 0
+
+    import torch
+
+    dev = tvm.cuda(0)
+    rows = []
+    for name, (p, kernel, wl, w) in layers.items():
+        rng = np.random.default_rng(1)
+        n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
+        xs = [rng.standard_normal(wl.input_shape).astype(np.float32) for _ in range(n_rot)]
+        (pt, _), (pl, _) = wl.pads
+        sh, sw = wl.strides
+        oh, ow = wl.output_hw
+        x0 = xs[0][:, :: sh, :: sw, :][:, :oh, :ow, :] if (pt, pl) == (0, 0) else None
+        ref = np.einsum("nhwc,ck->nhwk", x0.astype(np.float64), w.astype(np.float64))
+        x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
+        row = {"layer": name, "input_shape": list(wl.input_shape), "cout": int(w.shape[1]), "nnz": int(kernel.nnz),
+               "useful_flops": 2 * int(kernel.nnz) * int(np.prod(wl.output_shape[:3])), "tiles": {}}
+
+        def timed(fn_run, out):
+            out.copyfrom(np.full(wl.output_shape, np.nan, np.float32))
+            fn_run(x_dev[0], out)
+            dev.sync()
+            y = out.numpy().astype(np.float64)
+            err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref)) if np.all(np.isfinite(y)) else float("inf")
+            secs = baselines.cuda_event_median(lambda i: fn_run(x_dev[i % n_rot], out), args.repeats)
+            return err, secs
+
+        out = tvm.runtime.empty(wl.output_shape, "float32", dev)
+        op = tsc.compile(kernel, wl.input_shape, strides=wl.strides, padding=p.padding, target="cuda")
+        err, secs = timed(op.run, out)
+        row["library"] = {"schedule": op.schedule_source, "algorithm": op.algorithm, "relative_error": err, "seconds": secs}
+        for b in built:
+            if b["layer"] != name:
+                continue
+            f = tvm.runtime.load_module(b["path"])["sparse_conv2d"]
+            err, secs = timed(lambda x, o, f=f: f(x, o), out)
+            row["tiles"][b["tile"]] = {"relative_error": err, "seconds": secs, "emit_s": b["emit_s"], "compile_s": b["compile_s"]}
+        for label, tf32 in (("cudnn_fp32", False), ("cudnn_tf32", True)):
+            secs, _ = baselines.cudnn_seconds(xs, p.dense_kernel(), wl, tf32, args.repeats)
+            row[label] = secs
+        best = min(row["tiles"].items(), key=lambda kv: kv[1]["seconds"] if kv[1]["relative_error"] < 1e-5 else 1e9,
+                   default=(None, None))
+        row["best_tile"] = best[0]
+        us = lambda s: f"{s * 1e6:7.1f}"  # noqa: E731
+        print(f"{name:34s} lib {us(row['library']['seconds'])} ({row['library']['algorithm']}) "
+              f"best {best[0]} {us(best[1]['seconds']) if best[1] else '   -   '} "
+              f"err {best[1]['relative_error'] if best[1] else float('nan'):.1e} "
+              f"cudnn fp32 {us(row['cudnn_fp32'])} tf32 {us(row['cudnn_tf32'])}", flush=True)
+        rows.append(row)
+        torch.cuda.empty_cache()
+    meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t] for t in tiles},
+            "max_fmas": args.max_fmas, "repeats": args.repeats, "timing": "device time (cuda_event_median)"}
+    Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Experimental "register-reuse" CUDA kernel for 1x1 layers: the kernel's pattern compiled into the code.
+
+Every algorithm in `tvm_sparseconv/algorithms/` reads the sparse kernel as data: an index and a
+load per multiply-add, at most 25% of the fp32 peak (shared memory delivers 32 words per clock per
+SM against 128 FMA lanes). Here each nonzero is one FMA whose input is a register (an index fixed
+in the code), whose weight is an immediate and whose sum is a register: one input word read from
+shared memory feeds ``group * density`` FMAs (3.2 at 32 channels and 90% sparsity), and no weight
+is loaded. The code is one straight-line FMA per nonzero, so it is compiled through LLVM's NVPTX
+backend (`tvm_sparseconv/nvptx_build.py`), not nvcc. Not yet an algorithm of the library: measured
+in `benchmarks/experiments/register_reuse.py` (write-up `register_reuse.md`).
+
+For a 1x1 layer with weight matrix ``w`` (Cin, Cout) and a `Tile`:
+
+- grid: blockIdx.x over tiles of ``pixels`` output pixels (flattened n, oh, ow), blockIdx.y over
+  blocks of ``groups`` channel groups; threads (threadIdx.x: pixel, threadIdx.y: group);
+- per stage of ``stage`` input channels: the block copies its pixels' channels from NHWC global
+  memory to shared (float4, coalesced along channels; zeros outside the image), the next stage's
+  loads in flight during this stage's FMAs (software pipeline through registers); then each
+  thread copies ``regs`` of its pixel's channels at a time into registers and runs the FMAs of
+  its group's nonzeros among them, each with an immediate weight;
+- the epilogue (bias, activation) is applied in registers before the (float4) stores.
+
+The FMAs of each group are emitted under a binary tree of uniform branches on the group index,
+so a warp walks only its own group's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.ir import Range, StringImm
+
+from tvm_sparseconv.nvptx_build import llvm_barrier
+
+F32 = "float32"
+#: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
+ROW_PAD = 4
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One point of the design space (what tuning chooses per layer)."""
+
+    group: int = 32  # output channels per thread
+    pixels: int = 32  # threads along pixels per block (a multiple of 32 keeps branches per warp)
+    groups: int = 4  # channel groups per block (threadIdx.y)
+    stage: int = 64  # input channels staged in shared memory per step
+    regs: int = 16  # input channels a thread holds in registers at a time
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self, cin: int) -> None:
+        if self.stage % self.regs or self.regs % 4 or self.pixels % 32:
+            raise ValueError(f"invalid tile {self}: stage must be a multiple of regs, regs of 4, pixels of 32")
+
+
+def _thread(tag: str, extent: int) -> tirx.IterVar:
+    return tirx.IterVar(Range(0, extent), tirx.Var(tag.replace(".", "_"), "int32"), 1, tag)
+
+
+def _ramp(base, lanes: int = 4):
+    return tirx.Ramp(base, 1, lanes)
+
+
+def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
+    """`body(g)` for the g in [lo, hi) equal to `index`, as a binary tree of branches."""
+    if hi - lo == 1:
+        return body(lo)
+    mid = (lo + hi) // 2
+    left, right = _tree(index, lo, mid, body), _tree(index, mid, hi, body)
+    if left is None and right is None:
+        return None
+    if left is None:
+        return tirx.IfThenElse(index >= mid, right, None)
+    if right is None:
+        return tirx.IfThenElse(index < mid, left, None)
+    return tirx.IfThenElse(index < mid, left, right)
+
+
+def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
+         activation: str | None = None, llvm: bool = True) -> tirx.PrimFunc:
+    """The kernel computing ``out = act(conv1x1(x, w) + bias)`` for this `w` (Cin, Cout), as TIR.
+
+    `llvm`: for LLVM's NVPTX backend (else for TVM's CUDA C codegen, whose barrier differs)."""
+    n, h, wd, cin = input_shape
+    oh_, ow_ = output_hw
+    sh, sw = strides
+    (pt, _), (pl, _) = pads
+    cout = w.shape[1]
+    tile.validate(cin)
+    g_, tp, ng, st, rc = tile.group, tile.pixels, tile.groups, tile.stage, tile.regs
+    n_groups = -(-cout // g_)
+    n_pix = n * oh_ * ow_
+    vec = 4 if cin % 4 == 0 else 1
+
+    x = tirx.decl_buffer(tuple(input_shape), F32, "x")
+    out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
+    b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
+    xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
+    acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
+    xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
+
+    bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", -(-n_groups // ng))
+    tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
+    group = by.var * ng + ty.var
+    pixel = bx.var * tp + tx.var
+    zero = tirx.const(0.0, F32)
+    # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
+    if llvm:
+        sync = llvm_barrier(tp * ng)
+    else:
+        sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
+
+    def output_pixel(p):
+        """(image, output row, output column) of flattened output pixel p."""
+        rem = tirx.floormod(p, oh_ * ow_)
+        return tirx.floordiv(p, oh_ * ow_), tirx.floordiv(rem, ow_), tirx.floormod(rem, ow_)
+
+    def input_row(p):
+        """((image, row, column) of pixel p's input, clamped into x; whether it lies inside)."""
+        inside_p = p < n_pix
+        img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1))
+        r, c = orow * sh - pt, ocol * sw - pl
+        inside = tirx.all(inside_p, r >= 0, r < h, c >= 0, c < wd)
+        clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
+        return (img, clamp(r, h), clamp(c, wd)), inside
+
+    threads = tp * ng
+    stages = [(s0, min(st, cin - s0)) for s0 in range(0, cin, st)]
+    per_row = [-(-width // vec) for _, width in stages]
+    copies = max(-(-tp * pr // threads) for pr in per_row)
+    pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
+
+    def copy_slots(k):
+        """Per copy slot of stage k: (in range, shared row, vector index, clamped source, inside)."""
+        s0, width = stages[k]
+        for it in range(copies):
+            i = it * threads + ty.var * tp + tx.var
+            row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
+            src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1))
+            ch = s0 + q * vec
+            if vec == 1:
+                inside = tirx.all(inside, ch < cin)
+                ch = tirx.min(ch, cin - 1)
+            yield it, i < tp * per_row[k], row, q, src, ch, inside
+
+    def fetch(k):
+        """Loads of stage k into `pf`: always from inside x (clamped), zero where outside."""
+        out_ = []
+        for it, _, _, _, src, ch, inside in copy_slots(k):
+            if vec == 4:
+                value = tirx.Select(tirx.Broadcast(inside, 4), tirx.BufferLoad(x, [*src, _ramp(ch)]), tirx.Broadcast(zero, 4))
+                out_.append(tirx.BufferStore(pf, value, [_ramp(it * 4)]))
+            else:
+                out_.append(tirx.BufferStore(pf, tirx.Select(inside, x[(*src, ch)], zero), [it]))
+        return out_
+
+    def deposit(k):
+        """`pf` (stage k) into the shared tile."""
+        out_ = []
+        for it, used, row, q, *_ in copy_slots(k):
+            if vec == 4:
+                st_ = tirx.BufferStore(xs, tirx.BufferLoad(pf, [_ramp(it * 4)]), [row, _ramp(q * 4)])
+            else:
+                st_ = tirx.BufferStore(xs, pf[it], [row, q])
+            out_.append(tirx.IfThenElse(used, st_, None))
+        return out_
+
+    body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
+    body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+    # Software pipeline: stage k+1's loads are issued before stage k's FMAs and stored after them.
+    body += fetch(0)
+    for k, (s0, width) in enumerate(stages):
+        body += deposit(k)
+        body.append(sync)
+        if k + 1 < len(stages):
+            body += fetch(k + 1)
+        for r0 in range(0, width, rc):
+            chans = min(rc, width - r0)
+            block = w[s0 + r0:s0 + r0 + chans]
+            if not block.any():
+                continue
+
+            def fmas(gi, block=block):
+                sub = block[:, gi * g_:(gi + 1) * g_]
+                k, j = np.nonzero(sub)
+                if len(k) == 0:
+                    return None
+                return tirx.SeqStmt([
+                    tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
+                    for kk, jj in zip(k, j)])
+
+            tree = _tree(group, 0, n_groups, fmas)
+            if tree is None:
+                continue
+            loads = [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
+                     for v in range(0, -(-chans // 4) * 4, 4)]
+            body += loads + [tree]
+        body.append(sync)
+
+    # Epilogue: bias and activation in registers, then G consecutive floats of the pixel's row.
+    def finish(j):
+        co = group * g_ + j
+        y = acc[j] + b[co] if b is not None else acc[j]
+        if activation == "relu":
+            y = tirx.max(y, zero)
+        elif activation == "relu6":
+            y = tirx.min(tirx.max(y, zero), tirx.const(6.0, F32))
+        return co, y
+
+    stores = []
+    for j in range(g_):
+        co, y = finish(j)
+        stores.append(tirx.IfThenElse(co < cout, tirx.BufferStore(out, y, [*output_pixel(pixel), co]), None))
+    body.append(tirx.IfThenElse(tirx.all(pixel < n_pix, group < n_groups), tirx.SeqStmt(stores), None))
+
+    stmt = tirx.SeqStmt(body)
+    for iv in (ty, tx, by, bx):
+        stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
+    params = [x] + ([b] if b is not None else []) + [out]
+    return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})

@@ -1,0 +1,62 @@
+"""The experimental register-reuse kernel (pattern in the code) and its NVPTX build, without a GPU.
+
+Checks what can be checked on the CPU: one FMA per nonzero with its weight as an immediate, no
+local memory, a real `.entry` kernel that ptxas assembles, and TVM's CUDA module built around it.
+Its results against float64 are checked on the GPU (tests/test_gpu.py).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from tvm_sparseconv.nvptx_build import assemble, compile_nvptx, nvptx_ptx
+from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+
+CASES = [  # (input NHWC, Cout, density, strides, pads, tile)
+    ((2, 5, 7, 24), 20, 0.3, (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=16, regs=8)),
+    ((1, 9, 9, 6), 12, 0.5, (2, 2), ((0, 0), (0, 0)), Tile(group=4, pixels=32, groups=4, stage=8, regs=4)),  # Cin % 4 != 0
+]
+
+
+def _weights(cin: int, cout: int, density: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((cin, cout)) * (rng.random((cin, cout)) < density)).astype(np.float32)
+
+
+def _out_hw(shape, strides):
+    return tuple(-(-d // s) for d, s in zip(shape[1:3], strides))
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_every_nonzero_is_one_fma_with_its_weight_in_the_code(case):
+    shape, cout, density, strides, pads, tile = CASES[case]
+    w = _weights(shape[3], cout, density, seed=case)
+    ptx = nvptx_ptx(emit(w, shape, _out_hw(shape, strides), strides, pads, tile, bias=True, activation="relu"))
+    assert ".visible .entry sparse_conv2d_kernel(" in ptx
+    assert ".local" not in ptx, "sums or inputs spilled to local memory"
+    assert "bar.sync" in ptx
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    assert len(fmas) == np.count_nonzero(w)
+    weights = sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas)
+    np.testing.assert_array_equal(weights, np.sort(w[w != 0]))
+
+
+@pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
+def test_the_kernel_assembles_and_tvm_builds_a_cuda_module_around_it():
+    shape, cout, density, strides, pads, tile = CASES[0]
+    w = _weights(shape[3], cout, density)
+    make = lambda llvm: emit(w, shape, _out_hw(shape, strides), strides, pads, tile, llvm=llvm)  # noqa: E731
+    assert assemble(nvptx_ptx(make(True)))[:4] == b"\x7fELF"
+    ex = compile_nvptx(make)
+    kinds = [m.kind for m in ex.mod.imports]
+    assert kinds == ["cuda"]
+
+
+def test_a_tile_that_does_not_fit_its_rules_is_refused():
+    with pytest.raises(ValueError, match="multiple"):
+        emit(_weights(8, 8, 0.5), (1, 4, 4, 8), (4, 4), (1, 1), ((0, 0), (0, 0)), Tile(stage=24, regs=16))
