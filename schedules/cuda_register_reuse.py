@@ -48,6 +48,9 @@ class Tile:
     groups: int = 4  # channel groups per block (threadIdx.y)
     stage: int = 64  # input channels staged in shared memory per step
     regs: int = 16  # input channels a thread holds in registers at a time
+    #: code layout: "groups" (one branch per group around its whole pipeline) or "steps" (each
+    #: step's FMAs of every group behind branches on the group)
+    layout: str = "steps"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +58,8 @@ class Tile:
     def validate(self, cin: int) -> None:
         if self.stage % self.regs or self.regs % 4 or self.pixels % 32:
             raise ValueError(f"invalid tile {self}: stage must be a multiple of regs, regs of 4, pixels of 32")
+        if self.layout not in ("groups", "steps"):
+            raise ValueError(f"invalid tile {self}: layout must be 'groups' or 'steps'")
 
 
 def _thread(tag: str, extent: int) -> tirx.IterVar:
@@ -169,53 +174,83 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             out_.append(tirx.IfThenElse(used, st_, None))
         return out_
 
+    def fmas(gi: int, block: np.ndarray) -> tirx.Stmt | None:
+        """Group gi's FMAs over the input channels (rows) of `block` held in `xr`."""
+        sub = block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
+        k, j = np.nonzero(sub)
+        if len(k) == 0:
+            return None
+        return tirx.SeqStmt([
+            tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
+            for kk, jj in zip(k, j)])
+
+    def pipeline(gi: int | None) -> list[tirx.Stmt]:
+        """The stages: for group `gi` alone, or (None) for every group behind branches per step.
+
+        Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
+        code = fetch(0)
+        for k, (s0, width) in enumerate(stages):
+            code += deposit(k)
+            code.append(sync)
+            if k + 1 < len(stages):
+                code += fetch(k + 1)
+            for r0 in range(0, width, rc):
+                chans = min(rc, width - r0)
+                block = w[s0 + r0:s0 + r0 + chans]
+                step = (_tree(group, 0, n_groups, lambda g, block=block: fmas(g, block)) if gi is None
+                        else fmas(gi, block))
+                if step is None:
+                    continue
+                code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
+                         for v in range(0, -(-chans // 4) * 4, 4)]
+                code.append(step)
+            code.append(sync)
+        return code
+
     body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
     body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
-    # Software pipeline: stage k+1's loads are issued before stage k's FMAs and stored after them.
-    body += fetch(0)
-    for k, (s0, width) in enumerate(stages):
-        body += deposit(k)
-        body.append(sync)
-        if k + 1 < len(stages):
-            body += fetch(k + 1)
-        for r0 in range(0, width, rc):
-            chans = min(rc, width - r0)
-            block = w[s0 + r0:s0 + r0 + chans]
-            if not block.any():
-                continue
+    if tile.layout == "steps":
+        body += pipeline(None)
+    else:
+        # One branch per group holding its whole pipeline: a warp's code is one sequential run
+        # (instruction prefetch), not short runs between the other groups' code. Every branch
+        # (also a block's idle groups past Cout) meets the same barriers (bar.sync with a count).
+        body.append(_tree(group, 0, -(-n_groups // ng) * ng, lambda gi: tirx.SeqStmt(pipeline(gi))))
 
-            def fmas(gi, block=block):
-                sub = block[:, gi * g_:(gi + 1) * g_]
-                k, j = np.nonzero(sub)
-                if len(k) == 0:
-                    return None
-                return tirx.SeqStmt([
-                    tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
-                    for kk, jj in zip(k, j)])
-
-            tree = _tree(group, 0, n_groups, fmas)
-            if tree is None:
-                continue
-            loads = [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
-                     for v in range(0, -(-chans // 4) * 4, 4)]
-            body += loads + [tree]
-        body.append(sync)
-
-    # Epilogue: bias and activation in registers, then G consecutive floats of the pixel's row.
+    # Epilogue: bias and activation in registers; then, one group of the block at a time, the
+    # sums go through shared memory so that the stores to `out` are whole rows of G channels per
+    # pixel (coalesced float4) instead of one lane per pixel row (32 lines per store).
     def finish(j):
-        co = group * g_ + j
+        co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
         y = acc[j] + b[co] if b is not None else acc[j]
         if activation == "relu":
             y = tirx.max(y, zero)
         elif activation == "relu6":
             y = tirx.min(tirx.max(y, zero), tirx.const(6.0, F32))
-        return co, y
+        return y
 
-    stores = []
-    for j in range(g_):
-        co, y = finish(j)
-        stores.append(tirx.IfThenElse(co < cout, tirx.BufferStore(out, y, [*output_pixel(pixel), co]), None))
-    body.append(tirx.IfThenElse(tirx.all(pixel < n_pix, group < n_groups), tirx.SeqStmt(stores), None))
+    if g_ <= st:  # the input tile is free by now (the last stage ended with a barrier)
+        os_ = xs
+    else:
+        os_ = tirx.decl_buffer((tp, g_ + ROW_PAD), F32, "os", scope="shared")
+        body.insert(0, tirx.AllocBuffer(os_))
+    ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
+    per_pixel = g_ // ovec
+    rounds = -(-tp * per_pixel // threads)
+    for gi in range(ng):
+        body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
+            [tirx.BufferStore(os_, finish(j), [tx.var, j]) for j in range(g_)]), None))
+        body.append(sync)
+        for it in range(rounds):
+            i = it * threads + ty.var * tp + tx.var
+            row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
+            p = bx.var * tp + row
+            co = (by.var * ng + gi) * g_ + q * ovec
+            idx = [*output_pixel(p), _ramp(co) if ovec == 4 else co]
+            value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+            body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout),
+                                        tirx.BufferStore(out, value, idx), None))
+        body.append(sync)
 
     stmt = tirx.SeqStmt(body)
     for iv in (ty, tx, by, bx):

@@ -20,6 +20,8 @@ from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
 CASES = [  # (input NHWC, Cout, density, strides, pads, tile)
     ((2, 5, 7, 24), 20, 0.3, (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=16, regs=8)),
     ((1, 9, 9, 6), 12, 0.5, (2, 2), ((0, 0), (0, 0)), Tile(group=4, pixels=32, groups=4, stage=8, regs=4)),  # Cin % 4 != 0
+    # one branch per group; 3 groups in blocks of 2 (an idle group that must still meet the barriers)
+    ((2, 5, 7, 24), 20, 0.3, (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=16, regs=8, layout="groups")),
 ]
 
 
@@ -39,7 +41,12 @@ def test_every_nonzero_is_one_fma_with_its_weight_in_the_code(case):
     ptx = nvptx_ptx(emit(w, shape, _out_hw(shape, strides), strides, pads, tile, bias=True, activation="relu"))
     assert ".visible .entry sparse_conv2d_kernel(" in ptx
     assert ".local" not in ptx, "sums or inputs spilled to local memory"
-    assert "bar.sync" in ptx
+    # every branch meets the same barriers: 2 per stage, then 2 per group of a block (epilogue)
+    stages = -(-shape[3] // tile.stage)
+    per_path = 2 * stages + 2 * tile.groups
+    n_groups = -(-cout // tile.group)
+    branches = -(-n_groups // tile.groups) * tile.groups if tile.layout == "groups" else 1
+    assert ptx.count("bar.sync") == (per_path - 2 * tile.groups) * branches + 2 * tile.groups
     fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
     assert len(fmas) == np.count_nonzero(w)
     weights = sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas)

@@ -33,6 +33,15 @@ TILES = {  # name -> Tile fields
     "g64p32x4": dict(group=64, pixels=32, groups=4, stage=32, regs=8),
     "g8p32x4": dict(group=8, pixels=32, groups=4, stage=128, regs=16),
     "g16p32x2": dict(group=16, pixels=32, groups=2, stage=256, regs=16),
+    # one channel group per block: the warps of an SM walk the same code (instruction cache)
+    "g32p128x1": dict(group=32, pixels=128, groups=1, stage=64, regs=16),
+    "g16p128x1": dict(group=16, pixels=128, groups=1, stage=64, regs=16),
+    "g32p64x1": dict(group=32, pixels=64, groups=1, stage=128, regs=16),
+    # one branch per group around its whole pipeline (sequential code per warp)
+    "g32p64x4G": dict(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups"),
+    "g32p32x8G": dict(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups"),
+    "g64p32x4G": dict(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups"),
+    "g16p32x2G": dict(group=16, pixels=32, groups=2, stage=256, regs=16, layout="groups"),
 }
 
 
@@ -52,6 +61,30 @@ def _compile(args) -> dict:
     return {"layer": name, "tile": tile_name, "emit_s": t1 - t0, "compile_s": t2 - t1, "path": path}
 
 
+def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
+    """The fastest tile of a layer among those within `tolerance` of float64."""
+    ok = {t: v for t, v in row["tiles"].items() if v["relative_error"] < tolerance}
+    if not ok:
+        return None, None
+    name = min(ok, key=lambda t: ok[t]["seconds"])
+    return name, ok[name]
+
+
+def markdown_table(run: dict) -> str:
+    """Per layer: the library's choice, the best tile, cuDNN fp32 and TF32 (us), and the ratios."""
+    lines = [f"{run['device']}, {run['date']} ({run['timing']}, median of {run['repeats']}):", "",
+             "| layer | nonzeros | library us (algorithm) | register-reuse us (tile) | cuDNN fp32 us | cuDNN TF32 us "
+             "| vs library | vs fp32 | vs TF32 |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in run["layers"]:
+        lib, fp32, tf32 = r["library"]["seconds"], r["cudnn_fp32"], r["cudnn_tf32"]
+        name, best = best_tile(r)
+        ours = f"{best['seconds'] * 1e6:.1f} ({name})" if best else f"not compiled (> {run['max_fmas']} FMAs)"
+        ratios = [f"{ref / best['seconds']:.2f}" if best else "-" for ref in (lib, fp32, tf32)]
+        lines.append(f"| {r['layer'].removeprefix('resnet50_')} | {r['nnz']} | {lib * 1e6:.1f} ({r['library']['algorithm']}) "
+                     f"| {ours} | {fp32 * 1e6:.1f} | {tf32 * 1e6:.1f} | {' | '.join(ratios)} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="resnet50_1x1_b32,resnet50_1x1_b1")
@@ -60,8 +93,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--compile-only", action="store_true", help="stop after compiling (no GPU needed)")
-    ap.add_argument("--json", required=True)
+    ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.json).read_text())))
+        return 0
 
     import tvm
 
@@ -94,6 +131,9 @@ def main(argv=None) -> int:
 
     dev = tvm.cuda(0)
     rows = []
+    meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t] for t in tiles},
+            "max_fmas": args.max_fmas, "repeats": args.repeats, "timing": "device time (cuda_event_median)"}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
@@ -138,11 +178,8 @@ def main(argv=None) -> int:
               f"err {best[1]['relative_error'] if best[1] else float('nan'):.1e} "
               f"cudnn fp32 {us(row['cudnn_fp32'])} tf32 {us(row['cudnn_tf32'])}", flush=True)
         rows.append(row)
+        Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))  # after each layer
         torch.cuda.empty_cache()
-    meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t] for t in tiles},
-            "max_fmas": args.max_fmas, "repeats": args.repeats, "timing": "device time (cuda_event_median)"}
-    Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
     return 0
 
 
