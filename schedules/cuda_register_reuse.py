@@ -35,6 +35,8 @@ from tvm.ir import Range, StringImm
 from tvm_sparseconv.nvptx_build import llvm_barrier
 
 F32 = "float32"
+#: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
+EMITTER_VERSION = 1
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -60,6 +62,35 @@ class Tile:
             raise ValueError(f"invalid tile {self}: stage must be a multiple of regs, regs of 4, pixels of 32")
         if self.layout not in ("groups", "steps"):
             raise ValueError(f"invalid tile {self}: layout must be 'groups' or 'steps'")
+
+
+#: the design space measured so far (benchmarks/experiments/register_reuse.py), by name
+TILES: dict[str, Tile] = {
+    "g32p32x8": Tile(group=32, pixels=32, groups=8, stage=64, regs=16),
+    "g32p64x4": Tile(group=32, pixels=64, groups=4, stage=64, regs=16),
+    "g16p64x4": Tile(group=16, pixels=64, groups=4, stage=64, regs=16),
+    "g64p32x4": Tile(group=64, pixels=32, groups=4, stage=32, regs=8),
+    "g8p32x4": Tile(group=8, pixels=32, groups=4, stage=128, regs=16),
+    "g16p32x2": Tile(group=16, pixels=32, groups=2, stage=256, regs=16),
+    # one channel group per block: the warps of an SM walk the same code (instruction cache)
+    "g32p128x1": Tile(group=32, pixels=128, groups=1, stage=64, regs=16),
+    "g16p128x1": Tile(group=16, pixels=128, groups=1, stage=64, regs=16),
+    "g32p64x1": Tile(group=32, pixels=64, groups=1, stage=128, regs=16),
+    # one branch per group around its whole pipeline (sequential code per warp)
+    "g32p64x4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups"),
+    "g32p32x8G": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups"),
+    "g64p32x4G": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups"),
+    "g16p32x2G": Tile(group=16, pixels=32, groups=2, stage=256, regs=16, layout="groups"),
+}
+#: output pixels from which the batch-32-like tile wins (every H200 batch-32 layer measured has
+#: 6,272 or more; every batch-1 layer 3,136 or fewer)
+MANY_PIXELS = 4096
+
+
+def default_tile(n_pixels: int) -> str:
+    """The tile for a layer without a record: the one that won most layers of its kind on the H200
+    (benchmarks/experiments/register_reuse-v3-coalesced-out-nvidia-h200.json)."""
+    return "g32p64x4" if n_pixels >= MANY_PIXELS else "g32p32x8"
 
 
 def _thread(tag: str, extent: int) -> tirx.IterVar:

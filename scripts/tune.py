@@ -62,9 +62,11 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="per-workload MetaSchedule work dirs (default ~/.cache/tvm_sparseconv/tuning)")
-    ap.add_argument("--algorithm", default=algorithms.DEFAULT, choices=list(algorithms.ALGORITHMS),
+    ap.add_argument("--algorithm", default=algorithms.DEFAULT,
+                    choices=[n for n, a in algorithms.ALGORITHMS.items() if not a.generated],
                     help=f"which computation to tune (default {algorithms.DEFAULT}); compile() takes, per layer, "
-                         "the algorithm whose record is fastest")
+                         "the algorithm whose record is fastest (register-reuse is generated per kernel: its "
+                         "tiles come from benchmarks/experiments/register_reuse.py --record)")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
     ap.add_argument("--force", action="store_true",
                     help="tune workloads that already have a record (the new record replaces it only if faster)")

@@ -92,7 +92,8 @@ FUZZ_CASES = [  # shapes where a thread's share of a tile's pixels can be split 
 FUZZ_SEEDS = 8
 
 
-@pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values() if a.applies(None, "cuda")])
+@pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()
+                                       if not a.generated and a.applies(None, "cuda")])
 @pytest.mark.parametrize("case", FUZZ_CASES, ids=[f"fuzz{i}" for i in range(len(FUZZ_CASES))])
 def test_sampled_design_space_candidates_match_reference(algorithm, case):
     """Random draws from each CUDA design space (what tuning measures) are all correct: tuning

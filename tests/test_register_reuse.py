@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from tvm_sparseconv import algorithms
 from tvm_sparseconv.nvptx_build import assemble, compile_nvptx, nvptx_ptx
 from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
 
@@ -67,3 +69,63 @@ def test_the_kernel_assembles_and_tvm_builds_a_cuda_module_around_it():
 def test_a_tile_that_does_not_fit_its_rules_is_refused():
     with pytest.raises(ValueError, match="multiple"):
         emit(_weights(8, 8, 0.5), (1, 4, 4, 8), (4, 4), (1, 1), ((0, 0), (0, 0)), Tile(stage=24, regs=16))
+
+
+# --- as an algorithm of the library ---------------------------------------------------------------
+def _layer(shape=(2, 5, 7, 24), cout=20, density=0.3):
+    from tvm_sparseconv.kernel import SparseKernel
+    from tvm_sparseconv.workload import ConvWorkload
+
+    kernel = SparseKernel.from_dense(_weights(shape[3], cout, density)[None, None])
+    wl = ConvWorkload.create(shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
+    return kernel, algorithms.workload_for(kernel, wl, "register-reuse")
+
+
+def test_compile_only_uses_it_when_forced():
+    kernel, wl = _layer()
+    chosen = [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
+    assert "register-reuse" not in chosen and chosen
+    assert algorithms.by_name("register-reuse").applies(wl, "cuda")
+    assert not algorithms.by_name("register-reuse").applies(wl, "llvm")
+    big = replace(wl, kernel_shape=(1, 1, 2048, 512), ell_width=256)
+    assert not algorithms.by_name("register-reuse").applies(big, "cuda"), "over the code-size budget"
+
+
+def test_build_takes_the_tile_of_its_record_else_the_default(tmp_path):
+    from tvm_sparseconv import build, targets, tile_records
+
+    kernel, wl = _layer()
+    target = targets.cuda_target_for_arch("sm_90")
+    untuned = build.build_generated(kernel, wl, target, folder=tmp_path, use_disk_cache=False)
+    assert untuned.schedule_source == "untuned:register-reuse g32p32x8" and not untuned.tuned
+    tile_records.write(tile_records.path_for(tmp_path, "register-reuse"), "register-reuse", "test", "test",
+                       [{"layer": "x", "shape": tile_records.shape_key(wl), "tile": "g16p32x2", "seconds": 1e-5}])
+    tuned = build.build_generated(kernel, wl, target, folder=tmp_path, use_disk_cache=False)
+    assert tuned.schedule_source == f"tuned:register-reuse g16p32x2@{tmp_path.name}" and tuned.tuned
+    assert [m.kind for m in tuned.module.imports] == ["cuda"]
+
+
+def test_a_damaged_record_file_warns_and_the_default_tile_is_used(tmp_path):
+    from tvm_sparseconv import build, targets
+    from tvm_sparseconv.tuning_records import TuningLogWarning
+
+    kernel, wl = _layer()
+    (tmp_path / "register_reuse.json").write_text('{"version": 1, "algorithm": "register-reuse", "records": [{"tile"')
+    with pytest.warns(TuningLogWarning, match="register_reuse.json"):
+        res = build.build_generated(kernel, wl, targets.cuda_target_for_arch("sm_90"), folder=tmp_path,
+                                    use_disk_cache=False)
+    assert res.schedule_source.startswith("untuned:register-reuse")
+
+
+def test_the_committed_records_name_known_tiles_and_real_layers():
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.schedules.cuda_register_reuse import TILES
+    from tvm_sparseconv.tuning_records import logs_root
+    from tvm_sparseconv.workloads import workload_set
+
+    path = tile_records.path_for(logs_root() / "nvidia-h200", "register-reuse")
+    records = tile_records.read(path, "register-reuse")
+    assert len(records) >= 10
+    for r in records:
+        assert r["tile"] in TILES
+        assert r["shape"] == tile_records.shape_key(workload_set(r["layer"])[0].workload())

@@ -6,6 +6,8 @@ another CPU model of its ISA family, compiled for this CPU and checked against f
 use here (`verification.py`; the verdict is kept beside the module in the disk cache); with no
 record that fits, the untuned template (`schedules/`) of `algorithms.untuned_default`, with a
 one-line warning naming the tune command.
+Generated algorithms (`Algorithm.generated`: the kernel's values compiled into the code) are built
+by `build_generated`, with the tile of their record (`tile_records.py`) or a default one.
 Disk cache (`module_cache.py`): `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one
 shared library per (TVM version, target, workload, schedule), verified against its checksum before
 it is loaded; a changed record or template gives a new file.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import tvm
 from tvm.target import Target
 
@@ -188,4 +191,44 @@ def _compile(wl: ConvWorkload, schedule, source: str, target: Target, use_disk_c
         return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
     path = module_cache.artifact_path(f"{wl.key()}-{_cache_key(wl, target, schedule)}")
     module, from_disk = module_cache.load_or_build(path, lambda: compile_tir(schedule.mod, target), FUNC_NAME)
+    return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)
+
+
+def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | None = None,
+                    use_disk_cache: bool = True) -> BuildResult:
+    """Compile `wl` under a generated algorithm (`Algorithm.generated`: its code holds `kernel`'s
+    values) with the tile of its record in `folder` (default: this device's `tuning_logs/` folder),
+    else its default tile; cached on disk by the kernel's digest, the workload and the tile."""
+    from . import tile_records
+    from .algorithms.register_reuse import kernel_digest
+    from .nvptx_build import compile_nvptx
+    from .schedules.cuda_register_reuse import EMITTER_VERSION, TILES, default_tile
+    from .targets import target_folder_name
+
+    algorithm = algorithms.by_name(wl.algorithm)
+    if not algorithm.generated:
+        raise ValueError(f"{wl.algorithm} is not a generated algorithm")
+    folder = folder if folder is not None else tuning_records.logs_root() / target_folder_name(target)
+    record = tile_records.find(folder, wl.algorithm, wl)
+    if record is not None and record["tile"] in TILES:
+        name, source = record["tile"], f"tuned:{wl.algorithm} {record['tile']}@{folder.name}"
+    else:
+        if record is not None:
+            warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
+                      f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
+        name = default_tile(int(np.prod(wl.output_shape[:3])))
+        source = f"untuned:{wl.algorithm} {name}"
+    tile = TILES[name]
+
+    def compile_it():
+        return compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm),
+                             arch=str(target.attrs.get("arch", "sm_90")))
+
+    if not use_disk_cache:
+        module = compile_it().mod
+        return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
+    blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(), "tile": tile.as_dict(),
+                       "kernel": kernel_digest(kernel), "emitter": EMITTER_VERSION}, sort_keys=True)
+    path = module_cache.artifact_path(f"{wl.key()}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}")
+    module, from_disk = module_cache.load_or_build(path, compile_it, FUNC_NAME)
     return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)

@@ -26,32 +26,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-TILES = {  # name -> Tile fields
-    "g32p32x8": dict(group=32, pixels=32, groups=8, stage=64, regs=16),
-    "g32p64x4": dict(group=32, pixels=64, groups=4, stage=64, regs=16),
-    "g16p64x4": dict(group=16, pixels=64, groups=4, stage=64, regs=16),
-    "g64p32x4": dict(group=64, pixels=32, groups=4, stage=32, regs=8),
-    "g8p32x4": dict(group=8, pixels=32, groups=4, stage=128, regs=16),
-    "g16p32x2": dict(group=16, pixels=32, groups=2, stage=256, regs=16),
-    # one channel group per block: the warps of an SM walk the same code (instruction cache)
-    "g32p128x1": dict(group=32, pixels=128, groups=1, stage=64, regs=16),
-    "g16p128x1": dict(group=16, pixels=128, groups=1, stage=64, regs=16),
-    "g32p64x1": dict(group=32, pixels=64, groups=1, stage=128, regs=16),
-    # one branch per group around its whole pipeline (sequential code per warp)
-    "g32p64x4G": dict(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups"),
-    "g32p32x8G": dict(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups"),
-    "g64p32x4G": dict(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups"),
-    "g16p32x2G": dict(group=16, pixels=32, groups=2, stage=256, regs=16, layout="groups"),
-}
+from schedules.cuda_register_reuse import TILES  # noqa: E402
+
 
 
 def _compile(args) -> dict:
     """Worker: emit and compile one (layer, tile) through NVPTX; export the module."""
     name, tile_name, w, shape, out_hw, strides, pads, path = args
-    from schedules.cuda_register_reuse import Tile, emit
+    from schedules.cuda_register_reuse import TILES, emit
     from tvm_sparseconv.nvptx_build import compile_nvptx
 
-    tile = Tile(**TILES[tile_name])
+    tile = TILES[tile_name]
     t0 = time.perf_counter()
     emit(w, shape, out_hw, strides, pads, tile)
     t1 = time.perf_counter()
@@ -85,6 +70,25 @@ def markdown_table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def write_records(run: dict, folder: Path, source: str) -> Path:
+    """The best tile per layer of `run` as register-reuse records of its device in `folder`."""
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.workloads import workload_set
+
+    records = []
+    for r in run["layers"]:
+        name, best = best_tile(r)
+        if best is None:
+            continue
+        wl = workload_set(r["layer"])[0].workload()
+        records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
+                        "seconds": best["seconds"], "library_seconds": r["library"]["seconds"],
+                        "cudnn_tf32_seconds": r["cudnn_tf32"]})
+    path = tile_records.path_for(folder, "register-reuse")
+    tile_records.write(path, "register-reuse", run["device"], str(source), records)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", default="resnet50_1x1_b32,resnet50_1x1_b1")
@@ -95,9 +99,16 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-only", action="store_true", help="stop after compiling (no GPU needed)")
     ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
+    ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
+                    help="write the best tile of each layer of the run in --json as register-reuse records "
+                         "into FOLDER (e.g. tuning_logs/nvidia-h200) and stop")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.json).read_text())))
+        return 0
+    if args.record is not None:
+        path = write_records(json.loads(Path(args.json).read_text()), args.record, args.json)
+        print(f"wrote {path}")
         return 0
 
     import tvm
@@ -132,7 +143,7 @@ def main(argv=None) -> int:
     dev = tvm.cuda(0)
     rows = []
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t] for t in tiles},
+            "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
             "max_fmas": args.max_fmas, "repeats": args.repeats, "timing": "device time (cuda_event_median)"}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)

@@ -6,6 +6,8 @@
   output pixels staged in shared memory (CUDA).
 - `union_tf32`: TF32 tensor cores (mma.sync) on each group of 8 output channels' union of taps
   (CUDA; `precision="tf32"` only).
+- `register_reuse`: the kernel's values compiled into straight-line code, one FMA per nonzero
+  (CUDA 1x1 layers; generated per kernel, not MetaSchedule-scheduled; only when forced for now).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules).
@@ -18,7 +20,7 @@ from tvm import te, tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from . import ell_gather, nhwc_direct, union_tf32
+from . import ell_gather, nhwc_direct, register_reuse, union_tf32
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
@@ -27,7 +29,7 @@ __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm
 
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
-                                                             union_tf32.ALGORITHM)}
+                                                             union_tf32.ALGORITHM, register_reuse.ALGORITHM)}
 #: the algorithm that computes every layer on every target (tune.py's default)
 DEFAULT = ell_gather.ALGORITHM.name
 
@@ -53,7 +55,7 @@ def by_name(name: str) -> Algorithm:
 
 def stage_names() -> tuple[str, ...]:
     """Names of the input-staging blocks of every algorithm (schedule rules look for them)."""
-    return tuple(a.stage for a in ALGORITHMS.values())
+    return tuple(a.stage for a in ALGORITHMS.values() if a.stage)
 
 
 def workload_for(kernel: SparseKernel, wl: ConvWorkload, algorithm: str) -> ConvWorkload:
@@ -78,9 +80,10 @@ def allowed(algorithm: Algorithm, precision: str) -> bool:
 
 def workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str,
                   precision: str = "fp32") -> list[ConvWorkload]:
-    """The layer's workload under every algorithm that can compute it on `target_kind` at `precision`."""
+    """The layer's workload under every algorithm that can compute it on `target_kind` at `precision`
+    and that `compile()` chooses among (generated ones are only used when forced, for now)."""
     return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values()
-            if a.applies(wl, target_kind) and allowed(a, precision)]
+            if not a.generated and a.applies(wl, target_kind) and allowed(a, precision)]
 
 
 def prim_func(wl: ConvWorkload) -> tirx.PrimFunc:

@@ -29,6 +29,9 @@ class Algorithm:
     stage: str = ""
     #: arithmetic: "fp32" (the default mode's) or "tf32" (tensor cores; chosen only on request)
     precision: str = "fp32"
+    #: code generated per kernel (its values in the code): no TE definition, no MetaSchedule
+    #: records; built by `build.build_generated`, only when forced (see `register_reuse`)
+    generated: bool = False
 
     @property
     def tolerance(self) -> float:

@@ -1,0 +1,75 @@
+"""Algorithm "register-reuse" (CUDA, 1x1 layers): the kernel's pattern and values compiled into the code.
+
+The other algorithms read the kernel as data (an index and a load per multiply-add: at most 25% of
+the fp32 peak). Here every nonzero is one FMA with its input in a register, its weight an
+immediate and its sum in a register (`schedules/cuda_register_reuse.py` emits the kernel for a
+`Tile`; `tvm_sparseconv/nvptx_build.py` builds it through LLVM's NVPTX backend, since nvcc cannot
+compile straight-line code of this size in reasonable time). Measured in
+`benchmarks/experiments/register_reuse.md`.
+
+It has no TE definition and no MetaSchedule design space: the code depends on the kernel's values,
+so it is generated per kernel (`generate`), and what a "record" keeps is the tile for a layer shape
+(`tuning_logs/<device>/register_reuse.json`, from `benchmarks/experiments/register_reuse.py
+--record`), which applies to any kernel of that shape. The compiled function's arguments are x,
+[bias], out: no weight arrays. Only forced (`compile(..., algorithm="register-reuse")`) for now;
+`compile()`'s own choice does not consider it yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from tvm import tirx
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from .base import Algorithm
+
+#: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
+#: not offered (LLVM's time grows faster than linearly: 17 s at 26,000 FMAs, 455 s at 105,000)
+MAX_UNROLLED_FMAS = 40_000
+
+
+def dense_1x1(kernel: SparseKernel) -> np.ndarray:
+    """The (Cin, Cout) float32 weight matrix of a 1x1 kernel."""
+    dense = np.asarray(kernel.to_dense(), np.float32)
+    if dense.shape[:2] != (1, 1):
+        raise ValueError(f"register-reuse computes 1x1 kernels only, got a {dense.shape[0]}x{dense.shape[1]} kernel")
+    return dense[0, 0]
+
+
+def kernel_digest(kernel: SparseKernel) -> str:
+    """Digest of the kernel's shape and values: what the generated code depends on."""
+    dense = np.ascontiguousarray(kernel.to_dense(), np.float32)
+    return hashlib.sha256(np.asarray(dense.shape, np.int64).tobytes() + dense.tobytes()).hexdigest()[:16]
+
+
+class RegisterReuse(Algorithm):
+    """One FMA per nonzero in straight-line code, per thread's pixel and group of output channels."""
+
+    name = "register-reuse"
+    generated = True
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        return (target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1)
+                and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS)
+
+    def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
+        return {"ell_width": kernel.ell_width, "chunk": 0}
+
+    def te(self, wl: ConvWorkload):
+        raise TypeError("register-reuse has no TE definition: its code is generated from the kernel (generate())")
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        return []  # the weights are in the code
+
+    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True) -> tirx.PrimFunc:
+        """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
+        from ..schedules.cuda_register_reuse import emit
+
+        return emit(dense_1x1(kernel), wl.input_shape, wl.output_hw, wl.strides, wl.pads, tile,
+                    bias=wl.has_bias, activation=wl.activation, llvm=llvm)
+
+
+ALGORITHM = RegisterReuse()

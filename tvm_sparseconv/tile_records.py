@@ -1,0 +1,63 @@
+"""Records of generated algorithms: per device, the measured best tile of each layer shape.
+
+A generated algorithm (`Algorithm.generated`, e.g. register-reuse) compiles the kernel's values
+into its code, so MetaSchedule's records (a schedule for one PrimFunc) do not fit it. What carries
+over between kernels of one layer shape is the tile: `tuning_logs/<device>/<algorithm>.json` holds,
+per shape (input, kernel, strides, padding), the tile that won and its measured time. A damaged or
+foreign file is reported (`TuningLogWarning`) and ignored: the layer gets the default tile.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ._warnings import warn_user
+from .tuning_records import TuningLogWarning
+from .workload import ConvWorkload
+
+VERSION = 1
+
+
+def shape_key(wl: ConvWorkload) -> dict:
+    """What a tile record is keyed on: the layer's shape (not its kernel's values, bias or activation)."""
+    return {"input_shape": list(wl.input_shape), "kernel_shape": list(wl.kernel_shape),
+            "strides": list(wl.strides), "pads": [list(p) for p in wl.pads]}
+
+
+def path_for(folder: Path, algorithm: str) -> Path:
+    return Path(folder) / f"{algorithm.replace('-', '_')}.json"
+
+
+def read(path: Path, algorithm: str) -> list[dict]:
+    """The records in `path` (none if it does not exist); a damaged file warns and gives none."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != VERSION or data.get("algorithm") != algorithm:
+            raise ValueError(f"expected version {VERSION} records of {algorithm!r}, got version "
+                             f"{data.get('version')!r} of {data.get('algorithm')!r}")
+        records = data["records"]
+        for r in records:
+            if not isinstance(r["tile"], str) or not isinstance(r["seconds"], (int, float)):
+                raise ValueError("each record needs a tile name and its seconds")
+            for field in ("input_shape", "kernel_shape", "strides", "pads"):
+                r["shape"][field]  # noqa: B018 - presence check
+        return records
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warn_user(f"ignoring the {algorithm} records in {path}: {type(e).__name__}: {e}", TuningLogWarning)
+        return []
+
+
+def find(folder: Path, algorithm: str, wl: ConvWorkload) -> dict | None:
+    """The record of `wl`'s shape in `folder`, or None."""
+    key = shape_key(wl)
+    return next((r for r in read(path_for(folder, algorithm), algorithm) if r["shape"] == key), None)
+
+
+def write(path: Path, algorithm: str, device: str, source: str, records: list[dict]) -> None:
+    """Write `records` ({"shape", "tile", "seconds", "layer"}) as `algorithm`'s records of `device`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"version": VERSION, "algorithm": algorithm, "device": device, "source": source,
+                                "records": records}, indent=1) + "\n")
