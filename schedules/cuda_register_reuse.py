@@ -1,13 +1,14 @@
-"""Experimental "register-reuse" CUDA kernel for 1x1 layers: the kernel's pattern compiled into the code.
+"""The kernel of algorithm "register-reuse" (CUDA, 1x1 layers): the kernel's pattern compiled into the code.
 
-Every algorithm in `tvm_sparseconv/algorithms/` reads the sparse kernel as data: an index and a
+The other algorithms read the sparse kernel as data: an index and a
 load per multiply-add, at most 25% of the fp32 peak (shared memory delivers 32 words per clock per
 SM against 128 FMA lanes). Here each nonzero is one FMA whose input is a register (an index fixed
 in the code), whose weight is an immediate and whose sum is a register: one input word read from
 shared memory feeds ``group * density`` FMAs (3.2 at 32 channels and 90% sparsity), and no weight
 is loaded. The code is one straight-line FMA per nonzero, so it is compiled through LLVM's NVPTX
-backend (`tvm_sparseconv/nvptx_build.py`), not nvcc. Not yet an algorithm of the library: measured
-in `benchmarks/experiments/register_reuse.py` (write-up `register_reuse.md`).
+backend (`tvm_sparseconv/nvptx_build.py`), not nvcc. The algorithm (`algorithms/register_reuse.py`)
+calls `emit` with the tile of its record; the tiles were measured by
+`benchmarks/experiments/register_reuse.py` (write-up `register_reuse.md`).
 
 For a 1x1 layer with weight matrix ``w`` (Cin, Cout) and a `Tile`:
 
@@ -18,10 +19,12 @@ For a 1x1 layer with weight matrix ``w`` (Cin, Cout) and a `Tile`:
   loads in flight during this stage's FMAs (software pipeline through registers); then each
   thread copies ``regs`` of its pixel's channels at a time into registers and runs the FMAs of
   its group's nonzeros among them, each with an immediate weight;
-- the epilogue (bias, activation) is applied in registers before the (float4) stores.
+- the epilogue (bias, activation) is applied in registers; the sums then go through shared
+  memory, one group of the block at a time, so that the stores are whole float4 rows.
 
-The FMAs of each group are emitted under a binary tree of uniform branches on the group index,
-so a warp walks only its own group's code.
+Each group's FMAs sit behind a binary tree of (warp-uniform) branches on the group index, so a
+warp walks only its own group's code: per step (`layout="steps"`), or once around the group's
+whole pipeline (`layout="groups"`: one sequential run of code per warp; not yet measured).
 """
 
 from __future__ import annotations

@@ -283,3 +283,22 @@ def test_register_reuse_kernel_matches_float64(strides, layout):
     got = out.numpy()
     assert np.all(np.isfinite(got))
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+
+
+def test_compile_forced_register_reuse_serves_a_layer_with_bias_and_relu():
+    """compile(..., algorithm="register-reuse") end to end on the GPU: arguments x, bias, out."""
+    rng = np.random.default_rng(11)
+    w = _kernel(rng, (1, 1, 48, 40), 0.2)
+    bias = rng.standard_normal(40).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    op = tsc.compile(kernel, (2, 9, 10, 48), strides=2, bias=bias, activation="relu", target="cuda",
+                     algorithm="register-reuse")
+    assert op.algorithm == "register-reuse" and "register-reuse" in op.schedule_source
+    x = rng.standard_normal((2, 9, 10, 48)).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+    op.run(tvm.runtime.tensor(x, dev), out)
+    got = out.numpy()
+    ref = np.maximum(np.einsum("nhwc,ck->nhwk", x[:, ::2, ::2, :].astype(np.float64), w[0, 0].astype(np.float64))
+                     + bias, 0.0)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
