@@ -40,6 +40,8 @@ from tvm_sparseconv.nvptx_build import llvm_barrier
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
 EMITTER_VERSION = 1
+#: FMAs per kernel above which the code is split into several kernels (compile time)
+FMAS_PER_KERNEL = 8192
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -119,11 +121,18 @@ def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
     return tirx.IfThenElse(index < mid, left, right)
 
 
+def parts_for(fmas: int) -> int:
+    """Kernels to split code of `fmas` FMAs into (each at most `FMAS_PER_KERNEL`)."""
+    return max(1, -(-fmas // FMAS_PER_KERNEL))
+
+
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
-         activation: str | None = None, llvm: bool = True) -> tirx.PrimFunc:
+         activation: str | None = None, llvm: bool = True, parts: int | None = None) -> tirx.PrimFunc:
     """The kernel computing ``out = act(conv1x1(x, w) + bias)`` for this `w` (Cin, Cout), as TIR.
 
-    `llvm`: for LLVM's NVPTX backend (else for TVM's CUDA C codegen, whose barrier differs)."""
+    `llvm`: for LLVM's NVPTX backend (else for TVM's CUDA C codegen, whose barrier differs).
+    `parts`: kernels launched one after the other, each for a share of the output channels
+    (default `parts_for` the number of nonzeros)."""
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     sh, sw = strides
@@ -138,156 +147,168 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     x = tirx.decl_buffer(tuple(input_shape), F32, "x")
     out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
-    xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
-    acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
-    xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-    bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", -(-n_groups // ng))
-    tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
-    group = by.var * ng + ty.var
-    pixel = bx.var * tp + tx.var
-    zero = tirx.const(0.0, F32)
-    # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
-    if llvm:
-        sync = llvm_barrier(tp * ng)
-    else:
-        sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
+    def launch(b0: int, b1: int) -> tirx.Stmt:
+        """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel."""
+        xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
+        acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
+        xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-    def output_pixel(p):
-        """(image, output row, output column) of flattened output pixel p."""
-        rem = tirx.floormod(p, oh_ * ow_)
-        return tirx.floordiv(p, oh_ * ow_), tirx.floordiv(rem, ow_), tirx.floormod(rem, ow_)
+        bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", b1 - b0)
+        tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
+        group = (b0 + by.var) * ng + ty.var
+        pixel = bx.var * tp + tx.var
+        zero = tirx.const(0.0, F32)
+        # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
+        if llvm:
+            sync = llvm_barrier(tp * ng)
+        else:
+            sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
 
-    def input_row(p):
-        """((image, row, column) of pixel p's input, clamped into x; whether it lies inside)."""
-        inside_p = p < n_pix
-        img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1))
-        r, c = orow * sh - pt, ocol * sw - pl
-        inside = tirx.all(inside_p, r >= 0, r < h, c >= 0, c < wd)
-        clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
-        return (img, clamp(r, h), clamp(c, wd)), inside
+        def output_pixel(p):
+            """(image, output row, output column) of flattened output pixel p."""
+            rem = tirx.floormod(p, oh_ * ow_)
+            return tirx.floordiv(p, oh_ * ow_), tirx.floordiv(rem, ow_), tirx.floormod(rem, ow_)
 
-    threads = tp * ng
-    stages = [(s0, min(st, cin - s0)) for s0 in range(0, cin, st)]
-    per_row = [-(-width // vec) for _, width in stages]
-    copies = max(-(-tp * pr // threads) for pr in per_row)
-    pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
+        def input_row(p):
+            """((image, row, column) of pixel p's input, clamped into x; whether it lies inside)."""
+            inside_p = p < n_pix
+            img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1))
+            r, c = orow * sh - pt, ocol * sw - pl
+            inside = tirx.all(inside_p, r >= 0, r < h, c >= 0, c < wd)
+            clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
+            return (img, clamp(r, h), clamp(c, wd)), inside
 
-    def copy_slots(k):
-        """Per copy slot of stage k: (in range, shared row, vector index, clamped source, inside)."""
-        s0, width = stages[k]
-        for it in range(copies):
-            i = it * threads + ty.var * tp + tx.var
-            row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
-            src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1))
-            ch = s0 + q * vec
-            if vec == 1:
-                inside = tirx.all(inside, ch < cin)
-                ch = tirx.min(ch, cin - 1)
-            yield it, i < tp * per_row[k], row, q, src, ch, inside
+        threads = tp * ng
+        stages = [(s0, min(st, cin - s0)) for s0 in range(0, cin, st)]
+        per_row = [-(-width // vec) for _, width in stages]
+        copies = max(-(-tp * pr // threads) for pr in per_row)
+        pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
 
-    def fetch(k):
-        """Loads of stage k into `pf`: always from inside x (clamped), zero where outside."""
-        out_ = []
-        for it, _, _, _, src, ch, inside in copy_slots(k):
-            if vec == 4:
-                value = tirx.Select(tirx.Broadcast(inside, 4), tirx.BufferLoad(x, [*src, _ramp(ch)]), tirx.Broadcast(zero, 4))
-                out_.append(tirx.BufferStore(pf, value, [_ramp(it * 4)]))
-            else:
-                out_.append(tirx.BufferStore(pf, tirx.Select(inside, x[(*src, ch)], zero), [it]))
-        return out_
+        def copy_slots(k):
+            """Per copy slot of stage k: (in range, shared row, vector index, clamped source, inside)."""
+            s0, width = stages[k]
+            for it in range(copies):
+                i = it * threads + ty.var * tp + tx.var
+                row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
+                src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1))
+                ch = s0 + q * vec
+                if vec == 1:
+                    inside = tirx.all(inside, ch < cin)
+                    ch = tirx.min(ch, cin - 1)
+                yield it, i < tp * per_row[k], row, q, src, ch, inside
 
-    def deposit(k):
-        """`pf` (stage k) into the shared tile."""
-        out_ = []
-        for it, used, row, q, *_ in copy_slots(k):
-            if vec == 4:
-                st_ = tirx.BufferStore(xs, tirx.BufferLoad(pf, [_ramp(it * 4)]), [row, _ramp(q * 4)])
-            else:
-                st_ = tirx.BufferStore(xs, pf[it], [row, q])
-            out_.append(tirx.IfThenElse(used, st_, None))
-        return out_
+        def fetch(k):
+            """Loads of stage k into `pf`: always from inside x (clamped), zero where outside."""
+            out_ = []
+            for it, _, _, _, src, ch, inside in copy_slots(k):
+                if vec == 4:
+                    value = tirx.Select(tirx.Broadcast(inside, 4), tirx.BufferLoad(x, [*src, _ramp(ch)]), tirx.Broadcast(zero, 4))
+                    out_.append(tirx.BufferStore(pf, value, [_ramp(it * 4)]))
+                else:
+                    out_.append(tirx.BufferStore(pf, tirx.Select(inside, x[(*src, ch)], zero), [it]))
+            return out_
 
-    def fmas(gi: int, block: np.ndarray) -> tirx.Stmt | None:
-        """Group gi's FMAs over the input channels (rows) of `block` held in `xr`."""
-        sub = block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
-        k, j = np.nonzero(sub)
-        if len(k) == 0:
-            return None
-        return tirx.SeqStmt([
-            tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
-            for kk, jj in zip(k, j)])
+        def deposit(k):
+            """`pf` (stage k) into the shared tile."""
+            out_ = []
+            for it, used, row, q, *_ in copy_slots(k):
+                if vec == 4:
+                    st_ = tirx.BufferStore(xs, tirx.BufferLoad(pf, [_ramp(it * 4)]), [row, _ramp(q * 4)])
+                else:
+                    st_ = tirx.BufferStore(xs, pf[it], [row, q])
+                out_.append(tirx.IfThenElse(used, st_, None))
+            return out_
 
-    def pipeline(gi: int | None) -> list[tirx.Stmt]:
-        """The stages: for group `gi` alone, or (None) for every group behind branches per step.
+        def fmas(gi: int, block: np.ndarray) -> tirx.Stmt | None:
+            """Group gi's FMAs over the input channels (rows) of `block` held in `xr`."""
+            sub = block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
+            k, j = np.nonzero(sub)
+            if len(k) == 0:
+                return None
+            return tirx.SeqStmt([
+                tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
+                for kk, jj in zip(k, j)])
 
-        Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
-        code = fetch(0)
-        for k, (s0, width) in enumerate(stages):
-            code += deposit(k)
-            code.append(sync)
-            if k + 1 < len(stages):
-                code += fetch(k + 1)
-            for r0 in range(0, width, rc):
-                chans = min(rc, width - r0)
-                block = w[s0 + r0:s0 + r0 + chans]
-                step = (_tree(group, 0, n_groups, lambda g, block=block: fmas(g, block)) if gi is None
-                        else fmas(gi, block))
-                if step is None:
-                    continue
-                code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
-                         for v in range(0, -(-chans // 4) * 4, 4)]
-                code.append(step)
-            code.append(sync)
-        return code
+        def pipeline(gi: int | None) -> list[tirx.Stmt]:
+            """The stages: for group `gi` alone, or (None) for every group behind branches per step.
 
-    body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
-    body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
-    if tile.layout == "steps":
-        body += pipeline(None)
-    else:
-        # One branch per group holding its whole pipeline: a warp's code is one sequential run
-        # (instruction prefetch), not short runs between the other groups' code. Every branch
-        # (also a block's idle groups past Cout) meets the same barriers (bar.sync with a count).
-        body.append(_tree(group, 0, -(-n_groups // ng) * ng, lambda gi: tirx.SeqStmt(pipeline(gi))))
+            Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
+            code = fetch(0)
+            for k, (s0, width) in enumerate(stages):
+                code += deposit(k)
+                code.append(sync)
+                if k + 1 < len(stages):
+                    code += fetch(k + 1)
+                for r0 in range(0, width, rc):
+                    chans = min(rc, width - r0)
+                    block = w[s0 + r0:s0 + r0 + chans]
+                    step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, block=block: fmas(g, block)) if gi is None
+                            else fmas(gi, block))
+                    if step is None:
+                        continue
+                    code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
+                             for v in range(0, -(-chans // 4) * 4, 4)]
+                    code.append(step)
+                code.append(sync)
+            return code
 
-    # Epilogue: bias and activation in registers; then, one group of the block at a time, the
-    # sums go through shared memory so that the stores to `out` are whole rows of G channels per
-    # pixel (coalesced float4) instead of one lane per pixel row (32 lines per store).
-    def finish(j):
-        co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
-        y = acc[j] + b[co] if b is not None else acc[j]
-        if activation == "relu":
-            y = tirx.max(y, zero)
-        elif activation == "relu6":
-            y = tirx.min(tirx.max(y, zero), tirx.const(6.0, F32))
-        return y
+        body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
+        body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+        if tile.layout == "steps":
+            body += pipeline(None)
+        else:
+            # One branch per group holding its whole pipeline: a warp's code is one sequential run
+            # (instruction prefetch), not short runs between the other groups' code. Every branch
+            # (also a block's idle groups past Cout) meets the same barriers (bar.sync with a count).
+            body.append(_tree(group, b0 * ng, b1 * ng, lambda gi: tirx.SeqStmt(pipeline(gi))))
 
-    if g_ <= st:  # the input tile is free by now (the last stage ended with a barrier)
-        os_ = xs
-    else:
-        os_ = tirx.decl_buffer((tp, g_ + ROW_PAD), F32, "os", scope="shared")
-        body.insert(0, tirx.AllocBuffer(os_))
-    ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
-    per_pixel = g_ // ovec
-    rounds = -(-tp * per_pixel // threads)
-    for gi in range(ng):
-        body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
-            [tirx.BufferStore(os_, finish(j), [tx.var, j]) for j in range(g_)]), None))
-        body.append(sync)
-        for it in range(rounds):
-            i = it * threads + ty.var * tp + tx.var
-            row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
-            p = bx.var * tp + row
-            co = (by.var * ng + gi) * g_ + q * ovec
-            idx = [*output_pixel(p), _ramp(co) if ovec == 4 else co]
-            value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
-            body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout),
-                                        tirx.BufferStore(out, value, idx), None))
-        body.append(sync)
+        # Epilogue: bias and activation in registers; then, one group of the block at a time, the
+        # sums go through shared memory so that the stores to `out` are whole rows of G channels per
+        # pixel (coalesced float4) instead of one lane per pixel row (32 lines per store).
+        def finish(j):
+            co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
+            y = acc[j] + b[co] if b is not None else acc[j]
+            if activation == "relu":
+                y = tirx.max(y, zero)
+            elif activation == "relu6":
+                y = tirx.min(tirx.max(y, zero), tirx.const(6.0, F32))
+            return y
 
-    stmt = tirx.SeqStmt(body)
-    for iv in (ty, tx, by, bx):
-        stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
+        if g_ <= st:  # the input tile is free by now (the last stage ended with a barrier)
+            os_ = xs
+        else:
+            os_ = tirx.decl_buffer((tp, g_ + ROW_PAD), F32, "os", scope="shared")
+            body.insert(0, tirx.AllocBuffer(os_))
+        ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
+        per_pixel = g_ // ovec
+        rounds = -(-tp * per_pixel // threads)
+        for gi in range(ng):
+            body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
+                [tirx.BufferStore(os_, finish(j), [tx.var, j]) for j in range(g_)]), None))
+            body.append(sync)
+            for it in range(rounds):
+                i = it * threads + ty.var * tp + tx.var
+                row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
+                p = bx.var * tp + row
+                co = ((b0 + by.var) * ng + gi) * g_ + q * ovec
+                idx = [*output_pixel(p), _ramp(co) if ovec == 4 else co]
+                value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout),
+                                            tirx.BufferStore(out, value, idx), None))
+            body.append(sync)
+
+        stmt = tirx.SeqStmt(body)
+        for iv in (ty, tx, by, bx):
+            stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
+        return stmt
+
+    # One kernel per part: LLVM's time grows much faster than the function's size, so long code
+    # is split into kernels launched one after the other (see `parts_for`).
+    n_blocks = -(-n_groups // ng)
+    parts = min(parts or parts_for(int(np.count_nonzero(w))), n_blocks)
+    bounds = [round(i * n_blocks / parts) for i in range(parts + 1)]
+    launches = [launch(bounds[i], bounds[i + 1]) for i in range(parts)]
+    stmt = launches[0] if parts == 1 else tirx.SeqStmt(launches)
     params = [x] + ([b] if b is not None else []) + [out]
     return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})

@@ -259,9 +259,10 @@ def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
     assert per_call >= host_s, (per_call, host_s)
 
 
+@pytest.mark.parametrize("parts", [None, 2])
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
-def test_register_reuse_kernel_matches_float64(strides, layout):
+def test_register_reuse_kernel_matches_float64(strides, layout, parts):
     """The experimental pattern-in-the-code kernel (NVPTX build) against float64, output poisoned."""
     from tvm_sparseconv.nvptx_build import compile_nvptx
     from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
@@ -273,7 +274,7 @@ def test_register_reuse_kernel_matches_float64(strides, layout):
     oh, ow = -(-h // strides[0]), -(-w_ // strides[1])
     tile = Tile(group=16, pixels=32, groups=2, stage=16, regs=8, layout=layout)
     ex = compile_nvptx(lambda llvm: emit(w, (n, h, w_, cin), (oh, ow), strides, ((0, 0), (0, 0)), tile,
-                                         bias=True, activation="relu", llvm=llvm))
+                                         bias=True, activation="relu", llvm=llvm, parts=parts))
     x = rng.standard_normal((n, h, w_, cin)).astype(np.float32)
     dev = tvm.cuda(0)
     out = tvm.runtime.tensor(np.full((n, oh, ow, cout), np.nan, np.float32), dev)

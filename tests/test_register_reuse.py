@@ -129,3 +129,26 @@ def test_the_committed_records_name_known_tiles_and_real_layers():
     for r in records:
         assert r["tile"] in TILES
         assert r["shape"] == tile_records.shape_key(workload_set(r["layer"])[0].workload())
+
+
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_long_code_is_split_into_kernels_launched_in_turn(layout):
+    """parts=3 over 4 channel blocks: three kernels, every nonzero once, one host function."""
+    w = _weights(24, 64, 0.3, seed=5)
+    tile = Tile(group=8, pixels=32, groups=2, stage=16, regs=8, layout=layout)
+    make = lambda llvm: emit(w, (2, 5, 7, 24), (5, 7), (1, 1), ((0, 0), (0, 0)), tile, llvm=llvm, parts=3)  # noqa: E731
+    ptx = nvptx_ptx(make(True))
+    assert sorted(re.findall(r"\.entry (sparse_conv2d_kernel\w*)\(", ptx)) == [
+        "sparse_conv2d_kernel", "sparse_conv2d_kernel_1", "sparse_conv2d_kernel_2"]
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    if shutil.which("ptxas"):
+        ex = compile_nvptx(make)
+        assert [m.kind for m in ex.mod.imports] == ["cuda"]
+
+
+def test_the_default_split_keeps_kernels_under_the_fma_budget():
+    from tvm_sparseconv.schedules.cuda_register_reuse import FMAS_PER_KERNEL, parts_for
+
+    assert parts_for(1) == 1 and parts_for(FMAS_PER_KERNEL) == 1 and parts_for(FMAS_PER_KERNEL + 1) == 2
+    assert parts_for(26_214) == 4

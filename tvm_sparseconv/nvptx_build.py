@@ -8,8 +8,8 @@ three repairs, made here:
 - its storage sync (and any one-operand LLVM intrinsic call) loses its operand with the bundled
   LLVM, so such functions bring their own barrier (`llvm_barrier`) and build with the "tirx"
   pipeline, which inserts none;
-- the kernel is marked with `nvvm.annotations` metadata that this LLVM no longer reads, so it comes
-  out as a device `.func`: it is renamed `.entry` in the PTX;
+- kernels are marked with `nvvm.annotations` metadata that this LLVM no longer reads, so they come
+  out as device `.func`s: they are renamed `.entry` in the PTX;
 - its CUDA module cannot be written out (`export_library`), so the PTX is assembled with ptxas and
   handed to TVM's CUDA build of the same function (same kernel name and arguments; its C source is
   not compiled) through the `tvm_callback_cuda_compile` hook.
@@ -18,6 +18,7 @@ three repairs, made here:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -51,10 +52,10 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     ex = tvm.compile(tvm.IRModule({name: func}), target=tvm.target.Target({"kind": "nvptx", "mcpu": arch}),
                      tir_pipeline="tirx")
     ptx = ex.mod.imports[0].inspect_source()
-    kernel = name + KERNEL_SUFFIX
-    marked = ptx.replace(f".visible .func {kernel}(", f".visible .entry {kernel}(")
-    if marked == ptx and f".entry {kernel}(" not in ptx:
-        raise RuntimeError(f"no kernel {kernel!r} in the NVPTX output")
+    # Every kernel of the function (one per launch: name_kernel, name_kernel_1, ...)
+    marked, n = re.subn(rf"\.visible \.func ({re.escape(name + KERNEL_SUFFIX)}\w*)\(", r".visible .entry \1(", ptx)
+    if n == 0 and f".entry {name + KERNEL_SUFFIX}" not in ptx:
+        raise RuntimeError(f"no kernel {name + KERNEL_SUFFIX!r} in the NVPTX output")
     return marked
 
 
