@@ -39,7 +39,7 @@ from tvm_sparseconv.nvptx_build import llvm_barrier
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 1
+EMITTER_VERSION = 2
 #: FMAs per kernel above which the code is split into several kernels (compile time)
 FMAS_PER_KERNEL = 8192
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
