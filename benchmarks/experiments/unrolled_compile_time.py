@@ -2,8 +2,9 @@
 
 For ResNet-50-like 1x1 weight matrices at 10% density: (a) the straight-line CUDA C of one FMA per
 nonzero (32 output channels per thread, 16 inputs in registers, a switch over channel groups)
-through `nvcc -cubin`, and (b) the register-reuse TIR kernel (`schedules/cuda_register_reuse.py`)
-through `tvm_sparseconv.nvptx_build` (LLVM NVPTX + ptxas). Each compile has a time limit.
+through `nvcc -cubin`, and (b) the register-reuse TIR kernel (`schedules/cuda_register_reuse.py`, tile g32p64x4)
+through `tvm_sparseconv.nvptx_build` (LLVM NVPTX + ptxas), as one kernel and split into kernels
+of at most `FMAS_PER_KERNEL` FMAs (one per block of 128 channels at most). nvcc has a time limit.
 
     python benchmarks/experiments/unrolled_compile_time.py --json benchmarks/experiments/unrolled_compile_time-x86_64-2cores.json
 """
@@ -64,19 +65,27 @@ def time_nvcc(w: np.ndarray, limit: float) -> float | None:
         return time.perf_counter() - t0
 
 
-def time_nvptx(w: np.ndarray) -> float:
+def time_nvptx(w: np.ndarray, parts: int | None) -> float:
     from tvm_sparseconv.nvptx_build import compile_nvptx
     from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
 
     shape, tile = (32, 14, 14, w.shape[0]), Tile(group=32, pixels=64, groups=4, stage=64, regs=16)
     t0 = time.perf_counter()
-    compile_nvptx(lambda llvm: emit(w, shape, (14, 14), (1, 1), ((0, 0), (0, 0)), tile, llvm=llvm))
+    compile_nvptx(lambda llvm: emit(w, shape, (14, 14), (1, 1), ((0, 0), (0, 0)), tile, llvm=llvm, parts=parts))
     return time.perf_counter() - t0
+
+
+def parts_for(fmas: int) -> int:
+    from tvm_sparseconv.schedules.cuda_register_reuse import parts_for as split
+
+    return split(fmas)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="64x256,128x256,256x256,1024x256", help="CinxCout list")
+    ap.add_argument("--sizes", default="64x256,128x256,256x256,1024x256,2048x512", help="CinxCout list")
+    ap.add_argument("--max-single", type=int, default=30000,
+                    help="time nvcc and the one-kernel NVPTX build only up to this many FMAs")
     ap.add_argument("--nvcc-limit", type=float, default=120.0, help="seconds before an nvcc compile is given up")
     ap.add_argument("--json", required=True)
     args = ap.parse_args(argv)
@@ -84,12 +93,17 @@ def main(argv=None) -> int:
     for size in args.sizes.split(","):
         cin, cout = map(int, size.split("x"))
         w = weights(cin, cout)
-        nvcc_s = time_nvcc(w, args.nvcc_limit)
-        nvptx_s = time_nvptx(w)
-        rows.append({"cin": cin, "cout": cout, "fmas": int(np.count_nonzero(w)), "nvcc_s": nvcc_s,
-                     "nvcc_timed_out": nvcc_s is None, "nvptx_s": nvptx_s})
-        print(f"{cin}x{cout}: {rows[-1]['fmas']} FMAs  nvcc "
-              f"{'> %.0f' % args.nvcc_limit if nvcc_s is None else '%.1f' % nvcc_s} s  NVPTX {nvptx_s:.1f} s", flush=True)
+        fmas = int(np.count_nonzero(w))
+        single = fmas <= args.max_single
+        nvcc_s = time_nvcc(w, args.nvcc_limit) if single else None
+        one_kernel_s = time_nvptx(w, parts=1) if single else None
+        split_s = time_nvptx(w, parts=None)
+        rows.append({"cin": cin, "cout": cout, "fmas": fmas, "nvcc_s": nvcc_s,
+                     "nvcc_timed_out": single and nvcc_s is None, "nvptx_one_kernel_s": one_kernel_s,
+                     "nvptx_split_s": split_s, "kernels": min(parts_for(fmas), -(-cout // 128))})
+        fmt = lambda v: "-" if v is None else f"{v:.1f} s"  # noqa: E731
+        print(f"{cin}x{cout}: {fmas} FMAs  nvcc {fmt(nvcc_s) if not rows[-1]['nvcc_timed_out'] else '> %.0f s' % args.nvcc_limit}"
+              f"  NVPTX one kernel {fmt(one_kernel_s)}  split into {rows[-1]['kernels']} {fmt(split_s)}", flush=True)
     meta = {"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "nvcc": subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1],
             "nvcc_limit_s": args.nvcc_limit}
