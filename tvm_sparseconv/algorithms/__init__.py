@@ -10,7 +10,8 @@
   (CUDA 1x1 layers; generated per kernel, not MetaSchedule-scheduled; only when forced for now).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
-in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules).
+in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;
+a generated algorithm's code emitter lives there too).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ from ..workload import ConvWorkload
 from .base import Algorithm
 
 #: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
-#: not offered (LLVM's time grows faster than linearly: 17 s at 26,000 FMAs, 455 s at 105,000)
+#: not offered (compile time on 2 cores: 25.8 s at 26,167 FMAs, 124 s at 104,566;
+#: benchmarks/experiments/unrolled_compile_time-x86_64-2cores.json)
 MAX_UNROLLED_FMAS = 40_000
 
 
