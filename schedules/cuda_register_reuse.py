@@ -62,7 +62,7 @@ class Tile:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def validate(self, cin: int) -> None:
+    def validate(self) -> None:
         if self.stage % self.regs or self.regs % 4 or self.pixels % 32:
             raise ValueError(f"invalid tile {self}: stage must be a multiple of regs, regs of 4, pixels of 32")
         if self.layout not in ("groups", "steps"):
@@ -138,7 +138,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     sh, sw = strides
     (pt, _), (pl, _) = pads
     cout = w.shape[1]
-    tile.validate(cin)
+    tile.validate()
     g_, tp, ng, st, rc = tile.group, tile.pixels, tile.groups, tile.stage, tile.regs
     n_groups = -(-cout // g_)
     n_pix = n * oh_ * ow_

@@ -186,11 +186,17 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
 
 
 def _compile(wl: ConvWorkload, schedule, source: str, target: Target, use_disk_cache: bool) -> BuildResult:
-    if not use_disk_cache:
-        module = compile_tir(schedule.mod, target).mod
+    return _built(wl, source, lambda: compile_tir(schedule.mod, target),
+                  _cache_key(wl, target, schedule) if use_disk_cache else None)
+
+
+def _built(wl: ConvWorkload, source: str, compile_it, cache_key: str | None) -> BuildResult:
+    """`compile_it()`'s module, or with a `cache_key` the disk cache's (built and stored if absent)."""
+    if cache_key is None:
+        module = compile_it().mod
         return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
-    path = module_cache.artifact_path(f"{wl.key()}-{_cache_key(wl, target, schedule)}")
-    module, from_disk = module_cache.load_or_build(path, lambda: compile_tir(schedule.mod, target), FUNC_NAME)
+    path = module_cache.artifact_path(f"{wl.key()}-{cache_key}")
+    module, from_disk = module_cache.load_or_build(path, compile_it, FUNC_NAME)
     return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)
 
 
@@ -224,11 +230,10 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
         return compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm),
                              arch=str(target.attrs.get("arch", "sm_90")))
 
-    if not use_disk_cache:
-        module = compile_it().mod
-        return BuildResult(module[FUNC_NAME], module, source, None, False, wl)
-    blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(), "tile": tile.as_dict(),
-                       "kernel": kernel_digest(kernel), "emitter": EMITTER_VERSION}, sort_keys=True)
-    path = module_cache.artifact_path(f"{wl.key()}-{hashlib.sha256(blob.encode()).hexdigest()[:24]}")
-    module, from_disk = module_cache.load_or_build(path, compile_it, FUNC_NAME)
-    return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)
+    key = None
+    if use_disk_cache:
+        blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(),
+                           "tile": tile.as_dict(), "kernel": kernel_digest(kernel), "emitter": EMITTER_VERSION},
+                          sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return _built(wl, source, compile_it, key)

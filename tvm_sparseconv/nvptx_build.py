@@ -1,8 +1,9 @@
 """Compile a CUDA PrimFunc through LLVM's NVPTX backend instead of nvcc (for very long kernels).
 
-nvcc's front end (`cicc`) is superlinear in a function's size: a straight-line kernel of 6,600 FMAs
-took 45 s, one of 26,000 did not finish in 10 minutes on the 2-core machine, while LLVM's NVPTX
-backend (inside TVM) takes 4.6 s and 17 s and ptxas about a second. TVM 0.27's NVPTX path needs
+nvcc's front end (`cicc`) is superlinear in a function's size: on the 2-core machine a
+straight-line kernel of 6,618 FMAs took 45 s and one of 26,167 more than 120 s, while this path
+(LLVM's NVPTX backend inside TVM, then ptxas) took 4.3 s and 31.7 s
+(benchmarks/experiments/unrolled_compile_time-x86_64-2cores.json). TVM 0.27's NVPTX path needs
 three repairs, made here:
 
 - its storage sync (and any one-operand LLVM intrinsic call) loses its operand with the bundled
