@@ -81,14 +81,66 @@ def _layer(shape=(2, 5, 7, 24), cout=20, density=0.3):
     return kernel, algorithms.workload_for(kernel, wl, "register-reuse")
 
 
-def test_compile_only_uses_it_when_forced():
+def test_it_is_offered_for_cuda_1x1_layers_within_its_code_size_budget():
     kernel, wl = _layer()
-    chosen = [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
-    assert "register-reuse" not in chosen and chosen
-    assert algorithms.by_name("register-reuse").applies(wl, "cuda")
-    assert not algorithms.by_name("register-reuse").applies(wl, "llvm")
+    assert "register-reuse" not in [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
+    assert [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "cuda")] == ["register-reuse"]
+    assert algorithms.generated_workloads_for(kernel, wl, "llvm") == []
     big = replace(wl, kernel_shape=(1, 1, 2048, 512), ell_width=256)
     assert not algorithms.by_name("register-reuse").applies(big, "cuda"), "over the code-size budget"
+
+
+def _network_layer_with_records(tmp_path, problem: str):
+    """A copy of the H200 records without register-reuse ones; a layer of it (its kernel and
+    workloads); the scheduled record's run_us."""
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.tuning_records import logs_root
+    from tvm_sparseconv.workloads import workload_set
+
+    folder = tmp_path / "nvidia-h200"
+    shutil.copytree(logs_root() / "nvidia-h200", folder)
+    tile_records.path_for(folder, "register-reuse").unlink()
+    p = workload_set(problem)[0]
+    kernel = p.sparse_kernel()
+    wl = p.workload(kernel)
+    return folder, kernel, algorithms.workloads_for(kernel, wl, "cuda"), algorithms.generated_workloads_for(kernel, wl, "cuda")
+
+
+def test_compile_chooses_it_only_where_its_record_beats_the_scheduled_ones(tmp_path):
+    """`choose_generated`: the tile record's time, scaled to the kernel's nonzeros, against the
+    layer's best scheduled record of this device."""
+    from tvm_sparseconv import build, targets, tile_records
+
+    folder, kernel, scheduled, generated = _network_layer_with_records(tmp_path, "resnet50_conv2_1x1_reduce_first_b1")
+    target = targets.cuda_target_for_arch("sm_90")
+    assert build.choose_generated(kernel, scheduled, generated, target, folder) == (None, None), "no tile record"
+    best_us = min(f[1] for f in build._tuned_records(scheduled, target, folder))
+
+    def record(us: float, nonzeros: int):
+        tile_records.write(tile_records.path_for(folder, "register-reuse"), "register-reuse", "test", "test",
+                           [{"layer": "x", "shape": tile_records.shape_key(generated[0]), "tile": "g32p32x8",
+                             "seconds": us * 1e-6, "nonzeros": nonzeros}])
+        return build.choose_generated(kernel, scheduled, generated, target, folder)[0]
+
+    assert record(best_us * 0.8, kernel.nnz) == generated[0]
+    assert record(best_us * 1.2, kernel.nnz) is None
+    # measured on a kernel with a quarter of the nonzeros: 4x slower here, so not chosen
+    assert record(best_us * 0.8, kernel.nnz // 4) is None
+    # a denser kernel's record is credited at most 2x
+    assert record(best_us * 2.2, kernel.nnz * 4) is None and record(best_us * 1.8, kernel.nnz * 4) == generated[0]
+
+
+def test_compile_builds_the_generated_kernel_it_chose(tmp_path):
+    from tvm_sparseconv import build, targets, tile_records
+
+    folder, kernel, scheduled, generated = _network_layer_with_records(tmp_path, "resnet50_conv2_1x1_reduce_first_b1")
+    tile_records.write(tile_records.path_for(folder, "register-reuse"), "register-reuse", "test", "test",
+                       [{"layer": "x", "shape": tile_records.shape_key(generated[0]), "tile": "g16p32x2",
+                         "seconds": 1e-7, "nonzeros": kernel.nnz}])
+    res = build.build_layer(kernel, scheduled, generated, targets.cuda_target_for_arch("sm_90"), False, folder)
+    assert res.workload.algorithm == "register-reuse"
+    assert res.schedule_source == "tuned:register-reuse g16p32x2@nvidia-h200"
+    assert [m.kind for m in res.module.imports] == ["cuda"]
 
 
 def test_build_takes_the_tile_of_its_record_else_the_default(tmp_path):

@@ -7,7 +7,8 @@ use here (`verification.py`; the verdict is kept beside the module in the disk c
 record that fits, the untuned template (`schedules/`) of `algorithms.untuned_default`, with a
 one-line warning naming the tune command.
 Generated algorithms (`Algorithm.generated`: the kernel's values compiled into the code) are built
-by `build_generated`, with the tile of their record (`tile_records.py`) or a default one.
+by `build_generated`, with the tile of their record (`tile_records.py`) or a default one;
+`build_layer` (what `compile()` calls) takes one where its record beats the scheduled algorithms'.
 Disk cache (`module_cache.py`): `$TVM_SPARSECONV_CACHE` (default `~/.cache/tvm_sparseconv`), one
 shared library per (TVM version, target, workload, schedule), verified against its checksum before
 it is loaded; a changed record or template gives a new file.
@@ -74,21 +75,30 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
     return cmd
 
 
-def choose_schedule(candidates: Sequence[ConvWorkload], target: Target):
-    """(workload, schedule, source, tuned): the fastest record of this device among `candidates` (the
-    layer under each algorithm), else the first found for another CPU of its ISA family
-    (`tuned.travelled`), else the template of `algorithms.untuned_default` (or the first
-    candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports."""
+def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None) -> list[tuple]:
+    """(travelled, run_us, workload, TunedSchedule) of each candidate with a record (`folder`: this
+    device's tuning logs folder, default `tuning_logs/<device>` and, on CPUs, its ISA family's)."""
     found = []
     for wl in candidates:
         try:
-            tuned = tuning_records.find_tuned_schedule(wl, target)
+            tuned = tuning_records.find_tuned_schedule(wl, target, folder)
         except Exception as e:  # noqa: BLE001 - logs are read defensively; anything left is not fatal
             warn_user(f"could not read the tuning logs for {wl.describe()} ({type(e).__name__}: {e}); "
                       "ignoring them", tuning_records.TuningLogWarning)
             tuned = None
         if tuned is not None:
             found.append((tuned.travelled, tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
+    return found
+
+
+def choose_schedule(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None,
+                    found: list[tuple] | None = None):
+    """(workload, schedule, source, tuned): the fastest record of this device among `candidates` (the
+    layer under each algorithm), else the first found for another CPU of its ISA family
+    (`tuned.travelled`), else the template of `algorithms.untuned_default` (or the first
+    candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports.
+    `found`: `_tuned_records(candidates, target, folder)` when the caller has read them already."""
+    found = _tuned_records(candidates, target, folder) if found is None else found
     if found:
         *_, wl, tuned = min(found, key=lambda f: f[:2])
         source = f"tuned:{tuned.rule}@{tuned.folder.name}"
@@ -162,7 +172,7 @@ def _check(function, wl: ConvWorkload, target: Target, tuned) -> dict:
 
 
 def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
-          use_disk_cache: bool = True) -> BuildResult:
+          use_disk_cache: bool = True, folder: Path | None = None, found: list[tuple] | None = None) -> BuildResult:
     """Compile the best of `candidates` (see `choose_schedule`) for `target`, or load it from disk.
 
     A record of another CPU of the family is checked against float64 on its first use; if it fails,
@@ -170,7 +180,7 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
     """
     if isinstance(candidates, ConvWorkload):
         candidates = [candidates]
-    wl, schedule, source, tuned = choose_schedule(candidates, target)
+    wl, schedule, source, tuned = choose_schedule(candidates, target, folder, found)
     result = _compile(wl, schedule, source, target, use_disk_cache)
     if tuned is None or not tuned.travelled:
         return result
@@ -200,28 +210,44 @@ def _built(wl: ConvWorkload, source: str, compile_it, cache_key: str | None) -> 
     return BuildResult(module[FUNC_NAME], module, source, path, from_disk, wl)
 
 
+def _own_folder(target: Target, folder: Path | None) -> Path:
+    from .targets import target_folder_name
+
+    return folder if folder is not None else tuning_records.logs_root() / target_folder_name(target)
+
+
+def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None) -> dict | None:
+    """The tile record of `wl`'s shape under its generated algorithm in `folder` (default: this
+    device's `tuning_logs/` folder), if it names a known tile; an unknown tile warns."""
+    from . import tile_records
+    from .schedules.cuda_register_reuse import TILES
+
+    folder = _own_folder(target, folder)
+    record = tile_records.find(folder, wl.algorithm, wl)
+    if record is not None and record["tile"] not in TILES:
+        warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
+                  f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
+        return None
+    return record
+
+
 def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | None = None,
                     use_disk_cache: bool = True) -> BuildResult:
     """Compile `wl` under a generated algorithm (`Algorithm.generated`: its code holds `kernel`'s
     values) with the tile of its record in `folder` (default: this device's `tuning_logs/` folder),
     else its default tile; cached on disk by the kernel's digest, the workload and the tile."""
-    from . import tile_records
     from .algorithms.register_reuse import kernel_digest
     from .nvptx_build import compile_nvptx
     from .schedules.cuda_register_reuse import EMITTER_VERSION, TILES, default_tile
-    from .targets import target_folder_name
 
     algorithm = algorithms.by_name(wl.algorithm)
     if not algorithm.generated:
         raise ValueError(f"{wl.algorithm} is not a generated algorithm")
-    folder = folder if folder is not None else tuning_records.logs_root() / target_folder_name(target)
-    record = tile_records.find(folder, wl.algorithm, wl)
-    if record is not None and record["tile"] in TILES:
+    folder = _own_folder(target, folder)
+    record = generated_record(wl, target, folder)
+    if record is not None:
         name, source = record["tile"], f"tuned:{wl.algorithm} {record['tile']}@{folder.name}"
     else:
-        if record is not None:
-            warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
-                      f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
         name = default_tile(int(np.prod(wl.output_shape[:3])))
         source = f"untuned:{wl.algorithm} {name}"
     tile = TILES[name]
@@ -237,3 +263,41 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
                           sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     return _built(wl, source, compile_it, key)
+
+
+def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
+                     folder: Path | None = None) -> tuple[ConvWorkload | None, list[tuple] | None]:
+    """(the generated workload to build, or None; the scheduled records read, if any, for `build`).
+
+    `candidates`: the layer under each scheduled algorithm (MetaSchedule records, `run_us`);
+    `generated`: under each generated one (tile records, their time scaled to `kernel`'s nonzeros
+    by `tile_records.estimated_seconds`). A generated algorithm is chosen only with a record of this
+    device, and only where no scheduled record of this device is as fast.
+    """
+    from . import tile_records
+
+    estimates = []
+    for wl in generated:
+        record = generated_record(wl, target, folder)
+        if record is not None:
+            estimates.append((tile_records.estimated_seconds(record, kernel.nnz) * 1e6, wl))
+    if not estimates:
+        return None, None
+    found = _tuned_records(candidates, target, folder)
+    own = [f[1] for f in found if not f[0]]
+    gen_us, gen_wl = min(estimates, key=lambda e: e[0])
+    if own and min(own) <= gen_us:
+        return None, found
+    log.info("%s: %s (record %.1f us) over the scheduled algorithms (best record %s us)", gen_wl.describe(),
+             gen_wl.algorithm, gen_us, f"{min(own):.1f}" if own else "none")
+    return gen_wl, found
+
+
+def build_layer(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
+                use_disk_cache: bool = True, folder: Path | None = None) -> BuildResult:
+    """`compile()`'s choice for a layer: the fastest of its algorithms by their records on this
+    device (`choose_generated`), built by `build_generated` or `build`."""
+    chosen, found = choose_generated(kernel, candidates, generated, target, folder)
+    if chosen is not None:
+        return build_generated(kernel, chosen, target, folder, use_disk_cache)
+    return build(candidates, target, use_disk_cache, folder, found)

@@ -16,7 +16,7 @@ import numpy as np
 import tvm
 
 from . import interop
-from .build import BuildResult, build, build_generated
+from .build import BuildResult, build, build_generated, build_layer
 from . import algorithms
 from .kernel import SparseKernel
 from .targets import TargetLike, device_for, resolve_target
@@ -33,13 +33,13 @@ class SparseConv2D:
         self.target = target
         self.device = device_for(target)
         if algorithm is None:
-            candidates = algorithms.workloads_for(kernel, workload, target.kind.name, precision)
+            self._build: BuildResult = build_layer(
+                kernel, algorithms.workloads_for(kernel, workload, target.kind.name, precision),
+                algorithms.generated_workloads_for(kernel, workload, target.kind.name, precision), target)
+        elif algorithms.by_name(algorithm).generated:
+            self._build = build_generated(kernel, algorithms.workload_for(kernel, workload, algorithm), target)
         else:
-            candidates = [algorithms.workload_for(kernel, workload, algorithm)]
-        if algorithm is not None and algorithms.by_name(algorithm).generated:
-            self._build: BuildResult = build_generated(kernel, candidates[0], target)
-        else:
-            self._build = build(candidates, target)
+            self._build = build([algorithms.workload_for(kernel, workload, algorithm)], target)
         self.workload = self._build.workload
         self._weights = [tvm.runtime.tensor(a, self.device) for a in algorithms.pack_weights(self.workload, kernel)]
         if bias is not None:
@@ -168,10 +168,11 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     """Compile a sparse conv2d with `tf.nn.conv2d` semantics for one NHWC input shape.
 
     `target=None` picks CUDA when TVM sees a GPU, else this CPU. `algorithm=None` takes, of the
-    algorithms that run on the target, the one with the fastest tuning record for this layer and
-    device in `tuning_logs/`, else the default algorithm's untuned template (with a warning); a
-    name (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm (the generated
-    "register-reuse", the kernel's values compiled into the code, is used only so). `precision="tf32"` also
+    algorithms that run on the target, the one with the fastest record for this layer and device
+    in `tuning_logs/` (MetaSchedule records; for the generated "register-reuse", the kernel's values
+    compiled into the code, its tile record's time scaled to this kernel's nonzeros), else the
+    default algorithm's untuned template (with a warning); a name
+    (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm. `precision="tf32"` also
     lets TF32 tensor-core algorithms compete (TensorFlow's own default on Ampere and newer GPUs;
     relative error about 3e-4 instead of fp32's 1e-6); the default "fp32" never uses them.
 

@@ -3,8 +3,11 @@
 A generated algorithm (`Algorithm.generated`, e.g. register-reuse) compiles the kernel's values
 into its code, so MetaSchedule's records (a schedule for one PrimFunc) do not fit it. What carries
 over between kernels of one layer shape is the tile: `tuning_logs/<device>/<algorithm>.json` holds,
-per shape (input, kernel, strides, padding), the tile that won and its measured time. A damaged or
-foreign file is reported (`TuningLogWarning`) and ignored: the layer gets the default tile.
+per shape (input, kernel, strides, padding), the tile that won, its measured time and the number
+of nonzeros it was measured with (its time grows with them: one FMA each). `compile()` compares
+that time, scaled to the layer's own nonzeros (`estimated_seconds`), with the scheduled algorithms'
+records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
+the default tile.
 """
 
 from __future__ import annotations
@@ -40,8 +43,10 @@ def read(path: Path, algorithm: str) -> list[dict]:
                              f"{data.get('version')!r} of {data.get('algorithm')!r}")
         records = data["records"]
         for r in records:
-            if not isinstance(r["tile"], str) or not isinstance(r["seconds"], (int, float)):
-                raise ValueError("each record needs a tile name and its seconds")
+            if not isinstance(r["tile"], str) or not isinstance(r["seconds"], (int, float)) or r["seconds"] <= 0:
+                raise ValueError("each record needs a tile name and its seconds (> 0)")
+            if not isinstance(r.get("nonzeros", 1), int) or r.get("nonzeros", 1) <= 0:
+                raise ValueError("a record's nonzeros must be a positive integer")
             for field in ("input_shape", "kernel_shape", "strides", "pads"):
                 r["shape"][field]  # noqa: B018 - presence check
         return records
@@ -56,8 +61,18 @@ def find(folder: Path, algorithm: str, wl: ConvWorkload) -> dict | None:
     return next((r for r in read(path_for(folder, algorithm), algorithm) if r["shape"] == key), None)
 
 
+def estimated_seconds(record: dict, nonzeros: int) -> float:
+    """The record's time for a kernel of `nonzeros` nonzeros: scaled by their ratio to the record's
+    own where it says them (the code is one FMA per nonzero; a sparser kernel is not credited
+    below half the record's time, since loads and stores do not shrink with it)."""
+    measured = record.get("nonzeros")
+    if not measured:
+        return float(record["seconds"])
+    return float(record["seconds"]) * max(0.5, nonzeros / measured)
+
+
 def write(path: Path, algorithm: str, device: str, source: str, records: list[dict]) -> None:
-    """Write `records` ({"shape", "tile", "seconds", "layer"}) as `algorithm`'s records of `device`."""
+    """Write `records` ({"shape", "tile", "seconds", "nonzeros", "layer"}) as `algorithm`'s records of `device`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": VERSION, "algorithm": algorithm, "device": device, "source": source,
                                 "records": records}, indent=1) + "\n")

@@ -3,7 +3,8 @@
 For each 1x1 layer of the chosen sets: the kernel as the benchmarks draw it, then for each tile
 configuration the generated kernel (`schedules/cuda_register_reuse.py`, LLVM NVPTX), checked
 against float64 on a fresh input with a NaN-poisoned output, then timed in device time side by
-side with the library's current choice for the layer (its tuning record) and cuDNN fp32 / TF32.
+side with the library's choice among its scheduled algorithms (their tuning records) and cuDNN
+fp32 / TF32.
 Compiles run in parallel worker processes (one per CPU). Writes one JSON.
 
     python benchmarks/experiments/register_reuse.py --sets resnet50_1x1_b32,resnet50_1x1_b1 \
@@ -89,7 +90,7 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
             continue
         wl = workload_set(r["layer"])[0].workload()
         records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
-                        "seconds": best["seconds"], "library_seconds": r["library"]["seconds"],
+                        "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
                         "cudnn_tf32_seconds": r["cudnn_tf32"]})
     path = tile_records.path_for(folder, "register-reuse")
     tile_records.write(path, "register-reuse", run["device"], str(source), records)
@@ -120,7 +121,8 @@ def main(argv=None) -> int:
     import tvm
 
     import tvm_sparseconv as tsc
-    from tvm_sparseconv import baselines, reference
+    from tvm_sparseconv import baselines, build, reference
+    from tvm_sparseconv.targets import resolve_target
     from tvm_sparseconv.workloads import workload_set
 
     problems = [p for p in workload_set(args.sets) if p.kernel_shape[:2] == (1, 1)]
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
     import torch
 
     dev = tvm.cuda(0)
+    target = resolve_target("cuda")
     rows = []
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
@@ -169,7 +172,10 @@ def main(argv=None) -> int:
             return err, secs
 
         out = tvm.runtime.empty(wl.output_shape, "float32", dev)
-        op = tsc.compile(kernel, wl.input_shape, strides=wl.strides, padding=p.padding, target="cuda")
+        # the library's column: its choice among the scheduled algorithms (not register-reuse's records)
+        scheduled = build.choose_schedule(tsc.algorithms.workloads_for(kernel, wl, "cuda"), target)[0].algorithm
+        op = tsc.compile(kernel, wl.input_shape, strides=wl.strides, padding=p.padding, target="cuda",
+                         algorithm=scheduled)
         err, secs = timed(op.run, out)
         row["library"] = {"schedule": op.schedule_source, "algorithm": op.algorithm, "relative_error": err, "seconds": secs}
         for b in built:

@@ -7,7 +7,7 @@
 - `union_tf32`: TF32 tensor cores (mma.sync) on each group of 8 output channels' union of taps
   (CUDA; `precision="tf32"` only).
 - `register_reuse`: the kernel's values compiled into straight-line code, one FMA per nonzero
-  (CUDA 1x1 layers; generated per kernel, not MetaSchedule-scheduled; only when forced for now).
+  (CUDA 1x1 layers; generated per kernel, not MetaSchedule-scheduled; chosen where its tile record is fastest).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;
@@ -26,7 +26,8 @@ from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
            "check_precision", "pack_weights", "prim_func",
-           "stage_names", "te_graph", "untuned_default", "workload_for", "workloads_for"]
+           "stage_names", "te_graph", "untuned_default", "workload_for", "workloads_for",
+           "generated_workloads_for"]
 
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
@@ -81,10 +82,18 @@ def allowed(algorithm: Algorithm, precision: str) -> bool:
 
 def workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str,
                   precision: str = "fp32") -> list[ConvWorkload]:
-    """The layer's workload under every algorithm that can compute it on `target_kind` at `precision`
-    and that `compile()` chooses among (generated ones are only used when forced, for now)."""
+    """The layer's workload under every scheduled algorithm (MetaSchedule records) that can compute
+    it on `target_kind` at `precision` (`generated_workloads_for`: the generated ones)."""
     return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values()
             if not a.generated and a.applies(wl, target_kind) and allowed(a, precision)]
+
+
+def generated_workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind: str,
+                            precision: str = "fp32") -> list[ConvWorkload]:
+    """The layer's workload under every generated algorithm (the kernel's values in the code; tile
+    records) that can compute it on `target_kind` at `precision`."""
+    return [workload_for(kernel, wl, a.name) for a in ALGORITHMS.values()
+            if a.generated and a.applies(wl, target_kind) and allowed(a, precision)]
 
 
 def prim_func(wl: ConvWorkload) -> tirx.PrimFunc:

@@ -30,7 +30,7 @@ class Algorithm:
     #: arithmetic: "fp32" (the default mode's) or "tf32" (tensor cores; chosen only on request)
     precision: str = "fp32"
     #: code generated per kernel (its values in the code): no TE definition, no MetaSchedule
-    #: records; built by `build.build_generated`, only when forced (see `register_reuse`)
+    #: records but tile records (`tile_records.py`); built by `build.build_generated`
     generated: bool = False
 
     @property

@@ -11,8 +11,8 @@ It has no TE definition and no MetaSchedule design space: the code depends on th
 so it is generated per kernel (`generate`), and what a "record" keeps is the tile for a layer shape
 (`tuning_logs/<device>/register_reuse.json`, from `benchmarks/experiments/register_reuse.py
 --record`), which applies to any kernel of that shape. The compiled function's arguments are x,
-[bias], out: no weight arrays. Only forced (`compile(..., algorithm="register-reuse")`) for now;
-`compile()`'s own choice does not consider it yet.
+[bias], out: no weight arrays. `compile()` takes it where its record (time scaled to the kernel's
+nonzeros) beats the scheduled algorithms' records of the layer (`build.build_layer`).
 """
 
 from __future__ import annotations
