@@ -1,4 +1,4 @@
-"""The kernel of algorithm "register-reuse" (CUDA, 1x1 layers): the kernel's pattern compiled into the code.
+"""The kernel of algorithm "register-reuse" (CUDA): the kernel's pattern compiled into the code.
 
 The other algorithms read the sparse kernel as data: an index and a
 load per multiply-add, at most 25% of the fp32 peak (shared memory delivers 32 words per clock per
@@ -10,7 +10,8 @@ backend (`tvm_sparseconv/nvptx_build.py`), not nvcc. The algorithm (`algorithms/
 calls `emit` with the tile of its record; the tiles were measured by
 `benchmarks/experiments/register_reuse.py` (write-up `register_reuse.md`).
 
-For a 1x1 layer with weight matrix ``w`` (Cin, Cout) and a `Tile`:
+For a 1x1 layer with weight matrix ``w`` (Cin, Cout) and a `Tile` (a KxK layer: the same per tap,
+on the input shifted by the tap, see `emit`):
 
 - grid: blockIdx.x over tiles of ``pixels`` output pixels (flattened n, oh, ow), blockIdx.y over
   blocks of ``groups`` channel groups; threads (threadIdx.x: pixel, threadIdx.y: group);
@@ -127,17 +128,26 @@ def parts_for(fmas: int) -> int:
 
 
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
-         activation: str | None = None, llvm: bool = True, parts: int | None = None) -> tirx.PrimFunc:
-    """The kernel computing ``out = act(conv1x1(x, w) + bias)`` for this `w` (Cin, Cout), as TIR.
+         activation: str | None = None, llvm: bool = True, parts: int | None = None,
+         dilations=(1, 1)) -> tirx.PrimFunc:
+    """The kernel computing ``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout)
+    for a 1x1 kernel), as TIR.
 
+    A KxK kernel is a sum of 1x1 convolutions of shifted inputs: each stage stages one tap's
+    channel range (skipped where the kernel has no nonzero), so the block copies the input once
+    per tap (from L1/L2 for neighbouring pixels) and each thread applies that tap's nonzeros.
     `llvm`: for LLVM's NVPTX backend (else for TVM's CUDA C codegen, whose barrier differs).
     `parts`: kernels launched one after the other, each for a share of the output channels
     (default `parts_for` the number of nonzeros)."""
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     sh, sw = strides
+    dh, dw = dilations
     (pt, _), (pl, _) = pads
-    cout = w.shape[1]
+    w = np.asarray(w, np.float32)
+    if w.ndim == 2:
+        w = w[None, None]
+    kh_, kw_, _, cout = w.shape
     tile.validate()
     g_, tp, ng, st, rc = tile.group, tile.pixels, tile.groups, tile.stage, tile.regs
     n_groups = -(-cout // g_)
@@ -170,28 +180,31 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             rem = tirx.floormod(p, oh_ * ow_)
             return tirx.floordiv(p, oh_ * ow_), tirx.floordiv(rem, ow_), tirx.floormod(rem, ow_)
 
-        def input_row(p):
-            """((image, row, column) of pixel p's input, clamped into x; whether it lies inside)."""
+        def input_row(p, kh: int, kw: int):
+            """((image, row, column) of pixel p's input at tap (kh, kw), clamped into x; whether it
+            lies inside)."""
             inside_p = p < n_pix
             img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1))
-            r, c = orow * sh - pt, ocol * sw - pl
+            r, c = orow * sh - pt + kh * dh, ocol * sw - pl + kw * dw
             inside = tirx.all(inside_p, r >= 0, r < h, c >= 0, c < wd)
             clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
             return (img, clamp(r, h), clamp(c, wd)), inside
 
         threads = tp * ng
-        stages = [(s0, min(st, cin - s0)) for s0 in range(0, cin, st)]
-        per_row = [-(-width // vec) for _, width in stages]
+        # (tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero
+        stages = [(kh, kw, s0, min(st, cin - s0)) for kh in range(kh_) for kw in range(kw_)
+                  for s0 in range(0, cin, st) if np.any(w[kh, kw, s0:s0 + st])] or [(0, 0, 0, min(st, cin))]
+        per_row = [-(-width // vec) for *_, width in stages]
         copies = max(-(-tp * pr // threads) for pr in per_row)
         pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
 
         def copy_slots(k):
             """Per copy slot of stage k: (in range, shared row, vector index, clamped source, inside)."""
-            s0, width = stages[k]
+            kh, kw, s0, width = stages[k]
             for it in range(copies):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
-                src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1))
+                src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1), kh, kw)
                 ch = s0 + q * vec
                 if vec == 1:
                     inside = tirx.all(inside, ch < cin)
@@ -226,23 +239,23 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             k, j = np.nonzero(sub)
             if len(k) == 0:
                 return None
-            return tirx.SeqStmt([
-                tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
-                for kk, jj in zip(k, j)])
+            stores = [tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
+                      for kk, jj in zip(k, j)]
+            return stores[0] if len(stores) == 1 else tirx.SeqStmt(stores)  # TIR refuses a SeqStmt of one
 
         def pipeline(gi: int | None) -> list[tirx.Stmt]:
             """The stages: for group `gi` alone, or (None) for every group behind branches per step.
 
             Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
             code = fetch(0)
-            for k, (s0, width) in enumerate(stages):
+            for k, (kh, kw, s0, width) in enumerate(stages):
                 code += deposit(k)
                 code.append(sync)
                 if k + 1 < len(stages):
                     code += fetch(k + 1)
                 for r0 in range(0, width, rc):
                     chans = min(rc, width - r0)
-                    block = w[s0 + r0:s0 + r0 + chans]
+                    block = w[kh, kw, s0 + r0:s0 + r0 + chans]
                     step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, block=block: fmas(g, block)) if gi is None
                             else fmas(gi, block))
                     if step is None:

@@ -303,3 +303,30 @@ def test_compile_forced_register_reuse_serves_a_layer_with_bias_and_relu():
     ref = np.maximum(np.einsum("nhwc,ck->nhwk", x[:, ::2, ::2, :].astype(np.float64), w[0, 0].astype(np.float64))
                      + bias, 0.0)
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations", [
+    ((2, 11, 13, 20), (3, 3, 20, 40), 1, "SAME", 1),
+    ((2, 11, 13, 20), (3, 3, 20, 40), 2, "SAME", 1),
+    ((1, 12, 12, 16), (3, 3, 16, 36), 1, "VALID", 2),
+    ((2, 15, 15, 3), (7, 7, 3, 16), 2, [[0, 0], [3, 2], [1, 3], [0, 0]], 1),  # Cin 3: scalar copies
+])
+def test_compile_forced_register_reuse_computes_kxk_layers(x_shape, k_shape, strides, padding, dilations):
+    """KxK kernels (each tap a 1x1 step on the shifted input) against float64, output poisoned,
+    with an empty output channel and bias + ReLU."""
+    rng = np.random.default_rng(13)
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    op = tsc.compile(kernel, x_shape, strides=strides, padding=padding, dilations=dilations, bias=bias,
+                     activation="relu", target="cuda", algorithm="register-reuse")
+    assert op.algorithm == "register-reuse"
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+    op.run(tvm.runtime.tensor(x, dev), out)
+    got = out.numpy()
+    ref = np.maximum(reference.conv2d_f64(x, w, op.workload, bias), 0.0)
+    assert np.all(np.isfinite(got))
+    assert reference.relative_error(got, ref) < TOL

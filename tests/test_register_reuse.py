@@ -55,6 +55,24 @@ def test_every_nonzero_is_one_fma_with_its_weight_in_the_code(case):
     np.testing.assert_array_equal(weights, np.sort(w[w != 0]))
 
 
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_a_kxk_kernel_stages_each_tap_with_a_nonzero_and_has_one_fma_per_nonzero(layout):
+    """3x3, stride 2, dilation 2, padded: one stage per (tap, channel range) holding a nonzero (a
+    tap without any is skipped), one FMA per nonzero with its weight."""
+    rng = np.random.default_rng(3)
+    cin, cout = 12, 20
+    w = (rng.standard_normal((3, 3, cin, cout)) * (rng.random((3, 3, cin, cout)) < 0.3)).astype(np.float32)
+    w[1, 2] = 0.0  # a tap without nonzeros
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout=layout)
+    ptx = nvptx_ptx(emit(w, (2, 9, 10, cin), (4, 4), (2, 2), ((2, 1), (1, 2)), tile, dilations=(2, 2)))
+    stages = sum(1 for kh in range(3) for kw in range(3) for s0 in (0, 8) if np.any(w[kh, kw, s0:s0 + 8]))
+    assert stages == 16
+    branches = 4 if layout == "groups" else 1  # 3 groups in 2 blocks of 2: 4 branches (one idle)
+    assert ptx.count("bar.sync") == 2 * stages * branches + 2 * tile.groups
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    np.testing.assert_array_equal(sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas), np.sort(w[w != 0]))
+
+
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
 def test_the_kernel_assembles_and_tvm_builds_a_cuda_module_around_it():
     shape, cout, density, strides, pads, tile = CASES[0]

@@ -1,6 +1,6 @@
 """Experiment: the pattern compiled into the code ("register-reuse") against cuDNN and our records.
 
-For each 1x1 layer of the chosen sets: the kernel as the benchmarks draw it, then for each tile
+For each layer of the chosen sets: the kernel as the benchmarks draw it, then for each tile
 configuration the generated kernel (`schedules/cuda_register_reuse.py`, LLVM NVPTX), checked
 against float64 on a fresh input with a NaN-poisoned output, then timed in device time side by
 side with the library's choice among its scheduled algorithms (their tuning records) and cuDNN
@@ -33,7 +33,7 @@ from schedules.cuda_register_reuse import TILES  # noqa: E402
 
 def _compile(args) -> dict:
     """Worker: emit and compile one (layer, tile) through NVPTX; export the module."""
-    name, tile_name, w, shape, out_hw, strides, pads, path = args
+    name, tile_name, w, shape, out_hw, strides, pads, dilations, path = args
     from schedules.cuda_register_reuse import TILES, emit
     from tvm_sparseconv.nvptx_build import compile_nvptx
 
@@ -42,7 +42,7 @@ def _compile(args) -> dict:
 
     def make(llvm: bool):
         t = time.perf_counter()
-        func = emit(w, shape, out_hw, strides, pads, tile, llvm=llvm)
+        func = emit(w, shape, out_hw, strides, pads, tile, llvm=llvm, dilations=dilations)
         emit_s[llvm] = time.perf_counter() - t
         return func
 
@@ -125,19 +125,20 @@ def main(argv=None) -> int:
     from tvm_sparseconv.targets import resolve_target
     from tvm_sparseconv.workloads import workload_set
 
-    problems = [p for p in workload_set(args.sets) if p.kernel_shape[:2] == (1, 1)]
+    problems = workload_set(args.sets)
     tiles = args.tiles.split(",")
     tmp = Path(tempfile.mkdtemp())
     jobs, layers = [], {}
     for p in problems:
         kernel = p.sparse_kernel()
         wl = p.workload(kernel)
-        w = p.dense_kernel()[0, 0].astype(np.float32)
+        w = p.dense_kernel().astype(np.float32)
         layers[p.name] = (p, kernel, wl, w)
         if not tsc.algorithms.by_name("register-reuse").applies(wl, "cuda"):  # its code-size budget
             continue
         for t in tiles:
-            jobs.append((p.name, t, w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, str(tmp / f"{p.name}-{t}.so")))
+            jobs.append((p.name, t, w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.dilations,
+                         str(tmp / f"{p.name}-{t}.so")))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         built = list(pool.map(_compile, jobs))
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
         xs = [rng.standard_normal(wl.input_shape).astype(np.float32) for _ in range(n_rot)]
         ref = reference.conv2d_f64(xs[0], p.dense_kernel(), wl)
         x_dev = [tvm.runtime.tensor(x, dev) for x in xs]
-        row = {"layer": name, "input_shape": list(wl.input_shape), "cout": int(w.shape[1]), "nnz": int(kernel.nnz),
+        row = {"layer": name, "input_shape": list(wl.input_shape), "kernel_shape": list(wl.kernel_shape),
+               "cout": int(w.shape[-1]), "nnz": int(kernel.nnz),
                "useful_flops": 2 * int(kernel.nnz) * int(np.prod(wl.output_shape[:3])), "tiles": {}}
 
         def timed(fn_run, out):

@@ -7,7 +7,7 @@
 - `union_tf32`: TF32 tensor cores (mma.sync) on each group of 8 output channels' union of taps
   (CUDA; `precision="tf32"` only).
 - `register_reuse`: the kernel's values compiled into straight-line code, one FMA per nonzero
-  (CUDA 1x1 layers; generated per kernel, not MetaSchedule-scheduled; chosen where its tile record is fastest).
+  (CUDA, any kernel size within a code-size budget; generated per kernel, not MetaSchedule-scheduled; chosen where its tile record is fastest).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;

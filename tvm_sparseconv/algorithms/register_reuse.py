@@ -1,4 +1,4 @@
-"""Algorithm "register-reuse" (CUDA, 1x1 layers): the kernel's pattern and values compiled into the code.
+"""Algorithm "register-reuse" (CUDA, any kernel size): the kernel's pattern and values compiled into the code.
 
 The other algorithms read the kernel as data (an index and a load per multiply-add: at most 25% of
 the fp32 peak). Here every nonzero is one FMA with its input in a register, its weight an
@@ -32,14 +32,6 @@ from .base import Algorithm
 MAX_UNROLLED_FMAS = 48_000
 
 
-def dense_1x1(kernel: SparseKernel) -> np.ndarray:
-    """The (Cin, Cout) float32 weight matrix of a 1x1 kernel."""
-    dense = np.asarray(kernel.to_dense(), np.float32)
-    if dense.shape[:2] != (1, 1):
-        raise ValueError(f"register-reuse computes 1x1 kernels only, got a {dense.shape[0]}x{dense.shape[1]} kernel")
-    return dense[0, 0]
-
-
 def kernel_digest(kernel: SparseKernel) -> str:
     """Digest of the kernel's shape and values: what the generated code depends on."""
     dense = np.ascontiguousarray(kernel.to_dense(), np.float32)
@@ -53,8 +45,7 @@ class RegisterReuse(Algorithm):
     generated = True
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
-        return (target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1)
-                and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS)
+        return target_kind == "cuda" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
         return {"ell_width": kernel.ell_width, "chunk": 0}
@@ -69,8 +60,8 @@ class RegisterReuse(Algorithm):
         """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
         from ..schedules.cuda_register_reuse import emit
 
-        return emit(dense_1x1(kernel), wl.input_shape, wl.output_hw, wl.strides, wl.pads, tile,
-                    bias=wl.has_bias, activation=wl.activation, llvm=llvm)
+        return emit(np.asarray(kernel.to_dense(), np.float32), wl.input_shape, wl.output_hw, wl.strides, wl.pads,
+                    tile, bias=wl.has_bias, activation=wl.activation, llvm=llvm, dilations=wl.dilations)
 
 
 ALGORITHM = RegisterReuse()
