@@ -87,6 +87,9 @@ TILES: dict[str, Tile] = {
     "g32p32x8G": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups"),
     "g64p32x4G": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups"),
     "g16p32x2G": Tile(group=16, pixels=32, groups=2, stage=256, regs=16, layout="groups"),
+    # layers of 64 output channels: two groups of 32 per block, no idle group
+    "g32p128x2G": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups"),
+    "g16p64x4G": Tile(group=16, pixels=64, groups=4, stage=64, regs=16, layout="groups"),
 }
 #: output pixels from which the batch-32-like tile wins (every H200 batch-32 layer measured has
 #: 6,272 or more; every batch-1 layer 3,136 or fewer)
