@@ -40,7 +40,7 @@ from tvm_sparseconv.nvptx_build import llvm_barrier
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 2
+EMITTER_VERSION = 3
 #: FMAs per kernel above which the code is split into several kernels (compile time)
 FMAS_PER_KERNEL = 8192
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
@@ -215,14 +215,21 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 yield it, i < tp * per_row[k], row, q, src, ch, inside
 
         def fetch(k):
-            """Loads of stage k into `pf`: always from inside x (clamped), zero where outside."""
+            """Loads of stage k into `pf`: always from inside x (clamped), then zero where outside.
+
+            Two statements, not Select(inside, load, 0): TVM simplifies a Select's true value under
+            its condition, which drops the clamp, and the load (executed either way) then reads
+            outside x (compute-sanitizer: 5,400 bytes before it, conv1 7x7 with padding)."""
             out_ = []
             for it, _, _, _, src, ch, inside in copy_slots(k):
                 if vec == 4:
-                    value = tirx.Select(tirx.Broadcast(inside, 4), tirx.BufferLoad(x, [*src, _ramp(ch)]), tirx.Broadcast(zero, 4))
-                    out_.append(tirx.BufferStore(pf, value, [_ramp(it * 4)]))
+                    idx, lanes = [_ramp(it * 4)], (lambda v: tirx.Broadcast(v, 4))  # noqa: E731
+                    load = tirx.BufferLoad(x, [*src, _ramp(ch)])
                 else:
-                    out_.append(tirx.BufferStore(pf, tirx.Select(inside, x[(*src, ch)], zero), [it]))
+                    idx, lanes = [it], (lambda v: v)  # noqa: E731
+                    load = x[(*src, ch)]
+                out_.append(tirx.BufferStore(pf, load, idx))
+                out_.append(tirx.BufferStore(pf, tirx.Select(lanes(inside), tirx.BufferLoad(pf, idx), lanes(zero)), idx))
             return out_
 
         def deposit(k):

@@ -79,7 +79,8 @@ def markdown_table(run: dict) -> str:
 
 
 def write_records(run: dict, folder: Path, source: str) -> Path:
-    """The best tile per layer of `run` as register-reuse records of its device in `folder`."""
+    """The best tile per layer of `run` as register-reuse records of its device in `folder`
+    (replacing the records of the same shapes, keeping the others)."""
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.workloads import workload_set
 
@@ -93,7 +94,10 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
                         "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
                         "cudnn_tf32_seconds": r["cudnn_tf32"]})
     path = tile_records.path_for(folder, "register-reuse")
-    tile_records.write(path, "register-reuse", run["device"], str(source), records)
+    kept = [r for r in tile_records.read(path, "register-reuse") if r["shape"] not in [n["shape"] for n in records]]
+    if kept:
+        source = ", ".join(dict.fromkeys([*json.loads(path.read_text())["source"].split(", "), str(source)]))
+    tile_records.write(path, "register-reuse", run["device"], str(source), kept + records)
     return path
 
 
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
                     help="write the best tile of each layer of the run in --json as register-reuse records "
-                         "into FOLDER (e.g. tuning_logs/nvidia-h200) and stop")
+                         "into FOLDER (e.g. tuning_logs/nvidia-h200; other shapes' records are kept) and stop")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.json).read_text())))
