@@ -218,8 +218,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             """Loads of stage k into `pf`: always from inside x (clamped), then zero where outside.
 
             Two statements, not Select(inside, load, 0): TVM simplifies a Select's true value under
-            its condition, which drops the clamp, and the load (executed either way) then reads
-            outside x (compute-sanitizer: 5,400 bytes before it, conv1 7x7 with padding)."""
+            its condition, which dropped the clamp of scalar copies, and the load (executed either
+            way) then read outside x (compute-sanitizer: 5,400 bytes before it, conv1 7x7, 3 channels)."""
             out_ = []
             for it, _, _, _, src, ch, inside in copy_slots(k):
                 if vec == 4:

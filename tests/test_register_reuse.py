@@ -222,3 +222,46 @@ def test_the_default_split_keeps_kernels_under_the_fma_budget():
 
     assert parts_for(1) == 1 and parts_for(FMAS_PER_KERNEL) == 1 and parts_for(FMAS_PER_KERNEL + 1) == 2
     assert parts_for(26_214) == 4
+
+
+def _input_loads_after_simplify(emit_fn, cin: int) -> list[str]:
+    """The loads of input x (their TVMScript text) in a padded 3x3 kernel after TVM's simplifier."""
+    import tvm
+    from tvm import tirx
+
+    w = _weights(cin, 8, 0.5, seed=2)[None, None].repeat(3, 0).repeat(3, 1)
+    func = emit_fn(w, (1, 6, 6, cin), (6, 6), (1, 1), ((1, 1), (1, 1)), Tile(group=8, pixels=32, groups=1, stage=8, regs=4))
+    text = tirx.transform.StmtSimplify()(tvm.IRModule({"main": func}))["main"].script()
+    loads = []
+    for m in re.finditer(r"\bx\[", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"[": 1, "]": -1}.get(text[i], 0)
+            i += 1
+        loads.append(text[m.start():i])
+    return loads
+
+
+@pytest.mark.parametrize("cin", [8, 3])  # float4 copies; scalar copies
+def test_input_loads_stay_inside_the_input_through_tvm_simplification(cin):
+    """The copy loads run for every slot, inside the image or not, so their indices must stay inside
+    x for every thread: evaluated here for every thread and block of a padded 3x3 kernel after TVM's
+    simplifier (which simplifies a Select's true value under its condition: that once dropped the
+    clamp of scalar copies, and compute-sanitizer found reads 5,400 bytes before the input of conv1
+    7x7, 3 channels; this test fails on that version)."""
+    class T:  # the TVMScript names the index expressions use, as integer functions
+        min, max = staticmethod(min), staticmethod(max)
+
+        @staticmethod
+        def Ramp(base, stride, lanes):  # noqa: N802 - TVMScript's name
+            return (base, base + stride * (lanes - 1))
+
+    loads = _input_loads_after_simplify(emit, cin)
+    assert len(loads) == 9 * (2 if cin == 8 else 3)  # 9 taps x copy slots per thread
+    for ld in loads:
+        for bx in range(2):  # 36 pixels in blocks of 32
+            for tx in range(32):
+                n, row, col, ch = eval(ld[1:], {"T": T, "blockIdx_x": bx, "threadIdx_x": tx,  # noqa: S307
+                                                "threadIdx_y": 0, "blockIdx_y": 0})
+                c0, c1 = ch if isinstance(ch, tuple) else (ch, ch)
+                assert n == 0 and 0 <= row < 6 and 0 <= col < 6 and 0 <= c0 <= c1 < cin, (ld, bx, tx)
