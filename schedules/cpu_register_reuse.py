@@ -1,0 +1,151 @@
+"""Register reuse on the CPU (LLVM): the kernel's pattern compiled into the code, vectors along pixels.
+
+The CPU counterpart of `cuda_register_reuse.py` (issue 15's lever): every nonzero of the kernel is
+one vector FMA whose weight is an immediate (a splat constant), whose input is a vector of
+`lanes` output pixels of one input channel and whose sum is a register, so one loaded input
+vector feeds every nonzero of that channel in the group and no weight is loaded as data.
+
+For a 1x1 layer with weight matrix ``w`` (Cin, Cout), flattened output pixels in blocks of
+``lanes`` and groups of ``lanes`` output channels, parallel over tiles of `blocks` blocks:
+
+1. relayout: the input channels of the tile's blocks are transposed (lanes x lanes shuffles) into
+   a channel-major scratch on the stack, ``xt[block, Cin, lanes]``, so the `lanes` pixels of one
+   channel are one vector load;
+2. FMAs, per group (each group's code one straight-line run, looped over the tile's blocks so it
+   is fetched once per tile): ``acc[j] += xt[block, ci] * w[ci, co_j]`` for the group's nonzeros
+   (``lanes`` accumulators in registers), then bias/activation, and the accumulators transposed
+   back so each pixel's `lanes` channels are one vector store.
+
+A KxK kernel is the sum over its taps of 1x1 steps on the shifted input (as on CUDA): the
+scratch holds one channel-major copy per tap with a nonzero (zeros outside the image).
+Experimental: `benchmarks/experiments/cpu_register_reuse.py` measures it against TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import tirx
+
+F32 = "float32"
+
+
+def _ramp(base, lanes: int):
+    return tirx.Ramp(base, 1, lanes)
+
+
+def _transpose(vectors: list, lanes: int) -> list:
+    """lanes vectors of lanes values -> the transposed vectors (vector k: lane k of each)."""
+    return [tirx.Shuffle(vectors, [tirx.const(i * lanes + k, "int32") for i in range(lanes)]) for k in range(lanes)]
+
+
+def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = False, activation: str | None = None,
+         dilations=(1, 1), lanes: int = 8, blocks: int = 1) -> tirx.PrimFunc:
+    """``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout) for 1x1), NHWC.
+
+    `lanes`: floats per vector (8: AVX2, 16: AVX-512); `blocks`: blocks of `lanes` pixels per
+    parallel iteration, each group's code looped over them (code stays in the instruction cache
+    for `blocks` runs; the scratch holds `blocks` x rows x lanes floats)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 2:
+        w = w[None, None]
+    kh_, kw_, cin, cout = w.shape
+    n, h, wd, _ = input_shape
+    oh_, ow_ = output_hw
+    sh, sw = strides
+    dh, dw = dilations
+    (pt, _), (pl, _) = pads
+    L, B = lanes, blocks
+    n_pix = n * oh_ * ow_
+    n_tiles = -(-n_pix // (L * B))
+    n_groups = -(-cout // L)
+    taps = [(kh, kw) for kh in range(kh_) for kw in range(kw_) if np.any(w[kh, kw])] or [(0, 0)]
+    rows = len(taps) * cin  # rows of the channel-major scratch: (tap, input channel)
+    vec_in = cin % L == 0
+    zero = tirx.const(0.0, F32)
+
+    x = tirx.decl_buffer(tuple(input_shape), F32, "x")
+    out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
+    b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
+    x_flat = tirx.decl_buffer((n * h * wd * cin,), F32, "x_flat", data=x.data)
+    out_flat = tirx.decl_buffer((n_pix * cout,), F32, "out_flat", data=out.data)
+    xt = tirx.decl_buffer((B * rows * L,), F32, "xt", scope="local")  # the tile's (block, tap, channel) rows
+    xin = tirx.decl_buffer((L * L,), F32, "xin", scope="local")
+    tile = tirx.Var("tile", "int32")
+
+    def source(p, kh: int, kw: int):
+        """(flat offset of pixel p's input at tap (kh, kw), clamped; whether it lies inside)."""
+        pc = tirx.min(p, n_pix - 1)
+        img, rem = tirx.floordiv(pc, oh_ * ow_), tirx.floormod(pc, oh_ * ow_)
+        r = tirx.floordiv(rem, ow_) * sh - pt + kh * dh
+        c = tirx.floormod(rem, ow_) * sw - pl + kw * dw
+        inside = tirx.all(p < n_pix, r >= 0, r < h, c >= 0, c < wd)
+        clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
+        return ((img * h + clamp(r, h)) * wd + clamp(c, wd)) * cin, inside
+
+    def row(bi, t: int, ci) -> tirx.PrimExpr:
+        return ((bi * rows) + t * cin + ci) * L
+
+    # 1. relayout of the tile's blocks: xt[block, (tap, ci), pixel]. The loads (clamped into x) and
+    # the zeroing outside the image are separate statements: TVM simplifies a Select's value under
+    # its condition and would drop the clamp (see the CUDA emitter).
+    bi = tirx.Var("bi", "int32")
+    relayout = []
+    for t, (kh, kw) in enumerate(taps):
+        srcs = [source((tile * B + bi) * L + i, kh, kw) for i in range(L)]
+        if vec_in:
+            for c8 in range(0, cin, L):
+                relayout += [tirx.BufferStore(xin, tirx.BufferLoad(x_flat, [_ramp(off + c8, L)]), [_ramp(i * L, L)])
+                             for i, (off, _) in enumerate(srcs)]
+                vecs = [tirx.Select(tirx.Broadcast(inside, L), tirx.BufferLoad(xin, [_ramp(i * L, L)]), tirx.Broadcast(zero, L))
+                        for i, (_, inside) in enumerate(srcs)]
+                relayout += [tirx.BufferStore(xt, v, [_ramp(row(bi, t, c8 + k), L)]) for k, v in enumerate(_transpose(vecs, L))]
+        else:
+            ci = tirx.Var("ci", "int32")
+            body = []
+            for i, (off, inside) in enumerate(srcs):
+                body.append(tirx.BufferStore(xin, x_flat[off + ci], [i]))
+                body.append(tirx.BufferStore(xt, tirx.Select(inside, xin[i], zero), [row(bi, t, ci) + i]))
+            relayout.append(tirx.For(ci, 0, cin, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
+    relayout_loop = tirx.For(bi, 0, B, tirx.ForKind.SERIAL, tirx.SeqStmt(relayout))
+
+    # 2. per group: one straight-line run of its FMAs, looped over the tile's blocks
+    def group_code(g: int) -> tirx.Stmt:
+        acc = tirx.decl_buffer((L * L,), F32, f"acc{g}", scope="local")  # one per group: TVM wants unique allocations
+        gb = tirx.Var(f"b{g}", "int32")
+        body = [tirx.BufferStore(acc, tirx.Broadcast(zero, L), [_ramp(j * L, L)]) for j in range(L)]
+        for t in range(len(taps)):
+            kh, kw = taps[t]
+            block = w[kh, kw, :, g * L:(g + 1) * L]
+            for ci in np.nonzero(np.any(block, axis=1))[0]:
+                xv = tirx.BufferLoad(xt, [_ramp(row(gb, t, int(ci)), L)])
+                for j in np.nonzero(block[ci])[0]:
+                    jj = int(j) * L
+                    body.append(tirx.BufferStore(
+                        acc, tirx.BufferLoad(acc, [_ramp(jj, L)]) + xv * tirx.Broadcast(tirx.const(float(block[ci, j]), F32), L),
+                        [_ramp(jj, L)]))
+        width = min(L, cout - g * L)
+        vals = []
+        for j in range(L):
+            v = tirx.BufferLoad(acc, [_ramp(j * L, L)])
+            if b is not None and j < width:
+                v = v + tirx.Broadcast(b[g * L + j], L)
+            if activation == "relu":
+                v = tirx.max(v, tirx.Broadcast(zero, L))
+            elif activation == "relu6":
+                v = tirx.min(tirx.max(v, tirx.Broadcast(zero, L)), tirx.Broadcast(tirx.const(6.0, F32), L))
+            vals.append(v)
+        for i, pix in enumerate(_transpose(vals, L)):  # pix: pixel i's L channels
+            p = (tile * B + gb) * L + i
+            if width == L:
+                store = tirx.BufferStore(out_flat, pix, [_ramp(p * cout + g * L, L)])
+            else:  # a partial last group: its channels one by one
+                store = tirx.SeqStmt([tirx.BufferStore(out_flat, tirx.Shuffle([pix], [tirx.const(j, "int32")]),
+                                                       [p * cout + g * L + j]) for j in range(width)])
+            body.append(tirx.IfThenElse(p < n_pix, store, None))
+        return tirx.SeqStmt([tirx.AllocBuffer(acc), tirx.For(gb, 0, B, tirx.ForKind.SERIAL, tirx.SeqStmt(body))])
+
+    per_tile = [tirx.AllocBuffer(xt), tirx.AllocBuffer(xin), relayout_loop] + [group_code(g) for g in range(n_groups)]
+    loop = tirx.For(tile, 0, n_tiles, tirx.ForKind.PARALLEL, tirx.SeqStmt(per_tile))
+    stmt = tirx.SeqStmt([tirx.DeclBuffer(x_flat, data=x.data), tirx.DeclBuffer(out_flat, data=out.data), loop])
+    params = [x] + ([b] if b is not None else []) + [out]
+    return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})
