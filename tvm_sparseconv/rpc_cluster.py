@@ -19,6 +19,9 @@ from pathlib import Path
 
 from .rpc import Tracker
 
+#: ports each RPC server of a local cluster may scan (its own range, from `server_port`)
+SERVER_PORTS = 20
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
@@ -82,9 +85,12 @@ class LocalCluster:
                 # initialises CUDA in the server; every forked session then fails with
                 # cudaErrorInitializationError. With the hook off, forked sessions work (H200).
                 env["TVM_FFI_DISABLE_TORCH_C_DLPACK"] = "1"
+                # Each server scans its own ports: servers started together on one range raced for
+                # the same port (both bound it, the second's listen() failed: EADDRINUSE, CI 2026-12-02).
+                first = self.server_port + SERVER_PORTS * i
                 self._spawn(f"server{i}", [
-                    "tvm.exec.rpc_server", f"--host={self.host}", f"--port={self.server_port}",
-                    f"--port-end={self.server_port + 100}", f"--tracker={self.host}:{self.port}",
+                    "tvm.exec.rpc_server", f"--host={self.host}", f"--port={first}",
+                    f"--port-end={first + SERVER_PORTS}", f"--tracker={self.host}:{self.port}",
                     f"--key={self.key}", *([] if self.fork_sessions else ["--no-fork"]),
                 ], env)
             self._wait_for_servers(timeout_s)
