@@ -270,8 +270,8 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     """(the generated workload to build, or None; the scheduled records read, if any, for `build`).
 
     `candidates`: the layer under each scheduled algorithm (MetaSchedule records, `run_us`);
-    `generated`: under each generated one (tile records, their time scaled to `kernel`'s nonzeros
-    by `tile_records.estimated_seconds`). A generated algorithm is chosen only with a record of this
+    `generated`: under each generated one (tile records, their time scaled up to `kernel`'s
+    nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen only with a record of this
     device, and only where no scheduled record of this device is as fast.
     """
     from . import tile_records

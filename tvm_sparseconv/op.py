@@ -170,7 +170,7 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     `target=None` picks CUDA when TVM sees a GPU, else this CPU. `algorithm=None` takes, of the
     algorithms that run on the target, the one with the fastest record for this layer and device
     in `tuning_logs/` (MetaSchedule records; for the generated "register-reuse", the kernel's values
-    compiled into the code, its tile record's time scaled to this kernel's nonzeros), else the
+    compiled into the code, its tile record's time, scaled up for a denser kernel), else the
     default algorithm's untuned template (with a warning); a name
     (`tvm_sparseconv.algorithms.ALGORITHMS`) forces that algorithm. `precision="tf32"` also
     lets TF32 tensor-core algorithms compete (TensorFlow's own default on Ampere and newer GPUs;

@@ -5,8 +5,8 @@ into its code, so MetaSchedule's records (a schedule for one PrimFunc) do not fi
 over between kernels of one layer shape is the tile: `tuning_logs/<device>/<algorithm>.json` holds,
 per shape (input, kernel, strides, padding), the tile that won, its measured time and the number
 of nonzeros it was measured with (its time grows with them: one FMA each). `compile()` compares
-that time, scaled to the layer's own nonzeros (`estimated_seconds`), with the scheduled algorithms'
-records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
+that time, scaled up where the layer's kernel has more nonzeros (`estimated_seconds`), with the
+scheduled algorithms' records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
 the default tile.
 """
 
