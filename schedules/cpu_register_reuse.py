@@ -26,6 +26,10 @@ from __future__ import annotations
 import numpy as np
 from tvm import tirx
 
+from tvm_sparseconv.algorithms.base import activate
+
+from .pattern_code import tap_input
+
 F32 = "float32"
 
 
@@ -51,9 +55,6 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
     kh_, kw_, cin, cout = w.shape
     n, h, wd, _ = input_shape
     oh_, ow_ = output_hw
-    sh, sw = strides
-    dh, dw = dilations
-    (pt, _), (pl, _) = pads
     L, B = lanes, blocks
     n_pix = n * oh_ * ow_
     n_tiles = -(-n_pix // (L * B))
@@ -74,13 +75,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
 
     def source(p, kh: int, kw: int):
         """(flat offset of pixel p's input at tap (kh, kw), clamped; whether it lies inside)."""
-        pc = tirx.min(p, n_pix - 1)
-        img, rem = tirx.floordiv(pc, oh_ * ow_), tirx.floormod(pc, oh_ * ow_)
-        r = tirx.floordiv(rem, ow_) * sh - pt + kh * dh
-        c = tirx.floormod(rem, ow_) * sw - pl + kw * dw
-        inside = tirx.all(p < n_pix, r >= 0, r < h, c >= 0, c < wd)
-        clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
-        return ((img * h + clamp(r, h)) * wd + clamp(c, wd)) * cin, inside
+        (img, r, c), inside = tap_input(p, n_pix, (h, wd), output_hw, strides, pads, dilations, kh, kw)
+        return ((img * h + r) * wd + c) * cin, inside
 
     def row(bi, t: int, ci) -> tirx.PrimExpr:
         return ((bi * rows) + t * cin + ci) * L
@@ -129,11 +125,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
             v = tirx.BufferLoad(acc, [_ramp(j * L, L)])
             if b is not None and j < width:
                 v = v + tirx.Broadcast(b[g * L + j], L)
-            if activation == "relu":
-                v = tirx.max(v, tirx.Broadcast(zero, L))
-            elif activation == "relu6":
-                v = tirx.min(tirx.max(v, tirx.Broadcast(zero, L)), tirx.Broadcast(tirx.const(6.0, F32), L))
-            vals.append(v)
+            vals.append(activate(v, activation, L))
         for i, pix in enumerate(_transpose(vals, L)):  # pix: pixel i's L channels
             p = (tile * B + gb) * L + i
             if width == L:

@@ -36,7 +36,10 @@ import numpy as np
 from tvm import tirx
 from tvm.ir import Range, StringImm
 
+from tvm_sparseconv.algorithms.base import activate
 from tvm_sparseconv.nvptx_build import llvm_barrier
+
+from .pattern_code import output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
@@ -146,9 +149,6 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     (default `parts_for` the number of nonzeros)."""
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
-    sh, sw = strides
-    dh, dw = dilations
-    (pt, _), (pl, _) = pads
     w = np.asarray(w, np.float32)
     if w.ndim == 2:
         w = w[None, None]
@@ -180,21 +180,6 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         else:
             sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
 
-        def output_pixel(p):
-            """(image, output row, output column) of flattened output pixel p."""
-            rem = tirx.floormod(p, oh_ * ow_)
-            return tirx.floordiv(p, oh_ * ow_), tirx.floordiv(rem, ow_), tirx.floormod(rem, ow_)
-
-        def input_row(p, kh: int, kw: int):
-            """((image, row, column) of pixel p's input at tap (kh, kw), clamped into x; whether it
-            lies inside)."""
-            inside_p = p < n_pix
-            img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1))
-            r, c = orow * sh - pt + kh * dh, ocol * sw - pl + kw * dw
-            inside = tirx.all(inside_p, r >= 0, r < h, c >= 0, c < wd)
-            clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
-            return (img, clamp(r, h), clamp(c, wd)), inside
-
         threads = tp * ng
         # (tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero
         stages = [(kh, kw, s0, min(st, cin - s0)) for kh in range(kh_) for kw in range(kw_)
@@ -209,7 +194,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             for it in range(copies):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
-                src, inside = input_row(bx.var * tp + tirx.min(row, tp - 1), kh, kw)
+                src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
+                                        pads, dilations, kh, kw)
                 ch = s0 + q * vec
                 if vec == 1:
                     inside = tirx.all(inside, ch < cin)
@@ -295,12 +281,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         # pixel (coalesced float4) instead of one lane per pixel row (32 lines per store).
         def finish(j):
             co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
-            y = acc[j] + b[co] if b is not None else acc[j]
-            if activation == "relu":
-                y = tirx.max(y, zero)
-            elif activation == "relu6":
-                y = tirx.min(tirx.max(y, zero), tirx.const(6.0, F32))
-            return y
+            return activate(acc[j] + b[co] if b is not None else acc[j], activation)
 
         if g_ <= st:  # the input tile is free by now (the last stage ended with a barrier)
             os_ = xs
@@ -319,7 +300,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
                 p = bx.var * tp + row
                 co = ((b0 + by.var) * ng + gi) * g_ + q * ovec
-                idx = [*output_pixel(p), _ramp(co) if ovec == 4 else co]
+                idx = [*output_pixel(p, output_hw), _ramp(co) if ovec == 4 else co]
                 value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
                 body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout),
                                             tirx.BufferStore(out, value, idx), None))

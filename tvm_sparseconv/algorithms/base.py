@@ -76,8 +76,14 @@ def finish(wl: ConvWorkload, y: tirx.PrimExpr, bias: te.Tensor | None, co) -> ti
     """`act(y + bias[co])`: the workload's bias (if `bias` is given) and activation applied to `y`."""
     if bias is not None:
         y = y + bias[co]
-    if wl.activation == "relu":
-        y = tirx.max(y, tirx.const(0.0, "float32"))
-    elif wl.activation == "relu6":
-        y = tirx.min(tirx.max(y, tirx.const(0.0, "float32")), tirx.const(6.0, "float32"))
+    return activate(y, wl.activation)
+
+
+def activate(y: tirx.PrimExpr, activation: str | None, lanes: int = 1) -> tirx.PrimExpr:
+    """`activation` ("relu", "relu6" or None) applied to `y` (a vector of `lanes` floats if > 1)."""
+    bound = (lambda v: tirx.const(v, "float32")) if lanes == 1 else (lambda v: tirx.Broadcast(tirx.const(v, "float32"), lanes))  # noqa: E731
+    if activation == "relu":
+        y = tirx.max(y, bound(0.0))
+    elif activation == "relu6":
+        y = tirx.min(tirx.max(y, bound(0.0)), bound(6.0))
     return y

@@ -1,0 +1,30 @@
+"""What the emitters of pattern-in-the-code kernels share (`cuda_register_reuse`, `cpu_register_reuse`):
+where an output pixel's input lies for a tap of the kernel."""
+
+from __future__ import annotations
+
+from tvm import tirx
+
+
+def output_pixel(p, output_hw) -> tuple:
+    """(image, output row, output column) of flattened output pixel p."""
+    oh, ow = output_hw
+    rem = tirx.floormod(p, oh * ow)
+    return tirx.floordiv(p, oh * ow), tirx.floordiv(rem, ow), tirx.floormod(rem, ow)
+
+
+def tap_input(p, n_pix: int, input_hw, output_hw, strides, pads, dilations, kh: int, kw: int) -> tuple:
+    """((image, row, column) of output pixel p's input at tap (kh, kw), clamped into the image;
+    whether it lies inside).
+
+    The emitters load every copy slot, inside the image or not, so the indices are clamped; the
+    load and the zeroing outside must be separate statements: TVM simplifies a Select's value
+    under its condition, which dropped this clamp once (compute-sanitizer: reads before the input)."""
+    h, w = input_hw
+    (pt, _), (pl, _) = pads
+    img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1), output_hw)
+    r = orow * strides[0] - pt + kh * dilations[0]
+    c = ocol * strides[1] - pl + kw * dilations[1]
+    inside = tirx.all(p < n_pix, r >= 0, r < h, c >= 0, c < w)
+    clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
+    return (img, clamp(r, h), clamp(c, w)), inside
