@@ -43,7 +43,7 @@ from .pattern_code import output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 3
+EMITTER_VERSION = 4
 #: FMAs per kernel above which the code is split into several kernels (compile time)
 FMAS_PER_KERNEL = 8192
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
@@ -62,6 +62,10 @@ class Tile:
     #: code layout: "groups" (one branch per group around its whole pipeline) or "steps" (each
     #: step's FMAs of every group behind branches on the group)
     layout: str = "steps"
+    #: blocks along blockIdx.z, each summing a contiguous share of the stages into a workspace that
+    #: a last kernel reduces (split-K: a layer of few pixels gets more blocks, and each SM walks
+    #: only its share of the code)
+    splits: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +75,8 @@ class Tile:
             raise ValueError(f"invalid tile {self}: stage must be a multiple of regs, regs of 4, pixels of 32")
         if self.layout not in ("groups", "steps"):
             raise ValueError(f"invalid tile {self}: layout must be 'groups' or 'steps'")
+        if self.splits < 1:
+            raise ValueError(f"invalid tile {self}: splits must be at least 1")
 
 
 #: the design space measured so far (benchmarks/experiments/register_reuse.py), by name
@@ -93,6 +99,15 @@ TILES: dict[str, Tile] = {
     # layers of 64 output channels: two groups of 32 per block, no idle group
     "g32p128x2G": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups"),
     "g16p64x4G": Tile(group=16, pixels=64, groups=4, stage=64, regs=16, layout="groups"),
+    # split-K for layers of few pixels (batch 1): blockIdx.z over shares of the stages
+    "g32p32x1s4G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=4),
+    "g32p32x1s8G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=8),
+    "g32p32x2s4G": Tile(group=32, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4),
+    "g16p32x2s4G": Tile(group=16, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4),
+    "g16p32x1s8G": Tile(group=16, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=8),
+    "g32p64x1s4G": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4),
+    "g32p32x4s2G": Tile(group=32, pixels=32, groups=4, stage=64, regs=16, layout="groups", splits=2),
+    "g32p32x1s16G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=16),
 }
 #: output pixels from which the batch-32-like tile wins (every H200 batch-32 layer measured has
 #: 6,272 or more; every batch-1 layer 3,136 or fewer)
@@ -126,6 +141,18 @@ def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
     if right is None:
         return tirx.IfThenElse(index < mid, left, None)
     return tirx.IfThenElse(index < mid, left, right)
+
+
+def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
+    """`stages` cut into min(`splits`, stages) contiguous non-empty shares of about equal nonzeros."""
+    splits = max(1, min(splits, len(stages)))
+    ends = np.cumsum([np.count_nonzero(w[kh, kw, s0:s0 + width]) for kh, kw, s0, width in stages])
+    cuts = [0]
+    for z in range(1, splits):
+        cut = int(np.searchsorted(ends, ends[-1] * z / splits, side="left")) + 1
+        cuts.append(min(max(cut, cuts[-1] + 1), len(stages) - (splits - z)))
+    cuts.append(len(stages))
+    return [stages[a:b_] for a, b_ in zip(cuts, cuts[1:])]
 
 
 def parts_for(fmas: int) -> int:
@@ -163,6 +190,14 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
 
+    # (tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero
+    stages = [(kh, kw, s0, min(st, cin - s0)) for kh in range(kh_) for kw in range(kw_)
+              for s0 in range(0, cin, st) if np.any(w[kh, kw, s0:s0 + st])] or [(0, 0, 0, min(st, cin))]
+    shares = _shares(stages, w, tile.splits)
+    splits = len(shares)
+    # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
+    ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
+
     def launch(b0: int, b1: int) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel."""
         xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
@@ -170,6 +205,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
         bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", b1 - b0)
+        bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
         group = (b0 + by.var) * ng + ty.var
         pixel = bx.var * tp + tx.var
@@ -181,35 +217,32 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
 
         threads = tp * ng
-        # (tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero
-        stages = [(kh, kw, s0, min(st, cin - s0)) for kh in range(kh_) for kw in range(kw_)
-                  for s0 in range(0, cin, st) if np.any(w[kh, kw, s0:s0 + st])] or [(0, 0, 0, min(st, cin))]
-        per_row = [-(-width // vec) for *_, width in stages]
-        copies = max(-(-tp * pr // threads) for pr in per_row)
+        copies = max(-(-tp * -(-width // vec) // threads) for *_, width in stages)
         pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
 
-        def copy_slots(k):
-            """Per copy slot of stage k: (in range, shared row, vector index, clamped source, inside)."""
-            kh, kw, s0, width = stages[k]
+        def copy_slots(stage):
+            """Per copy slot of `stage`: (in range, shared row, vector index, clamped source, inside)."""
+            kh, kw, s0, width = stage
+            per_row = -(-width // vec)
             for it in range(copies):
                 i = it * threads + ty.var * tp + tx.var
-                row, q = tirx.floordiv(i, per_row[k]), tirx.floormod(i, per_row[k])
+                row, q = tirx.floordiv(i, per_row), tirx.floormod(i, per_row)
                 src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
                                         pads, dilations, kh, kw)
                 ch = s0 + q * vec
                 if vec == 1:
                     inside = tirx.all(inside, ch < cin)
                     ch = tirx.min(ch, cin - 1)
-                yield it, i < tp * per_row[k], row, q, src, ch, inside
+                yield it, i < tp * per_row, row, q, src, ch, inside
 
-        def fetch(k):
-            """Loads of stage k into `pf`: always from inside x (clamped), then zero where outside.
+        def fetch(stage):
+            """Loads of `stage` into `pf`: always from inside x (clamped), then zero where outside.
 
             Two statements, not Select(inside, load, 0): TVM simplifies a Select's true value under
             its condition, which dropped the clamp of scalar copies, and the load (executed either
             way) then read outside x (compute-sanitizer: 5,400 bytes before it, conv1 7x7, 3 channels)."""
             out_ = []
-            for it, _, _, _, src, ch, inside in copy_slots(k):
+            for it, _, _, _, src, ch, inside in copy_slots(stage):
                 if vec == 4:
                     idx, lanes = [_ramp(it * 4)], (lambda v: tirx.Broadcast(v, 4))  # noqa: E731
                     load = tirx.BufferLoad(x, [*src, _ramp(ch)])
@@ -220,10 +253,10 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 out_.append(tirx.BufferStore(pf, tirx.Select(lanes(inside), tirx.BufferLoad(pf, idx), lanes(zero)), idx))
             return out_
 
-        def deposit(k):
-            """`pf` (stage k) into the shared tile."""
+        def deposit(stage):
+            """`pf` (holding `stage`) into the shared tile."""
             out_ = []
-            for it, used, row, q, *_ in copy_slots(k):
+            for it, used, row, q, *_ in copy_slots(stage):
                 if vec == 4:
                     st_ = tirx.BufferStore(xs, tirx.BufferLoad(pf, [_ramp(it * 4)]), [row, _ramp(q * 4)])
                 else:
@@ -243,16 +276,17 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                       for kk, jj in zip(k, j)]
             return stores[0] if len(stores) == 1 else tirx.SeqStmt(stores)  # TIR refuses a SeqStmt of one
 
-        def pipeline(gi: int | None) -> list[tirx.Stmt]:
-            """The stages: for group `gi` alone, or (None) for every group behind branches per step.
+        def pipeline(gi: int | None, share: list) -> list[tirx.Stmt]:
+            """The stages of `share`: for group `gi` alone, or (None) for every group behind
+            branches per step.
 
             Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
-            code = fetch(0)
-            for k, (kh, kw, s0, width) in enumerate(stages):
-                code += deposit(k)
+            code = fetch(share[0])
+            for k, (kh, kw, s0, width) in enumerate(share):
+                code += deposit(share[k])
                 code.append(sync)
-                if k + 1 < len(stages):
-                    code += fetch(k + 1)
+                if k + 1 < len(share):
+                    code += fetch(share[k + 1])
                 for r0 in range(0, width, rc):
                     chans = min(rc, width - r0)
                     block = w[kh, kw, s0 + r0:s0 + r0 + chans]
@@ -268,13 +302,17 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
 
         body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
         body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+        # A block's share of the stages (block-uniform: blockIdx.z), one branch per share.
+        def shared_out(gi: int | None) -> tirx.Stmt:
+            return _tree(bz.var, 0, splits, lambda z: tirx.SeqStmt(pipeline(gi, shares[z])))
+
         if tile.layout == "steps":
-            body += pipeline(None)
+            body.append(shared_out(None))
         else:
             # One branch per group holding its whole pipeline: a warp's code is one sequential run
             # (instruction prefetch), not short runs between the other groups' code. Every branch
             # (also a block's idle groups past Cout) meets the same barriers (bar.sync with a count).
-            body.append(_tree(group, b0 * ng, b1 * ng, lambda gi: tirx.SeqStmt(pipeline(gi))))
+            body.append(_tree(group, b0 * ng, b1 * ng, shared_out))
 
         # Epilogue: bias and activation in registers; then, one group of the block at a time, the
         # sums go through shared memory so that the stores to `out` are whole rows of G channels per
@@ -293,21 +331,42 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         rounds = -(-tp * per_pixel // threads)
         for gi in range(ng):
             body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
-                [tirx.BufferStore(os_, finish(j), [tx.var, j]) for j in range(g_)]), None))
+                [tirx.BufferStore(os_, acc[j] if ws is not None else finish(j), [tx.var, j]) for j in range(g_)]), None))
             body.append(sync)
             for it in range(rounds):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
                 p = bx.var * tp + row
                 co = ((b0 + by.var) * ng + gi) * g_ + q * ovec
-                idx = [*output_pixel(p, output_hw), _ramp(co) if ovec == 4 else co]
+                co_idx = _ramp(co) if ovec == 4 else co
                 value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
-                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout),
-                                            tirx.BufferStore(out, value, idx), None))
+                store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
+                         else tirx.BufferStore(out, value, [*output_pixel(p, output_hw), co_idx]))
+                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout), store, None))
             body.append(sync)
 
         stmt = tirx.SeqStmt(body)
-        for iv in (ty, tx, by, bx):
+        for iv in (ty, tx, bz, by, bx):
+            stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
+        return stmt
+
+    def reduce_shares() -> tirx.Stmt:
+        """The last kernel of a split-K tile: out = act(sum over z of ws[z] + bias), float4 per thread."""
+        rvec = 4 if cout % 4 == 0 else 1
+        per_pixel = cout // rvec
+        threads = 256
+        rx, rt = _thread("blockIdx.x", -(-n_pix * per_pixel // threads)), _thread("threadIdx.x", threads)
+        i = rx.var * threads + rt.var
+        p, co = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel) * rvec
+        idx = _ramp(co, rvec) if rvec > 1 else co
+        total = tirx.BufferLoad(ws, [0, p, idx])
+        for z in range(1, splits):
+            total = total + tirx.BufferLoad(ws, [z, p, idx])
+        if b is not None:
+            total = total + tirx.BufferLoad(b, [idx])
+        store = tirx.BufferStore(out, activate(total, activation, rvec), [*output_pixel(p, output_hw), idx])
+        stmt = tirx.IfThenElse(p < n_pix, store, None)
+        for iv in (rt, rx):
             stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
         return stmt
 
@@ -317,6 +376,9 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     parts = min(parts or parts_for(int(np.count_nonzero(w))), n_blocks)
     bounds = [round(i * n_blocks / parts) for i in range(parts + 1)]
     launches = [launch(bounds[i], bounds[i + 1]) for i in range(parts)]
-    stmt = launches[0] if parts == 1 else tirx.SeqStmt(launches)
+    if ws is not None:
+        # the workspace: TVM's per-call device allocation (TVMBackendAllocWorkspace, pooled)
+        launches = [tirx.AllocBuffer(ws), *launches, reduce_shares()]
+    stmt = launches[0] if len(launches) == 1 else tirx.SeqStmt(launches)
     params = [x] + ([b] if b is not None else []) + [out]
     return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})

@@ -259,11 +259,13 @@ def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
     assert per_call >= host_s, (per_call, host_s)
 
 
+@pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("parts", [None, 2])
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 @pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
-def test_register_reuse_kernel_matches_float64(strides, layout, parts):
-    """The experimental pattern-in-the-code kernel (NVPTX build) against float64, output poisoned."""
+def test_register_reuse_kernel_matches_float64(strides, layout, parts, splits):
+    """The pattern-in-the-code kernel (NVPTX build) against float64, output poisoned; `splits`:
+    split-K over blockIdx.z with the workspace and the reducing kernel."""
     from tvm_sparseconv.nvptx_build import compile_nvptx
     from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
 
@@ -272,7 +274,7 @@ def test_register_reuse_kernel_matches_float64(strides, layout, parts):
     w = (rng.standard_normal((cin, cout)) * (rng.random((cin, cout)) < 0.2)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     oh, ow = -(-h // strides[0]), -(-w_ // strides[1])
-    tile = Tile(group=16, pixels=32, groups=2, stage=16, regs=8, layout=layout)
+    tile = Tile(group=16, pixels=32, groups=2, stage=16, regs=8, layout=layout, splits=splits)
     ex = compile_nvptx(lambda llvm: emit(w, (n, h, w_, cin), (oh, ow), strides, ((0, 0), (0, 0)), tile,
                                          bias=True, activation="relu", llvm=llvm, parts=parts))
     x = rng.standard_normal((n, h, w_, cin)).astype(np.float32)
@@ -281,6 +283,34 @@ def test_register_reuse_kernel_matches_float64(strides, layout, parts):
     ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
     xs = x[:, ::strides[0], ::strides[1], :].astype(np.float64)
     ref = np.maximum(np.einsum("nhwc,ck->nhwk", xs, w.astype(np.float64)) + bias, 0.0)
+    got = out.numpy()
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+
+
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
+    """Split-K (4 shares of the taps' stages) on a padded, strided 3x3 layer with bias and ReLU,
+    one output channel empty, against float64, output poisoned."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(17)
+    x_shape, k_shape = (2, 11, 13, 20), (3, 3, 20, 40)
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 2, "SAME", 1, has_bias=True, activation="relu")
+    tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4)
+    ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
+                                         activation="relu", llvm=llvm))
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, k_shape[3]), np.nan, np.float32), dev)
+    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
+    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
     got = out.numpy()
     assert np.all(np.isfinite(got))
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL

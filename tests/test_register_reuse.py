@@ -217,6 +217,42 @@ def test_long_code_is_split_into_kernels_launched_in_turn(layout):
         assert [m.kind for m in ex.mod.imports] == ["cuda"]
 
 
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_split_k_shares_the_stages_over_blocks_and_adds_a_reducing_kernel(layout):
+    """splits=3 on a 3x3 kernel: each stage in one share (every nonzero one FMA), each share's
+    branch meets the barriers of its own stages only, then one more kernel sums the shares."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import _shares
+
+    rng = np.random.default_rng(8)
+    cin, cout = 16, 24
+    w = (rng.standard_normal((3, 3, cin, cout)) * (rng.random((3, 3, cin, cout)) < 0.3)).astype(np.float32)
+    tile = Tile(group=8, pixels=32, groups=3, stage=8, regs=4, layout=layout, splits=3)
+    make = lambda llvm: emit(w, (1, 6, 7, cin), (6, 7), (1, 1), ((1, 1), (1, 1)), tile, bias=True,  # noqa: E731
+                             activation="relu", llvm=llvm)
+    ptx = nvptx_ptx(make(True))
+    assert sorted(re.findall(r"\.entry (sparse_conv2d_kernel\w*)\(", ptx)) == ["sparse_conv2d_kernel",
+                                                                              "sparse_conv2d_kernel_1"]
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    branches = 3 if layout == "groups" else 1
+    assert ptx.count("bar.sync") == 2 * 18 * branches + 2 * tile.groups  # 18 stages in 3 shares
+    if shutil.which("ptxas"):
+        assert [m.kind for m in compile_nvptx(make).mod.imports] == ["cuda"]
+
+
+def test_shares_are_contiguous_nonempty_and_balanced_by_nonzeros():
+    from tvm_sparseconv.schedules.cuda_register_reuse import _shares
+
+    w = np.zeros((1, 1, 64, 8), np.float32)
+    w[0, 0, :16] = 1.0  # stage 0 (of 4 stages of 16) holds half the nonzeros
+    w[0, 0, 16:] = np.tile([1.0, 0, 0, 0, 0, 0, 0, 0], (48, 1))
+    stages = [(0, 0, s0, 16) for s0 in range(0, 64, 16)]
+    shares = _shares(stages, w, 2)
+    assert shares == [stages[:1], stages[1:]]
+    assert [len(s) for s in _shares(stages, w, 8)] == [1, 1, 1, 1]  # never more shares than stages
+    assert _shares(stages, w, 1) == [stages]
+
+
 def test_the_default_split_keeps_kernels_under_the_fma_budget():
     from tvm_sparseconv.schedules.cuda_register_reuse import FMAS_PER_KERNEL, parts_for
 
