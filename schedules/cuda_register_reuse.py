@@ -43,9 +43,14 @@ from .pattern_code import output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 4
-#: FMAs per kernel above which the code is split into several kernels (compile time)
-FMAS_PER_KERNEL = 8192
+EMITTER_VERSION = 5
+#: FMAs per kernel above which the code is split into several kernels launched in turn. Each launch
+#: costs a few us at batch 1 (H200, conv4 1x1 reduce b1, 26,214 FMAs: 4 kernels 23.3 us, one 9.6
+#: us; benchmarks/experiments/register_reuse-v8/-v9-*.json), and with the "groups" layout one long
+#: kernel compiles no slower than its parts (2 cores: 26,214 FMAs LLVM 6.9 s + ptxas 8.4 as one,
+#: 8.7 + 8.3 as four; 58,982: 20.2 + 11.9 against 18.2 + 11.0 as eight), so every layer within
+#: the algorithm's budget is one kernel.
+FMAS_PER_KERNEL = 64_000
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 

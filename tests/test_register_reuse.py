@@ -257,7 +257,9 @@ def test_the_default_split_keeps_kernels_under_the_fma_budget():
     from tvm_sparseconv.schedules.cuda_register_reuse import FMAS_PER_KERNEL, parts_for
 
     assert parts_for(1) == 1 and parts_for(FMAS_PER_KERNEL) == 1 and parts_for(FMAS_PER_KERNEL + 1) == 2
-    assert parts_for(26_214) == 4
+    from tvm_sparseconv.algorithms.register_reuse import MAX_UNROLLED_FMAS
+
+    assert parts_for(MAX_UNROLLED_FMAS) == 1  # every layer offered is one kernel (a launch costs us at batch 1)
 
 
 def _input_loads_after_simplify(emit_fn, cin: int) -> list[str]:

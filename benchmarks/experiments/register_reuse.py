@@ -33,7 +33,7 @@ from schedules.cuda_register_reuse import TILES  # noqa: E402
 
 def _compile(args) -> dict:
     """Worker: emit and compile one (layer, tile) through NVPTX; export the module."""
-    name, tile_name, w, shape, out_hw, strides, pads, dilations, path = args
+    name, tile_name, w, shape, out_hw, strides, pads, dilations, path, parts = args
     from schedules.cuda_register_reuse import TILES, emit
     from tvm_sparseconv.nvptx_build import compile_nvptx
 
@@ -42,7 +42,7 @@ def _compile(args) -> dict:
 
     def make(llvm: bool):
         t = time.perf_counter()
-        func = emit(w, shape, out_hw, strides, pads, tile, llvm=llvm, dilations=dilations)
+        func = emit(w, shape, out_hw, strides, pads, tile, llvm=llvm, dilations=dilations, parts=parts)
         emit_s[llvm] = time.perf_counter() - t
         return func
 
@@ -50,7 +50,8 @@ def _compile(args) -> dict:
     ex = compile_nvptx(make)  # emits twice: the NVPTX kernel and TVM's CUDA host side
     compile_s = time.perf_counter() - t0
     ex.export_library(path)
-    return {"layer": name, "tile": tile_name, "emit_s": emit_s[True], "compile_s": compile_s, "path": path}
+    return {"layer": name, "tile": tile_name, "emit_s": emit_s[True], "compile_s": compile_s, "path": path,
+            "parts": parts}
 
 
 def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile-only", action="store_true", help="stop after compiling (no GPU needed)")
     ap.add_argument("--ignore-budget", action="store_true",
                     help="also compile layers over the algorithm's code-size budget (what the budget costs)")
+    ap.add_argument("--parts", type=int, default=None,
+                    help="kernels per layer (default: the emitter's split by FMAs, parts_for)")
     ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
             continue  # over its code-size budget
         for t in tiles:
             jobs.append((p.name, t, w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.dilations,
-                         str(tmp / f"{p.name}-{t}.so")))
+                         str(tmp / f"{p.name}-{t}.so"), args.parts))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         built = list(pool.map(_compile, jobs))
@@ -160,7 +163,8 @@ def main(argv=None) -> int:
     rows = []
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
-            "repeats": args.repeats, "timing": "device time (cuda_event_median)", "ignore_budget": args.ignore_budget}
+            "repeats": args.repeats, "timing": "device time (cuda_event_median)", "ignore_budget": args.ignore_budget,
+            "parts": args.parts}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
