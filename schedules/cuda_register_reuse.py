@@ -49,8 +49,11 @@ EMITTER_VERSION = 5
 #: us; benchmarks/experiments/register_reuse-v8/-v9-*.json), and with the "groups" layout one long
 #: kernel compiles no slower than its parts (2 cores: 26,214 FMAs LLVM 6.9 s + ptxas 8.4 as one,
 #: 8.7 + 8.3 as four; 58,982: 20.2 + 11.9 against 18.2 + 11.0 as eight), so every layer within
-#: the algorithm's budget is one kernel.
-FMAS_PER_KERNEL = 64_000
+#: the algorithm's budget is one kernel (long code is compiled in pieces, `FMAS_PER_PIECE`).
+FMAS_PER_KERNEL = 256_000
+#: FMAs per piece compiled apart (in parallel processes) and joined into that one kernel: LLVM's and
+#: ptxas's time is about linear in the code, so pieces on N cores take about 1/N of the time
+FMAS_PER_PIECE = 16_000
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -148,6 +151,18 @@ def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
     return tirx.IfThenElse(index < mid, left, right)
 
 
+def _stages(w: np.ndarray, stage: int) -> list[tuple]:
+    """(tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero."""
+    kh_, kw_, cin, _ = w.shape
+    return [(kh, kw, s0, min(stage, cin - s0)) for kh in range(kh_) for kw in range(kw_)
+            for s0 in range(0, cin, stage) if np.any(w[kh, kw, s0:s0 + stage])] or [(0, 0, 0, min(stage, cin))]
+
+
+def split_count(w: np.ndarray, tile: Tile) -> int:
+    """Shares of split-K the kernel of `w` (HWIO) gets with `tile` (1: no split, no tail kernel)."""
+    return len(_shares(_stages(w, tile.stage), w, tile.splits))
+
+
 def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
     """`stages` cut into min(`splits`, stages) contiguous non-empty shares of about equal nonzeros."""
     splits = max(1, min(splits, len(stages)))
@@ -160,6 +175,19 @@ def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
     return [stages[a:b_] for a, b_ in zip(cuts, cuts[1:])]
 
 
+def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
+    """The channel blocks of each of `n_pieces` pieces: piece i has [bounds[i], bounds[i + 1])."""
+    n_pieces = max(1, min(n_pieces, n_blocks))
+    return [round(i * n_blocks / n_pieces) for i in range(n_pieces + 1)]
+
+
+def pieces_for(fmas: int, cout: int, tile: Tile) -> int:
+    """Pieces to compile code of `fmas` FMAs in (apart, in parallel; joined into one kernel): one per
+    `FMAS_PER_PIECE`, at most one per channel block of the tile."""
+    n_blocks = -(-(-(-cout // tile.group)) // tile.groups)
+    return len(piece_bounds(n_blocks, -(-fmas // FMAS_PER_PIECE))) - 1
+
+
 def parts_for(fmas: int) -> int:
     """Kernels to split code of `fmas` FMAs into (each at most `FMAS_PER_KERNEL`)."""
     return max(1, -(-fmas // FMAS_PER_KERNEL))
@@ -167,7 +195,7 @@ def parts_for(fmas: int) -> int:
 
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
          activation: str | None = None, llvm: bool = True, parts: int | None = None,
-         dilations=(1, 1)) -> tirx.PrimFunc:
+         dilations=(1, 1), piece: tuple | None = None) -> tirx.PrimFunc:
     """The kernel computing ``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout)
     for a 1x1 kernel), as TIR.
 
@@ -178,7 +206,10 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     same kernels, launches and arguments with TVM's barrier and without the FMAs (that C code is
     printed, never compiled: the module runs the NVPTX build's cubin; 3 of 11 s at 14,746 FMAs).
     `parts`: kernels launched one after the other, each for a share of the output channels
-    (default `parts_for` the number of nonzeros)."""
+    (default `parts_for` the number of nonzeros).
+    `piece`: one piece of the code to compile apart (`nvptx_build.compile_nvptx_pieces` joins
+    them into one kernel): ("part", i, n), the i-th of n shares of the channel blocks, over the
+    whole grid (the other blocks skip it), or ("tail",), the kernel that adds up split-K shares."""
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     w = np.asarray(w, np.float32)
@@ -195,24 +226,26 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
 
-    # (tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero
-    stages = [(kh, kw, s0, min(st, cin - s0)) for kh in range(kh_) for kw in range(kw_)
-              for s0 in range(0, cin, st) if np.any(w[kh, kw, s0:s0 + st])] or [(0, 0, 0, min(st, cin))]
+    stages = _stages(w, st)
     shares = _shares(stages, w, tile.splits)
     splits = len(shares)
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
 
-    def launch(b0: int, b1: int) -> tirx.Stmt:
-        """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel."""
+    n_blocks = -(-n_groups // ng)
+
+    def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
+        """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
+        `whole_grid`: launched over every channel block, those outside [b0, b1) doing nothing."""
         xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-        bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", b1 - b0)
+        bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
         bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
-        group = (b0 + by.var) * ng + ty.var
+        block = by.var if whole_grid else b0 + by.var  # the channel block
+        group = block * ng + ty.var
         pixel = bx.var * tp + tx.var
         zero = tirx.const(0.0, F32)
         # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
@@ -342,7 +375,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
                 p = bx.var * tp + row
-                co = ((b0 + by.var) * ng + gi) * g_ + q * ovec
+                co = (block * ng + gi) * g_ + q * ovec
                 co_idx = _ramp(co) if ovec == 4 else co
                 value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
                 store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
@@ -351,6 +384,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             body.append(sync)
 
         stmt = tirx.SeqStmt(body)
+        if whole_grid:  # block-uniform: every barrier is met by all of a block's threads or none
+            stmt = tirx.IfThenElse(tirx.all(by.var >= b0, by.var < b1), stmt, None)
         for iv in (ty, tx, bz, by, bx):
             stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
         return stmt
@@ -375,15 +410,25 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
         return stmt
 
-    # One kernel per part: LLVM's time grows much faster than the function's size, so long code
-    # is split into kernels launched one after the other (see `parts_for`).
-    n_blocks = -(-n_groups // ng)
-    parts = min(parts or parts_for(int(np.count_nonzero(w))), n_blocks)
-    bounds = [round(i * n_blocks / parts) for i in range(parts + 1)]
-    launches = [launch(bounds[i], bounds[i + 1]) for i in range(parts)]
+    # Very long code: kernels launched one after the other (`parts`), or pieces compiled apart
+    # and joined into one kernel (`piece`, see nvptx_build.compile_nvptx_pieces).
+    if piece is None:
+        parts = min(parts or parts_for(int(np.count_nonzero(w))), n_blocks)
+        bounds = [round(i * n_blocks / parts) for i in range(parts + 1)]
+        launches = [launch(bounds[i], bounds[i + 1]) for i in range(parts)]
+        tail = [reduce_shares()] if ws is not None else []
+    elif piece[0] == "part":
+        _, i, n_pieces = piece
+        bounds = piece_bounds(n_blocks, n_pieces)
+        launches, tail = [launch(bounds[i], bounds[i + 1], whole_grid=True)], []
+    elif piece[0] == "tail" and ws is not None:
+        launches, tail = [], [reduce_shares()]
+    else:
+        raise ValueError(f"unknown piece {piece!r} (a tail exists only for split-K tiles)")
+    launches += tail
     if ws is not None:
         # the workspace: TVM's per-call device allocation (TVMBackendAllocWorkspace, pooled)
-        launches = [tirx.AllocBuffer(ws), *launches, reduce_shares()]
+        launches = [tirx.AllocBuffer(ws), *launches]
     stmt = launches[0] if len(launches) == 1 else tirx.SeqStmt(launches)
     params = [x] + ([b] if b is not None else []) + [out]
     return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})

@@ -316,6 +316,35 @@ def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_register_reuse_code_in_pieces_joined_into_one_kernel_matches_float64(splits, monkeypatch):
+    """Long code compiled in 3 pieces (child processes) and joined into one kernel whose device
+    functions run in turn (`nvptx_build.compile_nvptx_pieces`), padded 3x3, bias and ReLU, output
+    poisoned; with split-K the tail kernel adds up the shares."""
+    from tvm_sparseconv import algorithms as algs
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(19)
+    x_shape, k_shape = (2, 9, 10, 16), (3, 3, 16, 48)
+    w = _kernel(rng, k_shape, 0.2)
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
+    tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits)
+    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
+    assert rr.pieces_for(kernel.nnz, k_shape[3], tile) == 3
+    ex = algs.by_name("register-reuse").build(kernel, wl, tile)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, k_shape[3]), np.nan, np.float32), dev)
+    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
+    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
+    got = out.numpy()
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+
+
 def test_compile_forced_register_reuse_serves_a_layer_with_bias_and_relu():
     """compile(..., algorithm="register-reuse") end to end on the GPU: arguments x, bias, out."""
     rng = np.random.default_rng(11)

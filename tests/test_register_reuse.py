@@ -240,6 +240,47 @@ def test_split_k_shares_the_stages_over_blocks_and_adds_a_reducing_kernel(layout
         assert [m.kind for m in compile_nvptx(make).mod.imports] == ["cuda"]
 
 
+@pytest.mark.parametrize("splits", [1, 3])
+def test_long_code_compiled_in_pieces_is_joined_into_one_kernel(splits, monkeypatch):
+    """Pieces (here 3, of 2 channel blocks each; compiled in 2 child processes) become device
+    functions that one kernel calls in turn; every nonzero is one FMA once; with split-K the tail
+    kernel follows as the second kernel; ptxas assembles it and TVM builds the module around it."""
+    from tvm_sparseconv import algorithms as algs, nvptx_build
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+
+    kernel, wl = _layer(shape=(2, 5, 7, 24), cout=48, density=0.3)
+    tile = Tile(group=8, pixels=32, groups=1, stage=8, regs=4, layout="groups", splits=splits)
+    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
+    assert rr.pieces_for(kernel.nnz, 48, tile) == 3
+    joined = []
+    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, arch="sm_90", threads=1: joined.append(ptx) or b"")
+    monkeypatch.setattr(nvptx_build, "build_with_cubin", lambda host, cubin, arch="sm_90": host)
+    host = algs.by_name("register-reuse").build(kernel, wl, tile)
+    ptx = joined[0]
+    kernels = ["sparse_conv2d_kernel"] + (["sparse_conv2d_kernel_1"] if splits > 1 else [])
+    assert re.findall(r"\.entry (\w+)\(", ptx) == kernels
+    assert re.findall(r"\.func (sparse_conv2d\w*)\(", ptx) == [f"sparse_conv2d_kernel_piece{i}" for i in range(3)]
+    assert ptx.count("call.uni sparse_conv2d_kernel_piece") == 3
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    w = kernel.to_dense()
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    assert str(host.attrs["global_symbol"]) == "sparse_conv2d"
+    if shutil.which("ptxas"):
+        assert assemble(ptx)[:4] == b"\x7fELF"
+
+
+def test_joining_refuses_pieces_whose_parameters_differ():
+    from tvm_sparseconv.nvptx_build import join_pieces
+
+    def piece(n_params):
+        params = ",\n".join(f"\t.param .b64 k_param_{i}" for i in range(n_params))
+        return f".version 7.8\n.target sm_90\n.address_size 64\n\n.visible .entry k(\n{params}\n)\n{{\n\tret;\n}}\n"
+
+    assert ".func k_piece1(" in join_pieces([piece(2), piece(2)], "k")
+    with pytest.raises(RuntimeError, match="parameters"):
+        join_pieces([piece(2), piece(3)], "k")
+
+
 def test_shares_are_contiguous_nonempty_and_balanced_by_nonzeros():
     from tvm_sparseconv.schedules.cuda_register_reuse import _shares
 

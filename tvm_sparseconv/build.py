@@ -237,7 +237,6 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     values) with the tile of its record in `folder` (default: this device's `tuning_logs/` folder),
     else its default tile; cached on disk by the kernel's digest, the workload and the tile."""
     from .algorithms.register_reuse import kernel_digest
-    from .nvptx_build import compile_nvptx
     from .schedules.cuda_register_reuse import EMITTER_VERSION, TILES, default_tile
 
     algorithm = algorithms.by_name(wl.algorithm)
@@ -253,8 +252,7 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     tile = TILES[name]
 
     def compile_it():
-        return compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm),
-                             arch=str(target.attrs.get("arch", "sm_90")))
+        return algorithm.build(kernel, wl, tile, arch=str(target.attrs.get("arch", "sm_90")))
 
     key = None
     if use_disk_cache:

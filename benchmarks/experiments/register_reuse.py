@@ -32,26 +32,27 @@ from schedules.cuda_register_reuse import TILES  # noqa: E402
 
 
 def _compile(args) -> dict:
-    """Worker: emit and compile one (layer, tile) through NVPTX; export the module."""
-    name, tile_name, w, shape, out_hw, strides, pads, dilations, path, parts = args
-    from schedules.cuda_register_reuse import TILES, emit
+    """Worker: build one (layer, tile) as compile() does (`RegisterReuse.build`: long code in
+    pieces compiled in parallel, joined into one kernel), or as `parts` kernels launched in turn;
+    export the module."""
+    name, tile_name, path, parts = args
+    from schedules.cuda_register_reuse import TILES
+    from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.workloads import workload_set
 
-    tile = TILES[tile_name]
-    emit_s = {}
-
-    def make(llvm: bool):
-        t = time.perf_counter()
-        func = emit(w, shape, out_hw, strides, pads, tile, llvm=llvm, dilations=dilations, parts=parts)
-        emit_s[llvm] = time.perf_counter() - t
-        return func
-
+    problem = workload_set(name)[0]
+    kernel = problem.sparse_kernel()
+    wl = problem.workload(kernel)
+    tile, algorithm = TILES[tile_name], by_name("register-reuse")
     t0 = time.perf_counter()
-    ex = compile_nvptx(make)  # emits twice: the NVPTX kernel and TVM's CUDA host side
+    if parts:
+        ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts))
+    else:
+        ex = algorithm.build(kernel, wl, tile)
     compile_s = time.perf_counter() - t0
     ex.export_library(path)
-    return {"layer": name, "tile": tile_name, "emit_s": emit_s[True], "compile_s": compile_s, "path": path,
-            "parts": parts}
+    return {"layer": name, "tile": tile_name, "compile_s": compile_s, "path": path, "parts": parts}
 
 
 def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
@@ -146,8 +147,9 @@ def main(argv=None) -> int:
         if not args.ignore_budget and not tsc.algorithms.by_name("register-reuse").applies(wl, "cuda"):
             continue  # over its code-size budget
         for t in tiles:
-            jobs.append((p.name, t, w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.dilations,
-                         str(tmp / f"{p.name}-{t}.so"), args.parts))
+            jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts))
+    if args.workers > 1:  # each build's own child processes (long code in pieces): share the CPUs
+        os.environ.setdefault("TVM_SPARSECONV_COMPILE_WORKERS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     t0 = time.perf_counter()
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         built = list(pool.map(_compile, jobs))
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
                 continue
             f = tvm.runtime.load_module(b["path"])["sparse_conv2d"]
             err, secs = timed(lambda x, o, f=f: f(x, o), out)
-            row["tiles"][b["tile"]] = {"relative_error": err, "seconds": secs, "emit_s": b["emit_s"], "compile_s": b["compile_s"]}
+            row["tiles"][b["tile"]] = {"relative_error": err, "seconds": secs, "compile_s": b["compile_s"]}
         for label, tf32 in (("cudnn_fp32", False), ("cudnn_tf32", True)):
             secs, _ = baselines.cudnn_seconds(xs, p.dense_kernel(), wl, tf32, args.repeats)
             row[label] = secs

@@ -17,6 +17,7 @@ nonzeros) beats the scheduled algorithms' records of the layer (`build.build_lay
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -27,9 +28,10 @@ from ..workload import ConvWorkload
 from .base import Algorithm
 
 #: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
-#: not offered (compile time on 2 cores: 25.8 s at 26,167 FMAs, 124 s at 104,566;
-#: benchmarks/experiments/unrolled_compile_time-x86_64-2cores.json)
-MAX_UNROLLED_FMAS = 48_000
+#: not offered. Compile time (compile(), 2 cores, one kernel, long code in pieces): 21 s at 26,214
+#: FMAs (conv4 1x1 b1), 26.5 s at 58,982 (conv4 3x3, ELL width x Cout 69,632), 26.7 s at 52,429
+#: (conv5 1x1 reduce_first, 67,584); ~40 s at 52,429 for conv4 1x1 proj s2 (77,824), not offered
+MAX_UNROLLED_FMAS = 72_000
 
 
 def kernel_digest(kernel: SparseKernel) -> str:
@@ -56,12 +58,32 @@ class RegisterReuse(Algorithm):
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return []  # the weights are in the code
 
-    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True) -> tirx.PrimFunc:
-        """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
+    def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
+        """`generate` as a picklable callable (for compiling pieces in child processes); `options`
+        go to the emitter (`parts`, `piece`)."""
         from ..schedules.cuda_register_reuse import emit
 
-        return emit(np.asarray(kernel.to_dense(), np.float32), wl.input_shape, wl.output_hw, wl.strides, wl.pads,
-                    tile, bias=wl.has_bias, activation=wl.activation, llvm=llvm, dilations=wl.dilations)
+        return functools.partial(emit, np.asarray(kernel.to_dense(), np.float32), wl.input_shape, wl.output_hw,
+                                 wl.strides, wl.pads, tile, bias=wl.has_bias, activation=wl.activation, llvm=llvm,
+                                 dilations=wl.dilations, **options)
+
+    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options) -> tirx.PrimFunc:
+        """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
+        return self.recipe(kernel, wl, tile, llvm, **options)()
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, arch: str = "sm_90"):
+        """The compiled module: one kernel, its code compiled in pieces in parallel where long
+        (`cuda_register_reuse.pieces_for`), then (split-K tiles) the kernel adding up the shares."""
+        from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
+        from ..schedules.cuda_register_reuse import pieces_for, split_count
+
+        n = pieces_for(int(kernel.nnz), wl.out_channels, tile)
+        if n == 1:
+            return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch)
+        pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n)) for i in range(n)]
+        w = np.asarray(kernel.to_dense(), np.float32)
+        tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
+        return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch)
 
 
 ALGORITHM = RegisterReuse()
