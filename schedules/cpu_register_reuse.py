@@ -23,6 +23,8 @@ Experimental: `benchmarks/experiments/cpu_register_reuse.py` measures it against
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 from tvm import tirx
 
@@ -31,6 +33,25 @@ from tvm_sparseconv.algorithms.base import activate
 from .pattern_code import tap_input
 
 F32 = "float32"
+#: bump when the emitted code changes for the same inputs (part of the compiled module's cache key)
+EMITTER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One point of the design space (what a record keeps per layer shape)."""
+
+    lanes: int = 8  # floats per vector (8: AVX2, 16: AVX-512)
+    blocks: int = 4  # blocks of `lanes` pixels per parallel iteration
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+#: the design space measured so far (benchmarks/experiments/cpu_register_reuse.py), by name
+TILES: dict[str, Tile] = {f"l{lanes}b{blocks}": Tile(lanes, blocks) for lanes in (8, 16) for blocks in (1, 2, 4, 8)}
+#: the tile for a layer without a record: blocks=4 won all 12 layers measured on znver3 (AVX2)
+DEFAULT_TILE = "l8b4"
 
 
 def _ramp(base, lanes: int):

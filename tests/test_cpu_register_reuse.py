@@ -41,3 +41,83 @@ def test_matches_float64(case, epilogue):
     got = out.numpy()
     assert np.all(np.isfinite(got))
     assert reference.relative_error(got, ref) < 1e-5
+
+
+# --- as an algorithm of the library (compile(), records) ---------------------------------------
+def _network_layer_with_cpu_records(tmp_path, problem: str):
+    """A copy of the znver3 records without cpu-register-reuse ones; a layer of it."""
+    import shutil
+
+    from tvm_sparseconv import algorithms, tile_records
+    from tvm_sparseconv.tuning_records import logs_root
+    from tvm_sparseconv.workloads import workload_set
+
+    folder = tmp_path / "cpu-znver3"
+    shutil.copytree(logs_root() / "cpu-znver3", folder)
+    tile_records.path_for(folder, "cpu-register-reuse").unlink(missing_ok=True)
+    p = workload_set(problem)[0]
+    kernel = p.sparse_kernel()
+    wl = p.workload(kernel)
+    return folder, kernel, algorithms.workloads_for(kernel, wl, "llvm"), algorithms.generated_workloads_for(kernel, wl, "llvm")
+
+
+def test_it_is_offered_for_cpu_layers_within_its_code_size_budget():
+    from dataclasses import replace
+
+    from tvm_sparseconv import algorithms
+    from tvm_sparseconv.kernel import SparseKernel
+
+    w = np.random.default_rng(0).standard_normal((1, 1, 16, 24)).astype(np.float32)
+    kernel = SparseKernel.from_dense(w)
+    wl = ConvWorkload.create((1, 5, 5, 16), kernel.shape, kernel.ell_width, 1, "SAME", 1)
+    assert [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "llvm")] == ["cpu-register-reuse"]
+    assert "cpu-register-reuse" not in [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "cuda")]
+    big = replace(wl, kernel_shape=(3, 3, 128, 128), ell_width=152)  # conv3 3x3 at 90%: 19,456
+    assert not algorithms.by_name("cpu-register-reuse").applies(big, "llvm"), "over the code-size budget"
+
+
+def test_compile_chooses_it_where_its_record_beats_the_scheduled_ones_and_computes_right(tmp_path):
+    """With a record faster than the layer's MetaSchedule record, compile() builds this algorithm
+    (the record's tile), and the result matches float64 (bias, ReLU, NaN-poisoned output); with a
+    slower record it keeps the scheduled algorithm."""
+    from tvm_sparseconv import build, tile_records
+
+    folder, kernel, scheduled, generated = _network_layer_with_cpu_records(tmp_path, "resnet50_conv2_1x1_reduce_first_b1")
+    target = targets.cpu_target("znver3")
+    assert build.choose_generated(kernel, scheduled, generated, target, folder) == (None, None), "no tile record"
+    best_us = min(f[1] for f in build._tuned_records(scheduled, target, folder))
+
+    def record(us: float):
+        tile_records.write(tile_records.path_for(folder, "cpu-register-reuse"), "cpu-register-reuse", "test", "test",
+                           [{"layer": "x", "shape": tile_records.shape_key(generated[0]), "tile": "l8b2",
+                             "seconds": us * 1e-6, "nonzeros": kernel.nnz}])
+
+    record(best_us * 1.2)
+    assert build.choose_generated(kernel, scheduled, generated, target, folder)[0] is None
+    record(best_us * 0.8)
+    res = build.build_layer(kernel, scheduled, generated, target, False, folder)
+    assert res.workload.algorithm == "cpu-register-reuse"
+    assert res.schedule_source == "tuned:cpu-register-reuse l8b2@cpu-znver3"
+    wl = res.workload
+    x = np.random.default_rng(5).standard_normal(wl.input_shape).astype(np.float32)
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+    res.function(tvm.runtime.tensor(x), out)
+    ref = reference.conv2d_f64(x, kernel.to_dense(), wl)
+    assert reference.relative_error(out.numpy(), ref) < 1e-5
+
+
+def test_compile_forced_cpu_register_reuse_serves_a_strided_padded_layer_with_bias_and_relu():
+    import tvm_sparseconv as tsc
+
+    rng = np.random.default_rng(21)
+    w = (rng.standard_normal((3, 3, 16, 20)) * (rng.random((3, 3, 16, 20)) < 0.2)).astype(np.float32)
+    w[..., 3] = 0.0
+    bias = rng.standard_normal(20).astype(np.float32)
+    op = tsc.compile(tsc.SparseKernel.from_dense(w), (2, 9, 11, 16), strides=2, padding="SAME", bias=bias,
+                     activation="relu", target="llvm", algorithm="cpu-register-reuse")
+    assert op.algorithm == "cpu-register-reuse" and op.schedule_source.startswith(("untuned:", "tuned:"))
+    x = rng.standard_normal((2, 9, 11, 16)).astype(np.float32)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32))
+    op.run(tvm.runtime.tensor(x), out)
+    ref = np.maximum(reference.conv2d_f64(x, w, op.workload, bias), 0.0)
+    assert reference.relative_error(out.numpy(), ref) < 1e-5

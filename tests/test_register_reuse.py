@@ -103,7 +103,7 @@ def test_it_is_offered_for_cuda_1x1_layers_within_its_code_size_budget():
     kernel, wl = _layer()
     assert "register-reuse" not in [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
     assert [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "cuda")] == ["register-reuse"]
-    assert algorithms.generated_workloads_for(kernel, wl, "llvm") == []
+    assert "register-reuse" not in [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "llvm")]
     big = replace(wl, kernel_shape=(1, 1, 2048, 512), ell_width=256)
     assert not algorithms.by_name("register-reuse").applies(big, "cuda"), "over the code-size budget"
 

@@ -220,11 +220,10 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
     """The tile record of `wl`'s shape under its generated algorithm in `folder` (default: this
     device's `tuning_logs/` folder), if it names a known tile; an unknown tile warns."""
     from . import tile_records
-    from .schedules.cuda_register_reuse import TILES
 
     folder = _own_folder(target, folder)
     record = tile_records.find(folder, wl.algorithm, wl)
-    if record is not None and record["tile"] not in TILES:
+    if record is not None and record["tile"] not in algorithms.by_name(wl.algorithm).tiles():
         warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
                   f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
         return None
@@ -236,8 +235,7 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     """Compile `wl` under a generated algorithm (`Algorithm.generated`: its code holds `kernel`'s
     values) with the tile of its record in `folder` (default: this device's `tuning_logs/` folder),
     else its default tile; cached on disk by the kernel's digest, the workload and the tile."""
-    from .algorithms.register_reuse import kernel_digest
-    from .schedules.cuda_register_reuse import EMITTER_VERSION, TILES, default_tile
+    from .algorithms.base import kernel_digest
 
     algorithm = algorithms.by_name(wl.algorithm)
     if not algorithm.generated:
@@ -247,17 +245,18 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     if record is not None:
         name, source = record["tile"], f"tuned:{wl.algorithm} {record['tile']}@{folder.name}"
     else:
-        name = default_tile(int(np.prod(wl.output_shape[:3])))
+        name = algorithm.default_tile(wl)
         source = f"untuned:{wl.algorithm} {name}"
-    tile = TILES[name]
+    tile = algorithm.tiles()[name]
 
     def compile_it():
-        return algorithm.build(kernel, wl, tile, arch=str(target.attrs.get("arch", "sm_90")))
+        return algorithm.build(kernel, wl, tile, target)
 
     key = None
     if use_disk_cache:
         blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(),
-                           "tile": tile.as_dict(), "kernel": kernel_digest(kernel), "emitter": EMITTER_VERSION},
+                           "tile": tile.as_dict(), "kernel": kernel_digest(kernel),
+                           "emitter": algorithm.emitter_version},
                           sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]
     return _built(wl, source, compile_it, key)

@@ -33,7 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", required=True)
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
+    ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
+                    help="instead: time each layer the algorithm takes (its code-size budget) with each of "
+                         "--tiles beside the library's scheduled choice, without TensorFlow in the process "
+                         "(as the MetaSchedule records were timed), and write the best tile of each as "
+                         "cpu-register-reuse records into FOLDER (e.g. tuning_logs/cpu-znver3; other shapes kept)")
+    ap.add_argument("--tiles", default="l8b1,l8b4", help="with --record: tiles to try (schedules/cpu_register_reuse.py)")
     args = ap.parse_args(argv)
+    if args.record is not None:
+        return record(args)
     if args.table:
         print(markdown_table(json.loads(Path(args.json).read_text())))
         return 0
@@ -117,6 +125,69 @@ def main(argv=None) -> int:
               f"vs tf {tfs / ours:5.2f}x; alone ours {row['alone']['seconds'] * 1e3:.3f} library "
               f"{row['alone']['library'] * 1e3:.3f} tf {row['alone']['tf'] * 1e3:.3f}", flush=True)
         Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
+    return 0
+
+
+def record(args) -> int:
+    """--record: per layer in the algorithm's budget, each tile and the library's scheduled choice
+    timed in turns (wall time per call, median, no TensorFlow imported), each result checked against
+    float64 first; the best tile becomes the layer shape's record; the run goes to --json."""
+    import tvm
+
+    import tvm_sparseconv as tsc
+    from tvm_sparseconv import algorithms, baselines, build, reference, targets, tile_records
+    from tvm_sparseconv.workloads import workload_set
+
+    target = targets.host_cpu_target()
+    algorithm = algorithms.by_name("cpu-register-reuse")
+    rows, records = [], []
+    meta = {"cpu": platform.processor() or platform.machine(), "target": str(target),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "tvm": tvm.__version__, "repeats": args.repeats,
+            "timing": "wall time per call, median, in turns, no TensorFlow in the process"}
+    for p in workload_set(args.sets):
+        kernel = p.sparse_kernel()
+        wl = algorithms.workload_for(kernel, p.workload(kernel), algorithm.name)
+        if not algorithm.applies(wl, "llvm"):
+            continue
+        rng = np.random.default_rng(2)
+        n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
+        xs = [tvm.runtime.tensor(rng.standard_normal(wl.input_shape).astype(np.float32)) for _ in range(n_rot)]
+        ref = reference.conv2d_f64(xs[0].numpy(), p.dense_kernel(), wl)
+        fns, row = [], {"layer": p.name, "nnz": int(kernel.nnz), "tiles": {}}
+        for name in args.tiles.split(","):
+            t0 = time.perf_counter()
+            f = algorithm.build(kernel, wl, algorithm.tiles()[name], target)["sparse_conv2d"]
+            compile_s = time.perf_counter() - t0
+            out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+            f(xs[0], out)
+            row["tiles"][name] = {"compile_s": compile_s, "relative_error": reference.relative_error(out.numpy(), ref)}
+            fns.append(lambda i, f=f, out=out: f(xs[i % n_rot], out))
+        scheduled = build.choose_schedule(algorithms.workloads_for(kernel, p.workload(kernel), "llvm"), target)[0].algorithm
+        op = tsc.compile(kernel, wl.input_shape, strides=wl.strides, padding=p.padding, dilations=wl.dilations,
+                         target=target, algorithm=scheduled)
+        out_lib = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+        op.run(xs[0], out_lib)
+        row["library"] = {"algorithm": op.algorithm, "schedule": op.schedule_source,
+                          "relative_error": reference.relative_error(out_lib.numpy(), ref)}
+        *times, lib = baselines.interleaved_median_wall(fns + [lambda i: op.run(xs[i % n_rot], out_lib)], args.repeats)
+        row["library"]["seconds"] = lib
+        for name, secs in zip(row["tiles"], times):
+            row["tiles"][name]["seconds"] = secs
+        ok = {n: t for n, t in row["tiles"].items() if t["relative_error"] < algorithm.tolerance}
+        best = min(ok, key=lambda n: ok[n]["seconds"], default=None)
+        row["best_tile"] = best
+        if best is not None:
+            records.append({"shape": tile_records.shape_key(wl), "tile": best, "seconds": ok[best]["seconds"],
+                            "nonzeros": int(kernel.nnz), "layer": p.name})
+        tiles_ms = ", ".join(f"{n} {t['seconds'] * 1e3:.3f} ({t['compile_s']:.1f} s)" for n, t in row["tiles"].items())
+        print(f"{p.name:34s} nnz {kernel.nnz:6d}  {tiles_ms}  library {lib * 1e3:.3f} ({op.algorithm})", flush=True)
+        rows.append(row)
+        Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
+    path = tile_records.path_for(args.record, algorithm.name)
+    keys = [r["shape"] for r in records]
+    kept = [r for r in tile_records.read(path, algorithm.name) if r["shape"] not in keys]
+    tile_records.write(path, algorithm.name, str(args.record.name), args.json, kept + records)
+    print(f"wrote {path}")
     return 0
 
 

@@ -8,6 +8,8 @@
   (CUDA; `precision="tf32"` only).
 - `register_reuse`: the kernel's values compiled into straight-line code, one FMA per nonzero
   (CUDA, any kernel size within a code-size budget; generated per kernel, not MetaSchedule-scheduled; chosen where its tile record is fastest).
+- `cpu_register_reuse`: the same idea for LLVM CPU targets, vectors along output pixels (generated,
+  chosen where its tile record on this CPU is fastest).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;
@@ -21,7 +23,7 @@ from tvm import te, tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from . import ell_gather, nhwc_direct, register_reuse, union_tf32
+from . import cpu_register_reuse, ell_gather, nhwc_direct, register_reuse, union_tf32
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
@@ -31,7 +33,8 @@ __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm
 
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
-                                                             union_tf32.ALGORITHM, register_reuse.ALGORITHM)}
+                                                             union_tf32.ALGORITHM, register_reuse.ALGORITHM,
+                                                             cpu_register_reuse.ALGORITHM)}
 #: the algorithm that computes every layer on every target (tune.py's default)
 DEFAULT = ell_gather.ALGORITHM.name
 

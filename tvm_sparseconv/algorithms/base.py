@@ -59,6 +59,46 @@ class Algorithm:
         raise NotImplementedError
 
 
+def kernel_digest(kernel: SparseKernel) -> str:
+    """Digest of the kernel's shape and values: what a generated algorithm's code depends on."""
+    import hashlib
+
+    dense = np.ascontiguousarray(kernel.to_dense(), np.float32)
+    return hashlib.sha256(np.asarray(dense.shape, np.int64).tobytes() + dense.tobytes()).hexdigest()[:16]
+
+
+class GeneratedAlgorithm(Algorithm):
+    """An algorithm whose code is generated per kernel (its values in the code): no TE definition
+    and no MetaSchedule design space; what a record keeps is the tile (a point of its emitter's
+    design space) for a layer shape (`tile_records.py`). The compiled function's arguments are
+    x, [bias], out."""
+
+    generated = True
+    #: bump when the emitted code changes for the same inputs (part of the compiled module's cache key)
+    emitter_version: int = 1
+
+    def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
+        return {"ell_width": kernel.ell_width, "chunk": 0}
+
+    def te(self, wl: ConvWorkload):
+        raise TypeError(f"{self.name} has no TE definition: its code is generated from the kernel (build())")
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        return []  # the weights are in the code
+
+    def tiles(self) -> dict:
+        """The emitter's named tiles (what records name)."""
+        raise NotImplementedError
+
+    def default_tile(self, wl: ConvWorkload) -> str:
+        """The tile for a layer without a record."""
+        raise NotImplementedError
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
+        """The compiled module (a `tvm.runtime.Executable`) of `kernel` in `wl` with `tile` for `target`."""
+        raise NotImplementedError
+
+
 def epilogue(wl: ConvWorkload, args: list[te.Tensor], conv: te.Tensor) -> list[te.Tensor]:
     """`args + [out]`, with `act(conv + bias)` as a separate stage when the workload has one."""
     if not wl.has_bias and wl.activation is None:

@@ -18,14 +18,13 @@ nonzeros) beats the scheduled algorithms' records of the layer (`build.build_lay
 from __future__ import annotations
 
 import functools
-import hashlib
 
 import numpy as np
 from tvm import tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from .base import Algorithm
+from .base import GeneratedAlgorithm
 
 #: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
 #: not offered. Compile time (compile(), 2 cores, one kernel, long code in pieces): 21 s at 26,214
@@ -34,29 +33,29 @@ from .base import Algorithm
 MAX_UNROLLED_FMAS = 72_000
 
 
-def kernel_digest(kernel: SparseKernel) -> str:
-    """Digest of the kernel's shape and values: what the generated code depends on."""
-    dense = np.ascontiguousarray(kernel.to_dense(), np.float32)
-    return hashlib.sha256(np.asarray(dense.shape, np.int64).tobytes() + dense.tobytes()).hexdigest()[:16]
-
-
-class RegisterReuse(Algorithm):
+class RegisterReuse(GeneratedAlgorithm):
     """One FMA per nonzero in straight-line code, per thread's pixel and group of output channels."""
 
     name = "register-reuse"
-    generated = True
+
+    @property
+    def emitter_version(self) -> int:
+        from ..schedules.cuda_register_reuse import EMITTER_VERSION
+
+        return EMITTER_VERSION
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
         return target_kind == "cuda" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
 
-    def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
-        return {"ell_width": kernel.ell_width, "chunk": 0}
+    def tiles(self) -> dict:
+        from ..schedules.cuda_register_reuse import TILES
 
-    def te(self, wl: ConvWorkload):
-        raise TypeError("register-reuse has no TE definition: its code is generated from the kernel (generate())")
+        return TILES
 
-    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
-        return []  # the weights are in the code
+    def default_tile(self, wl: ConvWorkload) -> str:
+        from ..schedules.cuda_register_reuse import default_tile
+
+        return default_tile(int(np.prod(wl.output_shape[:3])))
 
     def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
         """`generate` as a picklable callable (for compiling pieces in child processes); `options`
@@ -71,12 +70,13 @@ class RegisterReuse(Algorithm):
         """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
         return self.recipe(kernel, wl, tile, llvm, **options)()
 
-    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, arch: str = "sm_90"):
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`), then (split-K tiles) the kernel adding up the shares."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
         from ..schedules.cuda_register_reuse import pieces_for, split_count
 
+        arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
         n = pieces_for(int(kernel.nnz), wl.out_channels, tile)
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch)

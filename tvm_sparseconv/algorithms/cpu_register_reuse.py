@@ -1,0 +1,66 @@
+"""Algorithm "cpu-register-reuse" (LLVM CPU targets, any kernel size): the kernel's values compiled
+into vector code, vectors along output pixels.
+
+The CPU counterpart of "register-reuse" (`schedules/cpu_register_reuse.py` emits it): every nonzero
+is one vector FMA with its weight a constant, so one loaded input vector (8 pixels of one input
+channel) feeds every nonzero of that channel in a group of 8 output channels, and no weight is
+read as data. Measured against tf.nn.conv2d and the library in
+`benchmarks/experiments/cpu_register_reuse.md`. A record (`tuning_logs/<cpu>/cpu_register_reuse.json`,
+from `benchmarks/experiments/cpu_register_reuse.py --record`) keeps the tile of a layer shape;
+`compile()` takes it where that record beats the layer's MetaSchedule records on this CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from .base import GeneratedAlgorithm
+
+#: code size budget (ELL width x output channels): LLVM's x86 backend takes 19.5-24.3 s on 2 cores
+#: (znver3) up to 12,288 possible nonzeros (conv3 1x1 expand: 6,554 nonzeros) and 42-49 s at
+#: 13,107 nonzeros (20,480 possible), 140-161 s at 14,746 (conv3 3x3):
+#: benchmarks/experiments/cpu_register_reuse-cpu-znver3.json; the target is 30 s per layer
+MAX_UNROLLED_FMAS = 12_500
+
+
+class CPURegisterReuse(GeneratedAlgorithm):
+    """One vector FMA per nonzero in straight-line code, per group of output channels."""
+
+    name = "cpu-register-reuse"
+
+    @property
+    def emitter_version(self) -> int:
+        from ..schedules.cpu_register_reuse import EMITTER_VERSION
+
+        return EMITTER_VERSION
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        return target_kind == "llvm" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
+
+    def tiles(self) -> dict:
+        from ..schedules.cpu_register_reuse import TILES
+
+        return TILES
+
+    def default_tile(self, wl: ConvWorkload) -> str:
+        from ..schedules.cpu_register_reuse import DEFAULT_TILE
+
+        return DEFAULT_TILE
+
+    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
+        """The PrimFunc for `kernel` in layer `wl` with `tile`."""
+        from ..schedules.cpu_register_reuse import emit
+
+        return emit(np.asarray(kernel.to_dense(), np.float32), wl.input_shape, wl.output_hw, wl.strides, wl.pads,
+                    bias=wl.has_bias, activation=wl.activation, dilations=wl.dilations, lanes=tile.lanes,
+                    blocks=tile.blocks)
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
+        import tvm
+
+        return tvm.compile(tvm.IRModule({"sparse_conv2d": self.generate(kernel, wl, tile)}), target=target)
+
+
+ALGORITHM = CPURegisterReuse()
