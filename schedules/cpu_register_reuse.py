@@ -18,7 +18,8 @@ For a 1x1 layer with weight matrix ``w`` (Cin, Cout), flattened output pixels in
 
 A KxK kernel is the sum over its taps of 1x1 steps on the shifted input (as on CUDA): the
 scratch holds one channel-major copy per tap with a nonzero (zeros outside the image).
-Experimental: `benchmarks/experiments/cpu_register_reuse.py` measures it against TensorFlow.
+The algorithm `cpu-register-reuse` (`tvm_sparseconv/algorithms/cpu_register_reuse.py`) builds it with a `Tile`;
+`benchmarks/experiments/cpu_register_reuse.py` measures it against TensorFlow and writes its records.
 """
 
 from __future__ import annotations
