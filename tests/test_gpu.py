@@ -288,6 +288,18 @@ def test_register_reuse_kernel_matches_float64(strides, layout, parts, splits):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
 
 
+def _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias) -> None:
+    """A generated module's ``sparse_conv2d(x, bias, out)`` against float64 act(conv + bias), output poisoned."""
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, w.shape[-1]), np.nan, np.float32), dev)
+    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
+    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
+    got = out.numpy()
+    assert np.all(np.isfinite(got))
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+
+
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     """Split-K (4 shares of the taps' stages) on a padded, strided 3x3 layer with bias and ReLU,
@@ -306,14 +318,7 @@ def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4)
     ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
                                          activation="relu", llvm=llvm))
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    dev = tvm.cuda(0)
-    out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, k_shape[3]), np.nan, np.float32), dev)
-    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
-    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
-    got = out.numpy()
-    assert np.all(np.isfinite(got))
-    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+    _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
 @pytest.mark.parametrize("splits", [1, 3])
@@ -335,14 +340,7 @@ def test_register_reuse_code_in_pieces_joined_into_one_kernel_matches_float64(sp
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
     assert rr.pieces_for(kernel.nnz, k_shape[3], tile) == 3
     ex = algs.by_name("register-reuse").build(kernel, wl, tile)
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    dev = tvm.cuda(0)
-    out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, k_shape[3]), np.nan, np.float32), dev)
-    ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
-    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
-    got = out.numpy()
-    assert np.all(np.isfinite(got))
-    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
+    _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
 def test_compile_forced_register_reuse_serves_a_layer_with_bias_and_relu():
