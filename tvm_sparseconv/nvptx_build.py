@@ -14,6 +14,10 @@ three repairs, made here:
 - its CUDA module cannot be written out (`export_library`), so the PTX is assembled with ptxas and
   handed to TVM's CUDA build of the same function (same kernel name and arguments; its C source is
   not compiled) through the `tvm_callback_cuda_compile` hook.
+
+Long code can be compiled in pieces in child processes and joined into one kernel
+(`compile_nvptx_pieces`, `join_pieces`): one launch, as fast as the single kernel, compiled in
+parallel.
 """
 
 from __future__ import annotations
