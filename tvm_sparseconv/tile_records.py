@@ -78,3 +78,15 @@ def write(path: Path, algorithm: str, device: str, source: str, records: list[di
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": VERSION, "algorithm": algorithm, "device": device, "source": source,
                                 "records": records}, indent=1) + "\n")
+
+
+def merge(folder: Path, algorithm: str, device: str, source: str, records: list[dict]) -> Path:
+    """Write `records` into `algorithm`'s record file in `folder`, replacing the records of the same
+    shapes and keeping the others (their sources listed beside `source`); the file's path."""
+    path = path_for(folder, algorithm)
+    shapes = [r["shape"] for r in records]
+    kept = [r for r in read(path, algorithm) if r["shape"] not in shapes]
+    if kept:
+        source = ", ".join(dict.fromkeys([*json.loads(path.read_text())["source"].split(", "), str(source)]))
+    write(path, algorithm, device, str(source), kept + records)
+    return path

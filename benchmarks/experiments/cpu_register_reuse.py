@@ -183,10 +183,7 @@ def record(args) -> int:
         print(f"{p.name:34s} nnz {kernel.nnz:6d}  {tiles_ms}  library {lib * 1e3:.3f} ({op.algorithm})", flush=True)
         rows.append(row)
         Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
-    path = tile_records.path_for(args.record, algorithm.name)
-    keys = [r["shape"] for r in records]
-    kept = [r for r in tile_records.read(path, algorithm.name) if r["shape"] not in keys]
-    tile_records.write(path, algorithm.name, str(args.record.name), args.json, kept + records)
+    path = tile_records.merge(args.record, algorithm.name, str(args.record.name), args.json, records)
     print(f"wrote {path}")
     return 0
 

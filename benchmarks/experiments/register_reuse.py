@@ -95,12 +95,7 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
         records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
                         "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
                         "cudnn_tf32_seconds": r["cudnn_tf32"]})
-    path = tile_records.path_for(folder, "register-reuse")
-    kept = [r for r in tile_records.read(path, "register-reuse") if r["shape"] not in [n["shape"] for n in records]]
-    if kept:
-        source = ", ".join(dict.fromkeys([*json.loads(path.read_text())["source"].split(", "), str(source)]))
-    tile_records.write(path, "register-reuse", run["device"], str(source), kept + records)
-    return path
+    return tile_records.merge(folder, "register-reuse", run["device"], str(source), records)
 
 
 def main(argv=None) -> int:
