@@ -74,8 +74,22 @@ class GeneratedAlgorithm(Algorithm):
     x, [bias], out."""
 
     generated = True
-    #: bump when the emitted code changes for the same inputs (part of the compiled module's cache key)
-    emitter_version: int = 1
+    #: its emitter: the module of `schedules/` that defines TILES (name -> tile) and EMITTER_VERSION
+    emitter: str = ""
+
+    def _emitter(self):
+        import importlib
+
+        return importlib.import_module(f"tvm_sparseconv.schedules.{self.emitter}")
+
+    @property
+    def emitter_version(self) -> int:
+        """Part of the compiled module's cache key: bumped when the emitted code changes."""
+        return self._emitter().EMITTER_VERSION
+
+    def tiles(self) -> dict:
+        """The emitter's named tiles (what records name)."""
+        return self._emitter().TILES
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
         return {"ell_width": kernel.ell_width, "chunk": 0}
@@ -85,10 +99,6 @@ class GeneratedAlgorithm(Algorithm):
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return []  # the weights are in the code
-
-    def tiles(self) -> dict:
-        """The emitter's named tiles (what records name)."""
-        raise NotImplementedError
 
     def default_tile(self, wl: ConvWorkload) -> str:
         """The tile for a layer without a record."""

@@ -29,20 +29,10 @@ class CPURegisterReuse(GeneratedAlgorithm):
     """One vector FMA per nonzero in straight-line code, per group of output channels."""
 
     name = "cpu-register-reuse"
-
-    @property
-    def emitter_version(self) -> int:
-        from ..schedules.cpu_register_reuse import EMITTER_VERSION
-
-        return EMITTER_VERSION
+    emitter = "cpu_register_reuse"
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
         return target_kind == "llvm" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
-
-    def tiles(self) -> dict:
-        from ..schedules.cpu_register_reuse import TILES
-
-        return TILES
 
     def default_tile(self, wl: ConvWorkload) -> str:
         from ..schedules.cpu_register_reuse import DEFAULT_TILE

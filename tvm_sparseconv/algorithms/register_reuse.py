@@ -37,20 +37,10 @@ class RegisterReuse(GeneratedAlgorithm):
     """One FMA per nonzero in straight-line code, per thread's pixel and group of output channels."""
 
     name = "register-reuse"
-
-    @property
-    def emitter_version(self) -> int:
-        from ..schedules.cuda_register_reuse import EMITTER_VERSION
-
-        return EMITTER_VERSION
+    emitter = "cuda_register_reuse"
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
         return target_kind == "cuda" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
-
-    def tiles(self) -> dict:
-        from ..schedules.cuda_register_reuse import TILES
-
-        return TILES
 
     def default_tile(self, wl: ConvWorkload) -> str:
         from ..schedules.cuda_register_reuse import default_tile
