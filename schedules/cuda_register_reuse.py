@@ -175,6 +175,11 @@ def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
     return [stages[a:b_] for a, b_ in zip(cuts, cuts[1:])]
 
 
+def channel_blocks(cout: int, tile: Tile) -> int:
+    """Blocks of `tile.groups` channel groups covering `cout` output channels (blockIdx.y)."""
+    return -(-(-(-cout // tile.group)) // tile.groups)
+
+
 def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
     """The channel blocks of each of `n_pieces` pieces: piece i has [bounds[i], bounds[i + 1])."""
     n_pieces = max(1, min(n_pieces, n_blocks))
@@ -184,8 +189,7 @@ def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
 def pieces_for(fmas: int, cout: int, tile: Tile) -> int:
     """Pieces to compile code of `fmas` FMAs in (apart, in parallel; joined into one kernel): one per
     `FMAS_PER_PIECE`, at most one per channel block of the tile."""
-    n_blocks = -(-(-(-cout // tile.group)) // tile.groups)
-    return len(piece_bounds(n_blocks, -(-fmas // FMAS_PER_PIECE))) - 1
+    return len(piece_bounds(channel_blocks(cout, tile), -(-fmas // FMAS_PER_PIECE))) - 1
 
 
 def parts_for(fmas: int) -> int:
@@ -232,7 +236,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
 
-    n_blocks = -(-n_groups // ng)
+    n_blocks = channel_blocks(cout, tile)
 
     def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
@@ -320,8 +324,9 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
 
             Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
             code = fetch(share[0])
-            for k, (kh, kw, s0, width) in enumerate(share):
-                code += deposit(share[k])
+            for k, stage in enumerate(share):
+                kh, kw, s0, width = stage
+                code += deposit(stage)
                 code.append(sync)
                 if k + 1 < len(share):
                     code += fetch(share[k + 1])
@@ -413,9 +418,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     # Very long code: kernels launched one after the other (`parts`), or pieces compiled apart
     # and joined into one kernel (`piece`, see nvptx_build.compile_nvptx_pieces).
     if piece is None:
-        parts = min(parts or parts_for(int(np.count_nonzero(w))), n_blocks)
-        bounds = [round(i * n_blocks / parts) for i in range(parts + 1)]
-        launches = [launch(bounds[i], bounds[i + 1]) for i in range(parts)]
+        bounds = piece_bounds(n_blocks, parts or parts_for(int(np.count_nonzero(w))))
+        launches = [launch(b0, b1) for b0, b1 in zip(bounds, bounds[1:])]
         tail = [reduce_shares()] if ws is not None else []
     elif piece[0] == "part":
         _, i, n_pieces = piece
