@@ -344,3 +344,12 @@ def test_input_loads_stay_inside_the_input_through_tvm_simplification(cin):
                                                 "threadIdx_y": 0, "blockIdx_y": 0})
                 c0, c1 = ch if isinstance(ch, tuple) else (ch, ch)
                 assert n == 0 and 0 <= row < 6 and 0 <= col < 6 and 0 <= c0 <= c1 < cin, (ld, bx, tx)
+
+
+def test_a_piece_that_fails_to_compile_in_its_child_process_is_reported():
+    import functools
+
+    from tvm_sparseconv.nvptx_build import _ptx_in_processes
+
+    with pytest.raises(RuntimeError, match="child process failed"):
+        _ptx_in_processes([functools.partial(int, "not a PrimFunc"), functools.partial(int, "7")], "sm_90", 2)

@@ -208,10 +208,10 @@ def _ptx_in_processes(recipes: list, arch: str, workers: int) -> list[str]:
             job.write_bytes(pickle.dumps((recipes[k::workers], arch)))
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm_sparseconv.nvptx_worker", str(job)],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        for k, proc in enumerate(procs):
-            _, err = proc.communicate()
-            if proc.returncode:
-                raise RuntimeError(f"compiling pieces in a child process failed: {err.strip()[-2000:]}")
+        # every child is waited for before a failure is raised: none outlives the folder it writes to
+        errors = [err for proc in procs for _, err in [proc.communicate()] if proc.returncode]
+        if errors:
+            raise RuntimeError(f"compiling pieces in a child process failed: {errors[0].strip()[-2000:]}")
         results = [pickle.loads(Path(tmp, f"job{k}.pkl.out").read_bytes()) for k in range(workers)]
     ptx = [None] * len(recipes)
     for k, done in enumerate(results):
