@@ -43,7 +43,7 @@ from .pattern_code import output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 5
+EMITTER_VERSION = 6
 #: FMAs per kernel above which the code is split into several kernels launched in turn. Each launch
 #: costs a few us at batch 1 (H200, conv4 1x1 reduce b1, 26,214 FMAs: 4 kernels 23.3 us, one 9.6
 #: us; benchmarks/experiments/register_reuse-v8/-v9-*.json), and with the "groups" layout one long
@@ -51,9 +51,13 @@ EMITTER_VERSION = 5
 #: 8.7 + 8.3 as four; 58,982: 20.2 + 11.9 against 18.2 + 11.0 as eight), so every layer within
 #: the algorithm's budget is one kernel (long code is compiled in pieces, `FMAS_PER_PIECE`).
 FMAS_PER_KERNEL = 256_000
-#: FMAs per piece compiled apart (in parallel processes) and joined into that one kernel: LLVM's and
-#: ptxas's time is about linear in the code, so pieces on N cores take about 1/N of the time
+#: FMAs per piece compiled apart (in parallel processes) and joined into that one kernel: LLVM's
+#: time is about linear in the code, so pieces on N cores take about 1/N of it
 FMAS_PER_PIECE = 16_000
+#: FMAs per piece where the pieces are linked as objects compiled apart (code too long to join,
+#: `nvptx_build.compile_nvptx_pieces`): ptxas's time per FMA grows with a function's length
+#: (2 cores: 99 us per FMA at 6,587 FMAs, 147 at 13,230, 338 at 52,467)
+FMAS_PER_LINKED_PIECE = 8_000
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -186,10 +190,10 @@ def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
     return [round(i * n_blocks / n_pieces) for i in range(n_pieces + 1)]
 
 
-def pieces_for(fmas: int, cout: int, tile: Tile) -> int:
-    """Pieces to compile code of `fmas` FMAs in (apart, in parallel; joined into one kernel): one per
-    `FMAS_PER_PIECE`, at most one per channel block of the tile."""
-    return len(piece_bounds(channel_blocks(cout, tile), -(-fmas // FMAS_PER_PIECE))) - 1
+def pieces_for(fmas: int, cout: int, tile: Tile, per_piece: int | None = None) -> int:
+    """Pieces to compile code of `fmas` FMAs in (apart, in parallel; made one kernel): one per
+    `per_piece` FMAs (default `FMAS_PER_PIECE`), at most one per channel block of the tile."""
+    return len(piece_bounds(channel_blocks(cout, tile), -(-fmas // (per_piece or FMAS_PER_PIECE)))) - 1
 
 
 def parts_for(fmas: int) -> int:
@@ -323,6 +327,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             branches per step.
 
             Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
+            if not llvm:  # the host side needs the kernel's arguments and launch, not every stage
+                share = share[:1]
             code = fetch(share[0])
             for k, stage in enumerate(share):
                 kh, kw, s0, width = stage

@@ -321,12 +321,15 @@ def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
+@pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])
 @pytest.mark.parametrize("splits", [1, 3])
-def test_register_reuse_code_in_pieces_joined_into_one_kernel_matches_float64(splits, monkeypatch):
-    """Long code compiled in 3 pieces (child processes) and joined into one kernel whose device
-    functions run in turn (`nvptx_build.compile_nvptx_pieces`), padded 3x3, bias and ReLU, output
-    poisoned; with split-K the tail kernel adds up the shares."""
+def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, apart, monkeypatch):
+    """Long code compiled in 3 pieces (child processes) made one kernel that runs them in turn
+    (`nvptx_build.compile_nvptx_pieces`: joined into one PTX module, or each its own object,
+    linked), padded 3x3, bias and ReLU, output poisoned; with split-K the tail kernel adds up the
+    shares."""
     from tvm_sparseconv import algorithms as algs
+    from tvm_sparseconv.algorithms import register_reuse
     from tvm_sparseconv.schedules import cuda_register_reuse as rr
     from tvm_sparseconv.workload import ConvWorkload
 
@@ -338,6 +341,9 @@ def test_register_reuse_code_in_pieces_joined_into_one_kernel_matches_float64(sp
     wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
     tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits)
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
+    monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // 3))
+    if apart:
+        monkeypatch.setattr(register_reuse, "MAX_JOINED_FMAS", 0)
     assert rr.pieces_for(kernel.nnz, k_shape[3], tile) == 3
     ex = algs.by_name("register-reuse").build(kernel, wl, tile)
     _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)

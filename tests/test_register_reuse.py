@@ -104,8 +104,36 @@ def test_it_is_offered_for_cuda_1x1_layers_within_its_code_size_budget():
     assert "register-reuse" not in [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
     assert [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "cuda")] == ["register-reuse"]
     assert "register-reuse" not in [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "llvm")]
-    big = replace(wl, kernel_shape=(1, 1, 2048, 512), ell_width=256)
+    big = replace(wl, kernel_shape=(1, 1, 2048, 1024), ell_width=256)
     assert not algorithms.by_name("register-reuse").applies(big, "cuda"), "over the code-size budget"
+
+
+def test_tiles_whose_pieces_would_be_too_long_do_not_fit():
+    """Long code compiles in pieces of at most one channel block of the tile each: a tile with few
+    channel blocks leaves pieces too long for the compile-time budget."""
+    from tvm_sparseconv.algorithms.register_reuse import MAX_FMAS_PER_PIECE, MAX_UNROLLED_FMAS
+    from tvm_sparseconv.schedules.cuda_register_reuse import TILES
+
+    algorithm = algorithms.by_name("register-reuse")
+    _, wl = _layer()
+    one_block = replace(wl, kernel_shape=(1, 1, 1024, 256), ell_width=MAX_FMAS_PER_PIECE // 256 + 8)
+    assert algorithm.applies(one_block, "cuda")
+    assert not algorithm.fits(one_block, TILES["g32p32x8G"]), "256 channels: one block of 8 groups of 32, one piece"
+    assert algorithm.fits(one_block, TILES["g16p32x2G"]), "8 blocks: 8 pieces"
+    largest = replace(wl, kernel_shape=(1, 1, 2048, 1024), ell_width=MAX_UNROLLED_FMAS // 1024)
+    assert algorithm.fits(largest, TILES["g32p64x4G"])
+
+
+def test_a_record_whose_tile_does_not_fit_is_not_used(tmp_path):
+    from tvm_sparseconv import build, targets, tile_records
+
+    _, wl = _layer()
+    wl = replace(wl, kernel_shape=(1, 1, 1024, 256), ell_width=300)
+    target = targets.cuda_target_for_arch("sm_90")
+    for tile, used in (("g32p32x8G", False), ("g16p32x2G", True)):
+        tile_records.write(tile_records.path_for(tmp_path, "register-reuse"), "register-reuse", "test", "test",
+                           [{"layer": "x", "shape": tile_records.shape_key(wl), "tile": tile, "seconds": 1e-5}])
+        assert (build.generated_record(wl, target, tmp_path) is not None) == used, tile
 
 
 def _network_layer_with_records(tmp_path, problem: str):
@@ -269,6 +297,56 @@ def test_long_code_compiled_in_pieces_is_joined_into_one_kernel(splits, monkeypa
         assert assemble(ptx)[:4] == b"\x7fELF"
 
 
+@pytest.mark.skipif(not (shutil.which("ptxas") and shutil.which("nvlink")), reason="needs ptxas and nvlink")
+@pytest.mark.parametrize("splits", [1, 3])
+def test_long_code_compiled_in_pieces_is_linked_into_one_kernel(splits, monkeypatch):
+    """Pieces (here 3, of 2 channel blocks each; compiled in 2 child processes) become device
+    functions of their own objects that one kernel calls in turn; every nonzero is one FMA once;
+    with split-K the tail kernel follows as the second kernel; nvlink links them into a cubin and
+    TVM builds the module around it."""
+    from tvm_sparseconv import algorithms as algs, nvptx_build
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+
+    from tvm_sparseconv.algorithms import register_reuse
+
+    kernel, wl = _layer(shape=(2, 5, 7, 24), cout=48, density=0.3)
+    tile = Tile(group=8, pixels=32, groups=1, stage=8, regs=4, layout="groups", splits=splits)
+    monkeypatch.setattr(register_reuse, "MAX_JOINED_FMAS", 0)  # link this small layer's pieces apart
+    monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // 3))
+    assert rr.pieces_for(kernel.nnz, 48, tile, rr.FMAS_PER_LINKED_PIECE) == 3
+    seen = {}
+    dispatcher_source = nvptx_build.dispatcher_source
+    monkeypatch.setattr(nvptx_build, "dispatcher_source",
+                        lambda metas, k, tail=None: seen.setdefault("dispatcher", dispatcher_source(metas, k, tail)))
+    link = nvptx_build.link
+    monkeypatch.setattr(nvptx_build, "link", lambda objects, arch="sm_90": seen.setdefault("cubin", link(objects, arch)))
+    monkeypatch.setattr(nvptx_build, "build_with_cubin", lambda host, cubin, arch="sm_90": host)
+    monkeypatch.setenv(nvptx_build.WORKERS_ENV, "2")
+    algorithm = algs.by_name("register-reuse")
+    host = algorithm.build(kernel, wl, tile)
+    ptx = seen["dispatcher"]
+    kernels = ["sparse_conv2d_kernel"] + (["sparse_conv2d_kernel_1"] if splits > 1 else [])
+    assert re.findall(r"\.entry (\w+)\(", ptx) == kernels
+    assert re.findall(r"\.extern \.func (\w+)\(", ptx) == [f"sparse_conv2d_kernel_piece{i}" for i in range(3)]
+    assert ptx.count("call.uni sparse_conv2d_kernel_piece") == 3
+    assert seen["cubin"][:4] == b"\x7fELF"
+    assert str(host.attrs["global_symbol"]) == "sparse_conv2d"
+    # the pieces' code (compiled again here, in this process): every nonzero is one FMA, once
+    sources = [nvptx_build.piece_source(nvptx_ptx(algorithm.recipe(kernel, wl, tile, piece=("part", i, 3))()),
+                                        "sparse_conv2d_kernel", i)[0] for i in range(3)]
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", "".join(sources))
+    w = kernel.to_dense()
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    assert all(f".visible .func sparse_conv2d_kernel_piece{i}(" in src and ".extern .shared" in src
+               for i, src in enumerate(sources))
+
+
+def _piece_ptx(n_params: int, shared_bytes: int = 64) -> str:
+    params = ",\n".join(f"\t.param .b64 k_param_{i}" for i in range(n_params))
+    return (f".version 7.8\n.target sm_90\n.address_size 64\n\n.visible .shared .align 16 .b8 shmem[{shared_bytes}];\n\n"
+            f".visible .entry k(\n{params}\n)\n{{\n\tret;\n}}\n")
+
+
 def test_joining_refuses_pieces_whose_parameters_differ():
     from tvm_sparseconv.nvptx_build import join_pieces
 
@@ -279,6 +357,27 @@ def test_joining_refuses_pieces_whose_parameters_differ():
     assert ".func k_piece1(" in join_pieces([piece(2), piece(2)], "k")
     with pytest.raises(RuntimeError, match="parameters"):
         join_pieces([piece(2), piece(3)], "k")
+
+
+def test_linking_refuses_pieces_whose_parameters_or_shared_arrays_differ():
+    from tvm_sparseconv.nvptx_build import dispatcher_source, piece_source
+
+    metas = [piece_source(_piece_ptx(2), "k", i)[1] for i in range(2)]
+    assert ".extern .func k_piece1(" in dispatcher_source(metas, "k")
+    with pytest.raises(RuntimeError, match="parameters"):
+        dispatcher_source([metas[0], piece_source(_piece_ptx(3), "k", 1)[1]], "k")
+    with pytest.raises(RuntimeError, match="shared arrays"):
+        dispatcher_source([metas[0], piece_source(_piece_ptx(2, 128), "k", 1)[1]], "k")
+
+
+@pytest.mark.skipif(not (shutil.which("ptxas") and shutil.which("nvlink")), reason="needs ptxas and nvlink")
+def test_pieces_assembled_apart_link_into_one_cubin():
+    from tvm_sparseconv.nvptx_build import dispatcher_source, link, piece_source
+
+    pieces = [piece_source(_piece_ptx(2), "k", i) for i in range(3)]
+    objects = [assemble(src, relocatable=True) for src, _ in pieces]
+    objects.append(assemble(dispatcher_source([meta for _, meta in pieces], "k"), relocatable=True))
+    assert link(objects)[:4] == b"\x7fELF"
 
 
 def test_shares_are_contiguous_nonempty_and_balanced_by_nonzeros():
@@ -349,7 +448,7 @@ def test_input_loads_stay_inside_the_input_through_tvm_simplification(cin):
 def test_a_piece_that_fails_to_compile_in_its_child_process_is_reported():
     import functools
 
-    from tvm_sparseconv.nvptx_build import _ptx_in_processes
+    from tvm_sparseconv.nvptx_build import _tasks_in_processes
 
     with pytest.raises(RuntimeError, match="child process failed"):
-        _ptx_in_processes([functools.partial(int, "not a PrimFunc"), functools.partial(int, "7")], "sm_90", 2)
+        _tasks_in_processes([(functools.partial(int, "not a PrimFunc"), 0), (functools.partial(int, "7"), 1)], "k", "sm_90", 2)

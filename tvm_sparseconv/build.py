@@ -223,9 +223,14 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
 
     folder = _own_folder(target, folder)
     record = tile_records.find(folder, wl.algorithm, wl)
-    if record is not None and record["tile"] not in algorithms.by_name(wl.algorithm).tiles():
+    algorithm = algorithms.by_name(wl.algorithm)
+    if record is not None and record["tile"] not in algorithm.tiles():
         warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
                   f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
+        return None
+    if record is not None and not algorithm.fits(wl, algorithm.tiles()[record["tile"]]):
+        log.info("%s: the %s record's tile %s is over the compile-time budget; not used", wl.describe(),
+                 wl.algorithm, record["tile"])
         return None
     return record
 

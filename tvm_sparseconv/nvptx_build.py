@@ -15,9 +15,10 @@ three repairs, made here:
   handed to TVM's CUDA build of the same function (same kernel name and arguments; its C source is
   not compiled) through the `tvm_callback_cuda_compile` hook.
 
-Long code can be compiled in pieces in child processes and joined into one kernel
-(`compile_nvptx_pieces`, `join_pieces`): one launch, as fast as the single kernel, compiled in
-parallel.
+Long code can be compiled in pieces in child processes and made one kernel
+(`compile_nvptx_pieces`): joined into one PTX module (`join_pieces`: as fast as the single kernel),
+or, for code too long for ptxas to compile whole in time, linked from objects compiled apart
+(`piece_source`, `dispatcher_source`, `link`).
 """
 
 from __future__ import annotations
@@ -64,14 +65,15 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     return marked
 
 
-def assemble(ptx: str, arch: str = "sm_90", threads: int = 1) -> bytes:
+def assemble(ptx: str, arch: str = "sm_90", threads: int = 1, relocatable: bool = False) -> bytes:
     """ptxas: PTX to a cubin for `arch` (`threads` > 1, or 0 for one per CPU: its functions
-    compiled in parallel, `--split-compile`)."""
+    compiled in parallel, `--split-compile`), or to a relocatable object for `link`."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         src.write_text(ptx)
         split = [f"--split-compile={threads}"] if threads != 1 else []
-        done = subprocess.run(["ptxas", f"-arch={arch}", "-O3", *split, "-o", str(out), str(src)],
+        done = subprocess.run(["ptxas", f"-arch={arch}", "-O3", *split, *(["-c"] if relocatable else []),
+                               "-o", str(out), str(src)],
                               capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"ptxas failed: {done.stderr.strip()[-2000:]}")
@@ -134,69 +136,137 @@ def _top_level(ptx: str) -> tuple[list[str], dict[str, tuple[int, int]], list[tu
     return header, shared, functions
 
 
-def join_pieces(pieces: list[str], kernel: str, tail: str | None = None) -> str:
-    """One PTX module whose kernel `kernel` runs each piece's kernel `kernel` in turn, and (if given)
-    `tail`'s kernel `kernel` as `kernel`_1.
+def _piece(ptx: str, kernel: str, index: int) -> dict:
+    """A piece's PTX module, parsed: its kernel `kernel` as the device function
+    `kernel`_piece`index` ("function", same parameters, "params" their types), its "header",
+    "shared" arrays and "helpers" (LLVM's half-float conversions: .weak functions)."""
+    header, shared, functions = _top_level(ptx)
+    mains = [text for name, text in functions if name == kernel]
+    others = [name for name, text in functions if name != kernel and ".entry" in text.split("(")[0]]
+    if len(mains) != 1 or others:
+        raise RuntimeError(f"piece {index}: expected one kernel {kernel!r}, found {[n for n, _ in functions]}")
+    name = f"{kernel}_piece{index}"
+    text = re.sub(rf"\b{kernel}\b", name, mains[0].replace(kernel + "_param_", name + "_param_"))
+    return {"header": header, "shared": shared, "helpers": {n: t for n, t in functions if n != kernel},
+            "function": re.sub(r"^\.visible \.entry ", ".func ", text),
+            "params": re.findall(rf"\.param (\.\w+) {name}_param_\d+", text)}
 
-    Each piece's kernel becomes a device function (`.func`, same parameters); the new kernel loads
-    its parameters and calls every piece with them (`call.uni`: every piece must be block-uniform
-    in what it skips, as `emit`'s guarded pieces are). The pieces' shared arrays of one name
-    become one array of the largest size (the pieces run one after the other); helper functions
-    that several pieces carry (LLVM's half-float conversions) are kept once."""
-    header, shared, helpers, bodies, params = None, {}, {}, [], None
-    for i, ptx in enumerate(pieces):
-        head, sh, functions = _top_level(ptx)
-        header = header or head
-        for name, (align, size) in sh.items():
+
+def _same_params(pieces: list[dict]) -> list[str]:
+    for i, piece in enumerate(pieces):
+        if piece["params"] != pieces[0]["params"]:
+            raise RuntimeError(f"piece {i}: parameters {piece['params']} differ from piece 0's {pieces[0]['params']}")
+    return pieces[0]["params"]
+
+
+def _dispatcher(kernel: str, params: list[str], n_pieces: int) -> str:
+    """The kernel `kernel` that calls `kernel`_piece0.. in turn with its own parameters (`call.uni`:
+    every piece must be block-uniform in what it skips, as `emit`'s guarded pieces are)."""
+    regs = "\n".join(f"\t.reg {t} \t%p{k};\n\tld.param{t} \t%p{k}, [{kernel}_param_{k}];" for k, t in enumerate(params))
+    decls = "\n".join(f"\t.param {t} a{k};\n\tst.param{t} \t[a{k}], %p{k};" for k, t in enumerate(params))
+    args = ", ".join(f"a{k}" for k in range(len(params)))
+    calls = "\n".join(f"\t{{\n{decls}\n\tcall.uni {kernel}_piece{i}, ({args});\n\t}}" for i in range(n_pieces))
+    return (f".visible .entry {kernel}(\n" + ",\n".join(f"\t.param {t} {kernel}_param_{k}" for k, t in enumerate(params))
+            + f"\n)\n{{\n{regs}\n{calls}\n\tret;\n}}")
+
+
+def _tail_functions(tail: str, kernel: str, shared: dict, skip: dict) -> tuple[list[str], dict]:
+    """`tail`'s kernel `kernel` renamed `kernel`_1, with its other functions not in `skip`; and its
+    shared arrays (refused where a name is also in `shared`)."""
+    _, tail_shared, functions = _top_level(tail)
+    if set(tail_shared) & set(shared):
+        raise RuntimeError(f"the tail's shared arrays {sorted(tail_shared)} would collide with the pieces'")
+    texts = [re.sub(rf"\b{kernel}(_param_\d+)?\b", lambda m: f"{kernel}_1{m.group(1) or ''}", text) if name == kernel
+             else text for name, text in functions if name == kernel or name not in skip]
+    return texts, tail_shared
+
+
+def _shared_decls(shared: dict, storage: str = ".visible") -> list[str]:
+    return [f"{storage} .shared .align {a} .b8 {n}[{s}];" for n, (a, s) in shared.items()]
+
+
+def join_pieces(pieces: list[str], kernel: str, tail: str | None = None) -> str:
+    """One PTX module whose kernel `kernel` runs each piece's kernel `kernel` in turn (as device
+    functions, `_dispatcher`), and (if given) `tail`'s kernel `kernel` as `kernel`_1. The pieces'
+    shared arrays of one name become one array of the largest size (the pieces run one after the
+    other); helper functions that several pieces carry are kept once."""
+    parsed = [_piece(ptx, kernel, i) for i, ptx in enumerate(pieces)]
+    params, shared, helpers = _same_params(parsed), {}, {}
+    for piece in parsed:
+        for name, (align, size) in piece["shared"].items():
             old = shared.get(name, (0, 0))
             shared[name] = (max(align, old[0]), max(size, old[1]))
-        mains = [text for name, text in functions if name == kernel]
-        others = [name for name, text in functions if name != kernel and ".entry" in text.split("(")[0]]
-        if len(mains) != 1 or others:
-            raise RuntimeError(f"piece {i}: expected one kernel {kernel!r}, found {[n for n, _ in functions]}")
-        text = mains[0]
-        types = re.findall(rf"\.param (\.\w+) {kernel}_param_\d+", text)
-        if params is not None and types != params:
-            raise RuntimeError(f"piece {i}: parameters {types} differ from piece 0's {params}")
-        params = types
-        text = re.sub(rf"\b{kernel}\b", f"{kernel}_piece{i}", text.replace(kernel + "_param_", f"{kernel}_piece{i}_param_"))
-        bodies.append(re.sub(r"^\.visible \.entry ", ".func ", text))
-        helpers.update({name: t for name, t in functions if name != kernel})
-    regs = "\n".join(f"\tld.param{t} \t%p{k}, [{kernel}_param_{k}];" for k, t in enumerate(params))
-    calls = []
-    for i in range(len(pieces)):
-        decls = "\n".join(f"\t.param {t} a{k};\n\tst.param{t} \t[a{k}], %p{k};" for k, t in enumerate(params))
-        args = ", ".join(f"a{k}" for k in range(len(params)))
-        calls.append(f"\t{{\n{decls}\n\tcall.uni {kernel}_piece{i}, ({args});\n\t}}")
-    reg_decls = "\n".join(f"\t.reg {t} \t%p{k};" for k, t in enumerate(params))
-    dispatcher = (f".visible .entry {kernel}(\n"
-                  + ",\n".join(f"\t.param {t} {kernel}_param_{k}" for k, t in enumerate(params))
-                  + f"\n)\n{{\n{reg_decls}\n{regs}\n" + "\n".join(calls) + "\n\tret;\n}")
-    out = list(header) + [f".visible .shared .align {a} .b8 {n}[{s}];" for n, (a, s) in shared.items()]
-    out += list(helpers.values()) + bodies + [dispatcher]
+        helpers.update(piece["helpers"])
+    out = list(parsed[0]["header"]) + _shared_decls(shared) + list(helpers.values())
+    out += [piece["function"] for piece in parsed] + [_dispatcher(kernel, params, len(parsed))]
     if tail is not None:
-        _, sh, functions = _top_level(tail)
-        for name, (align, size) in sh.items():
-            if name in shared:
-                raise RuntimeError(f"the tail's shared array {name!r} would collide with the pieces'")
-            out.insert(len(header), f".visible .shared .align {align} .b8 {name}[{size}];")
-        for name, text in functions:
-            if name == kernel:
-                out.append(re.sub(rf"\b{kernel}(_param_\d+)?\b", lambda m: f"{kernel}_1{m.group(1) or ''}", text))
-            elif name not in helpers:
-                out.append(text)
+        texts, tail_shared = _tail_functions(tail, kernel, shared, helpers)
+        out[len(parsed[0]["header"]):len(parsed[0]["header"])] = _shared_decls(tail_shared)
+        out += texts
     return "\n\n".join(out) + "\n"
 
 
-def _ptx_of_recipes(recipes: list, arch: str) -> list[str]:
-    """PTX of each recipe's PrimFunc (a picklable callable returning it), in this process."""
-    return [nvptx_ptx(r(), arch) for r in recipes]
+def piece_source(ptx: str, kernel: str, index: int) -> tuple[str, dict]:
+    """Piece `index` as a PTX module of its own for separate compilation (`ptxas -c`): its kernel
+    becomes the visible device function `kernel`_piece`index`, its shared arrays `.extern` (defined
+    by `dispatcher_source`), its helpers kept (.weak); and its parsed parts (`_piece`)."""
+    piece = _piece(ptx, kernel, index)
+    text = piece["header"] + _shared_decls(piece["shared"], ".extern")
+    source = "\n".join(text) + "\n\n" + "\n\n".join([*piece["helpers"].values(), ".visible " + piece["function"]]) + "\n"
+    return source, {k: piece[k] for k in ("header", "shared", "params")}
 
 
-def _ptx_in_processes(recipes: list, arch: str, workers: int) -> list[str]:
-    """`_ptx_of_recipes` spread over `workers` child interpreters (`python -m
+def dispatcher_source(pieces: list[dict], kernel: str, tail: str | None = None) -> str:
+    """The PTX module linked with the pieces' objects (`piece_source`'s parts as `pieces`): the
+    kernel `kernel` that calls them in turn (`_dispatcher`), the shared arrays they declare (nvlink
+    needs one size per name: they share them, running one after the other), and (if given)
+    `tail`'s kernel `kernel` as `kernel`_1."""
+    params, shared = _same_params(pieces), pieces[0]["shared"]
+    for i, piece in enumerate(pieces):
+        if piece["shared"] != shared:
+            raise RuntimeError(f"piece {i}: shared arrays {piece['shared']} differ from piece 0's {shared}")
+    sig = ", ".join(f".param {t} p{k}" for k, t in enumerate(params))
+    out = list(pieces[0]["header"]) + _shared_decls(shared)
+    out += [f".extern .func {kernel}_piece{i}({sig});" for i in range(len(pieces))] + [_dispatcher(kernel, params, len(pieces))]
+    if tail is not None:
+        texts, tail_shared = _tail_functions(tail, kernel, shared, {})
+        out[len(pieces[0]["header"]):len(pieces[0]["header"])] = _shared_decls(tail_shared)
+        out += texts
+    return "\n\n".join(out) + "\n"
+
+
+def link(objects: list[bytes], arch: str = "sm_90") -> bytes:
+    """nvlink: relocatable device objects (`assemble(..., relocatable=True)`) into one cubin."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, obj in enumerate(objects):
+            paths.append(Path(tmp, f"o{i}.o"))
+            paths[-1].write_bytes(obj)
+        done = subprocess.run(["nvlink", f"-arch={arch}", "-o", str(Path(tmp, "k.cubin")), *map(str, paths)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"nvlink failed: {done.stderr.strip()[-2000:]}")
+        return Path(tmp, "k.cubin").read_bytes()
+
+
+def compile_tasks(tasks: list, kernel: str, arch: str) -> list:
+    """In this process, per task (recipe, piece index or None): with an index, the piece's (meta,
+    relocatable object) through NVPTX then `ptxas -c` (`piece_source`); else its PTX."""
+    out = []
+    for recipe, index in tasks:
+        ptx = nvptx_ptx(recipe(), arch)
+        if index is None:
+            out.append(ptx)
+        else:
+            source, meta = piece_source(ptx, kernel, index)
+            out.append((meta, assemble(source, arch, relocatable=True)))
+    return out
+
+
+def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int) -> list:
+    """`compile_tasks` spread over `workers` child interpreters (`python -m
     tvm_sparseconv.nvptx_worker`: no re-import of the caller's main module, unlike multiprocessing's
-    spawn), each compiling every workers-th recipe."""
+    spawn), each compiling every workers-th task."""
     import pickle
     import sys
 
@@ -205,7 +275,7 @@ def _ptx_in_processes(recipes: list, arch: str, workers: int) -> list[str]:
         procs = []
         for k in range(workers):
             job = Path(tmp, f"job{k}.pkl")
-            job.write_bytes(pickle.dumps((recipes[k::workers], arch)))
+            job.write_bytes(pickle.dumps((tasks[k::workers], kernel, arch)))
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm_sparseconv.nvptx_worker", str(job)],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         # every child is waited for before a failure is raised: none outlives the folder it writes to
@@ -213,24 +283,39 @@ def _ptx_in_processes(recipes: list, arch: str, workers: int) -> list[str]:
         if errors:
             raise RuntimeError(f"compiling pieces in a child process failed: {errors[0].strip()[-2000:]}")
         results = [pickle.loads(Path(tmp, f"job{k}.pkl.out").read_bytes()) for k in range(workers)]
-    ptx = [None] * len(recipes)
+    out = [None] * len(tasks)
     for k, done in enumerate(results):
-        ptx[k::workers] = done
-    return ptx
+        out[k::workers] = done
+    return out
 
 
 def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str = "sm_90",
-                         workers: int | None = None) -> tvm.runtime.Executable:
+                         workers: int | None = None, link_apart: bool = False) -> tvm.runtime.Executable:
     """Like `compile_nvptx`, for code too long to compile fast as one function: each of `pieces`
     (picklable callables returning a PrimFunc with one kernel, e.g. `functools.partial(emit, ...,
     piece=("part", i, n))`) goes through NVPTX apart, `workers` at a time in child processes
-    (default: `$TVM_SPARSECONV_COMPILE_WORKERS`, else one per CPU), and `join_pieces` makes them one kernel (ptxas then compiles the
-    pieces' functions in parallel threads). `tail`: the recipe of the function's second kernel.
-    `host`: the whole function's host side (one launch of the joined kernel, then the tail's)."""
-    recipes = list(pieces) + ([tail] if tail is not None else [])
-    workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
-    workers = max(1, min(workers, len(recipes)))
-    ptx = _ptx_of_recipes(recipes, arch) if workers == 1 else _ptx_in_processes(recipes, arch, workers)
+    (default: `$TVM_SPARSECONV_COMPILE_WORKERS`, else one per CPU); then one kernel runs them in turn:
+
+    - joined (default): the pieces' kernels become device functions of one PTX module
+      (`join_pieces`) that ptxas compiles whole; it inlines them, so the kernel is as fast as one
+      long kernel, but its time grows faster than the code (conv5 1x1 expand, 104,858 FMAs in 7
+      pieces, 2 cores: 28.7 s of ptxas);
+    - `link_apart`: each piece its own relocatable object (`piece_source`; `ptxas -c` in the child
+      that compiled it), linked by nvlink with a kernel that calls them (`dispatcher_source`): 4.9 s
+      of ptxas there, but the calls cost at run time (H200: conv5 1x1 reduce_first b32 81.7 ->
+      142.8 us with g32p32x8G, conv4 1x1 reduce b1 10.3 -> 13.6;
+      benchmarks/experiments/register_reuse-v12-pieces-*.json), so only for code too long to join.
+
+    `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
+    launch of the pieces' kernel, then the tail's)."""
     name = str(host.attrs["global_symbol"]) + KERNEL_SUFFIX
-    joined = join_pieces(ptx[:len(pieces)], name, ptx[-1] if tail is not None else None)
-    return build_with_cubin(host, assemble(joined, arch, threads=0), arch)
+    tasks = [(r, i if link_apart else None) for i, r in enumerate(pieces)] + ([(tail, None)] if tail is not None else [])
+    workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
+    workers = max(1, min(workers, len(tasks)))
+    done = compile_tasks(tasks, name, arch) if workers == 1 else _tasks_in_processes(tasks, name, arch, workers)
+    compiled, tail_ptx = done[:len(pieces)], (done[-1] if tail is not None else None)
+    if not link_apart:
+        return build_with_cubin(host, assemble(join_pieces(compiled, name, tail_ptx), arch, threads=0), arch)
+    dispatcher = dispatcher_source([meta for meta, _ in compiled], name, tail_ptx)
+    cubin = link([obj for _, obj in compiled] + [assemble(dispatcher, arch, relocatable=True)], arch)
+    return build_with_cubin(host, cubin, arch)

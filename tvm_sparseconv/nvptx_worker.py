@@ -1,4 +1,5 @@
-"""Child process of `nvptx_build.compile_nvptx_pieces`: PTX of pickled PrimFunc recipes.
+"""Child process of `nvptx_build.compile_nvptx_pieces`: pickled tasks (PrimFunc recipes) compiled
+by `nvptx_build.compile_tasks`.
 
     python -m tvm_sparseconv.nvptx_worker JOB.pkl   # writes JOB.pkl.out
 """
@@ -12,10 +13,10 @@ from pathlib import Path
 
 def main(job: str) -> int:
     import tvm_sparseconv  # noqa: F401 - registers tvm_sparseconv.schedules for the recipes' pickles
-    from tvm_sparseconv.nvptx_build import _ptx_of_recipes
+    from tvm_sparseconv.nvptx_build import compile_tasks
 
-    recipes, arch = pickle.loads(Path(job).read_bytes())
-    Path(job + ".out").write_bytes(pickle.dumps(_ptx_of_recipes(recipes, arch)))
+    tasks, kernel, arch = pickle.loads(Path(job).read_bytes())
+    Path(job + ".out").write_bytes(pickle.dumps(compile_tasks(tasks, kernel, arch)))
     return 0
 
 

@@ -139,9 +139,12 @@ def main(argv=None) -> int:
         wl = p.workload(kernel)
         w = p.dense_kernel().astype(np.float32)
         layers[p.name] = (p, kernel, wl, w)
-        if not args.ignore_budget and not tsc.algorithms.by_name("register-reuse").applies(wl, "cuda"):
+        algorithm = tsc.algorithms.by_name("register-reuse")
+        if not args.ignore_budget and not algorithm.applies(wl, "cuda"):
             continue  # over its code-size budget
         for t in tiles:
+            if not args.ignore_budget and not algorithm.fits(wl, TILES[t]):
+                continue  # pieces too long for the budget with this tile
             jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts))
     if args.workers > 1:  # each build's own child processes (long code in pieces): share the CPUs
         os.environ.setdefault("TVM_SPARSECONV_COMPILE_WORKERS", str(max(1, (os.cpu_count() or 1) // args.workers)))

@@ -104,6 +104,11 @@ class GeneratedAlgorithm(Algorithm):
         """The tile for a layer without a record."""
         raise NotImplementedError
 
+    def fits(self, wl: ConvWorkload, tile) -> bool:
+        """Whether `tile` keeps `wl`'s code within the compile-time budget (records of tiles that
+        do not are not used)."""
+        return True
+
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
         """The compiled module (a `tvm.runtime.Executable`) of `kernel` in `wl` with `tile` for `target`."""
         raise NotImplementedError

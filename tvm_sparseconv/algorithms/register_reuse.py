@@ -27,10 +27,21 @@ from ..workload import ConvWorkload
 from .base import GeneratedAlgorithm
 
 #: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
-#: not offered. Compile time (compile(), 2 cores, one kernel, long code in pieces): 21 s at 26,214
-#: FMAs (conv4 1x1 b1), 26.5 s at 58,982 (conv4 3x3, ELL width x Cout 69,632), 26.7 s at 52,429
-#: (conv5 1x1 reduce_first, 67,584); ~40 s at 52,429 for conv4 1x1 proj s2 (77,824), not offered
-MAX_UNROLLED_FMAS = 72_000
+#: not offered. Long code is compiled in pieces in parallel, at most one per channel block of the
+#: tile (`cuda_register_reuse.pieces_for`). compile() on the 2-core machine: 26.5 s for conv4 3x3
+#: (58,982 FMAs, 69,632 possible, joined), 10.5 s for conv4 1x1 proj s2 (52,429, 77,824 possible,
+#: linked), 19.7 s for conv5 1x1 expand (104,858, 155,648 possible, 14 pieces linked), 27.8 s for
+#: conv5 1x1 reduce (104,858, 126,976 possible, 2 pieces linked with g32p32x8G); conv5 1x1 proj s2
+#: (209,715) took 62.5 s and conv5 3x3 (235,930) 178 s: not offered
+MAX_UNROLLED_FMAS = 160_000
+#: up to this many possible FMAs the pieces are joined into one PTX module (fastest at run time);
+#: above, linked as objects compiled apart (ptxas would take too long on the whole; the calls cost
+#: at run time: `nvptx_build.compile_nvptx_pieces`)
+MAX_JOINED_FMAS = 72_000
+#: and no piece longer than this (a tile with few channel blocks gives few, long pieces; ptxas's
+#: time grows faster than linearly with a function's length): conv4 3x3 in one piece of 69,632
+#: possible (58,982 FMAs) compiles in 26.5 s
+MAX_FMAS_PER_PIECE = 70_000
 
 
 class RegisterReuse(GeneratedAlgorithm):
@@ -47,6 +58,19 @@ class RegisterReuse(GeneratedAlgorithm):
 
         return default_tile(int(np.prod(wl.output_shape[:3])))
 
+    @staticmethod
+    def _pieces(fmas: int, wl: ConvWorkload, tile) -> tuple[int, bool]:
+        """(pieces, linked apart) for code of `fmas` FMAs in layer `wl` with `tile`."""
+        from ..schedules.cuda_register_reuse import FMAS_PER_LINKED_PIECE, pieces_for
+
+        apart = wl.ell_width * wl.out_channels > MAX_JOINED_FMAS
+        return (pieces_for(fmas, wl.out_channels, tile, FMAS_PER_LINKED_PIECE) if apart
+                else pieces_for(fmas, wl.out_channels, tile)), apart
+
+    def fits(self, wl: ConvWorkload, tile) -> bool:
+        possible = wl.ell_width * wl.out_channels
+        return possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
+
     def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
         """`generate` as a picklable callable (for compiling pieces in child processes); `options`
         go to the emitter (`parts`, `piece`)."""
@@ -62,18 +86,20 @@ class RegisterReuse(GeneratedAlgorithm):
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
-        (`cuda_register_reuse.pieces_for`), then (split-K tiles) the kernel adding up the shares."""
+        (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
+        possible), then (split-K tiles) the kernel adding up the shares."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
-        from ..schedules.cuda_register_reuse import pieces_for, split_count
+        from ..schedules.cuda_register_reuse import split_count
 
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
-        n = pieces_for(int(kernel.nnz), wl.out_channels, tile)
+        n, apart = self._pieces(int(kernel.nnz), wl, tile)
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n)) for i in range(n)]
         w = np.asarray(kernel.to_dense(), np.float32)
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
-        return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch)
+        return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
+                                    link_apart=apart)
 
 
 ALGORITHM = RegisterReuse()
