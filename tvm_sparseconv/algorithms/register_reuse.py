@@ -30,9 +30,10 @@ from .base import GeneratedAlgorithm
 #: not offered. Long code is compiled in pieces in parallel, at most one per channel block of the
 #: tile (`cuda_register_reuse.pieces_for`). compile() on the 2-core machine: 26.5 s for conv4 3x3
 #: (58,982 FMAs, 69,632 possible, joined), 10.5 s for conv4 1x1 proj s2 (52,429, 77,824 possible,
-#: linked), 19.7 s for conv5 1x1 expand (104,858, 155,648 possible, 14 pieces linked), 27.8 s for
-#: conv5 1x1 reduce (104,858, 126,976 possible, 2 pieces linked with g32p32x8G); conv5 1x1 proj s2
-#: (209,715) took 62.5 s and conv5 3x3 (235,930) 178 s: not offered
+#: linked), 19.7-23.3 s for conv5 1x1 expand (104,858, 155,648 possible, 14 pieces linked),
+#: 27.8-32.9 s for conv5 1x1 reduce (104,858, 126,976 possible; its Cout of 512 allows 2-4 pieces:
+#: 32.9 s with its record's tile g32p64x4, the edge of the budget); conv5 1x1 proj s2 (209,715)
+#: took 62.5 s and conv5 3x3 (235,930) 178 s: not offered
 MAX_UNROLLED_FMAS = 160_000
 #: up to this many possible FMAs the pieces are joined into one PTX module (fastest at run time);
 #: above, linked as objects compiled apart (ptxas would take too long on the whole; the calls cost
