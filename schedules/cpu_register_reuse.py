@@ -35,7 +35,7 @@ from .pattern_code import tap_input
 
 F32 = "float32"
 #: bump when the emitted code changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 1
+EMITTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,15 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
     for t, (kh, kw) in enumerate(taps):
         srcs = [source((tile * B + bi) * L + i, kh, kw) for i in range(L)]
         if vec_in:
-            for c8 in range(0, cin, L):
-                relayout += [tirx.BufferStore(xin, tirx.BufferLoad(x_flat, [_ramp(off + c8, L)]), [_ramp(i * L, L)])
-                             for i, (off, _) in enumerate(srcs)]
-                vecs = [tirx.Select(tirx.Broadcast(inside, L), tirx.BufferLoad(xin, [_ramp(i * L, L)]), tirx.Broadcast(zero, L))
-                        for i, (_, inside) in enumerate(srcs)]
-                relayout += [tirx.BufferStore(xt, v, [_ramp(row(bi, t, c8 + k), L)]) for k, v in enumerate(_transpose(vecs, L))]
+            # a loop over the channel vectors, not straight-line code: LLVM's time on unrolled
+            # transposes grew with taps x Cin / lanes (conv3 3x3: 144 of them, 150 s of its compile)
+            cv = tirx.Var("cv", "int32")
+            body = [tirx.BufferStore(xin, tirx.BufferLoad(x_flat, [_ramp(off + cv * L, L)]), [_ramp(i * L, L)])
+                    for i, (off, _) in enumerate(srcs)]
+            vecs = [tirx.Select(tirx.Broadcast(inside, L), tirx.BufferLoad(xin, [_ramp(i * L, L)]), tirx.Broadcast(zero, L))
+                    for i, (_, inside) in enumerate(srcs)]
+            body += [tirx.BufferStore(xt, v, [_ramp(row(bi, t, cv * L + k), L)]) for k, v in enumerate(_transpose(vecs, L))]
+            relayout.append(tirx.For(cv, 0, cin // L, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
         else:
             ci = tirx.Var("ci", "int32")
             body = []
@@ -124,7 +127,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
                 body.append(tirx.BufferStore(xin, x_flat[off + ci], [i]))
                 body.append(tirx.BufferStore(xt, tirx.Select(inside, xin[i], zero), [row(bi, t, ci) + i]))
             relayout.append(tirx.For(ci, 0, cin, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
-    relayout_loop = tirx.For(bi, 0, B, tirx.ForKind.SERIAL, tirx.SeqStmt(relayout))
+    relayout_loop = tirx.For(bi, 0, B, tirx.ForKind.SERIAL, relayout[0] if len(relayout) == 1 else tirx.SeqStmt(relayout))
 
     # 2. per group: one straight-line run of its FMAs, looped over the tile's blocks
     def group_code(g: int) -> tirx.Stmt:

@@ -72,8 +72,12 @@ def test_it_is_offered_for_cpu_layers_within_its_code_size_budget():
     wl = ConvWorkload.create((1, 5, 5, 16), kernel.shape, kernel.ell_width, 1, "SAME", 1)
     assert [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "llvm")] == ["cpu-register-reuse"]
     assert "cpu-register-reuse" not in [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "cuda")]
-    big = replace(wl, kernel_shape=(3, 3, 128, 128), ell_width=152)  # conv3 3x3 at 90%: 19,456
-    assert not algorithms.by_name("cpu-register-reuse").applies(big, "llvm"), "over the code-size budget"
+    algorithm = algorithms.by_name("cpu-register-reuse")
+    assert algorithm.applies(replace(wl, kernel_shape=(3, 3, 128, 128), ell_width=152), "llvm")  # conv3 3x3 at 90%
+    big = replace(wl, kernel_shape=(3, 3, 256, 256), ell_width=272)  # conv4 3x3 at 90%: 69,632
+    assert not algorithm.applies(big, "llvm"), "over the code-size budget"
+    many_taps = replace(wl, kernel_shape=(11, 11, 32, 64), ell_width=440)  # the headline: 28,160 possible
+    assert not algorithm.applies(many_taps, "llvm"), "too many (tap, channel vector) rows"
 
 
 def test_compile_chooses_it_where_its_record_beats_the_scheduled_ones_and_computes_right(tmp_path):

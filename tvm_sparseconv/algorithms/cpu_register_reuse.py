@@ -18,13 +18,15 @@ from ..kernel import SparseKernel
 from ..workload import ConvWorkload
 from .base import GeneratedAlgorithm
 
-#: code size budget (ELL width x output channels): LLVM's x86 backend takes 19.5-24.3 s on 2 cores
-#: (znver3) up to 12,288 possible nonzeros (conv3 1x1 expand: 6,554 nonzeros) and 42-49 s at
-#: 13,107 nonzeros (20,480 possible), 140-161 s at 14,746 (conv3 3x3):
-#: benchmarks/experiments/cpu_register_reuse-cpu-znver3.json; the target is 30 s per layer
-MAX_UNROLLED_FMAS = 12_500
-
-
+#: code size budget (ELL width x output channels). Since the input relayout is a loop per tap
+#: (emitter version 2; it was straight-line code, LLVM's time grew with taps x Cin: conv3 3x3 took
+#: 140-161 s), LLVM's x86 backend on 2 cores (znver3) takes 11.8 s for conv3 3x3 (14,746
+#: nonzeros, 19,456 possible), 17.4 s for conv4 1x1 reduce (26,214, 33,792), 26.1 s for conv4 1x1
+#: expand (26,214, 45,056), 46.8 s for conv4 3x3 (58,982, 69,632); the target is 30 s per layer
+MAX_UNROLLED_FMAS = 46_000
+#: and at most this many (tap, vector of input channels) rows: the 11x11 headline (24,781
+#: nonzeros, 121 taps x 4 vectors) took 55.6 s; conv1 7x7 (49 taps x 1) 2.8 s
+MAX_TAP_VECTORS = 300
 class CPURegisterReuse(GeneratedAlgorithm):
     """One vector FMA per nonzero in straight-line code, per group of output channels."""
 
@@ -32,7 +34,9 @@ class CPURegisterReuse(GeneratedAlgorithm):
     emitter = "cpu_register_reuse"
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
-        return target_kind == "llvm" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
+        kh, kw, cin, _ = wl.kernel_shape
+        return (target_kind == "llvm" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
+                and kh * kw * -(-cin // 8) <= MAX_TAP_VECTORS)
 
     def default_tile(self, wl: ConvWorkload) -> str:
         from ..schedules.cpu_register_reuse import DEFAULT_TILE
