@@ -217,3 +217,57 @@ def test_family_folders_same_vendor_first_then_by_name(tuned_folder, tmp_path):
     want = sorted(f"cpu-{m}" for m in same if targets.cpu_vendor(m) == vendor)
     want += sorted(f"cpu-{m}" for m in same if targets.cpu_vendor(m) != vendor)
     assert [folder.name for folder, _ in tuning_records.family_folders(HOST, root)] == want
+
+
+# --- the tile records of generated algorithms (cpu-register-reuse) travel the same way -------------
+
+def _tile_record_folder(root: Path, mcpu: str, tile: str = "l8b1") -> Path:
+    """A folder of CPU `mcpu` holding only a cpu-register-reuse tile record of PROBLEM's shape, with
+    the meta.json its --record run writes (`tuning_records.ensure_meta`)."""
+    from tvm_sparseconv import algorithms, tile_records
+
+    kernel = PROBLEM.sparse_kernel()
+    wl = algorithms.workload_for(kernel, PROBLEM.workload(kernel), "cpu-register-reuse")
+    folder = root / f"cpu-{mcpu}"
+    tuning_records.ensure_meta(folder, targets.cpu_target(mcpu), f"CPU {mcpu}")
+    tile_records.write(tile_records.path_for(folder, "cpu-register-reuse"), "cpu-register-reuse", f"CPU {mcpu}", "test",
+                       [{"layer": PROBLEM.name, "shape": tile_records.shape_key(wl), "tile": tile, "seconds": 1e-6,
+                         "nonzeros": kernel.nnz}])
+    return folder
+
+
+@needs_family
+def test_a_tile_record_of_another_cpu_of_the_family_is_used_and_verified(tmp_path, monkeypatch, cache_dir):
+    root = tmp_path / "logs"
+    other = _tile_record_folder(root, _other_cpu(same_family=True))
+    assert tuning_records.read_meta(other)["isa_family"] == FAMILY and tuning_records.family_folders(HOST, root)
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    op = _compile()
+    assert op.algorithm == "cpu-register-reuse", op.schedule_source
+    assert op.schedule_source == f"tuned:cpu-register-reuse l8b1@{other.name} (family {FAMILY}, verified here)"
+    _check_result(op)
+    verdict = module_cache.read_verdict(op._build.cache_path)
+    assert verdict is not None and verdict["ok"] and verdict["relative_error"] <= 1e-5, verdict
+    assert verdict["record"] == other.name and verdict["family"] == FAMILY
+
+
+@needs_family
+def test_a_tile_record_of_another_family_is_not_used(tmp_path, monkeypatch, cache_dir):
+    root = tmp_path / "logs"
+    _tile_record_folder(root, _other_cpu(same_family=False))
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    with pytest.warns(tsc.UntunedWarning):
+        op = _compile()
+    assert op.algorithm != "cpu-register-reuse", op.schedule_source
+
+
+@needs_family
+def test_a_travelled_tile_record_is_not_weighed_against_this_cpus_own_records(tuned_folder, tmp_path, monkeypatch,
+                                                                             cache_dir):
+    """Times measured on two machines are not compared: this CPU's own scheduled record wins."""
+    root = tmp_path / "logs"
+    shutil.copytree(tuned_folder, root / tuned_folder.name)
+    _tile_record_folder(root, _other_cpu(same_family=True))
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    op = _compile()
+    assert op.schedule_source.endswith(f"@{tuned_folder.name}") and op.algorithm != "cpu-register-reuse"

@@ -33,7 +33,7 @@ from . import algorithms, module_cache, tuning_records, verification
 from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
-from .targets import device_for
+from .targets import device_for, target_isa_family
 from .tir_build import compile_tir
 from .workload import ConvWorkload
 
@@ -143,22 +143,25 @@ _VERDICTS: dict[str, dict] = {}  # artifact name -> verdict, for modules not kep
 _VERDICT_LOCK = threading.Lock()
 
 
-def _verified(function, wl: ConvWorkload, target: Target, name: str, path: Path | None, tuned) -> dict:
-    """The float64 check of a travelled record's module: the verdict kept in the cache, else run now."""
+def _verified(function, wl: ConvWorkload, target: Target, name: str, path: Path | None, tuned,
+              measure=None) -> dict:
+    """The float64 check of a travelled record's module: the verdict kept in the cache, else run now
+    (`measure()`: its relative error, default `verification.check_function`'s)."""
     with _VERDICT_LOCK:  # one check per module even when several threads compile the layer at once
         verdict = module_cache.read_verdict(path) if path is not None else None
         if verdict is None:
-            verdict = _VERDICTS.get(name) or _check(function, wl, target, tuned)
+            verdict = _VERDICTS.get(name) or _check(function, wl, target, tuned, measure)
             if path is not None:  # also when checked earlier in this process, before the cache was emptied
                 module_cache.write_verdict(path, verdict)
         _VERDICTS[name] = verdict
     return verdict
 
 
-def _check(function, wl: ConvWorkload, target: Target, tuned) -> dict:
+def _check(function, wl: ConvWorkload, target: Target, tuned, measure=None) -> dict:
     t0 = time.perf_counter()
     try:
-        err, problem = verification.check_function(function, wl, device_for(target)), None
+        err = measure() if measure is not None else verification.check_function(function, wl, device_for(target))
+        problem = None
     except Exception as e:  # noqa: BLE001 - a module that fails to run fails the check
         err, problem = float("inf"), f"{type(e).__name__}: {e}"
     verdict = {"ok": err <= verification.TOLERANCE, "relative_error": err, "record": tuned.folder.name,
@@ -216,47 +219,90 @@ def _own_folder(target: Target, folder: Path | None) -> Path:
     return folder if folder is not None else tuning_records.logs_root() / target_folder_name(target)
 
 
-def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None) -> dict | None:
-    """The tile record of `wl`'s shape under its generated algorithm in `folder` (default: this
-    device's `tuning_logs/` folder), if it names a known tile; an unknown tile warns."""
+@dataclass(frozen=True)
+class TileRecord:
+    """A generated algorithm's record of a layer shape (`tile_records`), the folder it was read from
+    and, when that folder is another CPU's of this CPU's ISA family, the family."""
+
+    record: dict
+    folder: Path
+    family: str | None = None
+
+    @property
+    def travelled(self) -> bool:
+        return self.family is not None
+
+
+def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None) -> TileRecord | None:
+    """The tile record of `wl`'s shape under its generated algorithm: in `folder` if given; else in
+    this device's `tuning_logs/` folder, else (CPUs) in the first folder of another CPU of its ISA
+    family that has one (`tuning_records.family_folders`, as for MetaSchedule records). Records
+    naming an unknown tile (warned) or a tile over the algorithm's compile-time budget are skipped."""
     from . import tile_records
 
-    folder = _own_folder(target, folder)
-    record = tile_records.find(folder, wl.algorithm, wl)
     algorithm = algorithms.by_name(wl.algorithm)
-    if record is not None and record["tile"] not in algorithm.tiles():
-        warn_user(f"the {wl.algorithm} record of {wl.describe()} in {folder} names an unknown tile "
-                  f"{record['tile']!r}; using the default", tuning_records.TuningLogWarning)
-        return None
-    if record is not None and not algorithm.fits(wl, algorithm.tiles()[record["tile"]]):
-        log.info("%s: the %s record's tile %s is over the compile-time budget; not used", wl.describe(),
-                 wl.algorithm, record["tile"])
-        return None
-    return record
+    if folder is not None:
+        places = [(folder, None)]
+    else:
+        family = target_isa_family(target)
+        places = [(_own_folder(target, None), None)]
+        places += [(f, family) for f, _ in tuning_records.family_folders(target)]
+    for place, family in places:
+        record = tile_records.find(place, wl.algorithm, wl)
+        if record is None:
+            continue
+        if record["tile"] not in algorithm.tiles():
+            warn_user(f"the {wl.algorithm} record of {wl.describe()} in {place} names an unknown tile "
+                      f"{record['tile']!r}; not used", tuning_records.TuningLogWarning)
+            continue
+        if not algorithm.fits(wl, algorithm.tiles()[record["tile"]]):
+            log.info("%s: the %s record's tile %s is over the compile-time budget; not used", wl.describe(),
+                     wl.algorithm, record["tile"])
+            continue
+        return TileRecord(record, place, family)
+    return None
 
 
 def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | None = None,
                     use_disk_cache: bool = True) -> BuildResult:
     """Compile `wl` under a generated algorithm (`Algorithm.generated`: its code holds `kernel`'s
-    values) with the tile of its record in `folder` (default: this device's `tuning_logs/` folder),
-    else its default tile; cached on disk by the kernel's digest, the workload and the tile."""
+    values) with the tile of its record (`generated_record`), else its default tile; cached on disk
+    by the kernel's digest, the workload and the tile. A record of another CPU of the family is
+    checked against float64 on its first use (the default tile is used if that fails)."""
     from .algorithms.base import kernel_digest
 
     algorithm = algorithms.by_name(wl.algorithm)
     if not algorithm.generated:
         raise ValueError(f"{wl.algorithm} is not a generated algorithm")
-    folder = _own_folder(target, folder)
-    record = generated_record(wl, target, folder)
-    if record is not None:
-        name, source = record["tile"], f"tuned:{wl.algorithm} {record['tile']}@{folder.name}"
+    found = generated_record(wl, target, folder)
+    if found is not None:
+        name, source = found.record["tile"], f"tuned:{wl.algorithm} {found.record['tile']}@{found.folder.name}"
+        if found.travelled:
+            source += f" (family {found.family}, verified here)"
     else:
         name = algorithm.default_tile(wl)
         source = f"untuned:{wl.algorithm} {name}"
+    result = _build_tile(kernel, wl, target, name, source, use_disk_cache)
+    if found is None or not found.travelled:
+        return result
+    key = f"{wl.key()}-{name}-{kernel_digest(kernel)}"
+    verdict = _verified(result.function, wl, target, key, result.cache_path, found,
+                        lambda: verification.check_generated(result.function, kernel, wl, device_for(target)))
+    if verdict["ok"]:
+        return result
+    warn_user(f"the {wl.algorithm} record of {wl.describe()} from {found.folder} (another CPU of family "
+              f"{found.family}) gives wrong results on this CPU (relative error {verdict['relative_error']:.2e}"
+              f"{', ' + verdict['error'] if verdict.get('error') else ''}): using the default tile",
+              tuning_records.TuningLogWarning)
+    name = algorithm.default_tile(wl)
+    return _build_tile(kernel, wl, target, name, f"untuned:{wl.algorithm} {name}", use_disk_cache)
+
+
+def _build_tile(kernel, wl: ConvWorkload, target: Target, name: str, source: str, use_disk_cache: bool) -> BuildResult:
+    from .algorithms.base import kernel_digest
+
+    algorithm = algorithms.by_name(wl.algorithm)
     tile = algorithm.tiles()[name]
-
-    def compile_it():
-        return algorithm.build(kernel, wl, tile, target)
-
     key = None
     if use_disk_cache:
         blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(),
@@ -264,7 +310,7 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
                            "emitter": algorithm.emitter_version},
                           sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]
-    return _built(wl, source, compile_it, key)
+    return _built(wl, source, lambda: algorithm.build(kernel, wl, tile, target), key)
 
 
 def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
@@ -272,27 +318,29 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     """(the generated workload to build, or None; the scheduled records read, if any, for `build`).
 
     `candidates`: the layer under each scheduled algorithm (MetaSchedule records, `run_us`);
-    `generated`: under each generated one (tile records, their time scaled up to `kernel`'s
-    nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen only with a record of this
-    device, and only where no scheduled record of this device is as fast.
+    `generated`: under each generated one (tile records, `generated_record`, their time scaled up
+    to `kernel`'s nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen
+    only with a record, and only where no scheduled record measured on the same CPU (the same
+    folder) is as fast; a record of another CPU of the family is not weighed against this CPU's own
+    scheduled records (times of two machines), so there those win.
     """
     from . import tile_records
 
     estimates = []
     for wl in generated:
-        record = generated_record(wl, target, folder)
-        if record is not None:
-            estimates.append((tile_records.estimated_seconds(record, kernel.nnz) * 1e6, wl))
+        found = generated_record(wl, target, folder)
+        if found is not None:
+            estimates.append((tile_records.estimated_seconds(found.record, kernel.nnz) * 1e6, wl, found))
     if not estimates:
         return None, None
-    found = _tuned_records(candidates, target, folder)
-    own = [f[1] for f in found if not f[0]]
-    gen_us, gen_wl = min(estimates, key=lambda e: e[0])
-    if own and min(own) <= gen_us:
-        return None, found
-    log.info("%s: %s (record %.1f us) over the scheduled algorithms (best record %s us)", gen_wl.describe(),
-             gen_wl.algorithm, gen_us, f"{min(own):.1f}" if own else "none")
-    return gen_wl, found
+    scheduled = _tuned_records(candidates, target, folder)
+    gen_us, gen_wl, found = min(estimates, key=lambda e: e[0])
+    same_cpu = [f[1] for f in scheduled if f[3].folder.name == found.folder.name]
+    if (same_cpu and min(same_cpu) <= gen_us) or (found.travelled and any(not f[0] for f in scheduled)):
+        return None, scheduled
+    log.info("%s: %s (record %.1f us, %s) over the scheduled algorithms (best record there %s us)", gen_wl.describe(),
+             gen_wl.algorithm, gen_us, found.folder.name, f"{min(same_cpu):.1f}" if same_cpu else "none")
+    return gen_wl, scheduled
 
 
 def build_layer(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,

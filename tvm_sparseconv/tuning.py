@@ -44,11 +44,12 @@ from . import reference
 from . import algorithms
 from .rpc import RemoteSite, Tracker, rpc_alloc_argument
 from .schedules import RULE_ANNOTATION, RULES, rules_for
-from .targets import device_for, target_isa_family
+from .targets import device_for
 from .tir_build import compile_tir
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
-from .tuning_records import META_FILE, entry_workload, keep_newest_record, read_meta, repair_folder, workload_module
+from .tuning_records import (META_FILE, entry_workload, keep_newest_record, meta_header, read_meta, repair_folder,
+                             workload_module)
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -388,15 +389,12 @@ def _write_record(out_folder: Path, record, mod, wl, problem, target, best, err,
         ms.database.TuningRecord(record.trace, db.commit_workload(mod), record.run_secs, target, record.args_info)
     )
     keep_newest_record(out_folder, mod)
-    target_json = {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}
     previous = meta.get("tvm_version")
     if previous and previous != tvm.__version__:  # older entries keep the version they were tuned with
         for e in meta.get("entries", []):
             if isinstance(e, dict):
                 e.setdefault("tvm_version", previous)
-    meta.update(tvm_version=tvm.__version__, device_name=device_name or meta.get("device_name", ""), target=target_json)
-    if target.kind.name == "llvm":  # which CPUs may use these records (tuning_records.meta_family)
-        meta["isa_family"] = target_isa_family(target)
+    meta.update(meta_header(target, device_name or meta.get("device_name", "")))
     # An entry that does not parse is kept as it is (it may be someone's record to fix by hand).
     entries = [e for e in meta.get("entries", []) if entry_workload(e) != wl]
     entries.append({

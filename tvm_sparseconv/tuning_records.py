@@ -355,6 +355,24 @@ def read_meta(folder: Path) -> dict | None:
     return meta
 
 
+def meta_header(target: Target, device_name: str = "") -> dict:
+    """What a folder's `meta.json` says of its device: TVM version, device name, target and (CPUs)
+    ISA family, the family that decides which other CPUs may use its records."""
+    head = {"tvm_version": tvm.__version__, "device_name": device_name,
+            "target": {k: v for k, v in target.export().items() if k in ("kind", "arch", "mcpu", "num-cores")}}
+    if target.kind.name == "llvm":
+        head["isa_family"] = target_isa_family(target)
+    return head
+
+
+def ensure_meta(folder: Path, target: Target, device_name: str = "") -> None:
+    """Give `folder` a `meta.json` (no MetaSchedule entries) when it has none: a folder holding only
+    generated algorithms' tile records is then found by other CPUs of its family (`family_folders`)."""
+    if not (folder / META_FILE).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META_FILE).write_text(json.dumps({**meta_header(target, device_name), "entries": []}, indent=1) + "\n")
+
+
 def meta_family(meta: dict) -> str:
     """The ISA family of a folder's CPU: from its target's `mcpu` where this LLVM knows the CPU,
     else the `isa_family` recorded by `tune.py` (meta.json written before it has none)."""

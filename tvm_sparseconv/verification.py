@@ -52,9 +52,20 @@ def check_function(function: tvm.runtime.Function, wl: ConvWorkload, device: tvm
     made = algorithms.workload_for(kernel, wl, wl.algorithm)
     if made != wl:  # would be a bug here, not in the record
         raise RuntimeError(f"random kernel gives {made.describe()}, wanted {wl.describe()}")
+    return _error(function, kernel, wl, device, rng, algorithms.pack_weights(wl, kernel))
+
+
+def check_generated(function: tvm.runtime.Function, kernel, wl: ConvWorkload, device: tvm.runtime.Device,
+                    seed: int = 0) -> float:
+    """Relative error of a generated algorithm's `function` (its code holds `kernel`'s values; its
+    arguments are x, [bias], out) against float64 on a random input; inf as `check_function`."""
+    return _error(function, kernel, wl, device, np.random.default_rng(seed), [])
+
+
+def _error(function, kernel, wl: ConvWorkload, device, rng: np.random.Generator, weights: list) -> float:
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     bias = rng.standard_normal(wl.out_channels, dtype=np.float32) if wl.has_bias else None
-    arrays = [x, *algorithms.pack_weights(wl, kernel)] + ([bias] if bias is not None else [])
+    arrays = [x, *weights] + ([bias] if bias is not None else [])
     args = [tvm.runtime.tensor(a, device) for a in arrays]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), device)
     function(*args, out)

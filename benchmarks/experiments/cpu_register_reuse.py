@@ -183,6 +183,9 @@ def record(args) -> int:
         print(f"{p.name:34s} nnz {kernel.nnz:6d}  {tiles_ms}  library {lib * 1e3:.3f} ({op.algorithm})", flush=True)
         rows.append(row)
         Path(args.json).write_text(json.dumps({**meta, "layers": rows}, indent=1))
+    from tvm_sparseconv.tuning_records import ensure_meta
+
+    ensure_meta(args.record, target, meta["cpu"])  # so that other CPUs of its ISA family find these records
     path = tile_records.merge(args.record, algorithm.name, str(args.record.name), args.json, records)
     print(f"wrote {path}")
     return 0
