@@ -452,3 +452,13 @@ def test_a_piece_that_fails_to_compile_in_its_child_process_is_reported():
 
     with pytest.raises(RuntimeError, match="child process failed"):
         _tasks_in_processes([(functools.partial(int, "not a PrimFunc"), 0), (functools.partial(int, "7"), 1)], "k", "sm_90", 2)
+
+
+def test_a_record_naming_an_unknown_tile_warns_and_is_not_used(tmp_path):
+    from tvm_sparseconv import build, targets, tile_records, tuning_records
+
+    _, wl = _layer()
+    tile_records.write(tile_records.path_for(tmp_path, "register-reuse"), "register-reuse", "test", "test",
+                       [{"layer": "x", "shape": tile_records.shape_key(wl), "tile": "g99p99x9", "seconds": 1e-5}])
+    with pytest.warns(tuning_records.TuningLogWarning, match="names an unknown tile 'g99p99x9'"):
+        assert build.generated_record(wl, targets.cuda_target_for_arch("sm_90"), tmp_path) is None
