@@ -143,25 +143,23 @@ _VERDICTS: dict[str, dict] = {}  # artifact name -> verdict, for modules not kep
 _VERDICT_LOCK = threading.Lock()
 
 
-def _verified(function, wl: ConvWorkload, target: Target, name: str, path: Path | None, tuned,
-              measure=None) -> dict:
+def _verified(wl: ConvWorkload, target: Target, name: str, path: Path | None, tuned, measure) -> dict:
     """The float64 check of a travelled record's module: the verdict kept in the cache, else run now
-    (`measure()`: its relative error, default `verification.check_function`'s)."""
+    (`measure()`: the module's relative error, from `verification`)."""
     with _VERDICT_LOCK:  # one check per module even when several threads compile the layer at once
         verdict = module_cache.read_verdict(path) if path is not None else None
         if verdict is None:
-            verdict = _VERDICTS.get(name) or _check(function, wl, target, tuned, measure)
+            verdict = _VERDICTS.get(name) or _check(wl, target, tuned, measure)
             if path is not None:  # also when checked earlier in this process, before the cache was emptied
                 module_cache.write_verdict(path, verdict)
         _VERDICTS[name] = verdict
     return verdict
 
 
-def _check(function, wl: ConvWorkload, target: Target, tuned, measure=None) -> dict:
+def _check(wl: ConvWorkload, target: Target, tuned, measure) -> dict:
     t0 = time.perf_counter()
     try:
-        err = measure() if measure is not None else verification.check_function(function, wl, device_for(target))
-        problem = None
+        err, problem = measure(), None
     except Exception as e:  # noqa: BLE001 - a module that fails to run fails the check
         err, problem = float("inf"), f"{type(e).__name__}: {e}"
     verdict = {"ok": err <= verification.TOLERANCE, "relative_error": err, "record": tuned.folder.name,
@@ -188,7 +186,8 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
     if tuned is None or not tuned.travelled:
         return result
     name = f"{wl.key()}-{_cache_key(wl, target, schedule)}"
-    verdict = _verified(result.function, wl, target, name, result.cache_path, tuned)
+    verdict = _verified(wl, target, name, result.cache_path, tuned,
+                        lambda: verification.check_function(result.function, wl, device_for(target)))
     if verdict["ok"]:
         return result
     warn_user(f"the tuning record of {wl.describe()} from {tuned.folder} (another CPU of family {tuned.family}) "
@@ -286,7 +285,7 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     if found is None or not found.travelled:
         return result
     key = f"{wl.key()}-{name}-{kernel_digest(kernel)}"
-    verdict = _verified(result.function, wl, target, key, result.cache_path, found,
+    verdict = _verified(wl, target, key, result.cache_path, found,
                         lambda: verification.check_generated(result.function, kernel, wl, device_for(target)))
     if verdict["ok"]:
         return result
