@@ -59,6 +59,9 @@ def parse_args(argv=None):
                          "names (tvm_sparseconv.algorithms), or 'all' for every one that runs on the device")
     ap.add_argument("--call-times", action="store_true",
                     help="GPU: also time ours and cuDNN per call from Python, host overhead included (call_seconds)")
+    ap.add_argument("--compile-workers", type=int, default=0, metavar="N",
+                    help="first compile every point in N processes at once (filling the module cache; each "
+                         "point's compile_s is then its time in that pool), then time them one by one")
     ap.add_argument("--ceilings", action="store_true",
                     help="also measure the device's fp32 GEMM rate and copy bandwidth (stored with the results)")
     return ap.parse_args(argv)
@@ -79,16 +82,19 @@ def main(argv=None) -> int:
     baselines.check_names(only_baselines, on_gpu)
     print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
 
+    compile_s = compile_in_parallel(problems, str(target), args.compile_workers) if args.compile_workers else {}
     points = []
     it = tqdm(problems, unit="point") if tqdm else problems
     for problem in it:
         try:
             points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced,
                                       only_baselines, call_times=args.call_times and on_gpu))
+            if problem.name in compile_s:
+                points[-1]["compile_s"] = compile_s[problem.name]
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
             points.append({"sweep": problem.sweep, "problem": problem.name, "value": problem.value, "error": repr(e)})
         print_point(points[-1], file=sys.stdout if tqdm is None else None)
-    env = environment(device_name, target)
+    env = environment(device_name, target) | ({"compile_workers": args.compile_workers} if compile_s else {})
     if args.ceilings:
         env["ceilings"] = baselines.measure_ceilings(on_gpu)
         print(f"ceilings: {env['ceilings']}")
@@ -104,6 +110,36 @@ def main(argv=None) -> int:
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
              or not all(a["correct"] for a in p.get("algorithms", {}).values())]
     return 1 if wrong else 0
+
+
+def _compile_one(name: str, target: str) -> float:
+    """Worker of `compile_in_parallel`: compile one point as `bench_point` does (into the module cache)."""
+    warnings.simplefilter("ignore", tsc.UntunedWarning)
+    problem = workload_set(name)[0]
+    t0 = time.perf_counter()
+    tsc.compile(tsc.SparseKernel.from_dense(problem.dense_kernel()), problem.input_shape, strides=problem.strides,
+                padding=problem.padding, target=target)
+    return time.perf_counter() - t0
+
+
+def compile_in_parallel(problems: list[Problem], target: str, workers: int) -> dict[str, float]:
+    """Compile every distinct point in `workers` processes at once (the module cache keeps the
+    builds for the timed run); {point name: compile seconds in the pool}. A point that fails here
+    is left to `bench_point`, which reports its error."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    names = list(dict.fromkeys(p.name for p in problems))
+    out: dict[str, float] = {}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_compile_one, n, target): n for n in names}
+        done = as_completed(futures)
+        for f in tqdm(done, total=len(futures), unit="layer", desc="compiling") if tqdm else done:
+            try:
+                out[futures[f]] = f.result()
+            except Exception as e:  # noqa: BLE001 - reported again, per point, by bench_point
+                print(f"compiling {futures[f]} failed: {e!r}", file=sys.stderr)
+    return out
 
 
 def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int,

@@ -65,14 +65,18 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     return marked
 
 
-def assemble(ptx: str, arch: str = "sm_90", threads: int = 1, relocatable: bool = False) -> bytes:
+def assemble(ptx: str, arch: str = "sm_90", threads: int = 1, relocatable: bool = False,
+             max_registers: int | None = None) -> bytes:
     """ptxas: PTX to a cubin for `arch` (`threads` > 1, or 0 for one per CPU: its functions
-    compiled in parallel, `--split-compile`), or to a relocatable object for `link`."""
+    compiled in parallel, `--split-compile`), or to a relocatable object for `link`, whose device
+    functions use at most `max_registers` registers (ptxas gives a function compiled apart as many
+    as it likes: 243 where the same code joined into its kernel got 122, halving the occupancy)."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         src.write_text(ptx)
         split = [f"--split-compile={threads}"] if threads != 1 else []
-        done = subprocess.run(["ptxas", f"-arch={arch}", "-O3", *split, *(["-c"] if relocatable else []),
+        cap = [f"--device-function-maxrregcount={max_registers}"] if relocatable and max_registers else []
+        done = subprocess.run(["ptxas", f"-arch={arch}", "-O3", *split, *(["-c"] if relocatable else []), *cap,
                                "-o", str(out), str(src)],
                               capture_output=True, text=True)
         if done.returncode:
@@ -249,9 +253,10 @@ def link(objects: list[bytes], arch: str = "sm_90") -> bytes:
         return Path(tmp, "k.cubin").read_bytes()
 
 
-def compile_tasks(tasks: list, kernel: str, arch: str) -> list:
+def compile_tasks(tasks: list, kernel: str, arch: str, max_registers: int | None = None) -> list:
     """In this process, per task (recipe, piece index or None): with an index, the piece's (meta,
-    relocatable object) through NVPTX then `ptxas -c` (`piece_source`); else its PTX."""
+    relocatable object) through NVPTX then `ptxas -c` (`piece_source`, at most `max_registers`);
+    else its PTX."""
     out = []
     for recipe, index in tasks:
         ptx = nvptx_ptx(recipe(), arch)
@@ -259,11 +264,11 @@ def compile_tasks(tasks: list, kernel: str, arch: str) -> list:
             out.append(ptx)
         else:
             source, meta = piece_source(ptx, kernel, index)
-            out.append((meta, assemble(source, arch, relocatable=True)))
+            out.append((meta, assemble(source, arch, relocatable=True, max_registers=max_registers)))
     return out
 
 
-def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int) -> list:
+def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int, max_registers: int | None = None) -> list:
     """`compile_tasks` spread over `workers` child interpreters (`python -m
     tvm_sparseconv.nvptx_worker`: no re-import of the caller's main module, unlike multiprocessing's
     spawn), each compiling every workers-th task."""
@@ -275,7 +280,7 @@ def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int) -> li
         procs = []
         for k in range(workers):
             job = Path(tmp, f"job{k}.pkl")
-            job.write_bytes(pickle.dumps((tasks[k::workers], kernel, arch)))
+            job.write_bytes(pickle.dumps((tasks[k::workers], kernel, arch, max_registers)))
             procs.append(subprocess.Popen([sys.executable, "-m", "tvm_sparseconv.nvptx_worker", str(job)],
                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
         # every child is waited for before a failure is raised: none outlives the folder it writes to
@@ -290,7 +295,8 @@ def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int) -> li
 
 
 def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str = "sm_90",
-                         workers: int | None = None, link_apart: bool = False) -> tvm.runtime.Executable:
+                         workers: int | None = None, link_apart: bool = False,
+                         max_registers: int | None = None) -> tvm.runtime.Executable:
     """Like `compile_nvptx`, for code too long to compile fast as one function: each of `pieces`
     (picklable callables returning a PrimFunc with one kernel, e.g. `functools.partial(emit, ...,
     piece=("part", i, n))`) goes through NVPTX apart, `workers` at a time in child processes
@@ -301,10 +307,11 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
       long kernel, but its time grows faster than the code (conv5 1x1 expand, 104,858 FMAs in 7
       pieces, 2 cores: 28.7 s of ptxas);
     - `link_apart`: each piece its own relocatable object (`piece_source`; `ptxas -c` in the child
-      that compiled it), linked by nvlink with a kernel that calls them (`dispatcher_source`): 4.9 s
-      of ptxas there, but the calls cost at run time (H200: conv5 1x1 reduce_first b32 81.7 ->
-      142.8 us with g32p32x8G, conv4 1x1 reduce b1 10.3 -> 13.6;
-      benchmarks/experiments/register_reuse-v12-pieces-*.json), so only for code too long to join.
+      that compiled it, its functions at most `max_registers` registers), linked by nvlink with a
+      kernel that calls them (`dispatcher_source`): 4.9 s of ptxas there. Without the cap the
+      calls cost at run time (H200: conv5 1x1 reduce_first b32 81.7 -> 142.8 us with g32p32x8G,
+      conv4 1x1 reduce b1 10.3 -> 13.6; benchmarks/experiments/register_reuse-v12-pieces-*.json):
+      ptxas gave the functions twice the joined kernel's registers.
 
     `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
     launch of the pieces' kernel, then the tail's)."""
@@ -312,7 +319,8 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
     tasks = [(r, i if link_apart else None) for i, r in enumerate(pieces)] + ([(tail, None)] if tail is not None else [])
     workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
     workers = max(1, min(workers, len(tasks)))
-    done = compile_tasks(tasks, name, arch) if workers == 1 else _tasks_in_processes(tasks, name, arch, workers)
+    done = (compile_tasks(tasks, name, arch, max_registers) if workers == 1
+            else _tasks_in_processes(tasks, name, arch, workers, max_registers))
     compiled, tail_ptx = done[:len(pieces)], (done[-1] if tail is not None else None)
     if not link_apart:
         return build_with_cubin(host, assemble(join_pieces(compiled, name, tail_ptx), arch, threads=0), arch)

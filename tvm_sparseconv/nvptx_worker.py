@@ -15,8 +15,8 @@ def main(job: str) -> int:
     import tvm_sparseconv  # noqa: F401 - registers tvm_sparseconv.schedules for the recipes' pickles
     from tvm_sparseconv.nvptx_build import compile_tasks
 
-    tasks, kernel, arch = pickle.loads(Path(job).read_bytes())
-    Path(job + ".out").write_bytes(pickle.dumps(compile_tasks(tasks, kernel, arch)))
+    tasks, kernel, arch, max_registers = pickle.loads(Path(job).read_bytes())
+    Path(job + ".out").write_bytes(pickle.dumps(compile_tasks(tasks, kernel, arch, max_registers)))
     return 0
 
 

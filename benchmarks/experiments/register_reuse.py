@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from schedules.cuda_register_reuse import TILES  # noqa: E402
+from tvm_sparseconv.algorithms.register_reuse import LINK_MODES  # noqa: E402
 
 
 
@@ -35,7 +36,7 @@ def _compile(args) -> dict:
     """Worker: build one (layer, tile) as compile() does (`RegisterReuse.build`: long code in
     pieces compiled in parallel, joined into one kernel), or as `parts` kernels launched in turn;
     export the module."""
-    name, tile_name, path, parts = args
+    name, tile_name, path, parts, link = args
     from schedules.cuda_register_reuse import TILES
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.nvptx_build import compile_nvptx
@@ -49,10 +50,10 @@ def _compile(args) -> dict:
     if parts:
         ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts))
     else:
-        ex = algorithm.build(kernel, wl, tile)
+        ex = algorithm.build(kernel, wl, tile, link=link)
     compile_s = time.perf_counter() - t0
     ex.export_library(path)
-    return {"layer": name, "tile": tile_name, "compile_s": compile_s, "path": path, "parts": parts}
+    return {"layer": name, "tile": tile_name, "compile_s": compile_s, "path": path, "parts": parts, "link": link}
 
 
 def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
@@ -109,6 +110,10 @@ def main(argv=None) -> int:
                     help="also compile layers over the algorithm's code-size budget (what the budget costs)")
     ap.add_argument("--parts", type=int, default=None,
                     help="kernels per layer (default: the emitter's split by FMAs, parts_for)")
+    ap.add_argument("--link", default="auto", choices=LINK_MODES,
+                    help="long code's pieces: as compile() puts them together (auto: joined up to "
+                         "MAX_JOINED_FMAS possible, else linked), or forced (linked-uncapped: without the "
+                         "register cap of pieces compiled apart)")
     ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
@@ -119,6 +124,8 @@ def main(argv=None) -> int:
         print(markdown_table(json.loads(Path(args.json).read_text())))
         return 0
     if args.record is not None:
+        if json.loads(Path(args.json).read_text()).get("link", "auto") != "auto":
+            sys.exit(f"{args.json} was built with a forced --link: its times are not compile()'s")
         path = write_records(json.loads(Path(args.json).read_text()), args.record, args.json)
         print(f"wrote {path}")
         return 0
@@ -145,7 +152,7 @@ def main(argv=None) -> int:
         for t in tiles:
             if not args.ignore_budget and not algorithm.fits(wl, TILES[t]):
                 continue  # pieces too long for the budget with this tile
-            jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts))
+            jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts, args.link))
     if args.workers > 1:  # each build's own child processes (long code in pieces): share the CPUs
         os.environ.setdefault("TVM_SPARSECONV_COMPILE_WORKERS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     t0 = time.perf_counter()
@@ -164,7 +171,7 @@ def main(argv=None) -> int:
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
             "repeats": args.repeats, "timing": "device time (cuda_event_median)", "ignore_budget": args.ignore_budget,
-            "parts": args.parts}
+            "parts": args.parts, "link": args.link}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)

@@ -45,6 +45,10 @@ MAX_JOINED_FMAS = 72_000
 MAX_FMAS_PER_PIECE = 70_000
 
 
+#: how `RegisterReuse.build` puts pieces together: by the budget, or forced (experiments)
+LINK_MODES = ("auto", "joined", "linked", "linked-uncapped")
+
+
 class RegisterReuse(GeneratedAlgorithm):
     """One FMA per nonzero in straight-line code, per thread's pixel and group of output channels."""
 
@@ -60,11 +64,12 @@ class RegisterReuse(GeneratedAlgorithm):
         return default_tile(int(np.prod(wl.output_shape[:3])))
 
     @staticmethod
-    def _pieces(fmas: int, wl: ConvWorkload, tile) -> tuple[int, bool]:
-        """(pieces, linked apart) for code of `fmas` FMAs in layer `wl` with `tile`."""
+    def _pieces(fmas: int, wl: ConvWorkload, tile, apart: bool | None = None) -> tuple[int, bool]:
+        """(pieces, linked apart) for code of `fmas` FMAs in layer `wl` with `tile` (`apart`: by
+        the budget where None)."""
         from ..schedules.cuda_register_reuse import FMAS_PER_LINKED_PIECE, pieces_for
 
-        apart = wl.ell_width * wl.out_channels > MAX_JOINED_FMAS
+        apart = wl.ell_width * wl.out_channels > MAX_JOINED_FMAS if apart is None else apart
         return (pieces_for(fmas, wl.out_channels, tile, FMAS_PER_LINKED_PIECE) if apart
                 else pieces_for(fmas, wl.out_channels, tile)), apart
 
@@ -85,22 +90,27 @@ class RegisterReuse(GeneratedAlgorithm):
         """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
         return self.recipe(kernel, wl, tile, llvm, **options)()
 
-    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None, link: str = "auto"):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
-        possible), then (split-K tiles) the kernel adding up the shares."""
+        possible), then (split-K tiles) the kernel adding up the shares. `link` (experiments):
+        "joined" or "linked" overrides that choice, "linked-uncapped" links without the register
+        cap (`cuda_register_reuse.register_cap`)."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
-        from ..schedules.cuda_register_reuse import split_count
+        from ..schedules.cuda_register_reuse import register_cap, split_count
 
+        if link not in LINK_MODES:
+            raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
-        n, apart = self._pieces(int(kernel.nnz), wl, tile)
+        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined")
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n)) for i in range(n)]
         w = np.asarray(kernel.to_dense(), np.float32)
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
         return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
-                                    link_apart=apart)
+                                    link_apart=apart,
+                                    max_registers=None if link == "linked-uncapped" else register_cap(tile))
 
 
 ALGORITHM = RegisterReuse()
