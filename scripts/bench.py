@@ -62,6 +62,8 @@ def parse_args(argv=None):
     ap.add_argument("--compile-workers", type=int, default=0, metavar="N",
                     help="first compile every point in N processes at once (filling the module cache; each "
                          "point's compile_s is then its time in that pool), then time them one by one")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile every point (into the module cache, in --compile-workers processes) and stop")
     ap.add_argument("--ceilings", action="store_true",
                     help="also measure the device's fp32 GEMM rate and copy bandwidth (stored with the results)")
     return ap.parse_args(argv)
@@ -83,6 +85,12 @@ def main(argv=None) -> int:
     print(f"benchmarking {len(problems)} points on {device_name} ({target.kind.name}), {repeats} samples each")
 
     compile_s = compile_in_parallel(problems, str(target), args.compile_workers) if args.compile_workers else {}
+    if args.compile_only:
+        if not args.compile_workers:
+            compile_s = compile_in_parallel(problems, str(target), 1)
+        print(f"compiled {len(compile_s)} of {len(dict.fromkeys(p.name for p in problems))} layers "
+              f"({sum(compile_s.values()):.0f} s in all)")
+        return 0 if len(compile_s) == len(dict.fromkeys(p.name for p in problems)) else 1
     points = []
     it = tqdm(problems, unit="point") if tqdm else problems
     for problem in it:
