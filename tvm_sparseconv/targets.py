@@ -149,7 +149,13 @@ def gpu_folder_name(device_name: str) -> str:
 def target_folder_name(target: Target, device_id: int = 0) -> str:
     """Folder for `target`'s tuning logs: the GPU's name for CUDA, `cpu-<mcpu>` for LLVM."""
     if target.kind.name == "cuda":
-        return gpu_folder_name(tvm.cuda(device_id).device_name)
+        dev = tvm.cuda(device_id)
+        # `exist` goes through the CUDA runtime, which initialises the driver: `device_name` alone asks
+        # the driver, and in a fresh process given a full CUDA target (nothing touched the GPU yet)
+        # failed with CUDA_ERROR_NOT_INITIALIZED
+        if not dev.exist:
+            raise RuntimeError(f"no CUDA device {device_id}: the target {target} needs one to find its tuning logs")
+        return gpu_folder_name(dev.device_name)
     mcpu = str(target.attrs.get("mcpu", "generic"))
     return f"cpu-{mcpu}"
 
