@@ -3,10 +3,14 @@
 
 For CUDA no GPU is needed: the untuned template is lowered by TVM and its CUDA source compiled to
 a cubin for sm_90 with the local nvcc, which is what `compile()` does on a GPU machine before the
-module is loaded. For the CPU, the LLVM build of the untuned template. Writes
-`benchmarks/experiments/compile_time-<host>.json`.
+module is loaded. For the CPU, the LLVM build of the untuned template. Generated algorithms (the
+kernel's values in the code: register-reuse, cpu-register-reuse) are built as `compile()` builds
+them, with the tile of their record (CUDA: in `--gpu-folder`; CPU: this CPU's or its family's);
+layers without a record are not built (compile() does not choose a generated algorithm without one).
+Writes `benchmarks/experiments/compile_time-<host>.json`.
 
   python benchmarks/experiments/compile_time.py --sets resnet50_network_s90_b1
+  python benchmarks/experiments/compile_time.py --sets resnet50_network_s90_b32 --targets cuda --generated-only
 """
 
 from __future__ import annotations
@@ -49,10 +53,30 @@ def compile_seconds(wl, target) -> dict:
     return out
 
 
+def generated_seconds(kernel, wl, target, gpu_folder: Path) -> dict | None:
+    """Build `wl` under its generated algorithm as `compile()` does (no disk cache) with its
+    record's tile: (tile, seconds); None without a record."""
+    from tvm_sparseconv import build
+
+    algorithm = algorithms.by_name(wl.algorithm)
+    found = build.generated_record(wl, target, gpu_folder if target.kind.name == "cuda" else None)
+    if found is None:
+        return None
+    name = found.record["tile"]
+    t0 = time.perf_counter()
+    lib = algorithm.build(kernel, wl, algorithm.tiles()[name], target)
+    if target.kind.name != "cuda":
+        lib[algorithms.FUNC_NAME]
+    return {"tile": name, "record": str(found.folder.relative_to(ROOT)), "total_s": time.perf_counter() - t0}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="resnet50_network_s90_b1", help="workload set(s), comma-separated")
     ap.add_argument("--targets", default="cuda,cpu", help="cuda (needs nvcc, not a GPU) and/or cpu")
+    ap.add_argument("--generated-only", action="store_true", help="only the generated algorithms")
+    ap.add_argument("--gpu-folder", type=Path, default=ROOT / "tuning_logs" / "nvidia-h200",
+                    help="whose tile records the CUDA generated algorithms use (default: the H200's)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     kinds = args.targets.split(",")
@@ -63,18 +87,28 @@ def main(argv=None) -> int:
         kernel = problem.sparse_kernel()
         for kind in kinds:
             target = targets.cuda_target_for_arch("sm_90") if kind == "cuda" else targets.host_cpu_target()
-            for wl in algorithms.workloads_for(kernel, problem.workload(kernel), target.kind.name):
-                r = {"problem": problem.name, "target": kind, "algorithm": wl.algorithm, **compile_seconds(wl, target)}
+            wl0 = problem.workload(kernel)
+            scheduled = [] if args.generated_only else algorithms.workloads_for(kernel, wl0, target.kind.name)
+            for wl in scheduled + algorithms.generated_workloads_for(kernel, wl0, target.kind.name):
+                generated = algorithms.by_name(wl.algorithm).generated
+                seconds = (generated_seconds(kernel, wl, target, args.gpu_folder) if generated
+                           else compile_seconds(wl, target))
+                if seconds is None:
+                    continue
+                r = {"problem": problem.name, "target": kind, "algorithm": wl.algorithm, "nnz": int(kernel.nnz), **seconds}
                 rows.append(r)
-                print(f"{problem.name:40s} {kind:5s} {wl.algorithm:12s} {r['total_s']:6.1f} s", flush=True)
+                print(f"{problem.name:40s} {kind:5s} {wl.algorithm:18s} {r.get('tile', ''):12s} {r['total_s']:6.1f} s",
+                      flush=True)
     worst = max(rows, key=lambda r: r["total_s"])
     result = {
         "script": "benchmarks/experiments/compile_time.py", "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "host": platform.node(), "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "load_average_after": os.getloadavg(), "tvm": tvm.__version__, "sets": args.sets, "rows": rows,
+        "load_average_after": os.getloadavg(), "tvm": tvm.__version__, "sets": args.sets,
+        "cpu_target": str(targets.host_cpu_target()), "gpu_folder": str(args.gpu_folder.relative_to(ROOT)), "rows": rows,
         "worst": worst, "layers_over_30_s": sum(r["total_s"] > 30 for r in rows),
     }
-    out = args.out or Path(__file__).with_name(f"compile_time-{platform.machine()}-{os.cpu_count()}cores.json")
+    out = args.out or Path(__file__).with_name(
+        f"compile_time-{targets.target_folder_name(targets.host_cpu_target())}-{os.cpu_count()}cores.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"worst {worst['problem']} {worst['target']} {worst['algorithm']}: {worst['total_s']:.1f} s; wrote {out}")
     return 0
