@@ -122,10 +122,11 @@ TILES: dict[str, Tile] = {
     "g32p32x1s16G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=16),
 }
 def register_cap(tile: Tile) -> int:
-    """Registers for a piece compiled apart (`nvptx_build.assemble(max_registers=...)`): its
-    accumulators and input registers plus room for addresses and loads in flight, about what ptxas
-    gives the same code joined into one kernel (122 with 32 accumulators and 16 inputs, 151 with 64
-    and 8); left alone, it gave the function apart 243 (g32p64x4G), halving the blocks per SM."""
+    """Registers for a piece compiled apart (`nvptx_build.assemble(max_registers=...)`, link mode
+    "linked-capped", not the default: see `register_reuse.LINK_MODES`): its accumulators and input
+    registers plus room for addresses and loads in flight, about what ptxas gives the same code
+    joined into one kernel (122 with 32 accumulators and 16 inputs, 151 with 64 and 8); left alone,
+    it gave the function apart 243 (g32p64x4G), halving the blocks per SM."""
     return min(255, -(-(tile.group + tile.regs + 80) // 8) * 8)
 
 

@@ -307,11 +307,13 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
       long kernel, but its time grows faster than the code (conv5 1x1 expand, 104,858 FMAs in 7
       pieces, 2 cores: 28.7 s of ptxas);
     - `link_apart`: each piece its own relocatable object (`piece_source`; `ptxas -c` in the child
-      that compiled it, its functions at most `max_registers` registers), linked by nvlink with a
-      kernel that calls them (`dispatcher_source`): 4.9 s of ptxas there. Without the cap the
+      that compiled it, its functions at most `max_registers` registers if given), linked by
+      nvlink with a kernel that calls them (`dispatcher_source`): 4.9 s of ptxas there, but the
       calls cost at run time (H200: conv5 1x1 reduce_first b32 81.7 -> 142.8 us with g32p32x8G,
       conv4 1x1 reduce b1 10.3 -> 13.6; benchmarks/experiments/register_reuse-v12-pieces-*.json):
-      ptxas gave the functions twice the joined kernel's registers.
+      ptxas gives a function compiled apart up to twice the joined kernel's registers, and the
+      call ABI passes the memory descriptor in registers (two R2UR before each global load). A
+      register cap recovers part of it on some tiles and loses on others (`register_reuse.LINK_MODES`).
 
     `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
     launch of the pieces' kernel, then the tail's)."""

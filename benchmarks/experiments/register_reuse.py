@@ -112,8 +112,8 @@ def main(argv=None) -> int:
                     help="kernels per layer (default: the emitter's split by FMAs, parts_for)")
     ap.add_argument("--link", default="auto", choices=LINK_MODES,
                     help="long code's pieces: as compile() puts them together (auto: joined up to "
-                         "MAX_JOINED_FMAS possible, else linked), or forced (linked-uncapped: without the "
-                         "register cap of pieces compiled apart)")
+                         "MAX_JOINED_FMAS possible, else linked), or forced (linked-capped: with a register "
+                         "cap on the pieces compiled apart)")
     ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",

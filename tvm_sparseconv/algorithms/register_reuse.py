@@ -45,8 +45,13 @@ MAX_JOINED_FMAS = 72_000
 MAX_FMAS_PER_PIECE = 70_000
 
 
-#: how `RegisterReuse.build` puts pieces together: by the budget, or forced (experiments)
-LINK_MODES = ("auto", "joined", "linked", "linked-uncapped")
+#: how `RegisterReuse.build` puts pieces together: by the budget, or forced (experiments);
+#: "linked-capped": linked with a register cap on the pieces (`cuda_register_reuse.register_cap`):
+#: H200, 2026-12-02 (register_reuse-v13-pieces-*.json and the network runs of that day): 139.5 ->
+#: 95.0 us on conv5 1x1 reduce_first b32 with g32p32x8G (joined 81.7), but slower on the layers
+#: whose records link (conv5 1x1 expand b32 70.8 -> 106.9, conv4 1x1 proj s2 103.0 -> 123.7), so
+#: not the default
+LINK_MODES = ("auto", "joined", "linked", "linked-capped")
 
 
 class RegisterReuse(GeneratedAlgorithm):
@@ -94,8 +99,8 @@ class RegisterReuse(GeneratedAlgorithm):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
         possible), then (split-K tiles) the kernel adding up the shares. `link` (experiments):
-        "joined" or "linked" overrides that choice, "linked-uncapped" links without the register
-        cap (`cuda_register_reuse.register_cap`)."""
+        "joined" or "linked" overrides that choice, "linked-capped" links with a register cap
+        (`LINK_MODES`)."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
         from ..schedules.cuda_register_reuse import register_cap, split_count
 
@@ -110,7 +115,7 @@ class RegisterReuse(GeneratedAlgorithm):
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
         return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
                                     link_apart=apart,
-                                    max_registers=None if link == "linked-uncapped" else register_cap(tile))
+                                    max_registers=register_cap(tile) if link == "linked-capped" else None)
 
 
 ALGORITHM = RegisterReuse()
