@@ -160,8 +160,11 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
             full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | {p.get('algorithm', 'ell-gather')} | "
                         + " | ".join(speed) + f" | {_gflops(p)} | {share} | {p['relative_error']:.1e} | "
                         f"{'yes' if p['tuned'] else 'no'} | {each} | {target_check(p)} |")
-        wins = [f"{sum(1 for p in pts if isinstance(p['seconds'].get(b), float) and p['seconds'][b] > p['seconds']['sparse'])}/{len(pts)}"
-                for b in bases]
+        # counted over the points that measured the baseline (a sweep re-run with fewer baselines
+        # says "n/a" for the others, not "slower")
+        measured = {b: [p for p in pts if isinstance(p["seconds"].get(b), float)] for b in bases}
+        wins = [f"{sum(p['seconds'][b] > p['seconds']['sparse'] for p in measured[b])}/{len(measured[b])}"
+                if measured[b] else "n/a" for b in bases]
         summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {_gflops(max(pts, key=lambda p: p['useful_tflops']))} |")
     dens = [p for p in points if p["sweep"] == "density"]
     if dens:

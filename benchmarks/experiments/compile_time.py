@@ -5,8 +5,8 @@ For CUDA no GPU is needed: the untuned template is lowered by TVM and its CUDA s
 a cubin for sm_90 with the local nvcc, which is what `compile()` does on a GPU machine before the
 module is loaded. For the CPU, the LLVM build of the untuned template. Generated algorithms (the
 kernel's values in the code: register-reuse, cpu-register-reuse) are built as `compile()` builds
-them, with the tile of their record (CUDA: in `--gpu-folder`; CPU: this CPU's or its family's);
-layers without a record are not built (compile() does not choose a generated algorithm without one).
+them, with the tile of their record (CUDA: in `--gpu-folder`; CPU: this CPU's or its family's),
+where `compile()` would choose them (their record beats the layer's scheduled records).
 Writes `benchmarks/experiments/compile_time-<host>.json`.
 
   python benchmarks/experiments/compile_time.py --sets resnet50_network_s90_b1
@@ -53,20 +53,31 @@ def compile_seconds(wl, target) -> dict:
     return out
 
 
-def generated_seconds(kernel, wl, target, gpu_folder: Path) -> dict | None:
-    """Build `wl` under its generated algorithm as `compile()` does (no disk cache) with its
-    record's tile: (tile, seconds); None without a record."""
+def chosen_generated(kernel, wl0, target, gpu_folder: Path):
+    """The generated workload `compile()` would build for this layer (its record beats the
+    scheduled ones: `build.choose_generated`), else None."""
+    from tvm_sparseconv import build
+
+    folder = gpu_folder if target.kind.name == "cuda" else None
+    chosen, _ = build.choose_generated(kernel, algorithms.workloads_for(kernel, wl0, target.kind.name),
+                                       algorithms.generated_workloads_for(kernel, wl0, target.kind.name), target, folder)
+    return chosen
+
+
+def generated_seconds(kernel, wl, target, gpu_folder: Path) -> dict:
+    """Build `wl` under its generated algorithm as `compile()` does (no disk cache; machine code
+    generated as when stored in the module cache) with its record's tile: (tile, seconds)."""
+    import tempfile
+
     from tvm_sparseconv import build
 
     algorithm = algorithms.by_name(wl.algorithm)
     found = build.generated_record(wl, target, gpu_folder if target.kind.name == "cuda" else None)
-    if found is None:
-        return None
     name = found.record["tile"]
     t0 = time.perf_counter()
     lib = algorithm.build(kernel, wl, algorithm.tiles()[name], target)
-    if target.kind.name != "cuda":
-        lib[algorithms.FUNC_NAME]
+    with tempfile.TemporaryDirectory() as tmp:
+        lib.export_library(str(Path(tmp, "m.so")))
     return {"tile": name, "record": str(found.folder.relative_to(ROOT)), "total_s": time.perf_counter() - t0}
 
 
@@ -89,12 +100,11 @@ def main(argv=None) -> int:
             target = targets.cuda_target_for_arch("sm_90") if kind == "cuda" else targets.host_cpu_target()
             wl0 = problem.workload(kernel)
             scheduled = [] if args.generated_only else algorithms.workloads_for(kernel, wl0, target.kind.name)
-            for wl in scheduled + algorithms.generated_workloads_for(kernel, wl0, target.kind.name):
+            chosen = chosen_generated(kernel, wl0, target, args.gpu_folder)
+            for wl in scheduled + ([chosen] if chosen is not None else []):
                 generated = algorithms.by_name(wl.algorithm).generated
                 seconds = (generated_seconds(kernel, wl, target, args.gpu_folder) if generated
                            else compile_seconds(wl, target))
-                if seconds is None:
-                    continue
                 r = {"problem": problem.name, "target": kind, "algorithm": wl.algorithm, "nnz": int(kernel.nnz), **seconds}
                 rows.append(r)
                 print(f"{problem.name:40s} {kind:5s} {wl.algorithm:18s} {r.get('tile', ''):12s} {r['total_s']:6.1f} s",

@@ -21,10 +21,13 @@ from .base import GeneratedAlgorithm
 #: code size budget (ELL width x output channels). Since the input relayout is a loop per tap
 #: (emitter version 2; it was straight-line code, LLVM's time grew with taps x Cin: conv3 3x3 took
 #: 140-161 s on znver3), LLVM's x86 backend takes, on the 2-core znver5 machine for its own CPU,
-#: each layer compiled alone: 14.1 s (l8b4) / 26.5 s (l16b4) for conv3 3x3 (14,746 nonzeros,
-#: 19,456 possible), 24.2 / 26.8 s for conv4 1x1 reduce (26,214, 33,792), 35.9 s (l16b4) for conv4
-#: 1x1 expand (26,214, 45,056); the target is 30 s per layer
-MAX_UNROLLED_FMAS = 34_000
+#: as compile() builds (benchmarks/experiments/compile_time-cpu-znver5-2cores-cpu-register-reuse.json,
+#: 2026-12-02): 22.4-23.4 s for conv3 1x1 proj s2 and conv4 1x1 reduce_first (13,107 nonzeros,
+#: 18,432-20,480 possible), 37.7 s for conv3 3x3 (14,746, 19,456: over the 30 s target), 63.8 s
+#: for conv4 1x1 reduce (26,214, 33,792: out; a day earlier the same machine type took 26.8 s). The
+#: backend's time grows faster than the code: conv4 1x1 reduce with half its channels 16-19 s of
+#: code generation, whole 56-70 s (`benchmarks/experiments/cpu_llvm_opt_level.py`)
+MAX_UNROLLED_FMAS = 21_000
 #: and at most this many (tap, vector of input channels) rows: the 11x11 headline (24,781
 #: nonzeros, 121 taps x 4 vectors) took 55.6 s; conv1 7x7 (49 taps x 1) 2.8 s
 MAX_TAP_VECTORS = 300
