@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -185,10 +186,33 @@ def load_or_build(path: Path, build: Callable[[], object], function: str) -> tup
             # the stored shared library, not the built module: an LLVM module in memory generates
             # its machine code again on first lookup (JIT), which export_library has just done
             # (cpu-register-reuse conv3 1x1 reduce, znver5: 3.4 s of 12.8)
-            module, problem = _try_load(path)
+            module = _load_fresh(path)
             if module is not None and _has(module, function):
                 return module, False
         return executable.mod, False
+
+
+_LOADS = itertools.count()
+
+
+def _load_fresh(path: Path) -> tvm.runtime.Module | None:
+    """Load the library just written at `path` through a link of its own name: `dlopen` hands back
+    the handle of a library this process already opened under the same name, even when the file
+    has been replaced since (the old module: a damaged one, if it was damaged in place)."""
+    link = path.with_name(f".{path.name}.{os.getpid()}.{next(_LOADS)}.so")
+    try:
+        os.link(path, link)
+    except OSError:
+        return None
+    try:
+        return tvm.runtime.load_module(str(link))
+    except Exception:  # noqa: BLE001 - then the built module serves
+        return None
+    finally:
+        try:
+            os.unlink(link)  # the loaded mapping keeps the file's data
+        except OSError:
+            pass
 
 
 def _has(module: tvm.runtime.Module, function: str) -> bool:
