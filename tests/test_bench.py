@@ -31,3 +31,20 @@ def test_bench_refuses_an_unknown_baseline_by_name():
     r = _bench("--sweeps", "tiny", "--device", "cpu", "--baselines", "cudnn_fp32")
     assert r.returncode != 0
     assert "unknown baselines ['cudnn_fp32']" in r.stderr and "tf_conv2d" in r.stderr
+
+
+def test_bench_compiles_every_point_in_parallel_first_then_times_them(tmp_path):
+    """--compile-only compiles each point in worker processes into the module cache and stops (no
+    JSON); --compile-workers then times them, taking the modules from that cache."""
+    env = dict(__import__("os").environ, TVM_SPARSECONV_CACHE=str(tmp_path / "cache"))
+    r = _bench("--sweeps", "tiny", "--device", "cpu", "--compile-only", "--compile-workers", "2", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "compiled 2 of 2 layers" in r.stdout
+    assert len(list((tmp_path / "cache").rglob("*.so"))) == 2
+    out = tmp_path / "cpu.json"
+    r = _bench("--sweeps", "tiny", "--device", "cpu", "--repeats", "2", "--no-baselines", "--compile-workers", "2",
+               "--out", str(out), env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["compile_workers"] == 2
+    assert all(p["correct"] and p["compile_s"] > 0 for p in res["points"])

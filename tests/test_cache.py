@@ -169,3 +169,40 @@ def test_cache_does_not_keep_kernel_alive(rng):
     gc.collect()
     assert k_ref() is None, "op._CACHE keeps the kernel (and its compiled ops) alive forever"
     assert op_ref() is None
+
+
+def test_a_fresh_build_is_served_from_the_library_it_stored(cache_dir, rng):
+    """After building, the cache hands back the shared library it just wrote, not the in-memory LLVM
+    module (whose first lookup would generate the machine code a second time), and it computes."""
+    w = random_pruned_kernel(rng, KSHAPE, 0.3)
+    op = tvm_sparseconv.compile(SparseKernel.from_dense(w), SHAPE, target="cpu")
+    assert op._build.from_disk_cache is False
+    assert op._build.module.kind == "library"
+    assert not list(cache_dir.rglob(".*.so"))  # the private link it was loaded through is gone
+    x = random_input(rng, SHAPE)
+    assert rel_err(op(tf.constant(x)).numpy(), reference_conv(x, w)) <= 1e-5
+
+
+def test_a_library_replaced_on_disk_is_loaded_anew_not_from_the_old_handle(tmp_path):
+    """dlopen returns the handle of a library already open under the same path even after the file
+    was replaced: a rebuilt artifact must be loaded as the new file."""
+    import tvm
+    from tvm import te
+
+    def build(scale: float):
+        a = te.placeholder((4,), name="A")
+        b = te.compute((4,), lambda i: a[i] * scale, name="B")
+        return lambda: tvm.compile(te.create_prim_func([a, b]).with_attr("global_symbol", "f"), target="llvm")
+
+    path = tmp_path / "m.so"
+    first, _ = module_cache.load_or_build(path, build(2.0), "f")
+    for name in (path, module_cache.sidecar_path(path)):
+        name.unlink()  # gone from disk, still loaded in this process
+    second, from_disk = module_cache.load_or_build(path, build(3.0), "f")
+    assert from_disk is False
+    x = tvm.runtime.tensor(np.ones(4, np.float32))
+    out = tvm.runtime.tensor(np.zeros(4, np.float32))
+    second["f"](x, out)
+    assert out.numpy().tolist() == [3.0] * 4
+    first["f"](x, out)
+    assert out.numpy().tolist() == [2.0] * 4

@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 import shutil
 import struct
+import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -462,3 +464,44 @@ def test_a_record_naming_an_unknown_tile_warns_and_is_not_used(tmp_path):
                        [{"layer": "x", "shape": tile_records.shape_key(wl), "tile": "g99p99x9", "seconds": 1e-5}])
     with pytest.warns(tuning_records.TuningLogWarning, match="names an unknown tile 'g99p99x9'"):
         assert build.generated_record(wl, targets.cuda_target_for_arch("sm_90"), tmp_path) is None
+
+
+def test_register_cap_follows_the_tile_and_is_opt_in():
+    """The cap on pieces compiled apart: accumulators + input registers + 80, in steps of 8; only
+    the "linked-capped" link mode uses it; an unknown mode is refused by name."""
+    from tvm_sparseconv.algorithms import by_name
+    from tvm_sparseconv.algorithms.register_reuse import LINK_MODES
+    from tvm_sparseconv.schedules.cuda_register_reuse import TILES, register_cap
+
+    assert register_cap(TILES["g32p64x4G"]) == 128 and register_cap(TILES["g64p32x4G"]) == 152
+    assert register_cap(Tile(group=256, regs=64)) == 255
+    assert "linked-capped" in LINK_MODES and LINK_MODES[0] == "auto"
+    kernel, wl = _layer(shape=(1, 4, 4, 8), cout=8, density=0.5)
+    with pytest.raises(ValueError, match="link must be one of"):
+        by_name("register-reuse").build(kernel, wl, TILES["g32p64x4G"], link="capped")
+
+
+def test_a_register_cap_reaches_ptxas_only_for_objects_compiled_apart(monkeypatch):
+    from tvm_sparseconv import nvptx_build
+
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"\x7fELF")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(nvptx_build.subprocess, "run", fake_run)
+    nvptx_build.assemble(_piece_ptx(2), relocatable=True, max_registers=96)
+    nvptx_build.assemble(_piece_ptx(2), relocatable=True)
+    nvptx_build.assemble(_piece_ptx(2), max_registers=96)  # a whole kernel: ptxas chooses
+    flags = [[a for a in cmd if "maxrregcount" in a] for cmd in seen]
+    assert flags == [["--device-function-maxrregcount=96"], [], []]
+
+
+@pytest.mark.skipif(not shutil.which("ptxas"), reason="needs ptxas")
+def test_ptxas_accepts_the_register_cap_on_a_piece():
+    from tvm_sparseconv.nvptx_build import piece_source
+
+    source, _ = piece_source(_piece_ptx(2), "k", 0)
+    assert assemble(source, relocatable=True, max_registers=64)[:4] == b"\x7fELF"
