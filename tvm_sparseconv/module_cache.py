@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -196,21 +197,19 @@ _LOADS = itertools.count()
 
 
 def _load_fresh(path: Path) -> tvm.runtime.Module | None:
-    """Load the library just written at `path` through a link of its own name: `dlopen` hands back
-    the handle of a library this process already opened under the same name, even when the file
-    has been replaced since (the old module: a damaged one, if it was damaged in place)."""
-    link = path.with_name(f".{path.name}.{os.getpid()}.{next(_LOADS)}.so")
+    """Load the library just written at `path` from a private copy of its own name: `dlopen` hands
+    back the handle of a library this process already opened under the same name, even when the
+    file has been replaced since; and a module mapped from the cache file itself would fault
+    (SIGBUS) if that file were later damaged in place."""
+    copy = path.with_name(f".{path.name}.{os.getpid()}.{next(_LOADS)}.so")
     try:
-        os.link(path, link)
-    except OSError:
-        return None
-    try:
-        return tvm.runtime.load_module(str(link))
+        shutil.copyfile(path, copy)
+        return tvm.runtime.load_module(str(copy))
     except Exception:  # noqa: BLE001 - then the built module serves
         return None
     finally:
         try:
-            os.unlink(link)  # the loaded mapping keeps the file's data
+            os.unlink(copy)  # the loaded mapping keeps the copy's data
         except OSError:
             pass
 
