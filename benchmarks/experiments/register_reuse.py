@@ -124,9 +124,10 @@ def main(argv=None) -> int:
         print(markdown_table(json.loads(Path(args.json).read_text())))
         return 0
     if args.record is not None:
-        if json.loads(Path(args.json).read_text()).get("link", "auto") != "auto":
+        run = json.loads(Path(args.json).read_text())
+        if run.get("link", "auto") != "auto":
             sys.exit(f"{args.json} was built with a forced --link: its times are not compile()'s")
-        path = write_records(json.loads(Path(args.json).read_text()), args.record, args.json)
+        path = write_records(run, args.record, args.json)
         print(f"wrote {path}")
         return 0
 
