@@ -7,6 +7,9 @@ in `tvm-<version>/`, each with a sidecar `<name>.sha256` ("<hex digest> <size>")
   truncated or garbage library faults inside `dlopen` (SIGBUS), where no `except` can help, so it
   must never reach it. A missing or mismatched sidecar or artifact is a cache miss: one
   `CacheWarning` names the file and what was wrong, and the module is rebuilt and replaced.
+- A verified library is loaded from a private copy beside it (`_load_private_copy`): a file
+  damaged in place later cannot fault a process that loaded it, and a rebuilt file is not
+  mistaken for the one `dlopen` already holds under the same name.
 - Writers export to a temporary file in the same folder and `os.replace` it (readers see the old
   file or the new one, never half of one); the sidecar follows the same way.
 - A per-artifact lock (`<name>.lock`, `fcntl.flock`) is held while building and writing, so
@@ -161,7 +164,7 @@ def _try_load(path: Path) -> tuple[tvm.runtime.Module | None, str | None]:
     if problem is not None:
         return None, problem
     try:
-        return tvm.runtime.load_module(str(path)), None
+        return _load_private_copy(path), None
     except Exception as e:  # noqa: BLE001 - e.g. built against another runtime: rebuild
         return None, f"verified but not loadable ({e})"
 
@@ -187,7 +190,7 @@ def load_or_build(path: Path, build: Callable[[], object], function: str) -> tup
             # the stored shared library, not the built module: an LLVM module in memory generates
             # its machine code again on first lookup (JIT), which export_library has just done
             # (cpu-register-reuse conv3 1x1 reduce, znver5: 3.4 s of 12.8)
-            module = _load_fresh(path)
+            module, _ = _try_load(path)
             if module is not None and _has(module, function):
                 return module, False
         return executable.mod, False
@@ -196,17 +199,19 @@ def load_or_build(path: Path, build: Callable[[], object], function: str) -> tup
 _LOADS = itertools.count()
 
 
-def _load_fresh(path: Path) -> tvm.runtime.Module | None:
-    """Load the library just written at `path` from a private copy of its own name: `dlopen` hands
-    back the handle of a library this process already opened under the same name, even when the
-    file has been replaced since; and a module mapped from the cache file itself would fault
-    (SIGBUS) if that file were later damaged in place."""
+def _load_private_copy(path: Path) -> tvm.runtime.Module:
+    """Load the library at `path` from a private copy beside it (or, where the folder is not
+    writable, from `path` itself): `dlopen` hands back the handle of a library this process already
+    opened under the same name, even when the file has been replaced since (a rebuilt artifact would
+    load as the old one); and a module mapped from the cache file itself faults (SIGBUS) when that
+    file is later damaged in place."""
     copy = path.with_name(f".{path.name}.{os.getpid()}.{next(_LOADS)}.so")
     try:
         shutil.copyfile(path, copy)
+    except OSError:  # a read-only cache
+        return tvm.runtime.load_module(str(path))
+    try:
         return tvm.runtime.load_module(str(copy))
-    except Exception:  # noqa: BLE001 - then the built module serves
-        return None
     finally:
         try:
             os.unlink(copy)  # the loaded mapping keeps the copy's data
