@@ -39,11 +39,11 @@ from tvm.ir import Range, StringImm
 from tvm_sparseconv.algorithms.base import activate
 from tvm_sparseconv.nvptx_build import llvm_barrier
 
-from .pattern_code import output_pixel, tap_input
+from .pattern_code import halo_input, output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 6
+EMITTER_VERSION = 7
 #: FMAs per kernel above which the code is split into several kernels launched in turn. Each launch
 #: costs a few us at batch 1 (H200, conv4 1x1 reduce b1, 26,214 FMAs: 4 kernels 23.3 us, one 9.6
 #: us; benchmarks/experiments/register_reuse-v8/-v9-*.json), and with the "groups" layout one long
@@ -78,6 +78,10 @@ class Tile:
     #: a last kernel reduces (split-K: a layer of few pixels gets more blocks, and each SM walks
     #: only its share of the code)
     splits: int = 1
+    #: KxK kernels: a block's pixels are a segment of one output row, and each stage copies the
+    #: segment's input row with its halo once per (kernel row, channel range); the threads walk
+    #: the row's taps in shared memory (else one stage per tap, each copying the shifted input)
+    halo: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +124,31 @@ TILES: dict[str, Tile] = {
     "g32p64x1s4G": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4),
     "g32p32x4s2G": Tile(group=32, pixels=32, groups=4, stage=64, regs=16, layout="groups", splits=2),
     "g32p32x1s16G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=16),
+    # one group per block and every block the same code where Cout <= group (the headline: 64):
+    # the warps of every SM walk one instruction stream (register-reuse's large kernels stall on
+    # instruction fetch), and each input register feeds group * density FMAs
+    "g64p128x1G": Tile(group=64, pixels=128, groups=1, stage=32, regs=8, layout="groups"),
+    "g64p64x1G": Tile(group=64, pixels=64, groups=1, stage=32, regs=8, layout="groups"),
+    "g64p128x1": Tile(group=64, pixels=128, groups=1, stage=32, regs=8),
+    # halo tiles (KxK): a block is a segment of an output row; each kernel row's input is staged
+    # once with its halo and the row's taps read from shared memory (not one stage per tap)
+    "g32p128x2GH": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True),
+    "g32p64x4GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True),
+    "g32p64x4H": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, halo=True),
+    "g32p32x8GH": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True),
+    "g64p32x4GH": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups", halo=True),
+    "g32p128x1H": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, halo=True),
 }
+
+#: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
+MAX_SHARED_BYTES = 48 * 1024
+
+
+def shared_bytes(kernel_shape, strides, dilations, tile: Tile) -> int:
+    """Shared memory of `tile`'s kernel for a layer (the input tile, also holding the sums: `emit`)."""
+    kw_ = kernel_shape[1]
+    staged = (tile.pixels - 1) * strides[1] + (kw_ - 1) * dilations[1] + 1 if tile.halo else tile.pixels
+    return 4 * max(staged, tile.pixels) * (max(tile.stage, tile.group) + ROW_PAD)
 def register_cap(tile: Tile) -> int:
     """Registers for a piece compiled apart (`nvptx_build.assemble(max_registers=...)`, link mode
     "linked-capped", not the default: see `register_reuse.LINK_MODES`): its accumulators and input
@@ -164,22 +192,29 @@ def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
     return tirx.IfThenElse(index < mid, left, right)
 
 
-def _stages(w: np.ndarray, stage: int) -> list[tuple]:
-    """(tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero."""
+def _stages(w: np.ndarray, stage: int, halo: bool = False) -> list[tuple]:
+    """(tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero;
+    with `halo`, the kernel rows' (tap column None: every column of the row, one stage)."""
     kh_, kw_, cin, _ = w.shape
-    return [(kh, kw, s0, min(stage, cin - s0)) for kh in range(kh_) for kw in range(kw_)
-            for s0 in range(0, cin, stage) if np.any(w[kh, kw, s0:s0 + stage])] or [(0, 0, 0, min(stage, cin))]
+    columns = [None] if halo else range(kw_)
+    return [(kh, kw, s0, min(stage, cin - s0)) for kh in range(kh_) for kw in columns
+            for s0 in range(0, cin, stage) if np.any(_taps(w, kh, kw)[:, s0:s0 + stage])] or [(0, columns[0], 0, min(stage, cin))]
+
+
+def _taps(w: np.ndarray, kh: int, kw: int | None) -> np.ndarray:
+    """The weights of tap (kh, kw) as (1, Cin, Cout), or of every tap of row kh (kw None)."""
+    return w[kh] if kw is None else w[kh, kw][None]
 
 
 def split_count(w: np.ndarray, tile: Tile) -> int:
     """Shares of split-K the kernel of `w` (HWIO) gets with `tile` (1: no split, no tail kernel)."""
-    return len(_shares(_stages(w, tile.stage), w, tile.splits))
+    return len(_shares(_stages(w, tile.stage, tile.halo), w, tile.splits))
 
 
 def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
     """`stages` cut into min(`splits`, stages) contiguous non-empty shares of about equal nonzeros."""
     splits = max(1, min(splits, len(stages)))
-    ends = np.cumsum([np.count_nonzero(w[kh, kw, s0:s0 + width]) for kh, kw, s0, width in stages])
+    ends = np.cumsum([np.count_nonzero(_taps(w, kh, kw)[:, s0:s0 + width]) for kh, kw, s0, width in stages])
     cuts = [0]
     for z in range(1, splits):
         cut = int(np.searchsorted(ends, ends[-1] * z / splits, side="left")) + 1
@@ -243,8 +278,14 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
 
-    stages = _stages(w, st)
+    stages = _stages(w, st, tile.halo)
     shares = _shares(stages, w, tile.splits)
+    # halo tiles: blocks over (image, output row, segment of `tp` columns); a stage holds the
+    # segment's input columns with the halo of the kernel's width (`staged` rows of `xs`)
+    sh, sw = strides
+    dh, dw = dilations
+    segments = -(-ow_ // tp)
+    staged = (tp - 1) * sw + (kw_ - 1) * dw + 1 if tile.halo else tp
     splits = len(shares)
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
@@ -254,16 +295,26 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
         `whole_grid`: launched over every channel block, those outside [b0, b1) doing nothing."""
-        xs = tirx.decl_buffer((tp, st + ROW_PAD), F32, "xs", scope="shared")
+        # wide enough for the sums too (they reuse it: see `os_`), so shared memory holds the larger
+        # of the two, not both (a 64-channel group of 128 pixels needs 34.8 KB of sums)
+        xs = tirx.decl_buffer((max(staged, tp), max(st, g_) + ROW_PAD), F32, "xs", scope="shared")
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-        bx, by = _thread("blockIdx.x", -(-n_pix // tp)), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
+        n_bx = n * oh_ * segments if tile.halo else -(-n_pix // tp)
+        bx, by = _thread("blockIdx.x", n_bx), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
         bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
         block = by.var if whole_grid else b0 + by.var  # the channel block
         group = block * ng + ty.var
-        pixel = bx.var * tp + tx.var
+        if tile.halo:
+            out_row, col0 = tirx.floordiv(bx.var, segments), tirx.floormod(bx.var, segments) * tp
+
+        def block_pixel(r):
+            """(flattened output pixel of the block's r-th pixel, whether it exists)."""
+            if tile.halo:
+                return out_row * ow_ + col0 + r, col0 + r < ow_
+            return bx.var * tp + r, bx.var * tp + r < n_pix
         zero = tirx.const(0.0, F32)
         # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
         if llvm:
@@ -272,7 +323,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             sync = tirx.Evaluate(tirx.call_intrin("int32", "tirx.tvm_storage_sync", StringImm("shared")))
 
         threads = tp * ng
-        copies = max(-(-tp * -(-width // vec) // threads) for *_, width in stages)
+        copies = max(-(-staged * -(-width // vec) // threads) for *_, width in stages)
         pf = tirx.decl_buffer((copies * vec,), F32, "pf", scope="local")  # the next stage, in flight
 
         def copy_slots(stage):
@@ -282,13 +333,17 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             for it in range(copies):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_row), tirx.floormod(i, per_row)
-                src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
-                                        pads, dilations, kh, kw)
+                if tile.halo:
+                    src, inside = halo_input(out_row, col0 * sw + tirx.min(row, staged - 1), (h, wd), output_hw,
+                                             strides, pads, dilations, kh)
+                else:
+                    src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
+                                            pads, dilations, kh, kw)
                 ch = s0 + q * vec
                 if vec == 1:
                     inside = tirx.all(inside, ch < cin)
                     ch = tirx.min(ch, cin - 1)
-                yield it, i < tp * per_row, row, q, src, ch, inside
+                yield it, i < staged * per_row, row, q, src, ch, inside
 
         def fetch(stage):
             """Loads of `stage` into `pf`: always from inside x (clamped), then zero where outside.
@@ -340,21 +395,23 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 share = share[:1]
             code = fetch(share[0])
             for k, stage in enumerate(share):
-                kh, kw, s0, width = stage
+                kh, kw_stage, s0, width = stage
                 code += deposit(stage)
                 code.append(sync)
                 if k + 1 < len(share):
                     code += fetch(share[k + 1])
-                for r0 in range(0, width, rc):
-                    chans = min(rc, width - r0)
-                    block = w[kh, kw, s0 + r0:s0 + r0 + chans]
-                    step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, block=block: fmas(g, block)) if gi is None
-                            else fmas(gi, block))
-                    if step is None:
-                        continue
-                    code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [tx.var, _ramp(r0 + v)]), [_ramp(v)])
-                             for v in range(0, -(-chans // 4) * 4, 4)]
-                    code.append(step)
+                for kw in range(kw_) if kw_stage is None else [kw_stage]:
+                    srow = tx.var * sw + kw * dw if kw_stage is None else tx.var  # this tap's input in xs
+                    for r0 in range(0, width, rc):
+                        chans = min(rc, width - r0)
+                        block = w[kh, kw, s0 + r0:s0 + r0 + chans]
+                        step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, block=block: fmas(g, block))
+                                if gi is None else fmas(gi, block))
+                        if step is None:
+                            continue
+                        code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [srow, _ramp(r0 + v)]), [_ramp(v)])
+                                 for v in range(0, -(-chans // 4) * 4, 4)]
+                        code.append(step)
                 code.append(sync)
             return code
 
@@ -379,11 +436,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
             return activate(acc[j] + b[co] if b is not None else acc[j], activation)
 
-        if g_ <= st:  # the input tile is free by now (the last stage ended with a barrier)
-            os_ = xs
-        else:
-            os_ = tirx.decl_buffer((tp, g_ + ROW_PAD), F32, "os", scope="shared")
-            body.insert(0, tirx.AllocBuffer(os_))
+        os_ = xs  # the input tile is free by now (the last stage ended with a barrier)
         ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
@@ -394,13 +447,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             for it in range(rounds):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
-                p = bx.var * tp + row
+                p, exists = block_pixel(row)
                 co = (block * ng + gi) * g_ + q * ovec
                 co_idx = _ramp(co) if ovec == 4 else co
                 value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
                 store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
                          else tirx.BufferStore(out, value, [*output_pixel(p, output_hw), co_idx]))
-                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, p < n_pix, co < cout), store, None))
+                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, exists, co < cout), store, None))
             body.append(sync)
 
         stmt = tirx.SeqStmt(body)

@@ -28,3 +28,18 @@ def tap_input(p, n_pix: int, input_hw, output_hw, strides, pads, dilations, kh: 
     inside = tirx.all(p < n_pix, r >= 0, r < h, c >= 0, c < w)
     clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
     return (img, clamp(r, h), clamp(c, w)), inside
+
+
+def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int) -> tuple:
+    """((image, row, column) of input column `col` (counted from the padded left edge, in input
+    columns) of kernel row `kh` under flattened output row `out_row` (n * OH + oh), clamped into
+    the image; whether it lies inside). The halo copies of `cuda_register_reuse`: a block's
+    segment of an output row reads these columns for every tap of the kernel row."""
+    h, w = input_hw
+    (pt, _), (pl, _) = pads
+    img, orow = tirx.floordiv(out_row, output_hw[0]), tirx.floormod(out_row, output_hw[0])
+    r = orow * strides[0] - pt + kh * dilations[0]
+    c = col - pl
+    inside = tirx.all(r >= 0, r < h, c >= 0, c < w)
+    clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
+    return (img, clamp(r, h), clamp(c, w)), inside

@@ -321,6 +321,34 @@ def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations,splits", [
+    ((2, 7, 45, 20), (3, 3, 20, 40), 1, "SAME", 1, 1),  # 2 segments per row, the last partial
+    ((2, 9, 70, 20), (5, 5, 20, 40), 2, "SAME", 1, 3),  # stride 2, split-K
+    ((1, 12, 40, 16), (3, 3, 16, 36), 1, "VALID", 2, 1),  # dilation 2
+    ((2, 15, 37, 3), (7, 7, 3, 16), 2, [[0, 0], [3, 2], [1, 3], [0, 0]], 1, 1),  # Cin 3: scalar copies
+])
+def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides, padding, dilations, splits):
+    """Halo tiles (a block: a segment of one output row; each kernel row's input staged once with
+    its halo, the taps read from shared memory at their offsets) against float64, output
+    poisoned, an empty output channel, bias and ReLU, in both layouts."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(23)
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
+                             activation="relu")
+    for layout in ("steps", "groups"):
+        tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=splits, halo=True)
+        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
+                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
+        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+
+
 @pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])
 @pytest.mark.parametrize("splits", [1, 3])
 def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, apart, monkeypatch):

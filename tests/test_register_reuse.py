@@ -75,6 +75,26 @@ def test_a_kxk_kernel_stages_each_tap_with_a_nonzero_and_has_one_fma_per_nonzero
     np.testing.assert_array_equal(sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas), np.sort(w[w != 0]))
 
 
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_a_halo_tile_stages_each_kernel_row_once_and_has_one_fma_per_nonzero(layout):
+    """Halo tiles: one stage per (kernel row, channel range) holding a nonzero, whatever the number
+    of taps in the row; still one FMA per nonzero with its weight, reading the staged row at the
+    tap's offset."""
+    rng = np.random.default_rng(5)
+    cin, cout = 12, 20
+    w = (rng.standard_normal((3, 5, cin, cout)) * (rng.random((3, 5, cin, cout)) < 0.3)).astype(np.float32)
+    w[1] = 0.0  # a kernel row without nonzeros: no stage
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout=layout, halo=True)
+    ptx = nvptx_ptx(emit(w, (2, 9, 40, cin), (4, 19), (2, 2), ((2, 1), (1, 2)), tile, dilations=(2, 2)))
+    stages = sum(1 for kh in range(3) for s0 in (0, 8) if np.any(w[kh, :, s0:s0 + 8]))
+    assert stages == 4
+    branches = 4 if layout == "groups" else 1
+    assert ptx.count("bar.sync") == 2 * stages * branches + 2 * tile.groups
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    np.testing.assert_array_equal(sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas), np.sort(w[w != 0]))
+    assert ".local" not in ptx
+
+
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
 def test_the_kernel_assembles_and_tvm_builds_a_cuda_module_around_it():
     shape, cout, density, strides, pads, tile = CASES[0]

@@ -47,18 +47,22 @@ def _compile(args) -> dict:
     wl = problem.workload(kernel)
     tile, algorithm = TILES[tile_name], by_name("register-reuse")
     t0 = time.perf_counter()
-    if parts:
-        ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts))
-    else:
-        ex = algorithm.build(kernel, wl, tile, link=link)
+    row = {"layer": name, "tile": tile_name, "parts": parts, "link": link}
+    try:
+        if parts:
+            ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts))
+        else:
+            ex = algorithm.build(kernel, wl, tile, link=link)
+    except Exception as e:  # noqa: BLE001 - one tile that does not build (e.g. too much shared memory) is a result
+        return {**row, "error": f"{type(e).__name__}: {str(e)[-500:]}"}
     compile_s = time.perf_counter() - t0
     ex.export_library(path)
-    return {"layer": name, "tile": tile_name, "compile_s": compile_s, "path": path, "parts": parts, "link": link}
+    return {**row, "compile_s": compile_s, "path": path}
 
 
 def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
     """The fastest tile of a layer among those within `tolerance` of float64."""
-    ok = {t: v for t, v in row["tiles"].items() if v["relative_error"] < tolerance}
+    ok = {t: v for t, v in row["tiles"].items() if v.get("relative_error", np.inf) < tolerance}
     if not ok:
         return None, None
     name = min(ok, key=lambda t: ok[t]["seconds"])
@@ -200,6 +204,10 @@ def main(argv=None) -> int:
         row["library"] = {"schedule": op.schedule_source, "algorithm": op.algorithm, "relative_error": err, "seconds": secs}
         for b in built:
             if b["layer"] != name:
+                continue
+            if "error" in b:
+                row["tiles"][b["tile"]] = {"error": b["error"]}
+                print(f"{name} {b['tile']}: did not build: {b['error'][-200:]}", flush=True)
                 continue
             f = tvm.runtime.load_module(b["path"])["sparse_conv2d"]
             err, secs = timed(lambda x, o, f=f: f(x, o), out)

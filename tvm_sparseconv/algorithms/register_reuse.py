@@ -79,8 +79,11 @@ class RegisterReuse(GeneratedAlgorithm):
                 else pieces_for(fmas, wl.out_channels, tile)), apart
 
     def fits(self, wl: ConvWorkload, tile) -> bool:
+        from ..schedules.cuda_register_reuse import MAX_SHARED_BYTES, shared_bytes
+
         possible = wl.ell_width * wl.out_channels
-        return possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
+        return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
+                and shared_bytes(wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
 
     def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
         """`generate` as a picklable callable (for compiling pieces in child processes); `options`
