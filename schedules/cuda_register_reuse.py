@@ -78,9 +78,10 @@ class Tile:
     #: a last kernel reduces (split-K: a layer of few pixels gets more blocks, and each SM walks
     #: only its share of the code)
     splits: int = 1
-    #: KxK kernels: a block's pixels are a segment of one output row, and each stage copies the
-    #: segment's input row with its halo once per (kernel row, channel range); the threads walk
-    #: the row's taps in shared memory (else one stage per tap, each copying the shifted input)
+    #: KxK kernels: a block's pixels are a segment of one output row (or, for maps narrower than
+    #: `pixels`, several whole rows), and each stage copies the input rows under them with the
+    #: halo once per (kernel row, channel range); the threads walk the row's taps in shared memory
+    #: (else one stage per tap, each copying the shifted input). `halo_geometry`.
     halo: bool = False
 
     def as_dict(self) -> dict:
@@ -138,16 +139,28 @@ TILES: dict[str, Tile] = {
     "g32p32x8GH": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True),
     "g64p32x4GH": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups", halo=True),
     "g32p128x1H": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, halo=True),
+    "g64p128x1GH": Tile(group=64, pixels=128, groups=1, stage=32, regs=8, layout="groups", halo=True),
+    "g32p64x2GH": Tile(group=32, pixels=64, groups=2, stage=64, regs=16, layout="groups", halo=True),
+    "g32p128x2GH32": Tile(group=32, pixels=128, groups=2, stage=64, regs=32, layout="groups", halo=True),  # regs 32
+    "g32p64x4GH32": Tile(group=32, pixels=64, groups=4, stage=64, regs=32, layout="groups", halo=True),  # regs 32
 }
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
 MAX_SHARED_BYTES = 48 * 1024
 
 
-def shared_bytes(kernel_shape, strides, dilations, tile: Tile) -> int:
+def halo_geometry(out_width: int, kernel_width: int, stride: int, dilation: int, pixels: int) -> tuple[int, int, int, int]:
+    """A halo tile's block: (output rows, columns per row, segments per output row, staged input
+    columns per output row). Maps at least `pixels` wide: one row, segments of `pixels` columns;
+    narrower maps: as many whole rows as fit (14 x 14: 2 rows of 14 in 32 threads)."""
+    rows, cols = (1, pixels) if out_width >= pixels else (pixels // out_width, out_width)
+    return rows, cols, -(-out_width // cols), (cols - 1) * stride + (kernel_width - 1) * dilation + 1
+
+
+def shared_bytes(out_width: int, kernel_shape, strides, dilations, tile: Tile) -> int:
     """Shared memory of `tile`'s kernel for a layer (the input tile, also holding the sums: `emit`)."""
-    kw_ = kernel_shape[1]
-    staged = (tile.pixels - 1) * strides[1] + (kw_ - 1) * dilations[1] + 1 if tile.halo else tile.pixels
+    rows, _, _, per_row = halo_geometry(out_width, kernel_shape[1], strides[1], dilations[1], tile.pixels)
+    staged = rows * per_row if tile.halo else tile.pixels
     return 4 * max(staged, tile.pixels) * (max(tile.stage, tile.group) + ROW_PAD)
 def register_cap(tile: Tile) -> int:
     """Registers for a piece compiled apart (`nvptx_build.assemble(max_registers=...)`, link mode
@@ -284,8 +297,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     # segment's input columns with the halo of the kernel's width (`staged` rows of `xs`)
     sh, sw = strides
     dh, dw = dilations
-    segments = -(-ow_ // tp)
-    staged = (tp - 1) * sw + (kw_ - 1) * dw + 1 if tile.halo else tp
+    block_rows, cols, segments, halo_cols = halo_geometry(ow_, kw_, sw, dw, tp)
+    staged = block_rows * halo_cols if tile.halo else tp
     splits = len(shares)
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
@@ -301,20 +314,29 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-        n_bx = n * oh_ * segments if tile.halo else -(-n_pix // tp)
+        n_bx = -(-(n * oh_) // block_rows) * segments if tile.halo else -(-n_pix // tp)
         bx, by = _thread("blockIdx.x", n_bx), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
         bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
         block = by.var if whole_grid else b0 + by.var  # the channel block
         group = block * ng + ty.var
-        if tile.halo:
-            out_row, col0 = tirx.floordiv(bx.var, segments), tirx.floormod(bx.var, segments) * tp
+        if tile.halo:  # the block's first output row (flattened n * OH + oh) and column
+            row0, col0 = tirx.floordiv(bx.var, segments) * block_rows, tirx.floormod(bx.var, segments) * cols
 
         def block_pixel(r):
             """(flattened output pixel of the block's r-th pixel, whether it exists)."""
-            if tile.halo:
-                return out_row * ow_ + col0 + r, col0 + r < ow_
-            return bx.var * tp + r, bx.var * tp + r < n_pix
+            if not tile.halo:
+                return bx.var * tp + r, bx.var * tp + r < n_pix
+            rr, cc = (0, r) if cols == tp else (tirx.floordiv(r, cols), tirx.floormod(r, cols))
+            return (row0 + rr) * ow_ + col0 + cc, tirx.all(rr < block_rows, row0 + rr < n * oh_, col0 + cc < ow_)
+
+        def halo_row(kw: int):
+            """This thread's input at tap column kw: its row of the staged tile (the idle threads
+            past a block's whole rows read within the last row: in bounds, never stored)."""
+            if cols == tp:
+                return tx.var * sw + kw * dw
+            rr = tirx.min(tirx.floordiv(tx.var, cols), block_rows - 1)
+            return rr * halo_cols + tirx.floormod(tx.var, cols) * sw + kw * dw
         zero = tirx.const(0.0, F32)
         # TVM's own barrier does not survive its NVPTX codegen (see tvm_sparseconv/nvptx_build.py)
         if llvm:
@@ -334,8 +356,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_row), tirx.floormod(i, per_row)
                 if tile.halo:
-                    src, inside = halo_input(out_row, col0 * sw + tirx.min(row, staged - 1), (h, wd), output_hw,
+                    row_ = tirx.min(row, staged - 1)
+                    rr, col = (0, row_) if block_rows == 1 else (tirx.floordiv(row_, halo_cols), tirx.floormod(row_, halo_cols))
+                    src, inside = halo_input(tirx.min(row0 + rr, n * oh_ - 1), col0 * sw + col, (h, wd), output_hw,
                                              strides, pads, dilations, kh)
+                    inside = tirx.all(inside, row0 + rr < n * oh_)
                 else:
                     src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
                                             pads, dilations, kh, kw)
@@ -401,7 +426,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 if k + 1 < len(share):
                     code += fetch(share[k + 1])
                 for kw in range(kw_) if kw_stage is None else [kw_stage]:
-                    srow = tx.var * sw + kw * dw if kw_stage is None else tx.var  # this tap's input in xs
+                    srow = halo_row(kw) if kw_stage is None else tx.var  # this tap's input in xs
                     for r0 in range(0, width, rc):
                         chans = min(rc, width - r0)
                         block = w[kh, kw, s0 + r0:s0 + r0 + chans]

@@ -326,6 +326,8 @@ def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     ((2, 9, 70, 20), (5, 5, 20, 40), 2, "SAME", 1, 3),  # stride 2, split-K
     ((1, 12, 40, 16), (3, 3, 16, 36), 1, "VALID", 2, 1),  # dilation 2
     ((2, 15, 37, 3), (7, 7, 3, 16), 2, [[0, 0], [3, 2], [1, 3], [0, 0]], 1, 1),  # Cin 3: scalar copies
+    ((2, 14, 14, 20), (3, 3, 20, 40), 1, "SAME", 1, 1),  # narrow map: 2 whole rows per block
+    ((3, 13, 13, 16), (3, 3, 16, 36), 2, "SAME", 1, 2),  # 7 x 7 out: 4 rows per block, the last partial
 ])
 def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides, padding, dilations, splits):
     """Halo tiles (a block: a segment of one output row; each kernel row's input staged once with

@@ -146,6 +146,22 @@ def test_tiles_whose_pieces_would_be_too_long_do_not_fit():
     assert algorithm.fits(largest, TILES["g32p64x4G"])
 
 
+def test_tiles_over_the_static_shared_memory_do_not_fit():
+    """A halo tile stages its pixels' input columns with the kernel's halo: 128 pixels of an 11x11
+    kernel at stride 1 fit in 48 KB, at stride 2 (265 staged columns x 68 words) they do not."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import MAX_SHARED_BYTES, TILES, shared_bytes
+
+    from tvm_sparseconv.workload import ConvWorkload
+
+    algorithm = algorithms.by_name("register-reuse")
+    wide = ConvWorkload.create((1, 256, 512, 32), (11, 11, 32, 64), 400, 1, "SAME")
+    assert algorithm.fits(wide, TILES["g32p128x2GH"])
+    strided = ConvWorkload.create((1, 256, 512, 32), (11, 11, 32, 64), 400, 2, "SAME")
+    assert shared_bytes(256, (11, 11, 32, 64), (2, 2), (1, 1), TILES["g32p128x2GH"]) == 4 * 265 * 68 > MAX_SHARED_BYTES
+    assert not algorithm.fits(strided, TILES["g32p128x2GH"])
+    assert algorithm.fits(strided, TILES["g32p128x2G"]), "without the halo: 128 rows"
+
+
 def test_a_record_whose_tile_does_not_fit_is_not_used(tmp_path):
     from tvm_sparseconv import build, targets, tile_records
 

@@ -87,7 +87,8 @@ def markdown_table(run: dict) -> str:
 
 def write_records(run: dict, folder: Path, source: str) -> Path:
     """The best tile per layer of `run` as register-reuse records of its device in `folder`
-    (replacing the records of the same shapes, keeping the others)."""
+    (replacing the records of the same shapes, keeping the others). A record whose tile the run
+    did not measure and that is faster than the run's best is kept (runs of a few tiles)."""
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.workloads import workload_set
 
@@ -97,6 +98,11 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
         if best is None:
             continue
         wl = workload_set(r["layer"])[0].workload()
+        old = tile_records.find(folder, "register-reuse", wl)
+        if old is not None and old["tile"] not in r["tiles"] and old["seconds"] < best["seconds"]:
+            print(f"{r['layer']}: kept {old['tile']} ({old['seconds'] * 1e6:.1f} us, not measured in this run) "
+                  f"over {name} ({best['seconds'] * 1e6:.1f} us)")
+            continue
         records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
                         "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
                         "cudnn_tf32_seconds": r["cudnn_tf32"]})

@@ -83,7 +83,7 @@ class RegisterReuse(GeneratedAlgorithm):
 
         possible = wl.ell_width * wl.out_channels
         return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
-                and shared_bytes(wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
+                and shared_bytes(wl.output_hw[1], wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
 
     def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
         """`generate` as a picklable callable (for compiling pieces in child processes); `options`
