@@ -143,6 +143,12 @@ TILES: dict[str, Tile] = {
     "g32p64x2GH": Tile(group=32, pixels=64, groups=2, stage=64, regs=16, layout="groups", halo=True),
     "g32p128x2GH32": Tile(group=32, pixels=128, groups=2, stage=64, regs=32, layout="groups", halo=True),  # regs 32
     "g32p64x4GH32": Tile(group=32, pixels=64, groups=4, stage=64, regs=32, layout="groups", halo=True),  # regs 32
+    # halo with split-K, for KxK layers of few pixels (batch 1)
+    "g32p32x1s4GH": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p32x1s8GH": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=8, halo=True),
+    "g32p32x2s4GH": Tile(group=32, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p64x1s4GH": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g16p32x2s4GH": Tile(group=16, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
 }
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)

@@ -88,7 +88,8 @@ def markdown_table(run: dict) -> str:
 def write_records(run: dict, folder: Path, source: str) -> Path:
     """The best tile per layer of `run` as register-reuse records of its device in `folder`
     (replacing the records of the same shapes, keeping the others). A record whose tile the run
-    did not measure and that is faster than the run's best is kept (runs of a few tiles)."""
+    did not measure and that is faster than the run's best is kept (runs of a few tiles); a best
+    tile slower than the library's scheduled choice in the same run is not recorded."""
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.workloads import workload_set
 
@@ -98,6 +99,13 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
         if best is None:
             continue
         wl = workload_set(r["layer"])[0].workload()
+        lib = r["library"]
+        if lib["algorithm"] != "register-reuse" and lib["seconds"] < best["seconds"]:
+            # compile() weighs a record against the scheduled algorithms' tuning records, timed by
+            # another run: one slower than them in the same run would be chosen where it loses
+            print(f"{r['layer']}: not recorded: {name} ({best['seconds'] * 1e6:.1f} us) is slower than "
+                  f"{lib['algorithm']} ({lib['seconds'] * 1e6:.1f} us) in the same run")
+            continue
         old = tile_records.find(folder, "register-reuse", wl)
         if old is not None and old["tile"] not in r["tiles"] and old["seconds"] < best["seconds"]:
             print(f"{r['layer']}: kept {old['tile']} ({old['seconds'] * 1e6:.1f} us, not measured in this run) "
