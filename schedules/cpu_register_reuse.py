@@ -17,7 +17,11 @@ For a 1x1 layer with weight matrix ``w`` (Cin, Cout), flattened output pixels in
    back so each pixel's `lanes` channels are one vector store.
 
 A KxK kernel is the sum over its taps of 1x1 steps on the shifted input (as on CUDA): the
-scratch holds one channel-major copy per tap with a nonzero (zeros outside the image).
+scratch holds one channel-major copy per tap with a nonzero (zeros outside the image). Halo tiles
+(``halo``, stride 1 along the width): a parallel iteration's pixels are a segment of one output
+row, and the scratch holds, per kernel row with a nonzero and input channel, the segment's input
+columns with the kernel's halo once; the FMAs of tap (kh, kw) load their vector at offset kw (an
+unaligned load), so the relayout copies KH rows instead of KH x KW.
 The algorithm `cpu-register-reuse` (`tvm_sparseconv/algorithms/cpu_register_reuse.py`) builds it with a `Tile`;
 `benchmarks/experiments/cpu_register_reuse.py` measures it against TensorFlow and writes its records.
 """
@@ -31,11 +35,11 @@ from tvm import tirx
 
 from tvm_sparseconv.algorithms.base import activate
 
-from .pattern_code import tap_input
+from .pattern_code import halo_input, tap_input
 
 F32 = "float32"
 #: bump when the emitted code changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 2
+EMITTER_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,15 @@ class Tile:
 
     lanes: int = 8  # floats per vector (8: AVX2, 16: AVX-512)
     blocks: int = 4  # blocks of `lanes` pixels per parallel iteration
+    halo: bool = False  # a segment of one output row per iteration, its input rows staged once with the halo
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 #: the design space measured so far (benchmarks/experiments/cpu_register_reuse.py), by name
-TILES: dict[str, Tile] = {f"l{lanes}b{blocks}": Tile(lanes, blocks) for lanes in (8, 16) for blocks in (1, 2, 4, 8)}
+TILES: dict[str, Tile] = {f"l{lanes}b{blocks}{'h' if halo else ''}": Tile(lanes, blocks, halo) for lanes in (8, 16)
+                          for blocks in (1, 2, 4, 8) for halo in (False, True)}
 #: the tile for a layer without a record: blocks=4 won all 12 layers measured on znver3 (AVX2)
 DEFAULT_TILE = "l8b4"
 
@@ -64,13 +70,20 @@ def _transpose(vectors: list, lanes: int) -> list:
     return [tirx.Shuffle(vectors, [tirx.const(i * lanes + k, "int32") for i in range(lanes)]) for k in range(lanes)]
 
 
+def scratch_rows(kernel_shape, tile: Tile) -> int:
+    """Rows (a tap or kernel row, and an input channel vector of 8) the relayout fills per block."""
+    kh_, kw_, cin, _ = kernel_shape
+    return kh_ * (1 if tile.halo else kw_) * -(-cin // 8)
+
+
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = False, activation: str | None = None,
-         dilations=(1, 1), lanes: int = 8, blocks: int = 1) -> tirx.PrimFunc:
+         dilations=(1, 1), lanes: int = 8, blocks: int = 1, halo: bool = False) -> tirx.PrimFunc:
     """``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout) for 1x1), NHWC.
 
     `lanes`: floats per vector (8: AVX2, 16: AVX-512); `blocks`: blocks of `lanes` pixels per
     parallel iteration, each group's code looped over them (code stays in the instruction cache
-    for `blocks` runs; the scratch holds `blocks` x rows x lanes floats)."""
+    for `blocks` runs; the scratch holds `blocks` x rows x lanes floats). `halo`: see the module
+    docstring (stride 1 along the width only)."""
     w = np.asarray(w, np.float32)
     if w.ndim == 2:
         w = w[None, None]
@@ -78,11 +91,22 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
     n, h, wd, _ = input_shape
     oh_, ow_ = output_hw
     L, B = lanes, blocks
+    if halo and strides[1] != 1:
+        raise ValueError(f"halo tiles need stride 1 along the width, got strides {tuple(strides)}")
     n_pix = n * oh_ * ow_
-    n_tiles = -(-n_pix // (L * B))
     n_groups = -(-cout // L)
-    taps = [(kh, kw) for kh in range(kh_) for kw in range(kw_) if np.any(w[kh, kw])] or [(0, 0)]
-    rows = len(taps) * cin  # rows of the channel-major scratch: (tap, input channel)
+    if halo:  # parallel iterations: (output row, segment of L*B columns); scratch rows: (kernel row, channel)
+        seg = L * B
+        segments = -(-ow_ // seg)
+        n_tiles = n * oh_ * segments
+        khs = [kh for kh in range(kh_) if np.any(w[kh])] or [0]
+        row_len = -(-(seg + (kw_ - 1) * dilations[1]) // L) * L  # the segment's input columns, whole vectors
+        rows = len(khs) * cin
+        taps = [(kh, None) for kh in khs]
+    else:
+        n_tiles = -(-n_pix // (L * B))
+        taps = [(kh, kw) for kh in range(kh_) for kw in range(kw_) if np.any(w[kh, kw])] or [(0, 0)]
+        rows = len(taps) * cin  # rows of the channel-major scratch: (tap, input channel)
     vec_in = cin % L == 0
     zero = tirx.const(0.0, F32)
 
@@ -91,17 +115,25 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
     x_flat = tirx.decl_buffer((n * h * wd * cin,), F32, "x_flat", data=x.data)
     out_flat = tirx.decl_buffer((n_pix * cout,), F32, "out_flat", data=out.data)
-    xt = tirx.decl_buffer((B * rows * L,), F32, "xt", scope="local")  # the tile's (block, tap, channel) rows
+    xt = tirx.decl_buffer((rows * row_len,) if halo else (B * rows * L,), F32, "xt", scope="local")  # the tile's rows
     xin = tirx.decl_buffer((L * L,), F32, "xin", scope="local")
     tile = tirx.Var("tile", "int32")
 
-    def source(p, kh: int, kw: int):
-        """(flat offset of pixel p's input at tap (kh, kw), clamped; whether it lies inside)."""
-        (img, r, c), inside = tap_input(p, n_pix, (h, wd), output_hw, strides, pads, dilations, kh, kw)
+    if halo:
+        out_row, col0 = tirx.floordiv(tile, segments), tirx.floormod(tile, segments) * seg
+
+    def source(p, kh: int, kw: int | None):
+        """(flat offset of the input of the tile's p-th pixel at tap (kh, kw), clamped; whether it
+        lies inside); halo tiles (kw None): of the p-th staged column of kernel row kh."""
+        if halo:
+            (img, r, c), inside = halo_input(out_row, col0 + p, (h, wd), output_hw, strides, pads, dilations, kh)
+        else:
+            (img, r, c), inside = tap_input(tile * B * L + p, n_pix, (h, wd), output_hw, strides, pads, dilations, kh, kw)
         return ((img * h + r) * wd + c) * cin, inside
 
     def row(bi, t: int, ci) -> tirx.PrimExpr:
-        return ((bi * rows) + t * cin + ci) * L
+        """Scratch offset of block bi's vector of tap t (halo: column chunk bi of kernel row t), channel ci."""
+        return (t * cin + ci) * row_len + bi * L if halo else ((bi * rows) + t * cin + ci) * L
 
     # 1. relayout of the tile's blocks: xt[block, (tap, ci), pixel]. The loads (clamped into x) and
     # the zeroing outside the image are separate statements: TVM simplifies a Select's value under
@@ -109,7 +141,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
     bi = tirx.Var("bi", "int32")
     relayout = []
     for t, (kh, kw) in enumerate(taps):
-        srcs = [source((tile * B + bi) * L + i, kh, kw) for i in range(L)]
+        srcs = [source(bi * L + i, kh, kw) for i in range(L)]
         if vec_in:
             # a loop over the channel vectors, not straight-line code: LLVM's time on unrolled
             # transposes grew with taps x Cin / lanes (conv3 3x3: 144 of them, 150 s of its compile)
@@ -127,18 +159,20 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
                 body.append(tirx.BufferStore(xin, x_flat[off + ci], [i]))
                 body.append(tirx.BufferStore(xt, tirx.Select(inside, xin[i], zero), [row(bi, t, ci) + i]))
             relayout.append(tirx.For(ci, 0, cin, tirx.ForKind.SERIAL, tirx.SeqStmt(body)))
-    relayout_loop = tirx.For(bi, 0, B, tirx.ForKind.SERIAL, relayout[0] if len(relayout) == 1 else tirx.SeqStmt(relayout))
+    relayout_loop = tirx.For(bi, 0, row_len // L if halo else B, tirx.ForKind.SERIAL,
+                             relayout[0] if len(relayout) == 1 else tirx.SeqStmt(relayout))
 
     # 2. per group: one straight-line run of its FMAs, looped over the tile's blocks
     def group_code(g: int) -> tirx.Stmt:
         acc = tirx.decl_buffer((L * L,), F32, f"acc{g}", scope="local")  # one per group: TVM wants unique allocations
         gb = tirx.Var(f"b{g}", "int32")
         body = [tirx.BufferStore(acc, tirx.Broadcast(zero, L), [_ramp(j * L, L)]) for j in range(L)]
-        for t in range(len(taps)):
-            kh, kw = taps[t]
+        for t, kw in ((t, kw) for t, (_, kw0) in enumerate(taps) for kw in (range(kw_) if halo else [kw0])):
+            kh = taps[t][0]
             block = w[kh, kw, :, g * L:(g + 1) * L]
             for ci in np.nonzero(np.any(block, axis=1))[0]:
-                xv = tirx.BufferLoad(xt, [_ramp(row(gb, t, int(ci)), L)])
+                at = (t * cin + int(ci)) * row_len + gb * L + kw * dilations[1] if halo else row(gb, t, int(ci))
+                xv = tirx.BufferLoad(xt, [_ramp(at, L)])
                 for j in np.nonzero(block[ci])[0]:
                     jj = int(j) * L
                     body.append(tirx.BufferStore(
@@ -152,13 +186,17 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
                 v = v + tirx.Broadcast(b[g * L + j], L)
             vals.append(activate(v, activation, L))
         for i, pix in enumerate(_transpose(vals, L)):  # pix: pixel i's L channels
-            p = (tile * B + gb) * L + i
+            if halo:
+                p, exists = out_row * ow_ + col0 + gb * L + i, col0 + gb * L + i < ow_
+            else:
+                p = (tile * B + gb) * L + i
+                exists = p < n_pix
             if width == L:
                 store = tirx.BufferStore(out_flat, pix, [_ramp(p * cout + g * L, L)])
             else:  # a partial last group: its channels one by one
                 store = tirx.SeqStmt([tirx.BufferStore(out_flat, tirx.Shuffle([pix], [tirx.const(j, "int32")]),
                                                        [p * cout + g * L + j]) for j in range(width)])
-            body.append(tirx.IfThenElse(p < n_pix, store, None))
+            body.append(tirx.IfThenElse(exists, store, None))
         return tirx.SeqStmt([tirx.AllocBuffer(acc), tirx.For(gb, 0, B, tirx.ForKind.SERIAL, tirx.SeqStmt(body))])
 
     per_tile = [tirx.AllocBuffer(xt), tirx.AllocBuffer(xin), relayout_loop] + [group_code(g) for g in range(n_groups)]

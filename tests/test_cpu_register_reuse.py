@@ -43,6 +43,43 @@ def test_matches_float64(case, epilogue):
     assert reference.relative_error(got, ref) < 1e-5
 
 
+HALO_CASES = [  # (input NHWC, kernel HWIO, strides, padding, dilations, blocks, lanes)
+    ((1, 9, 10, 16), (3, 3, 16, 16), 1, "SAME", 1, 2, 8),  # one segment wider than the row
+    ((2, 7, 40, 16), (5, 5, 16, 20), 1, "SAME", 1, 1, 8),  # 5 segments per row; partial last group
+    ((1, 12, 12, 8), (3, 3, 8, 8), 1, "SAME", 2, 4, 8),  # dilation
+    ((1, 15, 15, 3), (7, 7, 3, 10), (2, 1), "SAME", 1, 1, 8),  # stride 2 down the rows; scalar relayout
+    ((2, 8, 37, 32), (11, 11, 32, 24), 1, [[0, 0], [5, 5], [3, 7], [0, 0]], 1, 2, 16),  # AVX-512 lanes, asymmetric pads
+]
+
+
+@pytest.mark.parametrize("case", range(len(HALO_CASES)))
+def test_halo_tiles_match_float64(case):
+    """Halo tiles (a segment of an output row per iteration, each kernel row's input staged once,
+    the taps' vectors loaded at their offsets) against float64, bias and ReLU, NaN-poisoned output."""
+    shape, kshape, strides, padding, dilations, blocks, lanes = HALO_CASES[case]
+    rng = np.random.default_rng(40 + case)
+    w = (rng.standard_normal(kshape) * (rng.random(kshape) < 0.3)).astype(np.float32)
+    w[..., 1] = 0.0
+    w[1] = 0.0  # a kernel row without nonzeros: not staged
+    bias = rng.standard_normal(kshape[3]).astype(np.float32)
+    wl = ConvWorkload.create(shape, kshape, 1, strides, padding, dilations)
+    func = emit(w, shape, wl.output_hw, wl.strides, wl.pads, bias=True, activation="relu", dilations=wl.dilations,
+                blocks=blocks, lanes=lanes, halo=True)
+    f = tvm.compile(tvm.IRModule({"sparse_conv2d": func}), target=targets.host_cpu_target())["sparse_conv2d"]
+    x = rng.standard_normal(shape).astype(np.float32)
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+    f(tvm.runtime.tensor(x), tvm.runtime.tensor(bias), out)
+    ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
+    got = out.numpy()
+    assert np.all(np.isfinite(got))
+    assert reference.relative_error(got, ref) < 1e-5
+
+
+def test_halo_tiles_refuse_a_stride_along_the_width():
+    with pytest.raises(ValueError, match="stride 1 along the width"):
+        emit(np.ones((3, 3, 8, 8), np.float32), (1, 9, 9, 8), (4, 4), (2, 2), ((0, 0), (0, 0)), halo=True)
+
+
 # --- as an algorithm of the library (compile(), records) ---------------------------------------
 def _network_layer_with_cpu_records(tmp_path, problem: str):
     """A copy of the znver3 records without cpu-register-reuse ones; a layer of it."""
@@ -77,7 +114,14 @@ def test_it_is_offered_for_cpu_layers_within_its_code_size_budget():
     big = replace(wl, kernel_shape=(1, 1, 256, 1024), ell_width=44)  # conv4 1x1 expand at 90%: 45,056
     assert not algorithm.applies(big, "llvm"), "over the code-size budget"
     many_taps = replace(wl, kernel_shape=(11, 11, 32, 64), ell_width=440)  # the headline: 28,160 possible
-    assert not algorithm.applies(many_taps, "llvm"), "too many (tap, channel vector) rows"
+    assert not algorithm.applies(many_taps, "llvm"), "over the code-size budget"
+    from tvm_sparseconv.schedules.cpu_register_reuse import TILES
+
+    many_taps = replace(many_taps, ell_width=300)  # within the FMA budget: the relayout's rows decide
+    assert not algorithm.fits(many_taps, TILES["l16b4"]), "121 taps x 4 channel vectors: too many rows"
+    assert algorithm.fits(many_taps, TILES["l16b4h"]), "halo: 11 kernel rows x 4"
+    assert not algorithm.fits(replace(many_taps, strides=(1, 2)), TILES["l16b4h"]), "halo needs stride 1 along the width"
+    assert algorithm.applies(many_taps, "llvm")
 
 
 def test_compile_chooses_it_where_its_record_beats_the_scheduled_ones_and_computes_right(tmp_path):

@@ -29,7 +29,8 @@ from .base import GeneratedAlgorithm
 #: code generation, whole 56-70 s (`benchmarks/experiments/cpu_llvm_opt_level.py`)
 MAX_UNROLLED_FMAS = 21_000
 #: and at most this many (tap, vector of input channels) rows: the 11x11 headline (24,781
-#: nonzeros, 121 taps x 4 vectors) took 55.6 s; conv1 7x7 (49 taps x 1) 2.8 s
+#: nonzeros, 121 taps x 4 vectors) took 55.6 s; conv1 7x7 (49 taps x 1) 2.8 s. A halo tile's rows
+#: are (kernel row, vector): 11 x 4 on the headline (`schedules.cpu_register_reuse.scratch_rows`)
 MAX_TAP_VECTORS = 300
 
 
@@ -40,9 +41,16 @@ class CPURegisterReuse(GeneratedAlgorithm):
     emitter = "cpu_register_reuse"
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
-        kh, kw, cin, _ = wl.kernel_shape
+        from ..schedules.cpu_register_reuse import Tile
+
         return (target_kind == "llvm" and wl.ell_width * wl.out_channels <= MAX_UNROLLED_FMAS
-                and kh * kw * -(-cin // 8) <= MAX_TAP_VECTORS)
+                and any(self.fits(wl, Tile(halo=halo)) for halo in (False, True)))
+
+    def fits(self, wl: ConvWorkload, tile) -> bool:
+        """Within the relayout's row budget; halo tiles only at stride 1 along the width."""
+        from ..schedules.cpu_register_reuse import scratch_rows
+
+        return scratch_rows(wl.kernel_shape, tile) <= MAX_TAP_VECTORS and (not tile.halo or wl.strides[1] == 1)
 
     def default_tile(self, wl: ConvWorkload) -> str:
         from ..schedules.cpu_register_reuse import DEFAULT_TILE
@@ -55,7 +63,7 @@ class CPURegisterReuse(GeneratedAlgorithm):
 
         return emit(np.asarray(kernel.to_dense(), np.float32), wl.input_shape, wl.output_hw, wl.strides, wl.pads,
                     bias=wl.has_bias, activation=wl.activation, dilations=wl.dilations, lanes=tile.lanes,
-                    blocks=tile.blocks)
+                    blocks=tile.blocks, halo=tile.halo)
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
         import tvm
