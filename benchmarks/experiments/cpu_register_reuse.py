@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-nnz", type=int, default=30_000, help="skip layers with more nonzeros (compile time)")
     ap.add_argument("--lanes", type=int, default=8, help="vector width in floats (8: AVX2, 16: AVX-512)")
     ap.add_argument("--blocks", default="1,4", help="pixel blocks per parallel iteration to try (comma-separated)")
+    ap.add_argument("--halo", choices=["no", "also", "only"], default="no",
+                    help="halo tiles too, or only (keys '<blocks>h'; layers of stride 1 along the width)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", required=True)
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
@@ -65,12 +67,14 @@ def main(argv=None) -> int:
         wl = p.workload(kernel)
         w = p.dense_kernel().astype(np.float32)
         variants = {}
+        halos = {"no": (False,), "also": (False, True), "only": (True,)}[args.halo if wl.strides[1] == 1 else "no"]
         for blocks in map(int, args.blocks.split(",")):
-            t0 = time.perf_counter()
-            func = emit(w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, dilations=wl.dilations, lanes=args.lanes,
-                        blocks=blocks)
-            ex = tvm.compile(tvm.IRModule({"sparse_conv2d": func}), target=target)
-            variants[blocks] = (ex["sparse_conv2d"], time.perf_counter() - t0)
+            for halo in halos:
+                t0 = time.perf_counter()
+                func = emit(w, wl.input_shape, wl.output_hw, wl.strides, wl.pads, dilations=wl.dilations,
+                            lanes=args.lanes, blocks=blocks, halo=halo)
+                ex = tvm.compile(tvm.IRModule({"sparse_conv2d": func}), target=target)
+                variants[f"{blocks}{'h' if halo else ''}"] = (ex["sparse_conv2d"], time.perf_counter() - t0)
 
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
         rows.append(row)
         # Each alone too: in turns, TensorFlow's worker threads still spin after its op and slow the
         # TVM call that follows (and TVM's TensorFlow's); a graph of only one of them sees the alone time.
-        chosen = int(best) if best else min(variants)
+        chosen = best if best else min(variants)
         row["alone"] = {"seconds": baselines.median_wall(lambda i: variants[chosen][0](x_t[i % n_rot], outs[chosen]), args.repeats),
                         "library": baselines.median_wall(lambda i: op.run(x_t[i % n_rot], out_lib), args.repeats),
                         "tf": baselines.median_wall(tf_run, args.repeats)}
