@@ -126,8 +126,8 @@ TILES: dict[str, Tile] = {
     "g32p32x4s2G": Tile(group=32, pixels=32, groups=4, stage=64, regs=16, layout="groups", splits=2),
     "g32p32x1s16G": Tile(group=32, pixels=32, groups=1, stage=64, regs=16, layout="groups", splits=16),
     # one group per block and every block the same code where Cout <= group (the headline: 64):
-    # the warps of every SM walk one instruction stream (register-reuse's large kernels stall on
-    # instruction fetch), and each input register feeds group * density FMAs
+    # the warps of every SM walk one instruction stream, and each input register feeds
+    # group * density FMAs; 1.6-1.8x slower than g32p128x2G on the headline (register_reuse-v14)
     "g64p128x1G": Tile(group=64, pixels=128, groups=1, stage=32, regs=8, layout="groups"),
     "g64p64x1G": Tile(group=64, pixels=64, groups=1, stage=32, regs=8, layout="groups"),
     "g64p128x1": Tile(group=64, pixels=128, groups=1, stage=32, regs=8),
@@ -168,6 +168,8 @@ def shared_bytes(out_width: int, kernel_shape, strides, dilations, tile: Tile) -
     rows, _, _, per_row = halo_geometry(out_width, kernel_shape[1], strides[1], dilations[1], tile.pixels)
     staged = rows * per_row if tile.halo else tile.pixels
     return 4 * max(staged, tile.pixels) * (max(tile.stage, tile.group) + ROW_PAD)
+
+
 def register_cap(tile: Tile) -> int:
     """Registers for a piece compiled apart (`nvptx_build.assemble(max_registers=...)`, link mode
     "linked-capped", not the default: see `register_reuse.LINK_MODES`): its accumulators and input
