@@ -167,17 +167,17 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, bias: bool = Fals
         acc = tirx.decl_buffer((L * L,), F32, f"acc{g}", scope="local")  # one per group: TVM wants unique allocations
         gb = tirx.Var(f"b{g}", "int32")
         body = [tirx.BufferStore(acc, tirx.Broadcast(zero, L), [_ramp(j * L, L)]) for j in range(L)]
-        for t, kw in ((t, kw) for t, (_, kw0) in enumerate(taps) for kw in (range(kw_) if halo else [kw0])):
-            kh = taps[t][0]
-            block = w[kh, kw, :, g * L:(g + 1) * L]
-            for ci in np.nonzero(np.any(block, axis=1))[0]:
-                at = (t * cin + int(ci)) * row_len + gb * L + kw * dilations[1] if halo else row(gb, t, int(ci))
-                xv = tirx.BufferLoad(xt, [_ramp(at, L)])
-                for j in np.nonzero(block[ci])[0]:
-                    jj = int(j) * L
-                    body.append(tirx.BufferStore(
-                        acc, tirx.BufferLoad(acc, [_ramp(jj, L)]) + xv * tirx.Broadcast(tirx.const(float(block[ci, j]), F32), L),
-                        [_ramp(jj, L)]))
+        for t, (kh, kw0) in enumerate(taps):
+            for kw in range(kw_) if halo else [kw0]:  # halo: the row's taps, each at its offset in the row
+                block = w[kh, kw, :, g * L:(g + 1) * L]
+                for ci in np.nonzero(np.any(block, axis=1))[0]:
+                    at = row(gb, t, int(ci)) + (kw * dilations[1] if halo else 0)
+                    xv = tirx.BufferLoad(xt, [_ramp(at, L)])
+                    for j in np.nonzero(block[ci])[0]:
+                        jj = int(j) * L
+                        body.append(tirx.BufferStore(
+                            acc, tirx.BufferLoad(acc, [_ramp(jj, L)]) + xv * tirx.Broadcast(tirx.const(float(block[ci, j]), F32), L),
+                            [_ramp(jj, L)]))
         width = min(L, cout - g * L)
         vals = []
         for j in range(L):

@@ -163,11 +163,22 @@ def halo_geometry(out_width: int, kernel_width: int, stride: int, dilation: int,
     return rows, cols, -(-out_width // cols), (cols - 1) * stride + (kernel_width - 1) * dilation + 1
 
 
+def staged_rows(out_width: int, kernel_width: int, stride: int, dilation: int, tile: Tile) -> int:
+    """Input pixels a stage of `tile` copies into shared memory (rows of its input tile)."""
+    rows, _, _, per_row = halo_geometry(out_width, kernel_width, stride, dilation, tile.pixels)
+    return rows * per_row if tile.halo else tile.pixels
+
+
+def input_tile_shape(staged: int, tile: Tile) -> tuple[int, int]:
+    """(rows, words per row) of the kernel's shared input tile: wide enough for the sums too,
+    which reuse it after the last stage (so shared memory holds the larger of the two, not both)."""
+    return max(staged, tile.pixels), max(tile.stage, tile.group) + ROW_PAD
+
+
 def shared_bytes(out_width: int, kernel_shape, strides, dilations, tile: Tile) -> int:
-    """Shared memory of `tile`'s kernel for a layer (the input tile, also holding the sums: `emit`)."""
-    rows, _, _, per_row = halo_geometry(out_width, kernel_shape[1], strides[1], dilations[1], tile.pixels)
-    staged = rows * per_row if tile.halo else tile.pixels
-    return 4 * max(staged, tile.pixels) * (max(tile.stage, tile.group) + ROW_PAD)
+    """Shared memory of `tile`'s kernel for a layer (its input tile, `emit`)."""
+    rows, words = input_tile_shape(staged_rows(out_width, kernel_shape[1], strides[1], dilations[1], tile), tile)
+    return 4 * rows * words
 
 
 def register_cap(tile: Tile) -> int:
@@ -306,7 +317,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     sh, sw = strides
     dh, dw = dilations
     block_rows, cols, segments, halo_cols = halo_geometry(ow_, kw_, sw, dw, tp)
-    staged = block_rows * halo_cols if tile.halo else tp
+    staged = staged_rows(ow_, kw_, sw, dw, tile)
     splits = len(shares)
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
@@ -316,9 +327,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
         `whole_grid`: launched over every channel block, those outside [b0, b1) doing nothing."""
-        # wide enough for the sums too (they reuse it: see `os_`), so shared memory holds the larger
-        # of the two, not both (a 64-channel group of 128 pixels needs 34.8 KB of sums)
-        xs = tirx.decl_buffer((max(staged, tp), max(st, g_) + ROW_PAD), F32, "xs", scope="shared")
+        # also holds the sums at the end (a 64-channel group of 128 pixels needs 34.8 KB of them)
+        xs = tirx.decl_buffer(input_tile_shape(staged, tile), F32, "xs", scope="shared")
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
@@ -469,13 +479,12 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
             return activate(acc[j] + b[co] if b is not None else acc[j], activation)
 
-        os_ = xs  # the input tile is free by now (the last stage ended with a barrier)
         ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
-        for gi in range(ng):
+        for gi in range(ng):  # the sums go into the input tile, free by now (the last stage ended with a barrier)
             body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
-                [tirx.BufferStore(os_, acc[j] if ws is not None else finish(j), [tx.var, j]) for j in range(g_)]), None))
+                [tirx.BufferStore(xs, acc[j] if ws is not None else finish(j), [tx.var, j]) for j in range(g_)]), None))
             body.append(sync)
             for it in range(rounds):
                 i = it * threads + ty.var * tp + tx.var
@@ -483,7 +492,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 p, exists = block_pixel(row)
                 co = (block * ng + gi) * g_ + q * ovec
                 co_idx = _ramp(co) if ovec == 4 else co
-                value = tirx.BufferLoad(os_, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+                value = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
                 store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
                          else tirx.BufferStore(out, value, [*output_pixel(p, output_hw), co_idx]))
                 body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, exists, co < cout), store, None))

@@ -20,26 +20,27 @@ def tap_input(p, n_pix: int, input_hw, output_hw, strides, pads, dilations, kh: 
     The emitters load every copy slot, inside the image or not, so the indices are clamped; the
     load and the zeroing outside must be separate statements: TVM simplifies a Select's value
     under its condition, which dropped this clamp once (compute-sanitizer: reads before the input)."""
-    h, w = input_hw
     (pt, _), (pl, _) = pads
     img, orow, ocol = output_pixel(tirx.min(p, n_pix - 1), output_hw)
     r = orow * strides[0] - pt + kh * dilations[0]
     c = ocol * strides[1] - pl + kw * dilations[1]
-    inside = tirx.all(p < n_pix, r >= 0, r < h, c >= 0, c < w)
-    clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
-    return (img, clamp(r, h), clamp(c, w)), inside
+    (img, r, c), inside = _clamped(img, r, c, input_hw)
+    return (img, r, c), tirx.all(p < n_pix, inside)
 
 
 def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int) -> tuple:
     """((image, row, column) of input column `col` (counted from the padded left edge, in input
     columns) of kernel row `kh` under flattened output row `out_row` (n * OH + oh), clamped into
-    the image; whether it lies inside). The halo copies of `cuda_register_reuse`: a block's
-    segment of an output row reads these columns for every tap of the kernel row."""
-    h, w = input_hw
+    the image; whether it lies inside). The halo tiles' copies: a block's segment of an output
+    row reads these columns for every tap of the kernel row."""
     (pt, _), (pl, _) = pads
     img, orow = tirx.floordiv(out_row, output_hw[0]), tirx.floormod(out_row, output_hw[0])
     r = orow * strides[0] - pt + kh * dilations[0]
-    c = col - pl
-    inside = tirx.all(r >= 0, r < h, c >= 0, c < w)
+    return _clamped(img, r, col - pl, input_hw)
+
+
+def _clamped(img, r, c, input_hw) -> tuple:
+    """((image, row, column) with row and column clamped into the image; whether they lie inside)."""
+    h, w = input_hw
     clamp = lambda v, hi: tirx.max(tirx.min(v, hi - 1), 0)  # noqa: E731
-    return (img, clamp(r, h), clamp(c, w)), inside
+    return (img, clamp(r, h), clamp(c, w)), tirx.all(r >= 0, r < h, c >= 0, c < w)
