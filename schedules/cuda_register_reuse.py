@@ -83,6 +83,9 @@ class Tile:
     #: halo once per (kernel row, channel range); the threads walk the row's taps in shared memory
     #: (else one stage per tap, each copying the shifted input). `halo_geometry`.
     halo: bool = False
+    #: a cap on the kernel's registers (ptxas `-maxrregcount`; 0: ptxas's choice): e.g. 80 lets 3
+    #: blocks of 256 threads share an SM's 65,536 registers where ptxas gives 94
+    registers: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +97,8 @@ class Tile:
             raise ValueError(f"invalid tile {self}: layout must be 'groups' or 'steps'")
         if self.splits < 1:
             raise ValueError(f"invalid tile {self}: splits must be at least 1")
+        if self.registers and not 32 <= self.registers <= 255:
+            raise ValueError(f"invalid tile {self}: registers must be 0 (ptxas's choice) or 32 to 255")
 
 
 #: the design space measured so far (benchmarks/experiments/register_reuse.py), by name
@@ -149,6 +154,22 @@ TILES: dict[str, Tile] = {
     "g32p32x2s4GH": Tile(group=32, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
     "g32p64x1s4GH": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4, halo=True),
     "g16p32x2s4GH": Tile(group=16, pixels=32, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    # register caps (R<n>): more resident blocks per SM against spills
+    "g32p128x2GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, registers=80),
+    "g32p128x2GHR72": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, registers=72),
+    "g32p32x8GHR80": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, registers=80),
+    "g32p64x4GHR80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, registers=80),
+    "g32p64x4R80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, registers=80),
+    "g32p64x4GR80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", registers=80),
+    "g32p64x1s4GR80": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4, registers=80),
+    "g32p128x2GR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", registers=80),
+    # split-K for batch-32 layers of small maps and long code (conv5): more blocks, and each SM
+    # walks a share of a group's code
+    "g32p128x2s4GH": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p64x4s4GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p128x2s4G": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4),
+    "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
+                             registers=80),
 }
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)

@@ -319,7 +319,7 @@ def test_long_code_compiled_in_pieces_is_joined_into_one_kernel(splits, monkeypa
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
     assert rr.pieces_for(kernel.nnz, 48, tile) == 3
     joined = []
-    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, arch="sm_90", threads=1: joined.append(ptx) or b"")
+    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, arch="sm_90", threads=1, **ptxas: joined.append(ptx) or b"")
     monkeypatch.setattr(nvptx_build, "build_with_cubin", lambda host, cubin, arch="sm_90": host)
     host = algs.by_name("register-reuse").build(kernel, wl, tile)
     ptx = joined[0]
@@ -531,8 +531,29 @@ def test_a_register_cap_reaches_ptxas_only_for_objects_compiled_apart(monkeypatc
     nvptx_build.assemble(_piece_ptx(2), relocatable=True, max_registers=96)
     nvptx_build.assemble(_piece_ptx(2), relocatable=True)
     nvptx_build.assemble(_piece_ptx(2), max_registers=96)  # a whole kernel: ptxas chooses
+    nvptx_build.assemble(_piece_ptx(2), kernel_registers=80)  # a tile's cap on its kernel
+    nvptx_build.assemble(_piece_ptx(2), relocatable=True, kernel_registers=80)  # not on objects
     flags = [[a for a in cmd if "maxrregcount" in a] for cmd in seen]
-    assert flags == [["--device-function-maxrregcount=96"], [], []]
+    assert flags == [["--device-function-maxrregcount=96"], [], [], ["-maxrregcount=80"], []]
+    assert all("-O3" in cmd for cmd in seen)
+
+
+@pytest.mark.skipif(not shutil.which("ptxas"), reason="needs ptxas")
+def test_a_tiles_register_cap_is_validated_and_reaches_the_build(monkeypatch):
+    from tvm_sparseconv import nvptx_build
+    from tvm_sparseconv.schedules.cuda_register_reuse import TILES, Tile
+
+    with pytest.raises(ValueError, match="registers"):
+        Tile(registers=16).validate()
+    assert TILES["g32p128x2GHR80"].registers == 80 and TILES["g32p128x2GH"].registers == 0
+    seen = []
+    real = nvptx_build.assemble
+    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, *a, **kw: seen.append(kw) or real(ptx, *a, **kw))
+    kernel, wl = _layer()
+    algorithm = algorithms.by_name("register-reuse")
+    algorithm.build(kernel, wl, TILES["g32p64x4GR80"])
+    algorithm.build(kernel, wl, TILES["g32p64x4G"])
+    assert [kw.get("kernel_registers") for kw in seen] == [80, None]
 
 
 @pytest.mark.skipif(not shutil.which("ptxas"), reason="needs ptxas")

@@ -65,18 +65,27 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     return marked
 
 
+#: ptxas's optimisation level for the kernels built here (`assemble`)
+PTXAS_OPT_LEVEL = 3
+
+
 def assemble(ptx: str, arch: str = "sm_90", threads: int = 1, relocatable: bool = False,
-             max_registers: int | None = None) -> bytes:
+             max_registers: int | None = None, kernel_registers: int | None = None,
+             opt_level: int = PTXAS_OPT_LEVEL) -> bytes:
     """ptxas: PTX to a cubin for `arch` (`threads` > 1, or 0 for one per CPU: its functions
     compiled in parallel, `--split-compile`), or to a relocatable object for `link`, whose device
     functions use at most `max_registers` registers (ptxas gives a function compiled apart as many
-    as it likes: 243 where the same code joined into its kernel got 122, halving the occupancy)."""
+    as it likes: 243 where the same code joined into its kernel got 122, halving the occupancy).
+    `kernel_registers`: a cap on the kernels' registers (`-maxrregcount`: more blocks per SM, at
+    the risk of spills); `opt_level`: ptxas's `-O`."""
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp, "k.ptx"), Path(tmp, "k.cubin")
         src.write_text(ptx)
         split = [f"--split-compile={threads}"] if threads != 1 else []
         cap = [f"--device-function-maxrregcount={max_registers}"] if relocatable and max_registers else []
-        done = subprocess.run(["ptxas", f"-arch={arch}", "-O3", *split, *(["-c"] if relocatable else []), *cap,
+        if kernel_registers and not relocatable:
+            cap.append(f"-maxrregcount={kernel_registers}")
+        done = subprocess.run(["ptxas", f"-arch={arch}", f"-O{opt_level}", *split, *(["-c"] if relocatable else []), *cap,
                                "-o", str(out), str(src)],
                               capture_output=True, text=True)
         if done.returncode:
@@ -98,10 +107,11 @@ def build_with_cubin(c_func: tirx.PrimFunc, cubin: bytes, arch: str = "sm_90") -
             tvm_ffi.register_global_func("tvm_callback_cuda_compile", nvcc.tvm_callback_cuda_compile, override=True)
 
 
-def compile_nvptx(make: Callable[[bool], tirx.PrimFunc], arch: str = "sm_90") -> tvm.runtime.Executable:
+def compile_nvptx(make: Callable[[bool], tirx.PrimFunc], arch: str = "sm_90", **ptxas) -> tvm.runtime.Executable:
     """Build the kernel `make(llvm=True)` through NVPTX + ptxas into a CUDA module whose host side
-    comes from `make(llvm=False)` (the same function with TVM's CUDA barrier)."""
-    return build_with_cubin(make(False), assemble(nvptx_ptx(make(True), arch), arch), arch)
+    comes from `make(llvm=False)` (the same function with TVM's CUDA barrier). `ptxas`: options of
+    `assemble` (`kernel_registers`, `opt_level`); its kernels are compiled in parallel."""
+    return build_with_cubin(make(False), assemble(nvptx_ptx(make(True), arch), arch, threads=0, **ptxas), arch)
 
 
 # --- long code in pieces: compiled apart (in parallel), joined into one kernel ----------------------
@@ -296,7 +306,7 @@ def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int, max_r
 
 def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str = "sm_90",
                          workers: int | None = None, link_apart: bool = False,
-                         max_registers: int | None = None) -> tvm.runtime.Executable:
+                         max_registers: int | None = None, **ptxas) -> tvm.runtime.Executable:
     """Like `compile_nvptx`, for code too long to compile fast as one function: each of `pieces`
     (picklable callables returning a PrimFunc with one kernel, e.g. `functools.partial(emit, ...,
     piece=("part", i, n))`) goes through NVPTX apart, `workers` at a time in child processes
@@ -316,7 +326,8 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
       register cap recovers part of it on some tiles and loses on others (`register_reuse.LINK_MODES`).
 
     `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
-    launch of the pieces' kernel, then the tail's)."""
+    launch of the pieces' kernel, then the tail's). `ptxas`: options of `assemble` for the joined
+    module or the linked dispatcher (`kernel_registers`, `opt_level`)."""
     name = str(host.attrs["global_symbol"]) + KERNEL_SUFFIX
     tasks = [(r, i if link_apart else None) for i, r in enumerate(pieces)] + ([(tail, None)] if tail is not None else [])
     workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
@@ -325,7 +336,7 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
             else _tasks_in_processes(tasks, name, arch, workers, max_registers))
     compiled, tail_ptx = done[:len(pieces)], (done[-1] if tail is not None else None)
     if not link_apart:
-        return build_with_cubin(host, assemble(join_pieces(compiled, name, tail_ptx), arch, threads=0), arch)
+        return build_with_cubin(host, assemble(join_pieces(compiled, name, tail_ptx), arch, threads=0, **ptxas), arch)
     dispatcher = dispatcher_source([meta for meta, _ in compiled], name, tail_ptx)
-    cubin = link([obj for _, obj in compiled] + [assemble(dispatcher, arch, relocatable=True)], arch)
+    cubin = link([obj for _, obj in compiled] + [assemble(dispatcher, arch, relocatable=True, **ptxas)], arch)
     return build_with_cubin(host, cubin, arch)

@@ -98,27 +98,32 @@ class RegisterReuse(GeneratedAlgorithm):
         """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
         return self.recipe(kernel, wl, tile, llvm, **options)()
 
-    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None, link: str = "auto"):
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None, link: str = "auto",
+              ptxas_opt: int | None = None):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
         possible), then (split-K tiles) the kernel adding up the shares. `link` (experiments):
         "joined" or "linked" overrides that choice, "linked-capped" links with a register cap
-        (`LINK_MODES`)."""
+        (`LINK_MODES`); `ptxas_opt` (experiments) ptxas's `-O` instead of `nvptx_build.PTXAS_OPT_LEVEL`.
+        The tile's register cap, if any, goes to ptxas."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
         from ..schedules.cuda_register_reuse import register_cap, split_count
 
         if link not in LINK_MODES:
             raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
+        ptxas = {"kernel_registers": tile.registers or None}
+        if ptxas_opt is not None:
+            ptxas["opt_level"] = ptxas_opt
         n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined")
         if n == 1:
-            return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch)
+            return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch, **ptxas)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n)) for i in range(n)]
         w = np.asarray(kernel.to_dense(), np.float32)
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
         return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
                                     link_apart=apart,
-                                    max_registers=register_cap(tile) if link == "linked-capped" else None)
+                                    max_registers=register_cap(tile) if link == "linked-capped" else None, **ptxas)
 
 
 ALGORITHM = RegisterReuse()
