@@ -84,7 +84,8 @@ class Tile:
     #: (else one stage per tap, each copying the shifted input). `halo_geometry`.
     halo: bool = False
     #: a cap on the kernel's registers (ptxas `-maxrregcount`; 0: ptxas's choice): e.g. 80 lets 3
-    #: blocks of 256 threads share an SM's 65,536 registers where ptxas gives 94
+    #: blocks of 256 threads share an SM's 65,536 registers where ptxas gives 94. Pieces linked
+    #: apart (`register_reuse.MAX_JOINED_FMAS`) keep ptxas's choice: the cap is the kernel's.
     registers: int = 0
 
     def as_dict(self) -> dict:

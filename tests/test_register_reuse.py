@@ -174,6 +174,30 @@ def test_a_record_whose_tile_does_not_fit_is_not_used(tmp_path):
         assert (build.generated_record(wl, target, tmp_path) is not None) == used, tile
 
 
+def test_a_shape_holds_a_record_per_density_and_the_nearest_is_used(tmp_path):
+    """The winning tile moves with the density (H200 conv4 3x3 b32: g32p128x2GHR80 at 90% zeros,
+    g32p32x8GH at 95%): records of one shape at other densities are kept side by side."""
+    from tvm_sparseconv import build, targets, tile_records
+
+    _, wl = _layer()
+    target = targets.cuda_target_for_arch("sm_90")
+    shape = tile_records.shape_key(wl)
+
+    def record(tile, nonzeros):
+        return {"layer": "x", "shape": shape, "tile": tile, "seconds": 1e-5, "nonzeros": nonzeros}
+
+    tile_records.merge(tmp_path, "register-reuse", "test", "a", [record("g32p64x4G", 1000)])
+    tile_records.merge(tmp_path, "register-reuse", "test", "b", [record("g16p32x2G", 500)])
+    assert {r["tile"] for r in tile_records.read(tile_records.path_for(tmp_path, "register-reuse"), "register-reuse")} \
+        == {"g32p64x4G", "g16p32x2G"}
+    assert build.generated_record(wl, target, tmp_path, 900).record["tile"] == "g32p64x4G"
+    assert build.generated_record(wl, target, tmp_path, 520).record["tile"] == "g16p32x2G"
+    assert build.generated_record(wl, target, tmp_path, 5000).record["tile"] == "g32p64x4G"
+    tile_records.merge(tmp_path, "register-reuse", "test", "c", [record("g32p32x8G", 1100)])  # same density as 1000
+    tiles = [r["tile"] for r in tile_records.read(tile_records.path_for(tmp_path, "register-reuse"), "register-reuse")]
+    assert sorted(tiles) == ["g16p32x2G", "g32p32x8G"]
+
+
 def _network_layer_with_records(tmp_path, problem: str):
     """A copy of the H200 records without register-reuse ones; a layer of it (its kernel and
     workloads); the scheduled record's run_us."""
@@ -265,6 +289,8 @@ def test_the_committed_records_name_known_tiles_and_real_layers():
     for r in records:
         assert r["tile"] in TILES
         assert r["shape"] == tile_records.shape_key(workload_set(r["layer"])[0].workload())
+    for i, a in enumerate(records):  # one record per shape and density
+        assert not any(a["shape"] == b["shape"] and tile_records.same_density(a, b["nonzeros"]) for b in records[i + 1:])
 
 
 @pytest.mark.parametrize("layout", ["steps", "groups"])

@@ -232,8 +232,10 @@ class TileRecord:
         return self.family is not None
 
 
-def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None) -> TileRecord | None:
-    """The tile record of `wl`'s shape under its generated algorithm: in `folder` if given; else in
+def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None,
+                     nonzeros: int | None = None) -> TileRecord | None:
+    """The tile record of `wl`'s shape under its generated algorithm, measured nearest to
+    `nonzeros` where the shape has one per density (`tile_records.find`): in `folder` if given; else in
     this device's `tuning_logs/` folder, else (CPUs) in the first folder of another CPU of its ISA
     family that has one (`tuning_records.family_folders`, as for MetaSchedule records). Records
     naming an unknown tile (warned) or a tile over the algorithm's compile-time budget are skipped."""
@@ -247,7 +249,7 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
         places = [(_own_folder(target, None), None)]
         places += [(f, family) for f, _ in tuning_records.family_folders(target)]
     for place, family in places:
-        record = tile_records.find(place, wl.algorithm, wl)
+        record = tile_records.find(place, wl.algorithm, wl, nonzeros)
         if record is None:
             continue
         if record["tile"] not in algorithm.tiles():
@@ -273,7 +275,7 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
     algorithm = algorithms.by_name(wl.algorithm)
     if not algorithm.generated:
         raise ValueError(f"{wl.algorithm} is not a generated algorithm")
-    found = generated_record(wl, target, folder)
+    found = generated_record(wl, target, folder, int(kernel.nnz))
     if found is not None:
         name, source = found.record["tile"], f"tuned:{wl.algorithm} {found.record['tile']}@{found.folder.name}"
         if found.travelled:
@@ -327,7 +329,7 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
 
     estimates = []
     for wl in generated:
-        found = generated_record(wl, target, folder)
+        found = generated_record(wl, target, folder, int(kernel.nnz))
         if found is not None:
             estimates.append((tile_records.estimated_seconds(found.record, kernel.nnz) * 1e6, wl, found))
     if not estimates:

@@ -4,15 +4,18 @@ A generated algorithm (`Algorithm.generated`, e.g. register-reuse) compiles the 
 into its code, so MetaSchedule's records (a schedule for one PrimFunc) do not fit it. What carries
 over between kernels of one layer shape is the tile: `tuning_logs/<device>/<algorithm>.json` holds,
 per shape (input, kernel, strides, padding), the tile that won, its measured time and the number
-of nonzeros it was measured with (its time grows with them: one FMA each). `compile()` compares
-that time, scaled up where the layer's kernel has more nonzeros (`estimated_seconds`), with the
-scheduled algorithms' records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
+of nonzeros it was measured with (its time grows with them: one FMA each). A shape may hold one
+record per density, since the winning tile moves with it (H200 conv4 3x3 batch 32: g32p128x2GHR80
+80.8 us against g32p32x8GH 86.2 at 90% zeros, 66.1 against 49.9 at 95%); `find` takes the one
+measured nearest the kernel's nonzeros. `compile()` compares its time, scaled up where the layer's
+kernel has more nonzeros (`estimated_seconds`), with the scheduled algorithms' records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
 the default tile.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from ._warnings import warn_user
@@ -20,6 +23,9 @@ from .tuning_records import TuningLogWarning
 from .workload import ConvWorkload
 
 VERSION = 1
+#: records of one shape whose nonzeros are within this factor of each other count as one density
+#: (a new one replaces the old); farther apart, both are kept
+SAME_DENSITY = 1.25
 
 
 def shape_key(wl: ConvWorkload) -> dict:
@@ -55,10 +61,22 @@ def read(path: Path, algorithm: str) -> list[dict]:
         return []
 
 
-def find(folder: Path, algorithm: str, wl: ConvWorkload) -> dict | None:
-    """The record of `wl`'s shape in `folder`, or None."""
+def density_distance(record: dict, nonzeros: int | None) -> float:
+    """How far `nonzeros` is from the record's own (|log ratio|; 0 where either is unknown)."""
+    measured = record.get("nonzeros")
+    return abs(math.log(nonzeros / measured)) if measured and nonzeros else 0.0
+
+
+def same_density(record: dict, nonzeros: int | None) -> bool:
+    return density_distance(record, nonzeros) <= math.log(SAME_DENSITY)
+
+
+def find(folder: Path, algorithm: str, wl: ConvWorkload, nonzeros: int | None = None) -> dict | None:
+    """The record of `wl`'s shape in `folder` measured nearest to `nonzeros` (the first where
+    None), or None."""
     key = shape_key(wl)
-    return next((r for r in read(path_for(folder, algorithm), algorithm) if r["shape"] == key), None)
+    found = [r for r in read(path_for(folder, algorithm), algorithm) if r["shape"] == key]
+    return min(found, key=lambda r: density_distance(r, nonzeros)) if found else None
 
 
 def estimated_seconds(record: dict, nonzeros: int) -> float:
@@ -82,10 +100,11 @@ def write(path: Path, algorithm: str, device: str, source: str, records: list[di
 
 def merge(folder: Path, algorithm: str, device: str, source: str, records: list[dict]) -> Path:
     """Write `records` into `algorithm`'s record file in `folder`, replacing the records of the same
-    shapes and keeping the others (their sources listed beside `source`); the file's path."""
+    shapes and density (`same_density`) and keeping the others (their sources listed beside
+    `source`); the file's path."""
     path = path_for(folder, algorithm)
-    shapes = [r["shape"] for r in records]
-    kept = [r for r in read(path, algorithm) if r["shape"] not in shapes]
+    kept = [r for r in read(path, algorithm)
+            if not any(r["shape"] == n["shape"] and same_density(r, n.get("nonzeros")) for n in records)]
     if kept:
         source = ", ".join(dict.fromkeys([*json.loads(path.read_text())["source"].split(", "), str(source)]))
     write(path, algorithm, device, str(source), kept + records)

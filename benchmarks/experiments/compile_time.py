@@ -72,7 +72,7 @@ def generated_seconds(kernel, wl, target, gpu_folder: Path) -> dict:
     from tvm_sparseconv import build
 
     algorithm = algorithms.by_name(wl.algorithm)
-    found = build.generated_record(wl, target, gpu_folder if target.kind.name == "cuda" else None)
+    found = build.generated_record(wl, target, gpu_folder if target.kind.name == "cuda" else None, int(kernel.nnz))
     name = found.record["tile"]
     t0 = time.perf_counter()
     lib = algorithm.build(kernel, wl, algorithm.tiles()[name], target)

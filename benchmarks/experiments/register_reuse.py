@@ -108,8 +108,9 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
             print(f"{r['layer']}: not recorded: {name} ({best['seconds'] * 1e6:.1f} us) is slower than "
                   f"{lib['algorithm']} ({lib['seconds'] * 1e6:.1f} us) in the same run")
             continue
-        old = tile_records.find(folder, "register-reuse", wl)
-        if old is not None and old["tile"] not in r["tiles"] and old["seconds"] < best["seconds"]:
+        old = tile_records.find(folder, "register-reuse", wl, r["nnz"])
+        if (old is not None and tile_records.same_density(old, r["nnz"]) and old["tile"] not in r["tiles"]
+                and old["seconds"] < best["seconds"]):
             print(f"{r['layer']}: kept {old['tile']} ({old['seconds'] * 1e6:.1f} us, not measured in this run) "
                   f"over {name} ({best['seconds'] * 1e6:.1f} us)")
             continue
@@ -117,6 +118,28 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
                         "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
                         "cudnn_tf32_seconds": r["cudnn_tf32"]})
     return tile_records.merge(folder, "register-reuse", run["device"], str(source), records)
+
+
+def bench_records(bench: dict, problems: list[str]) -> list[dict]:
+    """Records from a `scripts/bench.py` run (JSON with "points") for the named `problems`: the
+    register-reuse tile that `compile()` built there (each point checked against float64 in that
+    run) with its time and nonzeros. For a shape's record at another density than its tile runs'."""
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.workloads import workload_set
+
+    records = []
+    for name in problems:
+        points = [q for q in bench["points"] if q["problem"] == name]
+        if not points:
+            sys.exit(f"no point {name!r} in the bench run")
+        q = points[0]
+        prefix = "tuned:register-reuse "
+        if not q["schedule"].startswith(prefix) or not q["correct"]:
+            sys.exit(f"{name}: ran {q['schedule']!r} (correct: {q['correct']}), not a register-reuse tile")
+        records.append({"layer": name, "shape": tile_records.shape_key(workload_set(name)[0].workload()),
+                        "tile": q["schedule"][len(prefix):].split("@")[0], "seconds": q["seconds"]["sparse"],
+                        "nonzeros": q["nnz"], "cudnn_tf32_seconds": q["seconds"].get("cudnn_tf32")})
+    return records
 
 
 def main(argv=None) -> int:
@@ -140,13 +163,23 @@ def main(argv=None) -> int:
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
                     help="write the best tile of each layer of the run in --json as register-reuse records "
-                         "into FOLDER (e.g. tuning_logs/nvidia-h200; other shapes' records are kept) and stop")
+                         "into FOLDER (e.g. tuning_logs/nvidia-h200; other shapes' records are kept) and stop; "
+                         "--json may also be a scripts/bench.py run, with --problems")
+    ap.add_argument("--problems", default="",
+                    help="with --record and a bench.py run: the problems whose register-reuse tile to record")
     args = ap.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.json).read_text())))
         return 0
     if args.record is not None:
         run = json.loads(Path(args.json).read_text())
+        if "points" in run:
+            from tvm_sparseconv import tile_records
+
+            records = bench_records(run, [p for p in args.problems.split(",") if p])
+            path = tile_records.merge(args.record, "register-reuse", run["device"], args.json, records)
+            print(f"wrote {path}")
+            return 0
         if run.get("link", "auto") != "auto" or run.get("ptxas_opt") is not None:
             sys.exit(f"{args.json} was built with a forced --link or --ptxas-opt: its times are not compile()'s")
         path = write_records(run, args.record, args.json)
