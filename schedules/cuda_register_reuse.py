@@ -162,13 +162,11 @@ TILES: dict[str, Tile] = {
     "g32p64x4GHR80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, registers=80),
     "g32p64x4R80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, registers=80),
     "g32p64x4GR80": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", registers=80),
-    "g32p64x1s4GR80": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=4, registers=80),
     "g32p128x2GR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", registers=80),
     # split-K for batch-32 layers of small maps and long code (conv5): more blocks, and each SM
     # walks a share of a group's code
     "g32p128x2s4GH": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
     "g32p64x4s4GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4, halo=True),
-    "g32p128x2s4G": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
 }

@@ -8,8 +8,8 @@ of nonzeros it was measured with (its time grows with them: one FMA each). A sha
 record per density, since the winning tile moves with it (H200 conv4 3x3 batch 32: g32p128x2GHR80
 80.8 us against g32p32x8GH 86.2 at 90% zeros, 66.1 against 49.9 at 95%); `find` takes the one
 measured nearest the kernel's nonzeros. `compile()` compares its time, scaled up where the layer's
-kernel has more nonzeros (`estimated_seconds`), with the scheduled algorithms' records. A damaged or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets
-the default tile.
+kernel has more nonzeros (`estimated_seconds`), with the scheduled algorithms' records. A damaged
+or foreign file is reported (`TuningLogWarning`) and ignored: the layer gets the default tile.
 """
 
 from __future__ import annotations

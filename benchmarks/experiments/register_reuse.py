@@ -48,11 +48,10 @@ def _compile(args) -> dict:
     tile, algorithm = TILES[tile_name], by_name("register-reuse")
     t0 = time.perf_counter()
     row = {"layer": name, "tile": tile_name, "parts": parts, "link": link}
-    ptxas = {} if ptxas_opt is None else {"opt_level": ptxas_opt}
     try:
         if parts:
             ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts),
-                               kernel_registers=tile.registers or None, **ptxas)
+                               **algorithm.ptxas_options(tile, ptxas_opt))
         else:
             ex = algorithm.build(kernel, wl, tile, link=link, ptxas_opt=ptxas_opt)
     except Exception as e:  # noqa: BLE001 - one tile that does not build (e.g. too much shared memory) is a result

@@ -98,6 +98,12 @@ class RegisterReuse(GeneratedAlgorithm):
         """The kernel for `kernel` in layer `wl` with `tile` (`llvm`: for the NVPTX backend)."""
         return self.recipe(kernel, wl, tile, llvm, **options)()
 
+    @staticmethod
+    def ptxas_options(tile, opt_level: int | None = None) -> dict:
+        """`nvptx_build.assemble`'s options for `tile`'s kernel: its register cap, and ptxas's `-O`
+        where given (experiments; else `nvptx_build.PTXAS_OPT_LEVEL`)."""
+        return {"kernel_registers": tile.registers or None, **({} if opt_level is None else {"opt_level": opt_level})}
+
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None, link: str = "auto",
               ptxas_opt: int | None = None):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
@@ -112,9 +118,7 @@ class RegisterReuse(GeneratedAlgorithm):
         if link not in LINK_MODES:
             raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
-        ptxas = {"kernel_registers": tile.registers or None}
-        if ptxas_opt is not None:
-            ptxas["opt_level"] = ptxas_opt
+        ptxas = self.ptxas_options(tile, ptxas_opt)
         n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined")
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm), arch=arch, **ptxas)
