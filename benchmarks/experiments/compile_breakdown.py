@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Where register-reuse's compile time goes, and what ptxas makes of the code (no GPU needed).
+
+For each (layer, tile): the first piece of the kernel as `compile()` cuts it, timed through its
+three steps (emitting the TIR, TVM + LLVM's NVPTX backend to PTX, ptxas to a cubin), then ptxas
+again with each of `--ptxas` option sets, reporting time, registers and spills (`ptxas -v`).
+Writes one JSON.
+
+    python benchmarks/experiments/compile_breakdown.py --layers headline:g32p128x2GH \\
+        --ptxas="-O3;-O3 -maxrregcount=80;-O0" --json benchmarks/experiments/compile_breakdown-<host>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def ptxas_run(ptx_path: Path, options: str, arch: str = "sm_90") -> dict:
+    """ptxas with `options` on the PTX file: seconds, registers, spill bytes (stores, loads)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        done = subprocess.run(["ptxas", f"-arch={arch}", "-v", *options.split(), "-o", str(Path(tmp, "k.cubin")),
+                               str(ptx_path)], capture_output=True, text=True)
+        secs = time.perf_counter() - t0
+    if done.returncode:
+        return {"options": options, "error": done.stderr.strip()[-500:]}
+    regs = [int(m) for m in re.findall(r"Used (\d+) registers", done.stderr)]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", done.stderr)
+    return {"options": options, "seconds": secs, "registers": max(regs) if regs else None,
+            "spill_store_bytes": max((int(a) for a, _ in spills), default=0),
+            "spill_load_bytes": max((int(b) for _, b in spills), default=0)}
+
+
+def breakdown(layer: str, tile_name: str, ptxas_sets: list[str]) -> dict:
+    from tvm_sparseconv.algorithms import by_name
+    from tvm_sparseconv.nvptx_build import nvptx_ptx
+    from tvm_sparseconv.workloads import workload_set
+
+    algorithm = by_name("register-reuse")
+    tile = algorithm.tiles()[tile_name]
+    problem = workload_set(layer)[0]
+    kernel = problem.sparse_kernel()
+    wl = problem.workload(kernel, "register-reuse")
+    n, linked = algorithm._pieces(int(kernel.nnz), wl, tile)
+    t0 = time.perf_counter()
+    func = algorithm.recipe(kernel, wl, tile, piece=("part", 0, n))() if n > 1 else algorithm.generate(kernel, wl, tile)
+    t1 = time.perf_counter()
+    ptx = nvptx_ptx(func)
+    t2 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "k.ptx")
+        path.write_text(ptx)
+        runs = [ptxas_run(path, options) for options in ptxas_sets]
+    row = {"layer": layer, "tile": tile_name, "nonzeros": int(kernel.nnz), "pieces": n, "linked": linked,
+           "piece": 0, "emit_s": t1 - t0, "tvm_llvm_s": t2 - t1, "ptx_lines": ptx.count("\n"), "ptxas": runs}
+    print(f"{layer} {tile_name}: {n} piece(s), emit {row['emit_s']:.1f} s, TVM+LLVM {row['tvm_llvm_s']:.1f} s; "
+          + "; ".join(f"ptxas {r['options']}: " + (f"{r['seconds']:.1f} s, {r['registers']} regs, spills "
+                                                     f"{r['spill_store_bytes']}/{r['spill_load_bytes']} B"
+                                                     if "seconds" in r else "failed") for r in runs), flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", required=True, help="layer:tile pairs, comma-separated (e.g. headline:g32p128x2GH)")
+    ap.add_argument("--ptxas", default="-O3", help="ptxas option sets, separated by ';'")
+    ap.add_argument("--json", required=True, type=Path)
+    args = ap.parse_args(argv)
+    rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()])
+            for pair in args.layers.split(",")]
+    args.json.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                     "command": " ".join(["python", *sys.argv]), "layers": rows}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
