@@ -37,13 +37,13 @@ from tvm import tirx
 from tvm.ir import Range, StringImm
 
 from tvm_sparseconv.algorithms.base import activate
-from tvm_sparseconv.nvptx_build import llvm_barrier
+from tvm_sparseconv.nvptx_build import VALUE, SHARED, llvm_barrier, ptx_marker, with_splices
 
 from .pattern_code import halo_input, output_pixel, tap_input
 
 F32 = "float32"
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 7
+EMITTER_VERSION = 8
 #: FMAs per kernel above which the code is split into several kernels launched in turn. Each launch
 #: costs a few us at batch 1 (H200, conv4 1x1 reduce b1, 26,214 FMAs: 4 kernels 23.3 us, one 9.6
 #: us; benchmarks/experiments/register_reuse-v8/-v9-*.json), and with the "groups" layout one long
@@ -297,9 +297,58 @@ def parts_for(fmas: int) -> int:
     return max(1, -(-fmas // FMAS_PER_KERNEL))
 
 
+class PtxFmas:
+    """A kernel's FMAs as PTX text (`emit`'s ``fma_code="ptx"``): one snippet per `ptx_marker`,
+    which loads the thread's input words from its row of the shared input tile into registers
+    ``%sx``, applies the nonzeros as FMAs with immediate weights into its sums ``%sa`` (registers
+    LLVM never sees: zeroed in the prologue), or stores the sums into the tile for the epilogue.
+    The same instructions LLVM emitted for the TIR FMAs, without compiling them through TVM and
+    LLVM (`nvptx_build.splice`)."""
+
+    def __init__(self, group: int, regs: int, row_words: int):
+        self.group, self.row_bytes, self.xregs = group, 4 * row_words, -(-regs // 4) * 4
+        self.snippets: list[str] = []
+
+    def _marker(self, lines: list[str], row: tirx.PrimExpr) -> tirx.Stmt:
+        # the marker's operand is the thread's row of the tile: %sd0 = tile + row * row_bytes
+        head = [f"\tmov.b32 \t%sr0, {VALUE};", f"\tmul.wide.s32 \t%sd0, %sr0, {self.row_bytes};",
+                "\tadd.s64 \t%sd0, %sd0, %sd1;"]
+        self.snippets.append("\n".join(head + lines))
+        return ptx_marker(len(self.snippets) - 1, row)
+
+    def fmas(self, blocks: list[tuple[int, np.ndarray]], row: tirx.PrimExpr) -> tirx.Stmt | None:
+        """The FMAs of `blocks`, (first word in the row, weights (words, group)) each, on the
+        thread's input row `row`; None where there are none."""
+        lines = []
+        for r0, sub in blocks:
+            k, j = np.nonzero(sub)
+            if len(k) == 0:
+                continue
+            for v in sorted({int(kk) // 4 for kk in k}):  # only the float4s that hold a nonzero's input
+                regs = ", ".join(f"%sx{4 * v + i}" for i in range(4))
+                lines.append(f"\tld.shared.v4.f32 \t{{{regs}}}, [%sd0+{4 * (r0 + 4 * v)}];")
+            bits = np.ascontiguousarray(sub[k, j], dtype=np.float32).view(np.uint32)
+            lines += [f"\tfma.rn.f32 \t%sa{jj}, %sx{kk}, 0f{int(b):08X}, %sa{jj};" for kk, jj, b in zip(k, j, bits)]
+        return self._marker(lines, row) if lines else None
+
+    def store_sums(self, row: tirx.PrimExpr) -> tirx.Stmt:
+        """The thread's sums into words 0..group-1 of its row `row` of the tile."""
+        if self.group % 4:
+            lines = [f"\tst.shared.f32 \t[%sd0+{4 * j}], %sa{j};" for j in range(self.group)]
+        else:
+            lines = [f"\tst.shared.v4.f32 \t[%sd0+{16 * q}], {{{', '.join(f'%sa{4 * q + i}' for i in range(4))}}};"
+                     for q in range(self.group // 4)]
+        return self._marker(lines, row)
+
+    def prologue(self) -> str:
+        decls = [f"\t.reg .f32 \t%sa<{self.group}>;", f"\t.reg .f32 \t%sx<{self.xregs}>;", "\t.reg .b64 \t%sd<2>;",
+                 "\t.reg .b32 \t%sr<1>;", f"\tmov.u64 \t%sd1, {SHARED};"]
+        return "\n".join(decls + [f"\tmov.f32 \t%sa{j}, 0f00000000;" for j in range(self.group)])
+
+
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
          activation: str | None = None, llvm: bool = True, parts: int | None = None,
-         dilations=(1, 1), piece: tuple | None = None) -> tirx.PrimFunc:
+         dilations=(1, 1), piece: tuple | None = None, fma_code: str = "ptx") -> tirx.PrimFunc:
     """The kernel computing ``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout)
     for a 1x1 kernel), as TIR.
 
@@ -313,7 +362,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     (default `parts_for` the number of nonzeros).
     `piece`: one piece of the code to compile apart (`nvptx_build.compile_nvptx_pieces` joins
     them into one kernel): ("part", i, n), the i-th of n shares of the channel blocks, over the
-    whole grid (the other blocks skip it), or ("tail",), the kernel that adds up split-K shares."""
+    whole grid (the other blocks skip it), or ("tail",), the kernel that adds up split-K shares.
+    `fma_code` (with `llvm`): "ptx" (default) writes the loads into registers and the FMAs as PTX
+    text that `nvptx_build` splices into LLVM's output at markers (`PtxFmas`), so TVM and LLVM
+    compile only the staging and the epilogue; "tir" has them compile every FMA (2.5x the compile
+    time on the 2-core machine, same code: `benchmarks/experiments/register_reuse.md`)."""
+    if fma_code not in ("ptx", "tir"):
+        raise ValueError(f"fma_code must be 'ptx' or 'tir', got {fma_code!r}")
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     w = np.asarray(w, np.float32)
@@ -343,6 +398,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
 
     n_blocks = channel_blocks(cout, tile)
+    tile_rows, row_words = input_tile_shape(staged, tile)
+    ptx = PtxFmas(g_, rc, row_words) if llvm and fma_code == "ptx" else None
+
+    def group_columns(block: np.ndarray, gi: int) -> np.ndarray:
+        return block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
 
     def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
@@ -441,7 +501,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             """Group gi's FMAs over the input channels (rows) of `block` held in `xr`."""
             if not llvm:
                 return None  # the host side's copy of the kernel (see `emit`)
-            sub = block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
+            sub = group_columns(block, gi)
             k, j = np.nonzero(sub)
             if len(k) == 0:
                 return None
@@ -465,6 +525,16 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                     code += fetch(share[k + 1])
                 for kw in range(kw_) if kw_stage is None else [kw_stage]:
                     srow = halo_row(kw) if kw_stage is None else tx.var  # this tap's input in xs
+                    if ptx is not None:  # the FMAs as PTX text at markers (no xr, no acc in the TIR)
+                        blocks = [(r0, w[kh, kw, s0 + r0:s0 + min(r0 + rc, width)]) for r0 in range(0, width, rc)]
+                        if gi is None:
+                            steps = [_tree(group, b0 * ng, min(b1 * ng, n_groups),
+                                           lambda g, r0=r0, block=block: ptx.fmas([(r0, group_columns(block, g))], srow))
+                                     for r0, block in blocks]
+                        else:
+                            steps = [ptx.fmas([(r0, group_columns(block, gi)) for r0, block in blocks], srow)]
+                        code += [step for step in steps if step is not None]
+                        continue
                     for r0 in range(0, width, rc):
                         chans = min(rc, width - r0)
                         block = w[kh, kw, s0 + r0:s0 + r0 + chans]
@@ -478,8 +548,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 code.append(sync)
             return code
 
-        body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
-        body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+        if ptx is None:
+            body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
+            body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+        else:  # the sums are PTX registers (`PtxFmas`)
+            body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(pf)]
         # A block's share of the stages (block-uniform: blockIdx.z), one branch per share.
         def shared_out(gi: int | None) -> tirx.Stmt:
             return _tree(bz.var, 0, splits, lambda z: tirx.SeqStmt(pipeline(gi, shares[z])))
@@ -495,16 +568,21 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         # Epilogue: bias and activation in registers; then, one group of the block at a time, the
         # sums go through shared memory so that the stores to `out` are whole rows of G channels per
         # pixel (coalesced float4) instead of one lane per pixel row (32 lines per store).
-        def finish(j):
+        def finish(value, j):
             co = tirx.min(group * g_ + j, cout - 1)  # clamped: a partial last group reads no bias past the end
-            return activate(acc[j] + b[co] if b is not None else acc[j], activation)
+            return activate(value + b[co] if b is not None else value, activation)
 
         ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
         for gi in range(ng):  # the sums go into the input tile, free by now (the last stage ended with a barrier)
-            body.append(tirx.IfThenElse(ty.var == gi, tirx.SeqStmt(
-                [tirx.BufferStore(xs, acc[j] if ws is not None else finish(j), [tx.var, j]) for j in range(g_)]), None))
+            if ptx is None:
+                sums = [tirx.BufferStore(xs, acc[j] if ws is not None else finish(acc[j], j), [tx.var, j]) for j in range(g_)]
+            else:  # the PTX sums stored raw, then bias and activation applied in the tile
+                sums = [ptx.store_sums(tx.var)]
+                if ws is None and (b is not None or activation):
+                    sums += [tirx.BufferStore(xs, finish(xs[tx.var, j], j), [tx.var, j]) for j in range(g_)]
+            body.append(tirx.IfThenElse(ty.var == gi, sums[0] if len(sums) == 1 else tirx.SeqStmt(sums), None))
             body.append(sync)
             for it in range(rounds):
                 i = it * threads + ty.var * tp + tx.var
@@ -565,4 +643,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         launches = [tirx.AllocBuffer(ws), *launches]
     stmt = launches[0] if len(launches) == 1 else tirx.SeqStmt(launches)
     params = [x] + ([b] if b is not None else []) + [out]
-    return tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})
+    func = tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})
+    if ptx is not None and ptx.snippets:
+        func = with_splices(func, ptx.snippets, ptx.prologue(), 4 * tile_rows * row_words)
+    return func

@@ -45,6 +45,74 @@ def llvm_barrier(threads: int) -> tirx.Stmt:
                                                tirx.const(0, "int32"), tirx.const(threads, "int32")))
 
 
+# --- PTX text spliced into LLVM's output (code TVM and LLVM need not see) ---------------------------
+#: ids of `ptx_marker`s start here: a real `bar.sync` takes ids 0-15, so none is taken for a marker
+MARKER_BASE = 1 << 16
+#: the PrimFunc attribute holding a kernel's splices (`with_splices`)
+SPLICES_ATTR = "tvm_sparseconv.ptx_splices"
+#: in a snippet: the marker's operand (a register or an immediate); in a prologue: the module's
+#: shared array
+VALUE, SHARED = "%VALUE", "%SHARED"
+_MARKER_LINE = re.compile(r"^\s*(?:bar\.sync|barrier\.sync(?:\.aligned)?)\s+(\d+),\s*([%\w-]+);\s*$")
+_SHARED_DECL = re.compile(r"^\.visible \.shared \.align \d+ \.b8 (\w+)\[(\d+)\];$", re.M)
+
+
+def ptx_marker(index: int, value: tirx.PrimExpr) -> tirx.Stmt:
+    """A place in a kernel where `splice` puts snippet `index`, which may read `value` (int32).
+
+    An LLVM barrier call with an id no barrier has: LLVM keeps it, in order with the memory
+    accesses and barriers around it, and prints it as ``bar.sync <id>, <value>``. (TVM 0.27's LLVM
+    codegen has no inline assembly.)"""
+    return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.nvvm.barrier.cta.sync.aligned.count",
+                                               tirx.const(MARKER_BASE + index, "int32"), value))
+
+
+def with_splices(func: tirx.PrimFunc, snippets: list[str], prologue: str, shared_bytes: int) -> tirx.PrimFunc:
+    """`func` carrying the PTX that `nvptx_ptx` splices in: `snippets[i]` at `ptx_marker(i, ...)`,
+    `prologue` (register declarations, set-up) at the top of each kernel holding a marker; the
+    module's one shared array must be `shared_bytes` long (snippets address it from its start)."""
+    return func.with_attr(SPLICES_ATTR, {"snippets": list(snippets), "prologue": prologue,
+                                         "shared_bytes": int(shared_bytes)})
+
+
+def splice(ptx: str, snippets: list[str], prologue: str, shared_bytes: int) -> str:
+    """`ptx` with each marker replaced by its snippet (`ptx_marker`, `with_splices`). Refused if
+    a marker is missing (its code would be lost) or a kernel holding markers does not use exactly
+    one shared array of the size expected (one per kernel where a function launches several)."""
+    arrays = {name: int(size) for name, size in _SHARED_DECL.findall(ptx)}
+    out, seen = [], set()
+    # where a function's prologue goes: after its body's opening brace and LLVM's declarations
+    body_open, has_marker, in_decls = None, False, False
+    for line in ptx.split("\n"):
+        if in_decls and not (line.strip() == "" or line.lstrip().startswith(".reg")):
+            body_open, in_decls = len(out), False
+        m = _MARKER_LINE.match(line)
+        if m and int(m.group(1)) >= MARKER_BASE:
+            index = int(m.group(1)) - MARKER_BASE
+            if index >= len(snippets):
+                raise RuntimeError(f"splice: marker {index} has no snippet ({len(snippets)} given)")
+            out.append(snippets[index].replace(VALUE, m.group(2)))
+            seen.add(index)
+            has_marker = True
+            continue
+        if line == "{" and body_open is None and not in_decls:
+            in_decls = True
+        elif line == "}" and body_open is not None:
+            if has_marker:  # the prologue opens the function that holds markers
+                text = "\n".join(out[body_open:])
+                used = [a for a in arrays if re.search(rf"\b{a}\b", text)]
+                if len(used) != 1 or arrays[used[0]] != shared_bytes:
+                    raise RuntimeError(f"splice: a kernel with markers must use one shared array of {shared_bytes} "
+                                       f"bytes; it uses {[(a, arrays[a]) for a in used]}")
+                out.insert(body_open, prologue.replace(SHARED, used[0]))
+            body_open, has_marker = None, False
+        out.append(line)
+    if len(seen) != len(snippets):
+        missing = sorted(set(range(len(snippets))) - seen)
+        raise RuntimeError(f"splice: {len(missing)} marker(s) not in the PTX (e.g. {missing[:5]})")
+    return "\n".join(out)
+
+
 def _libdevice_env() -> None:
     """TVM finds libdevice under `$CUDA_PATH/nvvm`; point it at the usual install when unset."""
     if "CUDA_PATH" not in os.environ and Path("/usr/local/cuda/nvvm/libdevice").is_dir():
@@ -58,6 +126,9 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     ex = tvm.compile(tvm.IRModule({name: func}), target=tvm.target.Target({"kind": "nvptx", "mcpu": arch}),
                      tir_pipeline="tirx")
     ptx = ex.mod.imports[0].inspect_source()
+    if SPLICES_ATTR in func.attrs:
+        spec = func.attrs[SPLICES_ATTR]
+        ptx = splice(ptx, [str(t) for t in spec["snippets"]], str(spec["prologue"]), int(spec["shared_bytes"]))
     # Every kernel of the function (one per launch: name_kernel, name_kernel_1, ...)
     marked, n = re.subn(rf"\.visible \.func ({re.escape(name + KERNEL_SUFFIX)}\w*)\(", r".visible .entry \1(", ptx)
     if n == 0 and f".entry {name + KERNEL_SUFFIX}" not in ptx:
