@@ -167,6 +167,7 @@ TILES: dict[str, Tile] = {
     # walks a share of a group's code
     "g32p128x2s4GH": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
     "g32p64x4s4GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p64x4s4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
 }
@@ -286,10 +287,23 @@ def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
     return [round(i * n_blocks / n_pieces) for i in range(n_pieces + 1)]
 
 
-def pieces_for(fmas: int, cout: int, tile: Tile, per_piece: int | None = None) -> int:
+def piece_plan(n_blocks: int, splits: int, n_pieces: int) -> list[tuple[int, int, int, int]]:
+    """(channel blocks [b0, b1), split-K shares [z0, z1)) of each piece, for about `n_pieces`:
+    shares of the channel blocks, and where a split-K tile asks for more pieces than it has
+    channel blocks, each block's shares of the stages cut too (ptxas's time grows faster than
+    linearly with a piece's length: conv5 3x3 b32 has 4-8 channel blocks of 30,000-60,000 FMAs)."""
+    if n_pieces <= n_blocks or splits == 1:
+        bounds = piece_bounds(n_blocks, n_pieces)
+        return [(b0, b1, 0, splits) for b0, b1 in zip(bounds, bounds[1:])]
+    z = piece_bounds(splits, -(-n_pieces // n_blocks))
+    return [(cb, cb + 1, z0, z1) for cb in range(n_blocks) for z0, z1 in zip(z, z[1:])]
+
+
+def pieces_for(fmas: int, cout: int, tile: Tile, per_piece: int | None = None, splits: int | None = None) -> int:
     """Pieces to compile code of `fmas` FMAs in (apart, in parallel; made one kernel): one per
-    `per_piece` FMAs (default `FMAS_PER_PIECE`), at most one per channel block of the tile."""
-    return len(piece_bounds(channel_blocks(cout, tile), -(-fmas // (per_piece or FMAS_PER_PIECE)))) - 1
+    `per_piece` FMAs (default `FMAS_PER_PIECE`), at most one per channel block of the tile and
+    split-K share (`splits`: the kernel's shares, `split_count`; default the tile's)."""
+    return len(piece_plan(channel_blocks(cout, tile), splits or tile.splits, -(-fmas // (per_piece or FMAS_PER_PIECE))))
 
 
 def parts_for(fmas: int) -> int:
@@ -404,9 +418,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     def group_columns(block: np.ndarray, gi: int) -> np.ndarray:
         return block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
 
-    def launch(b0: int, b1: int, whole_grid: bool = False) -> tirx.Stmt:
+    def launch(b0: int, b1: int, whole_grid: bool = False, z0: int = 0, z1: int | None = None) -> tirx.Stmt:
         """One kernel: the channel blocks [b0, b1) (blocks of `groups` groups) of every pixel;
-        `whole_grid`: launched over every channel block, those outside [b0, b1) doing nothing."""
+        `whole_grid`: launched over every channel block and split-K share, those outside [b0, b1)
+        and shares [z0, z1) doing nothing."""
+        z1 = splits if z1 is None else z1
         # also holds the sums at the end (a 64-channel group of 128 pixels needs 34.8 KB of them)
         xs = tirx.decl_buffer(input_tile_shape(staged, tile), F32, "xs", scope="shared")
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
@@ -555,7 +571,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(pf)]
         # A block's share of the stages (block-uniform: blockIdx.z), one branch per share.
         def shared_out(gi: int | None) -> tirx.Stmt:
-            return _tree(bz.var, 0, splits, lambda z: tirx.SeqStmt(pipeline(gi, shares[z])))
+            return _tree(bz.var, z0, z1, lambda z: tirx.SeqStmt(pipeline(gi, shares[z])))
 
         if tile.layout == "steps":
             body.append(shared_out(None))
@@ -598,7 +614,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
 
         stmt = tirx.SeqStmt(body)
         if whole_grid:  # block-uniform: every barrier is met by all of a block's threads or none
-            stmt = tirx.IfThenElse(tirx.all(by.var >= b0, by.var < b1), stmt, None)
+            inside = [by.var >= b0, by.var < b1] + ([bz.var >= z0, bz.var < z1] if (z0, z1) != (0, splits) else [])
+            stmt = tirx.IfThenElse(tirx.all(*inside), stmt, None)
         for iv in (ty, tx, bz, by, bx):
             stmt = tirx.AttrStmt(iv, "thread_extent", iv.dom.extent, stmt)
         return stmt
@@ -631,8 +648,12 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         tail = [reduce_shares()] if ws is not None else []
     elif piece[0] == "part":
         _, i, n_pieces = piece
-        bounds = piece_bounds(n_blocks, n_pieces)
-        launches, tail = [launch(bounds[i], bounds[i + 1], whole_grid=True)], []
+        plan = piece_plan(n_blocks, splits, n_pieces)
+        if len(plan) != n_pieces:
+            raise ValueError(f"{n_pieces} pieces asked, but this kernel's {n_blocks} channel blocks x {splits} shares "
+                             f"make {len(plan)} (`pieces_for` with the kernel's `split_count`)")
+        b0, b1, z0, z1 = plan[i]
+        launches, tail = [launch(b0, b1, whole_grid=True, z0=z0, z1=z1)], []
     elif piece[0] == "tail" and ws is not None:
         launches, tail = [], [reduce_shares()]
     else:

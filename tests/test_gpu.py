@@ -381,12 +381,12 @@ def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides,
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])
-@pytest.mark.parametrize("splits", [1, 3])
-def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, apart, monkeypatch):
-    """Long code compiled in 3 pieces (child processes) made one kernel that runs them in turn
+@pytest.mark.parametrize("splits, pieces", [(1, 3), (3, 3), (3, 6)])
+def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, pieces, apart, monkeypatch):
+    """Long code compiled in pieces (child processes) made one kernel that runs them in turn
     (`nvptx_build.compile_nvptx_pieces`: joined into one PTX module, or each its own object,
     linked), padded 3x3, bias and ReLU, output poisoned; with split-K the tail kernel adds up the
-    shares."""
+    shares, and 6 pieces cut each of the 3 channel blocks' 3 shares in 2 pieces."""
     from tvm_sparseconv import algorithms as algs
     from tvm_sparseconv.algorithms import register_reuse
     from tvm_sparseconv.schedules import cuda_register_reuse as rr
@@ -399,11 +399,11 @@ def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, a
     kernel = tsc.SparseKernel.from_dense(w)
     wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
     tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits)
-    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
-    monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // 3))
+    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // pieces))
+    monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // pieces))
     if apart:
         monkeypatch.setattr(register_reuse, "MAX_JOINED_FMAS", 0)
-    assert rr.pieces_for(kernel.nnz, k_shape[3], tile) == 3
+    assert rr.pieces_for(kernel.nnz, k_shape[3], tile, splits=rr.split_count(w, tile)) == pieces
     ex = algs.by_name("register-reuse").build(kernel, wl, tile)
     _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 

@@ -361,6 +361,28 @@ def test_long_code_compiled_in_pieces_is_joined_into_one_kernel(splits, monkeypa
         assert assemble(ptx)[:4] == b"\x7fELF"
 
 
+def test_pieces_cut_split_k_shares_where_channel_blocks_are_too_few():
+    """More pieces than channel blocks: a split-K tile's shares are cut too, every (block, share)
+    in exactly one piece; without split-K, at most one piece per channel block."""
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+
+    plan = rr.piece_plan(n_blocks=2, splits=4, n_pieces=8)
+    assert plan == [(0, 1, 0, 1), (0, 1, 1, 2), (0, 1, 2, 3), (0, 1, 3, 4), (1, 2, 0, 1), (1, 2, 1, 2), (1, 2, 2, 3), (1, 2, 3, 4)]
+    assert rr.piece_plan(n_blocks=2, splits=4, n_pieces=4) == [(0, 1, 0, 2), (0, 1, 2, 4), (1, 2, 0, 2), (1, 2, 2, 4)]
+    assert rr.piece_plan(n_blocks=3, splits=4, n_pieces=2) == [(0, 2, 0, 4), (2, 3, 0, 4)]
+    assert rr.piece_plan(n_blocks=2, splits=1, n_pieces=8) == [(0, 1, 0, 1), (1, 2, 0, 1)]
+    kernel, wl = _layer(shape=(2, 5, 7, 24), cout=16, density=0.5)
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=3)
+    w = kernel.to_dense()
+    assert rr.pieces_for(kernel.nnz, 16, tile, per_piece=-(-kernel.nnz // 3), splits=rr.split_count(w, tile)) == 3
+    ptx = [nvptx_ptx(algorithms.by_name("register-reuse").recipe(kernel, wl, tile, piece=("part", i, 3))())
+           for i in range(3)]
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", "".join(ptx))
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    with pytest.raises(ValueError, match="pieces asked"):
+        algorithms.by_name("register-reuse").recipe(kernel, wl, tile, piece=("part", 0, 5))()
+
+
 @pytest.mark.skipif(not (shutil.which("ptxas") and shutil.which("nvlink")), reason="needs ptxas and nvlink")
 @pytest.mark.parametrize("splits", [1, 3])
 def test_long_code_compiled_in_pieces_is_linked_into_one_kernel(splits, monkeypatch):

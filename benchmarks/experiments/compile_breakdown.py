@@ -3,8 +3,9 @@
 
 For each (layer, tile): the first piece of the kernel as `compile()` cuts it, timed through its
 three steps (emitting the TIR, TVM + LLVM's NVPTX backend to PTX, ptxas to a cubin), then ptxas
-again with each of `--ptxas` option sets, reporting time, registers and spills (`ptxas -v`).
-Writes one JSON.
+again with each of `--ptxas` option sets, reporting time, registers and spills (`ptxas -v`);
+once per `--fma-code` (the FMAs spliced into the PTX as text, as `compile()` builds, or compiled
+by TVM and LLVM as before). Writes one JSON.
 
     python benchmarks/experiments/compile_breakdown.py --layers headline:g32p128x2GH \\
         --ptxas="-O3;-O3 -maxrregcount=80;-O0" --json benchmarks/experiments/compile_breakdown-<host>.json
@@ -42,7 +43,7 @@ def ptxas_run(ptx_path: Path, options: str, arch: str = "sm_90") -> dict:
             "spill_load_bytes": max((int(b) for _, b in spills), default=0)}
 
 
-def breakdown(layer: str, tile_name: str, ptxas_sets: list[str]) -> dict:
+def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str = "ptx") -> dict:
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.nvptx_build import nvptx_ptx
     from tvm_sparseconv.workloads import workload_set
@@ -52,9 +53,12 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str]) -> dict:
     problem = workload_set(layer)[0]
     kernel = problem.sparse_kernel()
     wl = problem.workload(kernel, "register-reuse")
-    n, linked = algorithm._pieces(int(kernel.nnz), wl, tile)
+    from tvm_sparseconv.schedules.cuda_register_reuse import split_count
+
+    n, linked = algorithm._pieces(int(kernel.nnz), wl, tile, splits=split_count(kernel.to_dense(), tile))
     t0 = time.perf_counter()
-    func = algorithm.recipe(kernel, wl, tile, piece=("part", 0, n))() if n > 1 else algorithm.generate(kernel, wl, tile)
+    func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), fma_code=fma_code)() if n > 1
+            else algorithm.generate(kernel, wl, tile, fma_code=fma_code))
     t1 = time.perf_counter()
     ptx = nvptx_ptx(func)
     t2 = time.perf_counter()
@@ -62,9 +66,9 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str]) -> dict:
         path = Path(tmp, "k.ptx")
         path.write_text(ptx)
         runs = [ptxas_run(path, options) for options in ptxas_sets]
-    row = {"layer": layer, "tile": tile_name, "nonzeros": int(kernel.nnz), "pieces": n, "linked": linked,
+    row = {"layer": layer, "tile": tile_name, "fma_code": fma_code, "nonzeros": int(kernel.nnz), "pieces": n, "linked": linked,
            "piece": 0, "emit_s": t1 - t0, "tvm_llvm_s": t2 - t1, "ptx_lines": ptx.count("\n"), "ptxas": runs}
-    print(f"{layer} {tile_name}: {n} piece(s), emit {row['emit_s']:.1f} s, TVM+LLVM {row['tvm_llvm_s']:.1f} s; "
+    print(f"{layer} {tile_name} (FMAs {fma_code}): {n} piece(s), emit {row['emit_s']:.1f} s, TVM+LLVM {row['tvm_llvm_s']:.1f} s; "
           + "; ".join(f"ptxas {r['options']}: " + (f"{r['seconds']:.1f} s, {r['registers']} regs, spills "
                                                      f"{r['spill_store_bytes']}/{r['spill_load_bytes']} B"
                                                      if "seconds" in r else "failed") for r in runs), flush=True)
@@ -75,10 +79,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", required=True, help="layer:tile pairs, comma-separated (e.g. headline:g32p128x2GH)")
     ap.add_argument("--ptxas", default="-O3", help="ptxas option sets, separated by ';'")
+    ap.add_argument("--fma-code", default="ptx,tir",
+                    help="how the FMAs reach the PTX, comma-separated: ptx (spliced text, compile()'s way), tir")
     ap.add_argument("--json", required=True, type=Path)
     args = ap.parse_args(argv)
-    rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()])
-            for pair in args.layers.split(",")]
+    rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()], fma_code)
+            for pair in args.layers.split(",") for fma_code in args.fma_code.split(",")]
     args.json.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                      "command": " ".join(["python", *sys.argv]), "layers": rows}, indent=1) + "\n")
     print(f"wrote {args.json}")

@@ -69,14 +69,14 @@ class RegisterReuse(GeneratedAlgorithm):
         return default_tile(int(np.prod(wl.output_shape[:3])))
 
     @staticmethod
-    def _pieces(fmas: int, wl: ConvWorkload, tile, apart: bool | None = None) -> tuple[int, bool]:
+    def _pieces(fmas: int, wl: ConvWorkload, tile, apart: bool | None = None,
+                splits: int | None = None) -> tuple[int, bool]:
         """(pieces, linked apart) for code of `fmas` FMAs in layer `wl` with `tile` (`apart`: by
-        the budget where None)."""
+        the budget where None; `splits`: the kernel's split-K shares, default the tile's)."""
         from ..schedules.cuda_register_reuse import FMAS_PER_LINKED_PIECE, pieces_for
 
         apart = wl.ell_width * wl.out_channels > MAX_JOINED_FMAS if apart is None else apart
-        return (pieces_for(fmas, wl.out_channels, tile, FMAS_PER_LINKED_PIECE) if apart
-                else pieces_for(fmas, wl.out_channels, tile)), apart
+        return pieces_for(fmas, wl.out_channels, tile, FMAS_PER_LINKED_PIECE if apart else None, splits), apart
 
     def fits(self, wl: ConvWorkload, tile) -> bool:
         from ..schedules.cuda_register_reuse import MAX_SHARED_BYTES, shared_bytes
@@ -120,12 +120,13 @@ class RegisterReuse(GeneratedAlgorithm):
             raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
         ptxas = self.ptxas_options(tile, ptxas_opt)
-        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined")
+        w = np.asarray(kernel.to_dense(), np.float32)
+        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined",
+                                split_count(w, tile))
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, fma_code=fma_code), arch=arch,
                                  **ptxas)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), fma_code=fma_code) for i in range(n)]
-        w = np.asarray(kernel.to_dense(), np.float32)
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
         return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
                                     link_apart=apart,
