@@ -50,7 +50,7 @@ EMITTER_VERSION = 8
 #: kernel compiles no slower than its parts (2 cores: 26,214 FMAs LLVM 6.9 s + ptxas 8.4 as one,
 #: 8.7 + 8.3 as four; 58,982: 20.2 + 11.9 against 18.2 + 11.0 as eight), so every layer within
 #: the algorithm's budget is one kernel (long code is compiled in pieces, `FMAS_PER_PIECE`).
-FMAS_PER_KERNEL = 256_000
+FMAS_PER_KERNEL = 320_000
 #: FMAs per piece compiled apart (in parallel processes) and joined into that one kernel: LLVM's
 #: time is about linear in the code, so pieces on N cores take about 1/N of it
 FMAS_PER_PIECE = 16_000
@@ -58,6 +58,8 @@ FMAS_PER_PIECE = 16_000
 #: `nvptx_build.compile_nvptx_pieces`): ptxas's time per FMA grows with a function's length
 #: (2 cores: 99 us per FMA at 6,587 FMAs, 147 at 13,230, 338 at 52,467)
 FMAS_PER_LINKED_PIECE = 8_000
+#: the generated function's name (the module's entry: ``mod["sparse_conv2d"](x, [bias], out)``)
+FUNCTION_NAME = "sparse_conv2d"
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -167,6 +169,7 @@ TILES: dict[str, Tile] = {
     # walks a share of a group's code
     "g32p128x2s4GH": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True),
     "g32p64x4s4GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4, halo=True),
+    "g32p64x4s4": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, splits=4),  # staging code once per stage
     "g32p64x4s4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
@@ -664,7 +667,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         launches = [tirx.AllocBuffer(ws), *launches]
     stmt = launches[0] if len(launches) == 1 else tirx.SeqStmt(launches)
     params = [x] + ([b] if b is not None else []) + [out]
-    func = tirx.PrimFunc(params, stmt).with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})
+    func = tirx.PrimFunc(params, stmt).with_attr({"global_symbol": FUNCTION_NAME, "tirx.noalias": True})
     if ptx is not None and ptx.snippets:
         func = with_splices(func, ptx.snippets, ptx.prologue(), 4 * tile_rows * row_words)
     return func

@@ -126,8 +126,26 @@ def test_it_is_offered_for_cuda_1x1_layers_within_its_code_size_budget():
     assert "register-reuse" not in [w.algorithm for w in algorithms.workloads_for(kernel, wl, "cuda")]
     assert [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "cuda")] == ["register-reuse"]
     assert "register-reuse" not in [w.algorithm for w in algorithms.generated_workloads_for(kernel, wl, "llvm")]
-    big = replace(wl, kernel_shape=(1, 1, 2048, 1024), ell_width=256)
+    big = replace(wl, kernel_shape=(1, 1, 2048, 1024), ell_width=512)
     assert not algorithms.by_name("register-reuse").applies(big, "cuda"), "over the code-size budget"
+
+
+def test_long_kxk_code_fits_only_with_the_steps_layout():
+    """Above 160,000 possible FMAs a KxK kernel takes only tiles whose staging code is not repeated
+    per channel group (the "steps" layout): compile time on 2 cores (conv5 3x3 b32: 42.9 s with
+    g32p64x4s4G, 26.4 s with g32p64x4s4); 1x1 kernels of that size take either layout."""
+    from tvm_sparseconv.algorithms.register_reuse import MAX_GROUPS_LAYOUT_KXK_FMAS
+    from tvm_sparseconv.schedules.cuda_register_reuse import TILES
+
+    algorithm = algorithms.by_name("register-reuse")
+    _, wl = _layer()
+    conv5_3x3 = replace(wl, input_shape=(32, 7, 7, 512), kernel_shape=(3, 3, 512, 512), ell_width=528,
+                        pads=((1, 1), (1, 1)))
+    assert 528 * 512 > MAX_GROUPS_LAYOUT_KXK_FMAS
+    assert algorithm.fits(conv5_3x3, TILES["g32p64x4s4"])
+    assert not algorithm.fits(conv5_3x3, TILES["g32p64x4s4G"])
+    proj = replace(wl, input_shape=(32, 14, 14, 1024), kernel_shape=(1, 1, 1024, 2048), ell_width=132, strides=(2, 2))
+    assert algorithm.fits(proj, TILES["g32p64x4G"])
 
 
 def test_tiles_whose_pieces_would_be_too_long_do_not_fit():

@@ -349,35 +349,38 @@ def compile_tasks(tasks: list, kernel: str, arch: str, max_registers: int | None
     return out
 
 
-def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int, max_registers: int | None = None) -> list:
-    """`compile_tasks` spread over `workers` child interpreters (`python -m
+def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int, max_registers: int | None = None,
+                        meanwhile: Callable | None = None) -> tuple[list, object]:
+    """(`compile_tasks` of `tasks` in `workers` child interpreters (`python -m
     tvm_sparseconv.nvptx_worker`: no re-import of the caller's main module, unlike multiprocessing's
-    spawn), each compiling every workers-th task."""
+    spawn), each taking the next task not yet taken; `meanwhile()`, run here while they work)."""
     import pickle
     import sys
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     with tempfile.TemporaryDirectory() as tmp:
-        procs = []
-        for k in range(workers):
-            job = Path(tmp, f"job{k}.pkl")
-            job.write_bytes(pickle.dumps((tasks[k::workers], kernel, arch, max_registers)))
-            procs.append(subprocess.Popen([sys.executable, "-m", "tvm_sparseconv.nvptx_worker", str(job)],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        # every child is waited for before a failure is raised: none outlives the folder it writes to
-        errors = [err for proc in procs for _, err in [proc.communicate()] if proc.returncode]
+        job = Path(tmp, "job.pkl")
+        job.write_bytes(pickle.dumps((tasks, kernel, arch, max_registers)))
+        procs = [subprocess.Popen([sys.executable, "-m", "tvm_sparseconv.nvptx_worker", str(job)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(workers)]
+        try:
+            extra = meanwhile() if meanwhile is not None else None
+        finally:
+            # every child is waited for before a failure is raised: none outlives the folder it writes to
+            errors = [err for proc in procs for _, err in [proc.communicate()] if proc.returncode]
         if errors:
             raise RuntimeError(f"compiling pieces in a child process failed: {errors[0].strip()[-2000:]}")
-        results = [pickle.loads(Path(tmp, f"job{k}.pkl.out").read_bytes()) for k in range(workers)]
-    out = [None] * len(tasks)
-    for k, done in enumerate(results):
-        out[k::workers] = done
-    return out
+        missing = [i for i in range(len(tasks)) if not Path(f"{job}.{i}.out").is_file()]
+        if missing:
+            raise RuntimeError(f"compiling pieces: no result for task(s) {missing} from the child processes")
+        out = [pickle.loads(Path(f"{job}.{i}.out").read_bytes()) for i in range(len(tasks))]
+    return out, extra
 
 
-def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str = "sm_90",
+def compile_nvptx_pieces(host: tirx.PrimFunc | Callable[[], tirx.PrimFunc], pieces: list, tail=None, arch: str = "sm_90",
                          workers: int | None = None, link_apart: bool = False,
-                         max_registers: int | None = None, **ptxas) -> tvm.runtime.Executable:
+                         max_registers: int | None = None, symbol: str | None = None,
+                         **ptxas) -> tvm.runtime.Executable:
     """Like `compile_nvptx`, for code too long to compile fast as one function: each of `pieces`
     (picklable callables returning a PrimFunc with one kernel, e.g. `functools.partial(emit, ...,
     piece=("part", i, n))`) goes through NVPTX apart, `workers` at a time in child processes
@@ -397,14 +400,24 @@ def compile_nvptx_pieces(host: tirx.PrimFunc, pieces: list, tail=None, arch: str
       register cap recovers part of it on some tiles and loses on others (`register_reuse.LINK_MODES`).
 
     `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
-    launch of the pieces' kernel, then the tail's). `ptxas`: options of `assemble` for the joined
+    launch of the pieces' kernel, then the tail's), or a callable making it (while the children work)
+    with the function's name `symbol`. `ptxas`: options of `assemble` for the joined
     module or the linked dispatcher (`kernel_registers`, `opt_level`)."""
-    name = str(host.attrs["global_symbol"]) + KERNEL_SUFFIX
+    made = isinstance(host, tirx.PrimFunc)
+    make_host = (lambda: host) if made else host
+    if not made and symbol is None:
+        raise ValueError("compile_nvptx_pieces: a host side made later needs its function's `symbol`")
+    name = (str(host.attrs["global_symbol"]) if made else symbol) + KERNEL_SUFFIX
     tasks = [(r, i if link_apart else None) for i, r in enumerate(pieces)] + ([(tail, None)] if tail is not None else [])
     workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
     workers = max(1, min(workers, len(tasks)))
-    done = (compile_tasks(tasks, name, arch, max_registers) if workers == 1
-            else _tasks_in_processes(tasks, name, arch, workers, max_registers))
+    if workers == 1:
+        host = make_host()
+        done = compile_tasks(tasks, str(host.attrs["global_symbol"]) + KERNEL_SUFFIX, arch, max_registers)
+    else:
+        done, host = _tasks_in_processes(tasks, name, arch, workers, max_registers, meanwhile=make_host)
+    if str(host.attrs["global_symbol"]) + KERNEL_SUFFIX != name:
+        raise RuntimeError(f"the host side's kernel is {host.attrs['global_symbol']}{KERNEL_SUFFIX}, not {name}")
     compiled, tail_ptx = done[:len(pieces)], (done[-1] if tail is not None else None)
     if not link_apart:
         return build_with_cubin(host, assemble(join_pieces(compiled, name, tail_ptx), arch, threads=0, **ptxas), arch)

@@ -61,9 +61,11 @@ def _compile(args) -> dict:
     return {**row, "compile_s": compile_s, "path": path}
 
 
-def best_tile(row: dict, tolerance: float = 1e-5) -> tuple[str | None, dict | None]:
-    """The fastest tile of a layer among those within `tolerance` of float64."""
-    ok = {t: v for t, v in row["tiles"].items() if v.get("relative_error", np.inf) < tolerance}
+def best_tile(row: dict, tolerance: float = 1e-5, admitted=None) -> tuple[str | None, dict | None]:
+    """The fastest tile of a layer among those within `tolerance` of float64 (and `admitted(tile
+    name)`, where given)."""
+    ok = {t: v for t, v in row["tiles"].items() if v.get("relative_error", np.inf) < tolerance
+          and (admitted is None or admitted(t))}
     if not ok:
         return None, None
     name = min(ok, key=lambda t: ok[t]["seconds"])
@@ -94,12 +96,18 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.workloads import workload_set
 
+    from tvm_sparseconv.algorithms import by_name
+
+    algorithm = by_name("register-reuse")
     records = []
     for r in run["layers"]:
-        name, best = best_tile(r)
+        problem = workload_set(r["layer"])[0]
+        wl = problem.workload()
+        # a run with --ignore-budget measures tiles that compile() would not build: never recorded
+        ranked = problem.workload(problem.sparse_kernel())
+        name, best = best_tile(r, admitted=lambda t: t in TILES and algorithm.fits(ranked, TILES[t]))
         if best is None:
             continue
-        wl = workload_set(r["layer"])[0].workload()
         lib = r["library"]
         if lib["algorithm"] != "register-reuse" and lib["seconds"] < best["seconds"]:
             # compile() weighs a record against the scheduled algorithms' tuning records, timed by

@@ -26,15 +26,19 @@ from ..kernel import SparseKernel
 from ..workload import ConvWorkload
 from .base import GeneratedAlgorithm
 
-#: code size budget: layers whose kernel may hold more nonzeros (ELL width x output channels) are
-#: not offered. Long code is compiled in pieces in parallel, at most one per channel block of the
-#: tile (`cuda_register_reuse.pieces_for`). compile() on the 2-core machine: 26.5 s for conv4 3x3
-#: (58,982 FMAs, 69,632 possible, joined), 10.5 s for conv4 1x1 proj s2 (52,429, 77,824 possible,
-#: linked), 19.7-23.3 s for conv5 1x1 expand (104,858, 155,648 possible, 14 pieces linked),
-#: 27.8-32.9 s for conv5 1x1 reduce (104,858, 126,976 possible; its Cout of 512 allows 2-4 pieces:
-#: 32.9 s with its record's tile g32p64x4, the edge of the budget); conv5 1x1 proj s2 (209,715)
-#: took 62.5 s and conv5 3x3 (235,930) 178 s: not offered
-MAX_UNROLLED_FMAS = 160_000
+#: code size budget (compile <= 30 s on the 2-core machine): layers whose kernel may hold more
+#: nonzeros (ELL width x output channels) are not offered. Long code is compiled in pieces in
+#: parallel, at most one per channel block and split-K share of the tile
+#: (`cuda_register_reuse.piece_plan`). Since the FMAs reach the PTX as text (`emit`'s `fma_code`),
+#: compile() on the 2-core znver4 takes at most 24.4 s for every layer of the 160,000 budget before
+#: (`benchmarks/experiments/compile_time-cpu-znver4-2cores-cuda-ptx-fmas.json`; 38.1 s before),
+#: and 25.8 s for conv5 1x1 proj s2 b32 (209,715 FMAs, 270,336 possible, g32p64x4G linked), 26.4 s
+#: for conv5 3x3 b32 (235,930, 270,336 possible, g32p64x4s4)
+MAX_UNROLLED_FMAS = 280_000
+#: KxK kernels above this many possible FMAs only with the "steps" code layout: the "groups"
+#: layout repeats the staging code (tap bounds, clamps) in each group's branch, which TVM and LLVM
+#: still compile: conv5 3x3 b32 with g32p64x4s4G took 42.9 s, with g32p64x4s4 26.4 s
+MAX_GROUPS_LAYOUT_KXK_FMAS = 160_000
 #: up to this many possible FMAs the pieces are joined into one PTX module (fastest at run time);
 #: above, linked as objects compiled apart (ptxas would take too long on the whole; the calls cost
 #: at run time: `nvptx_build.compile_nvptx_pieces`)
@@ -82,6 +86,9 @@ class RegisterReuse(GeneratedAlgorithm):
         from ..schedules.cuda_register_reuse import MAX_SHARED_BYTES, shared_bytes
 
         possible = wl.ell_width * wl.out_channels
+        kxk = tuple(wl.kernel_shape[:2]) != (1, 1)
+        if kxk and tile.layout == "groups" and possible > MAX_GROUPS_LAYOUT_KXK_FMAS:
+            return False
         return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
                 and shared_bytes(wl.output_hw[1], wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
 
@@ -114,7 +121,7 @@ class RegisterReuse(GeneratedAlgorithm):
         `fma_code` (experiments): how the FMAs reach the PTX (`cuda_register_reuse.emit`).
         The tile's register cap, if any, goes to ptxas."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
-        from ..schedules.cuda_register_reuse import register_cap, split_count
+        from ..schedules.cuda_register_reuse import FUNCTION_NAME, register_cap, split_count
 
         if link not in LINK_MODES:
             raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
@@ -128,7 +135,9 @@ class RegisterReuse(GeneratedAlgorithm):
                                  **ptxas)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), fma_code=fma_code) for i in range(n)]
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
-        return compile_nvptx_pieces(self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
+        # the host side is made here while the children compile the pieces
+        return compile_nvptx_pieces(lambda: self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
+                                    symbol=FUNCTION_NAME,
                                     link_apart=apart,
                                     max_registers=register_cap(tile) if link == "linked-capped" else None, **ptxas)
 
