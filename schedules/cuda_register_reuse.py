@@ -320,7 +320,10 @@ class PtxFmas:
     ``%sx``, applies the nonzeros as FMAs with immediate weights into its sums ``%sa`` (registers
     LLVM never sees: zeroed in the prologue), or stores the sums into the tile for the epilogue.
     The same instructions LLVM emitted for the TIR FMAs, without compiling them through TVM and
-    LLVM (`nvptx_build.splice`)."""
+    LLVM (`nvptx_build.splice`). ptxas gives some tiles more registers for them than for LLVM's
+    code (conv3 1x1 reduce b32, g32p64x4G: 124 instead of 69); neither a register per load and
+    per sum (LLVM's SSA form) nor starting each sum at its first FMA (zero addend) instead of
+    zeroing them all first changed that (`benchmarks/experiments/register_reuse.md`, stop 29)."""
 
     def __init__(self, group: int, regs: int, row_words: int):
         self.group, self.row_bytes, self.xregs = group, 4 * row_words, -(-regs // 4) * 4

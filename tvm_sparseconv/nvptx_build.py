@@ -15,6 +15,9 @@ three repairs, made here:
   handed to TVM's CUDA build of the same function (same kernel name and arguments; its C source is
   not compiled) through the `tvm_callback_cuda_compile` hook.
 
+Code that TVM and LLVM need not see (register-reuse's straight-line FMAs) can be left out of the
+TIR and spliced into the PTX as text at markers (`ptx_marker`, `with_splices`, `splice`).
+
 Long code can be compiled in pieces in child processes and made one kernel
 (`compile_nvptx_pieces`): joined into one PTX module (`join_pieces`: as fast as the single kernel),
 or, for code too long for ptxas to compile whole in time, linked from objects compiled apart

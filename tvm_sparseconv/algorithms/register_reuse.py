@@ -3,8 +3,9 @@
 The other algorithms read the kernel as data (an index and a load per multiply-add: at most 25% of
 the fp32 peak). Here every nonzero is one FMA with its input in a register, its weight an
 immediate and its sum in a register (`schedules/cuda_register_reuse.py` emits the kernel for a
-`Tile`; `tvm_sparseconv/nvptx_build.py` builds it through LLVM's NVPTX backend, since nvcc cannot
-compile straight-line code of this size in reasonable time). Measured in
+`Tile`: its staging and epilogue as TIR, its FMAs as PTX text; `tvm_sparseconv/nvptx_build.py`
+builds the TIR through LLVM's NVPTX backend, since nvcc cannot compile straight-line code of this
+size in reasonable time, and splices the FMAs into its PTX). Measured in
 `benchmarks/experiments/register_reuse.md`.
 
 It has no TE definition and no MetaSchedule design space: the code depends on the kernel's values,
