@@ -368,7 +368,8 @@ class PtxFmas:
 
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
          activation: str | None = None, llvm: bool = True, parts: int | None = None,
-         dilations=(1, 1), piece: tuple | None = None, fma_code: str = "ptx") -> tirx.PrimFunc:
+         dilations=(1, 1), piece: tuple | None = None, fma_code: str = "ptx",
+         prefetch: str = "start") -> tirx.PrimFunc:
     """The kernel computing ``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout)
     for a 1x1 kernel), as TIR.
 
@@ -386,9 +387,14 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     `fma_code` (with `llvm`): "ptx" (default) writes the loads into registers and the FMAs as PTX
     text that `nvptx_build` splices into LLVM's output at markers (`PtxFmas`), so TVM and LLVM
     compile only the staging and the epilogue; "tir" has them compile every FMA (2.5x the compile
-    time on the 2-core machine, same code: `benchmarks/experiments/register_reuse.md`)."""
+    time on the 2-core machine, same code: `benchmarks/experiments/register_reuse.md`).
+    `prefetch` (experiments): where a stage's FMAs issue the next stage's loads, "start" (before
+    them, the default) or "middle" (halfway: ptxas then gives the spliced code fewer registers,
+    conv3 1x1 reduce b32 g32p64x4G 124 -> 78; not yet timed: `register_reuse.md`, stop 29)."""
     if fma_code not in ("ptx", "tir"):
         raise ValueError(f"fma_code must be 'ptx' or 'tir', got {fma_code!r}")
+    if prefetch not in ("start", "middle"):
+        raise ValueError(f"prefetch must be 'start' or 'middle', got {prefetch!r}")
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     w = np.asarray(w, np.float32)
@@ -535,7 +541,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             """The stages of `share`: for group `gi` alone, or (None) for every group behind
             branches per step.
 
-            Software pipeline: stage k+1's loads are issued before stage k's FMAs, stored after them."""
+            Software pipeline: stage k+1's loads are issued before stage k's FMAs (`prefetch`
+            "start") or halfway through them ("middle"), stored after them."""
             if not llvm:  # the host side needs the kernel's arguments and launch, not every stage
                 share = share[:1]
             code = fetch(share[0])
@@ -543,8 +550,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 kh, kw_stage, s0, width = stage
                 code += deposit(stage)
                 code.append(sync)
-                if k + 1 < len(share):
-                    code += fetch(share[k + 1])
+                ahead = fetch(share[k + 1]) if k + 1 < len(share) else []
+                before = len(code)
                 for kw in range(kw_) if kw_stage is None else [kw_stage]:
                     srow = halo_row(kw) if kw_stage is None else tx.var  # this tap's input in xs
                     if ptx is not None:  # the FMAs as PTX text at markers (no xr, no acc in the TIR)
@@ -553,8 +560,10 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                             steps = [_tree(group, b0 * ng, min(b1 * ng, n_groups),
                                            lambda g, r0=r0, block=block: ptx.fmas([(r0, group_columns(block, g))], srow))
                                      for r0, block in blocks]
-                        else:
-                            steps = [ptx.fmas([(r0, group_columns(block, gi)) for r0, block in blocks], srow)]
+                        else:  # one marker, or two where the next stage's loads go between them
+                            half = len(blocks) // 2 if prefetch == "middle" else 0
+                            steps = [ptx.fmas([(r0, group_columns(block, gi)) for r0, block in part], srow)
+                                     for part in (blocks[:half], blocks[half:]) if part]
                         code += [step for step in steps if step is not None]
                         continue
                     for r0 in range(0, width, rc):
@@ -567,6 +576,8 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                         code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [srow, _ramp(r0 + v)]), [_ramp(v)])
                                  for v in range(0, -(-chans // 4) * 4, 4)]
                         code.append(step)
+                middle = before + (len(code) - before) // 2 if prefetch == "middle" else before
+                code[middle:middle] = ahead
                 code.append(sync)
             return code
 

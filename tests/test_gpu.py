@@ -291,8 +291,9 @@ def test_register_reuse_kernel_matches_float64(strides, layout, parts, splits):
 @pytest.mark.parametrize("tile_options", [dict(layout="steps"), dict(layout="groups", halo=True, splits=2)])
 def test_register_reuse_fmas_spliced_as_ptx_match_the_tir_build_bit_for_bit(tile_options):
     """The FMAs written as PTX text at markers (compile()'s way) against the same kernel with its
-    FMAs compiled by TVM and LLVM: the same sums in the same order, so the same bits; both within
-    TOL of float64 (padded 3x3, stride 2, bias and ReLU, output poisoned)."""
+    FMAs compiled by TVM and LLVM, and with the next stage's loads issued halfway through the
+    FMAs: the same sums in the same order, so the same bits; within TOL of float64 (padded 3x3,
+    stride 2, bias and ReLU, output poisoned)."""
     from tvm_sparseconv.nvptx_build import compile_nvptx
     from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
 
@@ -305,16 +306,17 @@ def test_register_reuse_fmas_spliced_as_ptx_match_the_tir_build_bit_for_bit(tile
     x = rng.standard_normal(x_shape).astype(np.float32)
     dev = tvm.cuda(0)
     got = {}
-    for fma_code in ("ptx", "tir"):
+    for fma_code, prefetch in (("ptx", "start"), ("tir", "start"), ("ptx", "middle")):
         ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                             activation="relu", llvm=llvm, fma_code=fma_code))
+                                             activation="relu", llvm=llvm, fma_code=fma_code, prefetch=prefetch))
         out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, cout), np.nan, np.float32), dev)
         ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
-        got[fma_code] = out.numpy()
+        got[fma_code if prefetch == "start" else prefetch] = out.numpy()
     ref = np.maximum(reference.conv2d_f64(x, w, wl, bias), 0.0)
     assert np.all(np.isfinite(got["ptx"]))
     assert np.linalg.norm(got["ptx"] - ref) / np.linalg.norm(ref) < TOL
     np.testing.assert_array_equal(got["ptx"], got["tir"])
+    np.testing.assert_array_equal(got["ptx"], got["middle"])
 
 
 def _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias) -> None:

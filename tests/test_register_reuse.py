@@ -58,6 +58,30 @@ def test_every_nonzero_is_one_fma_with_its_weight_in_the_code(case):
 
 
 @pytest.mark.parametrize("layout", ["steps", "groups"])
+def test_the_next_stage_loads_may_go_halfway_through_the_fmas(layout):
+    """prefetch="middle": the same FMAs and barriers, and in each stage some FMAs come before the
+    next stage's input loads (with "start" none do)."""
+    shape, cout, density, strides, pads, _ = CASES[0]
+    w = _weights(shape[3], cout, density)
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout=layout)
+
+    def fmas_before_loads(prefetch):
+        ptx = nvptx_ptx(emit(w, shape, _out_hw(shape, strides), strides, pads, tile, prefetch=prefetch))
+        segments = ptx.split("bar.sync")
+        counts = [seg.split("ld.b32")[0].count("fma.rn") if "ld.b32" in seg else None for seg in segments]
+        return ptx, [c for c in counts if c is not None]
+
+    start, early = fmas_before_loads("start")
+    middle, late = fmas_before_loads("middle")
+    assert start.count("fma.rn") == middle.count("fma.rn") == np.count_nonzero(w)
+    assert start.count("bar.sync") == middle.count("bar.sync")
+    assert early and not any(early[1:]), "start: a stage's loads come before its FMAs"
+    assert any(late[1:]), "middle: some FMAs come before the next stage's loads"
+    with pytest.raises(ValueError, match="prefetch"):
+        emit(w, shape, _out_hw(shape, strides), strides, pads, tile, prefetch="end")
+
+
+@pytest.mark.parametrize("layout", ["steps", "groups"])
 def test_a_kxk_kernel_stages_each_tap_with_a_nonzero_and_has_one_fma_per_nonzero(layout):
     """3x3, stride 2, dilation 2, padded: one stage per (tap, channel range) holding a nonzero (a
     tap without any is skipped), one FMA per nonzero with its weight."""
