@@ -436,7 +436,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         and shares [z0, z1) doing nothing."""
         z1 = splits if z1 is None else z1
         # also holds the sums at the end (a 64-channel group of 128 pixels needs 34.8 KB of them)
-        xs = tirx.decl_buffer(input_tile_shape(staged, tile), F32, "xs", scope="shared")
+        xs = tirx.decl_buffer((tile_rows, row_words), F32, "xs", scope="shared")
         acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 

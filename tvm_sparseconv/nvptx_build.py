@@ -380,10 +380,9 @@ def _tasks_in_processes(tasks: list, kernel: str, arch: str, workers: int, max_r
     return out, extra
 
 
-def compile_nvptx_pieces(host: tirx.PrimFunc | Callable[[], tirx.PrimFunc], pieces: list, tail=None, arch: str = "sm_90",
-                         workers: int | None = None, link_apart: bool = False,
-                         max_registers: int | None = None, symbol: str | None = None,
-                         **ptxas) -> tvm.runtime.Executable:
+def compile_nvptx_pieces(make_host: Callable[[], tirx.PrimFunc], symbol: str, pieces: list, tail=None,
+                         arch: str = "sm_90", workers: int | None = None, link_apart: bool = False,
+                         max_registers: int | None = None, **ptxas) -> tvm.runtime.Executable:
     """Like `compile_nvptx`, for code too long to compile fast as one function: each of `pieces`
     (picklable callables returning a PrimFunc with one kernel, e.g. `functools.partial(emit, ...,
     piece=("part", i, n))`) goes through NVPTX apart, `workers` at a time in child processes
@@ -402,21 +401,16 @@ def compile_nvptx_pieces(host: tirx.PrimFunc | Callable[[], tirx.PrimFunc], piec
       call ABI passes the memory descriptor in registers (two R2UR before each global load). A
       register cap recovers part of it on some tiles and loses on others (`register_reuse.LINK_MODES`).
 
-    `tail`: the recipe of the function's second kernel. `host`: the whole function's host side (one
-    launch of the pieces' kernel, then the tail's), or a callable making it (while the children work)
-    with the function's name `symbol`. `ptxas`: options of `assemble` for the joined
-    module or the linked dispatcher (`kernel_registers`, `opt_level`)."""
-    made = isinstance(host, tirx.PrimFunc)
-    make_host = (lambda: host) if made else host
-    if not made and symbol is None:
-        raise ValueError("compile_nvptx_pieces: a host side made later needs its function's `symbol`")
-    name = (str(host.attrs["global_symbol"]) if made else symbol) + KERNEL_SUFFIX
+    `tail`: the recipe of the function's second kernel. `make_host()`: the whole function `symbol`'s
+    host side (one launch of the pieces' kernel, then the tail's), made while the children work.
+    `ptxas`: options of `assemble` for the joined module or the linked dispatcher
+    (`kernel_registers`, `opt_level`)."""
+    name = symbol + KERNEL_SUFFIX
     tasks = [(r, i if link_apart else None) for i, r in enumerate(pieces)] + ([(tail, None)] if tail is not None else [])
     workers = workers or int(os.environ.get(WORKERS_ENV, 0)) or os.cpu_count() or 1
     workers = max(1, min(workers, len(tasks)))
     if workers == 1:
-        host = make_host()
-        done = compile_tasks(tasks, str(host.attrs["global_symbol"]) + KERNEL_SUFFIX, arch, max_registers)
+        host, done = make_host(), compile_tasks(tasks, name, arch, max_registers)
     else:
         done, host = _tasks_in_processes(tasks, name, arch, workers, max_registers, meanwhile=make_host)
     if str(host.attrs["global_symbol"]) + KERNEL_SUFFIX != name:

@@ -95,9 +95,8 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
     did not measure and that is faster than the run's best is kept (runs of a few tiles); a best
     tile slower than the library's scheduled choice in the same run is not recorded."""
     from tvm_sparseconv import tile_records
-    from tvm_sparseconv.workloads import workload_set
-
     from tvm_sparseconv.algorithms import by_name
+    from tvm_sparseconv.workloads import workload_set
 
     algorithm = by_name("register-reuse")
     records = []

@@ -129,18 +129,16 @@ class RegisterReuse(GeneratedAlgorithm):
             raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
         ptxas = self.ptxas_options(tile, ptxas_opt)
-        w = np.asarray(kernel.to_dense(), np.float32)
-        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined",
-                                split_count(w, tile))
+        shares = split_count(np.asarray(kernel.to_dense(), np.float32), tile)
+        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined", shares)
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, **emit_options), arch=arch,
                                  **ptxas)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), **emit_options) for i in range(n)]
-        tail = self.recipe(kernel, wl, tile, piece=("tail",)) if split_count(w, tile) > 1 else None
+        tail = self.recipe(kernel, wl, tile, piece=("tail",)) if shares > 1 else None
         # the host side is made here while the children compile the pieces
-        return compile_nvptx_pieces(lambda: self.generate(kernel, wl, tile, llvm=False, parts=1), pieces, tail, arch,
-                                    symbol=FUNCTION_NAME,
-                                    link_apart=apart,
+        return compile_nvptx_pieces(lambda: self.generate(kernel, wl, tile, llvm=False, parts=1), FUNCTION_NAME,
+                                    pieces, tail, arch, link_apart=apart,
                                     max_registers=register_cap(tile) if link == "linked-capped" else None, **ptxas)
 
 
