@@ -43,7 +43,7 @@ def ptxas_run(ptx_path: Path, options: str, arch: str = "sm_90") -> dict:
             "spill_load_bytes": max((int(b) for _, b in spills), default=0)}
 
 
-def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str = "ptx") -> dict:
+def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str = "ptx", prefetch: str = "start") -> dict:
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.nvptx_build import nvptx_ptx
     from tvm_sparseconv.workloads import workload_set
@@ -57,8 +57,9 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str =
 
     n, linked = algorithm._pieces(int(kernel.nnz), wl, tile, splits=split_count(kernel.to_dense(), tile))
     t0 = time.perf_counter()
-    func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), fma_code=fma_code)() if n > 1
-            else algorithm.generate(kernel, wl, tile, fma_code=fma_code))
+    options = {"fma_code": fma_code, "prefetch": prefetch}
+    func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), **options)() if n > 1
+            else algorithm.generate(kernel, wl, tile, **options))
     t1 = time.perf_counter()
     ptx = nvptx_ptx(func)
     t2 = time.perf_counter()
@@ -66,9 +67,9 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str =
         path = Path(tmp, "k.ptx")
         path.write_text(ptx)
         runs = [ptxas_run(path, options) for options in ptxas_sets]
-    row = {"layer": layer, "tile": tile_name, "fma_code": fma_code, "nonzeros": int(kernel.nnz), "pieces": n, "linked": linked,
+    row = {"layer": layer, "tile": tile_name, "fma_code": fma_code, "prefetch": prefetch, "nonzeros": int(kernel.nnz), "pieces": n, "linked": linked,
            "piece": 0, "emit_s": t1 - t0, "tvm_llvm_s": t2 - t1, "ptx_lines": ptx.count("\n"), "ptxas": runs}
-    print(f"{layer} {tile_name} (FMAs {fma_code}): {n} piece(s), emit {row['emit_s']:.1f} s, TVM+LLVM {row['tvm_llvm_s']:.1f} s; "
+    print(f"{layer} {tile_name} (FMAs {fma_code}, prefetch {prefetch}): {n} piece(s), emit {row['emit_s']:.1f} s, TVM+LLVM {row['tvm_llvm_s']:.1f} s; "
           + "; ".join(f"ptxas {r['options']}: " + (f"{r['seconds']:.1f} s, {r['registers']} regs, spills "
                                                      f"{r['spill_store_bytes']}/{r['spill_load_bytes']} B"
                                                      if "seconds" in r else "failed") for r in runs), flush=True)
@@ -81,10 +82,13 @@ def main(argv=None) -> int:
     ap.add_argument("--ptxas", default="-O3", help="ptxas option sets, separated by ';'")
     ap.add_argument("--fma-code", default="ptx,tir",
                     help="how the FMAs reach the PTX, comma-separated: ptx (spliced text, compile()'s way), tir")
+    ap.add_argument("--prefetch", default="start",
+                    help="where the next stage's loads go (`emit`'s prefetch), comma-separated: start, middle")
     ap.add_argument("--json", required=True, type=Path)
     args = ap.parse_args(argv)
-    rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()], fma_code)
-            for pair in args.layers.split(",") for fma_code in args.fma_code.split(",")]
+    rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()], fma_code, prefetch)
+            for pair in args.layers.split(",") for fma_code in args.fma_code.split(",")
+            for prefetch in args.prefetch.split(",")]
     args.json.write_text(json.dumps({"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
                                      "command": " ".join(["python", *sys.argv]), "layers": rows}, indent=1) + "\n")
     print(f"wrote {args.json}")

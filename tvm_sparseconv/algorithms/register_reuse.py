@@ -33,12 +33,13 @@ from .base import GeneratedAlgorithm
 #: (`cuda_register_reuse.piece_plan`). Since the FMAs reach the PTX as text (`emit`'s `fma_code`),
 #: compile() on the 2-core znver4 takes at most 24.4 s for every layer of the 160,000 budget before
 #: (`benchmarks/experiments/compile_time-cpu-znver4-2cores-cuda-ptx-fmas.json`; 38.1 s before),
-#: and 25.8 s for conv5 1x1 proj s2 b32 (209,715 FMAs, 270,336 possible, g32p64x4G linked), 26.4 s
-#: for conv5 3x3 b32 (235,930, 270,336 possible, g32p64x4s4)
+#: and 27.0 s for conv5 1x1 proj s2 b32 (209,715 FMAs, 270,336 possible, g32p64x4G linked), 24.9 s
+#: for conv5 3x3 b32 (235,930, 270,336 possible, g32p64x4s4; `compile_time-cpu-znver4-2cores-cuda-conv5.json`)
 MAX_UNROLLED_FMAS = 280_000
 #: KxK kernels above this many possible FMAs only with the "steps" code layout: the "groups"
 #: layout repeats the staging code (tap bounds, clamps) in each group's branch, which TVM and LLVM
 #: still compile: conv5 3x3 b32 with g32p64x4s4G took 42.9 s, with g32p64x4s4 26.4 s
+#: (`register_reuse-v22-conv5-compile-cpu-znver4-2cores.json`)
 MAX_GROUPS_LAYOUT_KXK_FMAS = 160_000
 #: up to this many possible FMAs the pieces are joined into one PTX module (fastest at run time);
 #: above, linked as objects compiled apart (ptxas would take too long on the whole; the calls cost
