@@ -89,6 +89,11 @@ class Tile:
     #: blocks of 256 threads share an SM's 65,536 registers where ptxas gives 94. Pieces linked
     #: apart (`register_reuse.MAX_JOINED_FMAS`) keep ptxas's choice: the cap is the kernel's.
     registers: int = 0
+    #: where a stage's FMAs issue the next stage's global loads: "start" (before them) or
+    #: "middle" (halfway; names ending in M). Where ptxas leaves them shapes its register
+    #: allocation of the spliced FMAs (conv3 1x1 reduce b32 g32p64x4G: 124 registers, 78 with
+    #: "middle"; `register_reuse.md`, stops 29-30).
+    prefetch: str = "start"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +107,8 @@ class Tile:
             raise ValueError(f"invalid tile {self}: splits must be at least 1")
         if self.registers and not 32 <= self.registers <= 255:
             raise ValueError(f"invalid tile {self}: registers must be 0 (ptxas's choice) or 32 to 255")
+        if self.prefetch not in ("start", "middle"):
+            raise ValueError(f"invalid tile {self}: prefetch must be 'start' or 'middle'")
 
 
 #: the design space measured so far (benchmarks/experiments/register_reuse.py), by name
@@ -173,6 +180,30 @@ TILES: dict[str, Tile] = {
     "g32p64x4s4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
+    # the next stage's loads halfway through the FMAs (M): ptxas allots the spliced code fewer registers
+    "g32p64x4GM": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", prefetch="middle"),
+    "g32p64x4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, prefetch="middle"),
+    "g32p32x8GM": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", prefetch="middle"),
+    "g64p32x4GM": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups", prefetch="middle"),
+    "g32p128x2GM": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", prefetch="middle"),
+    "g32p64x4GR80M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", registers=80,
+                          prefetch="middle"),
+    "g32p64x4GH32M": Tile(group=32, pixels=64, groups=4, stage=64, regs=32, layout="groups", halo=True,
+                          prefetch="middle"),
+    "g32p32x8GHM": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, prefetch="middle"),
+    "g32p64x4GHM": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, prefetch="middle"),
+    "g32p128x2GHR80M": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True,
+                            registers=80, prefetch="middle"),
+    "g32p128x2GHR72M": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True,
+                            registers=72, prefetch="middle"),
+    "g32p64x4s4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, splits=4, prefetch="middle"),
+    # more threads for batch-32 KxK layers of small maps (conv4 3x3: 12 warps per SM with g32): a
+    # group of 16 channels, or split-K in two
+    "g16p128x2GH": Tile(group=16, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True),
+    "g16p64x4GH": Tile(group=16, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True),
+    "g32p128x2s2GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=2, halo=True,
+                             registers=80),
+    "g32p64x4s2GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=2, halo=True),
 }
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
@@ -368,8 +399,7 @@ class PtxFmas:
 
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
          activation: str | None = None, llvm: bool = True, parts: int | None = None,
-         dilations=(1, 1), piece: tuple | None = None, fma_code: str = "ptx",
-         prefetch: str = "start") -> tirx.PrimFunc:
+         dilations=(1, 1), piece: tuple | None = None, fma_code: str = "ptx") -> tirx.PrimFunc:
     """The kernel computing ``out = act(conv2d(x, w) + bias)`` for this `w` (HWIO, or (Cin, Cout)
     for a 1x1 kernel), as TIR.
 
@@ -387,14 +417,9 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     `fma_code` (with `llvm`): "ptx" (default) writes the loads into registers and the FMAs as PTX
     text that `nvptx_build` splices into LLVM's output at markers (`PtxFmas`), so TVM and LLVM
     compile only the staging and the epilogue; "tir" has them compile every FMA (2.5x the compile
-    time on the 2-core machine, same code: `benchmarks/experiments/register_reuse.md`).
-    `prefetch` (experiments): where a stage's FMAs issue the next stage's loads, "start" (before
-    them, the default) or "middle" (halfway: ptxas then gives the spliced code fewer registers,
-    conv3 1x1 reduce b32 g32p64x4G 124 -> 78; not yet timed: `register_reuse.md`, stop 29)."""
+    time on the 2-core machine, same code: `benchmarks/experiments/register_reuse.md`)."""
     if fma_code not in ("ptx", "tir"):
         raise ValueError(f"fma_code must be 'ptx' or 'tir', got {fma_code!r}")
-    if prefetch not in ("start", "middle"):
-        raise ValueError(f"prefetch must be 'start' or 'middle', got {prefetch!r}")
     n, h, wd, cin = input_shape
     oh_, ow_ = output_hw
     w = np.asarray(w, np.float32)
@@ -402,7 +427,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         w = w[None, None]
     kh_, kw_, _, cout = w.shape
     tile.validate()
-    g_, tp, ng, st, rc = tile.group, tile.pixels, tile.groups, tile.stage, tile.regs
+    g_, tp, ng, st, rc, prefetch = tile.group, tile.pixels, tile.groups, tile.stage, tile.regs, tile.prefetch
     n_groups = -(-cout // g_)
     n_pix = n * oh_ * ow_
     vec = 4 if cin % 4 == 0 else 1

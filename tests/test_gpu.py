@@ -307,8 +307,9 @@ def test_register_reuse_fmas_spliced_as_ptx_match_the_tir_build_bit_for_bit(tile
     dev = tvm.cuda(0)
     got = {}
     for fma_code, prefetch in (("ptx", "start"), ("tir", "start"), ("ptx", "middle")):
-        ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                             activation="relu", llvm=llvm, fma_code=fma_code, prefetch=prefetch))
+        ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads,
+                                             dataclasses.replace(tile, prefetch=prefetch), bias=True,
+                                             activation="relu", llvm=llvm, fma_code=fma_code))
         out = tvm.runtime.tensor(np.full((x_shape[0], *wl.output_hw, cout), np.nan, np.float32), dev)
         ex.mod["sparse_conv2d"](tvm.runtime.tensor(x, dev), tvm.runtime.tensor(bias, dev), out)
         got[fma_code if prefetch == "start" else prefetch] = out.numpy()

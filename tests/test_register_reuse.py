@@ -19,7 +19,7 @@ import pytest
 
 from tvm_sparseconv import algorithms
 from tvm_sparseconv.nvptx_build import assemble, compile_nvptx, nvptx_ptx
-from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+from tvm_sparseconv.schedules.cuda_register_reuse import TILES, Tile, emit
 
 CASES = [  # (input NHWC, Cout, density, strides, pads, tile)
     ((2, 5, 7, 24), 20, 0.3, (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=16, regs=8)),
@@ -59,14 +59,14 @@ def test_every_nonzero_is_one_fma_with_its_weight_in_the_code(case):
 
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 def test_the_next_stage_loads_may_go_halfway_through_the_fmas(layout):
-    """prefetch="middle": the same FMAs and barriers, and in each stage some FMAs come before the
-    next stage's input loads (with "start" none do)."""
+    """A tile with prefetch="middle": the same FMAs and barriers, and in each stage some FMAs come
+    before the next stage's input loads (with "start" none do)."""
     shape, cout, density, strides, pads, _ = CASES[0]
     w = _weights(shape[3], cout, density)
     tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout=layout)
 
     def fmas_before_loads(prefetch):
-        ptx = nvptx_ptx(emit(w, shape, _out_hw(shape, strides), strides, pads, tile, prefetch=prefetch))
+        ptx = nvptx_ptx(emit(w, shape, _out_hw(shape, strides), strides, pads, replace(tile, prefetch=prefetch)))
         segments = ptx.split("bar.sync")
         counts = [seg.split("ld.b32")[0].count("fma.rn") if "ld.b32" in seg else None for seg in segments]
         return ptx, [c for c in counts if c is not None]
@@ -78,7 +78,8 @@ def test_the_next_stage_loads_may_go_halfway_through_the_fmas(layout):
     assert early and not any(early[1:]), "start: a stage's loads come before its FMAs"
     assert any(late[1:]), "middle: some FMAs come before the next stage's loads"
     with pytest.raises(ValueError, match="prefetch"):
-        emit(w, shape, _out_hw(shape, strides), strides, pads, tile, prefetch="end")
+        emit(w, shape, _out_hw(shape, strides), strides, pads, replace(tile, prefetch="end"))
+    assert TILES["g32p64x4GM"] == replace(TILES["g32p64x4G"], prefetch="middle")
 
 
 @pytest.mark.parametrize("layout", ["steps", "groups"])

@@ -14,6 +14,7 @@ by TVM and LLVM as before). Writes one JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -49,7 +50,7 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str =
     from tvm_sparseconv.workloads import workload_set
 
     algorithm = by_name("register-reuse")
-    tile = algorithm.tiles()[tile_name]
+    tile = dataclasses.replace(algorithm.tiles()[tile_name], prefetch=prefetch)
     problem = workload_set(layer)[0]
     kernel = problem.sparse_kernel()
     wl = problem.workload(kernel, "register-reuse")
@@ -57,7 +58,7 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str =
 
     n, linked = algorithm._pieces(int(kernel.nnz), wl, tile, splits=split_count(kernel.to_dense(), tile))
     t0 = time.perf_counter()
-    options = {"fma_code": fma_code, "prefetch": prefetch}
+    options = {"fma_code": fma_code}
     func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), **options)() if n > 1
             else algorithm.generate(kernel, wl, tile, **options))
     t1 = time.perf_counter()
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fma-code", default="ptx,tir",
                     help="how the FMAs reach the PTX, comma-separated: ptx (spliced text, compile()'s way), tir")
     ap.add_argument("--prefetch", default="start",
-                    help="where the next stage's loads go (`emit`'s prefetch), comma-separated: start, middle")
+                    help="where the next stage's loads go (the tile's `prefetch`, replaced), comma-separated: start, middle")
     ap.add_argument("--json", required=True, type=Path)
     args = ap.parse_args(argv)
     rows = [breakdown(*pair.split(":"), [s.strip() for s in args.ptxas.split(";") if s.strip()], fma_code, prefetch)

@@ -36,7 +36,7 @@ def _compile(args) -> dict:
     """Worker: build one (layer, tile) as compile() does (`RegisterReuse.build`: long code in
     pieces compiled in parallel, joined into one kernel), or as `parts` kernels launched in turn;
     export the module."""
-    name, tile_name, path, parts, link, ptxas_opt, fma_code, prefetch = args
+    name, tile_name, path, parts, link, ptxas_opt, fma_code = args
     from schedules.cuda_register_reuse import TILES
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.nvptx_build import compile_nvptx
@@ -47,14 +47,13 @@ def _compile(args) -> dict:
     wl = problem.workload(kernel)
     tile, algorithm = TILES[tile_name], by_name("register-reuse")
     t0 = time.perf_counter()
-    row = {"layer": name, "tile": tile_name, "parts": parts, "link": link, "fma_code": fma_code, "prefetch": prefetch}
+    row = {"layer": name, "tile": tile_name, "parts": parts, "link": link, "fma_code": fma_code}
     try:
         if parts:
-            ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts, fma_code=fma_code,
-                                                                  prefetch=prefetch),
+            ex = compile_nvptx(lambda llvm: algorithm.generate(kernel, wl, tile, llvm=llvm, parts=parts, fma_code=fma_code),
                                **algorithm.ptxas_options(tile, ptxas_opt))
         else:
-            ex = algorithm.build(kernel, wl, tile, link=link, ptxas_opt=ptxas_opt, fma_code=fma_code, prefetch=prefetch)
+            ex = algorithm.build(kernel, wl, tile, link=link, ptxas_opt=ptxas_opt, fma_code=fma_code)
     except Exception as e:  # noqa: BLE001 - one tile that does not build (e.g. too much shared memory) is a result
         return {**row, "error": f"{type(e).__name__}: {str(e)[-500:]}"}
     compile_s = time.perf_counter() - t0
@@ -168,8 +167,6 @@ def main(argv=None) -> int:
                     help="ptxas -O level (default: the library's, nvptx_build.PTXAS_OPT_LEVEL)")
     ap.add_argument("--fma-code", default="ptx", choices=("ptx", "tir"),
                     help="how the FMAs reach the PTX: spliced as text (compile()'s way) or compiled by TVM + LLVM")
-    ap.add_argument("--prefetch", default="start", choices=("start", "middle"),
-                    help="where a stage's FMAs issue the next stage's loads (compile()'s: start)")
     ap.add_argument("--json", required=True, help="where to write the run (or, with --table, which run to read)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of the run in --json and stop")
     ap.add_argument("--record", type=Path, default=None, metavar="FOLDER",
@@ -191,6 +188,8 @@ def main(argv=None) -> int:
             path = tile_records.merge(args.record, "register-reuse", run["device"], args.json, records)
             print(f"wrote {path}")
             return 0
+        # (stop 29's runs had a --prefetch option, now the tiles' own: a "middle" run's tile names
+        # do not say so)
         if (run.get("link", "auto") != "auto" or run.get("ptxas_opt") is not None or run.get("fma_code", "tir") != "ptx"
                 or run.get("prefetch", "start") != "start"):
             sys.exit(f"{args.json} was built with a forced --link, --ptxas-opt, --fma-code or --prefetch: "
@@ -221,8 +220,7 @@ def main(argv=None) -> int:
         for t in tiles:
             if not args.ignore_budget and not algorithm.fits(wl, TILES[t]):
                 continue  # pieces too long for the budget with this tile
-            jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts, args.link, args.ptxas_opt, args.fma_code,
-                         args.prefetch))
+            jobs.append((p.name, t, str(tmp / f"{p.name}-{t}.so"), args.parts, args.link, args.ptxas_opt, args.fma_code))
     if args.workers > 1:  # each build's own child processes (long code in pieces): share the CPUs
         os.environ.setdefault("TVM_SPARSECONV_COMPILE_WORKERS", str(max(1, (os.cpu_count() or 1) // args.workers)))
     t0 = time.perf_counter()
@@ -241,8 +239,7 @@ def main(argv=None) -> int:
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
             "repeats": args.repeats, "timing": "device time (cuda_event_median)", "ignore_budget": args.ignore_budget,
-            "parts": args.parts, "link": args.link, "ptxas_opt": args.ptxas_opt, "fma_code": args.fma_code,
-            "prefetch": args.prefetch}
+            "parts": args.parts, "link": args.link, "ptxas_opt": args.ptxas_opt, "fma_code": args.fma_code}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)

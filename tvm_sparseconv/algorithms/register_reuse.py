@@ -121,7 +121,7 @@ class RegisterReuse(GeneratedAlgorithm):
         "joined" or "linked" overrides that choice, "linked-capped" links with a register cap
         (`LINK_MODES`); `ptxas_opt` (experiments) ptxas's `-O` instead of `nvptx_build.PTXAS_OPT_LEVEL`;
         `emit_options` (experiments): `cuda_register_reuse.emit`'s `fma_code` (how the FMAs reach
-        the PTX) and `prefetch` (where the next stage's loads go).
+        the PTX).
         The tile's register cap, if any, goes to ptxas."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
         from ..schedules.cuda_register_reuse import FUNCTION_NAME, register_cap, split_count
