@@ -204,6 +204,13 @@ TILES: dict[str, Tile] = {
     "g32p128x2s2GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=2, halo=True,
                              registers=80),
     "g32p64x4s2GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=2, halo=True),
+    # batch-32 layers of 7x7 maps (conv5: 1,568 pixels, each group's code run by few blocks): more
+    # warps of a block on one group's code (one instruction stream instead of four)
+    "g32p128x1G": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups"),
+    "g32p256x1G": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups"),
+    "g32p128x1s4": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, splits=4),
+    "g32p256x1s4": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, splits=4),
+    "g32p128x2s4": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, splits=4),
 }
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
