@@ -172,7 +172,7 @@ def main(argv=None) -> int:
         rows = _tune_serial(todo, target, out, work_root, args, options, baseline, on_row)
 
     width = max([28] + [len(row["problem"]) + 2 for row in rows])  # ResNet's names are longer than 28
-    print(f"\n{'workload':<{width}}{'rule':<26}{'best':>10}{'dense':>34}{'tuning':>9}")
+    print(f"\n{'workload':<{width}}{'rule':<26}{'best':>10}  {'dense':<46}{'tuning':>9}")
     for row in rows:
         print(_line(row, table=width))
     print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
@@ -291,7 +291,7 @@ def _line(row: dict, table: int = 0) -> str:
     dense = ", ".join(f"{k} {v:.1f} us" for k, v in row.get("dense_us", {}).items() if isinstance(v, float))
     if table:
         return (f"{row['problem']:<{table}}{row['rule']:<26}{row['best_us']:>8.1f}us"
-                f"{dense:>34}{row['tuning_s'] / 60:>7.1f}min")
+                f"  {dense:<46}{row['tuning_s'] / 60:>6.1f}min")  # columns stay apart when a field is longer
     kept = f"; not kept: {row['not_kept']}" if row.get("not_kept") else ""
     return (f"best {row['best_us']:.1f} us ({row['rule']}, rel. error {row['relative_error']:.1e}, "
             f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}{kept}")
