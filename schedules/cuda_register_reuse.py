@@ -180,7 +180,8 @@ TILES: dict[str, Tile] = {
     "g32p64x4s4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
-    # the next stage's loads halfway through the FMAs (M): ptxas allots the spliced code fewer registers
+    # the next stage's loads halfway through the FMAs (M): ptxas allocates the spliced FMAs'
+    # registers differently; up to 1.4x faster on some layers, up to 1.2x slower on others (v23)
     "g32p64x4GM": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", prefetch="middle"),
     "g32p64x4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, prefetch="middle"),
     "g32p32x8GM": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", prefetch="middle"),
@@ -198,14 +199,16 @@ TILES: dict[str, Tile] = {
                             registers=72, prefetch="middle"),
     "g32p64x4s4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, splits=4, prefetch="middle"),
     # more threads for batch-32 KxK layers of small maps (conv4 3x3: 12 warps per SM with g32): a
-    # group of 16 channels, or split-K in two
+    # group of 16 channels, or split-K in two. Lost on every layer tried (v23: conv4 3x3 b32
+    # 90.2-108.0 us against 74.7)
     "g16p128x2GH": Tile(group=16, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True),
     "g16p64x4GH": Tile(group=16, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True),
     "g32p128x2s2GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=2, halo=True,
                              registers=80),
     "g32p64x4s2GH": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=2, halo=True),
     # batch-32 layers of 7x7 maps (conv5: 1,568 pixels, each group's code run by few blocks): more
-    # warps of a block on one group's code (one instruction stream instead of four)
+    # warps of a block on one group's code (one instruction stream instead of four). Lost (v23:
+    # conv5 3x3 b32 195.4-579.2 us against g32p64x4s4's 156.4)
     "g32p128x1G": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups"),
     "g32p256x1G": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups"),
     "g32p128x1s4": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, splits=4),
