@@ -241,6 +241,46 @@ def test_a_shape_holds_a_record_per_density_and_the_nearest_is_used(tmp_path):
     assert sorted(tiles) == ["g16p32x2G", "g32p32x8G"]
 
 
+def test_a_record_run_keeps_an_unmeasured_faster_tile_only_if_measured_with_the_same_code(tmp_path):
+    """`register_reuse.py --record`: an older record faster than the run's best, whose tile the run
+    did not measure, is kept only where both were measured with the same emitter version; a record
+    of older code (or of unknown code) is replaced (stop 30: conv5 1x1 reduce_first b32 kept a
+    record of 70.4 us that ran 104.8 once the FMAs went in as PTX text)."""
+    import importlib.util
+
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.workloads import workload_set
+
+    spec = importlib.util.spec_from_file_location(
+        "register_reuse_experiment", Path(__file__).resolve().parents[1] / "benchmarks/experiments/register_reuse.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    layer = "resnet50_conv3_1x1_reduce_b32"
+    problem = workload_set(layer)[0]
+    nnz = int(problem.sparse_kernel().nnz)
+    shape = tile_records.shape_key(problem.workload())
+    version = experiment.EMITTER_VERSION
+    run = {"device": "test", "emitter_version": version, "layers": [{
+        "layer": layer, "nnz": nnz, "cudnn_tf32": 3e-5,
+        "library": {"algorithm": "nhwc-direct", "seconds": 1e-4, "relative_error": 1e-7},
+        "tiles": {"g32p64x4G": {"seconds": 3e-5, "relative_error": 1e-7},
+                  "g32p64x4GM": {"seconds": 2.5e-5, "relative_error": 1e-7}}}]}
+
+    def recorded(old_version):
+        path = tile_records.path_for(tmp_path, "register-reuse")
+        path.unlink(missing_ok=True)
+        old = {"layer": layer, "shape": shape, "tile": "g32p64x4", "seconds": 2e-5, "nonzeros": nnz}
+        tile_records.merge(tmp_path, "register-reuse", "test", "old", [old | ({"emitter_version": old_version}
+                                                                              if old_version else {})])
+        experiment.write_records(run, tmp_path, "new")
+        (record,) = tile_records.read(path, "register-reuse")
+        return record["tile"], record.get("emitter_version")
+
+    assert recorded(version) == ("g32p64x4", version), "same code: the faster unmeasured tile stays"
+    assert recorded(version - 1) == ("g32p64x4GM", version), "older code: the run's best replaces it"
+    assert recorded(None) == ("g32p64x4GM", version), "unknown code: the run's best replaces it"
+
+
 def _network_layer_with_records(tmp_path, problem: str):
     """A copy of the H200 records without register-reuse ones; a layer of it (its kernel and
     workloads); the scheduled record's run_us."""

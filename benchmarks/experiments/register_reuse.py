@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from schedules.cuda_register_reuse import TILES  # noqa: E402
+from schedules.cuda_register_reuse import EMITTER_VERSION, TILES  # noqa: E402
 from tvm_sparseconv.algorithms.register_reuse import LINK_MODES  # noqa: E402
 
 
@@ -91,8 +91,11 @@ def markdown_table(run: dict) -> str:
 def write_records(run: dict, folder: Path, source: str) -> Path:
     """The best tile per layer of `run` as register-reuse records of its device in `folder`
     (replacing the records of the same shapes, keeping the others). A record whose tile the run
-    did not measure and that is faster than the run's best is kept (runs of a few tiles); a best
-    tile slower than the library's scheduled choice in the same run is not recorded."""
+    did not measure and that is faster than the run's best is kept (runs of a few tiles) if it was
+    measured with the same code (`emitter_version`: a record of older code says nothing about
+    its tile now, e.g. conv5 1x1 reduce_first b32 70.4 us before the FMAs went in as PTX text and
+    104.8 after); a best tile slower than the library's scheduled choice in the same run is not
+    recorded."""
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.workloads import workload_set
@@ -116,13 +119,14 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
             continue
         old = tile_records.find(folder, "register-reuse", wl, r["nnz"])
         if (old is not None and tile_records.same_density(old, r["nnz"]) and old["tile"] not in r["tiles"]
-                and old["seconds"] < best["seconds"]):
+                and old["seconds"] < best["seconds"] and old.get("emitter_version") == run.get("emitter_version")
+                and old.get("emitter_version") is not None):
             print(f"{r['layer']}: kept {old['tile']} ({old['seconds'] * 1e6:.1f} us, not measured in this run) "
                   f"over {name} ({best['seconds'] * 1e6:.1f} us)")
             continue
         records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
                         "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
-                        "cudnn_tf32_seconds": r["cudnn_tf32"]})
+                        "cudnn_tf32_seconds": r["cudnn_tf32"], "emitter_version": run.get("emitter_version")})
     return tile_records.merge(folder, "register-reuse", run["device"], str(source), records)
 
 
@@ -239,7 +243,8 @@ def main(argv=None) -> int:
     meta = {"device": torch.cuda.get_device_name(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tvm": tvm.__version__, "torch": torch.__version__, "tiles": {t: TILES[t].as_dict() for t in tiles},
             "repeats": args.repeats, "timing": "device time (cuda_event_median)", "ignore_budget": args.ignore_budget,
-            "parts": args.parts, "link": args.link, "ptxas_opt": args.ptxas_opt, "fma_code": args.fma_code}
+            "parts": args.parts, "link": args.link, "ptxas_opt": args.ptxas_opt, "fma_code": args.fma_code,
+            "emitter_version": EMITTER_VERSION}
     for name, (p, kernel, wl, w) in layers.items():
         rng = np.random.default_rng(1)
         n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
