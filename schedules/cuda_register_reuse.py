@@ -30,7 +30,7 @@ whole pipeline (`layout="groups"`: one sequential run of code per warp; not yet 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from tvm import tirx
@@ -180,24 +180,6 @@ TILES: dict[str, Tile] = {
     "g32p64x4s4G": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", splits=4),
     "g32p128x2s4GHR80": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", splits=4, halo=True,
                              registers=80),
-    # the next stage's loads halfway through the FMAs (M): ptxas allocates the spliced FMAs'
-    # registers differently; up to 1.4x faster on some layers, up to 1.2x slower on others (v23)
-    "g32p64x4GM": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", prefetch="middle"),
-    "g32p64x4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, prefetch="middle"),
-    "g32p32x8GM": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", prefetch="middle"),
-    "g64p32x4GM": Tile(group=64, pixels=32, groups=4, stage=32, regs=8, layout="groups", prefetch="middle"),
-    "g32p128x2GM": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", prefetch="middle"),
-    "g32p64x4GR80M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", registers=80,
-                          prefetch="middle"),
-    "g32p64x4GH32M": Tile(group=32, pixels=64, groups=4, stage=64, regs=32, layout="groups", halo=True,
-                          prefetch="middle"),
-    "g32p32x8GHM": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, prefetch="middle"),
-    "g32p64x4GHM": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, prefetch="middle"),
-    "g32p128x2GHR80M": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True,
-                            registers=80, prefetch="middle"),
-    "g32p128x2GHR72M": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True,
-                            registers=72, prefetch="middle"),
-    "g32p64x4s4M": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, splits=4, prefetch="middle"),
     # more threads for batch-32 KxK layers of small maps (conv4 3x3: 12 warps per SM with g32): a
     # group of 16 channels, or split-K in two. Lost on every layer tried (v23: conv4 3x3 b32
     # 90.2-108.0 us against 74.7)
@@ -215,6 +197,12 @@ TILES: dict[str, Tile] = {
     "g32p256x1s4": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, splits=4),
     "g32p128x2s4": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, splits=4),
 }
+
+# the next stage's loads halfway through the FMAs (names ending in M): ptxas allocates the spliced
+# FMAs' registers differently; up to 1.4x faster on some layers, up to 1.2x slower on others (v23)
+TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
+    "g32p64x4G", "g32p64x4", "g32p32x8G", "g64p32x4G", "g32p128x2G", "g32p64x4GR80", "g32p64x4GH32", "g32p32x8GH",
+    "g32p64x4GH", "g32p128x2GHR80", "g32p128x2GHR72", "g32p64x4s4")})
 
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
 MAX_SHARED_BYTES = 48 * 1024

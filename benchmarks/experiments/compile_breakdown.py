@@ -58,9 +58,8 @@ def breakdown(layer: str, tile_name: str, ptxas_sets: list[str], fma_code: str =
 
     n, linked = algorithm._pieces(int(kernel.nnz), wl, tile, splits=split_count(kernel.to_dense(), tile))
     t0 = time.perf_counter()
-    options = {"fma_code": fma_code}
-    func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), **options)() if n > 1
-            else algorithm.generate(kernel, wl, tile, **options))
+    func = (algorithm.recipe(kernel, wl, tile, piece=("part", 0, n), fma_code=fma_code)() if n > 1
+            else algorithm.generate(kernel, wl, tile, fma_code=fma_code))
     t1 = time.perf_counter()
     ptx = nvptx_ptx(func)
     t2 = time.perf_counter()

@@ -192,12 +192,8 @@ def main(argv=None) -> int:
             path = tile_records.merge(args.record, "register-reuse", run["device"], args.json, records)
             print(f"wrote {path}")
             return 0
-        # (stop 29's runs had a --prefetch option, now the tiles' own: a "middle" run's tile names
-        # do not say so)
-        if (run.get("link", "auto") != "auto" or run.get("ptxas_opt") is not None or run.get("fma_code", "tir") != "ptx"
-                or run.get("prefetch", "start") != "start"):
-            sys.exit(f"{args.json} was built with a forced --link, --ptxas-opt, --fma-code or --prefetch: "
-                     "its times are not compile()'s")
+        if run.get("link", "auto") != "auto" or run.get("ptxas_opt") is not None or run.get("fma_code", "tir") != "ptx":
+            sys.exit(f"{args.json} was built with a forced --link, --ptxas-opt or --fma-code: its times are not compile()'s")
         path = write_records(run, args.record, args.json)
         print(f"wrote {path}")
         return 0

@@ -114,14 +114,13 @@ class RegisterReuse(GeneratedAlgorithm):
         return {"kernel_registers": tile.registers or None, **({} if opt_level is None else {"opt_level": opt_level})}
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None, link: str = "auto",
-              ptxas_opt: int | None = None, **emit_options):
+              ptxas_opt: int | None = None, fma_code: str = "ptx"):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
         possible), then (split-K tiles) the kernel adding up the shares. `link` (experiments):
         "joined" or "linked" overrides that choice, "linked-capped" links with a register cap
         (`LINK_MODES`); `ptxas_opt` (experiments) ptxas's `-O` instead of `nvptx_build.PTXAS_OPT_LEVEL`;
-        `emit_options` (experiments): `cuda_register_reuse.emit`'s `fma_code` (how the FMAs reach
-        the PTX).
+        `fma_code` (experiments): how the FMAs reach the PTX (`cuda_register_reuse.emit`).
         The tile's register cap, if any, goes to ptxas."""
         from ..nvptx_build import compile_nvptx, compile_nvptx_pieces
         from ..schedules.cuda_register_reuse import FUNCTION_NAME, register_cap, split_count
@@ -133,9 +132,9 @@ class RegisterReuse(GeneratedAlgorithm):
         shares = split_count(np.asarray(kernel.to_dense(), np.float32), tile)
         n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined", shares)
         if n == 1:
-            return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, **emit_options), arch=arch,
+            return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, fma_code=fma_code), arch=arch,
                                  **ptxas)
-        pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), **emit_options) for i in range(n)]
+        pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), fma_code=fma_code) for i in range(n)]
         tail = self.recipe(kernel, wl, tile, piece=("tail",)) if shares > 1 else None
         # the host side is made here while the children compile the pieces
         return compile_nvptx_pieces(lambda: self.generate(kernel, wl, tile, llvm=False, parts=1), FUNCTION_NAME,
