@@ -455,3 +455,35 @@ def test_compile_forced_register_reuse_computes_kxk_layers(x_shape, k_shape, str
     ref = np.maximum(reference.conv2d_f64(x, w, op.workload, bias), 0.0)
     assert np.all(np.isfinite(got))
     assert reference.relative_error(got, ref) < TOL
+
+
+@pytest.mark.parametrize("problem", ["resnet50_conv2_1x1_reduce_first_b1", "resnet50_conv4_3x3_b1"])
+def test_a_record_of_another_gpu_of_the_architecture_is_used_and_verified(problem, tmp_path, monkeypatch, cache_dir):
+    """This GPU's records, copied as another sm_90 GPU's ("nvidia-x200") and its own folder gone:
+    compile() uses them (a register-reuse tile, a MetaSchedule record), checks them against float64
+    on first use (the verdict kept beside the module) and computes the layer correctly."""
+    import json
+    import shutil
+
+    from tvm_sparseconv import module_cache
+
+    own = targets.target_folder_name(targets.cuda_target())
+    root = tmp_path / "logs"
+    shutil.copytree(tuning_records.logs_root() / own, root / "nvidia-x200")
+    meta = json.loads((root / "nvidia-x200" / "meta.json").read_text())
+    (root / "nvidia-x200" / "meta.json").write_text(json.dumps({**meta, "device_name": "NVIDIA X200"}))
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    p = workload_set(problem)[0]
+    kernel = p.sparse_kernel()
+    op = tsc.compile(kernel, p.input_shape, strides=p.strides, padding=p.padding, target="cuda")
+    family = targets.target_isa_family(targets.cuda_target())
+    assert op.schedule_source.endswith(f"@nvidia-x200 (family {family}, verified here)"), op.schedule_source
+    verdict = module_cache.read_verdict(op._build.cache_path)
+    assert verdict is not None and verdict["ok"] and verdict["record"] == "nvidia-x200", verdict
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(p.input_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+    op.run(tvm.runtime.tensor(x, dev), out)
+    ref = reference.conv2d_f64(x, kernel.to_dense(), p.workload(kernel))
+    assert reference.relative_error(out.numpy(), ref) < TOL

@@ -1,9 +1,11 @@
 """Turn a workload into a runnable TVM function: pick the schedule, compile, cache on disk.
 
 Algorithm and schedule: of the layer's workloads under each algorithm that runs on the target, the
-one whose tuning record for this device (`tuning_logs/`) is fastest; else, on a CPU, a record of
-another CPU model of its ISA family, compiled for this CPU and checked against float64 on its first
-use here (`verification.py`; the verdict is kept beside the module in the disk cache); with no
+one whose tuning record for this device (`tuning_logs/`) is fastest; else a record of another
+device of its family (a CPU of its ISA family, a GPU of its CUDA architecture), compiled for this
+device and checked against float64 on its first use here (`verification.py`; the verdict is kept
+beside the module in the disk cache). On GPUs such a record also competes with this GPU's own
+ones, its time taken `targets.family_time_factor` slower; on CPUs it never displaces them. With no
 record that fits, the untuned template (`schedules/`) of `algorithms.untuned_default`, with a
 one-line warning naming the tune command.
 Generated algorithms (`Algorithm.generated`: the kernel's values compiled into the code) are built
@@ -33,7 +35,7 @@ from . import algorithms, module_cache, tuning_records, verification
 from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
-from .targets import device_for, target_isa_family
+from .targets import device_for, family_time_factor, target_isa_family
 from .tir_build import compile_tir
 from .workload import ConvWorkload
 
@@ -75,9 +77,18 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
     return cmd
 
 
+def _weighed_us(run_us: float, family: str | None) -> tuple[bool, float]:
+    """How a record ranks: (never weighed against this device's own records, its time in us as
+    weighed). Own records and GPU records of the architecture (their time `family_time_factor`
+    slower) compete by time; a record of another CPU of the ISA family ranks after every own one."""
+    factor = family_time_factor(family) if family is not None else 1.0
+    return (factor is None, run_us * (factor or 1.0))
+
+
 def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None) -> list[tuple]:
-    """(travelled, run_us, workload, TunedSchedule) of each candidate with a record (`folder`: this
-    device's tuning logs folder, default `tuning_logs/<device>` and, on CPUs, its ISA family's)."""
+    """(never weighed, weighed run_us, workload, TunedSchedule) of each candidate with a record
+    (`_weighed_us`; `folder`: this device's tuning logs folder, default `tuning_logs/<device>` and
+    its family's)."""
     found = []
     for wl in candidates:
         try:
@@ -87,16 +98,17 @@ def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: P
                       "ignoring them", tuning_records.TuningLogWarning)
             tuned = None
         if tuned is not None:
-            found.append((tuned.travelled, tuned.run_us if tuned.run_us is not None else float("inf"), wl, tuned))
+            found.append((*_weighed_us(tuned.run_us if tuned.run_us is not None else float("inf"), tuned.family),
+                          wl, tuned))
     return found
 
 
 def choose_schedule(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None,
                     found: list[tuple] | None = None):
-    """(workload, schedule, source, tuned): the fastest record of this device among `candidates` (the
-    layer under each algorithm), else the first found for another CPU of its ISA family
-    (`tuned.travelled`), else the template of `algorithms.untuned_default` (or the first
-    candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports.
+    """(workload, schedule, source, tuned): the fastest record among `candidates` (the layer under
+    each algorithm) as `_weighed_us` ranks them: this device's own and (GPUs) its architecture's,
+    else the first found for another CPU of its ISA family (`tuned.travelled`), else the template of
+    `algorithms.untuned_default` (or the first candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports.
     `found`: `_tuned_records(candidates, target, folder)` when the caller has read them already."""
     found = _tuned_records(candidates, target, folder) if found is None else found
     if found:
@@ -162,12 +174,13 @@ def _check(wl: ConvWorkload, target: Target, tuned, measure) -> dict:
         err, problem = measure(), None
     except Exception as e:  # noqa: BLE001 - a module that fails to run fails the check
         err, problem = float("inf"), f"{type(e).__name__}: {e}"
-    verdict = {"ok": err <= verification.TOLERANCE, "relative_error": err, "record": tuned.folder.name,
+    # the algorithm's own precision: a TF32 record is as right as cuDNN TF32 within its tolerance
+    verdict = {"ok": err <= algorithms.by_name(wl.algorithm).tolerance, "relative_error": err, "record": tuned.folder.name,
                "family": tuned.family, "target": str(target), "seconds": round(time.perf_counter() - t0, 3),
                "checked_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     if problem:
         verdict["error"] = problem
-    log.info("checked the record of %s from %s (family %s) on this CPU: relative error %.2e (%s)",
+    log.info("checked the record of %s from %s (family %s) on this device: relative error %.2e (%s)",
              wl.describe(), tuned.folder.name, tuned.family, err, "ok" if verdict["ok"] else "FAILED")
     return verdict
 
@@ -176,7 +189,7 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
           use_disk_cache: bool = True, folder: Path | None = None, found: list[tuple] | None = None) -> BuildResult:
     """Compile the best of `candidates` (see `choose_schedule`) for `target`, or load it from disk.
 
-    A record of another CPU of the family is checked against float64 on its first use; if it fails,
+    A record of another device of the family is checked against float64 on its first use; if it fails,
     the untuned template is used instead, with a `TuningLogWarning` saying why.
     """
     if isinstance(candidates, ConvWorkload):
@@ -190,8 +203,8 @@ def build(candidates: ConvWorkload | Sequence[ConvWorkload], target: Target,
                         lambda: verification.check_function(result.function, wl, device_for(target)))
     if verdict["ok"]:
         return result
-    warn_user(f"the tuning record of {wl.describe()} from {tuned.folder} (another CPU of family {tuned.family}) "
-              f"gives wrong results on this CPU (relative error {verdict['relative_error']:.2e}"
+    warn_user(f"the tuning record of {wl.describe()} from {tuned.folder} (another device of family "
+              f"{tuned.family}) gives wrong results on this device (relative error {verdict['relative_error']:.2e}"
               f"{', ' + verdict['error'] if verdict.get('error') else ''}): not used",
               tuning_records.TuningLogWarning)
     return _compile(*_untuned(candidates, target), target, use_disk_cache)
@@ -221,7 +234,7 @@ def _own_folder(target: Target, folder: Path | None) -> Path:
 @dataclass(frozen=True)
 class TileRecord:
     """A generated algorithm's record of a layer shape (`tile_records`), the folder it was read from
-    and, when that folder is another CPU's of this CPU's ISA family, the family."""
+    and, when that folder is another device's of this device's family, the family."""
 
     record: dict
     folder: Path
@@ -235,10 +248,11 @@ class TileRecord:
 def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = None,
                      nonzeros: int | None = None) -> TileRecord | None:
     """The tile record of `wl`'s shape under its generated algorithm, measured nearest to
-    `nonzeros` where the shape has one per density (`tile_records.find`): in `folder` if given; else in
-    this device's `tuning_logs/` folder, else (CPUs) in the first folder of another CPU of its ISA
-    family that has one (`tuning_records.family_folders`, as for MetaSchedule records). Records
-    naming an unknown tile (warned) or a tile over the algorithm's compile-time budget are skipped."""
+    `nonzeros` where the shape has one per density (`tile_records.find`): in `folder` if given; else,
+    as for MetaSchedule records (`tuning_records.find_tuned_schedule`), on a CPU this CPU's folder,
+    else the first folder of another CPU of its ISA family that has one; on a GPU the fastest of
+    this GPU's and its architecture's (`_weighed_us`). Records naming an unknown tile (warned) or a
+    tile over the algorithm's compile-time budget are skipped."""
     from . import tile_records
 
     algorithm = algorithms.by_name(wl.algorithm)
@@ -248,6 +262,7 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
         family = target_isa_family(target)
         places = [(_own_folder(target, None), None)]
         places += [(f, family) for f, _ in tuning_records.family_folders(target)]
+    found = []
     for place, family in places:
         record = tile_records.find(place, wl.algorithm, wl, nonzeros)
         if record is None:
@@ -260,15 +275,20 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
             log.info("%s: the %s record's tile %s is over the compile-time budget; not used", wl.describe(),
                      wl.algorithm, record["tile"])
             continue
-        return TileRecord(record, place, family)
-    return None
+        found.append(TileRecord(record, place, family))
+        if family_time_factor(target_isa_family(target)) is None:
+            break  # CPUs: this CPU's own record, else the first of its family
+    if not found:
+        return None
+    # GPUs: the fastest of this GPU's and its architecture's, as `_weighed_us` weighs them (own first on a tie)
+    return min(found, key=lambda f: _weighed_us(tile_records.estimated_seconds(f.record, nonzeros or 1), f.family))
 
 
 def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | None = None,
                     use_disk_cache: bool = True) -> BuildResult:
     """Compile `wl` under a generated algorithm (`Algorithm.generated`: its code holds `kernel`'s
     values) with the tile of its record (`generated_record`), else its default tile; cached on disk
-    by the kernel's digest, the workload and the tile. A record of another CPU of the family is
+    by the kernel's digest, the workload and the tile. A record of another device of the family is
     checked against float64 on its first use (the default tile is used if that fails)."""
     from .algorithms.base import kernel_digest
 
@@ -291,8 +311,8 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
                         lambda: verification.check_generated(result.function, kernel, wl, device_for(target)))
     if verdict["ok"]:
         return result
-    warn_user(f"the {wl.algorithm} record of {wl.describe()} from {found.folder} (another CPU of family "
-              f"{found.family}) gives wrong results on this CPU (relative error {verdict['relative_error']:.2e}"
+    warn_user(f"the {wl.algorithm} record of {wl.describe()} from {found.folder} (another device of family "
+              f"{found.family}) gives wrong results on this device (relative error {verdict['relative_error']:.2e}"
               f"{', ' + verdict['error'] if verdict.get('error') else ''}): using the default tile",
               tuning_records.TuningLogWarning)
     name = algorithm.default_tile(wl)
@@ -321,9 +341,10 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     `candidates`: the layer under each scheduled algorithm (MetaSchedule records, `run_us`);
     `generated`: under each generated one (tile records, `generated_record`, their time scaled up
     to `kernel`'s nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen
-    only with a record, and only where no scheduled record measured on the same CPU (the same
-    folder) is as fast; a record of another CPU of the family is not weighed against this CPU's own
-    scheduled records (times of two machines), so there those win.
+    only with a record, and only where no scheduled record is as fast as `_weighed_us` weighs them
+    (a GPU record of the architecture counts `family_time_factor` slower). A record of another CPU
+    of the ISA family is not weighed against this CPU's own scheduled records (times of two
+    machines), so there those win; it competes only with scheduled records of its own folder.
     """
     from . import tile_records
 
@@ -331,16 +352,22 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     for wl in generated:
         found = generated_record(wl, target, folder, int(kernel.nnz))
         if found is not None:
-            estimates.append((tile_records.estimated_seconds(found.record, kernel.nnz) * 1e6, wl, found))
+            us = tile_records.estimated_seconds(found.record, kernel.nnz) * 1e6
+            estimates.append((*_weighed_us(us, found.family), wl, found))
     if not estimates:
         return None, None
     scheduled = _tuned_records(candidates, target, folder)
-    gen_us, gen_wl, found = min(estimates, key=lambda e: e[0])
-    same_cpu = [f[1] for f in scheduled if f[3].folder.name == found.folder.name]
-    if (same_cpu and min(same_cpu) <= gen_us) or (found.travelled and any(not f[0] for f in scheduled)):
+    never_weighed, gen_us, gen_wl, found = min(estimates, key=lambda e: e[:2])
+    if never_weighed:  # another CPU's record: only its own folder's scheduled records are comparable
+        if any(not f[0] for f in scheduled):
+            return None, scheduled
+        rivals = [f[1] for f in scheduled if f[3].folder.name == found.folder.name]
+    else:
+        rivals = [f[1] for f in scheduled if not f[0]]
+    if rivals and min(rivals) <= gen_us:
         return None, scheduled
-    log.info("%s: %s (record %.1f us, %s) over the scheduled algorithms (best record there %s us)", gen_wl.describe(),
-             gen_wl.algorithm, gen_us, found.folder.name, f"{min(same_cpu):.1f}" if same_cpu else "none")
+    log.info("%s: %s (record %.1f us as weighed, %s) over the scheduled algorithms (best record there %s us)",
+             gen_wl.describe(), gen_wl.algorithm, gen_us, found.folder.name, f"{min(rivals):.1f}" if rivals else "none")
     return gen_wl, scheduled
 
 

@@ -1,7 +1,8 @@
 """Compilation targets: the one place that turns "this machine" or a user's choice into a TVM Target.
 
-Also names the GPU a tuning log belongs to (`tuning_logs/<gpu_folder>/`), and defines the ISA
-families of CPUs whose tuning records travel between CPU models (`isa_family`).
+Also names the GPU a tuning log belongs to (`tuning_logs/<gpu_folder>/`), and defines the families
+of devices whose tuning records travel between models: CPUs of one ISA (`isa_family`), GPUs of one
+CUDA architecture (`cuda_family`), and how a travelled record's time is weighed (`family_time_factor`).
 """
 
 from __future__ import annotations
@@ -189,11 +190,39 @@ def isa_family(mcpu: str | None) -> str:
     return GENERIC_FAMILY
 
 
+def cuda_family(arch: str | None) -> str:
+    """The record family of a CUDA architecture: "sm_90" and "sm_90a" -> "cuda-sm_90" (the "a"
+    variant only adds instructions to sm_90: every sm_90 GPU runs both); none -> "generic"."""
+    if not arch:
+        return GENERIC_FAMILY
+    return f"cuda-{re.sub(r'a$', '', str(arch))}"
+
+
 def target_isa_family(target: Target) -> str:
-    """`isa_family` of an LLVM target's `-mcpu`; "generic" for other kinds (GPU records never travel)."""
-    if target.kind.name != "llvm" or "mcpu" not in target.attrs:
+    """The record family of a target: `isa_family` of an LLVM target's `-mcpu`, `cuda_family` of a
+    CUDA target's arch; "generic" (records used on their own device only) otherwise."""
+    kind = target.kind.name
+    if kind == "cuda":
+        return cuda_family(str(target.attrs["arch"]) if "arch" in target.attrs else None)
+    if kind != "llvm" or "mcpu" not in target.attrs:
         return GENERIC_FAMILY
     return isa_family(str(target.attrs["mcpu"]))
+
+
+#: How much slower than recorded a record of another GPU of the architecture is assumed to run here,
+#: when it is weighed against this GPU's own records: GPUs of one architecture share the SM design
+#: (the H100 SXM and the H200 are the same GH100 chip, 132 SMs at the same clocks; the H200's memory
+#: is 1.43x faster), so a same-arch record that is faster even 1.5x slower displaces an own one.
+GPU_FAMILY_TIME_FACTOR = 1.5
+
+
+def family_time_factor(family: str | None) -> float | None:
+    """The factor a travelled record's time is multiplied by before it is compared with this
+    device's own records; None where it never is (CPU models of one ISA family differ in cores,
+    caches and clocks: their records only fill in where this CPU has none of its own)."""
+    if family is not None and family.startswith("cuda-"):
+        return GPU_FAMILY_TIME_FACTOR
+    return None
 
 
 def cpu_vendor(mcpu: str) -> str:

@@ -11,10 +11,12 @@ record from being applied on another device or another TVM version. A record tun
 problem with a different ELL width (another kernel of the same layer and similar density) is
 replayed too: the schedules never split the nonzero loop by a sampled factor, so the trace fits.
 
-Records travel within a CPU ISA family (`targets.isa_family`): with no record in this CPU's own
-folder, the folders of other CPUs of its family (same TVM version; same vendor first, then by
-name) are searched, and a record found there is replayed onto this workload and compiled for this
-CPU. `build.py` checks such a schedule against float64 on its first use here.
+Records travel within a family of devices (`targets.target_isa_family`): CPUs of one ISA family,
+GPUs of one CUDA architecture. With no record in this device's own folder, the folders of other
+devices of its family (same TVM version; CPUs of the same vendor first, then by name) are searched,
+and a record found there is replayed onto this workload and compiled for this device. `build.py`
+checks such a schedule against float64 on its first use here, and weighs it against this device's
+own records as `targets.family_time_factor` says.
 
 Damaged logs (a merge conflict, a hand edit, a truncated write) never reach TVM's JSON reader,
 whose errors are raw and fail the whole folder: every line is parsed here first (as JSON, then by
@@ -50,7 +52,8 @@ from ._warnings import warn_user
 from .algorithms import CONV, EPILOGUE, prim_func
 from .schedules import RULES
 from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none
-from .targets import GENERIC_FAMILY, cpu_vendor, isa_family, target_folder_name, target_isa_family
+from .targets import (GENERIC_FAMILY, cpu_vendor, cuda_family, family_time_factor, isa_family, target_folder_name,
+                      target_isa_family)
 from .workload import ConvWorkload
 
 META_FILE = "meta.json"
@@ -93,11 +96,11 @@ class TunedSchedule:
     rule: str
     tuned_workload: ConvWorkload
     run_us: float | None
-    family: str | None = None  # the ISA family when the record is another CPU's (not yet checked here)
+    family: str | None = None  # the family when the record is another device's (not yet checked here)
 
     @property
     def travelled(self) -> bool:
-        """True when the record was tuned on another CPU model of this CPU's ISA family."""
+        """True when the record was tuned on another device of this device's family."""
         return self.family is not None
 
 
@@ -367,16 +370,19 @@ def meta_header(target: Target, device_name: str = "") -> dict:
 
 def ensure_meta(folder: Path, target: Target, device_name: str = "") -> None:
     """Give `folder` a `meta.json` (no MetaSchedule entries) when it has none: a folder holding only
-    generated algorithms' tile records is then found by other CPUs of its family (`family_folders`)."""
+    generated algorithms' tile records is then found by other devices of its family (`family_folders`)."""
     if not (folder / META_FILE).is_file():
         folder.mkdir(parents=True, exist_ok=True)
         (folder / META_FILE).write_text(json.dumps({**meta_header(target, device_name), "entries": []}, indent=1) + "\n")
 
 
 def meta_family(meta: dict) -> str:
-    """The ISA family of a folder's CPU: from its target's `mcpu` where this LLVM knows the CPU,
-    else the `isa_family` recorded by `tune.py` (meta.json written before it has none)."""
+    """The family of a folder's device: a GPU's from its target's arch; a CPU's from its target's
+    `mcpu` where this LLVM knows the CPU, else the `isa_family` recorded by `tune.py` (meta.json
+    written before it has none)."""
     rec_target = meta.get("target", {}) if isinstance(meta.get("target"), dict) else {}
+    if rec_target.get("kind") == "cuda":
+        return cuda_family(str(rec_target.get("arch") or "") or None)
     if rec_target.get("kind") != "llvm":
         return GENERIC_FAMILY
     family = isa_family(str(rec_target.get("mcpu", "")))
@@ -388,7 +394,7 @@ def meta_family(meta: dict) -> str:
 def meta_matches(meta: dict, target: Target, same_family: bool = False) -> str | None:
     """None when the folder's records may be used for `target`; else why not.
 
-    `same_family`: another CPU model of `target`'s ISA family is accepted (its `mcpu` may differ).
+    `same_family`: another device of `target`'s family is accepted (a CPU's `mcpu` may differ).
     """
     if meta.get("tvm_version") != tvm.__version__:
         return f"tuned with TVM {meta.get('tvm_version')}, this is TVM {tvm.__version__}"
@@ -398,7 +404,7 @@ def meta_matches(meta: dict, target: Target, same_family: bool = False) -> str |
     if same_family:
         family = target_isa_family(target)
         if family == GENERIC_FAMILY or meta_family(meta) != family:
-            return f"tuned for a CPU of family {meta_family(meta)!r}, this target's is {family!r}"
+            return f"tuned for a device of family {meta_family(meta)!r}, this target's is {family!r}"
         return None
     for attr in ("arch", "mcpu"):
         want = str(target.attrs.get(attr, "")) if attr in target.attrs else ""
@@ -454,7 +460,7 @@ def _pick_entry(entries: list[tuple[dict, ConvWorkload]], wl: ConvWorkload) -> t
 
 def _folder_meta(folder: Path, target: Target, same_family: bool = False) -> dict | None:
     """The folder's `meta.json` when its records may be used for `target` (`same_family`: also when
-    tuned on another CPU of its ISA family); else None, with a warning (once per folder and reason)
+    tuned on another device of its family); else None, with a warning (once per folder and reason)
     when the folder has records that cannot be used."""
     if not folder.is_dir():
         return None
@@ -475,52 +481,62 @@ def _folder_meta(folder: Path, target: Target, same_family: bool = False) -> dic
     return meta
 
 
-def family_folders(target: Target, root: Path | None = None) -> list[tuple[Path, dict]]:
-    """(folder, meta) of the other CPUs of `target`'s ISA family under `root` whose records may be
-    used here (same TVM version), in the order they are searched: same vendor first, then by name."""
+def family_folders(target: Target, root: Path | None = None, own: str | None = None) -> list[tuple[Path, dict]]:
+    """(folder, meta) of the other devices of `target`'s family under `root` whose records may be
+    used here (same TVM version), in the order they are searched: CPUs of the same vendor first,
+    then by name. `own`: this device's folder name (default `targets.target_folder_name`, which
+    asks the GPU for a CUDA target)."""
     family = target_isa_family(target)
     root = root or logs_root()
     if family == GENERIC_FAMILY or not root.is_dir():
         return []
-    own = target_folder_name(target)
-    vendor = cpu_vendor(str(target.attrs.get("mcpu", "")))
+    own = own or target_folder_name(target)
+    vendor = cpu_vendor(str(target.attrs.get("mcpu", ""))) if target.kind.name == "llvm" else ""
     found = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != own):
         try:
             meta = read_meta(folder)
         except (TuningLogError, OSError):
-            continue  # another CPU's damaged folder: its own users are warned
+            continue  # another device's damaged folder: its own users are warned
         if meta is None or meta_matches(meta, target, same_family=True) is not None:
             continue
         mcpu = str(meta.get("target", {}).get("mcpu", ""))
-        found.append((cpu_vendor(mcpu) != vendor, folder.name, folder, meta))
+        found.append((bool(vendor) and cpu_vendor(mcpu) != vendor, folder.name, folder, meta))
     return [(folder, meta) for *_, folder, meta in sorted(found, key=lambda f: f[:2])]
 
 
 def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = None) -> TunedSchedule | None:
     """A schedule of `wl` replayed from the best matching record for `target`, or None.
 
-    Without `folder`: this device's folder, else (CPUs) the first folder of another CPU of its ISA
-    family with a record of `wl` (`family_folders`). A record of another CPU (also from a `folder`
-    given) is marked `travelled`. Damaged or misplaced records are skipped with a
-    `TuningLogWarning`, never raised.
+    Without `folder`: on a CPU, this CPU's folder, else the first folder of another CPU of its ISA
+    family with a record of `wl` (`family_folders`); on a GPU, the fastest of this GPU's record and
+    those of the other GPUs of its architecture, theirs weighed `family_time_factor` slower. A
+    record of another device (also from a `folder` given) is marked `travelled`. Damaged or
+    misplaced records are skipped with a `TuningLogWarning`, never raised.
     """
+    family = target_isa_family(target)
     if folder is not None:
         meta = _folder_meta(folder, target, same_family=True)
         tuned = _replayed(wl, target, folder, meta) if meta is not None else None
         if tuned is not None and meta_matches(meta, target) is not None:
-            tuned = replace(tuned, family=target_isa_family(target))
+            tuned = replace(tuned, family=family)
         return tuned
     own = logs_root() / target_folder_name(target)
     meta = _folder_meta(own, target)
     tuned = _replayed(wl, target, own, meta) if meta is not None else None
-    if tuned is not None:
+    factor = family_time_factor(family)
+    if tuned is not None and factor is None:
         return tuned
+    found = [tuned] if tuned is not None else []
     for other, other_meta in family_folders(target):
-        tuned = _replayed(wl, target, other, other_meta)
-        if tuned is not None:
-            return replace(tuned, family=target_isa_family(target))
-    return None
+        travelled = _replayed(wl, target, other, other_meta)
+        if travelled is not None:
+            if factor is None:
+                return replace(travelled, family=family)
+            found.append(replace(travelled, family=family))
+    # GPUs: own first on a tie (min keeps the first); a record without a time ranks last
+    weighed = lambda t: (t.run_us if t.run_us is not None else float("inf")) * (factor if t.travelled else 1.0)  # noqa: E731
+    return min(found, key=weighed) if found else None
 
 
 def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:

@@ -1,9 +1,10 @@
 """First-use check of a compiled op against float64, for schedules whose record was tuned elsewhere.
 
-A record of another CPU model of the same ISA family (`tuning_records.family_folders`) was checked
-on that CPU when it was tuned, not here: the trace is replayed onto this workload and compiled for
-this CPU, so it is run once on random data (a random kernel of the workload's shape and ELL
-width, a NaN-poisoned output) and compared with a float64 reference before it is trusted.
+A record of another device of the same family (`tuning_records.family_folders`: a CPU of the ISA
+family, a GPU of the CUDA architecture) was checked on that device when it was tuned, not here: the
+trace (or tile) is replayed onto this workload and compiled for this device, so it is run once on
+random data (a random kernel of the workload's shape and ELL width, a NaN-poisoned output) and
+compared with a float64 reference before it is trusted.
 Every output element must be written; values are compared on up to `CHECKED_ROWS` output rows
 (the first and last two, where padding and loop tails are, and random ones between; all rows of
 smaller outputs): numpy's float64 reference of the whole headline layer takes 10 s on one core
@@ -22,20 +23,39 @@ from .algorithms.base import TOLERANCES
 from .kernel import SparseKernel
 from .workload import ConvWorkload
 
-TOLERANCE = TOLERANCES["fp32"]  # relative error: the CPU algorithms' (all fp32), as tuning checks them
+TOLERANCE = TOLERANCES["fp32"]  # relative error of the fp32 algorithms (each algorithm has its `tolerance`)
 CHECKED_ROWS = 16
 
 
 def random_kernel(wl: ConvWorkload, rng: np.random.Generator) -> SparseKernel:
-    """A random kernel of `wl`'s shape whose ELL width is `wl.ell_width`: one output channel has
-    the most nonzeros the width allows, the others random counts (some may be empty)."""
+    """A random kernel of `wl`'s shape whose format under `wl`'s algorithm is `wl`'s (its ELL width,
+    or the widest (channel, chunk) or (group, chunk) union of the chunked algorithms).
+
+    One output channel has as many nonzeros as the width allows, the others random counts (some
+    may be empty). The first draw spreads them over all taps; where that misses the format (a
+    chunked algorithm's width is per chunk of input channels), the full channel's nonzeros are
+    packed into the first chunk and the others thinned, down to none."""
+    for packed, share in ((False, 1.0), (True, 1.0), (True, 0.125), (True, 0.0)):
+        kernel = _drawn_kernel(wl, rng, packed, share)
+        if algorithms.workload_for(kernel, wl, wl.algorithm) == wl:
+            return kernel
+    raise RuntimeError(f"no random kernel of {wl.describe()} has its format "
+                       f"(last drawn: {algorithms.workload_for(kernel, wl, wl.algorithm).describe()})")
+
+
+def _drawn_kernel(wl: ConvWorkload, rng: np.random.Generator, packed: bool, share: float) -> SparseKernel:
+    """One output channel with min(width, taps) nonzeros (`packed`: on its first taps, i.e. the
+    first input channels), the others with random counts up to `share` of that."""
     kh, kw, cin, cout = wl.kernel_shape
     per_channel = kh * kw * cin
     most = min(wl.ell_width, per_channel)
-    counts = rng.integers(0, most + 1, cout)
-    counts[rng.integers(cout)] = most
+    counts = rng.integers(0, int(most * share) + 1, cout)
+    full = rng.integers(cout)
+    counts[full] = most
     # Rank of each position in a random order per channel: the `count` lowest ranks are nonzero.
     ranks = np.argsort(rng.random((cout, per_channel)), axis=1).argsort(axis=1)
+    if packed:
+        ranks[full] = np.arange(per_channel)  # taps are ordered (ci, kh, kw): the first ones
     keep = ranks < counts[:, None]
     values = rng.standard_normal((cout, per_channel)).astype(np.float32)
     values[values == 0] = 1.0  # a drawn exact zero would drop a nonzero
