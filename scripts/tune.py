@@ -14,6 +14,15 @@ a float64 reference and the first correct one is kept. Workloads already in the 
 skipped (use --force to tune them again: the new record replaces the old only if it ran faster); an
 interrupted workload restarts warm from its work dir.
 
+The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-reuse` on a CPU:
+the kernel's values compiled into the code) have no MetaSchedule design space; their tiles are
+measured instead (`tvm_sparseconv/tile_tuning.py`): every tile that fits the layer's compile-time
+budget is built, checked against float64 and timed beside the layer's scheduled choice; the fastest
+becomes the layer shape's tile record (tuning_logs/<device>/<algorithm>.json), unless the scheduled
+choice was faster in the same run:
+  python scripts/tune.py --workloads resnet50_network_s90_b32 --algorithm register-reuse
+  python scripts/tune.py --workloads resnet50_3x3_b1 --algorithm cpu-register-reuse --tiles l16b1h,l16b4h
+
 With --rpc, candidates are built here and measured on the RPC servers registered with the tracker
 under --key (one server per GPU, see scripts/rpc_cluster.py); --workers workloads are tuned at once
 (default: one per server), and the tuning-log folder is named after the servers' device.
@@ -62,11 +71,17 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="database folder (default tuning_logs/<device>)")
     ap.add_argument("--work-dir", type=Path, default=None,
                     help="per-workload MetaSchedule work dirs (default ~/.cache/tvm_sparseconv/tuning)")
-    ap.add_argument("--algorithm", default=algorithms.DEFAULT,
-                    choices=[n for n, a in algorithms.ALGORITHMS.items() if not a.generated],
+    ap.add_argument("--algorithm", default=algorithms.DEFAULT, choices=list(algorithms.ALGORITHMS),
                     help=f"which computation to tune (default {algorithms.DEFAULT}); compile() takes, per layer, "
-                         "the algorithm whose record is fastest (register-reuse is generated per kernel: its "
-                         "tiles come from benchmarks/experiments/register_reuse.py --record)")
+                         "the algorithm whose record is fastest. The generated ones ("
+                         + ", ".join(n for n, a in algorithms.ALGORITHMS.items() if a.generated)
+                         + ": the kernel's values in the code) are tuned by measuring their tiles (--tiles), "
+                           "not by MetaSchedule")
+    ap.add_argument("--tiles", default=None,
+                    help="generated algorithms: the tiles to measure, comma-separated (default: every tile that "
+                         "fits the layer's compile-time budget)")
+    ap.add_argument("--build-workers", type=int, default=None,
+                    help="generated algorithms: tiles built at once (default: the CPU count, at most 16)")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
     ap.add_argument("--force", action="store_true",
                     help="tune workloads that already have a record (the new record replaces it only if faster)")
@@ -129,6 +144,10 @@ def main(argv=None) -> int:
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
+    if algorithms.by_name(args.algorithm).generated:
+        if tracker is not None:
+            raise SystemExit(f"{args.algorithm}'s tiles are measured on this machine's device: no --rpc")
+        return _search_tiles(problems, target, out, args)
     if not algorithms.by_name(args.algorithm).applies(problems[0].workload(), target.kind.name):
         raise SystemExit(f"algorithm {args.algorithm} does not run on {target.kind.name}")
     try:
@@ -177,6 +196,52 @@ def main(argv=None) -> int:
         print(_line(row, table=width))
     print(f"records in {out}; total {(time.time() - t0) / 60:.1f} min")
     write_summary(rows, finished=True)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def _search_tiles(problems: list[Problem], target, out: Path, args) -> int:
+    """`--algorithm <generated>`: per layer, `tile_tuning.search` (every tile built, checked against
+    float64, timed beside the layer's scheduled choice; the fastest recorded in `out`)."""
+    from tvm_sparseconv import tile_records, tile_tuning
+
+    kind, name = target.kind.name, args.algorithm
+    tiles = args.tiles.split(",") if args.tiles else None
+    workers = args.build_workers or min(16, os.cpu_count() or 1)
+    todo, skipped = [], []
+    for p in problems:
+        try:
+            kernel, wl = tile_tuning.generated_workload(p, name, kind)
+        except ValueError as e:
+            skipped.append(f"{p.name}: {e}")
+            continue
+        old = tile_records.find(out, name, wl, int(kernel.nnz))
+        if args.force or old is None or not tile_records.same_density(old, int(kernel.nnz)):
+            todo.append(p)
+    for line in skipped:
+        print(f"skipped {line}")
+    print(f"searching {name}'s tiles for {len(todo)} of {len(problems)} workloads "
+          f"({len(problems) - len(todo) - len(skipped)} already recorded in {out}) on {_device_name(target)}")
+    rows, t0 = [], time.time()
+    for p in tqdm(todo, unit="layer", desc="tiles") if tqdm else todo:
+        say = (lambda msg, p=p: tqdm.write(f"{p.name}: {msg}")) if tqdm else (lambda msg, p=p: print(f"{p.name}: {msg}"))
+        try:
+            res = tile_tuning.search(p, name, target, out, tiles, workers=workers, on_progress=say)
+            row = res.as_dict()
+            best = res.best
+            say(f"best {best} {res.tiles[best]['seconds'] * 1e6:.1f} us" if best else "no tile computed correctly")
+            say(f"scheduled {res.scheduled['schedule']} {res.scheduled['seconds'] * 1e6:.1f} us; "
+                + (f"recorded {res.recorded}" if res.recorded else f"not recorded: {res.why_not}")
+                + f" ({res.seconds:.0f} s)")
+        except Exception as e:  # noqa: BLE001 - one layer's failure is reported, the others go on
+            row = {"problem": p.name, "algorithm": name, "error": f"{type(e).__name__}: {e}"}
+            say(f"FAILED: {row['error'][:200]}")
+        rows.append(row)
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps({"device": _device_name(target), "target": str(target),
+                                                     "algorithm": name, "wall_s": time.time() - t0,
+                                                     "workloads": rows}, indent=1) + "\n")
+    print(f"tile records in {tile_records.path_for(out, name)}; total {(time.time() - t0) / 60:.1f} min")
     return 1 if any("error" in r for r in rows) else 0
 
 

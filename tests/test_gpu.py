@@ -487,3 +487,39 @@ def test_a_record_of_another_gpu_of_the_architecture_is_used_and_verified(proble
     op.run(tvm.runtime.tensor(x, dev), out)
     ref = reference.conv2d_f64(x, kernel.to_dense(), p.workload(kernel))
     assert reference.relative_error(out.numpy(), ref) < TOL
+
+
+def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_path, monkeypatch, cache_dir):
+    """`scripts/tune.py --algorithm register-reuse` on this GPU: two tiles built, checked against
+    float64, timed beside the layer's scheduled choice; a recorded winner is what compile() builds."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from tvm_sparseconv import tile_records
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import tune
+
+    root = tmp_path / "logs"
+    folder = root / targets.target_folder_name(targets.cuda_target())
+    summary = tmp_path / "summary.json"
+    tiles = ["g32p32x2s4G", "g16p32x2G"]
+    assert tune.main(["--algorithm", "register-reuse", "--workloads", "resnet50_conv2_1x1_reduce_first_b1",
+                      "--tiles", ",".join(tiles), "--out", str(folder), "--summary-json", str(summary)]) == 0
+    row = json.loads(summary.read_text())["workloads"][0]
+    assert set(row["tiles"]) == set(tiles) and all(t["relative_error"] <= TOL for t in row["tiles"].values()), row
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    p = workload_set("resnet50_conv2_1x1_reduce_first_b1")[0]
+    kernel = p.sparse_kernel()
+    op = tsc.compile(kernel, p.input_shape, strides=p.strides, padding=p.padding, target="cuda")
+    if row["recorded"]:
+        assert op.schedule_source == f"tuned:register-reuse {row['recorded']}@{folder.name}"
+        assert tile_records.find(folder, "register-reuse", op.workload, kernel.nnz)["tile"] == row["recorded"]
+    else:
+        assert "slower than" in row["why_not"] and op.algorithm != "register-reuse"
+    x = np.random.default_rng(4).standard_normal(p.input_shape).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+    op.run(tvm.runtime.tensor(x, dev), out)
+    assert reference.relative_error(out.numpy(), reference.conv2d_f64(x, kernel.to_dense(), p.workload(kernel))) < TOL

@@ -79,6 +79,16 @@ def find(folder: Path, algorithm: str, wl: ConvWorkload, nonzeros: int | None = 
     return min(found, key=lambda r: density_distance(r, nonzeros)) if found else None
 
 
+def keeps(old: dict | None, new: dict, measured) -> bool:
+    """Whether `old`, a folder's record of `new`'s shape, stays over `new`: of the same density, its
+    tile not among the run's `measured` tiles, faster, and measured with the same code (the same
+    `emitter_version`: a record of older code says nothing about its tile now, e.g. conv5 1x1
+    reduce_first b32 70.4 us before the FMAs went in as PTX text and 104.8 after)."""
+    return (old is not None and same_density(old, new.get("nonzeros")) and old["tile"] not in measured
+            and old["seconds"] < new["seconds"] and old.get("emitter_version") is not None
+            and old.get("emitter_version") == new.get("emitter_version"))
+
+
 def estimated_seconds(record: dict, nonzeros: int) -> float:
     """The record's time for a kernel of `nonzeros` nonzeros: scaled up by their ratio to the
     record's own where the kernel has more (the code is one FMA per nonzero), never down: the

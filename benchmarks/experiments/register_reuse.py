@@ -92,10 +92,8 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
     """The best tile per layer of `run` as register-reuse records of its device in `folder`
     (replacing the records of the same shapes, keeping the others). A record whose tile the run
     did not measure and that is faster than the run's best is kept (runs of a few tiles) if it was
-    measured with the same code (`emitter_version`: a record of older code says nothing about
-    its tile now, e.g. conv5 1x1 reduce_first b32 70.4 us before the FMAs went in as PTX text and
-    104.8 after); a best tile slower than the library's scheduled choice in the same run is not
-    recorded."""
+    measured with the same code (`tile_records.keeps`); a best tile slower than the library's
+    scheduled choice in the same run is not recorded."""
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.algorithms import by_name
     from tvm_sparseconv.workloads import workload_set
@@ -117,16 +115,15 @@ def write_records(run: dict, folder: Path, source: str) -> Path:
             print(f"{r['layer']}: not recorded: {name} ({best['seconds'] * 1e6:.1f} us) is slower than "
                   f"{lib['algorithm']} ({lib['seconds'] * 1e6:.1f} us) in the same run")
             continue
+        new = {"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
+               "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
+               "cudnn_tf32_seconds": r["cudnn_tf32"], "emitter_version": run.get("emitter_version")}
         old = tile_records.find(folder, "register-reuse", wl, r["nnz"])
-        if (old is not None and tile_records.same_density(old, r["nnz"]) and old["tile"] not in r["tiles"]
-                and old["seconds"] < best["seconds"] and old.get("emitter_version") == run.get("emitter_version")
-                and old.get("emitter_version") is not None):
+        if tile_records.keeps(old, new, measured=r["tiles"]):
             print(f"{r['layer']}: kept {old['tile']} ({old['seconds'] * 1e6:.1f} us, not measured in this run) "
                   f"over {name} ({best['seconds'] * 1e6:.1f} us)")
             continue
-        records.append({"layer": r["layer"], "shape": tile_records.shape_key(wl), "tile": name,
-                        "seconds": best["seconds"], "nonzeros": r["nnz"], "library_seconds": r["library"]["seconds"],
-                        "cudnn_tf32_seconds": r["cudnn_tf32"], "emitter_version": run.get("emitter_version")})
+        records.append(new)
     return tile_records.merge(folder, "register-reuse", run["device"], str(source), records)
 
 

@@ -1,0 +1,195 @@
+"""Tile search for the generated algorithms (register-reuse on CUDA, cpu-register-reuse on CPUs):
+what `scripts/tune.py --algorithm <generated>` runs.
+
+A generated algorithm compiles the kernel's values into its code, so there is no TE PrimFunc for
+MetaSchedule to schedule: its design space is its emitter's tiles (`schedules/cuda_register_reuse`
+and `schedules/cpu_register_reuse`: `TILES`), a few dozen points, small enough to measure them all.
+The search builds every tile that fits the layer's compile-time budget (in parallel processes, into
+the module cache, where `compile()` later finds the winner), checks each against float64 on a
+NaN-poisoned output, times the correct ones, and also the layer under its best scheduled algorithm
+(`build.choose_schedule`: MetaSchedule records of the same folder, else the untuned template) in
+the same run. The
+fastest tile becomes the layer shape's record (`tile_records`) unless that scheduled choice was
+faster: `compile()` weighs a tile record against the scheduled algorithms' records of another run,
+so a tile that lost in this run would be chosen where it loses.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import tvm
+from tvm.target import Target
+
+from . import algorithms, baselines, build, tile_records, verification
+from .workload import ConvWorkload
+from .workloads import Problem
+
+
+@dataclass
+class TileSearch:
+    """One layer's search: per tile its compile seconds, relative error and seconds (or its error);
+    the layer's scheduled choice timed beside them; the tile recorded (None: none was)."""
+
+    problem: str
+    algorithm: str
+    nonzeros: int
+    tiles: dict[str, dict] = field(default_factory=dict)
+    scheduled: dict = field(default_factory=dict)
+    recorded: str | None = None
+    why_not: str = ""
+    seconds: float = 0.0  # the search's wall time
+
+    @property
+    def best(self) -> str | None:
+        """The fastest tile within the algorithm's tolerance of float64."""
+        tolerance = algorithms.by_name(self.algorithm).tolerance
+        ok = {n: t for n, t in self.tiles.items() if t.get("relative_error", np.inf) <= tolerance and "seconds" in t}
+        return min(ok, key=lambda n: ok[n]["seconds"]) if ok else None
+
+    def as_dict(self) -> dict:
+        return {"problem": self.problem, "algorithm": self.algorithm, "nonzeros": self.nonzeros, "tiles": self.tiles,
+                "scheduled": self.scheduled, "best": self.best, "recorded": self.recorded, "why_not": self.why_not,
+                "search_s": self.seconds}
+
+
+def generated_workload(problem: Problem, algorithm: str, target_kind: str):
+    """(kernel, the layer's workload under `algorithm`); ValueError where the algorithm cannot
+    compute it (another target, or over its code-size budget)."""
+    alg = algorithms.by_name(algorithm)
+    if not alg.generated:
+        raise ValueError(f"{algorithm} is not a generated algorithm: tune it with MetaSchedule")
+    kernel = problem.sparse_kernel()
+    wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
+    if not alg.applies(wl, target_kind):
+        raise ValueError(f"{algorithm} does not compute {problem.name} on {target_kind} "
+                         f"({kernel.nnz} nonzeros; its code-size budget or target)")
+    return kernel, wl
+
+
+def candidate_tiles(algorithm: str, wl: ConvWorkload, tiles: Sequence[str] | None = None) -> list[str]:
+    """`tiles` (default: all of the algorithm's) that keep `wl`'s code within the compile budget."""
+    alg = algorithms.by_name(algorithm)
+    known = alg.tiles()
+    unknown = [t for t in tiles or () if t not in known]
+    if unknown:
+        raise ValueError(f"unknown {algorithm} tiles {unknown}; known: {', '.join(known)}")
+    return [t for t in (tiles or known) if alg.fits(wl, known[t])]
+
+
+def _build_one(job: tuple) -> dict:
+    """Worker: build one tile of the problem into the module cache (as `compile()` would)."""
+    problem, algorithm, tile, target_text = job
+    target = Target(target_text)
+    kernel, wl = generated_workload(problem, algorithm, target.kind.name)
+    t0 = time.perf_counter()
+    try:
+        build._build_tile(kernel, wl, target, tile, f"tuning:{algorithm} {tile}", use_disk_cache=True)
+    except Exception as e:  # noqa: BLE001 - a tile that does not build is a result of the search
+        return {"tile": tile, "error": f"{type(e).__name__}: {str(e)[-300:]}"}
+    return {"tile": tile, "compile_s": time.perf_counter() - t0}
+
+
+def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles: Sequence[str] | None = None,
+           workers: int = 1, repeats: int = 30, record: bool = True,
+           on_progress: Callable[[str], None] | None = None) -> TileSearch:
+    """Search `algorithm`'s tiles for `problem` on `target` (this machine's device) and, with
+    `record`, write the winner into `folder`'s tile records (see the module docstring)."""
+    t_start = time.perf_counter()
+    say = on_progress or (lambda msg: None)
+    kind = target.kind.name
+    kernel, wl = generated_workload(problem, algorithm, kind)
+    names = candidate_tiles(algorithm, wl, tiles)
+    if not names:
+        raise ValueError(f"no {algorithm} tile fits {problem.name}'s compile-time budget")
+    result = TileSearch(problem.name, algorithm, int(kernel.nnz))
+    jobs = [(problem, algorithm, t, str(target)) for t in names]
+    say(f"building {len(jobs)} tiles ({workers} at a time)")
+    if workers > 1:
+        # register-reuse compiles long code in pieces in its own child processes: share the CPUs
+        os.environ.setdefault("TVM_SPARSECONV_COMPILE_WORKERS", str(max(1, (os.cpu_count() or 1) // workers)))
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            built = list(pool.map(_build_one, jobs))
+    else:
+        built = [_build_one(j) for j in jobs]
+    dev = build.device_for(target)
+    runs = {}
+    for b in built:
+        result.tiles[b["tile"]] = {k: v for k, v in b.items() if k != "tile"}
+        if "error" in b:
+            continue
+        res = build._build_tile(kernel, wl, target, b["tile"], "", use_disk_cache=True)  # from the cache
+        err = verification.check_generated(res.function, kernel, wl, dev)
+        result.tiles[b["tile"]]["relative_error"] = err
+        if err <= algorithms.by_name(algorithm).tolerance:
+            runs[b["tile"]] = _runner(res.function, wl, dev, with_bias=wl.has_bias)
+    say(f"timing {len(runs)} correct tiles and the scheduled choice")
+    with warnings.catch_warnings():  # the schedule source says "untuned" where it is
+        warnings.simplefilter("ignore", build.UntunedWarning)
+        chosen = build.build(algorithms.workloads_for(kernel, problem.workload(kernel), kind), target, folder=folder)
+    result.scheduled = {"algorithm": chosen.workload.algorithm, "schedule": chosen.schedule_source}
+    weights = algorithms.pack_weights(chosen.workload, kernel)
+    runs["<scheduled>"] = _runner(chosen.function, chosen.workload, dev, weights, with_bias=wl.has_bias)
+    times = _median_seconds(list(runs.values()), kind == "cuda", repeats)
+    for name, secs in zip(runs, times):
+        if name == "<scheduled>":
+            result.scheduled["seconds"] = secs
+        else:
+            result.tiles[name]["seconds"] = secs
+    result.seconds = time.perf_counter() - t_start
+    best = result.best
+    if best is None:
+        result.why_not = "no tile built and computed correctly"
+    elif result.scheduled["seconds"] < result.tiles[best]["seconds"]:
+        result.why_not = (f"the best tile {best} ({result.tiles[best]['seconds'] * 1e6:.1f} us) is slower than "
+                          f"{result.scheduled['schedule']} ({result.scheduled['seconds'] * 1e6:.1f} us) in this run")
+    elif record:
+        new = {"layer": problem.name, "shape": tile_records.shape_key(wl), "tile": best,
+               "seconds": result.tiles[best]["seconds"], "nonzeros": int(kernel.nnz),
+               "library_seconds": result.scheduled["seconds"],
+               "emitter_version": algorithms.by_name(algorithm).emitter_version,
+               "tuned_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        old = tile_records.find(folder, algorithm, wl, int(kernel.nnz))
+        if tile_records.keeps(old, new, measured=result.tiles):
+            result.why_not = (f"kept the record {old['tile']} ({old['seconds'] * 1e6:.1f} us, same code, "
+                              "not measured here)")
+        else:
+            from .tuning_records import ensure_meta
+
+            ensure_meta(folder, target, _device_name(target))  # other devices of its family then find it
+            tile_records.merge(folder, algorithm, _device_name(target), "scripts/tune.py", [new])
+            result.recorded = best
+    return result
+
+
+def _device_name(target: Target) -> str:
+    if target.kind.name == "cuda":
+        return tvm.cuda(0).device_name
+    return f"CPU {target.attrs.get('mcpu', '')}"
+
+
+def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False):
+    """fn(i): one call on the i-th of a rotation of random inputs (larger than the L2 cache)."""
+    rng = np.random.default_rng(1)
+    n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
+    xs = [tvm.runtime.tensor(rng.standard_normal(wl.input_shape).astype(np.float32), dev) for _ in range(n_rot)]
+    rest = [tvm.runtime.tensor(np.asarray(w), dev) for w in weights]
+    if with_bias:
+        rest.append(tvm.runtime.tensor(rng.standard_normal(wl.out_channels).astype(np.float32), dev))
+    out = tvm.runtime.empty(wl.output_shape, "float32", dev)
+    return lambda i: function(xs[i % n_rot], *rest, out)
+
+
+def _median_seconds(fns: list, on_gpu: bool, repeats: int) -> list[float]:
+    """Device time per call on a GPU (CUDA events), each in turn; wall time on a CPU, in turns."""
+    if on_gpu:
+        return [baselines.cuda_event_median(fn, repeats) for fn in fns]
+    return baselines.interleaved_median_wall(fns, repeats)
