@@ -223,7 +223,8 @@ def _search_tiles(problems: list[Problem], target, out: Path, args) -> int:
           f"({len(problems) - len(todo) - len(skipped)} already recorded in {out}) on {_device_name(target)}")
     rows, t0 = [], time.time()
     for p in tqdm(todo, unit="layer", desc="tiles") if tqdm else todo:
-        say = (lambda msg, p=p: tqdm.write(f"{p.name}: {msg}")) if tqdm else (lambda msg, p=p: print(f"{p.name}: {msg}"))
+        write = tqdm.write if tqdm else print
+        say = lambda msg, p=p: write(f"{p.name}: {msg}")  # noqa: E731
         try:
             res = tile_tuning.search(p, name, target, out, tiles, workers=workers, on_progress=say)
             row = res.as_dict()

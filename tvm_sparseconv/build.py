@@ -108,7 +108,8 @@ def choose_schedule(candidates: Sequence[ConvWorkload], target: Target, folder: 
     """(workload, schedule, source, tuned): the fastest record among `candidates` (the layer under
     each algorithm) as `_weighed_us` ranks them: this device's own and (GPUs) its architecture's,
     else the first found for another CPU of its ISA family (`tuned.travelled`), else the template of
-    `algorithms.untuned_default` (or the first candidate's) with `tuned` None. `source` is what `BuildResult.schedule_source` reports.
+    `algorithms.untuned_default` (or the first candidate's) with `tuned` None. `source` is what
+    `BuildResult.schedule_source` reports.
     `found`: `_tuned_records(candidates, target, folder)` when the caller has read them already."""
     found = _tuned_records(candidates, target, folder) if found is None else found
     if found:
@@ -175,8 +176,8 @@ def _check(wl: ConvWorkload, target: Target, tuned, measure) -> dict:
     except Exception as e:  # noqa: BLE001 - a module that fails to run fails the check
         err, problem = float("inf"), f"{type(e).__name__}: {e}"
     # the algorithm's own precision: a TF32 record is as right as cuDNN TF32 within its tolerance
-    verdict = {"ok": err <= algorithms.by_name(wl.algorithm).tolerance, "relative_error": err, "record": tuned.folder.name,
-               "family": tuned.family, "target": str(target), "seconds": round(time.perf_counter() - t0, 3),
+    verdict = {"ok": err <= algorithms.by_name(wl.algorithm).tolerance, "relative_error": err,
+               "record": tuned.folder.name, "family": tuned.family, "target": str(target), "seconds": round(time.perf_counter() - t0, 3),
                "checked_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     if problem:
         verdict["error"] = problem

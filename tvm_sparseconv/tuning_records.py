@@ -535,7 +535,9 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
                 return replace(travelled, family=family)
             found.append(replace(travelled, family=family))
     # GPUs: own first on a tie (min keeps the first); a record without a time ranks last
-    weighed = lambda t: (t.run_us if t.run_us is not None else float("inf")) * (factor if t.travelled else 1.0)  # noqa: E731
+    def weighed(t: TunedSchedule) -> float:
+        return (t.run_us if t.run_us is not None else float("inf")) * (factor if t.travelled else 1.0)
+
     return min(found, key=weighed) if found else None
 
 
