@@ -16,8 +16,8 @@ interrupted workload restarts warm from its work dir.
 
 The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-reuse` on a CPU:
 the kernel's values compiled into the code) have no MetaSchedule design space; their tiles are
-measured instead (`tvm_sparseconv/tile_tuning.py`): every tile that fits the layer's compile-time
-budget is built, checked against float64 and timed beside the layer's scheduled choice; the fastest
+measured instead (`tvm_sparseconv/tile_tuning.py`): the tiles that won some layer in the committed
+records (or --tiles) that fit the layer's compile-time budget are built, checked against float64 and timed beside the layer's scheduled choice; the fastest
 becomes the layer shape's tile record (tuning_logs/<device>/<algorithm>.json), unless the scheduled
 choice was faster in the same run:
   python scripts/tune.py --workloads resnet50_network_s90_b32 --algorithm register-reuse
@@ -78,8 +78,9 @@ def parse_args(argv=None):
                          + ": the kernel's values in the code) are tuned by measuring their tiles (--tiles), "
                            "not by MetaSchedule")
     ap.add_argument("--tiles", default=None,
-                    help="generated algorithms: the tiles to measure, comma-separated (default: every tile that "
-                         "fits the layer's compile-time budget)")
+                    help="generated algorithms: the tiles to measure, comma-separated, or 'all' (default: the "
+                         "tiles that won some layer in the committed records, and the layer's default tile); "
+                         "only those that fit the layer's compile-time budget are built")
     ap.add_argument("--build-workers", type=int, default=None,
                     help="generated algorithms: tiles built at once (default: the CPU count, at most 16)")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")

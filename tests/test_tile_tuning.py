@@ -74,3 +74,21 @@ def test_an_older_or_measured_record_does_not_stay_over_a_new_one():
     assert not tile_records.keeps({**old, "seconds": 3e-6}, new, measured={"a"})  # slower
     assert not tile_records.keeps({**old, "nonzeros": 400}, new, measured={"a"})  # another density
     assert not tile_records.keeps(None, new, measured={"a"})
+
+
+def test_the_default_search_is_the_tiles_that_won_somewhere_and_the_layers_default(tmp_path, monkeypatch):
+    from tvm_sparseconv import algorithms, tile_tuning
+
+    p = workload_set("resnet50_conv4_3x3_b32")[0]
+    kernel, wl = tile_tuning.generated_workload(p, "register-reuse", "cuda")
+    alg = algorithms.by_name("register-reuse")
+    won = tile_tuning.winning_tiles("register-reuse")
+    assert won and set(won) < set(alg.tiles())  # from the committed records: fewer than all
+    default = tile_tuning.candidate_tiles("register-reuse", wl)
+    assert set(default) <= set(won) | {alg.default_tile(wl)} and all(alg.fits(wl, alg.tiles()[t]) for t in default)
+    everything = tile_tuning.candidate_tiles("register-reuse", wl, ["all"])
+    assert set(default) < set(everything) == {t for t, tile in alg.tiles().items() if alg.fits(wl, tile)}
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(tmp_path))  # no records anywhere: every tile
+    assert tile_tuning.candidate_tiles("register-reuse", wl) == everything
+    with pytest.raises(ValueError, match="unknown register-reuse tiles"):
+        tile_tuning.candidate_tiles("register-reuse", wl, ["g32p64x4", "nosuch"])
