@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
+    problems = [p.for_target(target.kind.name) for p in problems]  # as compile() computes them there
     if algorithms.by_name(args.algorithm).generated:
         if tracker is not None:
             raise SystemExit(f"{args.algorithm}'s tiles are measured on this machine's device: no --rpc")

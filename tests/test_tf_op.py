@@ -168,7 +168,9 @@ def test_gpu_kernel_compiles_against_these_headers():
     dict(shape=(1, 13, 11, 5), k=(3, 3, 5, 7), strides=1, padding="SAME", activation="relu", bias=True, batch=4),
     dict(shape=(2, 9, 12, 3), k=(5, 3, 3, 6), strides=2, padding="VALID", activation="relu6", bias=True, batch=6),
     dict(shape=(1, 7, 7, 4), k=(1, 1, 4, 9), strides=1, padding="SAME", activation=None, bias=False, batch=3),
-], ids=["relu-batch-loop", "relu6-strided-batch2", "1x1-unaligned-slices"])
+    dict(shape=(1, 15, 13, 8), k=(1, 1, 8, 12), strides=(2, 3), padding="SAME", activation="relu", bias=True,
+         batch=2),
+], ids=["relu-batch-loop", "relu6-strided-batch2", "1x1-unaligned-slices", "1x1-strided-subsampled"])
 def test_op_matches_float64_reference_for_any_multiple_of_the_compiled_batch(case, rng):
     """The op runs the batch-B module once per B images; slices that are not 64-byte aligned (the
     1x1 case: 7*7*4 floats per image) go through an aligned scratch buffer."""

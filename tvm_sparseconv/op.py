@@ -26,12 +26,26 @@ from .workload import ConvWorkload, Padding
 class SparseConv2D:
     """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
 
+    #: CPUs: run a strided 1x1 layer without padding on a copy of the pixels it reads (`subsample`);
+    #: False computes it with strided reads (`benchmarks/experiments/subsampled_1x1.py` compares)
+    subsample_strided_1x1: bool = True
+
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
                  algorithm: str | None = None, precision: str = "fp32"):
         # No reference to `kernel` itself: the in-memory cache is keyed weakly on it.
         self.nnz = kernel.nnz
         self.target = target
         self.device = device_for(target)
+        self._input_shape = workload.input_shape
+        #: on CPUs a strided 1x1 layer runs as a copy of the pixels it reads and the stride-1 layer
+        #: on them (`ConvWorkload.subsampled`); GPU kernels read strided input in their staging
+        self.subsample: tuple[int, int] | None = None
+        inner = workload.subsampled() if target.kind.name == "llvm" and self.subsample_strided_1x1 else None
+        if inner is not None:
+            from .subsample import subsample_function
+
+            self.subsample, workload = workload.strides, inner
+            self._subsample = subsample_function(self._input_shape, self.subsample, str(target))
         if algorithm is None:
             self._build: BuildResult = build_layer(
                 kernel, algorithms.workloads_for(kernel, workload, target.kind.name, precision),
@@ -48,6 +62,12 @@ class SparseConv2D:
     # --- information ---------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
+        return self._input_shape
+
+    @property
+    def conv_input_shape(self) -> tuple[int, int, int, int]:
+        """The input shape of the compiled function: `input_shape`, or where the op subsamples
+        first (`subsample`), that of the subsampled input."""
         return self.workload.input_shape
 
     @property
@@ -85,6 +105,10 @@ class SparseConv2D:
 
     def run(self, x: tvm.runtime.Tensor, out: tvm.runtime.Tensor) -> None:
         """Low-level call on TVM tensors (no checks): writes the result into `out`."""
+        if self.subsample is not None:
+            pixels = tvm.runtime.empty(self.conv_input_shape, "float32", self.device)  # per call: thread-safe
+            self._subsample(x, pixels)
+            x = pixels
         self._build.function(x, *self._weights, out)
 
     def _check_input(self, view) -> None:
@@ -113,6 +137,7 @@ class EmptySparseConv2D(SparseConv2D):
         self.nnz = kernel.nnz
         self.target = target
         self.device = device_for(target)
+        self._input_shape, self.subsample = workload.input_shape, None
         self.workload = workload if algorithm is None else replace(workload, algorithm=algorithm)
         value = np.zeros(workload.out_channels, np.float32) if bias is None else bias
         if workload.activation in ("relu", "relu6"):

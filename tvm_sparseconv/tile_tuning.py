@@ -62,11 +62,13 @@ class TileSearch:
 
 
 def generated_workload(problem: Problem, algorithm: str, target_kind: str):
-    """(kernel, the layer's workload under `algorithm`); ValueError where the algorithm cannot
-    compute it (another target, or over its code-size budget)."""
+    """(kernel, the layer's workload under `algorithm`, as `compile()` computes the layer on
+    `target_kind`: `Problem.for_target`); ValueError where the algorithm cannot compute it
+    (another target, or over its code-size budget)."""
     alg = algorithms.by_name(algorithm)
     if not alg.generated:
         raise ValueError(f"{algorithm} is not a generated algorithm: tune it with MetaSchedule")
+    problem = problem.for_target(target_kind)
     kernel = problem.sparse_kernel()
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
     if not alg.applies(wl, target_kind):
@@ -125,6 +127,7 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
     t_start = time.perf_counter()
     say = on_progress or (lambda msg: None)
     kind = target.kind.name
+    problem = problem.for_target(kind)
     kernel, wl = generated_workload(problem, algorithm, kind)
     names = candidate_tiles(algorithm, wl, tiles)
     if not names:

@@ -256,9 +256,11 @@ def tune_problem(
     evolutionary search's threads (defaults: all cores, all physical cores). `pooled_builds=False`
     builds with MetaSchedule's `LocalBuilder` (fresh processes per batch) instead of this process's
     pool (`tuning_builder.py`). `quiet`: MetaSchedule logs warnings only. `algorithm`: which
-    computation of the layer (`tvm_sparseconv.algorithms`) is tuned.
+    computation of the layer (`tvm_sparseconv.algorithms`) is tuned: on CPUs a strided 1x1 layer
+    as `compile()` computes it there (`Problem.for_target`).
     """
     t_start = time.time()
+    problem = problem.for_target(target.kind.name)
     read_meta(out_folder)  # a damaged meta.json refuses now (TuningLogError), not after the search
     wl, dense_w, arrays = problem_arguments(problem, algorithm=algorithm)
     mod = workload_module(wl)

@@ -6,7 +6,7 @@ from a fixed seed, so every tool sees the same sparsity pattern (and so the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -73,6 +73,17 @@ class Problem:
             self.dilations, self.has_bias, self.activation,
         )
         return wl if algorithm == wl.algorithm else algorithms.workload_for(kernel, wl, algorithm)
+
+    def for_target(self, target_kind: str) -> "Problem":
+        """The problem as `compile()` computes it on `target_kind`: on CPUs a strided 1x1 layer
+        without padding is the stride-1 layer on the pixels it reads (`ConvWorkload.subsampled`),
+        so that is what gets tuned and recorded; otherwise the problem itself."""
+        if target_kind != "llvm":
+            return self
+        inner = self.workload().subsampled()
+        if inner is None:
+            return self
+        return replace(self, input_shape=inner.input_shape, strides=1, padding="VALID", dilations=1)
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -45,6 +45,7 @@ def tune_layers(model, trials: int = 64, batch_size: int = 1, min_sparsity: floa
     done = tuned_problems(folder)
     results = []
     for problem in layer_problems(model, batch_size, min_sparsity):
+        problem = problem.for_target(tgt.kind.name)  # as compile() computes it there
         if problem.workload() in done:
             if verbose:
                 print(f"{problem.name}: already tuned in {folder}")

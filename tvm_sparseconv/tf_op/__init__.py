@@ -189,8 +189,10 @@ def sparse_conv2d(x, compiled, name: str | None = None):
         tensors = eager
     else:
         tensors = [tf.constant(w) for w in weights]
+    if compiled.subsample is not None:  # the pixels a strided 1x1 layer reads (`ConvWorkload.subsampled`)
+        x = x[:, :: compiled.subsample[0], :: compiled.subsample[1], :]
     return lib.tvm_sparse_conv2d(x, tensors, module=data, function=_function_name(),
-                                 input_shape=list(compiled.input_shape),
+                                 input_shape=list(compiled.conv_input_shape),
                                  output_shape=list(compiled.output_shape), name=name)
 
 
