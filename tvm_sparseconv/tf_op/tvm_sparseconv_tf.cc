@@ -195,9 +195,19 @@ class TvmSparseConv2DOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("function", &function));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_shape", &input_shape_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("output_shape", &output_shape_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_strides", &input_strides_));
     OP_REQUIRES(ctx, input_shape_.size() == 4 && output_shape_.size() == 4 &&
                          input_shape_[0] >= 1 && input_shape_[0] == output_shape_[0],
                 errors::InvalidArgument("input_shape and output_shape must be NHWC with the same batch >= 1"));
+    OP_REQUIRES(ctx, input_strides_.size() == 2 && input_strides_[0] >= 1 && input_strides_[1] >= 1,
+                errors::InvalidArgument("input_strides must be two positive integers"));
+    // With input_strides the function takes every stride-th row and column of the input (a strided
+    // 1x1 layer on CPUs: `ConvWorkload.subsampled`), gathered here into a scratch buffer.
+    subsample_ = input_strides_[0] > 1 || input_strides_[1] > 1;
+    OP_REQUIRES(ctx, !subsample_ || device_type_ == kDLCPU,
+                errors::InvalidArgument("input_strides other than [1, 1] are for CPU modules"));
+    conv_shape_ = {input_shape_[0], (input_shape_[1] + input_strides_[0] - 1) / input_strides_[0],
+                   (input_shape_[2] + input_strides_[1] - 1) / input_strides_[1], input_shape_[3]};
 #ifdef TSC_TVM_RUNTIME_CUDA
     if (device_type_ == kDLCUDA) LoadCudaRuntimeOnce();
 #endif
@@ -258,6 +268,7 @@ class TvmSparseConv2DOp : public OpKernel {
     }
 
     const int64_t in_bytes = batch * input_shape_[1] * input_shape_[2] * input_shape_[3] * 4;
+    const int64_t conv_bytes = batch * conv_shape_[1] * conv_shape_[2] * conv_shape_[3] * 4;
     const int64_t out_bytes = batch * output_shape_[1] * output_shape_[2] * output_shape_[3] * 4;
     char* x_base = const_cast<char*>(x.tensor_data().data());
     char* y_base = const_cast<char*>(y->tensor_data().data());
@@ -273,8 +284,7 @@ class TvmSparseConv2DOp : public OpKernel {
       }
       return Status();
     };
-    View xv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
-            std::vector<int64_t>(input_shape_.begin(), input_shape_.end()));
+    View xv(nullptr, DLDataType{kDLFloat, 32, 1}, dev, conv_shape_);
     View yv(nullptr, DLDataType{kDLFloat, 32, 1}, dev,
             std::vector<int64_t>(output_shape_.begin(), output_shape_.end()));
 
@@ -295,7 +305,18 @@ class TvmSparseConv2DOp : public OpKernel {
     for (int64_t i = 0; i < n / batch && status.ok(); ++i) {
       char* xs = x_base + i * in_bytes;
       char* ys = y_base + i * out_bytes;
-      if (!Aligned(xs)) {
+      if (subsample_) {  // every stride-th pixel: one channel vector each, contiguous in both
+        status = ensure_scratch("input", conv_bytes, &x_scratch, &have_x_scratch);
+        if (!status.ok()) break;
+        char* dst = const_cast<char*>(x_scratch.tensor_data().data());
+        const int64_t pixel = input_shape_[3] * 4;
+        for (int64_t b = 0; b < batch; ++b)
+          for (int64_t r = 0; r < conv_shape_[1]; ++r)
+            for (int64_t q = 0; q < conv_shape_[2]; ++q, dst += pixel)
+              std::memcpy(dst, xs + ((b * input_shape_[1] + r * input_strides_[0]) * input_shape_[2]) * pixel
+                                   + q * input_strides_[1] * pixel, pixel);
+        xs = const_cast<char*>(x_scratch.tensor_data().data());
+      } else if (!Aligned(xs)) {
         status = ensure_scratch("input", in_bytes, &x_scratch, &have_x_scratch);
         if (!status.ok()) break;
         std::memcpy(const_cast<char*>(x_scratch.tensor_data().data()), xs, in_bytes);
@@ -327,7 +348,8 @@ class TvmSparseConv2DOp : public OpKernel {
 
  private:
   DLDeviceType device_type_;
-  std::vector<int64_t> input_shape_, output_shape_;
+  std::vector<int64_t> input_shape_, output_shape_, input_strides_, conv_shape_;
+  bool subsample_ = false;
   std::shared_ptr<LoadedModule> module_;
 };
 
@@ -345,6 +367,7 @@ REGISTER_OP("TvmSparseConv2D")
     .Attr("function: string")
     .Attr("input_shape: list(int)")
     .Attr("output_shape: list(int)")
+    .Attr("input_strides: list(int) = [1, 1]")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       std::vector<int64_t> out;
       TF_RETURN_IF_ERROR(c->GetAttr("output_shape", &out));
