@@ -17,9 +17,9 @@ interrupted workload restarts warm from its work dir.
 The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-reuse` on a CPU:
 the kernel's values compiled into the code) have no MetaSchedule design space; their tiles are
 measured instead (`tvm_sparseconv/tile_tuning.py`): the tiles that won some layer in the committed
-records (or --tiles) that fit the layer's compile-time budget are built, checked against float64 and timed beside the layer's scheduled choice; the fastest
-becomes the layer shape's tile record (tuning_logs/<device>/<algorithm>.json), unless the scheduled
-choice was faster in the same run:
+records (or --tiles) that fit the layer's compile-time budget are built, checked against float64
+and timed beside the layer's scheduled choice; the fastest becomes the layer shape's tile record
+(tuning_logs/<device>/<algorithm>.json), unless the scheduled choice was faster in the same run:
   python scripts/tune.py --workloads resnet50_network_s90_b32 --algorithm register-reuse
   python scripts/tune.py --workloads resnet50_3x3_b1 --algorithm cpu-register-reuse --tiles l16b1h,l16b4h
 
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
                 raise SystemExit("--mcpu is for --target llvm")
             target = targets.cpu_target(args.mcpu)
         folder_name = targets.target_folder_name(target)
-        device_name = _device_name(target)
+        device_name = targets.device_name(target)
         servers = 1
     workers = args.workers or servers
     out = args.out or logs_root() / folder_name
@@ -222,7 +222,7 @@ def _search_tiles(problems: list[Problem], target, out: Path, args) -> int:
     for line in skipped:
         print(f"skipped {line}")
     print(f"searching {name}'s tiles for {len(todo)} of {len(problems)} workloads "
-          f"({len(problems) - len(todo) - len(skipped)} already recorded in {out}) on {_device_name(target)}")
+          f"({len(problems) - len(todo) - len(skipped)} already recorded in {out}) on {targets.device_name(target)}")
     rows, t0 = [], time.time()
     for p in tqdm(todo, unit="layer", desc="tiles") if tqdm else todo:
         write = tqdm.write if tqdm else print
@@ -241,7 +241,7 @@ def _search_tiles(problems: list[Problem], target, out: Path, args) -> int:
         rows.append(row)
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
-            args.summary_json.write_text(json.dumps({"device": _device_name(target), "target": str(target),
+            args.summary_json.write_text(json.dumps({"device": targets.device_name(target), "target": str(target),
                                                      "algorithm": name, "wall_s": time.time() - t0,
                                                      "workloads": rows}, indent=1) + "\n")
     print(f"tile records in {tile_records.path_for(out, name)}; total {(time.time() - t0) / 60:.1f} min")
@@ -336,14 +336,6 @@ def _own_problem(args) -> Problem:
     return Problem.from_kernel(kernel, _ints(args.input_shape, 4, "input-shape"), _ints(args.strides, 2, "strides"),
                                pad, _ints(args.dilations, 2, "dilations"), args.bias, args.activation,
                                name=args.kernel.stem)
-
-
-def _device_name(target) -> str:
-    import tvm
-
-    if target.kind.name == "cuda":
-        return tvm.cuda(0).device_name
-    return f"CPU {target.attrs.get('mcpu', '')} x{target.attrs.get('num-cores', '')}"
 
 
 def _dense_us(problem: Problem, target) -> dict:

@@ -53,11 +53,11 @@ def test_a_gpu_searches_the_other_gpus_of_its_architecture_only(tmp_path):
 
 def test_how_records_rank(tmp_path):
     """Own records and the architecture's (1.5x slower) by time; another CPU's after every own one."""
-    own, gpu = build._weighed_us(100.0, None), build._weighed_us(70.0, "cuda-sm_90")
-    cpu = build._weighed_us(1.0, "x86-avx2")
+    own, gpu = targets.weighed_us(100.0, None), targets.weighed_us(70.0, "cuda-sm_90")
+    cpu = targets.weighed_us(1.0, "x86-avx2")
     assert own == (False, 100.0) and gpu == (False, 70.0 * targets.GPU_FAMILY_TIME_FACTOR)
     assert sorted([cpu, own, gpu]) == [own, gpu, cpu]  # 70 us on the H200 counts as 105 here
-    assert sorted([build._weighed_us(60.0, "cuda-sm_90"), own]) == [(False, 90.0), own]
+    assert sorted([targets.weighed_us(60.0, "cuda-sm_90"), own]) == [(False, 90.0), own]
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from . import algorithms, module_cache, tuning_records, verification
 from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
-from .targets import device_for, family_time_factor, target_isa_family
+from .targets import device_for, family_time_factor, target_isa_family, weighed_us
 from .tir_build import compile_tir
 from .workload import ConvWorkload
 
@@ -77,17 +77,9 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
     return cmd
 
 
-def _weighed_us(run_us: float, family: str | None) -> tuple[bool, float]:
-    """How a record ranks: (never weighed against this device's own records, its time in us as
-    weighed). Own records and GPU records of the architecture (their time `family_time_factor`
-    slower) compete by time; a record of another CPU of the ISA family ranks after every own one."""
-    factor = family_time_factor(family) if family is not None else 1.0
-    return (factor is None, run_us * (factor or 1.0))
-
-
 def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None) -> list[tuple]:
     """(never weighed, weighed run_us, workload, TunedSchedule) of each candidate with a record
-    (`_weighed_us`; `folder`: this device's tuning logs folder, default `tuning_logs/<device>` and
+    (`targets.weighed_us`; `folder`: this device's tuning logs folder, default `tuning_logs/<device>` and
     its family's)."""
     found = []
     for wl in candidates:
@@ -98,15 +90,14 @@ def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: P
                       "ignoring them", tuning_records.TuningLogWarning)
             tuned = None
         if tuned is not None:
-            found.append((*_weighed_us(tuned.run_us if tuned.run_us is not None else float("inf"), tuned.family),
-                          wl, tuned))
+            found.append((*weighed_us(tuned.run_us, tuned.family), wl, tuned))
     return found
 
 
 def choose_schedule(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None,
                     found: list[tuple] | None = None):
     """(workload, schedule, source, tuned): the fastest record among `candidates` (the layer under
-    each algorithm) as `_weighed_us` ranks them: this device's own and (GPUs) its architecture's,
+    each algorithm) as `targets.weighed_us` ranks them: this device's own and (GPUs) its architecture's,
     else the first found for another CPU of its ISA family (`tuned.travelled`), else the template of
     `algorithms.untuned_default` (or the first candidate's) with `tuned` None. `source` is what
     `BuildResult.schedule_source` reports.
@@ -177,7 +168,8 @@ def _check(wl: ConvWorkload, target: Target, tuned, measure) -> dict:
         err, problem = float("inf"), f"{type(e).__name__}: {e}"
     # the algorithm's own precision: a TF32 record is as right as cuDNN TF32 within its tolerance
     verdict = {"ok": err <= algorithms.by_name(wl.algorithm).tolerance, "relative_error": err,
-               "record": tuned.folder.name, "family": tuned.family, "target": str(target), "seconds": round(time.perf_counter() - t0, 3),
+               "record": tuned.folder.name, "family": tuned.family, "target": str(target),
+               "seconds": round(time.perf_counter() - t0, 3),
                "checked_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     if problem:
         verdict["error"] = problem
@@ -252,7 +244,7 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
     `nonzeros` where the shape has one per density (`tile_records.find`): in `folder` if given; else,
     as for MetaSchedule records (`tuning_records.find_tuned_schedule`), on a CPU this CPU's folder,
     else the first folder of another CPU of its ISA family that has one; on a GPU the fastest of
-    this GPU's and its architecture's (`_weighed_us`). Records naming an unknown tile (warned) or a
+    this GPU's and its architecture's (`targets.weighed_us`). Records naming an unknown tile (warned) or a
     tile over the algorithm's compile-time budget are skipped."""
     from . import tile_records
 
@@ -263,6 +255,7 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
         family = target_isa_family(target)
         places = [(_own_folder(target, None), None)]
         places += [(f, family) for f, _ in tuning_records.family_folders(target)]
+    first_found = family_time_factor(target_isa_family(target)) is None  # CPUs: own, else the first of the family
     found = []
     for place, family in places:
         record = tile_records.find(place, wl.algorithm, wl, nonzeros)
@@ -277,12 +270,12 @@ def generated_record(wl: ConvWorkload, target: Target, folder: Path | None = Non
                      wl.algorithm, record["tile"])
             continue
         found.append(TileRecord(record, place, family))
-        if family_time_factor(target_isa_family(target)) is None:
-            break  # CPUs: this CPU's own record, else the first of its family
+        if first_found:
+            break
     if not found:
         return None
-    # GPUs: the fastest of this GPU's and its architecture's, as `_weighed_us` weighs them (own first on a tie)
-    return min(found, key=lambda f: _weighed_us(tile_records.estimated_seconds(f.record, nonzeros or 1), f.family))
+    # GPUs: the fastest of this GPU's and its architecture's, as `targets.weighed_us` weighs them (own first on a tie)
+    return min(found, key=lambda f: weighed_us(tile_records.estimated_seconds(f.record, nonzeros or 1), f.family))
 
 
 def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | None = None,
@@ -342,7 +335,7 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     `candidates`: the layer under each scheduled algorithm (MetaSchedule records, `run_us`);
     `generated`: under each generated one (tile records, `generated_record`, their time scaled up
     to `kernel`'s nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen
-    only with a record, and only where no scheduled record is as fast as `_weighed_us` weighs them
+    only with a record, and only where no scheduled record is as fast as `targets.weighed_us` weighs them
     (a GPU record of the architecture counts `family_time_factor` slower). A record of another CPU
     of the ISA family is not weighed against this CPU's own scheduled records (times of two
     machines), so there those win; it competes only with scheduled records of its own folder.
@@ -354,7 +347,7 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
         found = generated_record(wl, target, folder, int(kernel.nnz))
         if found is not None:
             us = tile_records.estimated_seconds(found.record, kernel.nnz) * 1e6
-            estimates.append((*_weighed_us(us, found.family), wl, found))
+            estimates.append((*weighed_us(us, found.family), wl, found))
     if not estimates:
         return None, None
     scheduled = _tuned_records(candidates, target, folder)

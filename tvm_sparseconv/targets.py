@@ -225,6 +225,22 @@ def family_time_factor(family: str | None) -> float | None:
     return None
 
 
+def weighed_us(run_us: float | None, family: str | None) -> tuple[bool, float]:
+    """How a record ranks (`family`: None for this device's own): (never weighed against this
+    device's own records, its time as weighed). Own records and GPU records of the architecture
+    (their time `family_time_factor` slower) compete by time; a record of another CPU of the ISA
+    family ranks after every own one; a record without a time ranks last."""
+    factor = family_time_factor(family) if family is not None else 1.0
+    return (factor is None, (run_us if run_us is not None else float("inf")) * (factor or 1.0))
+
+
+def device_name(target: Target) -> str:
+    """What tuning logs call the device of `target`: the GPU's name, or "CPU <mcpu> x<cores>"."""
+    if target.kind.name == "cuda":
+        return tvm.cuda(0).device_name
+    return f"CPU {target.attrs.get('mcpu', '')} x{target.attrs.get('num-cores', '')}"
+
+
 def cpu_vendor(mcpu: str) -> str:
     """"amd" or "intel" for an x86 LLVM CPU name (only orders candidate records: same vendor first)."""
     return "amd" if mcpu.startswith(_AMD_CPUS) else "intel"

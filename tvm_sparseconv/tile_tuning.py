@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from . import algorithms, baselines, build, tile_records, verification
+from . import algorithms, baselines, build, targets, tile_records, verification
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -186,16 +186,10 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
         else:
             from .tuning_records import ensure_meta
 
-            ensure_meta(folder, target, _device_name(target))  # other devices of its family then find it
-            tile_records.merge(folder, algorithm, _device_name(target), "scripts/tune.py", [new])
+            ensure_meta(folder, target, targets.device_name(target))  # other devices of its family then find it
+            tile_records.merge(folder, algorithm, targets.device_name(target), "scripts/tune.py", [new])
             result.recorded = best
     return result
-
-
-def _device_name(target: Target) -> str:
-    if target.kind.name == "cuda":
-        return tvm.cuda(0).device_name
-    return f"CPU {target.attrs.get('mcpu', '')}"
 
 
 def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False):

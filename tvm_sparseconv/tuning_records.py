@@ -53,7 +53,7 @@ from .algorithms import CONV, EPILOGUE, prim_func
 from .schedules import RULES
 from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none
 from .targets import (GENERIC_FAMILY, cpu_vendor, cuda_family, family_time_factor, isa_family, target_folder_name,
-                      target_isa_family)
+                      target_isa_family, weighed_us)
 from .workload import ConvWorkload
 
 META_FILE = "meta.json"
@@ -534,11 +534,8 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
             if factor is None:
                 return replace(travelled, family=family)
             found.append(replace(travelled, family=family))
-    # GPUs: own first on a tie (min keeps the first); a record without a time ranks last
-    def weighed(t: TunedSchedule) -> float:
-        return (t.run_us if t.run_us is not None else float("inf")) * (factor if t.travelled else 1.0)
-
-    return min(found, key=weighed) if found else None
+    # GPUs: own first on a tie (min keeps the first)
+    return min(found, key=lambda t: weighed_us(t.run_us, t.family)) if found else None
 
 
 def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:
