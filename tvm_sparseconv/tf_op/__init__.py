@@ -190,7 +190,7 @@ def sparse_conv2d(x, compiled, name: str | None = None):
     else:
         tensors = [tf.constant(w) for w in weights]
     # A strided 1x1 layer on a CPU takes the pixels it reads (`ConvWorkload.subsampled`): the op
-    # gathers them (TensorFlow's own strided slice took 3-4 ms where the whole layer takes 0.6)
+    # gathers them (TensorFlow's own strided slice took longer than the whole layer, checked once)
     return lib.tvm_sparse_conv2d(x, tensors, module=data, function=_function_name(),
                                  input_shape=list(compiled.input_shape),
                                  input_strides=list(compiled.subsample or (1, 1)),
