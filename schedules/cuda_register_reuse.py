@@ -94,6 +94,12 @@ class Tile:
     #: allocation of the spliced FMAs (conv3 1x1 reduce b32 g32p64x4G: 124 registers, 78 with
     #: "middle"; `register_reuse.md`, stops 29-30).
     prefetch: str = "start"
+    #: halo tiles: consecutive output rows per thread (names with Y<rows>). Each staged input row
+    #: serves every kernel row that reads it for each of the thread's rows: an 11x11 kernel
+    #: stages and loads 12 input rows per 2 output rows instead of 22 (the headline's floor:
+    #: `register_reuse.md`, stop 32), for `rows` x `group` sums per thread and `rows` times the
+    #: FMAs in the code. A block's rows stay within one image.
+    rows: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -109,6 +115,9 @@ class Tile:
             raise ValueError(f"invalid tile {self}: registers must be 0 (ptxas's choice) or 32 to 255")
         if self.prefetch not in ("start", "middle"):
             raise ValueError(f"invalid tile {self}: prefetch must be 'start' or 'middle'")
+        if self.rows < 1 or (self.rows > 1 and (not self.halo or self.splits > 1)):
+            raise ValueError(f"invalid tile {self}: rows must be at least 1, and above 1 only for halo tiles "
+                             f"without split-K")
 
 
 #: the design space measured so far (benchmarks/experiments/register_reuse.py), by name
@@ -204,6 +213,27 @@ TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
     "g32p64x4G", "g32p64x4", "g32p32x8G", "g64p32x4G", "g32p128x2G", "g32p64x4GR80", "g32p64x4GH32", "g32p32x8GH",
     "g32p64x4GH", "g32p128x2GHR80", "g32p128x2GHR72", "g32p64x4s4")})
 
+# several output rows per thread (Y<rows>): a staged input row feeds every kernel row reading it
+# (ptxas gives g32p128x2GHY2 157 registers, one block per SM; R128: two, 20 bytes spilled)
+TILES.update({
+    "g32p128x2GHY2": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, rows=2),
+    "g32p128x2GHY2R128": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, rows=2,
+                              registers=128),
+    "g16p128x4GHY4R128": Tile(group=16, pixels=128, groups=4, stage=64, regs=16, layout="groups", halo=True, rows=4,
+                              registers=128),
+    "g32p128x1GHY4": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups", halo=True, rows=4),
+    "g32p64x4GHY2": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, rows=2),
+    "g32p64x4GHY2R128": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, rows=2,
+                             registers=128),
+    "g32p64x4GHY4": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, rows=4),
+    "g32p32x8GHY2": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, rows=2),
+    "g32p64x4HY2": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, halo=True, rows=2),
+})
+TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
+    "g32p128x2GHY2", "g32p128x2GHY2R128", "g32p64x4GHY2", "g32p64x4GHY2R128")})
+
+#: sums a thread may hold (`Tile.group` x `Tile.rows`): registers beyond leave ptxas to spill
+MAX_SUMS = 128
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
 MAX_SHARED_BYTES = 48 * 1024
 
@@ -277,13 +307,27 @@ def _tree(index, lo: int, hi: int, body) -> tirx.Stmt | None:
     return tirx.IfThenElse(index < mid, left, right)
 
 
-def _stages(w: np.ndarray, stage: int, halo: bool = False) -> list[tuple]:
+def _stages(w: np.ndarray, stage: int, halo: bool = False, rows: int = 1, stride: int = 1,
+            dilation: int = 1) -> list[tuple]:
     """(tap row, tap column, first channel, channels): the taps' channel ranges with a nonzero;
-    with `halo`, the kernel rows' (tap column None: every column of the row, one stage)."""
+    with `halo`, the kernel rows' (tap column None: every column of the row, one stage); with
+    `rows` > 1 (halo), the input rows' instead: (offset of the input row below the thread's first
+    output row's first input row, None, first channel, channels), see `row_taps`."""
     kh_, kw_, cin, _ = w.shape
+    if halo and rows > 1:
+        offsets = sorted({p * stride + kh * dilation for p in range(rows) for kh in range(kh_)})
+        return [(d, None, s0, min(stage, cin - s0)) for d in offsets for s0 in range(0, cin, stage)
+                if any(np.any(w[kh, :, s0:s0 + stage]) for _, kh in row_taps(kh_, rows, stride, dilation, d))
+                ] or [(0, None, 0, min(stage, cin))]
     columns = [None] if halo else range(kw_)
     return [(kh, kw, s0, min(stage, cin - s0)) for kh in range(kh_) for kw in columns
             for s0 in range(0, cin, stage) if np.any(_taps(w, kh, kw)[:, s0:s0 + stage])] or [(0, columns[0], 0, min(stage, cin))]
+
+
+def row_taps(kernel_rows: int, rows: int, stride: int, dilation: int, offset: int) -> list[tuple[int, int]]:
+    """(thread's output row p, kernel row kh) pairs that read input row `offset` (p * stride + kh *
+    dilation) of a tile of `rows` output rows per thread."""
+    return [(p, kh) for p in range(rows) for kh in range(kernel_rows) if p * stride + kh * dilation == offset]
 
 
 def _taps(w: np.ndarray, kh: int, kw: int | None) -> np.ndarray:
@@ -299,6 +343,8 @@ def split_count(w: np.ndarray, tile: Tile) -> int:
 def _shares(stages: list, w: np.ndarray, splits: int) -> list[list]:
     """`stages` cut into min(`splits`, stages) contiguous non-empty shares of about equal nonzeros."""
     splits = max(1, min(splits, len(stages)))
+    if splits == 1:
+        return [stages]
     ends = np.cumsum([np.count_nonzero(_taps(w, kh, kw)[:, s0:s0 + width]) for kh, kw, s0, width in stages])
     cuts = [0]
     for z in range(1, splits):
@@ -354,8 +400,8 @@ class PtxFmas:
     per sum (LLVM's SSA form) nor starting each sum at its first FMA (zero addend) instead of
     zeroing them all first changed that (`benchmarks/experiments/register_reuse.md`, stop 29)."""
 
-    def __init__(self, group: int, regs: int, row_words: int):
-        self.group, self.row_bytes, self.xregs = group, 4 * row_words, -(-regs // 4) * 4
+    def __init__(self, group: int, regs: int, row_words: int, rows: int = 1):
+        self.group, self.row_bytes, self.xregs, self.sums = group, 4 * row_words, -(-regs // 4) * 4, group * rows
         self.snippets: list[str] = []
 
     def _marker(self, lines: list[str], row: tirx.PrimExpr) -> tirx.Stmt:
@@ -365,34 +411,36 @@ class PtxFmas:
         self.snippets.append("\n".join(head + lines))
         return ptx_marker(len(self.snippets) - 1, row)
 
-    def fmas(self, blocks: list[tuple[int, np.ndarray]], row: tirx.PrimExpr) -> tirx.Stmt | None:
-        """The FMAs of `blocks`, (first word in the row, weights (words, group)) each, on the
-        thread's input row `row`; None where there are none."""
+    def fmas(self, blocks: list[tuple[int, list[tuple[int, np.ndarray]]]], row: tirx.PrimExpr) -> tirx.Stmt | None:
+        """The FMAs of `blocks`, (first word in the row, [(first sum, weights (words, group))])
+        each (several sums where the words feed several output rows of a `Tile.rows` tile), on
+        the thread's input row `row`; None where there are none."""
         lines = []
-        for r0, sub in blocks:
-            k, j = np.nonzero(sub)
-            if len(k) == 0:
-                continue
-            for v in sorted({int(kk) // 4 for kk in k}):  # only the float4s that hold a nonzero's input
+        for r0, subs in blocks:
+            nonzeros = [(a0, sub, *np.nonzero(sub)) for a0, sub in subs]
+            needed = sorted({int(kk) // 4 for _, _, k, _ in nonzeros for kk in k})
+            for v in needed:  # only the float4s that hold a nonzero's input, once for every sum
                 regs = ", ".join(f"%sx{4 * v + i}" for i in range(4))
                 lines.append(f"\tld.shared.v4.f32 \t{{{regs}}}, [%sd0+{4 * (r0 + 4 * v)}];")
-            bits = np.ascontiguousarray(sub[k, j], dtype=np.float32).view(np.uint32)
-            lines += [f"\tfma.rn.f32 \t%sa{jj}, %sx{kk}, 0f{int(b):08X}, %sa{jj};" for kk, jj, b in zip(k, j, bits)]
+            for a0, sub, k, j in nonzeros:
+                bits = np.ascontiguousarray(sub[k, j], dtype=np.float32).view(np.uint32)
+                lines += [f"\tfma.rn.f32 \t%sa{a0 + jj}, %sx{kk}, 0f{int(b):08X}, %sa{a0 + jj};"
+                          for kk, jj, b in zip(k, j, bits)]
         return self._marker(lines, row) if lines else None
 
-    def store_sums(self, row: tirx.PrimExpr) -> tirx.Stmt:
-        """The thread's sums into words 0..group-1 of its row `row` of the tile."""
+    def store_sums(self, row: tirx.PrimExpr, first: int = 0) -> tirx.Stmt:
+        """The thread's sums `first`.. (group of them) into words 0..group-1 of its row `row` of the tile."""
         if self.group % 4:
-            lines = [f"\tst.shared.f32 \t[%sd0+{4 * j}], %sa{j};" for j in range(self.group)]
+            lines = [f"\tst.shared.f32 \t[%sd0+{4 * j}], %sa{first + j};" for j in range(self.group)]
         else:
-            lines = [f"\tst.shared.v4.f32 \t[%sd0+{16 * q}], {{{', '.join(f'%sa{4 * q + i}' for i in range(4))}}};"
-                     for q in range(self.group // 4)]
+            lines = [f"\tst.shared.v4.f32 \t[%sd0+{16 * q}], "
+                     f"{{{', '.join(f'%sa{first + 4 * q + i}' for i in range(4))}}};" for q in range(self.group // 4)]
         return self._marker(lines, row)
 
     def prologue(self) -> str:
-        decls = [f"\t.reg .f32 \t%sa<{self.group}>;", f"\t.reg .f32 \t%sx<{self.xregs}>;", "\t.reg .b64 \t%sd<2>;",
+        decls = [f"\t.reg .f32 \t%sa<{self.sums}>;", f"\t.reg .f32 \t%sx<{self.xregs}>;", "\t.reg .b64 \t%sd<2>;",
                  "\t.reg .b32 \t%sr<1>;", f"\tmov.u64 \t%sd1, {SHARED};"]
-        return "\n".join(decls + [f"\tmov.f32 \t%sa{j}, 0f00000000;" for j in range(self.group)])
+        return "\n".join(decls + [f"\tmov.f32 \t%sa{j}, 0f00000000;" for j in range(self.sums)])
 
 
 def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias: bool = False,
@@ -434,12 +482,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     out = tirx.decl_buffer((n, oh_, ow_, cout), F32, "out")
     b = tirx.decl_buffer((cout,), F32, "bias") if bias else None
 
-    stages = _stages(w, st, tile.halo)
+    sh, sw = strides
+    dh, dw = dilations
+    rows_ = tile.rows
+    stages = _stages(w, st, tile.halo, rows_, sh, dh)
     shares = _shares(stages, w, tile.splits)
     # halo tiles: blocks over (image, output row, segment of `tp` columns); a stage holds the
     # segment's input columns with the halo of the kernel's width (`staged` rows of `xs`)
-    sh, sw = strides
-    dh, dw = dilations
     block_rows, cols, segments, halo_cols = halo_geometry(ow_, kw_, sw, dw, tp)
     staged = staged_rows(ow_, kw_, sw, dw, tile)
     splits = len(shares)
@@ -448,7 +497,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
 
     n_blocks = channel_blocks(cout, tile)
     tile_rows, row_words = input_tile_shape(staged, tile)
-    ptx = PtxFmas(g_, rc, row_words) if llvm and fma_code == "ptx" else None
+    ptx = PtxFmas(g_, rc, row_words, rows_) if llvm and fma_code == "ptx" else None
+    # `Tile.rows`: each block holds `rows_` output rows per thread row, within one image
+    chunks = -(-oh_ // (block_rows * rows_))
+
+    def taps_of(stage) -> list[tuple[int, int]]:
+        """(sums' output row p, kernel row kh) that read `stage`'s input (one pair unless `rows_` > 1)."""
+        return [(0, stage[0])] if rows_ == 1 else row_taps(kh_, rows_, sh, dh, stage[0])
 
     def group_columns(block: np.ndarray, gi: int) -> np.ndarray:
         return block[:, gi * g_:(gi + 1) * g_] if gi < n_groups else block[:, :0]
@@ -460,10 +515,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         z1 = splits if z1 is None else z1
         # also holds the sums at the end (a 64-channel group of 128 pixels needs 34.8 KB of them)
         xs = tirx.decl_buffer((tile_rows, row_words), F32, "xs", scope="shared")
-        acc = tirx.decl_buffer((g_,), F32, "acc", scope="local")
+        acc = tirx.decl_buffer((g_ * rows_,), F32, "acc", scope="local")
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
-        n_bx = -(-(n * oh_) // block_rows) * segments if tile.halo else -(-n_pix // tp)
+        if not tile.halo:
+            n_bx = -(-n_pix // tp)
+        else:
+            n_bx = (-(-(n * oh_) // block_rows) if rows_ == 1 else n * chunks) * segments
         bx, by = _thread("blockIdx.x", n_bx), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
         bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
@@ -471,13 +529,24 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         group = block * ng + ty.var
         if tile.halo:  # the block's first output row (flattened n * OH + oh) and column
             row0, col0 = tirx.floordiv(bx.var, segments) * block_rows, tirx.floormod(bx.var, segments) * cols
+            if rows_ > 1:  # its image and its first row in the image
+                image = tirx.floordiv(bx.var, segments * chunks)
+                local0 = tirx.floormod(tirx.floordiv(bx.var, segments), chunks) * (block_rows * rows_)
 
-        def block_pixel(r):
-            """(flattened output pixel of the block's r-th pixel, whether it exists)."""
+        def thread_row(rr, p: int = 0):
+            """(flattened output row of the block's thread row rr and its p-th row, whether it exists)."""
+            if rows_ == 1:
+                return row0 + rr, row0 + rr < n * oh_
+            local = local0 + rr * rows_ + p
+            return image * oh_ + local, local < oh_
+
+        def block_pixel(r, p: int = 0):
+            """(flattened output pixel of the block's r-th pixel (its p-th row), whether it exists)."""
             if not tile.halo:
                 return bx.var * tp + r, bx.var * tp + r < n_pix
             rr, cc = (0, r) if cols == tp else (tirx.floordiv(r, cols), tirx.floormod(r, cols))
-            return (row0 + rr) * ow_ + col0 + cc, tirx.all(rr < block_rows, row0 + rr < n * oh_, col0 + cc < ow_)
+            orow, exists = thread_row(rr, p)
+            return orow * ow_ + col0 + cc, tirx.all(rr < block_rows, exists, col0 + cc < ow_)
 
         def halo_row(kw: int):
             """This thread's input at tap column kw: its row of the staged tile (the idle threads
@@ -507,9 +576,10 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 if tile.halo:
                     row_ = tirx.min(row, staged - 1)
                     rr, col = (0, row_) if block_rows == 1 else (tirx.floordiv(row_, halo_cols), tirx.floormod(row_, halo_cols))
-                    src, inside = halo_input(tirx.min(row0 + rr, n * oh_ - 1), col0 * sw + col, (h, wd), output_hw,
-                                             strides, pads, dilations, kh)
-                    inside = tirx.all(inside, row0 + rr < n * oh_)
+                    orow, exists = thread_row(rr)
+                    src, inside = halo_input(tirx.min(orow, n * oh_ - 1), col0 * sw + col, (h, wd), output_hw,
+                                             strides, pads, dilations, kh, offset=None if rows_ == 1 else kh)
+                    inside = tirx.all(inside, exists)
                 else:
                     src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
                                             pads, dilations, kh, kw)
@@ -548,16 +618,18 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 out_.append(tirx.IfThenElse(used, st_, None))
             return out_
 
-        def fmas(gi: int, block: np.ndarray) -> tirx.Stmt | None:
-            """Group gi's FMAs over the input channels (rows) of `block` held in `xr`."""
+        def fmas(gi: int, subs: list[tuple[int, np.ndarray]]) -> tirx.Stmt | None:
+            """Group gi's FMAs over the input channels held in `xr`: per (first sum, weights
+            (channels, Cout)) of `subs`."""
             if not llvm:
                 return None  # the host side's copy of the kernel (see `emit`)
-            sub = group_columns(block, gi)
-            k, j = np.nonzero(sub)
-            if len(k) == 0:
+            stores = []
+            for a0, block in subs:
+                sub = group_columns(block, gi)
+                stores += [tirx.BufferStore(acc, acc[a0 + int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32),
+                                            [a0 + int(jj)]) for kk, jj in zip(*np.nonzero(sub))]
+            if not stores:
                 return None
-            stores = [tirx.BufferStore(acc, acc[int(jj)] + xr[int(kk)] * tirx.const(float(sub[kk, jj]), F32), [int(jj)])
-                      for kk, jj in zip(k, j)]
             return stores[0] if len(stores) == 1 else tirx.SeqStmt(stores)  # TIR refuses a SeqStmt of one
 
         def pipeline(gi: int | None, share: list) -> list[tirx.Stmt]:
@@ -570,30 +642,34 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 share = share[:1]
             code = fetch(share[0])
             for k, stage in enumerate(share):
-                kh, kw_stage, s0, width = stage
+                _, kw_stage, s0, width = stage
+                taps = taps_of(stage)
                 code += deposit(stage)
                 code.append(sync)
                 ahead = fetch(share[k + 1]) if k + 1 < len(share) else []
                 before = len(code)
                 for kw in range(kw_) if kw_stage is None else [kw_stage]:
                     srow = halo_row(kw) if kw_stage is None else tx.var  # this tap's input in xs
+                    # per `rc` input channels: (first word, [(first sum, weights (channels, Cout))])
+                    blocks = [(r0, [(p * g_, w[kh, kw, s0 + r0:s0 + min(r0 + rc, width)]) for p, kh in taps])
+                              for r0 in range(0, width, rc)]
                     if ptx is not None:  # the FMAs as PTX text at markers (no xr, no acc in the TIR)
-                        blocks = [(r0, w[kh, kw, s0 + r0:s0 + min(r0 + rc, width)]) for r0 in range(0, width, rc)]
+                        def columns(subs, g):
+                            return [(a0, group_columns(block, g)) for a0, block in subs]
                         if gi is None:
                             steps = [_tree(group, b0 * ng, min(b1 * ng, n_groups),
-                                           lambda g, r0=r0, block=block: ptx.fmas([(r0, group_columns(block, g))], srow))
-                                     for r0, block in blocks]
+                                           lambda g, r0=r0, subs=subs: ptx.fmas([(r0, columns(subs, g))], srow))
+                                     for r0, subs in blocks]
                         else:  # one marker, or two where the next stage's loads go between them
                             half = len(blocks) // 2 if prefetch == "middle" else 0
-                            steps = [ptx.fmas([(r0, group_columns(block, gi)) for r0, block in part], srow)
+                            steps = [ptx.fmas([(r0, columns(subs, gi)) for r0, subs in part], srow)
                                      for part in (blocks[:half], blocks[half:]) if part]
                         code += [step for step in steps if step is not None]
                         continue
-                    for r0 in range(0, width, rc):
+                    for r0, subs in blocks:
                         chans = min(rc, width - r0)
-                        block = w[kh, kw, s0 + r0:s0 + r0 + chans]
-                        step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, block=block: fmas(g, block))
-                                if gi is None else fmas(gi, block))
+                        step = (_tree(group, b0 * ng, min(b1 * ng, n_groups), lambda g, subs=subs: fmas(g, subs))
+                                if gi is None else fmas(gi, subs))
                         if step is None:
                             continue
                         code += [tirx.BufferStore(xr, tirx.BufferLoad(xs, [srow, _ramp(r0 + v)]), [_ramp(v)])
@@ -606,7 +682,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
 
         if ptx is None:
             body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
-            body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_)]
+            body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_ * rows_)]
         else:  # the sums are PTX registers (`PtxFmas`)
             body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(pf)]
         # A block's share of the stages (block-uniform: blockIdx.z), one branch per share.
@@ -631,11 +707,15 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
-        for gi in range(ng):  # the sums go into the input tile, free by now (the last stage ended with a barrier)
+        # the sums go into the input tile, free by now (the last stage ended with a barrier): per
+        # output row of the thread (`Tile.rows`), per group of the block
+        for pr, gi in ((pr, gi) for pr in range(rows_) for gi in range(ng)):
+            a0 = pr * g_  # the row's first sum
             if ptx is None:
-                sums = [tirx.BufferStore(xs, acc[j] if ws is not None else finish(acc[j], j), [tx.var, j]) for j in range(g_)]
+                sums = [tirx.BufferStore(xs, acc[a0 + j] if ws is not None else finish(acc[a0 + j], j), [tx.var, j])
+                        for j in range(g_)]
             else:  # the PTX sums stored raw, then bias and activation applied in the tile
-                sums = [ptx.store_sums(tx.var)]
+                sums = [ptx.store_sums(tx.var, a0)]
                 if ws is None and (b is not None or activation):
                     sums += [tirx.BufferStore(xs, finish(xs[tx.var, j], j), [tx.var, j]) for j in range(g_)]
             body.append(tirx.IfThenElse(ty.var == gi, sums[0] if len(sums) == 1 else tirx.SeqStmt(sums), None))
@@ -643,7 +723,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             for it in range(rounds):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
-                p, exists = block_pixel(row)
+                p, exists = block_pixel(row, pr)
                 co = (block * ng + gi) * g_ + q * ovec
                 co_idx = _ramp(co) if ovec == 4 else co
                 value = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])

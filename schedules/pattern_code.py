@@ -28,14 +28,15 @@ def tap_input(p, n_pix: int, input_hw, output_hw, strides, pads, dilations, kh: 
     return (img, r, c), tirx.all(p < n_pix, inside)
 
 
-def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int) -> tuple:
+def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int, offset: int | None = None) -> tuple:
     """((image, row, column) of input column `col` (counted from the padded left edge, in input
     columns) of kernel row `kh` under flattened output row `out_row` (n * OH + oh), clamped into
     the image; whether it lies inside). The halo tiles' copies: a block's segment of an output
-    row reads these columns for every tap of the kernel row."""
+    row reads these columns for every tap of the kernel row. `offset`: the input row that many
+    rows below the output row's first (instead of kernel row `kh`'s)."""
     (pt, _), (pl, _) = pads
     img, orow = tirx.floordiv(out_row, output_hw[0]), tirx.floormod(out_row, output_hw[0])
-    r = orow * strides[0] - pt + kh * dilations[0]
+    r = orow * strides[0] - pt + (kh * dilations[0] if offset is None else offset)
     return _clamped(img, r, col - pl, input_hw)
 
 

@@ -288,7 +288,8 @@ def test_register_reuse_kernel_matches_float64(strides, layout, parts, splits):
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
 
 
-@pytest.mark.parametrize("tile_options", [dict(layout="steps"), dict(layout="groups", halo=True, splits=2)])
+@pytest.mark.parametrize("tile_options", [dict(layout="steps"), dict(layout="groups", halo=True, splits=2),
+                                          dict(layout="groups", halo=True, rows=2)])
 def test_register_reuse_fmas_spliced_as_ptx_match_the_tir_build_bit_for_bit(tile_options):
     """The FMAs written as PTX text at markers (compile()'s way) against the same kernel with its
     FMAs compiled by TVM and LLVM, and with the next stage's loads issued halfway through the
@@ -381,6 +382,58 @@ def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides,
         ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
                                                         activation="relu", llvm=llvm, dilations=wl.dilations))
         _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations,rows", [
+    ((2, 7, 45, 20), (3, 3, 20, 40), 1, "SAME", 1, 2),  # 7 rows: the last block's second row past the image
+    ((2, 9, 70, 20), (5, 5, 20, 40), 2, "SAME", 1, 3),  # stride 2: rows p and p + 1 share input rows
+    ((1, 12, 40, 16), (3, 3, 16, 36), 1, "VALID", 2, 2),  # dilation 2
+    ((2, 15, 37, 3), (7, 7, 3, 16), 2, [[0, 0], [3, 2], [1, 3], [0, 0]], 1, 2),  # Cin 3: scalar copies
+    ((2, 14, 14, 20), (3, 3, 20, 40), 1, "SAME", 1, 2),  # narrow map: 2 thread rows of 2 output rows
+    ((3, 13, 13, 16), (3, 3, 16, 36), 2, "SAME", 1, 3),  # 7 x 7 out: 4 thread rows of 3, rows past the image
+])
+def test_register_reuse_tiles_of_several_rows_per_thread_compute_kxk_layers(x_shape, k_shape, strides, padding,
+                                                                           dilations, rows):
+    """Halo tiles whose threads hold `rows` consecutive output rows (`Tile.rows`: each staged input
+    row feeds every kernel row that reads it) against float64, output poisoned, an empty output
+    channel, bias and ReLU: both layouts, the next stage's loads at the start and halfway."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(29)
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
+                             activation="relu")
+    for layout, prefetch in (("steps", "start"), ("groups", "middle")):
+        tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, halo=True, rows=rows,
+                    prefetch=prefetch)
+        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
+                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
+        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+
+
+def test_register_reuse_tile_of_several_rows_compiled_in_pieces_matches_float64(monkeypatch):
+    """A `Tile.rows` tile through `RegisterReuse.build` with its code in pieces (one per channel
+    block, joined into one kernel), padded 3x3, bias and ReLU, output poisoned."""
+    from tvm_sparseconv import algorithms as algs
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(31)
+    x_shape, k_shape = (2, 9, 40, 16), (3, 3, 16, 64)
+    w = _kernel(rng, k_shape, 0.2)
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
+    tile = rr.Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout="groups", halo=True, rows=2)
+    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz * 2 // 2))
+    assert rr.pieces_for(kernel.nnz * 2, k_shape[3], tile) == 2
+    ex = algs.by_name("register-reuse").build(kernel, wl, tile)
+    _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])

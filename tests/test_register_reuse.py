@@ -120,6 +120,56 @@ def test_a_halo_tile_stages_each_kernel_row_once_and_has_one_fma_per_nonzero(lay
     assert ".local" not in ptx
 
 
+@pytest.mark.parametrize("layout", ["steps", "groups"])
+@pytest.mark.parametrize("rows, strides, dilations", [(2, (1, 1), (1, 1)), (3, (2, 2), (1, 1)), (2, (1, 1), (2, 2))])
+def test_a_tile_of_several_rows_stages_each_input_row_once_and_has_rows_fmas_per_nonzero(layout, rows, strides,
+                                                                                        dilations):
+    """`Tile.rows`: one stage per (input row under the thread's rows, channel range) that some
+    kernel row with a nonzero reads (stride 1: rows + KH - 1 of them instead of rows x KH), and
+    each nonzero once per output row of the thread, its input loaded once for all of them."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import row_taps
+
+    rng = np.random.default_rng(6)
+    cin, cout = 12, 20
+    w = (rng.standard_normal((3, 5, cin, cout)) * (rng.random((3, 5, cin, cout)) < 0.3)).astype(np.float32)
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout=layout, halo=True, rows=rows)
+    out_hw = (5, 19)
+    ptx = nvptx_ptx(emit(w, (2, 11, 40, cin), out_hw, strides, ((2, 1), (1, 2)), tile, dilations=dilations))
+    offsets = {p * strides[0] + kh * dilations[0] for p in range(rows) for kh in range(3)}
+    stages = sum(1 for d in offsets for s0 in (0, 8)
+                 if any(np.any(w[kh, :, s0:s0 + 8]) for _, kh in row_taps(3, rows, strides[0], dilations[0], d)))
+    per_output_row = rows * 3 * 2  # one stage per (output row, kernel row, channel range)
+    assert stages < per_output_row if dilations[0] == 1 else stages == per_output_row
+    branches = 4 if layout == "groups" else 1
+    assert ptx.count("bar.sync") == 2 * stages * branches + 2 * tile.groups * rows
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    np.testing.assert_array_equal(sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas),
+                                  np.sort(np.tile(w[w != 0], rows)))
+    assert ".local" not in ptx
+
+
+def test_tiles_of_several_rows_count_their_code_and_sums_against_the_budgets():
+    """A `Tile.rows` tile's code holds each nonzero once per row (the code-size budget and the
+    pieces count it so), its sums (group x rows) stay within `MAX_SUMS`, and only halo tiles
+    without split-K take rows."""
+    from tvm_sparseconv.algorithms import register_reuse
+    from tvm_sparseconv.schedules.cuda_register_reuse import MAX_SUMS
+    from tvm_sparseconv.workload import ConvWorkload
+
+    algorithm = algorithms.by_name("register-reuse")
+    headline = ConvWorkload.create((1, 256, 512, 32), (11, 11, 32, 64), 440, 1, "SAME", 1)
+    assert algorithm.fits(headline, TILES["g32p128x2GHY2"])
+    assert not algorithm.fits(headline, replace(TILES["g32p128x2GHY2"], rows=3)), "3 x 28,160: one piece over the limit"
+    assert algorithm._pieces(24_781 * 2, headline, TILES["g32p128x2GHY2"]) == (1, False)
+    assert register_reuse.MAX_JOINED_FMAS < 440 * 64 * 4
+    assert algorithm._pieces(24_781 * 4, headline, TILES["g32p128x1GHY4"]) == (2, True), "linked: 4 x 28,160 possible"
+    over = replace(TILES["g32p64x4GHY2"], rows=MAX_SUMS // 32 + 1)
+    assert not algorithm.fits(ConvWorkload.create((1, 56, 56, 64), (3, 3, 64, 64), 20, 1, "SAME", 1), over)
+    for bad in (dict(rows=2), dict(rows=2, halo=True, splits=2), dict(rows=0, halo=True)):
+        with pytest.raises(ValueError, match="rows"):
+            Tile(**bad).validate()
+
+
 @pytest.mark.skipif(shutil.which("ptxas") is None, reason="ptxas not on PATH")
 def test_the_kernel_assembles_and_tvm_builds_a_cuda_module_around_it():
     shape, cout, density, strides, pads, tile = CASES[0]

@@ -81,15 +81,18 @@ class RegisterReuse(GeneratedAlgorithm):
         the budget where None; `splits`: the kernel's split-K shares, default the tile's)."""
         from ..schedules.cuda_register_reuse import FMAS_PER_LINKED_PIECE, pieces_for
 
-        apart = wl.ell_width * wl.out_channels > MAX_JOINED_FMAS if apart is None else apart
+        apart = wl.ell_width * wl.out_channels * tile.rows > MAX_JOINED_FMAS if apart is None else apart
         return pieces_for(fmas, wl.out_channels, tile, FMAS_PER_LINKED_PIECE if apart else None, splits), apart
 
     def fits(self, wl: ConvWorkload, tile) -> bool:
-        from ..schedules.cuda_register_reuse import MAX_SHARED_BYTES, shared_bytes
+        from ..schedules.cuda_register_reuse import MAX_SHARED_BYTES, MAX_SUMS, shared_bytes
 
-        possible = wl.ell_width * wl.out_channels
+        # the code holds each nonzero once per output row of a thread (`Tile.rows`)
+        possible = wl.ell_width * wl.out_channels * tile.rows
         kxk = tuple(wl.kernel_shape[:2]) != (1, 1)
         if kxk and tile.layout == "groups" and possible > MAX_GROUPS_LAYOUT_KXK_FMAS:
+            return False
+        if tile.group * tile.rows > MAX_SUMS:
             return False
         return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
                 and shared_bytes(wl.output_hw[1], wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
@@ -130,7 +133,7 @@ class RegisterReuse(GeneratedAlgorithm):
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
         ptxas = self.ptxas_options(tile, ptxas_opt)
         shares = split_count(np.asarray(kernel.to_dense(), np.float32), tile)
-        n, apart = self._pieces(int(kernel.nnz), wl, tile, None if link == "auto" else link != "joined", shares)
+        n, apart = self._pieces(int(kernel.nnz) * tile.rows, wl, tile, None if link == "auto" else link != "joined", shares)
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, fma_code=fma_code), arch=arch,
                                  **ptxas)
