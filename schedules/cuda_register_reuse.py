@@ -228,6 +228,17 @@ TILES.update({
     "g32p64x4GHY4": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, layout="groups", halo=True, rows=4),
     "g32p32x8GHY2": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, rows=2),
     "g32p64x4HY2": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, halo=True, rows=2),
+    # one group per block: every warp of an SM on one instruction stream (the headline's issue
+    # gaps are mostly instruction fetch: stop 27's ncu), each group staging the input apart
+    "g32p256x1GHR80": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", halo=True,
+                           registers=80),
+    "g32p128x1GHR80": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups", halo=True,
+                           registers=80),
+    "g32p256x1GHY2R128": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", halo=True, rows=2,
+                              registers=128),
+    "g32p128x1GHY2R128": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups", halo=True, rows=2,
+                              registers=128),
+    "g32p128x1GHY2": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups", halo=True, rows=2),
 })
 TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
     "g32p128x2GHY2", "g32p128x2GHY2R128", "g32p64x4GHY2", "g32p64x4GHY2R128")})

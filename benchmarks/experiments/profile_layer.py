@@ -3,8 +3,10 @@
     ncu --metrics gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active \\
         python benchmarks/experiments/profile_layer.py resnet50_conv5_3x3_b1
 
-The layer is compiled as `compile()` picks it (tuning record or untuned template), run on random
-input, checked against float64 first (an incorrect kernel is not worth profiling).
+The layer is compiled as `compile()` picks it (tuning record or untuned template), or with
+`--tiles a,b` as register-reuse kernels of those tiles (one after the other, in that order: ncu's
+`-k regex:sparse_conv2d` then sees them in turn), run on random input, checked against float64
+first (an incorrect kernel is not worth profiling).
 """
 
 from __future__ import annotations
@@ -23,22 +25,37 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problems", help="problem names or workload sets, comma-separated")
     ap.add_argument("--runs", type=int, default=5, help="runs per layer after the checked one")
+    ap.add_argument("--tiles", default="", help="register-reuse tiles to run instead of compile()'s choice")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     for problem in workload_set(args.problems):
         w = problem.dense_kernel()
-        op = tsc.compile(tsc.SparseKernel.from_dense(w), problem.input_shape, strides=problem.strides,
-                         padding=problem.padding, target="cuda")
-        x = rng.standard_normal(op.workload.input_shape, dtype=np.float32)
+        kernel = tsc.SparseKernel.from_dense(w)
+        wl = problem.workload(kernel)
+        runs = []  # (label, run(x, out))
+        if args.tiles:
+            from tvm_sparseconv.algorithms import by_name
+            from tvm_sparseconv.schedules.cuda_register_reuse import TILES
+
+            for t in args.tiles.split(","):
+                f = by_name("register-reuse").build(kernel, wl, TILES[t]).mod["sparse_conv2d"]
+                runs.append((f"register-reuse {t}", lambda x, o, f=f: f(x, o)))
+        else:
+            op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
+                             target="cuda")
+            runs.append((op.schedule_source, op.run))
+        x = rng.standard_normal(wl.input_shape, dtype=np.float32)
         dev = tvm.cuda(0)
         x_dev = tvm.runtime.tensor(x, dev)
-        out = tvm.runtime.tensor(np.full(op.workload.output_shape, np.nan, np.float32), dev)
-        op.run(x_dev, out)
-        err = reference.relative_error(out.numpy(), reference.conv2d_f64(x, w, op.workload))
-        print(f"{problem.name}: {op.schedule_source}, relative error {err:.1e}")
-        for _ in range(args.runs):
-            op.run(x_dev, out)
-        dev.sync()
+        ref = reference.conv2d_f64(x, w, wl)
+        for label, run in runs:
+            out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+            run(x_dev, out)
+            err = reference.relative_error(out.numpy(), ref)
+            print(f"{problem.name}: {label}, relative error {err:.1e}", flush=True)
+            for _ in range(args.runs):
+                run(x_dev, out)
+            dev.sync()
     return 0
 
 

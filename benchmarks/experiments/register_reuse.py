@@ -271,7 +271,12 @@ def main(argv=None) -> int:
                 print(f"{name} {b['tile']}: did not build: {b['error'][-200:]}", flush=True)
                 continue
             f = tvm.runtime.load_module(b["path"])["sparse_conv2d"]
-            err, secs = timed(lambda x, o, f=f: f(x, o), out)
+            try:
+                err, secs = timed(lambda x, o, f=f: f(x, o), out)
+            except Exception as e:  # noqa: BLE001 - e.g. a launch out of resources: a result, not the end of the run
+                row["tiles"][b["tile"]] = {"error": f"{type(e).__name__}: {str(e)[-300:]}", "compile_s": b["compile_s"]}
+                print(f"{name} {b['tile']}: did not run: {str(e)[-200:]}", flush=True)
+                continue
             row["tiles"][b["tile"]] = {"relative_error": err, "seconds": secs, "compile_s": b["compile_s"]}
         for label, tf32 in (("cudnn_fp32", False), ("cudnn_tf32", True)):
             secs, _ = baselines.cudnn_seconds(xs, p.dense_kernel(), wl, tf32, args.repeats)

@@ -49,6 +49,8 @@ MAX_JOINED_FMAS = 72_000
 #: time grows faster than linearly with a function's length): conv4 3x3 in one piece of 69,632
 #: possible (58,982 FMAs) compiles in 26.5 s
 MAX_FMAS_PER_PIECE = 70_000
+#: registers of an SM (and at most of a block) on sm_90
+REGISTERS_PER_SM = 65_536
 
 
 #: how `RegisterReuse.build` puts pieces together: by the budget, or forced (experiments);
@@ -94,7 +96,13 @@ class RegisterReuse(GeneratedAlgorithm):
             return False
         if tile.group * tile.rows > MAX_SUMS:
             return False
-        return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * self._pieces(possible, wl, tile)[0]
+        pieces, apart = self._pieces(possible, wl, tile)
+        # a block must get its registers: ptxas may give up to 255 where the tile has no cap or
+        # the pieces are linked apart (their cap is ptxas's); 512 threads x 255 cannot launch
+        registers = 255 if apart or not tile.registers else tile.registers
+        if tile.pixels * tile.groups * registers > REGISTERS_PER_SM:
+            return False
+        return (possible <= MAX_UNROLLED_FMAS and possible <= MAX_FMAS_PER_PIECE * pieces
                 and shared_bytes(wl.output_hw[1], wl.kernel_shape, wl.strides, wl.dilations, tile) <= MAX_SHARED_BYTES)
 
     def recipe(self, kernel: SparseKernel, wl: ConvWorkload, tile, llvm: bool = True, **options):
