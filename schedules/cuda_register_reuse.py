@@ -100,6 +100,11 @@ class Tile:
     #: `register_reuse.md`, stop 32), for `rows` x `group` sums per thread and `rows` times the
     #: FMAs in the code. A block's rows stay within one image.
     rows: int = 1
+    #: pixel tiles a block computes in turn (names with L<n>): the grid shrinks by this factor and
+    #: a block's code, run again for each tile, can stay in the SM's instruction cache instead of
+    #: being fetched by every block (the deep layers' stalls are mostly instruction fetch: stop
+    #: 22's ncu); with one group per block and split-K, each SM then walks one short stream
+    loops: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,6 +120,8 @@ class Tile:
             raise ValueError(f"invalid tile {self}: registers must be 0 (ptxas's choice) or 32 to 255")
         if self.prefetch not in ("start", "middle"):
             raise ValueError(f"invalid tile {self}: prefetch must be 'start' or 'middle'")
+        if self.loops < 1:
+            raise ValueError(f"invalid tile {self}: loops must be at least 1")
         if self.rows < 1 or (self.rows > 1 and (not self.halo or self.splits > 1)):
             raise ValueError(f"invalid tile {self}: rows must be at least 1, and above 1 only for halo tiles "
                              f"without split-K")
@@ -242,6 +249,22 @@ TILES.update({
 })
 TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
     "g32p128x2GHY2", "g32p128x2GHY2R128", "g32p64x4GHY2", "g32p64x4GHY2R128")})
+
+# blocks looping over pixel tiles (L<n>) for batch-32 layers of small maps and long code (conv4,
+# conv5): one group per block and split-K make each block's code a short stream (conv5 3x3 b32,
+# s8: ~1,840 FMAs, 30 KB), which the block runs for its n pixel tiles in turn; ~128 blocks
+_L = dict(group=32, pixels=256, groups=1, stage=32, regs=16)
+TILES.update({
+    "g32p256x1s8L7": Tile(**_L, splits=8, loops=7),
+    "g32p256x1s8L4": Tile(**_L, splits=8, loops=4),
+    "g32p256x1s4L7": Tile(**_L, splits=4, loops=7),
+    "g32p256x1s8HL7": Tile(**_L, splits=8, loops=7, halo=True),
+    "g32p256x1s4HL7": Tile(**_L, splits=4, loops=7, halo=True),
+    "g32p256x1s4GL7": Tile(**_L, splits=4, loops=7, layout="groups"),
+    "g32p256x1s2GL7": Tile(**_L, splits=2, loops=7, layout="groups"),
+    "g32p256x1GL7": Tile(**_L, loops=7, layout="groups"),
+    "g16p256x1s4L7": Tile(**{**_L, "group": 16}, splits=4, loops=7),
+})
 
 #: sums a thread may hold (`Tile.group` x `Tile.rows`): registers beyond leave ptxas to spill
 MAX_SUMS = 128
@@ -439,6 +462,10 @@ class PtxFmas:
                           for kk, jj, b in zip(k, j, bits)]
         return self._marker(lines, row) if lines else None
 
+    def zero_sums(self, row: tirx.PrimExpr) -> tirx.Stmt:
+        """Every sum set to zero (again: a `Tile.loops` block's next pixel tile)."""
+        return self._marker([f"\tmov.f32 \t%sa{j}, 0f00000000;" for j in range(self.sums)], row)
+
     def store_sums(self, row: tirx.PrimExpr, first: int = 0) -> tirx.Stmt:
         """The thread's sums `first`.. (group of them) into words 0..group-1 of its row `row` of the tile."""
         if self.group % 4:
@@ -530,19 +557,23 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         xr = tirx.decl_buffer((rc,), F32, "xr", scope="local")
 
         if not tile.halo:
-            n_bx = -(-n_pix // tp)
+            n_tiles = -(-n_pix // tp)
         else:
-            n_bx = (-(-(n * oh_) // block_rows) if rows_ == 1 else n * chunks) * segments
-        bx, by = _thread("blockIdx.x", n_bx), _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
+            n_tiles = (-(-(n * oh_) // block_rows) if rows_ == 1 else n * chunks) * segments
+        # pixel tiles: one per block, or `Tile.loops` of them in turn (loop variable `t`)
+        bx = _thread("blockIdx.x", -(-n_tiles // tile.loops))
+        by = _thread("blockIdx.y", n_blocks if whole_grid else b1 - b0)
+        t = tirx.Var("t", "int32")
+        tile_x = bx.var if tile.loops == 1 else bx.var * tile.loops + t
         bz = _thread("blockIdx.z", splits)
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
         block = by.var if whole_grid else b0 + by.var  # the channel block
         group = block * ng + ty.var
         if tile.halo:  # the block's first output row (flattened n * OH + oh) and column
-            row0, col0 = tirx.floordiv(bx.var, segments) * block_rows, tirx.floormod(bx.var, segments) * cols
+            row0, col0 = tirx.floordiv(tile_x, segments) * block_rows, tirx.floormod(tile_x, segments) * cols
             if rows_ > 1:  # its image and its first row in the image
-                image = tirx.floordiv(bx.var, segments * chunks)
-                local0 = tirx.floormod(tirx.floordiv(bx.var, segments), chunks) * (block_rows * rows_)
+                image = tirx.floordiv(tile_x, segments * chunks)
+                local0 = tirx.floormod(tirx.floordiv(tile_x, segments), chunks) * (block_rows * rows_)
 
         def thread_row(rr, p: int = 0):
             """(flattened output row of the block's thread row rr and its p-th row, whether it exists)."""
@@ -554,7 +585,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         def block_pixel(r, p: int = 0):
             """(flattened output pixel of the block's r-th pixel (its p-th row), whether it exists)."""
             if not tile.halo:
-                return bx.var * tp + r, bx.var * tp + r < n_pix
+                return tile_x * tp + r, tile_x * tp + r < n_pix
             rr, cc = (0, r) if cols == tp else (tirx.floordiv(r, cols), tirx.floormod(r, cols))
             orow, exists = thread_row(rr, p)
             return orow * ow_ + col0 + cc, tirx.all(rr < block_rows, exists, col0 + cc < ow_)
@@ -592,7 +623,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                                              strides, pads, dilations, kh, offset=None if rows_ == 1 else kh)
                     inside = tirx.all(inside, exists)
                 else:
-                    src, inside = tap_input(bx.var * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
+                    src, inside = tap_input(tile_x * tp + tirx.min(row, tp - 1), n_pix, (h, wd), output_hw, strides,
                                             pads, dilations, kh, kw)
                 ch = s0 + q * vec
                 if vec == 1:
@@ -692,10 +723,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             return code
 
         if ptx is None:
-            body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
-            body += [tirx.BufferStore(acc, zero, [j]) for j in range(g_ * rows_)]
-        else:  # the sums are PTX registers (`PtxFmas`)
-            body = [tirx.AllocBuffer(xs), tirx.AllocBuffer(pf)]
+            allocs = [tirx.AllocBuffer(xs), tirx.AllocBuffer(acc), tirx.AllocBuffer(xr), tirx.AllocBuffer(pf)]
+            body = [tirx.BufferStore(acc, zero, [j]) for j in range(g_ * rows_)]
+        else:  # the sums are PTX registers (`PtxFmas`), zeroed in its prologue
+            allocs = [tirx.AllocBuffer(xs), tirx.AllocBuffer(pf)]
+            body = [ptx.zero_sums(tx.var)] if tile.loops > 1 else []
         # A block's share of the stages (block-uniform: blockIdx.z), one branch per share.
         def shared_out(gi: int | None) -> tirx.Stmt:
             return _tree(bz.var, z0, z1, lambda z: tirx.SeqStmt(pipeline(gi, shares[z])))
@@ -743,7 +775,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, exists, co < cout), store, None))
             body.append(sync)
 
-        stmt = tirx.SeqStmt(body)
+        if tile.loops == 1:
+            stmt = tirx.SeqStmt(allocs + body)
+        else:  # the block's tiles in turn (the last block's may end early: block-uniform)
+            each = tirx.IfThenElse(tile_x < n_tiles, tirx.SeqStmt(body), None)
+            stmt = tirx.SeqStmt(allocs + [tirx.For(t, 0, tile.loops, tirx.ForKind.SERIAL, each)])
         if whole_grid:  # block-uniform: every barrier is met by all of a block's threads or none
             inside = [by.var >= b0, by.var < b1] + ([bz.var >= z0, bz.var < z1] if (z0, z1) != (0, splits) else [])
             stmt = tirx.IfThenElse(tirx.all(*inside), stmt, None)

@@ -416,6 +416,33 @@ def test_register_reuse_tiles_of_several_rows_per_thread_compute_kxk_layers(x_sh
         _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
+@pytest.mark.parametrize("x_shape,k_shape,strides,options", [
+    ((3, 9, 11, 40), (1, 1, 40, 36), 1, dict(splits=3, loops=3)),  # 10 pixel tiles in 4 blocks: the last one short
+    ((2, 9, 12, 20), (3, 3, 20, 40), 2, dict(loops=2)),  # per-tap stages, stride 2
+    ((2, 7, 45, 20), (3, 3, 20, 40), 1, dict(halo=True, loops=3)),  # halo: 14 rows x 2 segments
+    ((3, 13, 13, 16), (3, 3, 16, 36), 1, dict(halo=True, rows=2, loops=2)),  # rows per thread too
+])
+def test_register_reuse_blocks_looping_over_pixel_tiles_compute_layers(x_shape, k_shape, strides, options):
+    """`Tile.loops`: each block computes several pixel tiles in turn (its sums zeroed again per
+    tile), against float64, output poisoned, an empty output channel, bias and ReLU, both
+    layouts."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.workload import ConvWorkload
+
+    rng = np.random.default_rng(37)
+    w = _kernel(rng, k_shape, 0.2)
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, "SAME", 1, has_bias=True,
+                             activation="relu")
+    for layout in ("steps", "groups"):
+        tile = Tile(group=16, pixels=32, groups=1, stage=8, regs=4, layout=layout, **options)
+        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
+                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
+        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+
+
 def test_register_reuse_tile_of_several_rows_compiled_in_pieces_matches_float64(monkeypatch):
     """A `Tile.rows` tile through `RegisterReuse.build` with its code in pieces (one per channel
     block, joined into one kernel), padded 3x3, bias and ReLU, output poisoned."""

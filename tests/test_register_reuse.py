@@ -148,6 +148,30 @@ def test_a_tile_of_several_rows_stages_each_input_row_once_and_has_rows_fmas_per
     assert ".local" not in ptx
 
 
+@pytest.mark.parametrize("fma_code", ["ptx", "tir"])
+def test_a_block_looping_over_pixel_tiles_has_its_code_once_and_zeroes_its_sums_per_tile(fma_code):
+    """`Tile.loops`: the pixel tiles are a loop around one copy of the code (one FMA per nonzero,
+    not one per tile), the sums zeroed at each tile (PTX sums: a second zeroing beside the
+    prologue's), no local memory; the grid is the tiles over `loops`."""
+    rng = np.random.default_rng(8)
+    w = (rng.standard_normal((3, 3, 24, 40)) * (rng.random((3, 3, 24, 40)) < 0.3)).astype(np.float32)
+    tile = Tile(group=8, pixels=32, groups=1, stage=8, regs=4, layout="groups", splits=3, loops=3)
+    func = emit(w, (2, 9, 10, 24), (9, 10), (1, 1), ((1, 1), (1, 1)), tile, bias=True, activation="relu",
+                fma_code=fma_code)
+    ptx = nvptx_ptx(func)
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    np.testing.assert_array_equal(sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas), np.sort(w[w != 0]))
+    assert ".local" not in ptx
+    if fma_code == "ptx":
+        assert len(re.findall(r"mov\.f32\s+%sa0, 0f00000000", ptx)) == 2
+    host = str(emit(w, (2, 9, 10, 24), (9, 10), (1, 1), ((1, 1), (1, 1)), tile, bias=True, llvm=False))
+    tiles = -(-2 * 9 * 10 // 32)  # 6 tiles of 32 pixels: 2 blocks of 3
+    assert re.search(r'launch_thread\("blockIdx.x", 2\)', host)
+    assert f"blockIdx_x * 3 + t < {tiles}" in host
+    with pytest.raises(ValueError, match="loops"):
+        Tile(loops=0).validate()
+
+
 def test_tiles_of_several_rows_count_their_code_and_sums_against_the_budgets():
     """A `Tile.rows` tile's code holds each nonzero once per row (the code-size budget and the
     pieces count it so), its sums (group x rows) stay within `MAX_SUMS`, and only halo tiles
