@@ -42,6 +42,10 @@ def parse_args(argv=None):
     ap.add_argument("--layer-repeats", type=int, default=20, help="sparsify's timed calls per layer (default 20)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                    help="first tune one layer of each shape that has no record yet (its own or its CPU family's), "
+                         "N MetaSchedule trials each (`tvm_sparseconv.keras.tune_layers`; ~40 s per shape on 2 "
+                         "cores; default 0: no tuning)")
     ap.add_argument("--inter-op-threads", type=int, default=None,
                     help="TensorFlow's inter-op threads (ops run at once; default: TensorFlow's choice)")
     return ap.parse_args(argv)
@@ -97,6 +101,15 @@ def main(argv=None) -> int:
     zeros = prune_by_magnitude(keras, model, args.sparsity)
     print(f"pruned {len(zeros)} Conv2D kernels to {args.sparsity:.0%} zeros by magnitude")
 
+    tune_s = None
+    if args.tune_trials:
+        from tvm_sparseconv.keras import tune_layers
+
+        t0 = time.perf_counter()
+        tuned = tune_layers(model, trials=args.tune_trials, batch_size=args.batch, per_shape=True, untuned_only=True)
+        tune_s = time.perf_counter() - t0
+        print(f"tuned {len(tuned)} layer shapes in {tune_s:.0f} s")
+
     t0 = time.perf_counter()
     fast, report = sparsify(model, batch_size=args.batch, repeats=args.layer_repeats)
     sparsify_s = time.perf_counter() - t0
@@ -135,6 +148,7 @@ def main(argv=None) -> int:
             "model_ms": {"dense": t_dense, "sparsified": t_sparse, "repeats": args.repeats},
             "conv_ms": {"dense": conv_dense, "chosen": conv_chosen},
             "sparse_layers": len(chosen), "conv_layers": len(report.layers), "sparsify_s": sparsify_s,
+            "tune_trials": args.tune_trials, "tune_s": tune_s,
             "layers": report.to_dicts(), "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         }, indent=1, default=str) + "\n")
         print(f"wrote {args.json}")

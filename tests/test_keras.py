@@ -181,6 +181,37 @@ def test_tune_layers_then_sparsify_uses_the_records(rng, tmp_path, monkeypatch):
     assert {d.name: d.tuned for d in report.layers}["pruned"] is True
 
 
+def test_tune_layers_per_shape_and_only_where_compile_finds_no_record(rng, tmp_path, monkeypatch):
+    """`per_shape`: one layer of each shape is tuned (its record serves the others, nearest ELL
+    width); `untuned_only`: a layer that `compile()` already finds a record for is skipped, though
+    its own pattern was never tuned."""
+    from tvm_sparseconv.keras import tune_layers
+
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(tmp_path / "logs"))
+
+    from tvm_sparseconv.keras import layer_problems
+
+    def model_of(seed, sparsity):
+        inp = keras.Input((12, 10, 3))
+        x = keras.layers.Conv2D(8, 3, padding="same", name="a")(inp)
+        x = keras.layers.Conv2D(8, 3, padding="same", name="b")(x)
+        x = keras.layers.Conv2D(8, 3, padding="same", name="c")(x)
+        m = keras.Model(inp, x)
+        layer_rng = np.random.default_rng(seed)
+        for layer in m.layers[1:]:
+            prune(layer, layer_rng, sparsity=sparsity)
+        return m
+
+    first = model_of(1, 0.9)
+    b, c = (p.workload() for p in layer_problems(first)[1:])
+    assert b != c and b.kernel_shape == c.kernel_shape, "two patterns of one shape"
+    tuned = tune_layers(first, trials=4, work_dir=tmp_path / "work", verbose=False, per_shape=True)
+    assert [r.problem for r in tuned] == ["a", "b"], "c has b's shape"
+    other = model_of(2, 0.7)  # other patterns and ELL widths: no record of their own
+    assert not {p.workload() for p in layer_problems(other)} & {r.workload for r in tuned}
+    assert tune_layers(other, trials=4, work_dir=tmp_path / "work", verbose=False, untuned_only=True) == []
+
+
 # --- what cannot be converted, and bad input ------------------------------------------------------
 def test_unconvertible_layers_stay_dense_with_a_reason(rng):
     inp = keras.Input((12, 12, 4))

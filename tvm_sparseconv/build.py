@@ -365,6 +365,17 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     return gen_wl, scheduled
 
 
+def has_record(kernel, wl: ConvWorkload, target: Target) -> bool:
+    """Whether `compile()` finds a record for this layer on `target`: a MetaSchedule record of one
+    of its scheduled algorithms or a tile record of a generated one, this device's own or (as
+    `choose_generated` takes them) its family's. Nothing is built."""
+    kind = target.kind.name
+    if _tuned_records(algorithms.workloads_for(kernel, wl, kind), target):
+        return True
+    return any(generated_record(g, target, nonzeros=int(kernel.nnz)) is not None
+               for g in algorithms.generated_workloads_for(kernel, wl, kind))
+
+
 def build_layer(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
                 use_disk_cache: bool = True, folder: Path | None = None) -> BuildResult:
     """`compile()`'s choice for a layer: the fastest of its algorithms by their records on this

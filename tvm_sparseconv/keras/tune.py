@@ -7,6 +7,7 @@ folder; `sparsify` and `SparseConv2D` then find the records. Already tuned layer
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +37,42 @@ def layer_problems(model, batch_size: int = 1, min_sparsity: float = 0.5) -> lis
     return problems
 
 
+def _shape_key(wl):
+    """A workload without its ELL width: the layers one record serves (records are matched to the
+    nearest ELL width of the shape, `tuning_records.find_tuned_schedule`)."""
+    return replace(wl, ell_width=0)
+
+
 def tune_layers(model, trials: int = 64, batch_size: int = 1, min_sparsity: float = 0.5, target=None,
-                work_dir: Path | None = None, verbose: bool = True) -> list[TuneResult]:
-    """Tune every layer `sparsify` would consider, for `target` (default: this CPU, or the GPU)."""
+                work_dir: Path | None = None, verbose: bool = True, per_shape: bool = False,
+                untuned_only: bool = False) -> list[TuneResult]:
+    """Tune every layer `sparsify` would consider, for `target` (default: this CPU, or the GPU).
+    `per_shape`: only the first layer of each shape (ResNet-50: 20 shapes in 53 layers), whose
+    record then serves the others of the shape. `untuned_only`: skip the layers `compile()` finds
+    a record for already (`build.has_record`: also another algorithm's, or another CPU's of the
+    ISA family). On a CPU this matters: a record of its own hides the family's records of the
+    layer, also a faster algorithm's (`build.choose_generated`)."""
+    from ..build import has_record
+
     tgt = resolve_target(target)
     folder = logs_root() / target_folder_name(tgt)
     work = work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / target_folder_name(tgt)
     done = tuned_problems(folder)
+    shapes = {_shape_key(w) for w in done}
     results = []
     for problem in layer_problems(model, batch_size, min_sparsity):
         problem = problem.for_target(tgt.kind.name)  # as compile() computes it there
-        if problem.workload() in done:
+        wl = problem.workload()
+        if wl in done or (per_shape and _shape_key(wl) in shapes):
             if verbose:
-                print(f"{problem.name}: already tuned in {folder}")
+                print(f"{problem.name}: already tuned in {folder}" + (" (its shape)" if wl not in done else ""))
             continue
+        if untuned_only and has_record(problem.sparse_kernel(), wl, tgt):
+            if verbose:
+                print(f"{problem.name}: compile() finds a record already")
+            continue
+        done.add(wl)
+        shapes.add(_shape_key(wl))
         res = tune_problem(problem, tgt, folder, trials, work, quiet=True)
         if verbose:
             print(f"{problem.name}: best {res.best_seconds * 1e3:.3f} ms ({res.rule}), "
