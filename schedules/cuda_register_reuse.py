@@ -221,7 +221,10 @@ TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
     "g32p64x4GH", "g32p128x2GHR80", "g32p128x2GHR72", "g32p64x4s4")})
 
 # several output rows per thread (Y<rows>): a staged input row feeds every kernel row reading it
-# (ptxas gives g32p128x2GHY2 157 registers, one block per SM; R128: two, 20 bytes spilled)
+# (ptxas gives g32p128x2GHY2 157 registers, one block per SM; R128: two, 20 bytes spilled). Lost
+# on the headline (v24: g32p128x2GHY2R128 290.5 us against g32p128x2GHR80M's 208.0; ncu: half
+# the shared-memory traffic, but instruction fetch 76% of stalls) and on conv3/conv4 3x3 b32;
+# won conv1 7x7 s2 b32 (g32p64x4GHY2 92.0 against 99.2)
 TILES.update({
     "g32p128x2GHY2": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, rows=2),
     "g32p128x2GHY2R128": Tile(group=32, pixels=128, groups=2, stage=64, regs=16, layout="groups", halo=True, rows=2,
@@ -236,7 +239,8 @@ TILES.update({
     "g32p32x8GHY2": Tile(group=32, pixels=32, groups=8, stage=64, regs=16, layout="groups", halo=True, rows=2),
     "g32p64x4HY2": Tile(group=32, pixels=64, groups=4, stage=64, regs=16, halo=True, rows=2),
     # one group per block: every warp of an SM on one instruction stream (the headline's issue
-    # gaps are mostly instruction fetch: stop 27's ncu), each group staging the input apart
+    # gaps are mostly instruction fetch: stop 27's ncu), each group staging the input apart.
+    # Lost (v24: headline 302.1 and 305.5 us against 208.0)
     "g32p256x1GHR80": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", halo=True,
                            registers=80),
     "g32p128x1GHR80": Tile(group=32, pixels=128, groups=1, stage=64, regs=16, layout="groups", halo=True,
@@ -252,7 +256,9 @@ TILES.update({f"{name}M": replace(TILES[name], prefetch="middle") for name in (
 
 # blocks looping over pixel tiles (L<n>) for batch-32 layers of small maps and long code (conv4,
 # conv5): one group per block and split-K make each block's code a short stream (conv5 3x3 b32,
-# s8: ~1,840 FMAs, 30 KB), which the block runs for its n pixel tiles in turn; ~128 blocks
+# s8: ~1,840 FMAs, 30 KB), which the block runs for its n pixel tiles in turn; ~128 blocks.
+# Lost (v25: conv5 3x3 b32 g32p256x1s8L7 258.7 us against g32p64x4s4's 160.6, conv4 3x3 b32
+# 146.2 against 80.1, conv4 1x1 reduce b32 90.5 against 43.1)
 _L = dict(group=32, pixels=256, groups=1, stage=32, regs=16)
 TILES.update({
     "g32p256x1s8L7": Tile(**_L, splits=8, loops=7),
