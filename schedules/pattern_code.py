@@ -28,7 +28,8 @@ def tap_input(p, n_pix: int, input_hw, output_hw, strides, pads, dilations, kh: 
     return (img, r, c), tirx.all(p < n_pix, inside)
 
 
-def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int, offset: int | None = None) -> tuple:
+def halo_input(out_row, col, input_hw, output_hw, strides, pads, dilations, kh: int,
+               offset: int | None = None) -> tuple:
     """((image, row, column) of input column `col` (counted from the padded left edge, in input
     columns) of kernel row `kh` under flattened output row `out_row` (n * OH + oh), clamped into
     the image; whether it lies inside). The halo tiles' copies: a block's segment of an output

@@ -366,19 +366,28 @@ def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides,
     """Halo tiles (a block: a segment of one output row; each kernel row's input staged once with
     its halo, the taps read from shared memory at their offsets) against float64, output
     poisoned, an empty output channel, bias and ReLU, in both layouts."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile
+
+    _check_emitted_tiles(23, x_shape, k_shape, strides, padding, dilations, [
+        Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=splits, halo=True)
+        for layout in ("steps", "groups")])
+
+
+def _check_emitted_tiles(seed, x_shape, k_shape, strides, padding, dilations, tiles) -> None:
+    """The register-reuse kernel of each of `tiles` for one layer (a random kernel with an empty
+    output channel, bias and ReLU) against float64, output poisoned."""
     from tvm_sparseconv.nvptx_build import compile_nvptx
-    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
+    from tvm_sparseconv.schedules.cuda_register_reuse import emit
     from tvm_sparseconv.workload import ConvWorkload
 
-    rng = np.random.default_rng(23)
+    rng = np.random.default_rng(seed)
     w = _kernel(rng, k_shape, 0.2)
     w[..., 1] = 0.0
     bias = rng.standard_normal(k_shape[3]).astype(np.float32)
     kernel = tsc.SparseKernel.from_dense(w)
     wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
                              activation="relu")
-    for layout in ("steps", "groups"):
-        tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=splits, halo=True)
+    for tile in tiles:
         ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
                                                         activation="relu", llvm=llvm, dilations=wl.dilations))
         _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
@@ -397,23 +406,11 @@ def test_register_reuse_tiles_of_several_rows_per_thread_compute_kxk_layers(x_sh
     """Halo tiles whose threads hold `rows` consecutive output rows (`Tile.rows`: each staged input
     row feeds every kernel row that reads it) against float64, output poisoned, an empty output
     channel, bias and ReLU: both layouts, the next stage's loads at the start and halfway."""
-    from tvm_sparseconv.nvptx_build import compile_nvptx
-    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
-    from tvm_sparseconv.workload import ConvWorkload
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile
 
-    rng = np.random.default_rng(29)
-    w = _kernel(rng, k_shape, 0.2)
-    w[..., 1] = 0.0
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
-                             activation="relu")
-    for layout, prefetch in (("steps", "start"), ("groups", "middle")):
-        tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, halo=True, rows=rows,
-                    prefetch=prefetch)
-        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
-        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+    _check_emitted_tiles(29, x_shape, k_shape, strides, padding, dilations, [
+        Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, halo=True, rows=rows, prefetch=prefetch)
+        for layout, prefetch in (("steps", "start"), ("groups", "middle"))])
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,options", [
@@ -426,21 +423,11 @@ def test_register_reuse_blocks_looping_over_pixel_tiles_compute_layers(x_shape, 
     """`Tile.loops`: each block computes several pixel tiles in turn (its sums zeroed again per
     tile), against float64, output poisoned, an empty output channel, bias and ReLU, both
     layouts."""
-    from tvm_sparseconv.nvptx_build import compile_nvptx
-    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
-    from tvm_sparseconv.workload import ConvWorkload
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile
 
-    rng = np.random.default_rng(37)
-    w = _kernel(rng, k_shape, 0.2)
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, "SAME", 1, has_bias=True,
-                             activation="relu")
-    for layout in ("steps", "groups"):
-        tile = Tile(group=16, pixels=32, groups=1, stage=8, regs=4, layout=layout, **options)
-        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
-        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+    _check_emitted_tiles(37, x_shape, k_shape, strides, "SAME", 1, [
+        Tile(group=16, pixels=32, groups=1, stage=8, regs=4, layout=layout, **options)
+        for layout in ("steps", "groups")])
 
 
 def test_register_reuse_tile_of_several_rows_compiled_in_pieces_matches_float64(monkeypatch):

@@ -141,7 +141,8 @@ class RegisterReuse(GeneratedAlgorithm):
         arch = str(target.attrs.get("arch", "sm_90")) if target is not None else "sm_90"
         ptxas = self.ptxas_options(tile, ptxas_opt)
         shares = split_count(np.asarray(kernel.to_dense(), np.float32), tile)
-        n, apart = self._pieces(int(kernel.nnz) * tile.rows, wl, tile, None if link == "auto" else link != "joined", shares)
+        n, apart = self._pieces(int(kernel.nnz) * tile.rows, wl, tile, None if link == "auto" else link != "joined",
+                                shares)
         if n == 1:
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, fma_code=fma_code), arch=arch,
                                  **ptxas)
