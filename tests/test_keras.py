@@ -212,6 +212,65 @@ def test_tune_layers_per_shape_and_only_where_compile_finds_no_record(rng, tmp_p
     assert tune_layers(other, trials=4, work_dir=tmp_path / "work", verbose=False, untuned_only=True) == []
 
 
+# --- BatchNormalization (and ReLU) folded into sparse layers -----------------------------------------
+def _conv_bn_model(rng):
+    """conv a -> BN -> ReLU -> conv b -> BN -> add(skip: conv c, linear, read twice) -> ReLU; the BNs
+    with random statistics. c's output is used twice (no chain); b's BN feeds an Add (no ReLU)."""
+    inp = keras.Input((12, 10, 8))
+    a = keras.layers.Conv2D(16, 3, padding="same", use_bias=False, name="a")(inp)
+    a = keras.layers.BatchNormalization(name="a_bn")(a)
+    a = keras.layers.Activation("relu", name="a_relu")(a)
+    b = keras.layers.Conv2D(16, 3, padding="same", name="b")(a)
+    b = keras.layers.BatchNormalization(name="b_bn")(b)
+    c = keras.layers.Conv2D(16, 1, name="c")(a)
+    cc = keras.layers.Multiply(name="c_sq")([c, c])
+    out = keras.layers.ReLU(name="out_relu")(keras.layers.Add(name="add")([b, c, cc]))
+    model = keras.Model(inp, out)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            prune(layer, rng)
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2.0, n), rng.standard_normal(n), rng.standard_normal(n) * 0.3,
+                               rng.uniform(0.2, 3.0, n)])
+    return model
+
+
+def test_batchnorm_chains_are_found_only_where_folding_keeps_the_model():
+    from tvm_sparseconv.keras.batchnorm import chains
+
+    model = _conv_bn_model(np.random.default_rng(0))
+    found = chains(model, keras)
+    assert set(found) == {"a", "b"}, "c's output goes to two layers"
+    assert found["a"].layer_names == ["a_bn", "a_relu"] and found["a"].activation == "relu"
+    assert found["b"].layer_names == ["b_bn"] and found["b"].activation is None, "b's BN feeds an Add"
+
+
+@pytest.mark.parametrize("measure", [False, True])
+def test_sparsify_folds_batchnorm_and_relu_into_sparse_layers(measure, tmp_path):
+    """The sparse layers take in their BatchNormalization (and ReLU): the new model's predictions
+    match the pruned model's at inference, the folded layers pass their input on, the report names
+    them, the model saves and loads; with `fold_batchnorm=False` the layers stay."""
+    rng = np.random.default_rng(3)
+    model = _conv_bn_model(rng)
+    x = rng.standard_normal((2, 12, 10, 8)).astype(np.float32)
+    fast, report = sparsify(model, measure=measure, repeats=3, min_speedup=0.0, verbose=False)
+    assert report.sparse_layers == ["a", "b", "c"]
+    assert {d.name: d.folded for d in report.layers} == {"a": ["a_bn", "a_relu"], "b": ["b_bn"], "c": []}
+    kinds = {layer.name: type(layer).__name__ for layer in fast.layers}
+    assert kinds["a_bn"] == kinds["a_relu"] == kinds["b_bn"] == "FoldedIntoSparse"
+    assert kinds["a"] == "SparseConv2D" and fast.get_layer("a").activation == "relu"
+    assert rel_err(fast(x, training=False).numpy(), model(x, training=False).numpy()) <= 1e-5
+    if not measure:
+        path = tmp_path / "folded.keras"
+        fast.save(path)
+        loaded = keras.models.load_model(path)
+        assert rel_err(loaded(x, training=False).numpy(), model(x, training=False).numpy()) <= 1e-5
+    kept, _ = sparsify(model, measure=False, verbose=False, fold_batchnorm=False)
+    assert type(kept.get_layer("a_bn")).__name__ == "BatchNormalization"
+    assert rel_err(kept(x, training=False).numpy(), model(x, training=False).numpy()) <= 1e-5
+
+
 # --- what cannot be converted, and bad input ------------------------------------------------------
 def test_unconvertible_layers_stay_dense_with_a_reason(rng):
     inp = keras.Input((12, 12, 4))

@@ -113,18 +113,31 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
 
         # --- construction from what users have -------------------------------------------------
         @classmethod
-        def from_conv2d(cls, conv, target: str | None = None) -> "SparseConv2D":
-            """A SparseConv2D with `conv`'s arguments, name and weights (conv must be built)."""
+        def from_conv2d(cls, conv, target: str | None = None, batchnorm=None,
+                        activation: str | None = None) -> "SparseConv2D":
+            """A SparseConv2D with `conv`'s arguments, name and weights (conv must be built).
+            `batchnorm`: a BatchNormalization after `conv` (which must be linear), folded into the
+            kernel and a bias at inference (`batchnorm.folded_weights`); `activation` then: the
+            activation after it ("relu", "relu6" or None)."""
             from .sparsify import unsupported_reason
 
             reason = unsupported_reason(conv)
             if reason:
                 raise ValueError(f"cannot convert layer {conv.name!r}: {reason}")
             cfg = conv.get_config()
+            if batchnorm is None:
+                act, use_bias, weights = conv.activation, cfg["use_bias"], conv.get_weights()
+            else:
+                from .batchnorm import folded_weights
+
+                if activation_name(conv.activation, keras) is not None:
+                    raise ValueError(f"cannot fold {batchnorm.name!r} into {conv.name!r}: the convolution has "
+                                     f"an activation before it")
+                act, use_bias, weights = activation, True, list(folded_weights(conv, batchnorm))
             layer = cls(cfg["filters"], cfg["kernel_size"], cfg["strides"], cfg["padding"], cfg["dilation_rate"],
-                        conv.activation, cfg["use_bias"], target=target, name=conv.name)
+                        act, use_bias, target=target, name=conv.name)
             layer.build((None, None, None, conv.kernel.shape[2]))
-            layer.set_weights(conv.get_weights())
+            layer.set_weights(weights)
             return layer
 
         @classmethod

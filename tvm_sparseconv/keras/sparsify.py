@@ -5,7 +5,10 @@ enough? (`min_sparsity` zeros) -> faster? (with `measure=True`: the dense layer 
 timed on the layer's real input shape, inside `tf.function` as `model.predict` runs them, less the
 fixed cost of a tf.function call, and their outputs compared). Chosen layers become
 `SparseConv2D` with the same name and weights; everything else is rebuilt from its config with its
-weights copied. The given model is never modified.
+weights copied. With `fold_batchnorm`, a BatchNormalization right after a convolution (and a ReLU
+right after that) is folded into its sparse replacement and becomes an identity layer
+(`batchnorm.py`); the dense side is then timed as the three layers run. The given model is never
+modified.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from .._warnings import warn_user
 from ..build import UntunedWarning, tune_command
 from ._flavour import keras_of
+from .batchnorm import chains, folded_layer_class
 from .layer import activation_name, sparse_conv2d_class
 
 #: Largest relative difference between the dense and sparse layer outputs that counts as equal.
@@ -39,6 +43,8 @@ class LayerDecision:
     sparse_ms: float | None = None
     tuned: bool | None = None
     tune_command: str | None = field(default=None, repr=False)
+    #: layers folded into the sparse one (its BatchNormalization and ReLU)
+    folded: list[str] = field(default_factory=list)
 
     @property
     def speedup(self) -> float | None:
@@ -108,14 +114,17 @@ def unsupported_reason(conv) -> str | None:
 
 
 def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size: int = 1,
-             target: str | None = None, repeats: int = 20, min_speedup: float = 1.05, verbose: bool = True):
+             target: str | None = None, repeats: int = 20, min_speedup: float = 1.05, verbose: bool = True,
+             fold_batchnorm: bool = True):
     """A new model in which each pruned Conv2D that runs faster sparse is a `SparseConv2D`.
 
     `min_sparsity`: smallest fraction of zeros in a kernel to consider it. `measure`: time dense and
     sparse on the layer's input shape (batch `batch_size`) and keep whichever is faster; without it,
     every sparse-enough convertible layer is converted; a measured layer turns sparse only when that is
     at least `min_speedup` times faster (a tie within timing noise stays dense). `target`: None
-    (CPU), "cpu" or "cuda". Tuning records are looked up for batch `batch_size`.
+    (CPU), "cpu" or "cuda". Tuning records are looked up for batch `batch_size`. `fold_batchnorm`:
+    a sparse layer takes in the BatchNormalization after it and a ReLU after that (inference: the
+    new model's BatchNormalization layers that were folded are identity layers, `FoldedIntoSparse`).
     Returns `(new_model, report)`; the report's table is printed when `verbose`.
     """
     keras = keras_of(model)
@@ -133,14 +142,17 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
     layer_cls = sparse_conv2d_class(keras)
     decisions: dict[str, LayerDecision] = {}
     replacements: dict[str, Any] = {}
+    folds = chains(model, keras) if fold_batchnorm else {}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.Conv2D):
             continue
         decision, sparse = _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats,
-                                   min_speedup)
+                                   min_speedup, folds.get(layer.name))
         decisions[layer.name] = decision
         if decision.chosen == "sparse":
             replacements[layer.name] = sparse
+            for name in decision.folded:  # now computed by the sparse layer
+                replacements[name] = folded_layer_class(keras)(name=name)
 
     shared: list[str] = []
 
@@ -179,7 +191,10 @@ def _is_graph_model(model, keras) -> bool:
     return bool(getattr(model, "_is_graph_network", False))
 
 
-def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup):
+def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup, chain=None):
+    """(decision, the sparse layer or None) for one Conv2D; `chain`: its BatchNormalization (and
+    ReLU) to fold into the sparse layer, the dense side then timed as conv, BatchNormalization
+    and ReLU."""
     kernel = np.asarray(layer.kernel.numpy()) if layer.built else None
     shape = tuple(int(d) for d in layer.kernel.shape) if layer.built else ()
     in_shape = layer_input_shape(layer)
@@ -194,21 +209,34 @@ def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats
     sparsity = 1.0 - np.count_nonzero(kernel) / kernel.size
     if sparsity < min_sparsity:
         return decision("dense", f"{sparsity:.0%} zeros < min_sparsity {min_sparsity:.0%}"), None
-    sparse = layer_cls.from_conv2d(layer, target=target)
+    if chain is None:
+        sparse, dense, folded = layer_cls.from_conv2d(layer, target=target), layer, []
+    else:
+        sparse = layer_cls.from_conv2d(layer, target=target, batchnorm=chain.batchnorm, activation=chain.activation)
+        dense, folded = _chain_call(layer, chain), chain.layer_names
+    note = f" ({' + '.join(folded)} folded in)" if folded else ""
     if not measure:
-        return decision("sparse", f"{sparsity:.0%} zeros (not timed)"), sparse
+        return decision("sparse", f"{sparsity:.0%} zeros (not timed){note}", folded=folded), sparse
     if in_shape is None or any(d is None for d in in_shape[1:]):
         return decision("dense", "input size unknown, cannot time it (give the model a fixed-size Input "
                                  "or use measure=False)"), None
     x_shape = (batch_size, *in_shape[1:])
-    dense_s, sparse_s, err, tuned, command = _time_both(layer, sparse, x_shape, repeats)
+    dense_s, sparse_s, err, tuned, command = _time_both(dense, sparse, x_shape, repeats)
     timed = dict(dense_ms=dense_s * 1e3, sparse_ms=sparse_s * 1e3, tuned=tuned, tune_command=command)
     if not err <= MATCH_TOLERANCE:
         return decision("dense", f"sparse output differs (rel. error {err:.1e}): kept dense", **timed), None
     if sparse_s * min_speedup > dense_s:
         why = "dense is faster" if sparse_s >= dense_s else f"sparse faster by less than {min_speedup:.2f}x"
         return decision("dense", why, **timed), None
-    return decision("sparse", f"{sparsity:.0%} zeros, faster", **timed), sparse
+    return decision("sparse", f"{sparsity:.0%} zeros, faster{note}", folded=folded, **timed), sparse
+
+
+def _chain_call(conv, chain):
+    """The dense layers of `chain` as one callable: conv, its BatchNormalization at inference, the ReLU."""
+    def call(x):
+        y = chain.batchnorm(conv(x), training=False)
+        return y if chain.relu is None else chain.relu(y)
+    return call
 
 
 def layer_input_shape(layer) -> tuple | None:
