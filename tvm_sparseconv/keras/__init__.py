@@ -2,7 +2,7 @@
 
     from tvm_sparseconv.keras import sparsify
     tune_layers(pruned_model, trials=64)            # optional: tune each pruned layer for this device
-    fast_model, report = sparsify(pruned_model)     # pruned Conv2D -> SparseConv2D where faster
+    fast_model, report = sparsify(pruned_model)     # pruned Conv2D -> SparseConv2D where faster (BN folded in)
     fast_model.save("fast.keras"); keras.models.load_model("fast.keras")   # after this import
     fast_model.export("served/")     # a SavedModel: tf.saved_model.load it anywhere after `import tvm_sparseconv`
 
