@@ -575,9 +575,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         tx, ty = _thread("threadIdx.x", tp), _thread("threadIdx.y", ng)
         block = by.var if whole_grid else b0 + by.var  # the channel block
         group = block * ng + ty.var
-        if tile.halo:  # the block's first output row (flattened n * OH + oh) and column
-            row0, col0 = tirx.floordiv(tile_x, segments) * block_rows, tirx.floormod(tile_x, segments) * cols
-            if rows_ > 1:  # its image and its first row in the image
+        if tile.halo:  # the block's first column, and its first output row (flattened n * OH + oh)
+            col0 = tirx.floormod(tile_x, segments) * cols
+            if rows_ == 1:
+                row0 = tirx.floordiv(tile_x, segments) * block_rows
+            else:  # or its image and its first row in the image
                 image = tirx.floordiv(tile_x, segments * chunks)
                 local0 = tirx.floormod(tirx.floordiv(tile_x, segments), chunks) * (block_rows * rows_)
 
@@ -624,7 +626,7 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
                 if tile.halo:
                     row_ = tirx.min(row, staged - 1)
                     rr, col = (0, row_) if block_rows == 1 else (tirx.floordiv(row_, halo_cols), tirx.floormod(row_, halo_cols))
-                    orow, exists = thread_row(rr)
+                    orow, exists = thread_row(rr)  # with `rows_` > 1 the stage's `kh` is an input-row offset
                     src, inside = halo_input(tirx.min(orow, n * oh_ - 1), col0 * sw + col, (h, wd), output_hw,
                                              strides, pads, dilations, kh, offset=None if rows_ == 1 else kh)
                     inside = tirx.all(inside, exists)

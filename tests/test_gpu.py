@@ -332,26 +332,40 @@ def _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias) -> None:
     assert np.all(np.isfinite(got))
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < TOL
 
+def _bias_relu_layer(rng, x_shape, k_shape, strides=1, padding="SAME", dilations=1):
+    """(w, bias, kernel, workload) of a random layer with 20% nonzeros, an empty output channel,
+    bias and ReLU (the generated kernels' test layer)."""
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
+                             activation="relu")
+    return w, bias, kernel, wl
+
+
+def _check_emitted_tiles(seed, x_shape, k_shape, strides, padding, dilations, tiles) -> None:
+    """The register-reuse kernel of each of `tiles` for one `_bias_relu_layer` against float64,
+    output poisoned."""
+    from tvm_sparseconv.nvptx_build import compile_nvptx
+    from tvm_sparseconv.schedules.cuda_register_reuse import emit
+
+    rng = np.random.default_rng(seed)
+    w, bias, _, wl = _bias_relu_layer(rng, x_shape, k_shape, strides, padding, dilations)
+    for tile in tiles:
+        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
+                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
+        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+
 
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
     """Split-K (4 shares of the taps' stages) on a padded, strided 3x3 layer with bias and ReLU,
     one output channel empty, against float64, output poisoned."""
-    from tvm_sparseconv.nvptx_build import compile_nvptx
-    from tvm_sparseconv.schedules.cuda_register_reuse import Tile, emit
-    from tvm_sparseconv.workload import ConvWorkload
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile
 
-    rng = np.random.default_rng(17)
-    x_shape, k_shape = (2, 11, 13, 20), (3, 3, 20, 40)
-    w = _kernel(rng, k_shape, 0.2)
-    w[..., 1] = 0.0
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 2, "SAME", 1, has_bias=True, activation="relu")
-    tile = Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4)
-    ex = compile_nvptx(lambda llvm: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                         activation="relu", llvm=llvm))
-    _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
+    _check_emitted_tiles(17, (2, 11, 13, 20), (3, 3, 20, 40), 2, "SAME", 1,
+                         [Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4)])
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations,splits", [
@@ -371,26 +385,6 @@ def test_register_reuse_halo_tiles_compute_kxk_layers(x_shape, k_shape, strides,
     _check_emitted_tiles(23, x_shape, k_shape, strides, padding, dilations, [
         Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=splits, halo=True)
         for layout in ("steps", "groups")])
-
-
-def _check_emitted_tiles(seed, x_shape, k_shape, strides, padding, dilations, tiles) -> None:
-    """The register-reuse kernel of each of `tiles` for one layer (a random kernel with an empty
-    output channel, bias and ReLU) against float64, output poisoned."""
-    from tvm_sparseconv.nvptx_build import compile_nvptx
-    from tvm_sparseconv.schedules.cuda_register_reuse import emit
-    from tvm_sparseconv.workload import ConvWorkload
-
-    rng = np.random.default_rng(seed)
-    w = _kernel(rng, k_shape, 0.2)
-    w[..., 1] = 0.0
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, dilations, has_bias=True,
-                             activation="relu")
-    for tile in tiles:
-        ex = compile_nvptx(lambda llvm, tile=tile: emit(w, x_shape, wl.output_hw, wl.strides, wl.pads, tile, bias=True,
-                                                        activation="relu", llvm=llvm, dilations=wl.dilations))
-        _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations,rows", [
@@ -435,14 +429,10 @@ def test_register_reuse_tile_of_several_rows_compiled_in_pieces_matches_float64(
     block, joined into one kernel), padded 3x3, bias and ReLU, output poisoned."""
     from tvm_sparseconv import algorithms as algs
     from tvm_sparseconv.schedules import cuda_register_reuse as rr
-    from tvm_sparseconv.workload import ConvWorkload
 
     rng = np.random.default_rng(31)
     x_shape, k_shape = (2, 9, 40, 16), (3, 3, 16, 64)
-    w = _kernel(rng, k_shape, 0.2)
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
+    w, bias, kernel, wl = _bias_relu_layer(rng, x_shape, k_shape)
     tile = rr.Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout="groups", halo=True, rows=2)
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz * 2 // 2))
     assert rr.pieces_for(kernel.nnz * 2, k_shape[3], tile) == 2
@@ -460,14 +450,10 @@ def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, p
     from tvm_sparseconv import algorithms as algs
     from tvm_sparseconv.algorithms import register_reuse
     from tvm_sparseconv.schedules import cuda_register_reuse as rr
-    from tvm_sparseconv.workload import ConvWorkload
 
     rng = np.random.default_rng(19)
     x_shape, k_shape = (2, 9, 10, 16), (3, 3, 16, 48)
-    w = _kernel(rng, k_shape, 0.2)
-    bias = rng.standard_normal(k_shape[3]).astype(np.float32)
-    kernel = tsc.SparseKernel.from_dense(w)
-    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, 1, "SAME", 1, has_bias=True, activation="relu")
+    w, bias, kernel, wl = _bias_relu_layer(rng, x_shape, k_shape)
     tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits)
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // pieces))
     monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // pieces))
