@@ -177,7 +177,9 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
     t0 = time.perf_counter()
     op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding, target=target)
     t_compile = time.perf_counter() - t0
-    wl = op.workload
+    # The layer as the user has it; `op.workload` is what runs (on CPUs a strided layer runs on its
+    # input's stride phases: another shape and kernel, the same output).
+    wl = problem.workload(kernel)
     n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4) if on_gpu else 1
     xs = [rng.standard_normal(wl.input_shape, dtype=np.float32) for _ in range(n_rot)]
 
@@ -187,7 +189,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
     times, errors = {"sparse": ours}, {"sparse": err}
     per_algorithm = {}
     for name in forced:
-        if not algorithms.by_name(name).applies(wl, target.kind.name):
+        if not algorithms.by_name(name).applies(op.workload, target.kind.name):
             continue
         t0 = time.perf_counter()
         forced_alg = algorithms.by_name(name)  # a TF32 one needs its precision, and is judged at its tolerance
@@ -213,6 +215,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         "sweep": problem.sweep, "problem": problem.name, "value": problem.value, "count": problem.count,
         "input_shape": wl.input_shape, "kernel_shape": wl.kernel_shape, "strides": wl.strides,
         "density": kernel.density, "nnz": kernel.nnz, "ell_width": kernel.ell_width,
+        "conv_input_shape": op.conv_input_shape,
         "schedule": op.schedule_source, "tuned": op.tuned, "algorithm": op.algorithm,
         "algorithms": per_algorithm,
         "relative_error": err, "correct": err <= TOLERANCE,

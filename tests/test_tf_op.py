@@ -170,7 +170,10 @@ def test_gpu_kernel_compiles_against_these_headers():
     dict(shape=(1, 7, 7, 4), k=(1, 1, 4, 9), strides=1, padding="SAME", activation=None, bias=False, batch=3),
     dict(shape=(1, 15, 13, 8), k=(1, 1, 8, 12), strides=(2, 3), padding="SAME", activation="relu", bias=True,
          batch=2),
-], ids=["relu-batch-loop", "relu6-strided-batch2", "1x1-unaligned-slices", "1x1-strided-subsampled"])
+    dict(shape=(1, 14, 15, 8), k=(3, 3, 8, 6), strides=(2, 3), padding="SAME", activation=None, bias=True,
+         batch=2),
+], ids=["relu-batch-loop", "relu6-strided-batch2", "1x1-unaligned-slices", "1x1-strided-subsampled",
+        "3x3-strided-phases-padded"])
 def test_op_matches_float64_reference_for_any_multiple_of_the_compiled_batch(case, rng):
     """The op runs the batch-B module once per B images; slices that are not 64-byte aligned (the
     1x1 case: 7*7*4 floats per image) go through an aligned scratch buffer."""

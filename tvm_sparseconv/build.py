@@ -18,6 +18,8 @@ it is loaded; a changed record or template gives a new file.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -60,6 +62,21 @@ class BuildResult:
     @property
     def tuned(self) -> bool:
         return self.schedule_source.startswith("tuned")
+
+
+#: The user's layer while `compile()` builds it as another workload (on CPUs a strided layer runs
+#: as the stride-1 layer on its input's stride phases): the untuned warning's command tunes the layer.
+_LAYER: contextvars.ContextVar[ConvWorkload | None] = contextvars.ContextVar("tsc_layer", default=None)
+
+
+@contextlib.contextmanager
+def building_layer(layer: ConvWorkload | None):
+    """Within: builds compute `layer` as another workload (see `_LAYER`); None: the workload itself."""
+    token = _LAYER.set(layer)
+    try:
+        yield
+    finally:
+        _LAYER.reset(token)
 
 
 def tune_command(wl: ConvWorkload, target: Target) -> str:
@@ -121,9 +138,11 @@ def _untuned(candidates: Sequence[ConvWorkload], target: Target):
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
     if sch is None:
         raise RuntimeError(f"schedule rule {rule.name} does not apply to {wl.describe()}")
+    layer = _LAYER.get()
+    of_layer = f" (computing {layer.describe()})" if layer is not None else ""
     warn_user(
-        f"no tuning record for {wl.describe()} on {target.kind.name}: using the untuned "
-        f"'{rule.name}' template; tune it with: {tune_command(wl, target)}",
+        f"no tuning record for {wl.describe()}{of_layer} on {target.kind.name}: using the untuned "
+        f"'{rule.name}' template; tune it with: {tune_command(layer or wl, target)}",
         UntunedWarning,
     )
     return wl, sch, f"untuned:{rule.name}"

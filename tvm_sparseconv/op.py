@@ -16,9 +16,10 @@ import numpy as np
 import tvm
 
 from . import interop
-from .build import BuildResult, build, build_generated, build_layer
+from .build import BuildResult, build, build_generated, build_layer, building_layer
 from . import algorithms
 from .kernel import SparseKernel
+from .stride_phases import StridePhases, phase_function
 from .targets import TargetLike, device_for, resolve_target
 from .workload import ConvWorkload, Padding
 
@@ -26,9 +27,10 @@ from .workload import ConvWorkload, Padding
 class SparseConv2D:
     """A sparse conv2d compiled for one input shape and one device. Call it on a tensor."""
 
-    #: CPUs: run a strided 1x1 layer without padding on a copy of the pixels it reads (`subsample`);
-    #: False computes it with strided reads (`benchmarks/experiments/subsampled_1x1.py` compares)
-    subsample_strided_1x1: bool = True
+    #: CPUs: run a strided layer as the stride-1 layer on a copy of its input's stride phases
+    #: (`stride_phases`); False computes it with strided reads (`benchmarks/experiments/stride_phases.py`
+    #: and `subsampled_1x1.py` compare)
+    phase_strided: bool = True
 
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
                  algorithm: str | None = None, precision: str = "fp32"):
@@ -37,27 +39,34 @@ class SparseConv2D:
         self.target = target
         self.device = device_for(target)
         self._input_shape = workload.input_shape
-        #: on CPUs a strided 1x1 layer runs as a copy of the pixels it reads and the stride-1 layer
-        #: on them (`ConvWorkload.subsampled`); GPU kernels read strided input in their staging
-        self.subsample: tuple[int, int] | None = None
-        inner = workload.subsampled() if target.kind.name == "llvm" and self.subsample_strided_1x1 else None
-        if inner is not None:
-            from .subsample import subsample_function
-
-            self.subsample, workload = workload.strides, inner
-            self._subsample = subsample_function(self._input_shape, self.subsample, str(target))
-        if algorithm is None:
-            self._build: BuildResult = build_layer(
-                kernel, algorithms.workloads_for(kernel, workload, target.kind.name, precision),
-                algorithms.generated_workloads_for(kernel, workload, target.kind.name, precision), target)
-        elif algorithms.by_name(algorithm).generated:
-            self._build = build_generated(kernel, algorithms.workload_for(kernel, workload, algorithm), target)
-        else:
-            self._build = build([algorithms.workload_for(kernel, workload, algorithm)], target)
+        #: the layer as given (`workload` is what runs: on CPUs a strided layer's stride phases)
+        self.layer_workload = workload
+        #: on CPUs a strided layer runs as a copy of its input's stride phases and the stride-1 layer
+        #: on them (`stride_phases`); GPU kernels read strided input in their staging
+        self.phases: StridePhases | None = None
+        if target.kind.name == "llvm" and self.phase_strided:
+            self.phases = StridePhases.of(workload)
+        if self.phases is not None:
+            self._phase_copy = phase_function(self.phases, str(target))
+            workload, kernel = self.phases.workload(workload), self.phases.kernel(kernel)
+        with building_layer(self.layer_workload if self.phases is not None else None):
+            self._build = self._build_for(kernel, workload, target, algorithm, precision)
         self.workload = self._build.workload
         self._weights = [tvm.runtime.tensor(a, self.device) for a in algorithms.pack_weights(self.workload, kernel)]
         if bias is not None:
             self._weights.append(tvm.runtime.tensor(bias, self.device))
+
+    @staticmethod
+    def _build_for(kernel: SparseKernel, workload: ConvWorkload, target, algorithm: str | None,
+                   precision: str) -> BuildResult:
+        """The build of `workload`: compile()'s choice of algorithm and schedule, or `algorithm`'s."""
+        if algorithm is None:
+            return build_layer(
+                kernel, algorithms.workloads_for(kernel, workload, target.kind.name, precision),
+                algorithms.generated_workloads_for(kernel, workload, target.kind.name, precision), target)
+        if algorithms.by_name(algorithm).generated:
+            return build_generated(kernel, algorithms.workload_for(kernel, workload, algorithm), target)
+        return build([algorithms.workload_for(kernel, workload, algorithm)], target)
 
     # --- information ---------------------------------------------------------------------------
     @property
@@ -66,8 +75,8 @@ class SparseConv2D:
 
     @property
     def conv_input_shape(self) -> tuple[int, int, int, int]:
-        """The input shape of the compiled function: `input_shape`, or where the op subsamples
-        first (`subsample`), that of the subsampled input."""
+        """The input shape of the compiled function: `input_shape`, or where the op copies its
+        input's stride phases first (`phases`), that of the copy."""
         return self.workload.input_shape
 
     @property
@@ -105,10 +114,10 @@ class SparseConv2D:
 
     def run(self, x: tvm.runtime.Tensor, out: tvm.runtime.Tensor) -> None:
         """Low-level call on TVM tensors (no checks): writes the result into `out`."""
-        if self.subsample is not None:
-            pixels = tvm.runtime.empty(self.conv_input_shape, "float32", self.device)  # per call: thread-safe
-            self._subsample(x, pixels)
-            x = pixels
+        if self.phases is not None:
+            phased = tvm.runtime.empty(self.conv_input_shape, "float32", self.device)  # per call: thread-safe
+            self._phase_copy(x, phased)
+            x = phased
         self._build.function(x, *self._weights, out)
 
     def _check_input(self, view) -> None:
@@ -137,7 +146,7 @@ class EmptySparseConv2D(SparseConv2D):
         self.nnz = kernel.nnz
         self.target = target
         self.device = device_for(target)
-        self._input_shape, self.subsample = workload.input_shape, None
+        self._input_shape, self.phases, self.layer_workload = workload.input_shape, None, workload
         self.workload = workload if algorithm is None else replace(workload, algorithm=algorithm)
         value = np.zeros(workload.out_channels, np.float32) if bias is None else bias
         if workload.activation in ("relu", "relu6"):

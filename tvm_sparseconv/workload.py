@@ -199,17 +199,6 @@ class ConvWorkload:
         kh, kw, cin, cout = self.kernel_shape
         return self.useful_flops(kh * kw * cin * cout)
 
-    def subsampled(self) -> "ConvWorkload | None":
-        """A strided 1x1 layer without padding as the stride-1 layer on the input it reads (every
-        stride-th row and column: `input[:, ::sh, ::sw, :]`, the output's size), else None. The
-        CPU ops compute such layers so (`op.SparseConv2D`): a strided read is a gather on a CPU
-        (Keras's ResNet50 strides its 1x1 convolutions; they ran 2.5-7x slower than dense)."""
-        if self.kernel_shape[:2] != (1, 1) or self.strides == (1, 1) or self.pads != ((0, 0), (0, 0)):
-            return None
-        n, _, _, c = self.input_shape
-        _, oh, ow, _ = self.output_shape
-        return replace(self, input_shape=(n, oh, ow, c), strides=(1, 1), dilations=(1, 1))
-
     def with_format(self, algorithm: str, ell_width: int, chunk: int = 0) -> "ConvWorkload":
         """The same layer under another algorithm and format."""
         if ell_width < 1 or chunk < 0:

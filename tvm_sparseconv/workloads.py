@@ -75,15 +75,20 @@ class Problem:
         return wl if algorithm == wl.algorithm else algorithms.workload_for(kernel, wl, algorithm)
 
     def for_target(self, target_kind: str) -> "Problem":
-        """The problem as `compile()` computes it on `target_kind`: on CPUs a strided 1x1 layer
-        without padding is the stride-1 layer on the pixels it reads (`ConvWorkload.subsampled`),
-        so that is what gets tuned and recorded; otherwise the problem itself."""
+        """The problem as `compile()` computes it on `target_kind`: on CPUs a strided layer is the
+        stride-1 layer on its input's stride phases (`stride_phases`), so that is what gets tuned and
+        recorded (its kernel the phased one, the same nonzeros); otherwise the problem itself."""
         if target_kind != "llvm":
             return self
-        inner = self.workload().subsampled()
-        if inner is None:
+        from .stride_phases import StridePhases  # imports TVM; the problem sets need not
+
+        wl = self.workload()
+        phases = StridePhases.of(wl)
+        if phases is None:
             return self
-        return replace(self, input_shape=inner.input_shape, strides=1, padding="VALID", dilations=1)
+        inner = phases.workload(wl)
+        return replace(self, input_shape=inner.input_shape, kernel_shape=inner.kernel_shape, strides=1,
+                       padding="VALID", dilations=1, kernel=phases.kernel(self.sparse_kernel()))
 
     @property
     def input_hw(self) -> tuple[int, int]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Strided 1x1 layers on this CPU: computed on a copy of the pixels they read (the default since
-stop 31, `ConvWorkload.subsampled`) against strided reads (before), in turns. (tf.nn.conv2d on
+stop 31; since stop 33 the one-phase case of `stride_phases`) against strided reads (before), in turns. (tf.nn.conv2d on
 these layers: `scripts/bench.py`; not in this process, whose timing its threads would disturb.)
 
   python benchmarks/experiments/subsampled_1x1.py --json benchmarks/experiments/subsampled_1x1-cpu-znver4.json
@@ -54,10 +54,10 @@ def main(argv=None) -> int:
         kernel = tsc.SparseKernel.from_dense(w)
         ops = {}
         for mode in ("subsampled", "strided"):
-            tsc.op.SparseConv2D.subsample_strided_1x1 = mode == "subsampled"
+            tsc.op.SparseConv2D.phase_strided = mode == "subsampled"
             t0 = time.perf_counter()
             ops[mode] = (tsc.op.SparseConv2D(kernel, p.workload(kernel), target, None), time.perf_counter() - t0)
-        tsc.op.SparseConv2D.subsample_strided_1x1 = True
+        tsc.op.SparseConv2D.phase_strided = True
         x = np.random.default_rng(1).standard_normal(p.input_shape).astype(np.float32)
         ref = reference.conv2d_f64(x, w, p.workload(kernel))
         xt = tvm.runtime.tensor(x)

@@ -282,7 +282,7 @@ def _time_both(dense_layer, sparse_layer, x_shape, repeats: int):
     with warnings.catch_warnings():  # the report says which layers are untuned, once
         warnings.simplefilter("ignore", UntunedWarning)
         op = sparse_layer.compiled(x_shape, on_cuda=sparse_layer.target == "cuda")
-    command = None if op.tuned else tune_command(op.workload, op.target).replace(
+    command = None if op.tuned else tune_command(op.layer_workload, op.target).replace(
         "kernel.save(", f"SparseKernel.from_dense(model.get_layer({sparse_layer.name!r}).kernel.numpy()).save(", 1)
     fns = [in_graph(tf.identity), in_graph(dense_layer), in_graph(sparse_layer)]
     # the first call of each graph has scale 1: the sparse layer as a model's graph runs it

@@ -189,11 +189,15 @@ def sparse_conv2d(x, compiled, name: str | None = None):
         tensors = eager
     else:
         tensors = [tf.constant(w) for w in weights]
-    # A strided 1x1 layer on a CPU takes the pixels it reads (`ConvWorkload.subsampled`): the op
-    # gathers them (TensorFlow's own strided slice took longer than the whole layer, checked once)
+    # A strided layer on a CPU runs on its input's stride phases (`stride_phases`): the op copies
+    # them (TensorFlow's own strided slice took longer than a whole 1x1 layer, checked once)
+    phases = compiled.phases
     return lib.tvm_sparse_conv2d(x, tensors, module=data, function=_function_name(),
                                  input_shape=list(compiled.input_shape),
-                                 input_strides=list(compiled.subsample or (1, 1)),
+                                 input_strides=list(phases.strides if phases else (1, 1)),
+                                 input_pads=list(phases.pads if phases else (0, 0)),
+                                 input_phases=list(phases.phases if phases else (1, 1)),
+                                 conv_input_shape=list(compiled.conv_input_shape),
                                  output_shape=list(compiled.output_shape), name=name)
 
 

@@ -196,18 +196,31 @@ class TvmSparseConv2DOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_shape", &input_shape_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("output_shape", &output_shape_));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("input_strides", &input_strides_));
-    OP_REQUIRES(ctx, input_shape_.size() == 4 && output_shape_.size() == 4 &&
-                         input_shape_[0] >= 1 && input_shape_[0] == output_shape_[0],
-                errors::InvalidArgument("input_shape and output_shape must be NHWC with the same batch >= 1"));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_pads", &input_pads_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("input_phases", &input_phases_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("conv_input_shape", &conv_shape_));
     OP_REQUIRES(ctx, input_strides_.size() == 2 && input_strides_[0] >= 1 && input_strides_[1] >= 1,
                 errors::InvalidArgument("input_strides must be two positive integers"));
-    // With input_strides the function takes every stride-th row and column of the input (a strided
-    // 1x1 layer on CPUs: `ConvWorkload.subsampled`), gathered here into a scratch buffer.
-    subsample_ = input_strides_[0] > 1 || input_strides_[1] > 1;
-    OP_REQUIRES(ctx, !subsample_ || device_type_ == kDLCPU,
+    OP_REQUIRES(ctx, input_pads_.size() == 2 && input_pads_[0] >= 0 && input_pads_[1] >= 0,
+                errors::InvalidArgument("input_pads must be two integers >= 0"));
+    OP_REQUIRES(ctx, input_phases_.size() == 2 && input_phases_[0] >= 1 && input_phases_[1] >= 1 &&
+                         input_phases_[0] <= input_strides_[0] && input_phases_[1] <= input_strides_[1],
+                errors::InvalidArgument("input_phases must be two integers in [1, input_strides]"));
+    // With input_strides the function takes the input's stride phases (a strided layer on CPUs:
+    // `tvm_sparseconv.stride_phases`), gathered here into a scratch buffer:
+    // P[b, i, j, (ph*npw + pw)*C + c] = x[b, sh*i + ph - pt, sw*j + pw - pl, c], 0 outside x.
+    phased_ = input_strides_[0] > 1 || input_strides_[1] > 1;
+    OP_REQUIRES(ctx, !phased_ || device_type_ == kDLCPU,
                 errors::InvalidArgument("input_strides other than [1, 1] are for CPU modules"));
-    conv_shape_ = {input_shape_[0], (input_shape_[1] + input_strides_[0] - 1) / input_strides_[0],
-                   (input_shape_[2] + input_strides_[1] - 1) / input_strides_[1], input_shape_[3]};
+    if (conv_shape_.empty()) {  // graphs written before input_phases: every stride-th pixel
+      conv_shape_ = {input_shape_[0], (input_shape_[1] + input_strides_[0] - 1) / input_strides_[0],
+                     (input_shape_[2] + input_strides_[1] - 1) / input_strides_[1], input_shape_[3]};
+    }
+    OP_REQUIRES(ctx, conv_shape_.size() == 4 && conv_shape_[0] == input_shape_[0] && conv_shape_[1] >= 1 &&
+                         conv_shape_[2] >= 1 &&
+                         conv_shape_[3] == input_phases_[0] * input_phases_[1] * input_shape_[3] &&
+                         (phased_ || conv_shape_ == input_shape_),
+                errors::InvalidArgument("conv_input_shape must be [N, rows, columns, phases x C] of the input"));
 #ifdef TSC_TVM_RUNTIME_CUDA
     if (device_type_ == kDLCUDA) LoadCudaRuntimeOnce();
 #endif
@@ -305,16 +318,23 @@ class TvmSparseConv2DOp : public OpKernel {
     for (int64_t i = 0; i < n / batch && status.ok(); ++i) {
       char* xs = x_base + i * in_bytes;
       char* ys = y_base + i * out_bytes;
-      if (subsample_) {  // every stride-th pixel: one channel vector each, contiguous in both
+      if (phased_) {  // the stride phases: one channel vector (or zeros) per pixel and phase
         status = ensure_scratch("input", conv_bytes, &x_scratch, &have_x_scratch);
         if (!status.ok()) break;
         char* dst = const_cast<char*>(x_scratch.tensor_data().data());
-        const int64_t pixel = input_shape_[3] * 4;
+        const int64_t pixel = input_shape_[3] * 4, h = input_shape_[1], w = input_shape_[2];
         for (int64_t b = 0; b < batch; ++b)
-          for (int64_t r = 0; r < conv_shape_[1]; ++r)
-            for (int64_t q = 0; q < conv_shape_[2]; ++q, dst += pixel)
-              std::memcpy(dst, xs + ((b * input_shape_[1] + r * input_strides_[0]) * input_shape_[2]) * pixel
-                                   + q * input_strides_[1] * pixel, pixel);
+          for (int64_t i = 0; i < conv_shape_[1]; ++i)
+            for (int64_t j = 0; j < conv_shape_[2]; ++j)
+              for (int64_t ph = 0; ph < input_phases_[0]; ++ph)
+                for (int64_t pw = 0; pw < input_phases_[1]; ++pw, dst += pixel) {
+                  const int64_t r = i * input_strides_[0] + ph - input_pads_[0];
+                  const int64_t q = j * input_strides_[1] + pw - input_pads_[1];
+                  if (r < 0 || r >= h || q < 0 || q >= w)
+                    std::memset(dst, 0, pixel);
+                  else
+                    std::memcpy(dst, xs + ((b * h + r) * w + q) * pixel, pixel);
+                }
         xs = const_cast<char*>(x_scratch.tensor_data().data());
       } else if (!Aligned(xs)) {
         status = ensure_scratch("input", in_bytes, &x_scratch, &have_x_scratch);
@@ -348,8 +368,8 @@ class TvmSparseConv2DOp : public OpKernel {
 
  private:
   DLDeviceType device_type_;
-  std::vector<int64_t> input_shape_, output_shape_, input_strides_, conv_shape_;
-  bool subsample_ = false;
+  std::vector<int64_t> input_shape_, output_shape_, input_strides_, input_pads_, input_phases_, conv_shape_;
+  bool phased_ = false;
   std::shared_ptr<LoadedModule> module_;
 };
 
@@ -368,6 +388,9 @@ REGISTER_OP("TvmSparseConv2D")
     .Attr("input_shape: list(int)")
     .Attr("output_shape: list(int)")
     .Attr("input_strides: list(int) = [1, 1]")
+    .Attr("input_pads: list(int) = [0, 0]")
+    .Attr("input_phases: list(int) = [1, 1]")
+    .Attr("conv_input_shape: list(int) = []")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       std::vector<int64_t> out;
       TF_RETURN_IF_ERROR(c->GetAttr("output_shape", &out));
