@@ -339,7 +339,8 @@ def _own_problem(args) -> Problem:
 
 
 def _dense_us(problem: Problem, target) -> dict:
-    wl, w, arrays = problem_arguments(problem)
+    """The dense baselines of the layer as given (not as this target computes it: `Problem.layer`)."""
+    wl, w, arrays = problem_arguments(problem.layer or problem)
     res, _ = baselines.dense_baselines([arrays[0]], w, wl, on_gpu=target.kind.name == "cuda", repeats=20)
     return {k: (v * 1e6 if isinstance(v, float) else v) for k, v in res.items()}
 

@@ -62,7 +62,7 @@ def test_which_layers_run_on_their_phases():
     assert q.input_shape == (1, 28, 28, 256) and q.workload() == StridePhases.of(p.workload()).workload(p.workload())
     assert np.array_equal(q.dense_kernel(), p.dense_kernel())  # one phase: the same kernel
     r = Problem("r", (1, 28, 28, 16), (3, 3, 16, 8), 0.1, strides=2).for_target("llvm")
-    assert r.kernel_shape == (2, 2, 64, 8) and r.strides == 1 and r.padding == "VALID"
+    assert r.kernel_shape == (2, 2, 64, 8) and r.strides == 1 and r.padding == "VALID" and r.layer.strides == 2
     assert r.sparse_kernel().nnz == Problem("r", (1, 28, 28, 16), (3, 3, 16, 8), 0.1).sparse_kernel().nnz
 
 

@@ -47,6 +47,8 @@ class Problem:
     count: int = 1
     #: a user's own kernel (see `from_kernel`); None: a random kernel pruned to `density`
     kernel: SparseKernel | None = field(default=None, compare=False, repr=False)
+    #: the problem as given where this one is how a target computes it (`for_target`), else None
+    layer: "Problem | None" = field(default=None, compare=False, repr=False)
 
     @staticmethod
     def from_kernel(kernel: SparseKernel, input_shape, strides=1, padding: Padding = "SAME", dilations=1,
@@ -88,7 +90,7 @@ class Problem:
             return self
         inner = phases.workload(wl)
         return replace(self, input_shape=inner.input_shape, kernel_shape=inner.kernel_shape, strides=1,
-                       padding="VALID", dilations=1, kernel=phases.kernel(self.sparse_kernel()))
+                       padding="VALID", dilations=1, kernel=phases.kernel(self.sparse_kernel()), layer=self)
 
     @property
     def input_hw(self) -> tuple[int, int]:
