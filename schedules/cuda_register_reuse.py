@@ -272,6 +272,31 @@ TILES.update({
     "g16p256x1s4L7": Tile(**{**_L, "group": 16}, splits=4, loops=7),
 })
 
+# batch-1 layers of small maps: one block holds all of a 14 x 14 map's pixels (224 threads, 7
+# warps) on one channel group, so the warps of an SM walk one instruction stream (ncu of the batch-1
+# records g16p32x2G / g32p64x1s4G / g32p64x1s4GH: 67-80% of the cycles between a warp's
+# instructions wait on instruction fetch, with 2 warps per block and 0.3 waves; stop 33)
+_B1 = dict(pixels=224, groups=1, stage=32, regs=16, layout="groups")
+TILES.update({
+    "g16p224x1G": Tile(group=16, **_B1),
+    "g32p224x1G": Tile(group=32, **_B1),
+    "g16p224x1s2G": Tile(group=16, **_B1, splits=2),
+    "g32p224x1s2G": Tile(group=32, **_B1, splits=2),
+    "g32p224x1s4G": Tile(group=32, **_B1, splits=4),
+    "g32p224x1GH": Tile(group=32, **_B1, halo=True),
+    "g32p224x1s2GH": Tile(group=32, **_B1, splits=2, halo=True),
+    "g32p224x1s4GH": Tile(group=32, **_B1, splits=4, halo=True),
+    "g16p224x1s2GH": Tile(group=16, **_B1, splits=2, halo=True),
+    "g32p224x1s8G": Tile(group=32, **_B1, splits=8),
+    "g32p224x1s16G": Tile(group=32, **_B1, splits=16),
+    "g16p224x1s8G": Tile(group=16, **_B1, splits=8),
+    "g32p224x1s8GH": Tile(group=32, **_B1, splits=8, halo=True),
+    "g32p224x1s16GH": Tile(group=32, **_B1, splits=16, halo=True),
+    "g16p256x1G": Tile(group=16, pixels=256, groups=1, stage=32, regs=16, layout="groups"),
+    "g32p256x1s2G": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", splits=2),
+    "g32p256x1s2GH": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", splits=2, halo=True),
+})
+
 #: sums a thread may hold (`Tile.group` x `Tile.rows`): registers beyond leave ptxas to spill
 MAX_SUMS = 128
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
