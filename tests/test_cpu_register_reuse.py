@@ -167,5 +167,5 @@ def test_compile_forced_cpu_register_reuse_serves_a_strided_padded_layer_with_bi
     x = rng.standard_normal((2, 9, 11, 16)).astype(np.float32)
     out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32))
     op.run(tvm.runtime.tensor(x), out)
-    ref = np.maximum(reference.conv2d_f64(x, w, op.workload, bias), 0.0)
+    ref = np.maximum(reference.conv2d_f64(x, w, op.layer_workload, bias), 0.0)
     assert reference.relative_error(out.numpy(), ref) < 1e-5

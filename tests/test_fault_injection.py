@@ -52,7 +52,7 @@ def run(name):
         warnings.simplefilter("always")
         op = tsc.compile(kernel, shape, target="cpu", **kw)
     x = np.random.default_rng().standard_normal(shape).astype(np.float32)
-    err = reference.relative_error(np.asarray(op(x)), reference.conv2d_f64(x, w, op.workload))
+    err = reference.relative_error(np.asarray(op(x)), reference.conv2d_f64(x, w, op.layer_workload))
     b = op._build
     return {"layer": name, "source": op.schedule_source, "from_disk": b.from_disk_cache,
             "cache_path": str(b.cache_path), "rel_err": err,
@@ -68,8 +68,9 @@ def write_record(name, folder):
     from tvm_sparseconv.workloads import Problem
     kernel, w, shape, kw = layer(name)
     target = targets.host_cpu_target()
-    problem = Problem.from_kernel(kernel, shape, kw["strides"], kw["padding"], name=name)
-    wl = problem.workload(kernel)
+    # as compile() computes it on this target (a strided layer: its stride phases), as tune.py does
+    problem = Problem.from_kernel(kernel, shape, kw["strides"], kw["padding"], name=name).for_target(target.kind.name)
+    wl = problem.workload()
     mod = tuning_records.workload_module(wl)
     sch = default_rule(target, wl.algorithm).apply(mod["main"], target, False)
     rec = ms.database.TuningRecord(sch.trace, ms.database.Workload(mod), [1e-4], target,
