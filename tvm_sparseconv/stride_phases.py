@@ -102,7 +102,7 @@ class StridePhases:
 @functools.lru_cache(maxsize=64)
 def phase_function(phases: StridePhases, target: str):
     """fn(x, y): y = the phased input of float32 NHWC `x` (`StridePhases`), compiled for LLVM `target`."""
-    n, h, w, c = phases.input_shape
+    _, h, w, c = phases.input_shape
     (sh, sw), (pt, pl), (nph, npw) = phases.strides, phases.pads, phases.phases
     x = te.placeholder(phases.input_shape, "float32", name="x")
 
