@@ -60,6 +60,9 @@ FMAS_PER_PIECE = 16_000
 FMAS_PER_LINKED_PIECE = 8_000
 #: the generated function's name (the module's entry: ``mod["sparse_conv2d"](x, [bias], out)``)
 FUNCTION_NAME = "sparse_conv2d"
+#: blocks of a thread-block cluster that a kernel may ask for at compile time (the portable size;
+#: larger needs a launch attribute TVM's launcher does not set)
+MAX_CLUSTER = 8
 #: shared row padding (words): keeps a warp's float4 reads of 32 pixel rows conflict-free
 ROW_PAD = 4
 
@@ -105,6 +108,12 @@ class Tile:
     #: being fetched by every block (the deep layers' stalls are mostly instruction fetch: stop
     #: 22's ncu); with one group per block and split-K, each SM then walks one short stream
     loops: int = 1
+    #: how a split-K tile adds up its shares: "kernel" (each share's sums into a global workspace,
+    #: which a second kernel adds up) or "cluster" (names ending in C; sm_90): the shares of a
+    #: pixel tile are one thread-block cluster, and after a cluster barrier each block adds up
+    #: its slice of the sums from every block's shared memory (DSMEM) and stores it: no workspace,
+    #: no second kernel (at batch 1 a second kernel costs about as much as the reduction it does)
+    reduce: str = "kernel"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -122,6 +131,10 @@ class Tile:
             raise ValueError(f"invalid tile {self}: prefetch must be 'start' or 'middle'")
         if self.loops < 1:
             raise ValueError(f"invalid tile {self}: loops must be at least 1")
+        if self.reduce not in ("kernel", "cluster"):
+            raise ValueError(f"invalid tile {self}: reduce must be 'kernel' or 'cluster'")
+        if self.reduce == "cluster" and (not 2 <= self.splits <= MAX_CLUSTER or self.loops > 1):
+            raise ValueError(f"invalid tile {self}: a cluster reduction needs 2 to {MAX_CLUSTER} splits and loops 1")
         if self.rows < 1 or (self.rows > 1 and (not self.halo or self.splits > 1)):
             raise ValueError(f"invalid tile {self}: rows must be at least 1, and above 1 only for halo tiles "
                              f"without split-K")
@@ -297,6 +310,20 @@ TILES.update({
     "g32p256x1s2GH": Tile(group=32, pixels=256, groups=1, stage=32, regs=16, layout="groups", splits=2, halo=True),
 })
 
+# batch-1 layers of 7 x 7 and 28 x 28 maps: 64-pixel blocks (a whole 7 x 7 map) with split-K 8, for
+# more short instruction streams at once (conv5: 16 channel groups x 8 shares)
+TILES.update({
+    "g32p64x1s8G": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=8),
+    "g32p64x1s8GH": Tile(group=32, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=8, halo=True),
+    "g16p64x1s8G": Tile(group=16, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=8),
+    "g16p64x1s8GH": Tile(group=16, pixels=64, groups=1, stage=64, regs=16, layout="groups", splits=8, halo=True),
+})
+
+# split-K shares added up by the blocks of a cluster in shared memory instead of a second kernel
+# (names ending in C, `Tile.reduce`): every split-K tile of 2 to 8 shares, one pass over its pixels
+TILES.update({f"{name}C": replace(tile, reduce="cluster") for name, tile in list(TILES.items())
+              if 2 <= tile.splits <= MAX_CLUSTER and tile.loops == 1})
+
 #: sums a thread may hold (`Tile.group` x `Tile.rows`): registers beyond leave ptxas to spill
 MAX_SUMS = 128
 #: static shared memory a kernel may use (ptxas refuses more without dynamic shared memory)
@@ -430,12 +457,13 @@ def piece_bounds(n_blocks: int, n_pieces: int) -> list[int]:
     return [round(i * n_blocks / n_pieces) for i in range(n_pieces + 1)]
 
 
-def piece_plan(n_blocks: int, splits: int, n_pieces: int) -> list[tuple[int, int, int, int]]:
+def piece_plan(n_blocks: int, splits: int, n_pieces: int, cut_shares: bool = True) -> list[tuple[int, int, int, int]]:
     """(channel blocks [b0, b1), split-K shares [z0, z1)) of each piece, for about `n_pieces`:
     shares of the channel blocks, and where a split-K tile asks for more pieces than it has
     channel blocks, each block's shares of the stages cut too (ptxas's time grows faster than
-    linearly with a piece's length: conv5 3x3 b32 has 4-8 channel blocks of 30,000-60,000 FMAs)."""
-    if n_pieces <= n_blocks or splits == 1:
+    linearly with a piece's length: conv5 3x3 b32 has 4-8 channel blocks of 30,000-60,000 FMAs),
+    unless not `cut_shares` (a cluster's blocks must all run the piece that holds its barriers)."""
+    if n_pieces <= n_blocks or splits == 1 or not cut_shares:
         bounds = piece_bounds(n_blocks, n_pieces)
         return [(b0, b1, 0, splits) for b0, b1 in zip(bounds, bounds[1:])]
     z = piece_bounds(splits, -(-n_pieces // n_blocks))
@@ -446,7 +474,8 @@ def pieces_for(fmas: int, cout: int, tile: Tile, per_piece: int | None = None, s
     """Pieces to compile code of `fmas` FMAs in (apart, in parallel; made one kernel): one per
     `per_piece` FMAs (default `FMAS_PER_PIECE`), at most one per channel block of the tile and
     split-K share (`splits`: the kernel's shares, `split_count`; default the tile's)."""
-    return len(piece_plan(channel_blocks(cout, tile), splits or tile.splits, -(-fmas // (per_piece or FMAS_PER_PIECE))))
+    return len(piece_plan(channel_blocks(cout, tile), splits or tile.splits, -(-fmas // (per_piece or FMAS_PER_PIECE)),
+                          cut_shares=tile.reduce != "cluster"))
 
 
 def parts_for(fmas: int) -> int:
@@ -506,6 +535,26 @@ class PtxFmas:
                      f"{{{', '.join(f'%sa{first + 4 * q + i}' for i in range(4))}}};" for q in range(self.group // 4)]
         return self._marker(lines, row)
 
+    def cluster_sync(self, row: tirx.PrimExpr) -> tirx.Stmt:
+        """A barrier of every thread of the cluster: shared-memory stores before it are seen by
+        the cluster's other blocks after it (release / acquire)."""
+        return self._marker(["\tbarrier.cluster.arrive.aligned;", "\tbarrier.cluster.wait.aligned;"],
+                            row)
+
+    def cluster_sum(self, offset: tirx.PrimExpr, blocks: int, words: int) -> tirx.Stmt:
+        """The `words` (1 or 4) floats at byte `offset` of the tile summed over the cluster's
+        `blocks` blocks (rank 0 first, whatever block runs it), written back there in this block."""
+        vec, get = (".v4", lambda r: "{" + ", ".join(f"%cv{r + k}" for k in range(4)) + "}") if words == 4 else \
+            ("", lambda r: f"%cv{r}")
+        lines = ["\t{", "\t.reg .b64 \t%cq<2>;", f"\t.reg .f32 \t%cv<{2 * words}>;",
+                 f"\tmov.b32 \t%sr0, {VALUE};", "\tcvt.s64.s32 \t%cq0, %sr0;", "\tadd.s64 \t%cq0, %cq0, %sd1;"]
+        for rank in range(blocks):
+            lines += [f"\tmapa.shared::cluster.u64 \t%cq1, %cq0, {rank};",
+                      f"\tld.shared::cluster{vec}.f32 \t{get(words if rank else 0)}, [%cq1];"]
+            lines += [f"\tadd.f32 \t%cv{k}, %cv{k}, %cv{words + k};" for k in range(words) if rank]
+        self.snippets.append("\n".join(lines + [f"\tst.shared{vec}.f32 \t[%cq0], {get(0)};", "\t}"]))
+        return ptx_marker(len(self.snippets) - 1, offset)
+
     def prologue(self) -> str:
         decls = [f"\t.reg .f32 \t%sa<{self.sums}>;", f"\t.reg .f32 \t%sx<{self.xregs}>;", "\t.reg .b64 \t%sd<2>;",
                  "\t.reg .b32 \t%sr<1>;", f"\tmov.u64 \t%sd1, {SHARED};"]
@@ -562,11 +611,15 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     staged = staged_rows(ow_, kw_, sw, dw, tile)
     splits = len(shares)
     # split-K: each blockIdx.z sums its share of the stages into ws[z]; a last kernel adds them up
-    ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 else None
+    # (or the shares' blocks form a cluster and add them up in shared memory: `Tile.reduce`)
+    cluster = splits > 1 and tile.reduce == "cluster"
+    ws = tirx.decl_buffer((splits, n_pix, cout), F32, "ws") if splits > 1 and not cluster else None
 
     n_blocks = channel_blocks(cout, tile)
     tile_rows, row_words = input_tile_shape(staged, tile)
     ptx = PtxFmas(g_, rc, row_words, rows_) if llvm and fma_code == "ptx" else None
+    if cluster and llvm and ptx is None:
+        raise ValueError("a cluster reduction (Tile.reduce) is PTX text: it needs fma_code='ptx'")
     # `Tile.rows`: each block holds `rows_` output rows per thread row, within one image
     chunks = -(-oh_ // (block_rows * rows_))
 
@@ -783,20 +836,48 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         ovec = 4 if cout % 4 == 0 and g_ % 4 == 0 else 1
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
+
+        def cluster_out(pr: int, gi: int) -> list[tirx.Stmt]:
+            """`Tile.reduce` "cluster": block z of the cluster (the tile's split-K shares) owns the
+            z-th slice of the tile's sums (rows of `xs`, raw); once every block has stored its
+            share's sums, it adds up its slice over the blocks' `xs` (DSMEM, in block order: the
+            result does not depend on timing), then bias, activation and the store to `out`.
+            The second cluster barrier keeps each block's `xs` alive until the others have read it."""
+            items = tp * per_pixel
+            chunk = -(-items // splits)
+            code = [ptx.cluster_sync(tx.var)] if llvm else []
+            for it in range(-(-chunk // threads)):
+                mine = it * threads + ty.var * tp + tx.var
+                i = bz.var * chunk + mine
+                row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
+                p, exists = block_pixel(row, pr)
+                co = (block * ng + gi) * g_ + q * ovec
+                co_idx = _ramp(co) if ovec == 4 else co
+                total = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+                if b is not None:
+                    total = total + tirx.BufferLoad(b, [co_idx])
+                store = tirx.BufferStore(out, activate(total, activation, ovec), [*output_pixel(p, output_hw), co_idx])
+                steps = ([ptx.cluster_sum(row * (4 * row_words) + q * (4 * ovec), splits, ovec)] if llvm else []) + [store]
+                code.append(tirx.IfThenElse(tirx.all(mine < chunk, i < items, exists, co < cout),
+                                             steps[0] if len(steps) == 1 else tirx.SeqStmt(steps), None))
+            return code + ([ptx.cluster_sync(tx.var)] if llvm else [])
         # the sums go into the input tile, free by now (the last stage ended with a barrier): per
         # output row of the thread (`Tile.rows`), per group of the block
         for pr, gi in ((pr, gi) for pr in range(rows_) for gi in range(ng)):
             a0 = pr * g_  # the row's first sum
             if ptx is None:
-                sums = [tirx.BufferStore(xs, acc[a0 + j] if ws is not None else finish(acc[a0 + j], j), [tx.var, j])
+                sums = [tirx.BufferStore(xs, acc[a0 + j] if ws is not None or cluster else finish(acc[a0 + j], j),
+                                         [tx.var, j])
                         for j in range(g_)]
             else:  # the PTX sums stored raw, then bias and activation applied in the tile
                 sums = [ptx.store_sums(tx.var, a0)]
-                if ws is None and (b is not None or activation):
+                if ws is None and not cluster and (b is not None or activation):
                     sums += [tirx.BufferStore(xs, finish(xs[tx.var, j], j), [tx.var, j]) for j in range(g_)]
             body.append(tirx.IfThenElse(ty.var == gi, sums[0] if len(sums) == 1 else tirx.SeqStmt(sums), None))
             body.append(sync)
-            for it in range(rounds):
+            if cluster:
+                body += cluster_out(pr, gi)
+            for it in range(0 if cluster else rounds):
                 i = it * threads + ty.var * tp + tx.var
                 row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
                 p, exists = block_pixel(row, pr)
@@ -848,13 +929,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         tail = [reduce_shares()] if ws is not None else []
     elif piece[0] == "part":
         _, i, n_pieces = piece
-        plan = piece_plan(n_blocks, splits, n_pieces)
+        plan = piece_plan(n_blocks, splits, n_pieces, cut_shares=not cluster)
         if len(plan) != n_pieces:
             raise ValueError(f"{n_pieces} pieces asked, but this kernel's {n_blocks} channel blocks x {splits} shares "
                              f"make {len(plan)} (`pieces_for` with the kernel's `split_count`)")
         b0, b1, z0, z1 = plan[i]
         launches, tail = [launch(b0, b1, whole_grid=True, z0=z0, z1=z1)], []
-    elif piece[0] == "tail" and ws is not None:
+    elif piece[0] == "tail" and ws is not None:  # (a cluster reduction has no tail)
         launches, tail = [], [reduce_shares()]
     else:
         raise ValueError(f"unknown piece {piece!r} (a tail exists only for split-K tiles)")
@@ -866,5 +947,6 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
     params = [x] + ([b] if b is not None else []) + [out]
     func = tirx.PrimFunc(params, stmt).with_attr({"global_symbol": FUNCTION_NAME, "tirx.noalias": True})
     if ptx is not None and ptx.snippets:
-        func = with_splices(func, ptx.snippets, ptx.prologue(), 4 * tile_rows * row_words)
+        func = with_splices(func, ptx.snippets, ptx.prologue(), 4 * tile_rows * row_words,
+                            cluster=(1, 1, splits) if cluster else None)
     return func

@@ -358,14 +358,31 @@ def _check_emitted_tiles(seed, x_shape, k_shape, strides, padding, dilations, ti
         _check_generated_bias_relu(ex, rng, x_shape, w, wl, bias)
 
 
+@pytest.mark.parametrize("reduce", ["kernel", "cluster"])
 @pytest.mark.parametrize("layout", ["steps", "groups"])
-def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout):
+def test_register_reuse_split_k_computes_a_padded_kxk_layer(layout, reduce):
     """Split-K (4 shares of the taps' stages) on a padded, strided 3x3 layer with bias and ReLU,
-    one output channel empty, against float64, output poisoned."""
+    one output channel empty, against float64, output poisoned: shares added up by a second
+    kernel, or by the blocks of a cluster in shared memory."""
     from tvm_sparseconv.schedules.cuda_register_reuse import Tile
 
     _check_emitted_tiles(17, (2, 11, 13, 20), (3, 3, 20, 40), 2, "SAME", 1,
-                         [Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4)])
+                         [Tile(group=16, pixels=32, groups=2, stage=8, regs=4, layout=layout, splits=4, reduce=reduce)])
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,options", [
+    ((1, 14, 14, 64), (1, 1, 64, 64), 1, dict(pixels=224, groups=1, splits=8)),  # a batch-1 tile: 8 blocks a cluster
+    ((1, 7, 7, 48), (1, 1, 48, 42), 2, dict(pixels=64, groups=1, splits=5)),  # Cout 42: scalar slices, 7 x 7 map
+    ((2, 9, 70, 20), (5, 5, 20, 40), 2, dict(pixels=32, groups=2, splits=3, halo=True)),  # halo, stride 2
+    ((2, 14, 14, 20), (3, 3, 20, 40), 1, dict(pixels=32, groups=2, splits=2, halo=True)),  # 2 whole rows per block
+])
+def test_register_reuse_cluster_reduction_computes_layers(x_shape, k_shape, strides, options):
+    """`Tile.reduce` "cluster" (split-K shares added up across a cluster's shared memory)
+    against float64, output poisoned, an empty output channel, bias and ReLU, both layouts."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import Tile
+
+    _check_emitted_tiles(41, x_shape, k_shape, strides, "SAME", 1, [
+        Tile(group=8, stage=8, regs=4, layout=layout, reduce="cluster", **options) for layout in ("steps", "groups")])
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilations,splits", [
@@ -441,12 +458,14 @@ def test_register_reuse_tile_of_several_rows_compiled_in_pieces_matches_float64(
 
 
 @pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])
-@pytest.mark.parametrize("splits, pieces", [(1, 3), (3, 3), (3, 6)])
-def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, pieces, apart, monkeypatch):
+@pytest.mark.parametrize("splits, pieces, reduce", [(1, 3, "kernel"), (3, 3, "kernel"), (3, 6, "kernel"),
+                                                    (3, 3, "cluster")])
+def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, pieces, reduce, apart, monkeypatch):
     """Long code compiled in pieces (child processes) made one kernel that runs them in turn
     (`nvptx_build.compile_nvptx_pieces`: joined into one PTX module, or each its own object,
     linked), padded 3x3, bias and ReLU, output poisoned; with split-K the tail kernel adds up the
-    shares, and 6 pieces cut each of the 3 channel blocks' 3 shares in 2 pieces."""
+    shares (or, `Tile.reduce` "cluster", the blocks of each cluster), and 6 pieces cut each of the 3
+    channel blocks' 3 shares in 2 pieces."""
     from tvm_sparseconv import algorithms as algs
     from tvm_sparseconv.algorithms import register_reuse
     from tvm_sparseconv.schedules import cuda_register_reuse as rr
@@ -454,7 +473,7 @@ def test_register_reuse_code_in_pieces_made_one_kernel_matches_float64(splits, p
     rng = np.random.default_rng(19)
     x_shape, k_shape = (2, 9, 10, 16), (3, 3, 16, 48)
     w, bias, kernel, wl = _bias_relu_layer(rng, x_shape, k_shape)
-    tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits)
+    tile = rr.Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=splits, reduce=reduce)
     monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // pieces))
     monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // pieces))
     if apart:

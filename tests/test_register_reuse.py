@@ -489,6 +489,80 @@ def test_split_k_shares_the_stages_over_blocks_and_adds_a_reducing_kernel(layout
         assert [m.kind for m in compile_nvptx(make).mod.imports] == ["cuda"]
 
 
+@pytest.mark.parametrize("halo", [False, True])
+def test_a_cluster_reduction_adds_up_the_shares_in_one_kernel_launched_as_clusters(halo):
+    """`Tile.reduce` "cluster": one kernel (no workspace, no reducing kernel) launched in clusters
+    of the split-K shares (a compile-time cluster shape), two cluster barriers per group of the
+    block around the reads of every block's shared memory, each in rank order; every nonzero one
+    FMA; ptxas assembles it for sm_90."""
+    rng = np.random.default_rng(8)
+    cin, cout = 16, 40
+    w = (rng.standard_normal((3, 3, cin, cout)) * (rng.random((3, 3, cin, cout)) < 0.3)).astype(np.float32)
+    tile = Tile(group=8, pixels=32, groups=2, stage=8, regs=4, layout="groups", splits=3, halo=halo, reduce="cluster")
+    make = lambda llvm: emit(w, (2, 6, 7, cin), (6, 7), (1, 1), ((1, 1), (1, 1)), tile, bias=True,  # noqa: E731
+                             activation="relu", llvm=llvm)
+    ptx = nvptx_ptx(make(True))
+    assert re.findall(r"\.entry (\w+)\(", ptx) == ["sparse_conv2d_kernel"]
+    assert re.search(r"\)\n\.reqnctapercluster 1, 1, 3\n\{", ptx)
+    assert ptx.count("barrier.cluster.arrive") == ptx.count("barrier.cluster.wait") == 2 * tile.groups
+    ranks = [int(r) for r in re.findall(r"mapa\.shared::cluster\.u64\s+%cq1, %cq0, (\d+);", ptx)]
+    assert ranks == [0, 1, 2] * (len(ranks) // 3) and ranks
+    host = make(False)
+    assert [str(p.name) for p in host.params] == ["x", "bias", "out"]  # no workspace
+    fmas = re.findall(r"fma\.rn\.f32\s+[^,]+,\s*[^,]+,\s*0f([0-9A-F]{8}),", ptx)
+    assert sorted(struct.unpack(">f", bytes.fromhex(h))[0] for h in fmas) == sorted(w[w != 0].tolist())
+    if shutil.which("ptxas"):
+        assert [m.kind for m in compile_nvptx(make).mod.imports] == ["cuda"]
+
+
+def test_a_cluster_reduction_is_validated():
+    """Clusters of 2 to 8 blocks (the portable size), not with blocks looping over pixel tiles,
+    and only with the FMAs as PTX (the reduction is PTX text)."""
+    from tvm_sparseconv.schedules.cuda_register_reuse import MAX_CLUSTER
+
+    for bad in (dict(splits=1), dict(splits=MAX_CLUSTER + 1), dict(splits=4, loops=2)):
+        with pytest.raises(ValueError, match="cluster"):
+            Tile(reduce="cluster", **bad).validate()
+    with pytest.raises(ValueError, match="reduce"):
+        Tile(splits=2, reduce="atomics").validate()
+    w = np.eye(16, dtype=np.float32)
+    with pytest.raises(ValueError, match="fma_code='ptx'"):
+        emit(w, (1, 4, 4, 16), (4, 4), (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=8, regs=4,
+             splits=2, reduce="cluster"), fma_code="tir")
+
+
+@pytest.mark.skipif(not shutil.which("ptxas"), reason="needs ptxas")
+@pytest.mark.parametrize("apart", [False, True], ids=["joined", "linked"])
+def test_pieces_of_a_cluster_kernel_keep_its_shares_together_and_the_dispatcher_its_cluster_shape(apart, monkeypatch):
+    """Long code of a cluster tile in pieces: never cut between the shares of a channel block
+    (every block of a cluster must run the piece that holds its barriers); the pieces become
+    device functions without the cluster directive, the dispatching kernel carries it."""
+    from tvm_sparseconv import algorithms as algs, nvptx_build
+    from tvm_sparseconv.algorithms import register_reuse
+    from tvm_sparseconv.schedules import cuda_register_reuse as rr
+
+    assert rr.piece_plan(n_blocks=2, splits=4, n_pieces=8, cut_shares=False) == [(0, 1, 0, 4), (1, 2, 0, 4)]
+    kernel, wl = _layer(shape=(2, 5, 7, 24), cout=48, density=0.3)
+    tile = Tile(group=8, pixels=32, groups=1, stage=8, regs=4, layout="groups", splits=3, reduce="cluster")
+    monkeypatch.setattr(rr, "FMAS_PER_PIECE", -(-kernel.nnz // 3))
+    monkeypatch.setattr(rr, "FMAS_PER_LINKED_PIECE", -(-kernel.nnz // 3))
+    if apart:
+        monkeypatch.setattr(register_reuse, "MAX_JOINED_FMAS", 0)
+    assert rr.pieces_for(kernel.nnz, 48, tile) == 3
+    sources = []
+    real = nvptx_build.assemble
+    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, *a, **k: sources.append(ptx) or real(ptx, *a, **k))
+    monkeypatch.setattr(nvptx_build, "build_with_cubin", lambda host, cubin, arch="sm_90": cubin)
+    if apart:
+        monkeypatch.setattr(nvptx_build, "link", lambda objects, arch="sm_90": b"linked")
+    algs.by_name("register-reuse").build(kernel, wl, tile)
+    dispatcher = sources[-1]  # joined: the whole module; linked: the dispatcher (pieces assembled in children)
+    assert re.findall(r"\.entry (\w+)\(", dispatcher) == ["sparse_conv2d_kernel"]  # no reducing kernel
+    assert re.search(r"\)\n\.reqnctapercluster 1, 1, 3\n\{", dispatcher)
+    assert dispatcher.count(".reqnctapercluster") == 1
+    assert dispatcher.count("barrier.cluster.wait") == (0 if apart else 2 * 3)  # one group per piece's blocks
+
+
 @pytest.mark.parametrize("splits", [1, 3])
 def test_long_code_compiled_in_pieces_is_joined_into_one_kernel(splits, monkeypatch):
     """Pieces (here 3, of 2 channel blocks each; compiled in 2 child processes) become device

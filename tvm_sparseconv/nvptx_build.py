@@ -70,12 +70,38 @@ def ptx_marker(index: int, value: tirx.PrimExpr) -> tirx.Stmt:
                                                tirx.const(MARKER_BASE + index, "int32"), value))
 
 
-def with_splices(func: tirx.PrimFunc, snippets: list[str], prologue: str, shared_bytes: int) -> tirx.PrimFunc:
+def with_splices(func: tirx.PrimFunc, snippets: list[str], prologue: str, shared_bytes: int,
+                 cluster: tuple[int, int, int] | None = None) -> tirx.PrimFunc:
     """`func` carrying the PTX that `nvptx_ptx` splices in: `snippets[i]` at `ptx_marker(i, ...)`,
     `prologue` (register declarations, set-up) at the top of each kernel holding a marker; the
-    module's one shared array must be `shared_bytes` long (snippets address it from its start)."""
-    return func.with_attr(SPLICES_ATTR, {"snippets": list(snippets), "prologue": prologue,
-                                         "shared_bytes": int(shared_bytes)})
+    module's one shared array must be `shared_bytes` long (snippets address it from its start).
+    `cluster`: the kernels' thread-block cluster shape, fixed in the code (`cluster_directive`)."""
+    spec = {"snippets": list(snippets), "prologue": prologue, "shared_bytes": int(shared_bytes)}
+    if cluster is not None:
+        spec["cluster"] = [int(c) for c in cluster]
+    return func.with_attr(SPLICES_ATTR, spec)
+
+
+def cluster_directive(cluster) -> str:
+    """The PTX performance directive launching a kernel in clusters of `cluster` (x, y, z) blocks:
+    a plain launch (cuLaunchKernel, as TVM's) then makes clusters; the grid must divide by it."""
+    return ".reqnctapercluster " + ", ".join(str(int(c)) for c in cluster)
+
+
+_CLUSTER_LINE = re.compile(r"^\.reqnctapercluster [\d, ]+$", re.M)
+
+
+def _with_directive(ptx: str, entry: str, directive: str) -> str:
+    """`ptx` with `directive` between each kernel `entry`*'s parameter list and its body."""
+    lines, out, inside = ptx.split("\n"), [], False
+    for line in lines:
+        if re.match(rf"^\.visible \.entry {re.escape(entry)}\w*\(", line):
+            inside = True
+        elif inside and line == "{":
+            out.append(directive)
+            inside = False
+        out.append(line)
+    return "\n".join(out)
 
 
 def splice(ptx: str, snippets: list[str], prologue: str, shared_bytes: int) -> str:
@@ -136,6 +162,8 @@ def nvptx_ptx(func: tirx.PrimFunc, arch: str = "sm_90") -> str:
     marked, n = re.subn(rf"\.visible \.func ({re.escape(name + KERNEL_SUFFIX)}\w*)\(", r".visible .entry \1(", ptx)
     if n == 0 and f".entry {name + KERNEL_SUFFIX}" not in ptx:
         raise RuntimeError(f"no kernel {name + KERNEL_SUFFIX!r} in the NVPTX output")
+    if SPLICES_ATTR in func.attrs and "cluster" in func.attrs[SPLICES_ATTR]:
+        marked = _with_directive(marked, name + KERNEL_SUFFIX, cluster_directive(func.attrs[SPLICES_ATTR]["cluster"]))
     return marked
 
 
@@ -235,27 +263,33 @@ def _piece(ptx: str, kernel: str, index: int) -> dict:
         raise RuntimeError(f"piece {index}: expected one kernel {kernel!r}, found {[n for n, _ in functions]}")
     name = f"{kernel}_piece{index}"
     text = re.sub(rf"\b{kernel}\b", name, mains[0].replace(kernel + "_param_", name + "_param_"))
+    # a kernel's cluster shape is the dispatching kernel's (a device function has none)
+    directives = _CLUSTER_LINE.findall(text)
     return {"header": header, "shared": shared, "helpers": {n: t for n, t in functions if n != kernel},
-            "function": re.sub(r"^\.visible \.entry ", ".func ", text),
-            "params": re.findall(rf"\.param (\.\w+) {name}_param_\d+", text)}
+            "function": re.sub(r"^\.visible \.entry ", ".func ", _CLUSTER_LINE.sub("", text)),
+            "params": re.findall(rf"\.param (\.\w+) {name}_param_\d+", text), "directives": directives}
 
 
 def _same_params(pieces: list[dict]) -> list[str]:
     for i, piece in enumerate(pieces):
         if piece["params"] != pieces[0]["params"]:
             raise RuntimeError(f"piece {i}: parameters {piece['params']} differ from piece 0's {pieces[0]['params']}")
+        if piece.get("directives", []) != pieces[0].get("directives", []):
+            raise RuntimeError(f"piece {i}: cluster shape {piece.get('directives')} differs from piece 0's "
+                               f"{pieces[0].get('directives')}")
     return pieces[0]["params"]
 
 
-def _dispatcher(kernel: str, params: list[str], n_pieces: int) -> str:
+def _dispatcher(kernel: str, params: list[str], n_pieces: int, directives: list[str] = ()) -> str:
     """The kernel `kernel` that calls `kernel`_piece0.. in turn with its own parameters (`call.uni`:
-    every piece must be block-uniform in what it skips, as `emit`'s guarded pieces are)."""
+    every piece must be block-uniform in what it skips, as `emit`'s guarded pieces are), launched
+    with the pieces' `directives` (their cluster shape)."""
     regs = "\n".join(f"\t.reg {t} \t%p{k};\n\tld.param{t} \t%p{k}, [{kernel}_param_{k}];" for k, t in enumerate(params))
     decls = "\n".join(f"\t.param {t} a{k};\n\tst.param{t} \t[a{k}], %p{k};" for k, t in enumerate(params))
     args = ", ".join(f"a{k}" for k in range(len(params)))
     calls = "\n".join(f"\t{{\n{decls}\n\tcall.uni {kernel}_piece{i}, ({args});\n\t}}" for i in range(n_pieces))
     return (f".visible .entry {kernel}(\n" + ",\n".join(f"\t.param {t} {kernel}_param_{k}" for k, t in enumerate(params))
-            + f"\n)\n{{\n{regs}\n{calls}\n\tret;\n}}")
+            + "\n)\n" + "".join(d + "\n" for d in directives) + f"{{\n{regs}\n{calls}\n\tret;\n}}")
 
 
 def _tail_functions(tail: str, kernel: str, shared: dict, skip: dict) -> tuple[list[str], dict]:
@@ -286,7 +320,7 @@ def join_pieces(pieces: list[str], kernel: str, tail: str | None = None) -> str:
             shared[name] = (max(align, old[0]), max(size, old[1]))
         helpers.update(piece["helpers"])
     out = list(parsed[0]["header"]) + _shared_decls(shared) + list(helpers.values())
-    out += [piece["function"] for piece in parsed] + [_dispatcher(kernel, params, len(parsed))]
+    out += [piece["function"] for piece in parsed] + [_dispatcher(kernel, params, len(parsed), parsed[0]["directives"])]
     if tail is not None:
         texts, tail_shared = _tail_functions(tail, kernel, shared, helpers)
         out[len(parsed[0]["header"]):len(parsed[0]["header"])] = _shared_decls(tail_shared)
@@ -301,7 +335,7 @@ def piece_source(ptx: str, kernel: str, index: int) -> tuple[str, dict]:
     piece = _piece(ptx, kernel, index)
     text = piece["header"] + _shared_decls(piece["shared"], ".extern")
     source = "\n".join(text) + "\n\n" + "\n\n".join([*piece["helpers"].values(), ".visible " + piece["function"]]) + "\n"
-    return source, {k: piece[k] for k in ("header", "shared", "params")}
+    return source, {k: piece[k] for k in ("header", "shared", "params", "directives")}
 
 
 def dispatcher_source(pieces: list[dict], kernel: str, tail: str | None = None) -> str:
@@ -315,7 +349,8 @@ def dispatcher_source(pieces: list[dict], kernel: str, tail: str | None = None) 
             raise RuntimeError(f"piece {i}: shared arrays {piece['shared']} differ from piece 0's {shared}")
     sig = ", ".join(f".param {t} p{k}" for k, t in enumerate(params))
     out = list(pieces[0]["header"]) + _shared_decls(shared)
-    out += [f".extern .func {kernel}_piece{i}({sig});" for i in range(len(pieces))] + [_dispatcher(kernel, params, len(pieces))]
+    out += [f".extern .func {kernel}_piece{i}({sig});" for i in range(len(pieces))]
+    out.append(_dispatcher(kernel, params, len(pieces), pieces[0].get("directives", [])))
     if tail is not None:
         texts, tail_shared = _tail_functions(tail, kernel, shared, {})
         out[len(pieces[0]["header"]):len(pieces[0]["header"])] = _shared_decls(tail_shared)

@@ -147,7 +147,7 @@ class RegisterReuse(GeneratedAlgorithm):
             return compile_nvptx(lambda llvm: self.generate(kernel, wl, tile, llvm=llvm, fma_code=fma_code), arch=arch,
                                  **ptxas)
         pieces = [self.recipe(kernel, wl, tile, piece=("part", i, n), fma_code=fma_code) for i in range(n)]
-        tail = self.recipe(kernel, wl, tile, piece=("tail",)) if shares > 1 else None
+        tail = self.recipe(kernel, wl, tile, piece=("tail",)) if shares > 1 and tile.reduce == "kernel" else None
         # the host side is made here while the children compile the pieces
         return compile_nvptx_pieces(lambda: self.generate(kernel, wl, tile, llvm=False, parts=1), FUNCTION_NAME,
                                     pieces, tail, arch, link_apart=apart,
