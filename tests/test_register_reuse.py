@@ -450,6 +450,37 @@ def test_the_committed_records_name_known_tiles_and_real_layers():
         assert not any(a["shape"] == b["shape"] and tile_records.same_density(a, b["nonzeros"]) for b in records[i + 1:])
 
 
+def _committed_cluster_records() -> list[dict]:
+    from tvm_sparseconv import tile_records
+    from tvm_sparseconv.tuning_records import logs_root
+
+    path = tile_records.path_for(logs_root() / "nvidia-h200", "register-reuse")
+    return [r for r in tile_records.read(path, "register-reuse") if TILES[r["tile"]].reduce == "cluster"]
+
+
+@pytest.mark.skipif(not shutil.which("ptxas"), reason="needs ptxas")
+@pytest.mark.parametrize("record", _committed_cluster_records(), ids=lambda r: f"{r['layer']}-{r['tile']}")
+def test_the_committed_cluster_records_build_for_sm_90_as_compile_builds_them(record, monkeypatch):
+    """Each committed record of a cluster tile, built for its real layer as `compile()` builds it
+    (pieces, ptxas for sm_90, TVM's module around the cubin): one kernel launched in clusters of
+    its split-K shares."""
+    from tvm_sparseconv import nvptx_build
+    from tvm_sparseconv.schedules.cuda_register_reuse import split_count
+    from tvm_sparseconv.tile_tuning import generated_workload
+    from tvm_sparseconv.workloads import workload_set
+
+    kernel, wl = generated_workload(workload_set(record["layer"])[0], "register-reuse", "cuda")
+    tile = TILES[record["tile"]]
+    sources, real = [], nvptx_build.assemble
+    monkeypatch.setattr(nvptx_build, "assemble", lambda ptx, *a, **k: sources.append(ptx) or real(ptx, *a, **k))
+    ex = algorithms.by_name("register-reuse").build(kernel, wl, tile)
+    assert [m.kind for m in ex.mod.imports] == ["cuda"]
+    shares = split_count(np.asarray(kernel.to_dense(), np.float32), tile)
+    assert 2 <= shares <= tile.splits
+    assert re.findall(r"\.entry (\w+)\(", sources[-1]) == ["sparse_conv2d_kernel"]
+    assert f".reqnctapercluster 1, 1, {shares}" in sources[-1]
+
+
 @pytest.mark.parametrize("layout", ["steps", "groups"])
 def test_long_code_is_split_into_kernels_launched_in_turn(layout):
     """parts=3 over 4 channel blocks: three kernels, every nonzero once, one host function."""
