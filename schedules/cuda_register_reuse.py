@@ -22,6 +22,9 @@ on the input shifted by the tap, see `emit`):
   its group's nonzeros among them, each with an immediate weight;
 - the epilogue (bias, activation) is applied in registers; the sums then go through shared
   memory, one group of the block at a time, so that the stores are whole float4 rows.
+- split-K tiles (``splits``): blockIdx.z takes a share of the stages; the shares are added up by
+  a second kernel from a workspace, or (``reduce="cluster"``, sm_90) by the shares' blocks as one
+  thread-block cluster reading each other's shared memory.
 
 Each group's FMAs sit behind a binary tree of (warp-uniform) branches on the group index, so a
 warp walks only its own group's code: per step (`layout="steps"`), or once around the group's

@@ -128,7 +128,8 @@ class RegisterReuse(GeneratedAlgorithm):
               ptxas_opt: int | None = None, fma_code: str = "ptx"):
         """The compiled module: one kernel, its code compiled in pieces in parallel where long
         (`cuda_register_reuse.pieces_for`; joined, or linked apart above `MAX_JOINED_FMAS`
-        possible), then (split-K tiles) the kernel adding up the shares. `link` (experiments):
+        possible), then (split-K tiles) the kernel adding up the shares, unless the tile adds them up in
+        a thread-block cluster (`Tile.reduce`). `link` (experiments):
         "joined" or "linked" overrides that choice, "linked-capped" links with a register cap
         (`LINK_MODES`); `ptxas_opt` (experiments) ptxas's `-O` instead of `nvptx_build.PTXAS_OPT_LEVEL`;
         `fma_code` (experiments): how the FMAs reach the PTX (`cuda_register_reuse.emit`).
