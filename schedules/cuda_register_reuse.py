@@ -840,6 +840,16 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
         per_pixel = g_ // ovec
         rounds = -(-tp * per_pixel // threads)
 
+        def tile_item(i, pr: int, gi: int):
+            """Item `i` of the block's sums staged in `xs` for group `gi`, row `pr` (`ovec` channels of
+            one pixel): (its row and first word in `xs`, its output pixel, whether that exists, its
+            first channel, its channel index (a ramp for float4), its value)."""
+            row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
+            p, exists = block_pixel(row, pr)
+            co = (block * ng + gi) * g_ + q * ovec
+            value = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+            return row, q * ovec, p, exists, co, (_ramp(co) if ovec == 4 else co), value
+
         def cluster_out(pr: int, gi: int) -> list[tirx.Stmt]:
             """`Tile.reduce` "cluster": block z of the cluster (the tile's split-K shares) owns the
             z-th slice of the tile's sums (rows of `xs`, raw); once every block has stored its
@@ -852,15 +862,11 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             for it in range(-(-chunk // threads)):
                 mine = it * threads + ty.var * tp + tx.var
                 i = bz.var * chunk + mine
-                row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
-                p, exists = block_pixel(row, pr)
-                co = (block * ng + gi) * g_ + q * ovec
-                co_idx = _ramp(co) if ovec == 4 else co
-                total = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
+                row, word, p, exists, co, co_idx, total = tile_item(i, pr, gi)
                 if b is not None:
                     total = total + tirx.BufferLoad(b, [co_idx])
                 store = tirx.BufferStore(out, activate(total, activation, ovec), [*output_pixel(p, output_hw), co_idx])
-                steps = ([ptx.cluster_sum(row * (4 * row_words) + q * (4 * ovec), splits, ovec)] if llvm else []) + [store]
+                steps = ([ptx.cluster_sum(4 * (row * row_words + word), splits, ovec)] if llvm else []) + [store]
                 code.append(tirx.IfThenElse(tirx.all(mine < chunk, i < items, exists, co < cout),
                                              steps[0] if len(steps) == 1 else tirx.SeqStmt(steps), None))
             return code + ([ptx.cluster_sync(tx.var)] if llvm else [])
@@ -880,16 +886,13 @@ def emit(w: np.ndarray, input_shape, output_hw, strides, pads, tile: Tile, bias:
             body.append(sync)
             if cluster:
                 body += cluster_out(pr, gi)
-            for it in range(0 if cluster else rounds):
-                i = it * threads + ty.var * tp + tx.var
-                row, q = tirx.floordiv(i, per_pixel), tirx.floormod(i, per_pixel)
-                p, exists = block_pixel(row, pr)
-                co = (block * ng + gi) * g_ + q * ovec
-                co_idx = _ramp(co) if ovec == 4 else co
-                value = tirx.BufferLoad(xs, [row, _ramp(q * 4)] if ovec == 4 else [row, q])
-                store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
-                         else tirx.BufferStore(out, value, [*output_pixel(p, output_hw), co_idx]))
-                body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, exists, co < cout), store, None))
+            else:
+                for it in range(rounds):
+                    i = it * threads + ty.var * tp + tx.var
+                    _, _, p, exists, co, co_idx, value = tile_item(i, pr, gi)
+                    store = (tirx.BufferStore(ws, value, [bz.var, p, co_idx]) if ws is not None
+                             else tirx.BufferStore(out, value, [*output_pixel(p, output_hw), co_idx]))
+                    body.append(tirx.IfThenElse(tirx.all(i < tp * per_pixel, exists, co < cout), store, None))
             body.append(sync)
 
         if tile.loops == 1:

@@ -274,9 +274,9 @@ def _same_params(pieces: list[dict]) -> list[str]:
     for i, piece in enumerate(pieces):
         if piece["params"] != pieces[0]["params"]:
             raise RuntimeError(f"piece {i}: parameters {piece['params']} differ from piece 0's {pieces[0]['params']}")
-        if piece.get("directives", []) != pieces[0].get("directives", []):
-            raise RuntimeError(f"piece {i}: cluster shape {piece.get('directives')} differs from piece 0's "
-                               f"{pieces[0].get('directives')}")
+        if piece["directives"] != pieces[0]["directives"]:
+            raise RuntimeError(f"piece {i}: cluster shape {piece['directives']} differs from piece 0's "
+                               f"{pieces[0]['directives']}")
     return pieces[0]["params"]
 
 
@@ -350,7 +350,7 @@ def dispatcher_source(pieces: list[dict], kernel: str, tail: str | None = None) 
     sig = ", ".join(f".param {t} p{k}" for k, t in enumerate(params))
     out = list(pieces[0]["header"]) + _shared_decls(shared)
     out += [f".extern .func {kernel}_piece{i}({sig});" for i in range(len(pieces))]
-    out.append(_dispatcher(kernel, params, len(pieces), pieces[0].get("directives", [])))
+    out.append(_dispatcher(kernel, params, len(pieces), pieces[0]["directives"]))
     if tail is not None:
         texts, tail_shared = _tail_functions(tail, kernel, shared, {})
         out[len(pieces[0]["header"]):len(pieces[0]["header"])] = _shared_decls(tail_shared)

@@ -174,11 +174,7 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
         result.why_not = (f"the best tile {best} ({result.tiles[best]['seconds'] * 1e6:.1f} us) is slower than "
                           f"{result.scheduled['schedule']} ({result.scheduled['seconds'] * 1e6:.1f} us) in this run")
     elif record:
-        new = {"layer": problem.name, "shape": tile_records.shape_key(wl), "tile": best,
-               "seconds": result.tiles[best]["seconds"], "nonzeros": int(kernel.nnz),
-               "library_seconds": result.scheduled["seconds"],
-               "emitter_version": algorithms.by_name(algorithm).emitter_version,
-               "tuned_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        new = tile_record(result, wl)
         old = tile_records.find(folder, algorithm, wl, int(kernel.nnz))
         if tile_records.keeps(old, new, measured=result.tiles):
             result.why_not = (f"kept the record {old['tile']} ({old['seconds'] * 1e6:.1f} us, same code, "
@@ -190,6 +186,17 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
             tile_records.merge(folder, algorithm, targets.device_name(target), "scripts/tune.py", [new])
             result.recorded = best
     return result
+
+
+def tile_record(result: TileSearch, wl: ConvWorkload, tuned_at: str | None = None) -> dict:
+    """The record of `result`'s best tile for layer `wl` (as `search` writes it into the tuning
+    logs; `tuned_at` default now)."""
+    best = result.best
+    return {"layer": result.problem, "shape": tile_records.shape_key(wl), "tile": best,
+            "seconds": result.tiles[best]["seconds"], "nonzeros": int(result.nonzeros),
+            "library_seconds": result.scheduled["seconds"],
+            "emitter_version": algorithms.by_name(result.algorithm).emitter_version,
+            "tuned_at": tuned_at or time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False):

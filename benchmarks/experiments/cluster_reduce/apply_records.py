@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from tvm_sparseconv import algorithms, tile_records
-from tvm_sparseconv.tile_tuning import generated_workload
+from tvm_sparseconv import tile_records
+from tvm_sparseconv.tile_tuning import TileSearch, generated_workload, tile_record
 from tvm_sparseconv.workloads import workload_set
 
 
@@ -33,17 +33,14 @@ def main(argv=None) -> int:
                 continue
             kernel, wl = generated_workload(workload_set(w["problem"])[0], algorithm, "cuda")
             assert int(kernel.nnz) == w["nonzeros"], f"{w['problem']}: the pattern differs from the run's"
-            tile = w["recorded"]
-            new = {"layer": w["problem"], "shape": tile_records.shape_key(wl), "tile": tile,
-                   "seconds": w["tiles"][tile]["seconds"], "nonzeros": w["nonzeros"],
-                   "library_seconds": w["scheduled"]["seconds"],
-                   "emitter_version": algorithms.by_name(algorithm).emitter_version,
-                   "tuned_at": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.stat().st_mtime))}
+            result = TileSearch(w["problem"], algorithm, w["nonzeros"], w["tiles"], w["scheduled"])
+            assert result.best == w["recorded"], f"{w['problem']}: the summary's best is not its recorded tile"
+            new = tile_record(result, wl, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(path.stat().st_mtime)))
             # the device as tune.py names it there (targets.device_name), kept from the file
             existing = tile_records.path_for(folder, algorithm)
             device = json.loads(existing.read_text())["device"] if existing.is_file() else args.device
             tile_records.merge(folder, algorithm, device, "scripts/tune.py", [new])
-            print(f"{w['problem']}: {tile} {new['seconds'] * 1e6:.1f} us")
+            print(f"{w['problem']}: {new['tile']} {new['seconds'] * 1e6:.1f} us")
     return 0
 
 
