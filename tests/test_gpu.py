@@ -595,3 +595,58 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
     out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
     op.run(tvm.runtime.tensor(x, dev), out)
     assert reference.relative_error(out.numpy(), reference.conv2d_f64(x, kernel.to_dense(), p.workload(kernel))) < TOL
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,bias,activation,tile", [
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256"),  # 4 chunks, the last short
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256"),  # pixel and channel tails
+    ((1, 7, 7, 64), (1, 1, 64, 40), 1, "SAME", False, "relu6", "p49q1r16k64t256"),  # one chunk: direct stores
+    ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu", "p16q2r16k64t256"),  # strided, batch 2
+    ((1, 8, 8, 30), (1, 1, 30, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256"),  # padded, Cin 30
+])
+def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile):
+    """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
+    bias and activations, an empty output channel), output poisoned, twice (the atomics' first
+    kernel must reset the output every call)."""
+    rng = np.random.default_rng(17)
+    w = _kernel(rng, k_shape, 0.2)
+    w[..., 1] = 0.0
+    b = rng.standard_normal(k_shape[3]).astype(np.float32) if bias else None
+    kernel = tsc.SparseKernel.from_dense(w)
+    alg = algorithms.by_name("csr-split-k")
+    wl = ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides, padding, 1, has_bias=bias,
+                             activation=activation)
+    wl = algorithms.workload_for(kernel, wl, alg.name)
+    assert alg.fits(wl, alg.tiles()[tile])
+    func = alg.build(kernel, wl, alg.tiles()[tile])["sparse_conv2d"]
+    dev = tvm.cuda(0)
+    args = [tvm.runtime.tensor(a, dev) for a in alg.pack(wl, kernel) + ([b] if bias else [])]
+    for _ in range(2):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+        func(tvm.runtime.tensor(x, dev), *args, out)
+        ref = reference.conv2d_f64(x, w, wl, b)
+        if activation == "relu":
+            ref = np.maximum(ref, 0.0)
+        elif activation == "relu6":
+            ref = np.clip(ref, 0.0, 6.0)
+        got = out.numpy()
+        assert np.all(np.isfinite(got))
+        assert reference.relative_error(got, ref) < TOL
+
+
+def test_compile_forced_csr_split_k_serves_a_layer():
+    """compile(..., algorithm="csr-split-k") end to end: the op passes its weight arrays."""
+    rng = np.random.default_rng(19)
+    w = _kernel(rng, (1, 1, 256, 64), 0.1)
+    bias = rng.standard_normal(64).astype(np.float32)
+    kernel = tsc.SparseKernel.from_dense(w)
+    op = tsc.compile(kernel, (1, 7, 7, 256), bias=bias, activation="relu", target="cuda", algorithm="csr-split-k")
+    assert op.algorithm == "csr-split-k"
+    x = rng.standard_normal((1, 7, 7, 256)).astype(np.float32)
+    dev = tvm.cuda(0)
+    out = tvm.runtime.tensor(np.full(op.output_shape, np.nan, np.float32), dev)
+    op.run(tvm.runtime.tensor(x, dev), out)
+    got = out.numpy()
+    ref = np.maximum(np.einsum("nhwc,ck->nhwk", x.astype(np.float64), w[0, 0].astype(np.float64)) + bias, 0.0)
+    assert reference.relative_error(got, ref) < TOL

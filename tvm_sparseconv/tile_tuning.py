@@ -152,7 +152,7 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
         err = verification.check_generated(res.function, kernel, wl, dev)
         result.tiles[b["tile"]]["relative_error"] = err
         if err <= algorithms.by_name(algorithm).tolerance:
-            runs[b["tile"]] = _runner(res.function, wl, dev, with_bias=wl.has_bias)
+            runs[b["tile"]] = _runner(res.function, wl, dev, algorithms.pack_weights(wl, kernel), with_bias=wl.has_bias)
     say(f"timing {len(runs)} correct tiles and the scheduled choice")
     with warnings.catch_warnings():  # the schedule source says "untuned" where it is
         warnings.simplefilter("ignore", build.UntunedWarning)

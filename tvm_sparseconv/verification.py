@@ -77,9 +77,9 @@ def check_function(function: tvm.runtime.Function, wl: ConvWorkload, device: tvm
 
 def check_generated(function: tvm.runtime.Function, kernel, wl: ConvWorkload, device: tvm.runtime.Device,
                     seed: int = 0) -> float:
-    """Relative error of a generated algorithm's `function` (its code holds `kernel`'s values; its
-    arguments are x, [bias], out) against float64 on a random input; inf as `check_function`."""
-    return _error(function, kernel, wl, device, np.random.default_rng(seed), [])
+    """Relative error of a generated algorithm's `function` (built for `kernel`; its arguments are
+    x, its `pack` arrays, [bias], out) against float64 on a random input; inf as `check_function`."""
+    return _error(function, kernel, wl, device, np.random.default_rng(seed), algorithms.pack_weights(wl, kernel))
 
 
 def _error(function, kernel, wl: ConvWorkload, device, rng: np.random.Generator, weights: list) -> float:

@@ -71,7 +71,8 @@ class GeneratedAlgorithm(Algorithm):
     """An algorithm whose code is generated per kernel (its values in the code): no TE definition
     and no MetaSchedule design space; what a record keeps is the tile (a point of its emitter's
     design space) for a layer shape (`tile_records.py`). The compiled function's arguments are
-    x, [bias], out."""
+    x, the `pack` arrays (none where the weights are in the code), [bias], out. (csr-split-k is
+    built the same way from a tile, with its weights as data.)"""
 
     generated = True
     #: its emitter: the module of `schedules/` that defines TILES (name -> tile) and EMITTER_VERSION

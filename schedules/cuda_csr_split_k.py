@@ -1,0 +1,248 @@
+"""The kernel of algorithm "csr-split-k" (CUDA, 1x1 layers): sparse rows, input channels split across blocks.
+
+Batch-1 1x1 layers are 5-10 M useful multiply-adds: spread over the chip that is a few hundred
+per lane, and what a kernel's time is made of is its longest chain of dependent steps. The
+scheduled 1x1 kernels walk every input chunk in turn inside one block (copy, barrier, FMAs, per
+chunk: 16 rounds on conv5's 2048 channels), and register-reuse's straight-line code is fetched for
+every pair of warps that runs it. Here each block takes ONE chunk of input channels:
+
+- grid: blockIdx.x over blocks of ``rows`` output channels, blockIdx.y over chunks of ``chunk``
+  input channels (the split of K), blockIdx.z over tiles of ``pixels`` output pixels (flattened
+  n, oh, ow); ``threads`` threads per block;
+- the block copies its pixels' chunk of the NHWC input into shared memory, channel-major
+  (``xs[k][p]``: the lanes of a warp, on consecutive pixels of one channel, hit distinct banks;
+  zeros outside the image, strided 1x1 layers read their output pixels' input directly);
+- each thread takes (output channel, pixel column) items, pixel fastest, and walks that channel's
+  nonzeros in the chunk (compressed rows: no padding): per nonzero one 8-byte load of its value and
+  input channel (the lanes of a warp share a channel: a broadcast) feeds ``per_thread`` FMAs on
+  pixels ``column + i * columns``, one shared load each. The kernel is bound by the L1/shared
+  pipe (ncu, conv5 1x1 reduce b1, one pixel per thread and two 4-byte weight loads: L1/TEX 75% of
+  peak, 17 cycles between a warp's instructions, 53% of them waiting on L1TEX), so each loaded
+  weight should feed several FMAs;
+- the sums go through shared memory and leave channel fastest, so that a warp's atomics (or
+  stores) cover whole 128-byte rows of the NHWC output: scattered ones (a sector each) made the
+  first version atomic-bound (H200, conv5 1x1 reduce b1: 40 us with 64 chunks, 11.4 with 16);
+- the chunks' sums are added into the output with atomicAdd, which a first kernel sets to the bias
+  (or zero); an activation is a third kernel. With one chunk the sums are stored directly.
+
+The weight arrays (`pack`): ``ptr`` (Cout x (ceil(Cin / 16) + 1) int32: where each channel's
+nonzeros of input channel 16*i onwards start) and ``weights`` (int64: the value's float32 bits
+above its input channel), in channel-major compressed-row order. A chunk is a multiple of 16
+channels, so one format serves every tile.
+"""
+
+# no `from __future__ import annotations`: TVMScript reads the parameters' annotations as objects
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.script import tirx as T
+
+from tvm_sparseconv.algorithms.base import activate
+
+#: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
+EMITTER_VERSION = 3
+#: the generated function's name
+FUNCTION_NAME = "sparse_conv2d"
+#: input channels per entry of the row-pointer table (a chunk is a multiple of it)
+PTR_STEP = 16
+#: static shared memory of a block (the copy of its pixels x chunk)
+MAX_SHARED_BYTES = 48 * 1024
+#: threads of the bias/zero and activation kernels
+_FLAT_THREADS = 256
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One point of the design space."""
+
+    pixels: int = 49  # output pixels per block (flattened n, oh, ow)
+    per_thread: int = 2  # pixels per thread (columns apart): FMAs per loaded weight
+    rows: int = 16  # output channels per block
+    chunk: int = 128  # input channels per block (the split of K), a multiple of PTR_STEP
+    threads: int = 256
+
+    @property
+    def name(self) -> str:
+        return f"p{self.pixels}q{self.per_thread}r{self.rows}k{self.chunk}t{self.threads}"
+
+    @property
+    def columns(self) -> int:
+        """Thread columns per channel (each takes `per_thread` pixels, `columns` apart)."""
+        return -(-self.pixels // self.per_thread)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def shared_bytes(tile: Tile) -> int:
+    """The block's copy of its input chunk (pixels padded to whole columns) and its sums."""
+    return (tile.columns * tile.per_thread * tile.chunk + tile.pixels * (tile.rows + 1)) * 4
+
+
+def _grid() -> dict[str, Tile]:
+    tiles = [Tile(p, q, r, k, 256) for p in (16, 32, 49, 64, 98, 196) for q in (1, 2, 4) for r in (16, 32, 64)
+             for k in (64, 128, 256)]
+    return {t.name: t for t in tiles if shared_bytes(t) <= MAX_SHARED_BYTES}
+
+
+#: the named tiles (what records name)
+TILES: dict[str, Tile] = _grid()
+
+
+def default_tile(n_pixels: int) -> str:
+    """Untuned tile: a 7x7 map per block, two pixels per thread, 32 channels, chunks of 128."""
+    return Tile(49 if n_pixels % 49 == 0 else 32, 2, 32, 128, 256).name
+
+
+def ptr_columns(cin: int) -> int:
+    """Entries per output channel of the row-pointer table."""
+    return -(-cin // PTR_STEP) + 1
+
+
+def pack(kernel) -> list[np.ndarray]:
+    """(ptr, weights) of a 1x1 `SparseKernel` (see the module docstring); `weights` holds at
+    least one element (a kernel of zeros still compiles)."""
+    _, _, cin, cout = kernel.shape
+    counts = np.asarray(kernel.counts, np.int64)
+    real = np.arange(kernel.ell_width)[None, :] < counts[:, None]
+    values = np.asarray(kernel.values, np.float32)[real]  # row-major: channel by channel, sorted by ci
+    channels = np.asarray(kernel.ci, np.int32)[real]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cols = ptr_columns(cin)
+    ptr = np.empty((cout, cols), np.int32)
+    bounds = np.arange(cols) * PTR_STEP
+    for co in range(cout):
+        ptr[co] = starts[co] + np.searchsorted(kernel.ci[co, :counts[co]], bounds, side="left")
+    weights = (values.view(np.uint32).astype(np.uint64) << np.uint64(32)) | channels.astype(np.uint64)
+    if weights.size == 0:
+        weights = np.zeros(1, np.uint64)
+    return [ptr.reshape(-1), weights.view(np.int64)]
+
+
+def unpack(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, channels) of `pack`'s weights."""
+    bits = weights.view(np.uint64)
+    return (bits >> np.uint64(32)).astype(np.uint32).view(np.float32), (bits & np.uint64(0xFFFFFFFF)).astype(np.int32)
+
+
+def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile, bias: bool = False,
+         activation: "str | None" = None) -> tirx.PrimFunc:
+    """The PrimFunc ``f(x, ptr, weights, [bias], out)`` for a 1x1 layer and `tile`."""
+    n, h, w, cin = input_shape
+    oh_, ow_ = output_hw
+    sh, sw = strides
+    (pt, _), (pl, _) = pads
+    npx = n * oh_ * ow_
+    pix, q, rows, chunk, threads = tile.pixels, tile.per_thread, tile.rows, tile.chunk, tile.threads
+    ncol = tile.columns
+    wide = ncol * q  # pixel columns of the staged copy (zeros past `pix`)
+    splits = -(-cin // chunk)
+    cols = ptr_columns(cin)
+    vec = 4 if cin % 4 == 0 else 1
+    per_px = chunk // vec  # staging units per pixel
+    stage_iters = -(-(wide * per_px) // threads)
+    item_iters = -(-(rows * ncol) // threads)
+    out_iters = -(-(rows * pix) // threads)
+    nnz = max(nnz, 1)
+    total = npx * cout
+    flat_blocks = -(-total // _FLAT_THREADS)
+    atomic = splits > 1
+
+    def x_at(p, c, block):
+        """(inside, flat index) of the input of column p of pixel block `block`, channel c."""
+        g = block * pix + p
+        b, oh, ow = g // (oh_ * ow_), g // ow_ % oh_, g % ow_
+        ih, iw = oh * sh - pt, ow * sw - pl
+        inside = tirx.all(p < pix, g < npx, ih >= 0, ih < h, iw >= 0, iw < w, c < cin)
+        return inside, ((b * h + ih) * w + iw) * cin + c
+
+    def epilogue_expr(y, co, bias_buf):
+        if bias_buf is not None:
+            y = y + bias_buf[co]
+        return activate(y, activation)
+
+    def act(y):
+        return activate(y, activation)
+
+    def value_of(word):
+        return T.reinterpret("float32", T.Cast("int32", word >> T.int64(32)))
+
+    activated = atomic and activation is not None
+    shapes = {"x": (n, h, w, cin), "ptr": (cout * cols,), "w": (nnz,), "out": (n, oh_, ow_, cout)}
+
+    @T.prim_func(private=True)
+    def body(x_nhwc: T.Buffer(shapes["x"], "float32"), ptr: T.Buffer(shapes["ptr"], "int32"),
+             weights: T.Buffer(shapes["w"], "int64"),
+             bias_buf: T.Buffer((cout,), "float32"), out_nhwc: T.Buffer(shapes["out"], "float32")):
+        # flat views of the NHWC arrays
+        x_in = T.decl_buffer((n * h * w * cin,), "float32", data=x_nhwc.data)
+        out = T.decl_buffer((total,), "float32", data=out_nhwc.data)
+        if atomic:
+            for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
+                for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):
+                    if bi * _FLAT_THREADS + ti < total:
+                        if bias:
+                            out[bi * _FLAT_THREADS + ti] = bias_buf[(bi * _FLAT_THREADS + ti) % cout]
+                        else:
+                            out[bi * _FLAT_THREADS + ti] = T.float32(0)
+        for bx in T.thread_binding(-(-cout // rows), thread="blockIdx.x"):
+            for by in T.thread_binding(splits, thread="blockIdx.y"):
+                for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
+                    for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                        xs = T.alloc_buffer((chunk * wide,), "float32", scope="shared")
+                        part = T.alloc_buffer((pix * (rows + 1),), "float32", scope="shared")
+                        acc = T.alloc_buffer((q,), "float32", scope="local")
+                        word = T.alloc_buffer((1,), "int64", scope="local")
+                        # the chunk of the block's pixels, channel-major; pixel fastest across threads
+                        for it in range(stage_iters):
+                            if it * threads + tx < wide * per_px:
+                                for i in T.vectorized(vec):
+                                    xs[((it * threads + tx) // wide * vec + i) * wide + (it * threads + tx) % wide] = T.if_then_else(
+                                        x_at((it * threads + tx) % wide, by * chunk + (it * threads + tx) // wide * vec, bz)[0],
+                                        x_in[x_at((it * threads + tx) % wide, by * chunk + (it * threads + tx) // wide * vec, bz)[1] + i],
+                                        T.float32(0))
+                        T.tvm_storage_sync("shared")
+                        for it in range(item_iters):
+                            if it * threads + tx < rows * ncol:
+                                for i in range(q):
+                                    acc[i] = T.float32(0)
+                                if bx * rows + (it * threads + tx) // ncol < cout:
+                                    lo = T.meta_var(ptr[(bx * rows + (it * threads + tx) // ncol) * cols + by * (chunk // PTR_STEP)])
+                                    hi = T.meta_var(ptr[(bx * rows + (it * threads + tx) // ncol) * cols + T.min((by + 1) * (chunk // PTR_STEP), cols - 1)])
+                                    for j in T.serial(hi - lo):
+                                        word[0] = weights[lo + j]
+                                        for i in range(q):
+                                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + (it * threads + tx) % ncol + i * ncol]
+                                for i in range(q):
+                                    if (it * threads + tx) % ncol + i * ncol < pix:
+                                        part[((it * threads + tx) % ncol + i * ncol) * (rows + 1) + (it * threads + tx) // ncol] = acc[i]
+                        T.tvm_storage_sync("shared")
+                        # the sums leave channel fastest: a warp's stores (or atomics) are whole rows of NHWC
+                        for it in range(out_iters):
+                            if it * threads + tx < rows * pix and bx * rows + (it * threads + tx) % rows < cout and bz * pix + (it * threads + tx) // rows < npx:
+                                if atomic:
+                                    T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
+                                        out[(bz * pix + (it * threads + tx) // rows) * cout + bx * rows + (it * threads + tx) % rows]),
+                                        part[(it * threads + tx) // rows * (rows + 1) + (it * threads + tx) % rows]))
+                                else:
+                                    out[(bz * pix + (it * threads + tx) // rows) * cout + bx * rows + (it * threads + tx) % rows] = epilogue_expr(
+                                        part[(it * threads + tx) // rows * (rows + 1) + (it * threads + tx) % rows],
+                                        bx * rows + (it * threads + tx) % rows, bias_buf if bias else None)
+        if activated:
+            for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
+                for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):
+                    if bi * _FLAT_THREADS + ti < total:
+                        out[bi * _FLAT_THREADS + ti] = act(out[bi * _FLAT_THREADS + ti])
+
+    return _public(body, bias)
+
+
+def _public(body: tirx.PrimFunc, bias: bool) -> tirx.PrimFunc:
+    """`body` with the signature ``(x, ptr, weights, [bias], out)`` as the op calls it."""
+    params = list(body.params)
+    if not bias:  # the bias buffer is then never read: drop it from the signature
+        params.pop(3)
+        body = tirx.PrimFunc(params, body.body, body.ret_type, body.attrs)
+    return body.with_attr({"global_symbol": FUNCTION_NAME, "tirx.noalias": True})

@@ -1,0 +1,101 @@
+"""csr-split-k without a GPU: its weight format, its tiles, and its CUDA source compiling with nvcc
+for sm_90 (the kernels' results are checked on the GPU: tests/test_gpu.py -k csr_split_k)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import algorithms, targets, tile_records
+from tvm_sparseconv.schedules.cuda_csr_split_k import PTR_STEP, TILES, Tile, pack, ptr_columns, shared_bytes, unpack
+from tvm_sparseconv.tuning_records import logs_root
+from tvm_sparseconv.workload import ConvWorkload
+from tvm_sparseconv.workloads import workload_set
+
+ALG = algorithms.by_name("csr-split-k")
+
+
+def _kernel(cin: int, cout: int, density: float, seed: int = 0) -> tuple[np.ndarray, tsc.SparseKernel]:
+    rng = np.random.default_rng(seed)
+    w = np.where(rng.random((1, 1, cin, cout)) < density, rng.standard_normal((1, 1, cin, cout)), 0).astype(np.float32)
+    w[..., 0] = 0.0  # an empty output channel
+    return w, tsc.SparseKernel.from_dense(w)
+
+
+@pytest.mark.parametrize("cin,cout", [(200, 72), (30, 24), (2048, 16)])
+def test_the_packed_rows_rebuild_the_kernel_chunk_by_chunk(cin, cout):
+    w, kernel = _kernel(cin, cout, 0.15)
+    ptr, weights = pack(kernel)
+    values, channels = unpack(weights)
+    ptr = ptr.reshape(cout, ptr_columns(cin))
+    for co in range(cout):
+        for i in range(ptr.shape[1] - 1):  # each PTR_STEP slice of input channels holds exactly its nonzeros
+            lo, hi = ptr[co, i], ptr[co, i + 1]
+            dense = np.zeros(cin, np.float32)
+            dense[channels[lo:hi]] = values[lo:hi]
+            seg = slice(i * PTR_STEP, (i + 1) * PTR_STEP)
+            assert np.array_equal(dense[seg], w[0, 0, seg, co])
+            assert np.all((channels[lo:hi] >= seg.start) & (channels[lo:hi] < seg.stop))
+    assert ptr[-1, -1] == kernel.nnz
+
+
+def test_a_kernel_of_zeros_packs_nonempty_arrays():
+    _, kernel = _kernel(32, 8, 0.0)
+    ptr, weights = pack(kernel)
+    assert not ptr.any() and weights.size == 1
+
+
+def test_tiles_are_named_by_their_fields_and_fit_shared_memory():
+    for name, tile in TILES.items():
+        assert name == tile.name and tile.chunk % PTR_STEP == 0
+        assert shared_bytes(tile) <= 48 * 1024 and tile.columns * tile.per_thread >= tile.pixels
+
+
+def test_it_applies_to_1x1_cuda_layers_only():
+    wl = workload_set("resnet50_conv5_1x1_reduce_b1")[0].workload()
+    assert ALG.applies(wl, "cuda") and not ALG.applies(wl, "llvm")
+    assert not ALG.applies(workload_set("resnet50_conv5_3x3_b1")[0].workload(), "cuda")
+
+
+def _cuda_source(kernel, wl, tile: Tile) -> str:
+    lib = ALG.build(kernel, wl, tile, targets.cuda_target_for_arch("sm_90"))
+    return next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("bias,activation,tile", [(True, "relu", "p49q2r16k64t256"), (False, None, "p16q4r16k256t256")])
+def test_the_cuda_source_compiles_with_nvcc(bias, activation, tile):
+    """Split chunks (atomics: a bias/zero kernel first, activation last) and one chunk (direct stores)."""
+    from tvm.support import nvcc
+
+    w, kernel = _kernel(200, 72, 0.1)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 200), kernel.shape, kernel.ell_width,
+                                                             has_bias=bias, activation=activation), ALG.name)
+    src = _cuda_source(kernel, wl, TILES[tile])
+    kernels = src.count("__global__ void") // 2  # declared, then defined
+    assert ("atomicAdd" in src) == (TILES[tile].chunk < 200)
+    assert kernels == (1 if TILES[tile].chunk >= 200 else 2 + (activation is not None))
+    with targets.cuda_target_for_arch("sm_90"):
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
+
+
+def _committed() -> list[dict]:
+    return tile_records.read(tile_records.path_for(logs_root() / "nvidia-h200", ALG.name), ALG.name)
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("record", _committed(), ids=lambda r: f"{r['layer']}-{r['tile']}")
+def test_the_committed_records_name_known_tiles_of_real_layers_and_compile(record):
+    from tvm.support import nvcc
+
+    from tvm_sparseconv.tile_tuning import generated_workload
+
+    assert record["tile"] in TILES
+    kernel, wl = generated_workload(workload_set(record["layer"])[0], ALG.name, "cuda")
+    assert record["shape"] == tile_records.shape_key(wl) and ALG.fits(wl, TILES[record["tile"]])
+    with targets.cuda_target_for_arch("sm_90"):
+        assert len(nvcc.compile_cuda(_cuda_source(kernel, wl, TILES[record["tile"]]), target_format="cubin",
+                                     arch="sm_90", compiler="nvcc")) > 0

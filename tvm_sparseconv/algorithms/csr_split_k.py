@@ -1,0 +1,69 @@
+"""Algorithm "csr-split-k" (CUDA, 1x1 layers): compressed sparse rows, input channels split across blocks.
+
+For layers whose kernels wait on latency, not throughput (batch 1): each block stages ONE chunk of
+input channels of its pixels from the NHWC input into shared memory and walks its output channels'
+nonzeros in that chunk (no padding to the longest row); the chunks' sums meet in the output by
+atomicAdd. The code is small and reads the weights as data (`schedules/cuda_csr_split_k.py`);
+like the generated algorithms it is built per layer from a tile (a point of its emitter's grid),
+its records are tile records (`tile_records.py`, `scripts/tune.py --algorithm csr-split-k`), and
+`compile()` takes it where its record is the layer's fastest. Its sums arrive in any order, so
+results may differ in the last bits between runs (within fp32's tolerance).
+
+The compiled function's arguments: x, ptr, weights (`pack`), [bias], out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from .base import GeneratedAlgorithm
+
+
+class CsrSplitK(GeneratedAlgorithm):
+    """Per block one chunk of input channels x some output channels x some pixels; sums by atomicAdd."""
+
+    name = "csr-split-k"
+    emitter = "cuda_csr_split_k"
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        return target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1)
+
+    def default_tile(self, wl: ConvWorkload) -> str:
+        from ..schedules.cuda_csr_split_k import default_tile
+
+        return default_tile(int(np.prod(wl.output_shape[:3])))
+
+    def fits(self, wl: ConvWorkload, tile) -> bool:
+        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, shared_bytes
+
+        pixels = int(np.prod(wl.output_shape[:3]))
+        # no tile wider than the layer in any dimension (its blocks would be mostly idle)
+        return (shared_bytes(tile) <= MAX_SHARED_BYTES and tile.pixels <= max(pixels, 16)
+                and tile.rows <= max(wl.out_channels, 16) and tile.chunk <= max(wl.input_shape[3], 64))
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        from ..schedules.cuda_csr_split_k import pack
+
+        return pack(kernel)
+
+    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
+        """The PrimFunc of `wl` with `tile` (its buffers sized for `kernel`'s nonzeros)."""
+        from ..schedules.cuda_csr_split_k import emit
+
+        return emit(wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.out_channels, int(kernel.nnz), tile,
+                    bias=wl.has_bias, activation=wl.activation)
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
+        import tvm
+
+        from ..targets import cuda_target_for_arch
+        from ..tir_build import compile_tir
+        from ..schedules.cuda_csr_split_k import FUNCTION_NAME
+
+        target = target if target is not None else cuda_target_for_arch()
+        return compile_tir(tvm.IRModule({FUNCTION_NAME: self.generate(kernel, wl, tile)}), target)
+
+
+ALGORITHM = CsrSplitK()
