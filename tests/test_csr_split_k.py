@@ -99,3 +99,21 @@ def test_the_committed_records_name_known_tiles_of_real_layers_and_compile(recor
     with targets.cuda_target_for_arch("sm_90"):
         assert len(nvcc.compile_cuda(_cuda_source(kernel, wl, TILES[record["tile"]]), target_format="cubin",
                                      arch="sm_90", compiler="nvcc")) > 0
+
+
+@pytest.mark.parametrize("chunk", [16, 64, 256])
+def test_the_longest_segment_is_the_most_nonzeros_of_a_channel_in_one_chunk(chunk):
+    from tvm_sparseconv.schedules.cuda_csr_split_k import longest_segment
+
+    w, kernel = _kernel(200, 24, 0.3, seed=3)
+    nz = w[0, 0] != 0
+    want = max(int(nz[c:c + chunk, co].sum()) for co in range(24) for c in range(0, 200, chunk))
+    assert longest_segment(pack(kernel)[0], 200, chunk) == want
+
+
+def test_weights_go_to_shared_memory_where_they_fit():
+    w, kernel = _kernel(2048, 64, 0.1)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 2048), kernel.shape, kernel.ell_width), ALG.name)
+    assert ALG.weights_segment(kernel, wl, TILES["p32q2r64k64t256"]) is not None
+    dense = _kernel(2048, 64, 0.9)[1]  # ~230 of 256 per chunk: over the unroll limit
+    assert ALG.weights_segment(dense, wl, TILES["p16q2r64k256t256"]) is None

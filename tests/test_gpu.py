@@ -604,10 +604,17 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
     ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu", "p16q2r16k64t256"),  # strided, batch 2
     ((1, 8, 8, 30), (1, 1, 30, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256"),  # padded, Cin 30
 ])
-def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile):
+@pytest.mark.parametrize("weights_in", ["shared", "global"])
+def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
+                                         monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
     bias and activations, an empty output channel), output poisoned, twice (the atomics' first
-    kernel must reset the output every call)."""
+    kernel must reset the output every call); the blocks' weights staged in shared memory or
+    (unroll limit 0) read from global memory."""
+    from tvm_sparseconv.schedules import cuda_csr_split_k
+
+    if weights_in == "global":
+        monkeypatch.setattr(cuda_csr_split_k, "MAX_UNROLLED_SEGMENT", 0)
     rng = np.random.default_rng(17)
     w = _kernel(rng, k_shape, 0.2)
     w[..., 1] = 0.0
@@ -618,6 +625,7 @@ def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bia
                              activation=activation)
     wl = algorithms.workload_for(kernel, wl, alg.name)
     assert alg.fits(wl, alg.tiles()[tile])
+    assert (alg.weights_segment(kernel, wl, alg.tiles()[tile]) is None) == (weights_in == "global")
     func = alg.build(kernel, wl, alg.tiles()[tile])["sparse_conv2d"]
     dev = tvm.cuda(0)
     args = [tvm.runtime.tensor(a, dev) for a in alg.pack(wl, kernel) + ([b] if bias else [])]

@@ -49,11 +49,24 @@ class CsrSplitK(GeneratedAlgorithm):
         return pack(kernel)
 
     def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
-        """The PrimFunc of `wl` with `tile` (its buffers sized for `kernel`'s nonzeros)."""
+        """The PrimFunc of `wl` with `tile` (its buffers sized for `kernel`'s nonzeros; its blocks'
+        weights staged in shared memory where they fit, `weights_segment`)."""
         from ..schedules.cuda_csr_split_k import emit
 
         return emit(wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.out_channels, int(kernel.nnz), tile,
-                    bias=wl.has_bias, activation=wl.activation)
+                    bias=wl.has_bias, activation=wl.activation, segment=self.weights_segment(kernel, wl, tile))
+
+    @staticmethod
+    def weights_segment(kernel: SparseKernel, wl: ConvWorkload, tile) -> int | None:
+        """The slots per channel of a block's weights in shared memory (the kernel's longest
+        run of nonzeros in one chunk), or None where they do not fit beside the input (then each
+        thread reads its weights from global memory) or the unrolled loop would be too long."""
+        from ..schedules.cuda_csr_split_k import (MAX_SHARED_BYTES, MAX_UNROLLED_SEGMENT, longest_segment, pack,
+                                                  shared_weights_bytes)
+
+        segment = longest_segment(pack(kernel)[0], wl.input_shape[3], tile.chunk)
+        fits = shared_weights_bytes(tile, segment) <= MAX_SHARED_BYTES and segment <= MAX_UNROLLED_SEGMENT
+        return segment if fits else None
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
         import tvm
