@@ -42,15 +42,19 @@ from tvm.script import tirx as T
 from tvm_sparseconv.algorithms.base import activate
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 4
+EMITTER_VERSION = 5
 #: the generated function's name
 FUNCTION_NAME = "sparse_conv2d"
 #: input channels per entry of the row-pointer table (a chunk is a multiple of it)
 PTR_STEP = 16
 #: static shared memory of a block (the copy of its pixels x chunk)
 MAX_SHARED_BYTES = 48 * 1024
-#: a block's weights go to shared memory only where its channels' longest run in a chunk is at most
-#: this long (the loop over them is unrolled that many times)
+#: whether a block copies its channels' weights into shared memory first (`emit`'s `segment`): it
+#: lost to the global-memory loop on the same tiles (H200, 4 b1 1x1 layers, 24-30 tiles each: median
+#: 1.08-1.10x slower, `benchmarks/experiments/csr_split_k.md`), so it is off; kept for experiments
+SHARED_WEIGHTS = False
+#: and then only where its channels' longest run in a chunk is at most this long (the loop over
+#: them is unrolled that many times)
 MAX_UNROLLED_SEGMENT = 128
 #: threads of the bias/zero and activation kernels
 _FLAT_THREADS = 256
@@ -150,9 +154,8 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     `segment` (the kernel's `longest_segment` for the tile's chunk): the block first copies its
     channels' weights of its chunk into shared memory (all loads in flight at once), and each
     thread walks them in a loop unrolled `segment` times. Without it (None) each thread loads its
-    weights from global memory in a loop of data-dependent length, one load after another: a
-    chain of L2 round trips (H200: conv4 1x1 expand b1, one chunk, about 52 nonzeros per thread:
-    8.7 us).
+    weights from global memory in a loop of data-dependent length (the default, `SHARED_WEIGHTS`:
+    the copy's extra phase cost more than the loads it spared).
     """
     n, h, w, cin = input_shape
     oh_, ow_ = output_hw

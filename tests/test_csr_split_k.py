@@ -111,7 +111,13 @@ def test_the_longest_segment_is_the_most_nonzeros_of_a_channel_in_one_chunk(chun
     assert longest_segment(pack(kernel)[0], 200, chunk) == want
 
 
-def test_weights_go_to_shared_memory_where_they_fit():
+def test_weights_go_to_shared_memory_where_they_fit_when_asked(monkeypatch):
+    from tvm_sparseconv.schedules import cuda_csr_split_k
+
+    w, kernel = _kernel(2048, 64, 0.1)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 2048), kernel.shape, kernel.ell_width), ALG.name)
+    assert ALG.weights_segment(kernel, wl, TILES["p32q2r64k64t256"]) is None  # off by default (measured slower)
+    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", True)
     w, kernel = _kernel(2048, 64, 0.1)
     wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 2048), kernel.shape, kernel.ell_width), ALG.name)
     assert ALG.weights_segment(kernel, wl, TILES["p32q2r64k64t256"]) is not None

@@ -609,12 +609,11 @@ def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bia
                                          monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
     bias and activations, an empty output channel), output poisoned, twice (the atomics' first
-    kernel must reset the output every call); the blocks' weights staged in shared memory or
-    (unroll limit 0) read from global memory."""
+    kernel must reset the output every call); the blocks' weights read from global memory (the
+    default) or staged in shared memory."""
     from tvm_sparseconv.schedules import cuda_csr_split_k
 
-    if weights_in == "global":
-        monkeypatch.setattr(cuda_csr_split_k, "MAX_UNROLLED_SEGMENT", 0)
+    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
     rng = np.random.default_rng(17)
     w = _kernel(rng, k_shape, 0.2)
     w[..., 1] = 0.0

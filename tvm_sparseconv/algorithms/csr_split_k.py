@@ -59,13 +59,16 @@ class CsrSplitK(GeneratedAlgorithm):
     @staticmethod
     def weights_segment(kernel: SparseKernel, wl: ConvWorkload, tile) -> int | None:
         """The slots per channel of a block's weights in shared memory (the kernel's longest
-        run of nonzeros in one chunk), or None where they do not fit beside the input (then each
-        thread reads its weights from global memory) or the unrolled loop would be too long."""
-        from ..schedules.cuda_csr_split_k import (MAX_SHARED_BYTES, MAX_UNROLLED_SEGMENT, longest_segment, pack,
-                                                  shared_weights_bytes)
+        run of nonzeros in one chunk), or None where each thread reads its weights from global
+        memory: by default (`SHARED_WEIGHTS`, measured slower), and where they do not fit beside
+        the input or the unrolled loop would be too long."""
+        from ..schedules import cuda_csr_split_k as emitter
+        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, longest_segment, pack, shared_weights_bytes
 
+        if not emitter.SHARED_WEIGHTS:
+            return None
         segment = longest_segment(pack(kernel)[0], wl.input_shape[3], tile.chunk)
-        fits = shared_weights_bytes(tile, segment) <= MAX_SHARED_BYTES and segment <= MAX_UNROLLED_SEGMENT
+        fits = shared_weights_bytes(tile, segment) <= MAX_SHARED_BYTES and segment <= emitter.MAX_UNROLLED_SEGMENT
         return segment if fits else None
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
