@@ -21,9 +21,14 @@ every pair of warps that runs it. Here each block takes ONE chunk of input chann
   weight should feed several FMAs;
 - the sums go through shared memory and leave channel fastest, so that a warp's atomics (or
   stores) cover whole 128-byte rows of the NHWC output: scattered ones (a sector each) made the
-  first version atomic-bound (H200, conv5 1x1 reduce b1: 40 us with 64 chunks, 11.4 with 16);
+  first version atomic-bound (H200, conv5 1x1 reduce b1: 25-43 us with chunks of 32, 11.4 with
+  chunks of 128);
 - the chunks' sums are added into the output with atomicAdd, which a first kernel sets to the bias
   (or zero); an activation is a third kernel. With one chunk the sums are stored directly.
+
+Measured (`benchmarks/experiments/csr_split_k.md`): about 6 us + 0.6 us per million useful FMAs
+on ResNet-50's batch-1 1x1 layers; the fixed part (the first kernel, the staging round trip, the
+atomics) is what keeps it behind cuDNN TF32 on most of them.
 
 The weight arrays (`pack`): ``ptr`` (Cout x (ceil(Cin / 16) + 1) int32: where each channel's
 nonzeros of input channel 16*i onwards start) and ``weights`` (int64: the value's float32 bits
