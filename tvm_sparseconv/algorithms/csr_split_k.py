@@ -50,7 +50,7 @@ class CsrSplitK(GeneratedAlgorithm):
 
     def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
         """The PrimFunc of `wl` with `tile` (its buffers sized for `kernel`'s nonzeros; its blocks'
-        weights staged in shared memory where they fit, `weights_segment`)."""
+        weights staged in shared memory only where `weights_segment` says so)."""
         from ..schedules.cuda_csr_split_k import emit
 
         return emit(wl.input_shape, wl.output_hw, wl.strides, wl.pads, wl.out_channels, int(kernel.nnz), tile,
