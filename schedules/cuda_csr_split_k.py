@@ -195,9 +195,6 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
             y = y + bias_buf[co]
         return activate(y, activation)
 
-    def act(y):
-        return activate(y, activation)
-
     def value_of(word):
         return T.reinterpret("float32", T.Cast("int32", word >> T.int64(32)))
 
@@ -207,6 +204,14 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     w_iters = -(-(rows * seg) // threads)
     kq = chunk // PTR_STEP
     shapes = {"x": (n, h, w, cin), "ptr": (cout * cols,), "w": (nnz,), "out": (n, oh_, ow_, cout)}
+
+    def first(ptr, m, by):
+        """Where output channel m's nonzeros of chunk `by` start in the weights."""
+        return ptr[m * cols + by * kq]
+
+    def count_of(ptr, m, by):
+        """How many nonzeros output channel m has in chunk `by`."""
+        return ptr[m * cols + T.min((by + 1) * kq, cols - 1)] - first(ptr, m, by)
 
     @T.prim_func(private=True)
     def body(x_nhwc: T.Buffer(shapes["x"], "float32"), ptr: T.Buffer(shapes["ptr"], "int32"),
@@ -236,61 +241,64 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                         count = T.alloc_buffer((1,), "int32", scope="local")
                         # the chunk of the block's pixels, channel-major; pixel fastest across threads
                         for it in range(stage_iters):
-                            if it * threads + tx < wide * per_px:
+                            e = T.meta_var(it * threads + tx)
+                            if e < wide * per_px:
+                                inside, at = T.meta_var(x_at(e % wide, by * chunk + e // wide * vec, bz))
                                 for i in T.vectorized(vec):
-                                    xs[((it * threads + tx) // wide * vec + i) * wide + (it * threads + tx) % wide] = T.if_then_else(
-                                        x_at((it * threads + tx) % wide, by * chunk + (it * threads + tx) // wide * vec, bz)[0],
-                                        x_in[x_at((it * threads + tx) % wide, by * chunk + (it * threads + tx) // wide * vec, bz)[1] + i],
-                                        T.float32(0))
+                                    xs[(e // wide * vec + i) * wide + e % wide] = T.if_then_else(inside, x_in[at + i], T.float32(0))
                         if staged:
                             # the block's channels' weights of this chunk, each channel's in `seg` slots
                             for it in range(w_iters):
-                                if it * threads + tx < rows * seg and bx * rows + (it * threads + tx) // seg < cout:
-                                    if (it * threads + tx) % seg < ptr[(bx * rows + (it * threads + tx) // seg) * cols + T.min((by + 1) * kq, cols - 1)] - ptr[(bx * rows + (it * threads + tx) // seg) * cols + by * kq]:
-                                        wsh[it * threads + tx] = weights[ptr[(bx * rows + (it * threads + tx) // seg) * cols + by * kq] + (it * threads + tx) % seg]
+                                e = T.meta_var(it * threads + tx)
+                                if e < rows * seg and bx * rows + e // seg < cout:
+                                    if e % seg < count_of(ptr, bx * rows + e // seg, by):
+                                        wsh[e] = weights[first(ptr, bx * rows + e // seg, by) + e % seg]
                             if tx < rows:
                                 nsh[tx] = 0
                                 if bx * rows + tx < cout:
-                                    nsh[tx] = ptr[(bx * rows + tx) * cols + T.min((by + 1) * kq, cols - 1)] - ptr[(bx * rows + tx) * cols + by * kq]
+                                    nsh[tx] = count_of(ptr, bx * rows + tx, by)
                         T.tvm_storage_sync("shared")
                         for it in range(item_iters):
-                            if it * threads + tx < rows * ncol:
+                            e = T.meta_var(it * threads + tx)
+                            r = T.meta_var(e // ncol)  # the item's channel in the block
+                            c = T.meta_var(e % ncol)  # and its pixel column
+                            if e < rows * ncol:
                                 for i in range(q):
                                     acc[i] = T.float32(0)
                                 if staged:
-                                    count[0] = nsh[(it * threads + tx) // ncol]  # (a shared load cannot be a branch condition)
+                                    count[0] = nsh[r]  # (a shared load cannot be a branch condition)
                                     for j in T.unroll(seg):
                                         if j < count[0]:
-                                            word[0] = wsh[(it * threads + tx) // ncol * seg + j]
+                                            word[0] = wsh[r * seg + j]
                                             for i in range(q):
-                                                acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + (it * threads + tx) % ncol + i * ncol]
-                                elif bx * rows + (it * threads + tx) // ncol < cout:
-                                    lo = T.meta_var(ptr[(bx * rows + (it * threads + tx) // ncol) * cols + by * (chunk // PTR_STEP)])
-                                    hi = T.meta_var(ptr[(bx * rows + (it * threads + tx) // ncol) * cols + T.min((by + 1) * (chunk // PTR_STEP), cols - 1)])
-                                    for j in T.serial(hi - lo):
+                                                acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
+                                elif bx * rows + r < cout:
+                                    lo = T.meta_var(first(ptr, bx * rows + r, by))
+                                    for j in T.serial(count_of(ptr, bx * rows + r, by)):
                                         word[0] = weights[lo + j]
                                         for i in range(q):
-                                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + (it * threads + tx) % ncol + i * ncol]
+                                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
                                 for i in range(q):
-                                    if (it * threads + tx) % ncol + i * ncol < pix:
-                                        part[((it * threads + tx) % ncol + i * ncol) * (rows + 1) + (it * threads + tx) // ncol] = acc[i]
+                                    if c + i * ncol < pix:
+                                        part[(c + i * ncol) * (rows + 1) + r] = acc[i]
                         T.tvm_storage_sync("shared")
                         # the sums leave channel fastest: a warp's stores (or atomics) are whole rows of NHWC
                         for it in range(out_iters):
-                            if it * threads + tx < rows * pix and bx * rows + (it * threads + tx) % rows < cout and bz * pix + (it * threads + tx) // rows < npx:
+                            e = T.meta_var(it * threads + tx)
+                            p = T.meta_var(e // rows)
+                            r = T.meta_var(e % rows)
+                            if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
                                 if atomic:
                                     T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
-                                        out[(bz * pix + (it * threads + tx) // rows) * cout + bx * rows + (it * threads + tx) % rows]),
-                                        part[(it * threads + tx) // rows * (rows + 1) + (it * threads + tx) % rows]))
+                                        out[(bz * pix + p) * cout + bx * rows + r]), part[p * (rows + 1) + r]))
                                 else:
-                                    out[(bz * pix + (it * threads + tx) // rows) * cout + bx * rows + (it * threads + tx) % rows] = epilogue_expr(
-                                        part[(it * threads + tx) // rows * (rows + 1) + (it * threads + tx) % rows],
-                                        bx * rows + (it * threads + tx) % rows, bias_buf if bias else None)
+                                    out[(bz * pix + p) * cout + bx * rows + r] = epilogue_expr(
+                                        part[p * (rows + 1) + r], bx * rows + r, bias_buf if bias else None)
         if activated:
             for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
                 for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):
                     if bi * _FLAT_THREADS + ti < total:
-                        out[bi * _FLAT_THREADS + ti] = act(out[bi * _FLAT_THREADS + ti])
+                        out[bi * _FLAT_THREADS + ti] = activate(out[bi * _FLAT_THREADS + ti], activation)
 
     return _public(body, bias)
 
