@@ -25,6 +25,12 @@ every pair of warps that runs it. Here each block takes ONE chunk of input chann
   chunks of 128);
 - the chunks' sums are added into the output with atomicAdd, which a first kernel sets to the bias
   (or zero); an activation is a third kernel. With one chunk the sums are stored directly.
+- or (tiles ending in C, `Tile.reduce == "cluster"`, 2 to `MAX_CLUSTER` chunks): the chunks of a
+  (channel block, pixel tile) are one thread-block cluster (cluster dims (1, chunks, 1), launched by
+  TVM's runtime from the ``clusterCtaIdx.y`` binding). After a cluster barrier, block y adds up the
+  y-th slice of the sums over every block's shared memory (``mapa`` + ``ld.shared::cluster``, ranks
+  in order: deterministic), applies bias and activation and stores the output; a second barrier
+  keeps each block's shared memory alive until the others have read it. One kernel, no atomics.
 
 Measured (`benchmarks/experiments/csr_split_k.md`): about 6 us + 0.6 us per million useful FMAs
 on ResNet-50's batch-1 1x1 layers; the fixed part (the first kernel, the staging round trip, the
@@ -47,7 +53,7 @@ from tvm.script import tirx as T
 from tvm_sparseconv.algorithms.base import activate
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 5
+EMITTER_VERSION = 6
 #: the generated function's name
 FUNCTION_NAME = "sparse_conv2d"
 #: input channels per entry of the row-pointer table (a chunk is a multiple of it)
@@ -63,6 +69,8 @@ SHARED_WEIGHTS = False
 MAX_UNROLLED_SEGMENT = 128
 #: threads of the bias/zero and activation kernels
 _FLAT_THREADS = 256
+#: the most blocks of a cluster (CUDA's portable limit): a cluster tile's chunks
+MAX_CLUSTER = 8
 
 
 @dataclass(frozen=True)
@@ -74,10 +82,12 @@ class Tile:
     rows: int = 16  # output channels per block
     chunk: int = 128  # input channels per block (the split of K), a multiple of PTR_STEP
     threads: int = 256
+    reduce: str = "atomic"  # how the chunks' sums meet: "atomic" (atomicAdd) or "cluster" (distributed shared memory)
 
     @property
     def name(self) -> str:
-        return f"p{self.pixels}q{self.per_thread}r{self.rows}k{self.chunk}t{self.threads}"
+        suffix = "C" if self.reduce == "cluster" else ""
+        return f"p{self.pixels}q{self.per_thread}r{self.rows}k{self.chunk}t{self.threads}{suffix}"
 
     @property
     def columns(self) -> int:
@@ -94,9 +104,21 @@ def shared_bytes(tile: Tile) -> int:
 
 
 def _grid() -> dict[str, Tile]:
-    tiles = [Tile(p, q, r, k, 256) for p in (16, 32, 49, 64, 98, 196) for q in (1, 2, 4) for r in (16, 32, 64)
-             for k in (64, 128, 256)]
+    tiles = [Tile(p, q, r, k, 256, reduce) for p in (16, 32, 49, 64, 98, 196) for q in (1, 2, 4) for r in (16, 32, 64)
+             for k in (64, 128, 256) for reduce in ("atomic", "cluster")]
+    # chunks of 512 channels: 2048-channel layers in clusters of 4
+    tiles += [Tile(16, q, r, 512, 256, "cluster") for q in (1, 2, 4) for r in (16, 32, 64)]
     return {t.name: t for t in tiles if shared_bytes(t) <= MAX_SHARED_BYTES}
+
+
+def chunks(cin: int, tile: Tile) -> int:
+    """The blocks a (channel block, pixel tile) is split into: chunks of `tile.chunk` input channels."""
+    return -(-cin // tile.chunk)
+
+
+def reduces_in_cluster(cin: int, tile: Tile) -> bool:
+    """Whether `tile` is a cluster tile usable on `cin` input channels (2 to `MAX_CLUSTER` chunks)."""
+    return tile.reduce == "cluster" and 2 <= chunks(cin, tile) <= MAX_CLUSTER
 
 
 #: the named tiles (what records name)
@@ -170,7 +192,11 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     pix, q, rows, chunk, threads = tile.pixels, tile.per_thread, tile.rows, tile.chunk, tile.threads
     ncol = tile.columns
     wide = ncol * q  # pixel columns of the staged copy (zeros past `pix`)
-    splits = -(-cin // chunk)
+    splits = chunks(cin, tile)
+    cluster = tile.reduce == "cluster"
+    if cluster and not reduces_in_cluster(cin, tile):
+        raise ValueError(f"cluster tile {tile.name} needs 2 to {MAX_CLUSTER} chunks of input channels: "
+                         f"{cin} channels make {splits}")
     cols = ptr_columns(cin)
     vec = 4 if cin % 4 == 0 else 1
     per_px = chunk // vec  # staging units per pixel
@@ -180,7 +206,9 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     nnz = max(nnz, 1)
     total = npx * cout
     flat_blocks = -(-total // _FLAT_THREADS)
-    atomic = splits > 1
+    atomic = splits > 1 and not cluster
+    slice_len = -(-(rows * pix) // splits)  # a cluster block's share of the block's sums
+    slice_iters = -(-slice_len // threads)
 
     def x_at(p, c, block):
         """(inside, flat index) of the input of column p of pixel block `block`, channel c."""
@@ -213,6 +241,94 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         """How many nonzeros output channel m has in chunk `by`."""
         return ptr[m * cols + T.min((by + 1) * kq, cols - 1)] - first(ptr, m, by)
 
+    @T.macro
+    def block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx):
+        """One block: stage the chunk, walk the nonzeros, and store (or add, or cluster-reduce) the sums."""
+        xs = T.alloc_buffer((chunk * wide,), "float32", scope="shared")
+        part = T.alloc_buffer((pix * (rows + 1),), "float32", scope="shared")
+        acc = T.alloc_buffer((q,), "float32", scope="local")
+        word = T.alloc_buffer((1,), "int64", scope="local")
+        wsh = T.alloc_buffer((rows * seg,), "int64", scope="shared")
+        nsh = T.alloc_buffer((rows,), "int32", scope="shared")
+        count = T.alloc_buffer((1,), "int32", scope="local")
+        sums = T.alloc_buffer((1,), "float32", scope="local")
+        remote = T.alloc_buffer((1,), "float32", scope="local")
+        mapped = T.alloc_buffer((1,), "uint32", scope="local")
+        # the chunk of the block's pixels, channel-major; pixel fastest across threads
+        for it in range(stage_iters):
+            e = T.meta_var(it * threads + tx)
+            if e < wide * per_px:
+                inside, at = T.meta_var(x_at(e % wide, by * chunk + e // wide * vec, bz))
+                for i in T.vectorized(vec):
+                    xs[(e // wide * vec + i) * wide + e % wide] = T.if_then_else(inside, x_in[at + i], T.float32(0))
+        if staged:
+            # the block's channels' weights of this chunk, each channel's in `seg` slots
+            for it in range(w_iters):
+                e = T.meta_var(it * threads + tx)
+                if e < rows * seg and bx * rows + e // seg < cout:
+                    if e % seg < count_of(ptr, bx * rows + e // seg, by):
+                        wsh[e] = weights[first(ptr, bx * rows + e // seg, by) + e % seg]
+            if tx < rows:
+                nsh[tx] = 0
+                if bx * rows + tx < cout:
+                    nsh[tx] = count_of(ptr, bx * rows + tx, by)
+        T.tvm_storage_sync("shared")
+        for it in range(item_iters):
+            e = T.meta_var(it * threads + tx)
+            r = T.meta_var(e // ncol)  # the item's channel in the block
+            c = T.meta_var(e % ncol)  # and its pixel column
+            if e < rows * ncol:
+                for i in range(q):
+                    acc[i] = T.float32(0)
+                if staged:
+                    count[0] = nsh[r]  # (a shared load cannot be a branch condition)
+                    for j in T.unroll(seg):
+                        if j < count[0]:
+                            word[0] = wsh[r * seg + j]
+                            for i in range(q):
+                                acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
+                elif bx * rows + r < cout:
+                    lo = T.meta_var(first(ptr, bx * rows + r, by))
+                    for j in T.serial(count_of(ptr, bx * rows + r, by)):
+                        word[0] = weights[lo + j]
+                        for i in range(q):
+                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
+                for i in range(q):
+                    if c + i * ncol < pix:
+                        part[(c + i * ncol) * (rows + 1) + r] = acc[i]
+        T.tvm_storage_sync("shared")
+        if cluster:
+            # block `by` of the cluster adds up slice `by` of the sums over the blocks (ranks in order)
+            T.cuda.cluster_sync()
+            for it in range(slice_iters):
+                e = T.meta_var(by * slice_len + it * threads + tx)
+                p = T.meta_var(e // rows)
+                r = T.meta_var(e % rows)
+                if it * threads + tx < slice_len and e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
+                    sums[0] = T.float32(0)
+                    for rank in range(splits):
+                        T.evaluate(T.ptx.mapa.shared__cluster.u32(
+                            mapped[0], T.cuda.cvta_generic_to_shared(T.address_of(part[p * (rows + 1) + r])),
+                            T.uint32(rank)))
+                        T.evaluate(T.ptx.ld.shared__cluster.f32(remote[0], mapped[0]))
+                        sums[0] = sums[0] + remote[0]
+                    out[(bz * pix + p) * cout + bx * rows + r] = epilogue_expr(
+                        sums[0], bx * rows + r, bias_buf if bias else None)
+            T.cuda.cluster_sync()  # every block's shared memory stays until all have read it
+        else:
+            # the sums leave channel fastest: a warp's stores (or atomics) are whole rows of NHWC
+            for it in range(out_iters):
+                e = T.meta_var(it * threads + tx)
+                p = T.meta_var(e // rows)
+                r = T.meta_var(e % rows)
+                if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
+                    if atomic:
+                        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
+                            out[(bz * pix + p) * cout + bx * rows + r]), part[p * (rows + 1) + r]))
+                    else:
+                        out[(bz * pix + p) * cout + bx * rows + r] = epilogue_expr(
+                            part[p * (rows + 1) + r], bx * rows + r, bias_buf if bias else None)
+
     @T.prim_func(private=True)
     def body(x_nhwc: T.Buffer(shapes["x"], "float32"), ptr: T.Buffer(shapes["ptr"], "int32"),
              weights: T.Buffer(shapes["w"], "int64"),
@@ -230,70 +346,15 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                             out[bi * _FLAT_THREADS + ti] = T.float32(0)
         for bx in T.thread_binding(-(-cout // rows), thread="blockIdx.x"):
             for by in T.thread_binding(splits, thread="blockIdx.y"):
-                for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
-                    for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                        xs = T.alloc_buffer((chunk * wide,), "float32", scope="shared")
-                        part = T.alloc_buffer((pix * (rows + 1),), "float32", scope="shared")
-                        acc = T.alloc_buffer((q,), "float32", scope="local")
-                        word = T.alloc_buffer((1,), "int64", scope="local")
-                        wsh = T.alloc_buffer((rows * seg,), "int64", scope="shared")
-                        nsh = T.alloc_buffer((rows,), "int32", scope="shared")
-                        count = T.alloc_buffer((1,), "int32", scope="local")
-                        # the chunk of the block's pixels, channel-major; pixel fastest across threads
-                        for it in range(stage_iters):
-                            e = T.meta_var(it * threads + tx)
-                            if e < wide * per_px:
-                                inside, at = T.meta_var(x_at(e % wide, by * chunk + e // wide * vec, bz))
-                                for i in T.vectorized(vec):
-                                    xs[(e // wide * vec + i) * wide + e % wide] = T.if_then_else(inside, x_in[at + i], T.float32(0))
-                        if staged:
-                            # the block's channels' weights of this chunk, each channel's in `seg` slots
-                            for it in range(w_iters):
-                                e = T.meta_var(it * threads + tx)
-                                if e < rows * seg and bx * rows + e // seg < cout:
-                                    if e % seg < count_of(ptr, bx * rows + e // seg, by):
-                                        wsh[e] = weights[first(ptr, bx * rows + e // seg, by) + e % seg]
-                            if tx < rows:
-                                nsh[tx] = 0
-                                if bx * rows + tx < cout:
-                                    nsh[tx] = count_of(ptr, bx * rows + tx, by)
-                        T.tvm_storage_sync("shared")
-                        for it in range(item_iters):
-                            e = T.meta_var(it * threads + tx)
-                            r = T.meta_var(e // ncol)  # the item's channel in the block
-                            c = T.meta_var(e % ncol)  # and its pixel column
-                            if e < rows * ncol:
-                                for i in range(q):
-                                    acc[i] = T.float32(0)
-                                if staged:
-                                    count[0] = nsh[r]  # (a shared load cannot be a branch condition)
-                                    for j in T.unroll(seg):
-                                        if j < count[0]:
-                                            word[0] = wsh[r * seg + j]
-                                            for i in range(q):
-                                                acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
-                                elif bx * rows + r < cout:
-                                    lo = T.meta_var(first(ptr, bx * rows + r, by))
-                                    for j in T.serial(count_of(ptr, bx * rows + r, by)):
-                                        word[0] = weights[lo + j]
-                                        for i in range(q):
-                                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
-                                for i in range(q):
-                                    if c + i * ncol < pix:
-                                        part[(c + i * ncol) * (rows + 1) + r] = acc[i]
-                        T.tvm_storage_sync("shared")
-                        # the sums leave channel fastest: a warp's stores (or atomics) are whole rows of NHWC
-                        for it in range(out_iters):
-                            e = T.meta_var(it * threads + tx)
-                            p = T.meta_var(e // rows)
-                            r = T.meta_var(e % rows)
-                            if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
-                                if atomic:
-                                    T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
-                                        out[(bz * pix + p) * cout + bx * rows + r]), part[p * (rows + 1) + r]))
-                                else:
-                                    out[(bz * pix + p) * cout + bx * rows + r] = epilogue_expr(
-                                        part[p * (rows + 1) + r], bx * rows + r, bias_buf if bias else None)
+                if cluster:
+                    for _rank in T.thread_binding(splits, thread="clusterCtaIdx.y"):  # == by: one cluster per y column
+                        for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
+                            for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                                block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx)
+                else:
+                    for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
+                        for tx in T.thread_binding(threads, thread="threadIdx.x"):
+                            block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx)
         if activated:
             for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
                 for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):

@@ -82,6 +82,41 @@ def test_the_cuda_source_compiles_with_nvcc(bias, activation, tile):
         assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("bias,activation", [(True, "relu6"), (False, None)])
+def test_a_cluster_tile_is_one_kernel_that_adds_up_the_chunks_in_distributed_shared_memory(bias, activation):
+    """No bias/zero kernel, no atomics, no activation kernel: two cluster barriers, the chunks'
+    sums read rank by rank with mapa + ld.shared::cluster, and the launch names the cluster."""
+    from tvm.support import nvcc
+
+    w, kernel = _kernel(200, 72, 0.1)  # 200 channels in chunks of 64: a cluster of 4, the last chunk short
+    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 200), kernel.shape, kernel.ell_width,
+                                                             has_bias=bias, activation=activation), ALG.name)
+    tile = TILES["p49q2r16k64t256C"]
+    assert tile.reduce == "cluster" and ALG.fits(wl, tile)
+    src = _cuda_source(kernel, wl, tile)
+    assert src.count("__global__ void") // 2 == 1 and "atomicAdd" not in src
+    body = src[src.index("__global__ void __launch_bounds__(256) sparse_conv2d_kernel("):]
+    assert body.count("tvm_builtin_cuda_cluster_sync();") == 2 and "ld.shared::cluster.f32" in src
+    assert "rank < 4" in body  # the ranks walked in a fixed order
+    with targets.cuda_target_for_arch("sm_90"):
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
+
+
+def test_cluster_tiles_need_two_to_eight_chunks():
+    from tvm_sparseconv.schedules.cuda_csr_split_k import emit, reduces_in_cluster
+
+    tile = TILES["p16q2r16k64t256C"]
+    assert [reduces_in_cluster(cin, tile) for cin in (64, 65, 512, 513, 2048)] == [False, True, True, False, False]
+    for cin in (64, 2048):
+        _, kernel = _kernel(cin, 16, 0.1)
+        wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 4, 4, cin), kernel.shape, kernel.ell_width),
+                                     ALG.name)
+        assert not ALG.fits(wl, tile)
+        with pytest.raises(ValueError, match="needs 2 to 8 chunks"):
+            emit(wl.input_shape, wl.output_hw, wl.strides, wl.pads, 16, int(kernel.nnz), tile)
+
+
 def _committed() -> list[dict]:
     return tile_records.read(tile_records.path_for(logs_root() / "nvidia-h200", ALG.name), ALG.name)
 

@@ -603,14 +603,20 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
     ((1, 7, 7, 64), (1, 1, 64, 40), 1, "SAME", False, "relu6", "p49q1r16k64t256"),  # one chunk: direct stores
     ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu", "p16q2r16k64t256"),  # strided, batch 2
     ((1, 8, 8, 30), (1, 1, 30, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256"),  # padded, Cin 30
+    # cluster tiles (the chunks add up in distributed shared memory)
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256C"),  # cluster of 4, last chunk short
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256C"),  # pixel and channel tails
+    ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu6", "p16q2r16k128t256C"),  # strided, batch 2, 2 chunks
+    ((1, 8, 8, 98), (1, 1, 98, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256C"),  # padded
+    ((1, 4, 4, 512), (1, 1, 512, 64), 1, "SAME", False, None, "p16q1r64k64t256C"),  # a cluster of 8
 ])
 @pytest.mark.parametrize("weights_in", ["shared", "global"])
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
-    bias and activations, an empty output channel), output poisoned, twice (the atomics' first
-    kernel must reset the output every call); the blocks' weights read from global memory (the
-    default) or staged in shared memory."""
+    bias and activations, an empty output channel; atomics or a cluster reduction), output
+    poisoned, twice (the atomics' first kernel must reset the output every call); the blocks'
+    weights read from global memory (the default) or staged in shared memory."""
     from tvm_sparseconv.schedules import cuda_csr_split_k
 
     monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
@@ -640,6 +646,10 @@ def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bia
         got = out.numpy()
         assert np.all(np.isfinite(got))
         assert reference.relative_error(got, ref) < TOL
+    if alg.tiles()[tile].reduce == "cluster":  # a fixed order of the chunks: the same bits every call
+        again = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+        func(tvm.runtime.tensor(x, dev), *args, again)
+        assert np.array_equal(again.numpy(), got)
 
 
 def test_compile_forced_csr_split_k_serves_a_layer():

@@ -3,11 +3,13 @@
 For layers whose kernels wait on latency, not throughput (batch 1): each block stages ONE chunk of
 input channels of its pixels from the NHWC input into shared memory and walks its output channels'
 nonzeros in that chunk (no padding to the longest row); the chunks' sums meet in the output by
-atomicAdd. The code is small and reads the weights as data (`schedules/cuda_csr_split_k.py`);
+atomicAdd (or, with cluster tiles, the chunks of a block column form a thread-block cluster and add
+up their sums in distributed shared memory, in a fixed order). The code is small and reads the weights as data (`schedules/cuda_csr_split_k.py`);
 like the generated algorithms it is built per layer from a tile (a point of its emitter's grid),
 its records are tile records (`tile_records.py`, `scripts/tune.py --algorithm csr-split-k`), and
-`compile()` takes it where its record is the layer's fastest. Its sums arrive in any order, so
-results may differ in the last bits between runs (within fp32's tolerance).
+`compile()` takes it where its record is the layer's fastest. With atomics its sums arrive in any
+order, so results may differ in the last bits between runs (within fp32's tolerance); cluster tiles
+give the same bits every run.
 
 The compiled function's arguments: x, ptr, weights (`pack`), [bias], out.
 """
@@ -36,12 +38,15 @@ class CsrSplitK(GeneratedAlgorithm):
         return default_tile(int(np.prod(wl.output_shape[:3])))
 
     def fits(self, wl: ConvWorkload, tile) -> bool:
-        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, shared_bytes
+        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, reduces_in_cluster, shared_bytes
 
         pixels = int(np.prod(wl.output_shape[:3]))
-        # no tile wider than the layer in any dimension (its blocks would be mostly idle)
+        cin = wl.input_shape[3]
+        # no tile wider than the layer in any dimension (its blocks would be mostly idle); a cluster
+        # tile only where its chunks make a cluster (2 to 8 of them)
         return (shared_bytes(tile) <= MAX_SHARED_BYTES and tile.pixels <= max(pixels, 16)
-                and tile.rows <= max(wl.out_channels, 16) and tile.chunk <= max(wl.input_shape[3], 64))
+                and tile.rows <= max(wl.out_channels, 16) and tile.chunk <= max(cin, 64)
+                and (tile.reduce != "cluster" or reduces_in_cluster(cin, tile)))
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         from ..schedules.cuda_csr_split_k import pack
