@@ -397,6 +397,36 @@ def test_compile_chooses_it_only_where_its_record_beats_the_scheduled_ones(tmp_p
     assert record(best_us * 1.1, kernel.nnz * 4) is None and record(best_us * 0.9, kernel.nnz * 4) == generated[0]
 
 
+def test_a_tie_goes_to_the_record_of_short_code(tmp_path):
+    """Within `build.TIE_MARGIN`, csr-split-k (weights as data) or a scheduled algorithm wins over
+    register-reuse (code per nonzero, up to ~35 s of compile time per layer)."""
+    from tvm_sparseconv import build, targets, tile_records
+
+    folder, kernel, scheduled, generated = _network_layer_with_records(tmp_path, "resnet50_conv5_1x1_reduce_first_b1")
+    tile_records.path_for(folder, "csr-split-k").unlink(missing_ok=True)
+    target = targets.cuda_target_for_arch("sm_90")
+    best_us = min(f[1] for f in build._tuned_records(scheduled, target, folder))
+    by_name = {g.algorithm: g for g in generated}
+
+    def records(rr_us: float, csr_us: float | None = None):
+        for alg, tile, us in (("register-reuse", "g32p64x1s4G", rr_us), ("csr-split-k", "p32q2r64k128t256", csr_us)):
+            path = tile_records.path_for(folder, alg)
+            path.unlink(missing_ok=True)
+            if us is not None:
+                tile_records.write(path, alg, "test", "test", [{"layer": "x", "shape": tile_records.shape_key(by_name[alg]),
+                                                                "tile": tile, "seconds": us * 1e-6, "nonzeros": kernel.nnz}])
+        chosen = build.choose_generated(kernel, scheduled, generated, target, folder)[0]
+        return chosen.algorithm if chosen is not None else None
+
+    assert records(best_us * 0.8) == "register-reuse"
+    assert records(best_us * (1 - build.TIE_MARGIN / 2)) is None, "ties the scheduled record: short code wins"
+    assert records(best_us * 0.8, best_us * 0.8 * (1 + build.TIE_MARGIN / 2)) == "csr-split-k"
+    assert records(best_us * 0.8, best_us * 0.8 * (1 + 2 * build.TIE_MARGIN)) == "register-reuse"
+    assert records(best_us * 0.9, best_us * 0.8) == "csr-split-k"
+    # csr-split-k's own ties with a scheduled record are decided by time alone
+    assert records(best_us * 2, best_us * (1 - build.TIE_MARGIN / 2)) == "csr-split-k"
+
+
 def test_compile_builds_the_generated_kernel_it_chose(tmp_path):
     from tvm_sparseconv import build, targets, tile_records
 

@@ -347,6 +347,13 @@ def _build_tile(kernel, wl: ConvWorkload, target: Target, name: str, source: str
     return _built(wl, source, lambda: algorithm.build(kernel, wl, tile, target), key)
 
 
+#: records this close (relative) are a tie, which `choose_generated` gives to the algorithm of short
+#: code: records come from different runs, whose times move a few percent (H200 batch-1 layers:
+#: +-5% between network runs), while a generated algorithm's code per nonzero costs up to ~35 s of
+#: compile time per layer on 2 cores (csr-split-k or a scheduled algorithm: 1-4 s)
+TIE_MARGIN = 0.03
+
+
 def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
                      folder: Path | None = None) -> tuple[ConvWorkload | None, list[tuple] | None]:
     """(the generated workload to build, or None; the scheduled records read, if any, for `build`).
@@ -355,7 +362,9 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
     `generated`: under each generated one (tile records, `generated_record`, their time scaled up
     to `kernel`'s nonzeros by `tile_records.estimated_seconds`). A generated algorithm is chosen
     only with a record, and only where no scheduled record is as fast as `targets.weighed_us` weighs them
-    (a GPU record of the architecture counts `family_time_factor` slower). A record of another CPU
+    (a GPU record of the architecture counts `family_time_factor` slower). Within `TIE_MARGIN`, a
+    record of short code (a scheduled algorithm, or a generated one without `code_per_nonzero`)
+    wins over one whose code grows with the nonzeros. A record of another CPU
     of the ISA family is not weighed against this CPU's own scheduled records (times of two
     machines), so there those win; it competes only with scheduled records of its own folder.
     """
@@ -371,13 +380,20 @@ def choose_generated(kernel, candidates: Sequence[ConvWorkload], generated: Sequ
         return None, None
     scheduled = _tuned_records(candidates, target, folder)
     never_weighed, gen_us, gen_wl, found = min(estimates, key=lambda e: e[:2])
+    long_code = algorithms.by_name(gen_wl.algorithm).code_per_nonzero
+    if long_code:  # a record of short code that ties with it wins: same speed, a fraction of the compile time
+        short = [e for e in estimates if e[0] == never_weighed and e[1] <= gen_us * (1 + TIE_MARGIN)
+                 and not algorithms.by_name(e[2].algorithm).code_per_nonzero]
+        if short:
+            never_weighed, gen_us, gen_wl, found = min(short, key=lambda e: e[:2])
+            long_code = False
     if never_weighed:  # another CPU's record: only its own folder's scheduled records are comparable
         if any(not f[0] for f in scheduled):
             return None, scheduled
         rivals = [f[1] for f in scheduled if f[3].folder.name == found.folder.name]
     else:
         rivals = [f[1] for f in scheduled if not f[0]]
-    if rivals and min(rivals) <= gen_us:
+    if rivals and min(rivals) <= gen_us * (1 + TIE_MARGIN if long_code else 1):
         return None, scheduled
     log.info("%s: %s (record %.1f us as weighed, %s) over the scheduled algorithms (best record there %s us)",
              gen_wl.describe(), gen_wl.algorithm, gen_us, found.folder.name, f"{min(rivals):.1f}" if rivals else "none")

@@ -77,6 +77,10 @@ class GeneratedAlgorithm(Algorithm):
     generated = True
     #: its emitter: the module of `schedules/` that defines TILES (name -> tile) and EMITTER_VERSION
     emitter: str = ""
+    #: whether its code grows with the kernel's nonzeros (values compiled in: up to ~35 s per layer on
+    #: 2 cores), so that `compile()` prefers a record of short code that ties with it
+    #: (`build.TIE_MARGIN`)
+    code_per_nonzero: bool = True
 
     def _emitter(self):
         import importlib

@@ -28,6 +28,7 @@ class CsrSplitK(GeneratedAlgorithm):
 
     name = "csr-split-k"
     emitter = "cuda_csr_split_k"
+    code_per_nonzero = False  # its weights are data: the code is the same size for every kernel
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
         return target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1)
