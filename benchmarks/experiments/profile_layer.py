@@ -4,9 +4,14 @@
         python benchmarks/experiments/profile_layer.py resnet50_conv5_3x3_b1
 
 The layer is compiled as `compile()` picks it (tuning record or untuned template), or with
-`--tiles a,b` as register-reuse kernels of those tiles (one after the other, in that order: ncu's
-`-k regex:sparse_conv2d` then sees them in turn), run on random input, checked against float64
-first (an incorrect kernel is not worth profiling).
+`--tiles a,b` as kernels of those tiles of a generated algorithm (`--algorithm`, default
+register-reuse; one after the other, in that order: ncu's `-k regex:sparse_conv2d` then sees them
+in turn), run on random input, checked against float64 first (an incorrect kernel is not worth
+profiling).
+
+    ncu --section SpeedOfLight --section WarpStateStats -k regex:sparse_conv2d \
+        python benchmarks/experiments/profile_layer.py resnet50_conv4_1x1_expand_b1 \
+        --algorithm csr-split-k --tiles p32q2r64k64t256,p32q2r64k64t256C --runs 1
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("problems", help="problem names or workload sets, comma-separated")
     ap.add_argument("--runs", type=int, default=5, help="runs per layer after the checked one")
-    ap.add_argument("--tiles", default="", help="register-reuse tiles to run instead of compile()'s choice")
+    ap.add_argument("--tiles", default="", help="tiles of --algorithm to run instead of compile()'s choice")
+    ap.add_argument("--algorithm", default="register-reuse", help="the generated algorithm whose --tiles run")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     for problem in workload_set(args.problems):
@@ -34,12 +40,14 @@ def main(argv=None) -> int:
         wl = problem.workload(kernel)
         runs = []  # (label, run(x, out))
         if args.tiles:
-            from tvm_sparseconv.algorithms import by_name
-            from tvm_sparseconv.schedules.cuda_register_reuse import TILES
+            from tvm_sparseconv import algorithms
 
+            alg = algorithms.by_name(args.algorithm)
+            gwl = algorithms.workload_for(kernel, wl, alg.name)
+            packed = [tvm.runtime.tensor(np.asarray(a), tvm.cuda(0)) for a in algorithms.pack_weights(gwl, kernel)]
             for t in args.tiles.split(","):
-                f = by_name("register-reuse").build(kernel, wl, TILES[t]).mod["sparse_conv2d"]
-                runs.append((f"register-reuse {t}", lambda x, o, f=f: f(x, o)))
+                f = alg.build(kernel, gwl, alg.tiles()[t]).mod["sparse_conv2d"]
+                runs.append((f"{alg.name} {t}", lambda x, o, f=f: f(x, *packed, o)))
         else:
             op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
                              target="cuda")
