@@ -54,7 +54,7 @@ from tvm.script import tirx as T
 from tvm_sparseconv.algorithms.base import activate
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 7
+EMITTER_VERSION = 6
 #: the generated function's name
 FUNCTION_NAME = "sparse_conv2d"
 #: input channels per entry of the row-pointer table (a chunk is a multiple of it)
@@ -72,10 +72,6 @@ MAX_UNROLLED_SEGMENT = 128
 _FLAT_THREADS = 256
 #: the most blocks of a cluster (CUDA's portable limit): a cluster tile's chunks
 MAX_CLUSTER = 8
-#: weights a thread loads from global memory before it uses them (the loop over a channel's nonzeros
-#: in a chunk, unrolled): ncu of v6 on conv4 1x1 expand b1 found 48% of the stalls waiting on L1TEX,
-#: one dependent round trip per nonzero
-LOADS_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -252,7 +248,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         xs = T.alloc_buffer((chunk * wide,), "float32", scope="shared")
         part = T.alloc_buffer((pix * (rows + 1),), "float32", scope="shared")
         acc = T.alloc_buffer((q,), "float32", scope="local")
-        word = T.alloc_buffer((LOADS_IN_FLIGHT,), "int64", scope="local")
+        word = T.alloc_buffer((1,), "int64", scope="local")
         wsh = T.alloc_buffer((rows * seg,), "int64", scope="shared")
         nsh = T.alloc_buffer((rows,), "int32", scope="shared")
         count = T.alloc_buffer((1,), "int32", scope="local")
@@ -294,16 +290,10 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                                 acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
                 elif bx * rows + r < cout:
                     lo = T.meta_var(first(ptr, bx * rows + r, by))
-                    count[0] = count_of(ptr, bx * rows + r, by)
-                    # `LOADS_IN_FLIGHT` weights loaded before their FMAs: one round trip per group, not per nonzero
-                    for jj in T.serial((count[0] + LOADS_IN_FLIGHT - 1) // LOADS_IN_FLIGHT):
-                        for u in T.unroll(LOADS_IN_FLIGHT):
-                            if jj * LOADS_IN_FLIGHT + u < count[0]:
-                                word[u] = weights[lo + jj * LOADS_IN_FLIGHT + u]
-                        for u in T.unroll(LOADS_IN_FLIGHT):
-                            if jj * LOADS_IN_FLIGHT + u < count[0]:
-                                for i in range(q):
-                                    acc[i] = acc[i] + value_of(word[u]) * xs[(T.Cast("int32", word[u]) - by * chunk) * wide + c + i * ncol]
+                    for j in T.serial(count_of(ptr, bx * rows + r, by)):
+                        word[0] = weights[lo + j]
+                        for i in range(q):
+                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
                 for i in range(q):
                     if c + i * ncol < pix:
                         part[(c + i * ncol) * (rows + 1) + r] = acc[i]
