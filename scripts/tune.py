@@ -11,8 +11,8 @@ Examples:
 Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
 every candidate timed on the workload's real sparse pattern; the best candidates are checked against
 a float64 reference and the first correct one is kept. Workloads already in the output folder are
-skipped (use --force to tune them again: the new record replaces the old only if it ran faster); an
-interrupted workload restarts warm from its work dir.
+skipped (use --force to tune them again: the new record replaces the old only if it ran faster, the
+two timed in turns in the same run); an interrupted workload restarts warm from its work dir.
 
 The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-reuse` on a CPU:
 the kernel's values compiled into the code; `csr-split-k` on a GPU: built per kernel from a tile,
@@ -87,7 +87,8 @@ def parse_args(argv=None):
                     help="generated algorithms: tiles built at once (default: the CPU count, at most 16)")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
     ap.add_argument("--force", action="store_true",
-                    help="tune workloads that already have a record (the new record replaces it only if faster)")
+                    help="tune workloads that already have a record (the new record replaces it only if faster, "
+                         "the two timed in turns in this run)")
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
     ap.add_argument("--summary-json", type=Path, default=None, help="write the per-workload summary here")
     ap.add_argument("--list", action="store_true", help="list the workload sets and exit")

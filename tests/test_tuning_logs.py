@@ -186,6 +186,22 @@ def test_a_round_short_by_at_most_an_eighth_ends_the_workload():
     assert enough_trials(256, 64) == 248 and enough_trials(16, 16) == 14 and enough_trials(4, 4) == 4
 
 
+def test_a_forced_re_tune_weighs_the_folder_record_timed_in_this_run_not_its_stored_time(tmp_path):
+    """The folder's record is re-timed beside the new one, in turns: a stored time from another run
+    (here an impossible 0.001 us) neither keeps it nor replaces it."""
+    target = targets.host_cpu_target()
+    folder = tmp_path / "logs" / targets.target_folder_name(target)
+    tune_problem(TINY[0], target, folder, trials=8, work_root=tmp_path / "work", quiet=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    for entry in meta["entries"]:
+        entry["run_us"] = 1e-3
+    (folder / "meta.json").write_text(json.dumps(meta))
+    res = tune_problem(TINY[0], target, folder, trials=8, work_root=tmp_path / "work2", quiet=True)
+    assert res.not_kept == "" or "timed in turns" in res.not_kept, res.not_kept
+    entries = json.loads((folder / "meta.json").read_text())["entries"]
+    assert len(entries) == 1 and (entries[0]["run_us"] == 1e-3) == (res.not_kept != "")
+
+
 def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_path, monkeypatch):
     target = targets.host_cpu_target()
     root = tmp_path / "logs"
