@@ -85,10 +85,48 @@ class CPUDirectTile(SparseConvRule):
         sch.parallel(sch.fuse(b, oh_o))
         # Last: parallel/vectorize need the reduction block with its init still attached.
         sch.decompose_reduction(blocks.conv, k)
-        # The gather/pad stage: a cheap pass over the input, parallel over its rows.
-        xb, xf = sch.get_loops(blocks.x_stage)
-        sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
+        schedule_relayout(sch, blocks.x_stage)
         return sch
+
+
+#: channels x positions per block of the channel-major relayout
+RELAYOUT_BLOCK = 16
+
+
+def schedule_relayout(sch: s_tir.Schedule, x_stage) -> None:
+    """ell-gather's relayout ``xg[n, c * plane + r]`` (a transpose of the NHWC input) in blocks of
+    `RELAYOUT_BLOCK` channels x positions, channels innermost (contiguous reads), parallel over the
+    blocks. In chunks of 1024 flat output elements, as before, each chunk read one channel of every
+    pixel (lines of 16 channels fetched for one): on the 2-core znver3 the relayout of conv4 1x1
+    reduce b1 (14x14x1024) took about half of the layer
+    (`benchmarks/experiments/cpu_gather_share.py`)."""
+    xb, xf = sch.get_loops(x_stage)
+    x = next(region.source for region in sch.get(x_stage).reads if len(region.source.shape) == 4)  # NHWC input
+    cin = int(x.shape[3])
+    plane = int(sch.get(xf).extent) // cin
+    c, r = sch.split(xf, factors=[None, plane])
+    c_o, c_i = sch.split(c, factors=[None, RELAYOUT_BLOCK])
+    r_o, r_i = sch.split(r, factors=[None, RELAYOUT_BLOCK])
+    sch.reorder(xb, c_o, r_o, r_i, c_i)
+    sch.parallel(sch.fuse(xb, c_o, r_o))
+
+
+#: the last steps of a trace recorded before `schedule_relayout`: the relayout in chunks of 1024
+_OLD_RELAYOUT = ("GetLoops", "Split", "Fuse", "Parallel")
+
+
+def without_old_relayout(trace: s_tir.schedule.Trace) -> s_tir.schedule.Trace | None:
+    """`trace` (a CPU record's) without its relayout steps if it schedules the relayout the old way
+    (chunks of 1024, the trace's last steps before post-processing), else None. Replaying that and
+    then `schedule_relayout` gives old records the blocked relayout: their convolution's schedule
+    (what was tuned) is untouched."""
+    insts = list(trace.insts)
+    end = next((i for i, inst in enumerate(insts) if inst.kind.name == "EnterPostproc"), len(insts))
+    tail = insts[end - len(_OLD_RELAYOUT):end]
+    if tuple(inst.kind.name for inst in tail) != _OLD_RELAYOUT or str(tail[1].inputs[-1]) != "1024":
+        return None
+    kept = insts[:end - len(_OLD_RELAYOUT)] + insts[end:]
+    return s_tir.schedule.Trace(kept, {inst: d for inst, d in trace.decisions.items() if inst in kept})
 
 
 class CPURowTile(CPUDirectTile):

@@ -325,3 +325,31 @@ def test_a_union_tf32_record_serves_its_layer_with_bias_and_relu(tmp_path):
     assert "bias" in src and "max(" in src and "mma.sync" in src
     with target:
         assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
+
+
+def test_cpu_records_of_the_old_relayout_replay_with_the_blocked_one_and_compute_correctly():
+    """A committed znver3 record (tuned when the relayout ran in chunks of 1024) replays its
+    convolution as recorded and the relayout in 16 x 16 blocks (`schedules/cpu.py`); float64 agrees."""
+    from tvm_sparseconv import reference
+    from tvm_sparseconv.schedules.cpu import RELAYOUT_BLOCK, without_old_relayout
+
+    from tvm_sparseconv.workloads import workload_set
+
+    target = targets.cpu_target("znver3")
+    problem = workload_set("resnet50_conv4_1x1_reduce_b1")[0].for_target("llvm")
+    kernel = problem.sparse_kernel()
+    wl = problem.workload(kernel)
+    tuned = tuning_records.find_tuned_schedule(wl, target, tuning_records.logs_root() / "cpu-znver3")
+    assert tuned is not None
+    sch = tuned.schedule
+    assert without_old_relayout(sch.trace) is None, "the replayed trace carries the new relayout"
+    loops = [sch.get(loop) for loop in sch.get_loops(sch.get_sblock("x_gather"))]
+    assert [int(loop.extent) for loop in loops[1:]] == [RELAYOUT_BLOCK, RELAYOUT_BLOCK]
+    assert str(loops[0].kind) == "1"  # parallel
+    host = targets.host_cpu_target()
+    lib = compile_tir(sch.mod, host)
+    x = np.random.default_rng(3).standard_normal(wl.input_shape).astype(np.float32)
+    args = [tvm.runtime.tensor(a) for a in [x, *algorithms.pack_weights(wl, kernel)]]
+    out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
+    lib[algorithms.FUNC_NAME](*args, out)
+    assert reference.relative_error(out.numpy(), reference.conv2d_f64(x, kernel.to_dense(), wl)) <= 1e-5

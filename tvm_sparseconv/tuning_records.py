@@ -52,6 +52,8 @@ from ._warnings import warn_user
 from .algorithms import CONV, EPILOGUE, prim_func
 from .schedules import RULES
 from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none
+from .schedules.cpu import schedule_relayout, without_old_relayout
+from .algorithms.ell_gather import X_GATHER
 from .targets import (GENERIC_FAMILY, cpu_vendor, cuda_family, family_time_factor, isa_family, target_folder_name,
                       target_isa_family, weighed_us)
 from .workload import ConvWorkload
@@ -551,7 +553,11 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
         return None
     sch = s_tir.Schedule(workload_module(wl))
     try:
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        # CPU records of before the blocked relayout get it (`schedules/cpu.py`); the rest replays as recorded
+        upgraded = without_old_relayout(record.trace) if target.kind.name == "llvm" else None
+        (upgraded or record.trace).apply_to_schedule(sch, remove_postproc=False)
+        if upgraded is not None:
+            schedule_relayout(sch, sch.get_sblock(X_GATHER))
         if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and sblock_or_none(sch, EPILOGUE) is not None:
             # As the record's rule does when it sees an epilogue. (An algorithm whose compute always
             # has one, union-tf32's NHWC reshape, inlined it already.)
