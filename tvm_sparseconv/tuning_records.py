@@ -540,6 +540,11 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
     return min(found, key=lambda t: weighed_us(t.run_us, t.family)) if found else None
 
 
+#: whether CPU records of the relayout in chunks of 1024 replay with the blocked one (off only to
+#: measure the difference: benchmarks/experiments/cpu_gather_share.py)
+UPGRADE_RELAYOUT = True
+
+
 def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> TunedSchedule | None:
     """`wl` scheduled by the folder's record of it (or of its nearest ELL width), or None."""
     picked = _pick_entry(_usable_entries(meta, folder), wl)
@@ -554,7 +559,7 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
     sch = s_tir.Schedule(workload_module(wl))
     try:
         # CPU records of before the blocked relayout get it (`schedules/cpu.py`); the rest replays as recorded
-        upgraded = without_old_relayout(record.trace) if target.kind.name == "llvm" else None
+        upgraded = without_old_relayout(record.trace) if target.kind.name == "llvm" and UPGRADE_RELAYOUT else None
         (upgraded or record.trace).apply_to_schedule(sch, remove_postproc=False)
         if upgraded is not None:
             schedule_relayout(sch, sch.get_sblock(X_GATHER))

@@ -3,8 +3,9 @@
 ResNet-50's 14x14 and 7x7 1x1 layers run 4-5 GFLOP/s of useful multiply-adds on the 2-core znver3
 inside the model (`pruned_resnet50.py`, stop 34), where the 3x3 layers run 10: conv4 1x1 reduce
 (1024 -> 256) stays dense. Each call first copies its NHWC input into the channel-major gather
-layout (a transpose of the whole input). This times, per layer, `compile()`'s op (its record) and
-the relayout alone (the same stage, scheduled as the CPU rules scheduled it: parallel over chunks of
+layout (a transpose of the whole input). This times, per layer, `compile()`'s op (its record, the relayout blocked
+at replay: `schedules/cpu.py`), the same record as tuned (`layer_before`: relayout in chunks of 1024),
+and the relayout alone (the same stage, scheduled as the CPU rules scheduled it: parallel over chunks of
 1024 output elements), in turns, on the same input; and the relayout scheduled in blocks of
 (channels x positions) (`VARIANTS`), so that both its reads and its writes stay within a few cache
 lines.
@@ -25,7 +26,7 @@ import tvm
 from tvm import s_tir, te
 
 import tvm_sparseconv as tsc
-from tvm_sparseconv import baselines, targets
+from tvm_sparseconv import baselines, targets, tuning_records
 from tvm_sparseconv.algorithms import ell_gather
 from tvm_sparseconv.workloads import workload_set
 
@@ -81,10 +82,16 @@ def main(argv=None) -> int:
     for problem in workload_set(args.layers):
         kernel = problem.sparse_kernel()
         op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding, target="cpu")
+        tuning_records.UPGRADE_RELAYOUT = False  # the same record with its relayout as tuned (chunks of 1024)
+        try:
+            before = tsc.compile(problem.sparse_kernel(), problem.input_shape,  # another kernel object: not compile()'s cached op strides=problem.strides, padding=problem.padding,
+                                 target="cpu")
+        finally:
+            tuning_records.UPGRADE_RELAYOUT = True
         rng = np.random.default_rng(0)
         x = tvm.runtime.tensor(rng.standard_normal(problem.input_shape).astype(np.float32))
         out = tvm.runtime.empty(op.output_shape, "float32")
-        fns = {"layer": lambda i: op.run(x, out)}
+        fns = {"layer": lambda i: op.run(x, out), "layer_before": lambda i: before.run(x, out)}
         if op.workload.algorithm == "ell-gather":
             wl = op.workload
             for name, variant in VARIANTS.items():
