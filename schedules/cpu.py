@@ -101,8 +101,11 @@ def schedule_relayout(sch: s_tir.Schedule, x_stage) -> None:
     reduce b1 (14x14x1024) took about half of the layer
     (`benchmarks/experiments/cpu_gather_share.py`)."""
     xb, xf = sch.get_loops(x_stage)
-    x = next(region.source for region in sch.get(x_stage).reads if len(region.source.shape) == 4)  # NHWC input
-    cin = int(x.shape[3])
+    x = next((region.source for region in sch.get(x_stage).reads if len(region.source.shape) == 4), None)
+    if x is None:  # the stage reads no input (every position is padding): zeros, in flat chunks
+        sch.parallel(sch.fuse(xb, sch.split(xf, factors=[None, 1024])[0]))
+        return
+    cin = int(x.shape[3])  # x: the NHWC input
     plane = int(sch.get(xf).extent) // cin
     c, r = sch.split(xf, factors=[None, plane])
     c_o, c_i = sch.split(c, factors=[None, RELAYOUT_BLOCK])

@@ -136,6 +136,10 @@ def test_grid(n, h, w, cin, cout, kh, kw, sh, sw, dh, dw, padding, density, use_
         pytest.param((1, 4, 96, 2), (3, 3, 2, 12), dict(strides=2, activation="relu"), id="wide-stride2-tile16"),
         pytest.param((1, 6, 70, 3), (3, 3, 3, 17), {}, id="wide-70-cout17"),
         pytest.param((1, 3, 33, 4), (1, 1, 4, 12), dict(padding="VALID", density=1.0), id="1x1-kernel-ow33"),
+        # every tap in the padding: the relayout reads no input (found by test_grid)
+        pytest.param((1, 1, 2, 1), (1, 2, 1, 4), dict(strides=2, dilations=(1, 2), padding=[(1, 0), (3, 2)],
+                                                      density=0.0, use_bias=True, activation="relu"),
+                     id="all-padding-relayout"),
     ],
 )
 def test_required_cases(rng, input_shape, kernel_shape, kwargs):
