@@ -56,7 +56,6 @@ from .workloads import Problem
 log = logging.getLogger("tvm_sparseconv")
 
 
-
 def problem_arguments(problem: Problem, seed: int = 0, algorithm: str = algorithms.DEFAULT):
     """(workload, dense kernel, [x, weights..., (bias)]) as numpy arrays: the real pattern."""
     kernel = problem.sparse_kernel()
