@@ -72,6 +72,18 @@ MAX_UNROLLED_SEGMENT = 128
 _FLAT_THREADS = 256
 #: the most blocks of a cluster (CUDA's portable limit): a cluster tile's chunks
 MAX_CLUSTER = 8
+#: v8: a thread's items (channel, pixel column) walk their nonzeros side by side, one weight of each
+#: item in flight per step and the next step's loaded ahead; the row pointers and the first weights
+#: are loaded before the staged copy's barrier (their round trips overlap the copy's). Only where a
+#: thread has at most `MAX_INTERLEAVED` items (each holds `per_thread` sums in registers). It lost
+#: (H200, 3 b1 1x1 layers x 2 tiles: 0.7-2.5 us slower than v6, `benchmarks/experiments/csr_split_k.md`,
+#: stop 37), so it is off (the emitted code is then v6's); kept for experiments and tested
+PIPELINED = False
+MAX_INTERLEAVED = 8
+#: experiments only (`benchmarks/experiments/csr_split_k_ablation.py`): parts of the kernel left out
+#: to time the rest ("staging": the input copy's loads, "nonzeros": the walk over the weights,
+#: "output": the stores/atomics, "init": the bias/zero kernel); the results are then wrong
+ABLATE: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,13 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     activated = atomic and activation is not None
     staged = segment is not None
     seg = max(segment or 1, 1)
+    unknown = set(ABLATE) - {"staging", "nonzeros", "output", "init"}
+    if unknown:
+        raise ValueError(f"unknown parts to leave out: {sorted(unknown)}")
+    pipelined = PIPELINED and not staged and item_iters <= MAX_INTERLEAVED
+    copy_input = "staging" not in ABLATE
+    walk = "nonzeros" not in ABLATE
+    store = "output" not in ABLATE
     w_iters = -(-(rows * seg) // threads)
     kq = chunk // PTR_STEP
     shapes = {"x": (n, h, w, cin), "ptr": (cout * cols,), "w": (nnz,), "out": (n, oh_, ow_, cout)}
@@ -255,13 +274,39 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         sums = T.alloc_buffer((1,), "float32", scope="local")
         remote = T.alloc_buffer((1,), "float32", scope="local")
         mapped = T.alloc_buffer((1,), "uint32", scope="local")
+        lo_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # (pipelined) each item's first nonzero
+        cnt_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # and how many it has in this chunk
+        most = T.alloc_buffer((1,), "int32", scope="local")
+        cur = T.alloc_buffer((item_iters,), "int64", scope="local")
+        nxt = T.alloc_buffer((item_iters,), "int64", scope="local")
+        accs = T.alloc_buffer((item_iters * q,), "float32", scope="local")
+        if pipelined:
+            # the row pointers first: their round trip overlaps the copy's
+            most[0] = 0
+            for it in T.unroll(item_iters):
+                e = T.meta_var(it * threads + tx)
+                lo_l[it] = 0
+                cnt_l[it] = 0
+                if e < rows * ncol and bx * rows + e // ncol < cout:
+                    lo_l[it] = first(ptr, bx * rows + e // ncol, by)
+                    cnt_l[it] = count_of(ptr, bx * rows + e // ncol, by)
         # the chunk of the block's pixels, channel-major; pixel fastest across threads
         for it in range(stage_iters):
             e = T.meta_var(it * threads + tx)
             if e < wide * per_px:
                 inside, at = T.meta_var(x_at(e % wide, by * chunk + e // wide * vec, bz))
                 for i in T.vectorized(vec):
-                    xs[(e // wide * vec + i) * wide + e % wide] = T.if_then_else(inside, x_in[at + i], T.float32(0))
+                    if copy_input:
+                        xs[(e // wide * vec + i) * wide + e % wide] = T.if_then_else(inside, x_in[at + i], T.float32(0))
+                    else:
+                        xs[(e // wide * vec + i) * wide + e % wide] = T.float32(0)
+        if pipelined:
+            # each item's first weight, also before the barrier
+            for it in T.unroll(item_iters):
+                most[0] = T.max(most[0], cnt_l[it])
+                nxt[it] = T.int64(0)
+                if cnt_l[it] > 0:
+                    nxt[it] = weights[lo_l[it]]
         if staged:
             # the block's channels' weights of this chunk, each channel's in `seg` slots
             for it in range(w_iters):
@@ -274,29 +319,51 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                 if bx * rows + tx < cout:
                     nsh[tx] = count_of(ptr, bx * rows + tx, by)
         T.tvm_storage_sync("shared")
-        for it in range(item_iters):
-            e = T.meta_var(it * threads + tx)
-            r = T.meta_var(e // ncol)  # the item's channel in the block
-            c = T.meta_var(e % ncol)  # and its pixel column
-            if e < rows * ncol:
-                for i in range(q):
-                    acc[i] = T.float32(0)
-                if staged:
-                    count[0] = nsh[r]  # (a shared load cannot be a branch condition)
-                    for j in T.unroll(seg):
-                        if j < count[0]:
-                            word[0] = wsh[r * seg + j]
+        if pipelined:
+            # the items side by side: per step one nonzero of each, the next step's weights in flight
+            for a in T.unroll(item_iters * q):
+                accs[a] = T.float32(0)
+            if walk:
+                for j in T.serial(most[0]):
+                    for it in T.unroll(item_iters):
+                        cur[it] = nxt[it]
+                        if j + 1 < cnt_l[it]:
+                            nxt[it] = weights[lo_l[it] + j + 1]
+                    for it in T.unroll(item_iters):
+                        if j < cnt_l[it]:
+                            for i in T.unroll(q):
+                                accs[it * q + i] = accs[it * q + i] + value_of(cur[it]) * xs[
+                                    (T.Cast("int32", cur[it]) - by * chunk) * wide + (it * threads + tx) % ncol + i * ncol]
+            for it in T.unroll(item_iters):
+                e = T.meta_var(it * threads + tx)
+                if e < rows * ncol:
+                    for i in range(q):
+                        if e % ncol + i * ncol < pix:
+                            part[(e % ncol + i * ncol) * (rows + 1) + e // ncol] = accs[it * q + i]
+        else:
+            for it in range(item_iters):
+                e = T.meta_var(it * threads + tx)
+                r = T.meta_var(e // ncol)  # the item's channel in the block
+                c = T.meta_var(e % ncol)  # and its pixel column
+                if e < rows * ncol:
+                    for i in range(q):
+                        acc[i] = T.float32(0)
+                    if staged:
+                        count[0] = nsh[r]  # (a shared load cannot be a branch condition)
+                        for j in T.unroll(seg):
+                            if j < count[0]:
+                                word[0] = wsh[r * seg + j]
+                                for i in range(q):
+                                    acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
+                    elif walk and bx * rows + r < cout:
+                        lo = T.meta_var(first(ptr, bx * rows + r, by))
+                        for j in T.serial(count_of(ptr, bx * rows + r, by)):
+                            word[0] = weights[lo + j]
                             for i in range(q):
                                 acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
-                elif bx * rows + r < cout:
-                    lo = T.meta_var(first(ptr, bx * rows + r, by))
-                    for j in T.serial(count_of(ptr, bx * rows + r, by)):
-                        word[0] = weights[lo + j]
-                        for i in range(q):
-                            acc[i] = acc[i] + value_of(word[0]) * xs[(T.Cast("int32", word[0]) - by * chunk) * wide + c + i * ncol]
-                for i in range(q):
-                    if c + i * ncol < pix:
-                        part[(c + i * ncol) * (rows + 1) + r] = acc[i]
+                    for i in range(q):
+                        if c + i * ncol < pix:
+                            part[(c + i * ncol) * (rows + 1) + r] = acc[i]
         T.tvm_storage_sync("shared")
         if cluster:
             # block `by` of the cluster adds up slice `by` of the sums over the blocks (ranks in order)
@@ -323,7 +390,11 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                 p = T.meta_var(e // rows)
                 r = T.meta_var(e % rows)
                 if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
-                    if atomic:
+                    if not store:
+                        sums[0] = part[p * (rows + 1) + r]
+                        if sums[0] == T.float32(1.0e30):  # never: keeps the sums alive
+                            out[(bz * pix + p) * cout + bx * rows + r] = sums[0]
+                    elif atomic:
                         T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
                             out[(bz * pix + p) * cout + bx * rows + r]), part[p * (rows + 1) + r]))
                     else:
@@ -337,7 +408,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         # flat views of the NHWC arrays
         x_in = T.decl_buffer((n * h * w * cin,), "float32", data=x_nhwc.data)
         out = T.decl_buffer((total,), "float32", data=out_nhwc.data)
-        if atomic:
+        if atomic and "init" not in ABLATE:
             for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
                 for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):
                     if bi * _FLAT_THREADS + ti < total:

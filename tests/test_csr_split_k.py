@@ -103,6 +103,30 @@ def test_a_cluster_tile_is_one_kernel_that_adds_up_the_chunks_in_distributed_sha
         assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_the_pipelined_walk_hoists_the_row_pointers_and_compiles(monkeypatch):
+    """v8 (`PIPELINED`, off by default: it lost): the items' row pointers and first weights are
+    loaded before the copy's barrier, and nvcc builds it; an unknown part to leave out is an error."""
+    from tvm.support import nvcc
+
+    from tvm_sparseconv.schedules import cuda_csr_split_k
+
+    _, kernel = _kernel(200, 72, 0.2)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 200), kernel.shape, kernel.ell_width), ALG.name)
+    tile = TILES["p32q2r32k64t256"]
+    plain = _cuda_source(kernel, wl, tile)
+    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", True)
+    src = _cuda_source(kernel, wl, tile)
+    assert "cnt_l" not in plain and src != plain
+    body = src[src.index("sparse_conv2d_kernel_1(float"):]
+    assert body.index("cnt_l_ptr[0] =") < body.index("__syncthreads()")
+    with targets.cuda_target_for_arch("sm_90"):
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
+    monkeypatch.setattr(cuda_csr_split_k, "ABLATE", frozenset({"weights"}))
+    with pytest.raises(ValueError, match="unknown parts to leave out"):
+        _cuda_source(kernel, wl, tile)
+
+
 def test_cluster_tiles_need_two_to_eight_chunks():
     from tvm_sparseconv.schedules.cuda_csr_split_k import emit, reduces_in_cluster
 
