@@ -80,6 +80,11 @@ MAX_CLUSTER = 8
 #: stop 37), so it is off (the emitted code is then v6's); kept for experiments and tested
 PIPELINED = False
 MAX_INTERLEAVED = 8
+#: v9 (with `PIPELINED`): weights each item loads per step, all items' in flight together (the
+#: first step's before the barrier); 0 is v8 (one per item per step, the next step's loaded ahead).
+#: v6's loop gets nvcc's own 4-way unroll (4 loads in flight) but pays the row pointers' and the
+#: weights' round trips one item after the other (SASS of v6 under ncu, stop 37)
+LOADS_PER_ITEM = 0
 #: experiments only (`benchmarks/experiments/csr_split_k_ablation.py`): parts of the kernel left out
 #: to time the rest ("staging": the input copy's loads, "nonzeros": the walk over the weights,
 #: "output": the stores/atomics, "init": the bias/zero kernel); the results are then wrong
@@ -246,6 +251,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     if unknown:
         raise ValueError(f"unknown parts to leave out: {sorted(unknown)}")
     pipelined = PIPELINED and not staged and item_iters <= MAX_INTERLEAVED
+    per_item = LOADS_PER_ITEM
     copy_input = "staging" not in ABLATE
     walk = "nonzeros" not in ABLATE
     store = "output" not in ABLATE
@@ -277,7 +283,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         lo_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # (pipelined) each item's first nonzero
         cnt_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # and how many it has in this chunk
         most = T.alloc_buffer((1,), "int32", scope="local")
-        cur = T.alloc_buffer((item_iters,), "int64", scope="local")
+        cur = T.alloc_buffer((item_iters * max(per_item, 1),), "int64", scope="local")
         nxt = T.alloc_buffer((item_iters,), "int64", scope="local")
         accs = T.alloc_buffer((item_iters * q,), "float32", scope="local")
         if pipelined:
@@ -301,12 +307,18 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                     else:
                         xs[(e // wide * vec + i) * wide + e % wide] = T.float32(0)
         if pipelined:
-            # each item's first weight, also before the barrier
+            # each item's first weight(s), also before the barrier
             for it in T.unroll(item_iters):
                 most[0] = T.max(most[0], cnt_l[it])
-                nxt[it] = T.int64(0)
-                if cnt_l[it] > 0:
-                    nxt[it] = weights[lo_l[it]]
+                if per_item == 0:
+                    nxt[it] = T.int64(0)
+                    if cnt_l[it] > 0:
+                        nxt[it] = weights[lo_l[it]]
+                else:
+                    for u in T.unroll(per_item):
+                        cur[it * per_item + u] = T.int64(0)
+                        if u < cnt_l[it]:
+                            cur[it * per_item + u] = weights[lo_l[it] + u]
         if staged:
             # the block's channels' weights of this chunk, each channel's in `seg` slots
             for it in range(w_iters):
@@ -323,7 +335,22 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
             # the items side by side: per step one nonzero of each, the next step's weights in flight
             for a in T.unroll(item_iters * q):
                 accs[a] = T.float32(0)
-            if walk:
+            if walk and per_item > 0:
+                # steps of `per_item` nonzeros per item: every item's loads of a step in flight together
+                for js in T.serial((most[0] + per_item - 1) // per_item):
+                    if js > 0:
+                        for it in T.unroll(item_iters):
+                            for u in T.unroll(per_item):
+                                if js * per_item + u < cnt_l[it]:
+                                    cur[it * per_item + u] = weights[lo_l[it] + js * per_item + u]
+                    for it in T.unroll(item_iters):
+                        for u in T.unroll(per_item):
+                            if js * per_item + u < cnt_l[it]:
+                                for i in T.unroll(q):
+                                    accs[it * q + i] = accs[it * q + i] + value_of(cur[it * per_item + u]) * xs[
+                                        (T.Cast("int32", cur[it * per_item + u]) - by * chunk) * wide
+                                        + (it * threads + tx) % ncol + i * ncol]
+            elif walk:
                 for j in T.serial(most[0]):
                     for it in T.unroll(item_iters):
                         cur[it] = nxt[it]

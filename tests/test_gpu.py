@@ -610,18 +610,19 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
     ((1, 8, 8, 98), (1, 1, 98, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256C"),  # padded
     ((1, 4, 4, 512), (1, 1, 512, 64), 1, "SAME", False, None, "p16q1r64k64t256C"),  # a cluster of 8
 ])
-@pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined"])
+@pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined", "global-batched"])
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
     bias and activations, an empty output channel; atomics or a cluster reduction), output
     poisoned, twice (the atomics' first kernel must reset the output every call); the blocks'
-    weights read from global memory (the default), also with v8's pipelined walk (`PIPELINED`),
-    or staged in shared memory."""
+    weights read from global memory (the default), also with v8's pipelined walk (`PIPELINED`)
+    and v9's 4 loads per item per step (`LOADS_PER_ITEM`), or staged in shared memory."""
     from tvm_sparseconv.schedules import cuda_csr_split_k
 
     monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
-    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", weights_in == "global-pipelined")
+    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", weights_in in ("global-pipelined", "global-batched"))
+    monkeypatch.setattr(cuda_csr_split_k, "LOADS_PER_ITEM", 4 if weights_in == "global-batched" else 0)
     rng = np.random.default_rng(17)
     w = _kernel(rng, k_shape, 0.2)
     w[..., 1] = 0.0
