@@ -31,12 +31,6 @@ every pair of warps that runs it. Here each block takes ONE chunk of input chann
   y-th slice of the sums over every block's shared memory (``mapa`` + ``ld.shared::cluster``, ranks
   in order: deterministic), applies bias and activation and stores the output; a second barrier
   keeps each block's shared memory alive until the others have read it. One kernel, no atomics.
-- or (tiles ending in S, `Tile.reduce == "ordered"`): chunk 0 of a (channel block, pixel tile)
-  stores its sums and bias, then raises the tile's flag in `semaphores`; the other chunks compute
-  theirs meanwhile, wait for the flag, add theirs with atomicAdd and count themselves in; the last
-  one resets flag and counter and applies the activation. One kernel, as CUTLASS's serial split-K
-  (it relies on blocks starting in index order: chunk 0 has the tile's lowest index). The flags
-  live in an array the op keeps and the kernel leaves at zero: one stream at a time per op.
 
 Measured (`benchmarks/experiments/csr_split_k.md`): about 6 us + 0.6 us per million useful FMAs
 on ResNet-50's batch-1 1x1 layers; the fixed part keeps it behind cuDNN TF32 on most of them. It is
@@ -46,7 +40,7 @@ of the atomic ones (v5).
 The weight arrays (`pack`): ``ptr`` (Cout x (ceil(Cin / 16) + 1) int32: where each channel's
 nonzeros of input channel 16*i onwards start) and ``weights`` (int64: the value's float32 bits
 above its input channel), in channel-major compressed-row order. A chunk is a multiple of 16
-channels, so one format serves every tile. The algorithm adds ``sem`` (`semaphores`, int32 zeros).
+channels, so one format serves every tile.
 """
 
 # no `from __future__ import annotations`: TVMScript reads the parameters' annotations as objects
@@ -60,7 +54,7 @@ from tvm.script import tirx as T
 from tvm_sparseconv.algorithms.base import activate
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 10
+EMITTER_VERSION = 6
 #: the generated function's name
 FUNCTION_NAME = "sparse_conv2d"
 #: input channels per entry of the row-pointer table (a chunk is a multiple of it)
@@ -106,13 +100,11 @@ class Tile:
     rows: int = 16  # output channels per block
     chunk: int = 128  # input channels per block (the split of K), a multiple of PTR_STEP
     threads: int = 256
-    #: how the chunks' sums meet: "atomic" (atomicAdd onto a first kernel's bias/zeros), "cluster"
-    #: (distributed shared memory) or "ordered" (chunk 0 stores, the others add after it: one kernel)
-    reduce: str = "atomic"
+    reduce: str = "atomic"  # how the chunks' sums meet: "atomic" (atomicAdd) or "cluster" (distributed shared memory)
 
     @property
     def name(self) -> str:
-        suffix = {"cluster": "C", "ordered": "S"}.get(self.reduce, "")
+        suffix = "C" if self.reduce == "cluster" else ""
         return f"p{self.pixels}q{self.per_thread}r{self.rows}k{self.chunk}t{self.threads}{suffix}"
 
     @property
@@ -131,21 +123,10 @@ def shared_bytes(tile: Tile) -> int:
 
 def _grid() -> dict[str, Tile]:
     tiles = [Tile(p, q, r, k, 256, reduce) for p in (16, 32, 49, 64, 98, 196) for q in (1, 2, 4) for r in (16, 32, 64)
-             for k in (64, 128, 256) for reduce in ("atomic", "cluster", "ordered")]
+             for k in (64, 128, 256) for reduce in ("atomic", "cluster")]
     # chunks of 512 channels: 2048-channel layers in clusters of 4
     tiles += [Tile(16, q, r, 512, 256, "cluster") for q in (1, 2, 4) for r in (16, 32, 64)]
     return {t.name: t for t in tiles if shared_bytes(t) <= MAX_SHARED_BYTES}
-
-
-def semaphore_count(cout: int, n_pixels: int) -> int:
-    """Entries of the semaphore array of ordered tiles: a flag and a counter per (channel block,
-    pixel tile) of the finest tiles (16 channels x 16 pixels), so one array serves every tile."""
-    return 2 * -(-cout // 16) * -(-n_pixels // 16)
-
-
-def semaphores(cout: int, n_pixels: int) -> np.ndarray:
-    """The zeros an ordered tile's kernel starts from, and leaves behind after every call."""
-    return np.zeros(semaphore_count(cout, n_pixels), np.int32)
 
 
 def chunks(cin: int, tile: Tile) -> int:
@@ -213,8 +194,7 @@ def shared_weights_bytes(tile: Tile, segment: int) -> int:
 
 def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile, bias: bool = False,
          activation: "str | None" = None, segment: "int | None" = None) -> tirx.PrimFunc:
-    """The PrimFunc ``f(x, ptr, weights, sem, [bias], out)`` for a 1x1 layer and `tile` (`sem`:
-    `semaphores`, read and written by ordered tiles only).
+    """The PrimFunc ``f(x, ptr, weights, [bias], out)`` for a 1x1 layer and `tile`.
 
     `segment` (the kernel's `longest_segment` for the tile's chunk): the block first copies its
     channels' weights of its chunk into shared memory (all loads in flight at once), and each
@@ -244,10 +224,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     nnz = max(nnz, 1)
     total = npx * cout
     flat_blocks = -(-total // _FLAT_THREADS)
-    ordered = splits > 1 and tile.reduce == "ordered"
-    atomic = splits > 1 and not cluster and not ordered
-    n_bx = -(-cout // rows)
-    sem_half = semaphore_count(cout, npx) // 2  # flags, then counters
+    atomic = splits > 1 and not cluster
     slice_len = -(-(rows * pix) // splits)  # a cluster block's share of the block's sums
     slice_iters = -(-slice_len // threads)
 
@@ -280,8 +257,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
     store = "output" not in ABLATE
     w_iters = -(-(rows * seg) // threads)
     kq = chunk // PTR_STEP
-    shapes = {"x": (n, h, w, cin), "ptr": (cout * cols,), "w": (nnz,), "sem": (2 * sem_half,),
-              "out": (n, oh_, ow_, cout)}
+    shapes = {"x": (n, h, w, cin), "ptr": (cout * cols,), "w": (nnz,), "out": (n, oh_, ow_, cout)}
 
     def first(ptr, m, by):
         """Where output channel m's nonzeros of chunk `by` start in the weights."""
@@ -292,7 +268,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         return ptr[m * cols + T.min((by + 1) * kq, cols - 1)] - first(ptr, m, by)
 
     @T.macro
-    def block_work(x_in, ptr, weights, sem, bias_buf, out, bx, by, bz, tx):
+    def block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx):
         """One block: stage the chunk, walk the nonzeros, and store (or add, or cluster-reduce) the sums."""
         xs = T.alloc_buffer((chunk * wide,), "float32", scope="shared")
         part = T.alloc_buffer((pix * (rows + 1),), "float32", scope="shared")
@@ -303,8 +279,6 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
         count = T.alloc_buffer((1,), "int32", scope="local")
         sums = T.alloc_buffer((1,), "float32", scope="local")
         remote = T.alloc_buffer((1,), "float32", scope="local")
-        spin = T.alloc_buffer((1,), "int32", scope="local")
-        last = T.alloc_buffer((1,), "int32", scope="shared")
         mapped = T.alloc_buffer((1,), "uint32", scope="local")
         lo_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # (pipelined) each item's first nonzero
         cnt_l = T.alloc_buffer((item_iters,), "int32", scope="local")  # and how many it has in this chunk
@@ -436,61 +410,6 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                     out[(bz * pix + p) * cout + bx * rows + r] = epilogue_expr(
                         sums[0], bx * rows + r, bias_buf if bias else None)
             T.cuda.cluster_sync()  # every block's shared memory stays until all have read it
-        elif ordered:
-            # chunk 0 stores its sums (+ bias), fences and raises the tile's flag; the other chunks wait
-            # for the flag (chunk 0 has the lowest block index of the tile, so it runs first or alongside),
-            # add theirs, fence and count; the last resets flag and counter to 0 for the next call and
-            # applies the activation. One kernel: no bias/zero kernel, no activation kernel
-            flag_at = T.meta_var(bz * n_bx + bx)
-            if by == 0:
-                for it in range(out_iters):
-                    e = T.meta_var(it * threads + tx)
-                    p = T.meta_var(e // rows)
-                    r = T.meta_var(e % rows)
-                    if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
-                        sums[0] = part[p * (rows + 1) + r]
-                        if bias:
-                            sums[0] = sums[0] + bias_buf[bx * rows + r]
-                        out[(bz * pix + p) * cout + bx * rows + r] = sums[0]
-                T.evaluate(T.call_extern("void", "__threadfence"))
-                T.tvm_storage_sync("shared")
-                if tx == 0:
-                    T.evaluate(T.call_extern("int32", "atomicExch", T.address_of(sem[flag_at]), 1))
-            else:
-                if tx == 0:
-                    spin[0] = 0
-                    while spin[0] == 0:
-                        spin[0] = T.call_extern("int32", "atomicAdd", T.address_of(sem[flag_at]), 0)
-                T.tvm_storage_sync("shared")
-                for it in range(out_iters):
-                    e = T.meta_var(it * threads + tx)
-                    p = T.meta_var(e // rows)
-                    r = T.meta_var(e % rows)
-                    if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
-                        T.evaluate(T.call_extern("float32", "atomicAdd", T.address_of(
-                            out[(bz * pix + p) * cout + bx * rows + r]), part[p * (rows + 1) + r]))
-                T.evaluate(T.call_extern("void", "__threadfence"))
-                T.tvm_storage_sync("shared")
-                if tx == 0:
-                    spin[0] = T.call_extern("int32", "atomicAdd", T.address_of(sem[sem_half + flag_at]), 1)
-                    last[0] = 0
-                    if spin[0] == splits - 2:
-                        last[0] = 1
-                        T.evaluate(T.call_extern("int32", "atomicExch", T.address_of(sem[flag_at]), 0))
-                        T.evaluate(T.call_extern("int32", "atomicExch", T.address_of(sem[sem_half + flag_at]), 0))
-                if activation is not None:
-                    T.tvm_storage_sync("shared")
-                    spin[0] = last[0]  # (a shared load cannot be a branch condition)
-                    if spin[0] == 1:
-                        T.evaluate(T.call_extern("void", "__threadfence"))
-                        for it in range(out_iters):
-                            e = T.meta_var(it * threads + tx)
-                            p = T.meta_var(e // rows)
-                            r = T.meta_var(e % rows)
-                            if e < rows * pix and bx * rows + r < cout and bz * pix + p < npx:
-                                at = T.meta_var((bz * pix + p) * cout + bx * rows + r)
-                                out[at] = activate(T.call_extern("float32", "__ldcg", T.address_of(out[at])),
-                                                   activation)
         else:
             # the sums leave channel fastest: a warp's stores (or atomics) are whole rows of NHWC
             for it in range(out_iters):
@@ -511,7 +430,7 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
 
     @T.prim_func(private=True)
     def body(x_nhwc: T.Buffer(shapes["x"], "float32"), ptr: T.Buffer(shapes["ptr"], "int32"),
-             weights: T.Buffer(shapes["w"], "int64"), sem: T.Buffer(shapes["sem"], "int32"),
+             weights: T.Buffer(shapes["w"], "int64"),
              bias_buf: T.Buffer((cout,), "float32"), out_nhwc: T.Buffer(shapes["out"], "float32")):
         # flat views of the NHWC arrays
         x_in = T.decl_buffer((n * h * w * cin,), "float32", data=x_nhwc.data)
@@ -530,11 +449,11 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                     for _rank in T.thread_binding(splits, thread="clusterCtaIdx.y"):  # == by: one cluster per y column
                         for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
                             for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                                block_work(x_in, ptr, weights, sem, bias_buf, out, bx, by, bz, tx)
+                                block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx)
                 else:
                     for bz in T.thread_binding(-(-npx // pix), thread="blockIdx.z"):
                         for tx in T.thread_binding(threads, thread="threadIdx.x"):
-                            block_work(x_in, ptr, weights, sem, bias_buf, out, bx, by, bz, tx)
+                            block_work(x_in, ptr, weights, bias_buf, out, bx, by, bz, tx)
         if activated:
             for bi in T.thread_binding(flat_blocks, thread="blockIdx.x"):
                 for ti in T.thread_binding(_FLAT_THREADS, thread="threadIdx.x"):
@@ -545,9 +464,9 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
 
 
 def _public(body: tirx.PrimFunc, bias: bool) -> tirx.PrimFunc:
-    """`body` with the signature ``(x, ptr, weights, sem, [bias], out)`` as the op calls it."""
+    """`body` with the signature ``(x, ptr, weights, [bias], out)`` as the op calls it."""
     params = list(body.params)
     if not bias:  # the bias buffer is then never read: drop it from the signature
-        params.pop(4)
+        params.pop(3)
         body = tirx.PrimFunc(params, body.body, body.ret_type, body.attrs)
     return body.with_attr({"global_symbol": FUNCTION_NAME, "tirx.noalias": True})

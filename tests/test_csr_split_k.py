@@ -10,8 +10,7 @@ import pytest
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tile_records
-from tvm_sparseconv.schedules.cuda_csr_split_k import (PTR_STEP, TILES, Tile, pack, ptr_columns, semaphore_count,
-                                                      shared_bytes, unpack)
+from tvm_sparseconv.schedules.cuda_csr_split_k import PTR_STEP, TILES, Tile, pack, ptr_columns, shared_bytes, unpack
 from tvm_sparseconv.tuning_records import logs_root
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import workload_set
@@ -126,34 +125,6 @@ def test_the_pipelined_walk_hoists_the_row_pointers_and_compiles(monkeypatch):
     monkeypatch.setattr(cuda_csr_split_k, "ABLATE", frozenset({"weights"}))
     with pytest.raises(ValueError, match="unknown parts to leave out"):
         _cuda_source(kernel, wl, tile)
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
-@pytest.mark.parametrize("activation", ["relu", None])
-def test_an_ordered_tile_is_one_kernel_whose_chunks_wait_for_chunk_0(activation):
-    """No bias/zero kernel and no activation kernel: chunk 0 stores and raises the tile's flag, the
-    others spin on it, add, count themselves in, and the last resets the flags (and activates)."""
-    from tvm.support import nvcc
-
-    _, kernel = _kernel(200, 72, 0.1)  # 4 chunks of 64, the last short
-    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 7, 7, 200), kernel.shape, kernel.ell_width,
-                                                             has_bias=True, activation=activation), ALG.name)
-    tile = TILES["p49q2r16k64t256S"]
-    assert tile.reduce == "ordered" and ALG.fits(wl, tile)
-    src = _cuda_source(kernel, wl, tile)
-    assert src.count("__global__ void") // 2 == 1  # one kernel (declared, then defined)
-    assert src.count("atomicExch") == 3 and "while (1)" in src and src.count("__threadfence()") >= 2
-    assert ("__ldcg" in src) == (activation is not None)
-    sem = ALG.pack(wl, kernel)[-1]
-    assert sem.dtype == np.int32 and not sem.any() and sem.size == semaphore_count(72, 49)
-    with targets.cuda_target_for_arch("sm_90"):
-        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
-
-
-def test_ordered_tiles_need_chunks_to_order():
-    _, kernel = _kernel(64, 16, 0.1)
-    wl = algorithms.workload_for(kernel, ConvWorkload.create((1, 4, 4, 64), kernel.shape, kernel.ell_width), ALG.name)
-    assert ALG.fits(wl, TILES["p16q2r16k64t256"]) and not ALG.fits(wl, TILES["p16q2r16k64t256S"])
 
 
 def test_cluster_tiles_need_two_to_eight_chunks():

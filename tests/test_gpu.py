@@ -609,20 +609,13 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
     ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu6", "p16q2r16k128t256C"),  # strided, batch 2, 2 chunks
     ((1, 8, 8, 98), (1, 1, 98, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256C"),  # padded
     ((1, 4, 4, 512), (1, 1, 512, 64), 1, "SAME", False, None, "p16q1r64k64t256C"),  # a cluster of 8
-    # ordered tiles (chunk 0 stores, the others add after its flag; the last one activates)
-    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256S"),  # 4 chunks, the last short
-    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256S"),  # pixel and channel tails
-    ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu6", "p16q2r16k128t256S"),  # strided, batch 2, 2 chunks
-    ((1, 8, 8, 98), (1, 1, 98, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256S"),  # padded
-    ((1, 14, 14, 1024), (1, 1, 1024, 256), 1, "SAME", False, "relu", "p32q2r64k64t256S"),  # 16 chunks, 448 blocks
 ])
 @pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined", "global-batched"])
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
     bias and activations, an empty output channel; atomics or a cluster reduction), output
-    poisoned, twice (the atomics' first kernel must reset the output every call, ordered tiles
-    must leave their flags at zero); the blocks'
+    poisoned, twice (the atomics' first kernel must reset the output every call); the blocks'
     weights read from global memory (the default), also with v8's pipelined walk (`PIPELINED`)
     and v9's 4 loads per item per step (`LOADS_PER_ITEM`), or staged in shared memory."""
     from tvm_sparseconv.schedules import cuda_csr_split_k

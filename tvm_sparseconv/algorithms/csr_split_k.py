@@ -11,8 +11,7 @@ its records are tile records (`tile_records.py`, `scripts/tune.py --algorithm cs
 order, so results may differ in the last bits between runs (within fp32's tolerance); cluster tiles
 give the same bits every run.
 
-The compiled function's arguments: x, ptr, weights (`pack`), sem (`semaphores`: zeros that ordered
-tiles use as flags and leave at zero), [bias], out.
+The compiled function's arguments: x, ptr, weights (`pack`), [bias], out.
 """
 
 from __future__ import annotations
@@ -40,22 +39,20 @@ class CsrSplitK(GeneratedAlgorithm):
         return default_tile(int(np.prod(wl.output_shape[:3])))
 
     def fits(self, wl: ConvWorkload, tile) -> bool:
-        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, chunks, reduces_in_cluster, shared_bytes
+        from ..schedules.cuda_csr_split_k import MAX_SHARED_BYTES, reduces_in_cluster, shared_bytes
 
         pixels = int(np.prod(wl.output_shape[:3]))
         cin = wl.input_shape[3]
         # no tile wider than the layer in any dimension (its blocks would be mostly idle); a cluster
-        # tile only where its chunks make a cluster (2 to 8 of them), an ordered one where there are
-        # chunks to order (else it is its atomic twin)
+        # tile only where its chunks make a cluster (2 to 8 of them)
         return (shared_bytes(tile) <= MAX_SHARED_BYTES and tile.pixels <= max(pixels, 16)
                 and tile.rows <= max(wl.out_channels, 16) and tile.chunk <= max(cin, 64)
-                and (tile.reduce != "cluster" or reduces_in_cluster(cin, tile))
-                and (tile.reduce != "ordered" or chunks(cin, tile) > 1))
+                and (tile.reduce != "cluster" or reduces_in_cluster(cin, tile)))
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
-        from ..schedules.cuda_csr_split_k import pack, semaphores
+        from ..schedules.cuda_csr_split_k import pack
 
-        return pack(kernel) + [semaphores(wl.out_channels, int(np.prod(wl.output_shape[:3])))]
+        return pack(kernel)
 
     def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
         """The PrimFunc of `wl` with `tile` (its buffers sized for `kernel`'s nonzeros; its blocks'
