@@ -2,7 +2,8 @@
 
 Compiled ops are cached in memory (per kernel object and arguments) and their machine code on disk
 (see `build.py`). A compiled op holds its weights on the device and only allocates its output per
-call, so it may be called from several threads at once.
+call (on a CPU from a small pool of buffers whose earlier results nobody holds any more:
+`output_pool.py`), so it may be called from several threads at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from . import interop
 from .build import BuildResult, build, build_generated, build_layer, building_layer
 from . import algorithms
 from .kernel import SparseKernel
+from .output_pool import OutputPool
 from .stride_phases import StridePhases, phase_function
 from .targets import TargetLike, device_for, resolve_target
 from .workload import ConvWorkload, Padding
@@ -31,6 +33,8 @@ class SparseConv2D:
     #: (`stride_phases`); False computes it with strided reads (`benchmarks/experiments/stride_phases.py`
     #: and `subsampled_1x1.py` compare)
     phase_strided: bool = True
+    #: CPUs: outputs come from a pool (`output_pool`) instead of a fresh allocation per call
+    _outputs: OutputPool | None = None
 
     def __init__(self, kernel: SparseKernel, workload: ConvWorkload, target, bias: np.ndarray | None,
                  algorithm: str | None = None, precision: str = "fp32"):
@@ -55,6 +59,8 @@ class SparseConv2D:
         self._weights = [tvm.runtime.tensor(a, self.device) for a in algorithms.pack_weights(self.workload, kernel)]
         if bias is not None:
             self._weights.append(tvm.runtime.tensor(bias, self.device))
+        if target.kind.name == "llvm":
+            self._outputs = OutputPool(self.output_shape)
 
     @staticmethod
     def _build_for(kernel: SparseKernel, workload: ConvWorkload, target, algorithm: str | None,
@@ -108,7 +114,10 @@ class SparseConv2D:
         """Convolve `x` (NHWC float32, the compiled shape, on the compiled device)."""
         view = interop.to_tvm(x, "input")
         self._check_input(view)
-        out = tvm.runtime.empty(self.output_shape, "float32", self.device)
+        if self._outputs is not None:  # TVM's view of a pooled buffer: the result keeps the buffer referenced
+            out = tvm.runtime.from_dlpack(self._outputs.take())
+        else:
+            out = tvm.runtime.empty(self.output_shape, "float32", self.device)
         self.run(view, out)
         return interop.from_tvm(out, interop.framework_of(x))
 
