@@ -11,7 +11,8 @@ DLPack (TVM's view of it, and the framework's tensor on that view). Every DLPack
 reference to the exported array until it releases the memory, and a numpy view made from the
 result holds the result, so the array's reference count is back at the pool's own exactly when
 nobody can read the buffer any more. A buffer still referenced is never handed out: such a call
-takes a new one (kept if the pool has room, else left to the caller alone).
+takes a new one (kept if the pool has room, else left to the caller alone). The cost: an op holds
+up to `KEEP` outputs' memory while it lives (2 x 32 MB for the headline).
 """
 
 from __future__ import annotations
