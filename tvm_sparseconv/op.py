@@ -236,7 +236,11 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     algorithms.check_precision(precision)
     if algorithm is not None:
         chosen = algorithms.by_name(algorithm)
-        if not chosen.applies(wl, tgt.kind.name):
+        runs = wl  # what the target computes: on CPUs a strided layer runs as the stride-1 layer on its phases
+        phases = StridePhases.of(wl) if tgt.kind.name == "llvm" and SparseConv2D.phase_strided else None
+        if phases is not None:
+            runs = phases.workload(wl)
+        if not chosen.applies(runs, tgt.kind.name):
             raise ValueError(f"algorithm {algorithm!r} does not run this layer on target kind {tgt.kind.name!r}")
         if not algorithms.allowed(chosen, precision):
             raise ValueError(f"algorithm {algorithm!r} computes in {chosen.precision}; pass precision={chosen.precision!r}")

@@ -13,6 +13,9 @@
 - `csr_split_k`: 1x1 layers (CUDA) as compressed sparse rows, each block one chunk of input
   channels, the chunks' sums added in the output (built per layer from a tile like the generated
   ones, its weights as data; chosen where its tile record is fastest).
+- `cpu_csr`: 1x1 stride-1 layers (LLVM CPUs) as compressed sparse rows, vectors of flattened
+  output pixels, no ELL padding (built per layer from a tile, weights as data; chosen where its
+  tile record on this CPU is fastest).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;
@@ -26,7 +29,7 @@ from tvm import te, tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from . import cpu_register_reuse, csr_split_k, ell_gather, nhwc_direct, register_reuse, union_tf32
+from . import cpu_csr, cpu_register_reuse, csr_split_k, ell_gather, nhwc_direct, register_reuse, union_tf32
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
@@ -37,7 +40,8 @@ __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
                                                              union_tf32.ALGORITHM, register_reuse.ALGORITHM,
-                                                             cpu_register_reuse.ALGORITHM, csr_split_k.ALGORITHM)}
+                                                             cpu_register_reuse.ALGORITHM, csr_split_k.ALGORITHM,
+                                                             cpu_csr.ALGORITHM)}
 #: the algorithm that computes every layer on every target (tune.py's default)
 DEFAULT = ell_gather.ALGORITHM.name
 

@@ -1,0 +1,58 @@
+"""Algorithm "cpu-csr" (LLVM CPUs, 1x1 stride-1 layers): compressed sparse rows, vectors along pixels.
+
+ell-gather pads every output channel to the longest one (1.15-1.90x the useful multiply-adds on
+the benchmark's 90%-pruned ResNet-50, `benchmarks/experiments/ell_padding.py`); here each channel
+walks only its own nonzeros, one broadcast weight and one contiguous vector of pixels each
+(`schedules/cpu_csr.py`). Strided 1x1 layers reach it as stride-1 layers on their input's stride
+phase (the op copies it first, `stride_phases`). Built per layer from a tile; tile records
+(`tuning_logs/<cpu>/cpu_csr.json`, `scripts/tune.py --algorithm cpu-csr`); `compile()` takes it
+where its record is the layer's fastest on this CPU.
+
+The compiled function's arguments: x, ptr, cols, vals (`pack`), [bias], out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernel import SparseKernel
+from ..workload import ConvWorkload
+from .base import GeneratedAlgorithm
+
+
+class CPUCsr(GeneratedAlgorithm):
+    """Per channel its own nonzeros; vectors of flattened output pixels; weights as data."""
+
+    name = "cpu-csr"
+    emitter = "cpu_csr"
+    code_per_nonzero = False  # its weights are data
+
+    def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
+        return (target_kind == "llvm" and tuple(wl.kernel_shape[:2]) == (1, 1) and tuple(wl.strides) == (1, 1)
+                and all(p == 0 for pad in wl.pads for p in pad))
+
+    def default_tile(self, wl: ConvWorkload) -> str:
+        from ..schedules.cpu_csr import DEFAULT_TILE
+
+        return DEFAULT_TILE
+
+    def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
+        from ..schedules.cpu_csr import pack
+
+        return pack(kernel)
+
+    def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
+        from ..schedules.cpu_csr import emit
+
+        if not self.applies(wl, "llvm"):
+            raise ValueError(f"cpu-csr computes unpadded 1x1 stride-1 layers only, not {wl.describe()}")
+        return emit(wl.input_shape, wl.out_channels, int(kernel.nnz), tile, bias=wl.has_bias,
+                    activation=wl.activation)
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
+        import tvm
+
+        return tvm.compile(tvm.IRModule({"sparse_conv2d": self.generate(kernel, wl, tile)}), target=target)
+
+
+ALGORITHM = CPUCsr()
