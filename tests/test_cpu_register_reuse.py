@@ -82,7 +82,8 @@ def test_halo_tiles_refuse_a_stride_along_the_width():
 
 # --- as an algorithm of the library (compile(), records) ---------------------------------------
 def _network_layer_with_cpu_records(tmp_path, problem: str):
-    """A copy of the znver3 records without cpu-register-reuse ones; a layer of it."""
+    """A copy of the znver3 records without the generated algorithms' ones (cpu-register-reuse,
+    cpu-csr); a layer of it."""
     import shutil
 
     from tvm_sparseconv import algorithms, tile_records
@@ -91,7 +92,8 @@ def _network_layer_with_cpu_records(tmp_path, problem: str):
 
     folder = tmp_path / "cpu-znver3"
     shutil.copytree(logs_root() / "cpu-znver3", folder)
-    tile_records.path_for(folder, "cpu-register-reuse").unlink(missing_ok=True)
+    for name in ("cpu-register-reuse", "cpu-csr"):
+        tile_records.path_for(folder, name).unlink(missing_ok=True)
     p = workload_set(problem)[0]
     kernel = p.sparse_kernel()
     wl = p.workload(kernel)
@@ -107,7 +109,9 @@ def test_it_is_offered_for_cpu_layers_within_its_code_size_budget():
     w = np.random.default_rng(0).standard_normal((1, 1, 16, 24)).astype(np.float32)
     kernel = SparseKernel.from_dense(w)
     wl = ConvWorkload.create((1, 5, 5, 16), kernel.shape, kernel.ell_width, 1, "SAME", 1)
-    assert [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "llvm")] == ["cpu-register-reuse"]
+    # (cpu-csr, weights as data, is offered for such a 1x1 layer too)
+    assert [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "llvm")] == ["cpu-register-reuse",
+                                                                                              "cpu-csr"]
     assert "cpu-register-reuse" not in [g.algorithm for g in algorithms.generated_workloads_for(kernel, wl, "cuda")]
     algorithm = algorithms.by_name("cpu-register-reuse")
     assert algorithm.applies(replace(wl, kernel_shape=(3, 3, 128, 128), ell_width=152), "llvm")  # conv3 3x3 at 90%
