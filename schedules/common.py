@@ -9,7 +9,8 @@ from tvm.s_tir.dlight import ScheduleRule
 
 from tvm_sparseconv.algorithms import CONV, EPILOGUE, stage_names
 
-__all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "largest_divisor", "sblock_or_none"]
+__all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "kernel_function",
+           "largest_divisor", "sblock_or_none"]
 
 
 @dataclass
@@ -81,6 +82,15 @@ class SparseConvRule(ScheduleRule):
         """Compute the epilogue (bias, activation) where the accumulators are stored: called by
         `schedule`, and after replaying a record that was tuned without one."""
         sch.reverse_compute_inline(blocks.epilogue)
+
+
+def kernel_function(body: tirx.PrimFunc, bias: bool, name: str = "sparse_conv2d") -> tirx.PrimFunc:
+    """A TVMScript emitter's PrimFunc as the op calls it: its parameter named ``bias_buf`` dropped
+    where the layer has no bias (it is then never read), exported as `name`, buffers not aliased."""
+    if not bias:
+        params = [p for p in body.params if p.name != "bias_buf"]
+        body = tirx.PrimFunc(params, body.body, body.ret_type, body.attrs)
+    return body.with_attr({"global_symbol": name, "tirx.noalias": True})
 
 
 def largest_divisor(n: int, candidates: list[int]) -> int:

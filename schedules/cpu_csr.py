@@ -27,6 +27,8 @@ from tvm.script import tirx as T
 
 from tvm_sparseconv.algorithms.base import activate
 
+from .common import kernel_function
+
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
 EMITTER_VERSION = 1
 #: channels x pixels per block of the channel-major copy
@@ -56,14 +58,10 @@ DEFAULT_TILE = Tile().name
 def pack(kernel) -> list[np.ndarray]:
     """(ptr, cols, vals) of a 1x1 `SparseKernel`: its rows without the ELL padding (at least one
     entry each of cols and vals, so that a kernel of zeros still compiles)."""
-    counts = np.asarray(kernel.counts, np.int64)
-    real = np.arange(kernel.ell_width)[None, :] < counts[:, None]
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    cols = np.asarray(kernel.ci, np.int32)[real]
-    vals = np.asarray(kernel.values, np.float32)[real]
+    starts, cols, vals = kernel.compressed_rows()
     if cols.size == 0:
         cols, vals = np.zeros(1, np.int32), np.zeros(1, np.float32)
-    return [ptr, cols, vals]
+    return [starts.astype(np.int32), cols, vals]
 
 
 def emit(input_shape, cout: int, nnz: int, tile: Tile, bias: bool = False,
@@ -124,8 +122,4 @@ def emit(input_shape, cout: int, nnz: int, tile: Tile, bias: bool = False,
                         out[(b * npx + pb * pb_len + pp) * cout + cb * cb_len + cc] = finish(
                             sums[cc * pb_len + pp], cb * cb_len + cc, bias_buf)
 
-    params = list(body.params)
-    if not bias:  # the bias buffer is then never read: drop it from the signature
-        params.pop(4)
-        body = tirx.PrimFunc(params, body.body, body.ret_type, body.attrs)
-    return body.with_attr({"global_symbol": "sparse_conv2d", "tirx.noalias": True})
+    return kernel_function(body, bias)  # (x, ptr, cols, vals, [bias], out)

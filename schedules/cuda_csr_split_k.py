@@ -53,6 +53,8 @@ from tvm.script import tirx as T
 
 from tvm_sparseconv.algorithms.base import activate
 
+from .common import kernel_function
+
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
 EMITTER_VERSION = 6
 #: the generated function's name
@@ -158,10 +160,7 @@ def pack(kernel) -> list[np.ndarray]:
     least one element (a kernel of zeros still compiles)."""
     _, _, cin, cout = kernel.shape
     counts = np.asarray(kernel.counts, np.int64)
-    real = np.arange(kernel.ell_width)[None, :] < counts[:, None]
-    values = np.asarray(kernel.values, np.float32)[real]  # row-major: channel by channel, sorted by ci
-    channels = np.asarray(kernel.ci, np.int32)[real]
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    starts, channels, values = kernel.compressed_rows()  # channel by channel, sorted by ci
     cols = ptr_columns(cin)
     ptr = np.empty((cout, cols), np.int32)
     bounds = np.arange(cols) * PTR_STEP
@@ -460,13 +459,4 @@ def emit(input_shape, output_hw, strides, pads, cout: int, nnz: int, tile: Tile,
                     if bi * _FLAT_THREADS + ti < total:
                         out[bi * _FLAT_THREADS + ti] = activate(out[bi * _FLAT_THREADS + ti], activation)
 
-    return _public(body, bias)
-
-
-def _public(body: tirx.PrimFunc, bias: bool) -> tirx.PrimFunc:
-    """`body` with the signature ``(x, ptr, weights, [bias], out)`` as the op calls it."""
-    params = list(body.params)
-    if not bias:  # the bias buffer is then never read: drop it from the signature
-        params.pop(3)
-        body = tirx.PrimFunc(params, body.body, body.ret_type, body.attrs)
-    return body.with_attr({"global_symbol": FUNCTION_NAME, "tirx.noalias": True})
+    return kernel_function(body, bias, FUNCTION_NAME)  # (x, ptr, weights, [bias], out)

@@ -124,11 +124,23 @@ class SparseKernel:
         """Nonzeros of each output channel, shape (Cout,)."""
         return self.counts
 
+    def stored(self) -> np.ndarray:
+        """(Cout, ell_width) bool: which ELL entries are real nonzeros (the rest is padding)."""
+        return np.arange(self.ell_width)[None, :] < self.counts[:, None]
+
+    def compressed_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nonzeros as compressed sparse rows, without the ELL padding: (row starts, Cout + 1
+        int64; input channels, int32; values, float32), channel by channel, each row in its stored
+        order (sorted by input channel for a 1x1 kernel)."""
+        mask = self.stored()
+        starts = np.concatenate([[0], np.cumsum(np.asarray(self.counts, np.int64))])
+        return starts, np.asarray(self.ci, np.int32)[mask], np.asarray(self.values, np.float32)[mask]
+
     def to_dense(self) -> np.ndarray:
         """The HWIO float32 kernel this was built from (entries under the threshold are 0)."""
         out = np.zeros(self.shape, np.float32)
         co = np.broadcast_to(np.arange(self.shape[3])[:, None], self.values.shape)
-        mask = np.arange(self.ell_width)[None, :] < self.counts[:, None]
+        mask = self.stored()
         out[self.kh[mask], self.kw[mask], self.ci[mask], co[mask]] = self.values[mask]
         return out
 

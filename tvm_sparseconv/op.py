@@ -47,9 +47,7 @@ class SparseConv2D:
         self.layer_workload = workload
         #: on CPUs a strided layer runs as a copy of its input's stride phases and the stride-1 layer
         #: on them (`stride_phases`); GPU kernels read strided input in their staging
-        self.phases: StridePhases | None = None
-        if target.kind.name == "llvm" and self.phase_strided:
-            self.phases = StridePhases.of(workload)
+        self.phases = self.stride_phases(workload, target)
         if self.phases is not None:
             self._phase_copy = phase_function(self.phases, str(target))
             workload, kernel = self.phases.workload(workload), self.phases.kernel(kernel)
@@ -61,6 +59,11 @@ class SparseConv2D:
             self._weights.append(tvm.runtime.tensor(bias, self.device))
         if target.kind.name == "llvm":
             self._outputs = OutputPool(self.output_shape)
+
+    @classmethod
+    def stride_phases(cls, workload: ConvWorkload, target) -> StridePhases | None:
+        """The stride phases `workload` runs on for `target` (CPUs, strided layers), else None."""
+        return StridePhases.of(workload) if target.kind.name == "llvm" and cls.phase_strided else None
 
     @staticmethod
     def _build_for(kernel: SparseKernel, workload: ConvWorkload, target, algorithm: str | None,
@@ -236,11 +239,8 @@ def compile(  # noqa: A001 - the natural name, as tvm.compile
     algorithms.check_precision(precision)
     if algorithm is not None:
         chosen = algorithms.by_name(algorithm)
-        runs = wl  # what the target computes: on CPUs a strided layer runs as the stride-1 layer on its phases
-        phases = StridePhases.of(wl) if tgt.kind.name == "llvm" and SparseConv2D.phase_strided else None
-        if phases is not None:
-            runs = phases.workload(wl)
-        if not chosen.applies(runs, tgt.kind.name):
+        phases = SparseConv2D.stride_phases(wl, tgt)  # on CPUs a strided layer runs as a stride-1 one
+        if not chosen.applies(wl if phases is None else phases.workload(wl), tgt.kind.name):
             raise ValueError(f"algorithm {algorithm!r} does not run this layer on target kind {tgt.kind.name!r}")
         if not algorithms.allowed(chosen, precision):
             raise ValueError(f"algorithm {algorithm!r} computes in {chosen.precision}; pass precision={chosen.precision!r}")
