@@ -1,9 +1,9 @@
 """Output buffers of a CPU op, handed out again once nothing outside the pool refers to them.
 
 A fresh output costs its page faults and zeroing on first touch: on the 2-core znver3 the
-headline's 32 MB output took about 10 ms of a 120 ms call (stop 37: the op into a fresh buffer
-121.7 ms, into a reused one 110.6, interleaved in one process), while `tf.nn.conv2d` in a loop
-gets memory its allocator already touched. So the op keeps a few buffers per shape and reuses one
+headline's kernel took 140.1 ms into a fresh 32 MB output and 122.4 ms into a reused one, in turns
+in one process (`benchmarks/experiments/cpu_call_overhead.py`, its JSON beside it; op(x) with the
+pool 119.5 ms). So the op keeps a few buffers per shape and reuses one
 whose result the caller has dropped.
 
 How it knows: a buffer is a 64-byte aligned numpy array that the caller only ever reaches through
