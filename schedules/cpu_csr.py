@@ -1,20 +1,24 @@
-"""The kernel of algorithm "cpu-csr" (LLVM CPUs, 1x1 stride-1 layers): compressed rows, vectors along pixels.
+"""The kernel of algorithm "cpu-csr" (LLVM CPUs, stride-1 layers): compressed rows, vectors along pixels.
 
 ell-gather walks every output channel to the kernel's ELL width (the longest channel), so on the
 benchmark's pruned ResNet-50 it does 1.15-1.90x the useful multiply-adds at 90% zeros and up to
 3.75x at 95% (`benchmarks/experiments/ell_padding.py`): conv4 1x1 expand 1.72x. Here each channel
-walks its own nonzeros (compressed rows), and the vector is a block of flattened output pixels:
+walks its own nonzeros (compressed rows), and the vector is a block of flattened output positions:
 
-- the NHWC input is copied channel-major (``xc[b, c, p]``, pixels padded with zeros to whole
-  blocks) in blocks of 16 channels x 16 pixels, channels innermost (contiguous reads, as
-  `schedules/cpu.py`'s relayout);
-- parallel over (image, block of ``pixels`` output pixels, block of ``channels`` output channels):
+- the NHWC input is copied channel-major with its zero border, each channel a plane of padded
+  rows one after the other (``xc[b, c, hp * Wp + wp]``), in blocks of 16 channels x 16 positions,
+  channels innermost (contiguous reads, as `schedules/cpu.py`'s relayout);
+- output pixel (oh, ow) is computed at position ``oh * Wp + ow``: for a stride-1 layer it reads
+  ``xc[b, ci, position + kh * dh * Wp + kw * dw]``, so every nonzero (ci, kh, kw) is one constant
+  offset (`pack`) and a vector of consecutive positions one contiguous load, for any kernel size,
+  padding and dilation. The positions in the border columns (ow >= OW: Wp - OW of every Wp, none
+  for an unpadded 1x1 layer) are computed and dropped;
+- parallel over (image, block of ``pixels`` positions, block of ``channels`` output channels):
   per channel, a vector of ``pixels`` sums in registers takes one broadcast weight and one
-  contiguous load of its input channel's pixels per nonzero; the block's sums go through a small
-  channel-major scratch and leave pixel by pixel, channels contiguous (NHWC), with bias and
-  activation.
+  contiguous load per nonzero; the block's sums go through a small channel-major scratch and leave
+  pixel by pixel, channels contiguous (NHWC), with bias and activation.
 
-Weights are data (`pack`): ``ptr`` (Cout + 1 row starts), ``cols`` (input channels), ``vals``.
+Weights are data (`pack`): ``ptr`` (Cout + 1 row starts), ``offsets`` (input offsets), ``vals``.
 """
 
 # no `from __future__ import annotations`: TVMScript reads the parameters' annotations as objects
@@ -30,7 +34,7 @@ from tvm_sparseconv.algorithms.base import activate
 from .common import kernel_function
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 1
+EMITTER_VERSION = 2
 #: channels x pixels per block of the channel-major copy
 COPY_BLOCK = 16
 
@@ -55,27 +59,68 @@ TILES: dict[str, Tile] = {t.name: t for t in (Tile(p, c) for p in (8, 16, 32, 64
 DEFAULT_TILE = Tile().name
 
 
-def pack(kernel) -> list[np.ndarray]:
-    """(ptr, cols, vals) of a 1x1 `SparseKernel`: its rows without the ELL padding (at least one
-    entry each of cols and vals, so that a kernel of zeros still compiles)."""
-    starts, cols, vals = kernel.compressed_rows()
-    if cols.size == 0:
-        cols, vals = np.zeros(1, np.int32), np.zeros(1, np.float32)
-    return [starts.astype(np.int32), cols, vals]
+@dataclass(frozen=True)
+class Plane:
+    """Where a stride-1 layer's input lies in the channel-major copy, and which flattened output
+    positions a tile computes (see the module docstring). Independent of the tile, so that the
+    packed offsets are too: each tile copies only the part of a channel's plane that it reads."""
+
+    height: int  # padded input rows (Hp)
+    width: int  # padded input columns (Wp): also the row pitch of the flattened output positions
+    top: int  # padding above and left of the input
+    left: int
+    needed: int  # the last output pixel's flattened position, plus one
+    reach: int  # how far past its position an output reads: the dilated kernel's last tap
+    pitch: int  # floats from one channel's plane to the next (room for the largest tile)
+
+    @staticmethod
+    def of(wl) -> "Plane":
+        hp, wp = wl.padded_hw
+        (oh, ow), (eh, ew) = wl.output_hw, wl.kernel_extent
+        needed, reach = (oh - 1) * wp + ow, (eh - 1) * wp + ew - 1
+        largest = max(t.pixels for t in TILES.values())
+        pitch = _round_up(_round_up(needed, largest) + reach, COPY_BLOCK)
+        return Plane(hp, wp, wl.pads[0][0], wl.pads[1][0], needed, reach, pitch)
+
+    def positions(self, pixels: int) -> int:
+        """Flattened output positions a tile of `pixels` computes: whole blocks."""
+        return _round_up(self.needed, pixels)
+
+    def copied(self, pixels: int) -> int:
+        """The leading floats of each channel's plane that such a tile reads (whole copy blocks)."""
+        return _round_up(self.positions(pixels) + self.reach, COPY_BLOCK)
 
 
-def emit(input_shape, cout: int, nnz: int, tile: Tile, bias: bool = False,
-         activation: "str | None" = None) -> tirx.PrimFunc:
-    """The PrimFunc ``f(x, ptr, cols, vals, [bias], out)`` of a 1x1 stride-1 layer (NHWC)."""
-    n, h, w, cin = input_shape
-    npx = h * w
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pack(wl, kernel) -> list[np.ndarray]:
+    """(ptr, offsets, vals) of a `SparseKernel` for layer `wl`: its rows without the ELL padding,
+    each nonzero's input as an offset into the channel-major copy (at least one entry each, so that
+    a kernel of zeros still compiles)."""
+    starts, ci, kh, kw, vals = kernel.compressed_rows(taps=True)
+    plane = Plane.of(wl)
+    dh, dw = wl.dilations
+    offsets = (ci.astype(np.int64) * plane.pitch + kh * dh * plane.width + kw * dw).astype(np.int32)
+    if offsets.size == 0:
+        offsets, vals = np.zeros(1, np.int32), np.zeros(1, np.float32)
+    return [starts.astype(np.int32), offsets, vals]
+
+
+def emit(wl, nnz: int, tile: Tile) -> tirx.PrimFunc:
+    """The PrimFunc ``f(x, ptr, offsets, vals, [bias], out)`` of stride-1 layer `wl` (NHWC)."""
+    bias, activation = wl.has_bias, wl.activation
+    n, h, w, cin = wl.input_shape
+    _, oh, ow, cout = wl.output_shape
+    pl = Plane.of(wl)
+    wp, length, filled = pl.width, pl.pitch, pl.height * pl.width
     pb_len, cb_len = tile.pixels, tile.channels
-    n_pb = -(-npx // pb_len)
+    n_pb = pl.positions(pb_len) // pb_len
     n_cb = -(-cout // cb_len)
-    ppad = n_pb * pb_len
     nnz = max(nnz, 1)
     n_cblk = -(-cin // COPY_BLOCK)
-    n_pblk = -(-ppad // COPY_BLOCK)
+    n_pblk = pl.copied(pb_len) // COPY_BLOCK
 
     def finish(y, co, bias_buf):
         if bias:
@@ -84,21 +129,25 @@ def emit(input_shape, cout: int, nnz: int, tile: Tile, bias: bool = False,
 
     @T.prim_func(private=True)
     def body(x_nhwc: T.Buffer((n, h, w, cin), "float32"), ptr: T.Buffer((cout + 1,), "int32"),
-             cols: T.Buffer((nnz,), "int32"), vals: T.Buffer((nnz,), "float32"),
-             bias_buf: T.Buffer((cout,), "float32"), out_nhwc: T.Buffer((n, h, w, cout), "float32")):
-        x_in = T.decl_buffer((n * npx * cin,), "float32", data=x_nhwc.data)
-        out = T.decl_buffer((n * npx * cout,), "float32", data=out_nhwc.data)
-        xc = T.alloc_buffer((n * cin * ppad,), "float32")
-        # the channel-major copy, in blocks of channels x pixels, channels innermost
+             offsets: T.Buffer((nnz,), "int32"), vals: T.Buffer((nnz,), "float32"),
+             bias_buf: T.Buffer((cout,), "float32"), out_nhwc: T.Buffer((n, oh, ow, cout), "float32")):
+        x_in = T.decl_buffer((n * h * w * cin,), "float32", data=x_nhwc.data)
+        out = T.decl_buffer((n * oh * ow * cout,), "float32", data=out_nhwc.data)
+        xc = T.alloc_buffer((n * cin * length,), "float32")
+        # the channel-major copy with its zero border, in blocks of channels x positions, channels innermost
         for blk in T.parallel(n * n_cblk * n_pblk):
             for pi in range(COPY_BLOCK):
                 for ci in range(COPY_BLOCK):
                     b = T.meta_var(blk // (n_cblk * n_pblk))
                     c = T.meta_var(blk // n_pblk % n_cblk * COPY_BLOCK + ci)
                     p = T.meta_var(blk % n_pblk * COPY_BLOCK + pi)
-                    if c < cin and p < ppad:
-                        xc[(b * cin + c) * ppad + p] = T.if_then_else(
-                            p < npx, x_in[(b * npx + T.min(p, npx - 1)) * cin + c], T.float32(0))
+                    ih = T.meta_var(p // wp - pl.top)
+                    iw = T.meta_var(p % wp - pl.left)
+                    if c < cin:
+                        xc[(b * cin + c) * length + p] = T.if_then_else(
+                            p < filled and 0 <= ih and ih < h and 0 <= iw and iw < w,
+                            x_in[((b * h + T.max(T.min(ih, h - 1), 0)) * w + T.max(T.min(iw, w - 1), 0)) * cin + c],
+                            T.float32(0))
         for task in T.parallel(n * n_pb * n_cb):
             sums = T.alloc_buffer((cb_len * pb_len,), "float32", scope="local")
             b = T.meta_var(task // (n_pb * n_cb))
@@ -112,14 +161,16 @@ def emit(input_shape, cout: int, nnz: int, tile: Tile, bias: bool = False,
                     for j in T.serial(ptr[cb * cb_len + cc + 1] - ptr[cb * cb_len + cc]):
                         for pp in T.vectorized(pb_len):
                             acc[pp] = acc[pp] + vals[ptr[cb * cb_len + cc] + j] * xc[
-                                (b * cin + cols[ptr[cb * cb_len + cc] + j]) * ppad + pb * pb_len + pp]
+                                b * cin * length + offsets[ptr[cb * cb_len + cc] + j] + pb * pb_len + pp]
                 for pp in T.vectorized(pb_len):
                     sums[cc * pb_len + pp] = acc[pp]
-            # out leaves pixel by pixel, the block's channels contiguous (NHWC)
+            # out leaves pixel by pixel, the block's channels contiguous (NHWC); positions in the
+            # padding columns (ow <= column < Wp) are computed and dropped
             for pp in range(pb_len):
                 for cc in range(cb_len):
-                    if pb * pb_len + pp < npx and cb * cb_len + cc < cout:
-                        out[(b * npx + pb * pb_len + pp) * cout + cb * cb_len + cc] = finish(
+                    q = T.meta_var(pb * pb_len + pp)
+                    if q // wp < oh and q % wp < ow and cb * cb_len + cc < cout:
+                        out[((b * oh + q // wp) * ow + q % wp) * cout + cb * cb_len + cc] = finish(
                             sums[cc * pb_len + pp], cb * cb_len + cc, bias_buf)
 
-    return kernel_function(body, bias)  # (x, ptr, cols, vals, [bias], out)
+    return kernel_function(body, bias)  # (x, ptr, offsets, vals, [bias], out)

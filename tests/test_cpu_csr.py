@@ -1,4 +1,4 @@
-"""cpu-csr (1x1 stride-1 layers on CPUs: compressed rows, vectors of pixels) against float64."""
+"""cpu-csr (stride-1 layers on CPUs: compressed rows, vectors of flattened positions) against float64."""
 
 from __future__ import annotations
 
@@ -9,31 +9,36 @@ import tvm
 import tvm_sparseconv as tsc
 from conftest import random_pruned_kernel, reference_conv, rel_err
 from tvm_sparseconv import algorithms, targets
-from tvm_sparseconv.schedules.cpu_csr import TILES, pack
+from tvm_sparseconv.schedules.cpu_csr import TILES, Plane, pack
 from tvm_sparseconv.workload import ConvWorkload
 
 ALG = algorithms.by_name("cpu-csr")
 
-CASES = [  # (input NHWC, Cout, density, bias, activation, tile)
-    ((1, 7, 7, 200), 72, 0.1, True, "relu", "p32c16"),  # 49 pixels: a short last block; Cin 200
-    ((2, 5, 6, 64), 40, 0.2, False, "relu6", "p16c8"),  # batch 2, 30 pixels, 5 channel blocks
-    ((1, 14, 14, 256), 96, 0.1, False, None, "p64c32"),
-    ((1, 3, 3, 30), 24, 0.3, True, None, "p8c64"),  # fewer channels than a block; Cin 30
-    ((1, 4, 4, 16), 8, 0.0, True, "relu", "p16c8"),  # no nonzeros at all: bias and activation only
+CASES = [  # (input NHWC, kernel HW, Cout, density, bias, activation, tile, padding, dilation)
+    ((1, 7, 7, 200), (1, 1), 72, 0.1, True, "relu", "p32c16", "VALID", 1),  # 49 pixels: a short last block
+    ((2, 5, 6, 64), (1, 1), 40, 0.2, False, "relu6", "p16c8", "VALID", 1),  # batch 2, 5 channel blocks
+    ((1, 14, 14, 256), (1, 1), 96, 0.1, False, None, "p64c32", "VALID", 1),
+    ((1, 3, 3, 30), (1, 1), 24, 0.3, True, None, "p8c64", "VALID", 1),  # fewer channels than a block
+    ((1, 4, 4, 16), (1, 1), 8, 0.0, True, "relu", "p16c8", "VALID", 1),  # no nonzeros: bias and activation
+    ((1, 7, 7, 64), (3, 3), 48, 0.1, True, "relu", "p32c16", "SAME", 1),  # 7 of every 9 positions kept
+    ((2, 9, 11, 20), (3, 3), 24, 0.2, False, None, "p16c8", "SAME", 1),  # batch 2, Cin 20, not square
+    ((1, 12, 10, 16), (5, 3), 8, 0.3, False, "relu", "p8c8", "VALID", 1),  # no border: rows of W
+    ((1, 13, 13, 24), (3, 3), 16, 0.2, True, None, "p64c16", "SAME", 2),  # dilated: offsets of 2 rows
+    ((1, 10, 8, 12), (2, 4), 12, 0.4, False, None, "p128c8", [[0, 0], [2, 1], [0, 3], [0, 0]], 1),  # uneven pads
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_cpu_csr_matches_float64(case):
     """Every output written (NaN-poisoned), twice, against float64; an empty output channel."""
-    shape, cout, density, with_bias, activation, tile = CASES[case]
+    shape, khw, cout, density, with_bias, activation, tile, padding, dilation = CASES[case]
     rng = np.random.default_rng(case)
-    w = random_pruned_kernel(rng, (1, 1, shape[3], cout), density)
+    w = random_pruned_kernel(rng, (*khw, shape[3], cout), density)
     w[..., 1] = 0.0
     bias = rng.standard_normal(cout).astype(np.float32) if with_bias else None
     kernel = tsc.SparseKernel.from_dense(w)
-    wl = algorithms.workload_for(kernel, ConvWorkload.create(shape, w.shape, kernel.ell_width, has_bias=with_bias,
-                                                             activation=activation), ALG.name)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create(shape, w.shape, kernel.ell_width, 1, padding, dilation,
+                                                             has_bias=with_bias, activation=activation), ALG.name)
     assert ALG.applies(wl, "llvm")
     f = ALG.build(kernel, wl, TILES[tile], targets.host_cpu_target())["sparse_conv2d"]
     args = [tvm.runtime.tensor(a) for a in ALG.pack(wl, kernel) + ([bias] if with_bias else [])]
@@ -43,37 +48,44 @@ def test_cpu_csr_matches_float64(case):
         f(tvm.runtime.tensor(x), *args, out)
         got = out.numpy()
         assert np.isfinite(got).all()
-        assert rel_err(got, reference_conv(x, w, bias=bias, activation=activation)) <= 1e-5
+        want = reference_conv(x, w, padding=padding, dilations=dilation, bias=bias, activation=activation)
+        assert rel_err(got, want) <= 1e-5
 
 
 def test_pack_keeps_each_row_without_padding():
+    """Each nonzero once, its (ci, kh, kw) recoverable from its offset into the channel-major copy."""
     rng = np.random.default_rng(3)
-    w = random_pruned_kernel(rng, (1, 1, 50, 12), 0.2)
+    w = random_pruned_kernel(rng, (3, 3, 50, 12), 0.2)
     kernel = tsc.SparseKernel.from_dense(w)
-    ptr, cols, vals = pack(kernel)
-    assert ptr[0] == 0 and ptr[-1] == kernel.nnz == cols.size == vals.size
-    dense = np.zeros((50, 12), np.float32)
+    wl = ConvWorkload.create((1, 5, 6, 50), w.shape, kernel.ell_width)
+    ptr, offsets, vals = pack(wl, kernel)
+    plane = Plane.of(wl)
+    assert ptr[0] == 0 and ptr[-1] == kernel.nnz == offsets.size == vals.size
+    assert plane.width == 8 and plane.pitch >= plane.copied(128) >= plane.height * plane.width
+    dense = np.zeros(w.shape, np.float32)
     for co in range(12):
-        dense[cols[ptr[co]:ptr[co + 1]], co] = vals[ptr[co]:ptr[co + 1]]
-    np.testing.assert_array_equal(dense, w[0, 0])
+        ci, tap = np.divmod(offsets[ptr[co]:ptr[co + 1]], plane.pitch)
+        dense[tap // plane.width, tap % plane.width, ci, co] = vals[ptr[co]:ptr[co + 1]]
+    np.testing.assert_array_equal(dense, w)
 
 
 @pytest.mark.parametrize("kernel_shape,strides,padding,applies", [
     ((1, 1, 16, 8), 1, "SAME", True),
     ((1, 1, 16, 8), 2, "SAME", False),  # strided: the op's stride phases make it stride 1 first
-    ((3, 3, 16, 8), 1, "SAME", False),
-    ((1, 1, 16, 8), 1, [[0, 0], [1, 0], [0, 0], [0, 0]], False),  # explicit padding
+    ((3, 3, 16, 8), 1, "SAME", True),
+    ((3, 3, 16, 8), (1, 2), "SAME", False),
+    ((1, 1, 16, 8), 1, [[0, 0], [1, 0], [0, 0], [0, 0]], True),  # explicit padding
 ])
-def test_applies_to_unpadded_1x1_stride_1_layers_on_cpus(kernel_shape, strides, padding, applies):
+def test_applies_to_stride_1_layers_on_cpus(kernel_shape, strides, padding, applies):
     wl = ConvWorkload.create((1, 6, 6, 16), kernel_shape, 4, strides, padding)
     assert ALG.applies(wl, "llvm") == applies
     assert not ALG.applies(wl, "cuda")
 
 
-@pytest.mark.parametrize("strides", [1, 2])
-def test_compile_forced_cpu_csr_serves_a_layer(rng, strides):
-    """compile(..., algorithm="cpu-csr") end to end, also on a strided layer (through its stride phase)."""
-    w = random_pruned_kernel(rng, (1, 1, 48, 32), 0.1)
+@pytest.mark.parametrize("ksize,strides", [(1, 1), (1, 2), (3, 1), (3, 2)])
+def test_compile_forced_cpu_csr_serves_a_layer(rng, ksize, strides):
+    """compile(..., algorithm="cpu-csr") end to end, also on strided layers (through their stride phases)."""
+    w = random_pruned_kernel(rng, (ksize, ksize, 48, 32), 0.1)
     x = rng.standard_normal((1, 10, 9, 48)).astype(np.float32)
     op = tsc.compile(tsc.SparseKernel.from_dense(w), x.shape, strides=strides, target="cpu", algorithm="cpu-csr")
     assert op.algorithm == "cpu-csr"

@@ -128,13 +128,16 @@ class SparseKernel:
         """(Cout, ell_width) bool: which ELL entries are real nonzeros (the rest is padding)."""
         return np.arange(self.ell_width)[None, :] < self.counts[:, None]
 
-    def compressed_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def compressed_rows(self, taps: bool = False) -> tuple[np.ndarray, ...]:
         """The nonzeros as compressed sparse rows, without the ELL padding: (row starts, Cout + 1
-        int64; input channels, int32; values, float32), channel by channel, each row in its stored
-        order (sorted by input channel for a 1x1 kernel)."""
+        int64; input channels, int32; values, float32), channel by channel, each row sorted by
+        (input channel, kh, kw). With `taps`: (row starts, input channels, kh, kw, values)."""
         mask = self.stored()
         starts = np.concatenate([[0], np.cumsum(np.asarray(self.counts, np.int64))])
-        return starts, np.asarray(self.ci, np.int32)[mask], np.asarray(self.values, np.float32)[mask]
+        ci, values = np.asarray(self.ci, np.int32)[mask], np.asarray(self.values, np.float32)[mask]
+        if not taps:
+            return starts, ci, values
+        return starts, ci, np.asarray(self.kh, np.int32)[mask], np.asarray(self.kw, np.int32)[mask], values
 
     def to_dense(self) -> np.ndarray:
         """The HWIO float32 kernel this was built from (entries under the threshold are 0)."""

@@ -1,14 +1,16 @@
-"""Algorithm "cpu-csr" (LLVM CPUs, 1x1 stride-1 layers): compressed sparse rows, vectors along pixels.
+"""Algorithm "cpu-csr" (LLVM CPUs, stride-1 layers): compressed sparse rows, vectors along pixels.
 
 ell-gather pads every output channel to the longest one (1.15-1.90x the useful multiply-adds on
 the benchmark's 90%-pruned ResNet-50, `benchmarks/experiments/ell_padding.py`); here each channel
-walks only its own nonzeros, one broadcast weight and one contiguous vector of pixels each
-(`schedules/cpu_csr.py`). Strided 1x1 layers reach it as stride-1 layers on their input's stride
-phase (the op copies it first, `stride_phases`). Built per layer from a tile; tile records
+walks only its own nonzeros, one broadcast weight and one contiguous vector of flattened output
+positions each (`schedules/cpu_csr.py`): in a zero-bordered channel-major copy of the input a tap
+(ci, kh, kw) is one constant offset, so any kernel size, padding and dilation is the same loop.
+Strided layers reach it as stride-1 layers on their input's stride phases (the op copies them
+first, `stride_phases`). Built per layer from a tile; tile records
 (`tuning_logs/<cpu>/cpu_csr.json`, `scripts/tune.py --algorithm cpu-csr`); `compile()` takes it
 where its record is the layer's fastest on this CPU.
 
-The compiled function's arguments: x, ptr, cols, vals (`pack`), [bias], out.
+The compiled function's arguments: x, ptr, offsets, vals (`pack`), [bias], out.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ class CPUCsr(GeneratedAlgorithm):
     code_per_nonzero = False  # its weights are data
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
-        return (target_kind == "llvm" and tuple(wl.kernel_shape[:2]) == (1, 1) and tuple(wl.strides) == (1, 1)
-                and all(p == 0 for pad in wl.pads for p in pad))
+        return target_kind == "llvm" and tuple(wl.strides) == (1, 1)
 
     def default_tile(self, wl: ConvWorkload) -> str:
         from ..schedules.cpu_csr import DEFAULT_TILE
@@ -39,15 +40,14 @@ class CPUCsr(GeneratedAlgorithm):
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         from ..schedules.cpu_csr import pack
 
-        return pack(kernel)
+        return pack(wl, kernel)
 
     def generate(self, kernel: SparseKernel, wl: ConvWorkload, tile):
         from ..schedules.cpu_csr import emit
 
         if not self.applies(wl, "llvm"):
-            raise ValueError(f"cpu-csr computes unpadded 1x1 stride-1 layers only, not {wl.describe()}")
-        return emit(wl.input_shape, wl.out_channels, int(kernel.nnz), tile, bias=wl.has_bias,
-                    activation=wl.activation)
+            raise ValueError(f"cpu-csr computes stride-1 layers only, not {wl.describe()}")
+        return emit(wl, int(kernel.nnz), tile)
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
         import tvm
