@@ -156,6 +156,13 @@ _RESNET50_OTHER_LAYERS = [  # the stem, each stage's first reduce and its stride
     ("conv5_1x1_proj_s2", 14, 1024, 2048, 1, 2, 1),
 ]
 assert sum(layer[-1] for layer in _RESNET50_LAYERS + _RESNET50_OTHER_LAYERS) == 53
+# ResNet-50 v1 (`keras.applications.ResNet50`, `scripts/pruned_resnet50.py`) strides each stage's first
+# 1x1 reduce instead of its 3x3; its other shapes are v1.5's (the strided 3x3 runs as the stride-1 one)
+_RESNET50_V1_LAYERS = [
+    ("v1_conv3_1x1_reduce_first_s2", 56, 256, 128, 1, 2, 1),
+    ("v1_conv4_1x1_reduce_first_s2", 28, 512, 256, 1, 2, 1),
+    ("v1_conv5_1x1_reduce_first_s2", 14, 1024, 512, 1, 2, 1),
+]
 
 
 def _resnet50_problem(layer: tuple, batch: int, density: float, suffix: str = "", **kw) -> Problem:
@@ -197,6 +204,9 @@ RESNET50: dict[str, list[Problem]] = {
 NETWORKS: dict[str, list[Problem]] = {
     network_sweep(b, s): _resnet50_network(b, s) for s in (90, 95) for b in (1, 32)
 }
+#: v1's strided reduce layers (the rest of v1 is in the sets above)
+RESNET50_V1 = {f"resnet50_v1_b{b}": [_resnet50_problem(layer, b, 0.1, sweep=f"resnet50_v1_b{b}", value=i)
+                                     for i, layer in enumerate(_RESNET50_V1_LAYERS)] for b in (1, 32)}
 TINY = [
     Problem("tiny_same", (1, 16, 24, 4), (3, 3, 4, 8), 0.3, sweep="tiny", value=0),
     Problem("tiny_stride", (2, 15, 13, 3), (5, 4, 3, 6), 0.2, strides=(3, 2), padding="VALID", sweep="tiny", value=1),
@@ -208,6 +218,7 @@ WORKLOAD_SETS: dict[str, list[Problem]] = {
     "sweeps": [p for ps in SWEEPS.values() for p in ps],
     **RESNET50,
     "resnet50": [p for ps in RESNET50.values() for p in ps],
+    **RESNET50_V1,
     **NETWORKS,
     "resnet50_network": [p for ps in NETWORKS.values() for p in ps],
     "tiny": TINY,
