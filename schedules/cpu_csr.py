@@ -18,7 +18,13 @@ walks its own nonzeros (compressed rows), and the vector is a block of flattened
   contiguous load per nonzero; the block's sums go through a small channel-major scratch and leave
   pixel by pixel, channels contiguous (NHWC), with bias and activation.
 
-Weights are data (`pack`): ``ptr`` (Cout + 1 row starts), ``offsets`` (input offsets), ``vals``.
+Tiles ending in ``k<chunk>`` walk the input channels in chunks: per chunk, every channel of the
+block takes its nonzeros of those input channels, so that the chunk's rows of the copy stay in L1
+(a 3x3 layer of 256 input channels touches 768 rows of the copy per block of positions), and the
+sums wait in the block's scratch between chunks.
+
+Weights are data (`pack`): ``ptr`` (per output channel, where its nonzeros of every `PTR_STEP`-th
+input channel onwards start), ``offsets`` (input offsets), ``vals``.
 """
 
 # no `from __future__ import annotations`: TVMScript reads the parameters' annotations as objects
@@ -34,9 +40,11 @@ from tvm_sparseconv.algorithms.base import activate
 from .common import kernel_function
 
 #: bump when the emitted kernel changes for the same inputs (part of the compiled module's cache key)
-EMITTER_VERSION = 2
+EMITTER_VERSION = 3
 #: channels x pixels per block of the channel-major copy
 COPY_BLOCK = 16
+#: input channels per entry of the row-pointer table (a tile's chunk is a multiple of it)
+PTR_STEP = 8
 
 
 @dataclass(frozen=True)
@@ -45,17 +53,21 @@ class Tile:
 
     pixels: int = 32  # flattened output pixels per vector of sums (a multiple of 8)
     channels: int = 16  # output channels per parallel task
+    chunk: int = 0  # input channels per pass over the task's channels (a multiple of PTR_STEP; 0: all)
 
     @property
     def name(self) -> str:
-        return f"p{self.pixels}c{self.channels}"
+        return f"p{self.pixels}c{self.channels}" + (f"k{self.chunk}" if self.chunk else "")
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 #: the named tiles (what records name)
-TILES: dict[str, Tile] = {t.name: t for t in (Tile(p, c) for p in (8, 16, 32, 64, 128) for c in (8, 16, 32, 64, 128))}
+TILES: dict[str, Tile] = {t.name: t for t in [
+    *(Tile(p, c) for p in (8, 16, 32, 64, 128) for c in (8, 16, 32, 64, 128)),
+    *(Tile(p, c, k) for p in (32, 64, 128) for c in (8, 16, 32, 64) for k in (8, 16, 32, 64, 128)),
+]}
 DEFAULT_TILE = Tile().name
 
 
@@ -95,17 +107,27 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def ptr_columns(cin: int) -> int:
+    """Entries per output channel of the row-pointer table."""
+    return -(-cin // PTR_STEP) + 1
+
+
 def pack(wl, kernel) -> list[np.ndarray]:
     """(ptr, offsets, vals) of a `SparseKernel` for layer `wl`: its rows without the ELL padding,
     each nonzero's input as an offset into the channel-major copy (at least one entry each, so that
-    a kernel of zeros still compiles)."""
+    a kernel of zeros still compiles); ``ptr[co, i]`` (Cout x `ptr_columns`) is where channel co's
+    nonzeros of input channel ``PTR_STEP * i`` onwards start (rows are sorted by input channel)."""
     starts, ci, kh, kw, vals = kernel.compressed_rows(taps=True)
+    cin, cout = kernel.shape[2], kernel.shape[3]
     plane = Plane.of(wl)
     dh, dw = wl.dilations
     offsets = (ci.astype(np.int64) * plane.pitch + kh * dh * plane.width + kw * dw).astype(np.int32)
+    bounds = np.arange(ptr_columns(cin)) * PTR_STEP
+    ptr = np.stack([starts[co] + np.searchsorted(ci[starts[co]:starts[co + 1]], bounds, side="left")
+                    for co in range(cout)]).astype(np.int32)
     if offsets.size == 0:
         offsets, vals = np.zeros(1, np.int32), np.zeros(1, np.float32)
-    return [starts.astype(np.int32), offsets, vals]
+    return [ptr.reshape(-1), offsets, vals]
 
 
 def emit(wl, nnz: int, tile: Tile) -> tirx.PrimFunc:
@@ -121,6 +143,10 @@ def emit(wl, nnz: int, tile: Tile) -> tirx.PrimFunc:
     nnz = max(nnz, 1)
     n_cblk = -(-cin // COPY_BLOCK)
     n_pblk = pl.copied(pb_len) // COPY_BLOCK
+    cols = ptr_columns(cin)
+    # chunks of input channels: kq table entries each (one chunk of all of them where 0 or wider)
+    kq = tile.chunk // PTR_STEP if 0 < tile.chunk < cin else cols - 1
+    n_kc = -(-(cols - 1) // kq)
 
     def finish(y, co, bias_buf):
         if bias:
@@ -128,7 +154,7 @@ def emit(wl, nnz: int, tile: Tile) -> tirx.PrimFunc:
         return activate(y, activation)
 
     @T.prim_func(private=True)
-    def body(x_nhwc: T.Buffer((n, h, w, cin), "float32"), ptr: T.Buffer((cout + 1,), "int32"),
+    def body(x_nhwc: T.Buffer((n, h, w, cin), "float32"), ptr: T.Buffer((cout * cols,), "int32"),
              offsets: T.Buffer((nnz,), "int32"), vals: T.Buffer((nnz,), "float32"),
              bias_buf: T.Buffer((cout,), "float32"), out_nhwc: T.Buffer((n, oh, ow, cout), "float32")):
         x_in = T.decl_buffer((n * h * w * cin,), "float32", data=x_nhwc.data)
@@ -153,17 +179,22 @@ def emit(wl, nnz: int, tile: Tile) -> tirx.PrimFunc:
             b = T.meta_var(task // (n_pb * n_cb))
             pb = T.meta_var(task // n_cb % n_pb)
             cb = T.meta_var(task % n_cb)
-            for cc in range(cb_len):
-                acc = T.alloc_buffer((pb_len,), "float32", scope="local")
-                for pp in T.vectorized(pb_len):
-                    acc[pp] = T.float32(0)
-                if cb * cb_len + cc < cout:
-                    for j in T.serial(ptr[cb * cb_len + cc + 1] - ptr[cb * cb_len + cc]):
-                        for pp in T.vectorized(pb_len):
-                            acc[pp] = acc[pp] + vals[ptr[cb * cb_len + cc] + j] * xc[
-                                b * cin * length + offsets[ptr[cb * cb_len + cc] + j] + pb * pb_len + pp]
-                for pp in T.vectorized(pb_len):
-                    sums[cc * pb_len + pp] = acc[pp]
+            # one pass per chunk of input channels: a chunk's rows of the copy stay in L1 while
+            # every channel of the block takes its nonzeros there; the sums wait in `sums`
+            for kc in range(n_kc):
+                for cc in range(cb_len):
+                    acc = T.alloc_buffer((pb_len,), "float32", scope="local")
+                    for pp in T.vectorized(pb_len):
+                        acc[pp] = T.if_then_else(kc == 0, T.float32(0), sums[cc * pb_len + pp])
+                    if cb * cb_len + cc < cout:
+                        lo = T.meta_var(ptr[(cb * cb_len + cc) * cols + kc * kq])
+                        hi = T.meta_var(ptr[(cb * cb_len + cc) * cols + T.min((kc + 1) * kq, cols - 1)])
+                        for j in T.serial(hi - lo):
+                            for pp in T.vectorized(pb_len):
+                                acc[pp] = acc[pp] + vals[lo + j] * xc[
+                                    b * cin * length + offsets[lo + j] + pb * pb_len + pp]
+                    for pp in T.vectorized(pb_len):
+                        sums[cc * pb_len + pp] = acc[pp]
             # out leaves pixel by pixel, the block's channels contiguous (NHWC); positions in the
             # padding columns (ow <= column < Wp) are computed and dropped
             for pp in range(pb_len):

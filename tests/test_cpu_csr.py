@@ -9,7 +9,7 @@ import tvm
 import tvm_sparseconv as tsc
 from conftest import random_pruned_kernel, reference_conv, rel_err
 from tvm_sparseconv import algorithms, targets
-from tvm_sparseconv.schedules.cpu_csr import TILES, Plane, pack
+from tvm_sparseconv.schedules.cpu_csr import PTR_STEP, TILES, Plane, pack, ptr_columns
 from tvm_sparseconv.workload import ConvWorkload
 
 ALG = algorithms.by_name("cpu-csr")
@@ -25,6 +25,9 @@ CASES = [  # (input NHWC, kernel HW, Cout, density, bias, activation, tile, padd
     ((1, 12, 10, 16), (5, 3), 8, 0.3, False, "relu", "p8c8", "VALID", 1),  # no border: rows of W
     ((1, 13, 13, 24), (3, 3), 16, 0.2, True, None, "p64c16", "SAME", 2),  # dilated: offsets of 2 rows
     ((1, 10, 8, 12), (2, 4), 12, 0.4, False, None, "p128c8", [[0, 0], [2, 1], [0, 3], [0, 0]], 1),  # uneven pads
+    ((1, 9, 9, 40), (3, 3), 20, 0.2, True, "relu", "p32c16k8", "SAME", 1),  # 5 chunks of 8 input channels
+    ((2, 7, 7, 100), (1, 1), 36, 0.1, False, None, "p64c8k32", "VALID", 1),  # chunks of 32 of 100: a short last
+    ((1, 6, 6, 24), (3, 3), 16, 0.3, False, None, "p32c64k64", "SAME", 1),  # a chunk wider than Cin: one pass
 ]
 
 
@@ -60,7 +63,13 @@ def test_pack_keeps_each_row_without_padding():
     wl = ConvWorkload.create((1, 5, 6, 50), w.shape, kernel.ell_width)
     ptr, offsets, vals = pack(wl, kernel)
     plane = Plane.of(wl)
-    assert ptr[0] == 0 and ptr[-1] == kernel.nnz == offsets.size == vals.size
+    table = ptr.reshape(12, ptr_columns(50))
+    assert table[0, 0] == 0 and table[-1, -1] == kernel.nnz == offsets.size == vals.size
+    ptr = np.append(table[:, 0], table[-1, -1])  # row starts
+    assert (table[:-1, -1] == table[1:, 0]).all()  # a row's last entry is the next row's start
+    for co in range(12):  # each entry: the row's first nonzero of input channel PTR_STEP * i onwards
+        ci = offsets[ptr[co]:ptr[co + 1]] // plane.pitch
+        np.testing.assert_array_equal(table[co], ptr[co] + np.searchsorted(ci, np.arange(table.shape[1]) * PTR_STEP))
     assert plane.width == 8 and plane.pitch >= plane.copied(128) >= plane.height * plane.width
     dense = np.zeros(w.shape, np.float32)
     for co in range(12):
