@@ -13,9 +13,10 @@
 - `csr_split_k`: 1x1 layers (CUDA) as compressed sparse rows, each block one chunk of input
   channels, the chunks' sums added in the output (built per layer from a tile like the generated
   ones, its weights as data; chosen where its tile record is fastest).
-- `cpu_csr`: 1x1 stride-1 layers (LLVM CPUs) as compressed sparse rows, vectors of flattened
-  output pixels, no ELL padding (built per layer from a tile, weights as data; chosen where its
-  tile record on this CPU is fastest).
+- `cpu_csr`: stride-1 layers of any kernel size (LLVM CPUs; strided ones on their stride phases)
+  as compressed sparse rows, vectors of flattened output positions in a zero-bordered
+  channel-major copy, no ELL padding (built per layer from a tile, weights as data; chosen where
+  its tile record on this CPU is fastest).
 
 A new algorithm is a module here with an `Algorithm` subclass instance named `ALGORITHM`, listed
 in `ALGORITHMS`, and its schedule rules in `schedules/` (each names the algorithm it schedules;
