@@ -68,7 +68,27 @@ TILES: dict[str, Tile] = {t.name: t for t in [
     *(Tile(p, c) for p in (8, 16, 32, 64, 128) for c in (8, 16, 32, 64, 128)),
     *(Tile(p, c, k) for p in (32, 64, 128) for c in (8, 16, 32, 64) for k in (8, 16, 32, 64, 128)),
 ]}
-DEFAULT_TILE = Tile().name
+#: a chunk's rows of the copy that `default_tile` keeps within (the L1 of the CPUs measured is 32-48 KB)
+DEFAULT_CHUNK_BYTES = 48 * 1024
+
+
+def default_tile(wl) -> str:
+    """The tile of a layer without a record, from what won the tile searches on znver3
+    (`benchmarks/experiments/cpu-znver3-tune-cpu-csr-v3-chunks.json`): vectors of 64 positions
+    (32 on maps under 1,024 positions), 64 output channels per task; for kernels of 9 taps or more
+    on maps of 128 positions or more, chunks of input channels whose rows of the copy (chunk x KH
+    rows of the vector plus the kernel row's reach) fit `DEFAULT_CHUNK_BYTES` (headline 8, conv3
+    3x3 32-64 won; chunks never gained on 1x1 layers, the phased 2x2 ones, or 7x7 maps)."""
+    plane = Plane.of(wl)
+    pixels = 64 if plane.needed >= 1024 else 32
+    kh, kw = wl.kernel_shape[:2]
+    cin = wl.input_shape[3]
+    chunk = 0
+    if kh * kw >= 9 and plane.needed >= 128:
+        row_bytes = kh * (pixels + (kw - 1) * wl.dilations[1]) * 4
+        fitting = [k for k in sorted({t.chunk for t in TILES.values()} - {0}) if k * row_bytes <= DEFAULT_CHUNK_BYTES]
+        chunk = fitting[-1] if fitting and fitting[-1] < cin else 0
+    return Tile(pixels, 64, chunk).name
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ device of its family (a CPU of its ISA family, a GPU of its CUDA architecture), 
 device and checked against float64 on its first use here (`verification.py`; the verdict is kept
 beside the module in the disk cache). On GPUs such a record also competes with this GPU's own
 ones, its time taken `targets.family_time_factor` slower; on CPUs it never displaces them. With no
-record that fits, the untuned template (`schedules/`) of `algorithms.untuned_default`, with a
-one-line warning naming the tune command.
+record that fits, the default of `algorithms.untuned_default` (on CPUs cpu-csr's default tile,
+else an untuned template of `schedules/`), with a one-line warning naming the tune command.
 Generated algorithms (`Algorithm.generated`: the kernel's values compiled into the code) are built
 by `build_generated`, with the tile of their record (`tile_records.py`) or a default one;
 `build_layer` (what `compile()` calls) takes one where its record beats the scheduled algorithms'.
@@ -138,14 +138,18 @@ def _untuned(candidates: Sequence[ConvWorkload], target: Target):
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
     if sch is None:
         raise RuntimeError(f"schedule rule {rule.name} does not apply to {wl.describe()}")
+    _warn_untuned(wl, target, f"the untuned '{rule.name}' template")
+    return wl, sch, f"untuned:{rule.name}"
+
+
+def _warn_untuned(wl: ConvWorkload, target: Target, using: str, algorithm: str | None = None) -> None:
+    """The `UntunedWarning` for `wl`: what runs instead (`using`) and the command that tunes the
+    layer (for `algorithm`, where that is a generated one)."""
     layer = _LAYER.get()
     of_layer = f" (computing {layer.describe()})" if layer is not None else ""
-    warn_user(
-        f"no tuning record for {wl.describe()}{of_layer} on {target.kind.name}: using the untuned "
-        f"'{rule.name}' template; tune it with: {tune_command(layer or wl, target)}",
-        UntunedWarning,
-    )
-    return wl, sch, f"untuned:{rule.name}"
+    command = tune_command(layer or wl, target) + (f" --algorithm {algorithm} --tiles all" if algorithm else "")
+    warn_user(f"no tuning record for {wl.describe()}{of_layer} on {target.kind.name}: using {using}; "
+              f"tune it with: {command}", UntunedWarning)
 
 
 def _cache_key(wl: ConvWorkload, target: Target, schedule) -> str:
@@ -414,8 +418,18 @@ def has_record(kernel, wl: ConvWorkload, target: Target) -> bool:
 def build_layer(kernel, candidates: Sequence[ConvWorkload], generated: Sequence[ConvWorkload], target: Target,
                 use_disk_cache: bool = True, folder: Path | None = None) -> BuildResult:
     """`compile()`'s choice for a layer: the fastest of its algorithms by their records on this
-    device (`choose_generated`), built by `build_generated` or `build`."""
+    device (`choose_generated`), built by `build_generated` or `build`. Without any record, the
+    default of `algorithms.untuned_default`: a generated algorithm's default tile where that is one
+    (CPUs: cpu-csr), else its untuned template."""
     chosen, found = choose_generated(kernel, candidates, generated, target, folder)
     if chosen is not None:
         return build_generated(kernel, chosen, target, folder, use_disk_cache)
+    found = _tuned_records(candidates, target, folder) if found is None else found
+    if not found and candidates:
+        default = algorithms.untuned_default(candidates[0], target.kind.name)
+        wl = next((w for w in generated if w.algorithm == default), None)
+        if wl is not None:
+            tile = algorithms.by_name(default).default_tile(wl)
+            _warn_untuned(wl, target, f"{default}'s default tile {tile}", algorithm=default)
+            return build_generated(kernel, wl, target, folder, use_disk_cache)
     return build(candidates, target, use_disk_cache, folder, found)

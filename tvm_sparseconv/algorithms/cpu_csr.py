@@ -30,12 +30,16 @@ class CPUCsr(GeneratedAlgorithm):
     code_per_nonzero = False  # its weights are data
 
     def applies(self, wl: ConvWorkload, target_kind: str) -> bool:
-        return target_kind == "llvm" and tuple(wl.strides) == (1, 1)
+        if target_kind != "llvm" or tuple(wl.strides) != (1, 1) or wl.is_empty:
+            return False
+        from ..schedules.cpu_csr import Plane
+
+        return wl.input_shape[0] * wl.input_shape[3] * Plane.of(wl).pitch < 2**31  # int32 offsets into the copy
 
     def default_tile(self, wl: ConvWorkload) -> str:
-        from ..schedules.cpu_csr import DEFAULT_TILE
+        from ..schedules.cpu_csr import default_tile
 
-        return DEFAULT_TILE
+        return default_tile(wl)
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         from ..schedules.cpu_csr import pack
