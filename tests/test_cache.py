@@ -79,7 +79,8 @@ def test_disk_cache(cache_dir, rng):
 
 
 def test_disk_cache_shared_between_kernels_of_same_width(cache_dir, rng):
-    """The disk cache keys on the workload, not the weights: another kernel reuses the file."""
+    """The disk cache keys on the workload (cpu-csr, the untuned default here: and the count of
+    nonzeros), not the weights: another kernel reuses the file."""
     w1 = random_pruned_kernel(rng, KSHAPE, 1.0)
     w2 = random_pruned_kernel(rng, KSHAPE, 1.0)
     a = tvm_sparseconv.compile(SparseKernel.from_dense(w1), SHAPE, target="cpu")

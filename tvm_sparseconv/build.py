@@ -337,14 +337,12 @@ def build_generated(kernel, wl: ConvWorkload, target: Target, folder: Path | Non
 
 
 def _build_tile(kernel, wl: ConvWorkload, target: Target, name: str, source: str, use_disk_cache: bool) -> BuildResult:
-    from .algorithms.base import kernel_digest
-
     algorithm = algorithms.by_name(wl.algorithm)
     tile = algorithm.tiles()[name]
     key = None
     if use_disk_cache:
         blob = json.dumps({"tvm": tvm.__version__, "target": str(target), "workload": wl.to_json(),
-                           "tile": tile.as_dict(), "kernel": kernel_digest(kernel),
+                           "tile": tile.as_dict(), "kernel": algorithm.code_key(kernel),
                            "emitter": algorithm.emitter_version},
                           sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:24]

@@ -109,6 +109,11 @@ class GeneratedAlgorithm(Algorithm):
         """The tile for a layer without a record."""
         raise NotImplementedError
 
+    def code_key(self, kernel: SparseKernel) -> str:
+        """What of the kernel its code depends on besides the workload (part of the compiled
+        module's disk-cache key): the values, where they are compiled in."""
+        return kernel_digest(kernel)
+
     def fits(self, wl: ConvWorkload, tile) -> bool:
         """Whether `tile` keeps `wl`'s code within the compile-time budget (records of tiles that
         do not are not used)."""

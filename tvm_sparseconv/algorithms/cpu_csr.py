@@ -41,6 +41,9 @@ class CPUCsr(GeneratedAlgorithm):
 
         return default_tile(wl)
 
+    def code_key(self, kernel: SparseKernel) -> str:
+        return f"nonzeros={max(int(kernel.nnz), 1)}"  # the weights are data: only their count is in the code
+
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         from ..schedules.cpu_csr import pack
 
