@@ -133,11 +133,16 @@ class SparseKernel:
         int64; input channels, int32; values, float32), channel by channel, each row sorted by
         (input channel, kh, kw). With `taps`: (row starts, input channels, kh, kw, values)."""
         mask = self.stored()
-        starts = np.concatenate([[0], np.cumsum(np.asarray(self.counts, np.int64))])
-        ci, values = np.asarray(self.ci, np.int32)[mask], np.asarray(self.values, np.float32)[mask]
+        counts = np.asarray(self.counts, np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        ci, kh, kw = (np.asarray(a, np.int32)[mask] for a in (self.ci, self.kh, self.kw))
+        # from_dense stores them so; a kernel loaded from a file need not have (the packers rely on it)
+        order = np.lexsort((kw, kh, ci, np.repeat(np.arange(counts.size), counts)))
+        ci, kh, kw = ci[order], kh[order], kw[order]
+        values = np.asarray(self.values, np.float32)[mask][order]
         if not taps:
             return starts, ci, values
-        return starts, ci, np.asarray(self.kh, np.int32)[mask], np.asarray(self.kw, np.int32)[mask], values
+        return starts, ci, kh, kw, values
 
     def to_dense(self) -> np.ndarray:
         """The HWIO float32 kernel this was built from (entries under the threshold are 0)."""
