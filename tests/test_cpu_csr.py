@@ -116,33 +116,3 @@ def test_not_where_the_copy_outgrows_32_bit_offsets():
     big = ConvWorkload.create((40, 1024, 1024, 64), (1, 1, 64, 8), 4)  # 40 x 64 planes of 1M floats
     assert not ALG.applies(big, "llvm")
     assert ALG.applies(ConvWorkload.create((1, 1024, 1024, 64), (1, 1, 64, 8), 4), "llvm")
-
-
-def _reversed_rows(kernel, path):
-    """`kernel` saved and loaded back with each channel's entries in reverse order (a valid file,
-    if not what from_dense writes)."""
-    kernel.save(path)
-    with np.load(path) as d:
-        arrays = dict(d)
-    for name in ("values", "kh", "kw", "ci"):
-        a = arrays[name].copy()
-        for co, n in enumerate(arrays["counts"]):
-            a[co, :n] = a[co, :n][::-1]
-        arrays[name] = a
-    np.savez(path, **arrays)
-    return tsc.SparseKernel.load(path)
-
-
-@pytest.mark.parametrize("algorithm,ksize", [("cpu-csr", 3), ("csr-split-k", 1)])
-def test_a_kernel_stored_out_of_order_packs_as_sorted(tmp_path, rng, algorithm, ksize):
-    """The compressed-row packers rely on rows sorted by input channel (csr-split-k's blocks read
-    only their chunk's input channels; cpu-csr's chunks keep theirs in L1): a kernel file stored in
-    another order packs exactly as the sorted kernel does."""
-    w = random_pruned_kernel(rng, (ksize, ksize, 40, 12), 0.2)
-    k = tsc.SparseKernel.from_dense(w)
-    shuffled = _reversed_rows(k, tmp_path / "k.npz")
-    assert not np.array_equal(shuffled.ci, k.ci)
-    wl = ConvWorkload.create((1, 9, 9, 40), w.shape, k.ell_width)
-    packs = [algorithms.pack_weights(algorithms.workload_for(kk, wl, algorithm), kk) for kk in (k, shuffled)]
-    for a, b in zip(*packs):
-        np.testing.assert_array_equal(a, b)

@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import expected_ell_width, random_pruned_kernel
-from tvm_sparseconv import SparseKernel, SparseKernelFormatError
+from tvm_sparseconv import SparseKernel, SparseKernelFormatError, algorithms
+from tvm_sparseconv.workload import ConvWorkload
 
 KSHAPE = (3, 2, 4, 5)
 
@@ -274,3 +275,36 @@ def test_load_bad_shape(saved):
 def test_load_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError):
         SparseKernel.load(tmp_path / "does-not-exist.npz")
+
+
+def _reversed_rows(kernel, path):
+    """`kernel` saved and loaded back with each channel's entries in reverse order (a valid file,
+    if not what from_dense writes)."""
+    kernel.save(path)
+    with np.load(path) as d:
+        arrays = dict(d)
+    for name in ("values", "kh", "kw", "ci"):
+        a = arrays[name].copy()
+        for co, n in enumerate(arrays["counts"]):
+            a[co, :n] = a[co, :n][::-1]
+        arrays[name] = a
+    np.savez(path, **arrays)
+    return SparseKernel.load(path)
+
+
+@pytest.mark.parametrize("algorithm,ksize", [("cpu-csr", 3), ("csr-split-k", 1), ("nhwc-direct", 3)])
+def test_a_kernel_stored_out_of_order_loads_sorted(tmp_path, rng, algorithm, ksize):
+    """Packers rely on each channel's nonzeros sorted by input channel (csr-split-k's blocks read
+    only their chunk's input channels, nhwc-direct's chunks are runs, cpu-csr's chunks keep theirs
+    in L1): a valid kernel file stored in another order loads sorted and packs as from_dense's."""
+    w = random_pruned_kernel(rng, (ksize, ksize, 40, 12), 0.2)
+    k = SparseKernel.from_dense(w)
+    shuffled = _reversed_rows(k, tmp_path / "k.npz")
+    with np.load(tmp_path / "k.npz") as d:
+        assert not np.array_equal(d["ci"], k.ci)  # the file is out of order
+    for name in ("values", "kh", "kw", "ci", "counts"):
+        np.testing.assert_array_equal(getattr(shuffled, name), getattr(k, name))
+    wl = ConvWorkload.create((1, 9, 9, 40), w.shape, k.ell_width)
+    packs = [algorithms.pack_weights(algorithms.workload_for(kk, wl, algorithm), kk) for kk in (k, shuffled)]
+    for a, b in zip(*packs):
+        np.testing.assert_array_equal(a, b)

@@ -92,6 +92,14 @@ class SparseKernel:
 
     @staticmethod
     def _make(shape, values, kh, kw, ci, counts) -> "SparseKernel":
+        # Each channel's entries in (ci, kh, kw) order, whatever order a kernel file stores them in:
+        # the packers rely on it (runs of input channels; neighbouring nonzeros read neighbouring input).
+        kh_, kw_, _, _ = shape
+        padding = np.arange(np.shape(values)[1])[None, :] >= np.asarray(counts)[:, None]
+        key = np.where(padding, np.iinfo(np.int64).max,
+                       (np.asarray(ci, np.int64) * kh_ + np.asarray(kh)) * kw_ + np.asarray(kw))
+        order = np.argsort(key, axis=1, kind="stable")
+        values, kh, kw, ci = (np.take_along_axis(np.asarray(a), order, axis=1) for a in (values, kh, kw, ci))
         arrays = [
             np.ascontiguousarray(values, np.float32),
             np.ascontiguousarray(kh, _INDEX_DTYPE),
@@ -133,13 +141,9 @@ class SparseKernel:
         int64; input channels, int32; values, float32), channel by channel, each row sorted by
         (input channel, kh, kw). With `taps`: (row starts, input channels, kh, kw, values)."""
         mask = self.stored()
-        counts = np.asarray(self.counts, np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)])
+        starts = np.concatenate([[0], np.cumsum(np.asarray(self.counts, np.int64))])
         ci, kh, kw = (np.asarray(a, np.int32)[mask] for a in (self.ci, self.kh, self.kw))
-        # from_dense stores them so; a kernel loaded from a file need not have (the packers rely on it)
-        order = np.lexsort((kw, kh, ci, np.repeat(np.arange(counts.size), counts)))
-        ci, kh, kw = ci[order], kh[order], kw[order]
-        values = np.asarray(self.values, np.float32)[mask][order]
+        values = np.asarray(self.values, np.float32)[mask]
         if not taps:
             return starts, ci, values
         return starts, ci, kh, kw, values
