@@ -15,8 +15,8 @@ skipped (use --force to tune them again: the new record replaces the old only if
 two timed in turns in the same run); an interrupted workload restarts warm from its work dir.
 
 The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-reuse` on a CPU:
-the kernel's values compiled into the code; `csr-split-k` on a GPU: built per kernel from a tile,
-its weights as data) have no MetaSchedule design space; their tiles are
+the kernel's values compiled into the code; `csr-split-k` on a GPU and `cpu-csr` on a CPU: built
+per layer from a tile, the weights as data) have no MetaSchedule design space; their tiles are
 measured instead (`tvm_sparseconv/tile_tuning.py`): the tiles that won some layer in the committed
 records (or --tiles) that fit the layer's compile-time budget are built, checked against float64
 and timed beside the layer's scheduled choice; the fastest becomes the layer shape's tile record
@@ -24,6 +24,7 @@ and timed beside the layer's scheduled choice; the fastest becomes the layer sha
   python scripts/tune.py --workloads resnet50_network_s90_b32 --algorithm register-reuse
   python scripts/tune.py --workloads resnet50_3x3_b1 --algorithm cpu-register-reuse --tiles l16b1h,l16b4h
   python scripts/tune.py --workloads resnet50_conv5_1x1_reduce_b1 --algorithm csr-split-k --tiles all
+  python scripts/tune.py --workloads headline,resnet50_3x3_b1 --algorithm cpu-csr --tiles all --target llvm
 
 With --rpc, candidates are built here and measured on the RPC servers registered with the tracker
 under --key (one server per GPU, see scripts/rpc_cluster.py); --workers workloads are tuned at once
