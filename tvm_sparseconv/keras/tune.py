@@ -3,6 +3,10 @@
 Each Conv2D that `sparsify` could convert is tuned on its real sparsity pattern and input shape
 (batch `batch_size`), with MetaSchedule (`tvm_sparseconv.tuning`), into this device's tuning-log
 folder; `sparsify` and `SparseConv2D` then find the records. Already tuned layers are skipped.
+Where the untuned default is a generated algorithm (CPUs: cpu-csr, whose default tile beat tuned
+MetaSchedule records on every shape measured), its tiles are then searched too
+(`tile_tuning.search`, against the new record), so that a MetaSchedule record never displaces a
+faster untuned default.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import tile_tuning
+from ..algorithms import by_name, untuned_default
 from ..targets import resolve_target, target_folder_name
 from ..tuning import TuneResult, tune_problem, tuned_problems
 from ..tuning_records import logs_root
@@ -78,4 +84,10 @@ def tune_layers(model, trials: int = 64, batch_size: int = 1, min_sparsity: floa
             print(f"{problem.name}: best {res.best_seconds * 1e3:.3f} ms ({res.rule}), "
                   f"{res.tuning_seconds:.0f} s of tuning")
         results.append(res)
+        default = by_name(untuned_default(wl, tgt.kind.name))
+        if default.generated and default.applies(wl, tgt.kind.name):
+            found = tile_tuning.search(problem, default.name, tgt, folder)
+            if verbose:
+                print(f"{problem.name}: {default.name} tile {found.recorded or found.best}: "
+                      + ("recorded" if found.recorded else f"not recorded ({found.why_not})"))
     return results
