@@ -23,7 +23,7 @@ from .base import GeneratedAlgorithm
 
 
 class CPUCsr(GeneratedAlgorithm):
-    """Per channel its own nonzeros; vectors of flattened output pixels; weights as data."""
+    """Per channel its own nonzeros; vectors of flattened output positions; weights as data."""
 
     name = "cpu-csr"
     emitter = "cpu_csr"
@@ -53,7 +53,8 @@ class CPUCsr(GeneratedAlgorithm):
         from ..schedules.cpu_csr import emit
 
         if not self.applies(wl, "llvm"):
-            raise ValueError(f"cpu-csr computes stride-1 layers only, not {wl.describe()}")
+            raise ValueError(f"cpu-csr computes stride-1 layers whose input copy int32 offsets reach, "
+                             f"not {wl.describe()}")
         return emit(wl, int(kernel.nnz), tile)
 
     def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target):
