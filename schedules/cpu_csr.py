@@ -137,14 +137,11 @@ def pack(wl, kernel) -> list[np.ndarray]:
     each nonzero's input as an offset into the channel-major copy (at least one entry each, so that
     a kernel of zeros still compiles); ``ptr[co, i]`` (Cout x `ptr_columns`) is where channel co's
     nonzeros of input channel ``PTR_STEP * i`` onwards start (rows are sorted by input channel)."""
-    starts, ci, kh, kw, vals = kernel.compressed_rows(taps=True)
-    cin, cout = kernel.shape[2], kernel.shape[3]
+    _, ci, kh, kw, vals = kernel.compressed_rows(taps=True)
     plane = Plane.of(wl)
     dh, dw = wl.dilations
     offsets = (ci.astype(np.int64) * plane.pitch + kh * dh * plane.width + kw * dw).astype(np.int32)
-    bounds = np.arange(ptr_columns(cin)) * PTR_STEP
-    ptr = np.stack([starts[co] + np.searchsorted(ci[starts[co]:starts[co + 1]], bounds, side="left")
-                    for co in range(cout)]).astype(np.int32)
+    ptr = kernel.row_pointers(PTR_STEP)  # Cout x ptr_columns(Cin)
     if offsets.size == 0:
         offsets, vals = np.zeros(1, np.int32), np.zeros(1, np.float32)
     return [ptr.reshape(-1), offsets, vals]

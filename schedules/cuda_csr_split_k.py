@@ -158,13 +158,8 @@ def ptr_columns(cin: int) -> int:
 def pack(kernel) -> list[np.ndarray]:
     """(ptr, weights) of a 1x1 `SparseKernel` (see the module docstring); `weights` holds at
     least one element (a kernel of zeros still compiles)."""
-    _, _, cin, cout = kernel.shape
-    starts, channels, values = kernel.compressed_rows()  # channel by channel, sorted by ci
-    cols = ptr_columns(cin)
-    ptr = np.empty((cout, cols), np.int32)
-    bounds = np.arange(cols) * PTR_STEP
-    for co in range(cout):
-        ptr[co] = starts[co] + np.searchsorted(channels[starts[co]:starts[co + 1]], bounds, side="left")
+    _, channels, values = kernel.compressed_rows()  # channel by channel, sorted by ci
+    ptr = kernel.row_pointers(PTR_STEP)  # Cout x ptr_columns(Cin)
     weights = (values.view(np.uint32).astype(np.uint64) << np.uint64(32)) | channels.astype(np.uint64)
     if weights.size == 0:
         weights = np.zeros(1, np.uint64)

@@ -33,6 +33,11 @@ def _as_numpy(w: Any) -> np.ndarray:
     return np.asarray(w)
 
 
+def _stored_mask(counts, width: int) -> np.ndarray:
+    """(Cout, width) bool: which ELL entries of channels holding `counts` nonzeros are real ones."""
+    return np.arange(width)[None, :] < np.asarray(counts)[:, None]
+
+
 @dataclass(frozen=True, eq=False)
 class SparseKernel:
     """A conv2d kernel in TensorFlow's HWIO layout, stored as per-output-channel padded nonzeros.
@@ -95,7 +100,7 @@ class SparseKernel:
         # Each channel's entries in (ci, kh, kw) order, whatever order a kernel file stores them in:
         # the packers rely on it (runs of input channels; neighbouring nonzeros read neighbouring input).
         kh_, kw_, _, _ = shape
-        padding = np.arange(np.shape(values)[1])[None, :] >= np.asarray(counts)[:, None]
+        padding = ~_stored_mask(counts, np.shape(values)[1])
         key = np.where(padding, np.iinfo(np.int64).max,
                        (np.asarray(ci, np.int64) * kh_ + np.asarray(kh)) * kw_ + np.asarray(kw))
         order = np.argsort(key, axis=1, kind="stable")
@@ -134,7 +139,7 @@ class SparseKernel:
 
     def stored(self) -> np.ndarray:
         """(Cout, ell_width) bool: which ELL entries are real nonzeros (the rest is padding)."""
-        return np.arange(self.ell_width)[None, :] < self.counts[:, None]
+        return _stored_mask(self.counts, self.ell_width)
 
     def compressed_rows(self, taps: bool = False) -> tuple[np.ndarray, ...]:
         """The nonzeros as compressed sparse rows, without the ELL padding: (row starts, Cout + 1
@@ -147,6 +152,18 @@ class SparseKernel:
         if not taps:
             return starts, ci, values
         return starts, ci, kh, kw, values
+
+    def row_pointers(self, step: int) -> np.ndarray:
+        """(Cout, ceil(Cin / step) + 1) int32: where, in `compressed_rows`' order, each channel's
+        nonzeros of input channel ``step * i`` onwards start (the last column: where its row ends),
+        so that a chunk of input channels that is a multiple of `step` is a run of each row."""
+        starts, ci, _ = self.compressed_rows()
+        cin, cout = self.shape[2], self.shape[3]
+        bounds = np.arange(-(-cin // step) + 1) * step  # the last is >= cin, below the next row's keys
+        row_of = np.repeat(np.arange(cout, dtype=np.int64), np.diff(starts))
+        pitch = cin + step
+        return np.searchsorted(row_of * pitch + ci,  # ascending: rows in turn, each by input channel
+                               np.arange(cout)[:, None] * pitch + bounds[None, :]).astype(np.int32)
 
     def to_dense(self) -> np.ndarray:
         """The HWIO float32 kernel this was built from (entries under the threshold are 0)."""
@@ -228,7 +245,7 @@ def _validated(path: str, d: dict) -> SparseKernel:
         fail(f"counts must lie in [0, {values.shape[1]}], found [{counts.min()}, {counts.max()}]")
     if not np.isfinite(values).all():
         fail("values contain NaN or Inf")
-    padding = np.arange(values.shape[1])[None, :] >= counts[:, None]
+    padding = ~_stored_mask(counts, values.shape[1])
     if np.any(values[padding] != 0):
         fail("padding entries beyond each channel's count must be 0")
     flat = ((d["ci"].astype(np.int64) * kh_ + d["kh"]) * kw_ + d["kw"])[~padding]

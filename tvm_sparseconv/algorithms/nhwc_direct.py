@@ -66,7 +66,7 @@ def chunk_size(wl: ConvWorkload) -> int:
 def _chunked(kernel: SparseKernel, chunk: int):
     """Per (output channel, chunk): rank of each stored nonzero, and the chunk of each."""
     kh_, kw_, cin, cout = kernel.shape
-    real = np.arange(kernel.ell_width)[None, :] < kernel.counts[:, None]
+    real = kernel.stored()
     which = np.where(real, kernel.ci // chunk, -1)
     n_chunks = -(-cin // chunk)
     counts = np.zeros((cout, n_chunks), np.int64)

@@ -83,7 +83,7 @@ def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
     kh_, kw_, cin, cout = kernel.shape
     chunk = chunk_size(kernel.shape)
     n_chunks = -(-cin // chunk)
-    real = np.arange(kernel.ell_width)[None, :] < kernel.counts[:, None]
+    real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
     which = ci // chunk
     packed = (ci - which * chunk) + chunk * (kernel.kw.astype(np.int64) + kw_ * kernel.kh.astype(np.int64))

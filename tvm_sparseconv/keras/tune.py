@@ -84,8 +84,8 @@ def tune_layers(model, trials: int = 64, batch_size: int = 1, min_sparsity: floa
             print(f"{problem.name}: best {res.best_seconds * 1e3:.3f} ms ({res.rule}), "
                   f"{res.tuning_seconds:.0f} s of tuning")
         results.append(res)
-        default = by_name(untuned_default(wl, tgt.kind.name))
-        if default.generated and default.applies(wl, tgt.kind.name):
+        default = by_name(untuned_default(wl, tgt.kind.name))  # an algorithm that computes wl
+        if default.generated:
             found = tile_tuning.search(problem, default.name, tgt, folder)
             if verbose:
                 print(f"{problem.name}: {default.name} tile {found.recorded or found.best}: "
