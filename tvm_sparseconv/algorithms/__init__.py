@@ -54,9 +54,10 @@ def untuned_default(wl: ConvWorkload, target_kind: str) -> str:
     nvidia-h200-resnet50-algorithms.json): on CUDA, nhwc-direct's template beat ell-gather's on all
     16 ResNet-50 1x1 layers (batch 1 and 32) and lost on 12 of 14 3x3 layers (by up to 6x).
     On CPUs, cpu-csr (a generated algorithm: its default tile, `build.build_layer`) for every
-    stride-1 layer (strided ones run on their stride phases): its default tile ran within 1.10x of
-    its best tile and 1.2-3.7x faster than the layer's *tuned* MetaSchedule record on the headline
-    and ResNet-50's 27 batch-1 shapes (znver3, benchmarks/experiments/cpu-znver3-tune-cpu-csr-v3-chunks.json).
+    stride-1 layer (strided ones run on their stride phases): on the headline and ResNet-50's 26
+    batch-1 shapes its default tile ran within 1.10x of its best tile, 1.16-2.75x faster than the
+    layer's tuned MetaSchedule record (21 shapes) and 1.84-3.71x than the untuned template (6)
+    (znver3, benchmarks/experiments/cpu-znver3-tune-cpu-csr-v3-chunks.json).
     """
     if target_kind == "cuda" and tuple(wl.kernel_shape[:2]) == (1, 1):
         return nhwc_direct.ALGORITHM.name
