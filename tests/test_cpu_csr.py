@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tvm
@@ -116,3 +118,28 @@ def test_not_where_the_copy_outgrows_32_bit_offsets():
     big = ConvWorkload.create((40, 1024, 1024, 64), (1, 1, 64, 8), 4)  # 40 x 64 planes of 1M floats
     assert not ALG.applies(big, "llvm")
     assert ALG.applies(ConvWorkload.create((1, 1024, 1024, 64), (1, 1, 64, 8), 4), "llvm")
+
+
+def _committed_records():
+    """(folder, record) of every committed cpu-csr tile record."""
+    from tvm_sparseconv import tile_records
+
+    root = Path(__file__).resolve().parents[1] / "tuning_logs"
+    return [(f.name, r) for f in sorted(root.glob("cpu-*"))
+            for r in tile_records.read(tile_records.path_for(f, ALG.name), ALG.name)]
+
+
+COMMITTED = _committed_records()
+
+
+@pytest.mark.parametrize("folder,record", COMMITTED, ids=[f"{f}/{r['layer']}" for f, r in COMMITTED])
+def test_committed_records_replay_and_compute_right_here(folder, record):
+    """Each committed record: its layer's shape as compile() computes it here, a tile of today's
+    emitter, built for this CPU and right against float64."""
+    from tvm_sparseconv import tile_records, tile_tuning, verification, workloads
+
+    kernel, wl = tile_tuning.generated_workload(workloads.workload_set(record["layer"])[0], ALG.name, "llvm")
+    assert record["shape"] == tile_records.shape_key(wl) and record["nonzeros"] == kernel.nnz
+    assert record["tile"] in TILES and record["emitter_version"] == ALG.emitter_version
+    f = ALG.build(kernel, wl, TILES[record["tile"]], targets.host_cpu_target())["sparse_conv2d"]
+    assert verification.check_generated(f, kernel, wl, tvm.cpu()) <= 1e-5
