@@ -42,7 +42,7 @@ def _sparseconv_pipeline(**kwargs):
             return lower(mod)
         ctx = tvm.transform.PassContext.current()
         config = {**ctx.config, "tirx.disable_cse_tir": True}
-        with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config,
+        with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config, instruments=list(ctx.instruments),
                                        required_pass=list(ctx.required_pass), disabled_pass=list(ctx.disabled_pass)):
             return lower(mod)
 
