@@ -77,15 +77,20 @@ class CsrSplitK(GeneratedAlgorithm):
         fits = shared_weights_bytes(tile, segment) <= MAX_SHARED_BYTES and segment <= emitter.MAX_UNROLLED_SEGMENT
         return segment if fits else None
 
-    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
+    def ir_module(self, kernel: SparseKernel, wl: ConvWorkload, tile):
+        """What `build` compiles (the CUDA emulator runs it too)."""
         import tvm
 
-        from ..targets import cuda_target_for_arch
-        from ..tir_build import compile_tir
         from ..schedules.cuda_csr_split_k import FUNCTION_NAME
 
+        return tvm.IRModule({FUNCTION_NAME: self.generate(kernel, wl, tile)})
+
+    def build(self, kernel: SparseKernel, wl: ConvWorkload, tile, target=None):
+        from ..targets import cuda_target_for_arch
+        from ..tir_build import compile_tir
+
         target = target if target is not None else cuda_target_for_arch()
-        return compile_tir(tvm.IRModule({FUNCTION_NAME: self.generate(kernel, wl, tile)}), target)
+        return compile_tir(self.ir_module(kernel, wl, tile), target)
 
 
 ALGORITHM = CsrSplitK()

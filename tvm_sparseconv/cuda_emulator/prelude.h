@@ -147,18 +147,19 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool alte
   fibers = nullptr;
 }
 
-// Host buffers: each in its own pages with an inaccessible page after its end (and one before its
-// start), so that a kernel reading or writing past an array faults instead of touching a neighbour.
+// Host buffers: each in its own pages between two inaccessible 64 KB guards, its (64-byte padded)
+// end against the upper one, so that a kernel reading or writing past an array faults instead of
+// touching a neighbour.
 void* guarded(size_t bytes) {
-  const size_t page = 4096;
+  const size_t page = 4096, guard = 16 * page;
   size_t span = (bytes + 63) / 64 * 64;
   size_t pages = (span + page - 1) / page;
-  char* base = static_cast<char*>(mmap(nullptr, (pages + 2) * page, PROT_READ | PROT_WRITE,
+  char* base = static_cast<char*>(mmap(nullptr, pages * page + 2 * guard, PROT_READ | PROT_WRITE,
                                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (base == MAP_FAILED) { std::perror("emu: mmap"); std::exit(3); }
-  mprotect(base, page, PROT_NONE);
-  mprotect(base + (pages + 1) * page, page, PROT_NONE);
-  return base + (pages + 1) * page - span;  // 64-byte aligned, its padded end on the guard page
+  mprotect(base, guard, PROT_NONE);
+  mprotect(base + guard + pages * page, guard, PROT_NONE);
+  return base + guard + pages * page - span;  // 64-byte aligned
 }
 }  // namespace emu
 

@@ -1,0 +1,43 @@
+"""Layers that every CUDA schedule must compute: shared by the GPU tests and the emulated ones."""
+
+import numpy as np
+
+CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bias, activation)
+    ((1, 16, 40, 3), (3, 3, 3, 8), 0.3, 1, "SAME", 1, False, None),
+    ((2, 15, 13, 5), (5, 4, 5, 6), 0.2, (3, 2), "VALID", 1, True, "relu"),
+    ((1, 21, 33, 4), (3, 3, 4, 16), 0.5, 1, [(2, 1), (0, 3)], 2, True, "relu6"),
+    ((3, 7, 7, 32), (1, 1, 32, 24), 0.1, 1, "SAME", 1, False, None),
+    ((1, 64, 128, 8), (11, 11, 8, 16), 0.1, 4, "SAME", 1, False, None),
+    ((1, 8, 8, 4), (3, 3, 4, 4), 0.0, 1, "SAME", 1, True, "relu"),  # all-zero kernel
+    ((4, 7, 7, 300), (3, 3, 300, 20), 0.05, 1, "SAME", 1, False, None),  # batch, several chunks, partial chunk
+    ((2, 14, 14, 96), (1, 1, 96, 40), 0.1, 2, "SAME", 1, True, None),  # strided 1x1
+    ((2, 15, 13, 20), (1, 1, 20, 12), 0.3, (3, 2), [(1, 2), (2, 1)], 1, True, "relu"),  # padded strided 1x1
+    ((1, 9, 30, 6), (3, 5, 6, 12), 0.3, (1, 3), "SAME", (2, 1), False, "relu"),
+    ((2, 9, 8, 12), (3, 3, 12, 24), 0.3, (2, 1), [(1, 2), (0, 1)], (1, 2), True, "relu6"),  # union-tf32 tiles
+    ((2, 8, 8, 150), (1, 1, 150, 24), 0.2, 1, "SAME", 1, True, "relu"),  # union-tf32: 3 chunks, 1 partial
+    ((4, 7, 9, 70), (1, 1, 70, 16), 0.3, 2, [(1, 0), (0, 1)], 1, False, None),  # union-tf32: padded strided 1x1
+]
+
+
+CSR_SPLIT_K_CASES = [  # 1x1 layers x csr-split-k tiles: (input, kernel, strides, padding, bias, activation, tile)
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256"),  # 4 chunks, the last short
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256"),  # pixel and channel tails
+    ((1, 7, 7, 64), (1, 1, 64, 40), 1, "SAME", False, "relu6", "p49q1r16k64t256"),  # one chunk: direct stores
+    ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu", "p16q2r16k64t256"),  # strided, batch 2
+    ((1, 8, 8, 30), (1, 1, 30, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256"),  # padded, Cin 30
+    # cluster tiles (the chunks add up in distributed shared memory)
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256C"),  # cluster of 4, last chunk short
+    ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256C"),  # pixel and channel tails
+    ((2, 9, 10, 200), (1, 1, 200, 40), 2, "SAME", True, "relu6", "p16q2r16k128t256C"),  # strided, batch 2, 2 chunks
+    ((1, 8, 8, 98), (1, 1, 98, 24), 1, [[0, 0], [1, 0], [0, 1], [0, 0]], False, None, "p16q4r16k64t256C"),  # padded
+    ((1, 4, 4, 512), (1, 1, 512, 64), 1, "SAME", False, None, "p16q1r64k64t256C"),  # a cluster of 8
+]
+
+
+def sparse_kernel(rng, shape, density):
+    """A random float32 HWIO kernel with `density` nonzeros and (past 4 channels) an empty output channel."""
+    w = rng.standard_normal(shape).astype(np.float32)
+    w = np.where(rng.random(shape) < density, w, 0.0).astype(np.float32)
+    if shape[3] > 4:
+        w[..., 1] = 0.0  # an output channel without a single nonzero
+    return w

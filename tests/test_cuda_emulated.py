@@ -1,0 +1,185 @@
+"""The CUDA kernels run on the CPU (`tvm_sparseconv.cuda_emulator`), against float64, in CI.
+
+The same builds the GPU runs (TVM's CUDA C and its launch sequence) compute the layers of
+`tests/test_gpu.py` here, with NaN-poisoned outputs and fresh inputs: every untuned CUDA template,
+every committed CUDA record, and csr-split-k's tiles and records. This checks their logic (index
+arithmetic, bounds, barriers, the launches), not their speed; the GPU tests stay the word on a
+device. Not emulated (declined, tested so): inline PTX (union-tf32's mma, cluster tiles) and
+register-reuse (built through LLVM's NVPTX backend, not TVM's CUDA C).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import algorithms, reference, targets, tile_records, tuning_records
+from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, EmulationUnsupported, emulate, lower
+from tvm_sparseconv.schedules import rules_for
+from tvm_sparseconv.tuning import problem_arguments
+from tvm_sparseconv.workload import ConvWorkload
+from tvm_sparseconv.workloads import workload_set
+
+from cuda_cases import CASES, CSR_SPLIT_K_CASES, sparse_kernel
+from test_tuning_logs import CUDA_ENTRIES, LOGS
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator compiles with g++")
+TARGET = targets.cuda_target_for_arch("sm_90")
+CSR = algorithms.by_name("csr-split-k")
+PTX_RULES = {"cuda-union-tf32"}  # mma.sync as inline PTX
+
+
+def _layer(case, seed: int, algorithm: str):
+    shape, kshape, density, strides, padding, dil, has_bias, act = case
+    rng = np.random.default_rng(seed)
+    w = sparse_kernel(rng, kshape, density)
+    k = tsc.SparseKernel.from_dense(w)
+    bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
+    wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil,
+                                                        has_bias, act), algorithm)
+    x = rng.standard_normal(shape).astype(np.float32)
+    return w, k, bias, wl, x
+
+
+def _error(em: EmulatedModule, inputs: list[np.ndarray], w, wl, bias) -> float:
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    em(*inputs, out)
+    assert np.all(np.isfinite(out)), "outputs left unwritten (NaN)"
+    return reference.relative_error(out, reference.conv2d_f64(inputs[0], w, wl, bias))
+
+
+@pytest.mark.parametrize("rule", [r.name for r in rules_for(TARGET) if r.name not in PTX_RULES])
+@pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
+def test_untuned_cuda_templates_compute_layers(rule, case):
+    """Every CUDA rule's untuned schedule (strides, dilations, paddings, batches, several input
+    chunks, an empty output channel, a kernel of zeros, bias and activations)."""
+    rule_obj = next(r for r in rules_for(TARGET) if r.name == rule)
+    w, k, bias, wl, x = _layer(case, seed=CASES.index(case), algorithm=rule_obj.algorithm)
+    sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    if sch is None:
+        pytest.skip(f"{rule} does not schedule this layer")
+    inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
+    assert _error(emulate(sch.mod, TARGET), inputs, w, wl, bias) <= algorithms.by_name(wl.algorithm).tolerance
+
+
+def test_inline_ptx_is_declined_by_name():
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
+    _, k, _, wl, _ = _layer(CASES[0], 0, rule.algorithm)
+    sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    with pytest.raises(EmulationUnsupported, match="asm"):
+        emulate(sch.mod, TARGET)
+
+
+@pytest.mark.parametrize("folder,problem,workload,arch", CUDA_ENTRIES, ids=[f"{f}/{p}" for f, p, *_ in CUDA_ENTRIES])
+def test_committed_cuda_records_compute_their_layers(folder, problem, workload, arch):
+    """Each committed CUDA record, replayed onto its layer as compile() replays it, on fresh inputs."""
+    target = targets.cuda_target_for_arch(arch)
+    wl0 = ConvWorkload.from_json(workload)
+    wl, w, arrays = problem_arguments(workload_set(problem)[0], seed=int(np.random.SeedSequence().entropy % 1000),
+                                      algorithm=wl0.algorithm)
+    tuned = tuning_records.find_tuned_schedule(wl, target, LOGS / folder)
+    assert tuned is not None, f"{folder}/{problem}: no record applies"
+    bias = arrays[-1] if wl.has_bias else None
+    assert _error(emulate(tuned.schedule.mod, target), arrays, w, wl, bias) <= algorithms.by_name(wl.algorithm).tolerance
+
+
+def _csr_layer(x_shape, k_shape, strides, padding, bias, activation, seed=17):
+    rng = np.random.default_rng(seed)
+    w = sparse_kernel(rng, k_shape, 0.2)
+    b = rng.standard_normal(k_shape[3]).astype(np.float32) if bias else None
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = algorithms.workload_for(kernel, ConvWorkload.create(x_shape, kernel.shape, kernel.ell_width, strides,
+                                                             padding, 1, has_bias=bias, activation=activation), CSR.name)
+    return rng, w, b, kernel, wl
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,bias,activation,tile", CSR_SPLIT_K_CASES,
+                         ids=[c[-1] + f"-{i}" for i, c in enumerate(CSR_SPLIT_K_CASES)])
+@pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined", "global-batched"])
+def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
+                                         monkeypatch):
+    """tests/test_gpu.py's csr-split-k grid, twice per build (the first kernel must reset the
+    output every call); cluster tiles are PTX and declined."""
+    from tvm_sparseconv.schedules import cuda_csr_split_k
+
+    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
+    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", weights_in in ("global-pipelined", "global-batched"))
+    monkeypatch.setattr(cuda_csr_split_k, "LOADS_PER_ITEM", 4 if weights_in == "global-batched" else 0)
+    rng, w, b, kernel, wl = _csr_layer(x_shape, k_shape, strides, padding, bias, activation)
+    mod = CSR.ir_module(kernel, wl, CSR.tiles()[tile])
+    if CSR.tiles()[tile].reduce == "cluster":
+        with pytest.raises(EmulationUnsupported):
+            emulate(mod, TARGET)
+        return
+    em = emulate(mod, TARGET)
+    weights = CSR.pack(wl, kernel) + ([b] if bias else [])
+    for _ in range(2):
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        assert _error(em, [x, *weights], w, wl, b) < 1e-5
+
+
+def _csr_records() -> list[dict]:
+    """The committed csr-split-k records with atomic tiles (cluster tiles reduce in PTX)."""
+    records = tile_records.read(tile_records.path_for(LOGS / "nvidia-h200", CSR.name), CSR.name)
+    return [r for r in records if CSR.tiles()[r["tile"]].reduce != "cluster"]
+
+
+@pytest.mark.parametrize("record", _csr_records(), ids=lambda r: f"{r['layer']}-{r['tile']}")
+def test_committed_csr_split_k_records_compute_their_layers(record):
+    from tvm_sparseconv.tile_tuning import generated_workload
+
+    kernel, wl = generated_workload(workload_set(record["layer"])[0], CSR.name, "cuda")
+    rng = np.random.default_rng()
+    x = rng.standard_normal(wl.input_shape).astype(np.float32)
+    bias = rng.standard_normal(wl.out_channels).astype(np.float32) if wl.has_bias else None
+    em = emulate(CSR.ir_module(kernel, wl, CSR.tiles()[record["tile"]]), TARGET)
+    inputs = [x, *CSR.pack(wl, kernel)] + ([bias] if bias is not None else [])
+    assert _error(em, inputs, kernel.to_dense(), wl, bias) < 1e-5
+
+
+# The emulator itself: it must be able to fail.
+
+def _csr_program():
+    _, w, b, kernel, wl = _csr_layer((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu")
+    program = lower(CSR.ir_module(kernel, wl, CSR.tiles()["p49q2r16k64t256"]), TARGET)
+    x = np.random.default_rng(3).standard_normal(wl.input_shape).astype(np.float32)
+    return program, [x, *CSR.pack(wl, kernel), b], w, wl, b
+
+
+def test_a_kernel_without_its_barrier_computes_wrong_results():
+    """Staging the input, then reading it without the barrier between: other threads' parts are
+    still NaN (shared memory starts so) or stale."""
+    program, inputs, w, wl, b = _csr_program()
+    assert _error(EmulatedModule(program), inputs, w, wl, b) < 1e-5
+    racy = dataclasses.replace(program, source=program.source.replace("__syncthreads();", "", 1))
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    EmulatedModule(racy)(*inputs, out)
+    assert not np.all(np.isfinite(out)) or reference.relative_error(out, reference.conv2d_f64(
+        inputs[0], w, wl, b)) > 1e-3
+
+
+def test_an_access_past_an_array_faults_and_names_the_launch():
+    program, inputs, *_ = _csr_program()
+    kernel = program.launches[1].kernel
+    assert "x_in_ptr[" in program.source
+    broken = dataclasses.replace(program, source=program.source.replace("x_in_ptr + (", "x_in_ptr + 2000 + (", 1))
+    out = np.full(program.buffers[-1].shape, np.nan, np.float32)
+    with pytest.raises(EmulatedFault, match=f"fault.*{kernel}"):
+        EmulatedModule(broken)(*inputs, out)
+
+
+def test_arguments_are_checked_and_read_only_outputs_refused():
+    program, inputs, *_ = _csr_program()
+    em = EmulatedModule(program)
+    out = np.full(program.buffers[-1].shape, np.nan, np.float32)
+    with pytest.raises(TypeError, match="expected 5 arrays"):
+        em(*inputs)
+    with pytest.raises(TypeError, match="argument x_nhwc: expected a float32 array of shape"):
+        em(inputs[0].astype(np.float64), *inputs[1:], out)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        em(*inputs, out)
