@@ -10,7 +10,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm_sparseconv.algorithms import CONV, EPILOGUE, stage_names
 
 __all__ = ["RULE_ANNOTATION", "SparseConvBlocks", "SparseConvRule", "find_blocks", "kernel_function",
-           "largest_divisor", "sblock_or_none"]
+           "largest_divisor", "sblock_or_none", "with_cache_writes_first"]
 
 
 @dataclass
@@ -99,3 +99,36 @@ def largest_divisor(n: int, candidates: list[int]) -> int:
         if n % c == 0:
             return c
     return 1
+
+
+#: trace instructions that only transform loops (or sample their factors or annotate): a cache_write
+#: may move before them without changing what they do
+_LOOP_ONLY = frozenset({"GetLoops", "Split", "Fuse", "Reorder", "Bind", "Annotate", "Unroll", "Vectorize",
+                        "Parallel", "SampleCategorical", "SamplePerfectTile"})
+
+
+def with_cache_writes_first(trace: s_tir.schedule.Trace) -> s_tir.schedule.Trace | None:
+    """`trace` with each `cache_write` moved back over the loop transformations before it (to just
+    after the instruction that made its block), or None where none moves.
+
+    Why: TVM sizes a cache_write's write-back block by the producer's loops as they are, ignoring
+    their predicates. After a split that does not divide (49 pixels over 64 threads) the write-back
+    then covers the padded range and stores past the output (found by the CUDA emulator: 10 rows of
+    a 7-row map, the excess beyond the end of the tensor; on a GPU that overwrites whatever lies
+    there, and the GPU tests, which read only the output, pass). A cache_write made before the
+    loops are split has the exact domain, and reverse_compute_at then predicates the write-back.
+    The producer's loops are the same either way, so a record keeps its tuned schedule.
+    """
+    insts = list(trace.insts)
+    moved = False
+    for i, inst in enumerate(list(insts)):
+        if inst.kind.name != "CacheWrite":
+            continue
+        at = insts.index(inst)
+        to = at
+        while to > 0 and insts[to - 1].kind.name in _LOOP_ONLY:
+            to -= 1
+        if to < at:
+            insts.insert(to, insts.pop(at))
+            moved = True
+    return s_tir.schedule.Trace(insts, dict(trace.decisions)) if moved else None

@@ -34,6 +34,16 @@ CSR_SPLIT_K_CASES = [  # 1x1 layers x csr-split-k tiles: (input, kernel, strides
 ]
 
 
+FUZZ_CASES = [  # shapes where a thread's share of a tile's pixels can be split many ways
+    ((2, 14, 14, 64), (1, 1, 64, 48), 0.1, 1, "SAME", 1),
+    ((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1),
+    ((4, 14, 14, 48), (1, 1, 48, 32), 0.2, 2, "VALID", 1),  # nhwc-direct's strided view
+    ((16, 7, 7, 32), (3, 3, 32, 40), 0.2, 1, "SAME", 1),  # whole 16-pixel tiles, 5 groups (union-tf32)
+    ((4, 8, 8, 64), (1, 1, 64, 48), 0.1, 2, "SAME", 1),
+]
+FUZZ_SEEDS = 8
+
+
 def sparse_kernel(rng, shape, density):
     """A random float32 HWIO kernel with `density` nonzeros and (past 4 channels) an empty output channel."""
     w = rng.standard_normal(shape).astype(np.float32)
@@ -41,3 +51,24 @@ def sparse_kernel(rng, shape, density):
     if shape[3] > 4:
         w[..., 1] = 0.0  # an output channel without a single nonzero
     return w
+
+
+def sampled_candidates(wl, target, rng, seeds: int):
+    """Random draws from `wl`'s CUDA design spaces (what tuning measures), `seeds` per design,
+    each through MetaSchedule's postprocessors (the ones they reject are left out)."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_sparseconv import tuning_records
+    from tvm_sparseconv.tuning import design_space
+
+    mod = tuning_records.workload_module(wl)
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=wl.algorithm),
+                         task_name="main", num_threads=1)
+    for design in ctx.generate_design_space():
+        for seed in range(1, seeds + 1):
+            sch = tvm.s_tir.Schedule(mod, seed=int(rng.integers(1 << 30)) + seed)
+            tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
+            sch.enter_postproc()
+            if all(p.apply(sch) for p in ctx.space_generator.postprocs):
+                yield sch

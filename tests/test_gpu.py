@@ -21,7 +21,7 @@ from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import TINY, workload_set
 
-from cuda_cases import CASES, CSR_SPLIT_K_CASES, sparse_kernel as _kernel
+from cuda_cases import CASES, CSR_SPLIT_K_CASES, FUZZ_CASES, FUZZ_SEEDS, sampled_candidates, sparse_kernel as _kernel
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-5
@@ -59,26 +59,12 @@ def test_untuned_cuda_templates_match_reference(rule, case):
     assert reference.relative_error(y, ref) <= algorithms.by_name(wl.algorithm).tolerance
 
 
-FUZZ_CASES = [  # shapes where a thread's share of a tile's pixels can be split many ways
-    ((2, 14, 14, 64), (1, 1, 64, 48), 0.1, 1, "SAME", 1),
-    ((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1),
-    ((4, 14, 14, 48), (1, 1, 48, 32), 0.2, 2, "VALID", 1),  # nhwc-direct's strided view
-    ((16, 7, 7, 32), (3, 3, 32, 40), 0.2, 1, "SAME", 1),  # whole 16-pixel tiles, 5 groups (union-tf32)
-    ((4, 8, 8, 64), (1, 1, 64, 48), 0.1, 2, "SAME", 1),
-]
-FUZZ_SEEDS = 8
-
-
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()
                                        if not a.generated and a.applies(None, "cuda")])
 @pytest.mark.parametrize("case", FUZZ_CASES, ids=[f"fuzz{i}" for i in range(len(FUZZ_CASES))])
 def test_sampled_design_space_candidates_match_reference(algorithm, case):
     """Random draws from each CUDA design space (what tuning measures) are all correct: tuning
     checks only its best few, so a wrong or racy corner of a space must not exist at all."""
-    from tvm.s_tir import meta_schedule as ms
-
-    from tvm_sparseconv.tuning import design_space
-
     shape, kshape, density, strides, padding, dil = case
     rng = np.random.default_rng()
     w = _kernel(rng, kshape, density)
@@ -87,24 +73,15 @@ def test_sampled_design_space_candidates_match_reference(algorithm, case):
     wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil), algorithm)
     if not algorithms.by_name(algorithm).applies(wl, "cuda"):
         pytest.skip(f"{algorithm} does not compute this layer")
-    mod = tuning_records.workload_module(wl)
-    ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=algorithm),
-                         task_name="main", num_threads=1)
     x = rng.standard_normal(shape).astype(np.float32)
     arrays = [x, *algorithms.pack_weights(wl, k)]
     ref = reference.conv2d_f64(x, w, wl)
     ran = 0
-    for design in ctx.generate_design_space():
-        for seed in range(1, FUZZ_SEEDS + 1):
-            sch = tvm.s_tir.Schedule(mod, seed=int(rng.integers(1 << 30)) + seed)
-            tvm.s_tir.Trace(design.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
-            sch.enter_postproc()
-            if not all(p.apply(sch) for p in ctx.space_generator.postprocs):
-                continue
-            y = _run_schedule(sch, target, wl, arrays)
-            err = reference.relative_error(y, ref)
-            assert err <= algorithms.by_name(algorithm).tolerance, f"error {err:.2e}; decisions {list(sch.trace.decisions.values())}"
-            ran += 1
+    for sch in sampled_candidates(wl, target, rng, FUZZ_SEEDS):
+        y = _run_schedule(sch, target, wl, arrays)
+        err = reference.relative_error(y, ref)
+        assert err <= algorithms.by_name(algorithm).tolerance, f"error {err:.2e}; decisions {list(sch.trace.decisions.values())}"
+        ran += 1
     assert ran > 0, "every sampled candidate was rejected"
 
 

@@ -154,6 +154,16 @@ _SHARED_DECL = re.compile(r"__shared__\s+(?:(?:alignas|__align__)\((\d+)\)\s+)?(
 _DYN_SHARED_DECL = re.compile(r"extern\s+__shared__\s+(?:alignas\(\d+\)\s+|__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\[\];")
 
 
+_KERNEL_DEF = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{')
+
+
+def _kernels_with_barriers(source: str) -> set[str]:
+    """The kernels whose definition calls __syncthreads (the others run without fibers)."""
+    defs = list(_KERNEL_DEF.finditer(source))
+    ends = [m.start() for m in defs[1:]] + [len(source)]
+    return {m.group(1) for m, end in zip(defs, ends) if "__syncthreads" in source[m.end():end]}
+
+
 def _translation_unit(program: CudaProgram) -> str:
     """One C++ translation unit: the prelude, the kernels, and a main() that reads the parameters
     from argv[1], runs the launches and writes the parameters to argv[2]."""
@@ -167,17 +177,18 @@ def _translation_unit(program: CudaProgram) -> str:
              "  bool alternate = argc < 4 || argv[3][0] != '0';",
              "  FILE* in = std::fopen(argv[1], \"rb\");", "  if (!in) return 2;"]
     for i, b in enumerate(buffers):
-        lines.append(f"  unsigned char* b{i} = (unsigned char*)emu::guarded({b.nbytes});  // {b.name}")
+        lines.append(f"  unsigned char* b{i} = (unsigned char*)emu::guarded({b.nbytes}, \"{b.name}\");")
         if b.param:
             lines.append(f"  if (std::fread(b{i}, 1, {b.nbytes}, in) != {b.nbytes}) return 2;")
         else:
             lines.append(f"  std::memset(b{i}, 0xff, {b.nbytes});")
     lines.append("  std::fclose(in);")
+    barriers = _kernels_with_barriers(source)
     for la in launches:
         args = ", ".join(f"({t})b{i}" for t, i in zip(la.arg_types, la.buffers))
         grid, block = ", ".join(map(str, la.grid)), ", ".join(map(str, la.block))
         lines.append(f"  emu::launch(\"{la.kernel}\", dim3{{{grid}}}, dim3{{{block}}}, {la.dynamic_shared_bytes}, "
-                     f"alternate, [&] {{ {la.kernel}({args}); }});")
+                     f"{'true' if la.kernel in barriers else 'false'}, alternate, [&] {{ {la.kernel}({args}); }});")
     lines.append("  FILE* out = std::fopen(argv[2], \"wb\");")
     for i, b in enumerate(buffers):
         if b.param:
@@ -244,10 +255,11 @@ class EmulatedModule:
             except subprocess.TimeoutExpired as e:
                 raise EmulatedFault(f"the emulated kernels did not finish in {timeout:.0f} s") from e
             if proc.returncode != 0:
+                faults = [ln[len("emu: "):] for ln in proc.stderr.splitlines() if ln.startswith("emu: fault")]
                 launched = [ln for ln in proc.stderr.splitlines() if ln.startswith("emu: launch")]
                 where = launched[-1][len("emu: "):] if launched else "before the first launch"
-                cause = "a fault: an access outside every array" if proc.returncode < 0 else "an error"
-                raise EmulatedFault(f"the emulated kernels stopped (exit {proc.returncode}, {cause}) in {where}")
+                cause = faults[0] if faults else f"exit {proc.returncode}"
+                raise EmulatedFault(f"the emulated kernels stopped ({cause}); last {where}")
             data = dst.read_bytes()
         offset = 0
         for a, p in zip(arrays, self.params):

@@ -13,7 +13,9 @@
 #include <cstring>
 #include <type_traits>
 #include <cstdio>
+#include <csignal>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <ucontext.h>
 #include <vector>
 
@@ -73,13 +75,64 @@ long block_serial = 0;                // which block runs (EMU_SHARED)
 unsigned char* dyn_shared = nullptr;  // dynamic shared memory of the running launch
 size_t dyn_shared_bytes = 0;
 
+// Switching fibers: on x86-64 a few instructions (callee-saved registers and the stack pointer);
+// ucontext's swapcontext, the portable fallback, makes a system call per switch (the signal mask).
+#if defined(__x86_64__)
+extern "C" void emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+.text
+.globl emu_switch
+.type emu_switch,@function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size emu_switch, .-emu_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+inline void switch_to(Context& from, Context& to) { emu_switch(&from.sp, to.sp); }
+inline void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** slot = reinterpret_cast<void**>(top - 16);  // `ret` pops this: entry then sees rsp = 8 mod 16
+  slot[0] = reinterpret_cast<void*>(entry);
+  for (int r = 1; r <= 6; ++r) slot[-r] = nullptr;  // rbp, rbx, r12-r15
+  c.sp = slot - 6;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+inline void switch_to(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+inline void start_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Fiber {
-  ucontext_t ctx;
+  Context ctx;
   char* stack;
   bool done;
 };
 constexpr size_t STACK_BYTES = 1 << 20;
-ucontext_t scheduler;
+Context scheduler;
 Fiber* fibers = nullptr;
 int n_fibers = 0, current = 0, live = 0, arrived = 0;
 unsigned long barrier_generation = 0;
@@ -95,24 +148,96 @@ void fiber_entry() {
   fibers[current].done = true;
   --live;
   release_if_all_arrived();  // threads that have exited no longer hold the others at a barrier
-  swapcontext(&fibers[current].ctx, &scheduler);
+  switch_to(fibers[current].ctx, scheduler);  // never resumed
+  std::abort();
+}
+
+// Host buffers: each in its own pages between two inaccessible 64 KB guards, its (64-byte padded)
+// end against the upper one, so that a kernel reading or writing past an array faults instead of
+// touching a neighbour; the fault handler names the array and how far off the access was.
+struct Guarded {
+  const char* name;
+  char* data;
+  size_t bytes;
+};
+std::vector<Guarded> buffers;
+const char* running = "";  // the launch in progress
+char fault_stack[1 << 16];
+
+void on_fault(int, siginfo_t* info, void*) {
+  char* at = static_cast<char*>(info->si_addr);
+  char msg[512];
+  int len = std::snprintf(msg, sizeof msg, "emu: fault in %s at %p, not near any array\n", running, (void*)at);
+  for (const Guarded& b : buffers) {
+    if (at >= b.data - 65536 && at < b.data) {
+      len = std::snprintf(msg, sizeof msg, "emu: fault in %s: %ld bytes before the start of %s\n", running,
+                          long(b.data - at), b.name);
+    } else if (at >= b.data + b.bytes && at < b.data + b.bytes + 65536) {
+      len = std::snprintf(msg, sizeof msg, "emu: fault in %s: byte %ld of %s, which holds %ld\n", running,
+                          long(at - b.data), b.name, long(b.bytes));
+    }
+  }
+  if (write(2, msg, len) < 0) {}
+  _exit(139);
+}
+
+void* guarded(size_t bytes, const char* name) {
+  const size_t page = 4096, guard = 16 * page;
+  size_t span = (bytes + 63) / 64 * 64;
+  size_t pages = (span + page - 1) / page;
+  char* base = static_cast<char*>(mmap(nullptr, pages * page + 2 * guard, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (base == MAP_FAILED) { std::perror("emu: mmap"); std::exit(3); }
+  mprotect(base, guard, PROT_NONE);
+  mprotect(base + guard + pages * page, guard, PROT_NONE);
+  char* data = base + guard + pages * page - span;  // 64-byte aligned
+  buffers.push_back({name, data, bytes});
+  if (buffers.size() == 1) {  // the handler runs on its own stack (a fiber's may be the one that overflowed)
+    stack_t ss{};
+    ss.ss_sp = fault_stack;
+    ss.ss_size = sizeof fault_stack;
+    sigaltstack(&ss, nullptr);
+    struct sigaction sa{};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+  }
+  return data;
 }
 
 // One launch: every block in turn; within a block the threads run as fibers in rounds (between two
 // barriers), in forward order on even rounds and in reverse on odd ones when `alternate`.
+// A kernel without barriers runs its threads one after the other as plain calls (`barriers` false).
 template <typename F>
-void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool alternate, F&& body) {
+void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barriers, bool alternate, F&& body) {
+  running = name;
   std::fprintf(stderr, "emu: launch %s grid (%u,%u,%u) block (%u,%u,%u)\n", name, grid.x, grid.y, grid.z,
                block.x, block.y, block.z);
   gridDim = grid;
   blockDim = block;
   n_fibers = int(block.x * block.y * block.z);
-  Fiber* fs = new Fiber[n_fibers];
-  for (int i = 0; i < n_fibers; ++i) fs[i].stack = static_cast<char*>(std::malloc(STACK_BYTES));
-  fibers = fs;
   std::vector<unsigned char> dyn(dyn_bytes + 64);
   dyn_shared = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(dyn.data()) + 63) & ~uintptr_t(63));
   dyn_shared_bytes = dyn_bytes;
+  if (!barriers) {
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+      for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+          blockIdx = {bx, by, bz};
+          ++block_serial;
+          std::memset(dyn_shared, 0xff, dyn_bytes);
+          for (int k = 0; k < n_fibers; ++k) {
+            int i = alternate && (block_serial & 1) ? n_fibers - 1 - k : k;
+            threadIdx = {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
+            body();
+          }
+        }
+    return;
+  }
+  Fiber* fs = new Fiber[n_fibers];
+  for (int i = 0; i < n_fibers; ++i) fs[i].stack = static_cast<char*>(std::malloc(STACK_BYTES));
+  fibers = fs;
   kernel_closure = &body;
   kernel_call = [](void* c) { (*static_cast<F*>(c))(); };
   for (unsigned bz = 0; bz < grid.z; ++bz)
@@ -122,11 +247,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool alte
         ++block_serial;
         std::memset(dyn_shared, 0xff, dyn_bytes);
         for (int i = 0; i < n_fibers; ++i) {
-          getcontext(&fs[i].ctx);
-          fs[i].ctx.uc_stack.ss_sp = fs[i].stack;
-          fs[i].ctx.uc_stack.ss_size = STACK_BYTES;
-          fs[i].ctx.uc_link = nullptr;
-          makecontext(&fs[i].ctx, fiber_entry, 0);
+          start_context(fs[i].ctx, fs[i].stack, STACK_BYTES, fiber_entry);
           fs[i].done = false;
         }
         live = n_fibers;
@@ -138,7 +259,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool alte
             if (fs[i].done) continue;
             current = i;
             threadIdx = {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
-            swapcontext(&scheduler, &fs[i].ctx);
+            switch_to(scheduler, fs[i].ctx);
           }
         }
       }
@@ -147,20 +268,6 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool alte
   fibers = nullptr;
 }
 
-// Host buffers: each in its own pages between two inaccessible 64 KB guards, its (64-byte padded)
-// end against the upper one, so that a kernel reading or writing past an array faults instead of
-// touching a neighbour.
-void* guarded(size_t bytes) {
-  const size_t page = 4096, guard = 16 * page;
-  size_t span = (bytes + 63) / 64 * 64;
-  size_t pages = (span + page - 1) / page;
-  char* base = static_cast<char*>(mmap(nullptr, pages * page + 2 * guard, PROT_READ | PROT_WRITE,
-                                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  if (base == MAP_FAILED) { std::perror("emu: mmap"); std::exit(3); }
-  mprotect(base, guard, PROT_NONE);
-  mprotect(base + guard + pages * page, guard, PROT_NONE);
-  return base + guard + pages * page - span;  // 64-byte aligned
-}
 }  // namespace emu
 
 void __syncthreads() {
@@ -168,5 +275,5 @@ void __syncthreads() {
   ++emu::arrived;
   emu::release_if_all_arrived();
   int me = emu::current;
-  while (emu::barrier_generation == generation) swapcontext(&emu::fibers[me].ctx, &emu::scheduler);
+  while (emu::barrier_generation == generation) emu::switch_to(emu::fibers[me].ctx, emu::scheduler);
 }
