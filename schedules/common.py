@@ -121,8 +121,9 @@ def with_cache_writes_first(trace: s_tir.schedule.Trace) -> s_tir.schedule.Trace
     """
     insts = list(trace.insts)
     moved = False
-    for i, inst in enumerate(list(insts)):
-        if inst.kind.name != "CacheWrite":
+    for inst in list(insts):
+        # register accumulators only (a "warp" fragment's layout is the tensor-core rules' own)
+        if inst.kind.name != "CacheWrite" or str(inst.attrs[-1]) != "local":
             continue
         at = insts.index(inst)
         to = at

@@ -57,6 +57,7 @@ class CUDAEllGather(SparseConvRule):
         n_ow, n_co, n_k = (sch.get(x).extent.value for x in (ow, co, k))
         if n_k % VEC:
             return None  # not an ELL width from SparseKernel (always a multiple of 4)
+        acc = sch.cache_write(blocks.conv, 0, "local")
 
         if tunable:
             tx = sch.sample_categorical(_THREADS_X, [0.25] * 4)
@@ -77,14 +78,14 @@ class CUDAEllGather(SparseConvRule):
         sch.bind(co_t, "threadIdx.y")
         sch.bind(ow_t, "threadIdx.x")
 
-        self._registers(sch, blocks, ow_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, oh_i, co_i))
+        self._registers(sch, blocks, acc, ow_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, oh_i, co_i))
         return sch
 
-    def _registers(self, sch, blocks, thread_loop, block_loop, k_o, threads, unroll, unrolled):
-        """The thread's accumulator tile in registers, written back (epilogue inlined) under
+    def _registers(self, sch, blocks, acc, thread_loop, block_loop, k_o, threads, unroll, unrolled):
+        """The thread's accumulator tile in registers (`acc`, the cache_write made before the loops
+        were split: `with_cache_writes_first` says why), written back (epilogue inlined) under
         `thread_loop`; one 16-byte vector of values and one of offsets per `k_o` step; `unrolled`
         loops unrolled and `k_o` up to `unroll` deep; then the relayout's schedule."""
-        acc = sch.cache_write(blocks.conv, 0, "local")
         sch.reverse_compute_at(acc, thread_loop, preserve_unit_loops=True)
         if blocks.epilogue is not None:
             self.attach_epilogue(sch, blocks)
@@ -168,6 +169,7 @@ class CUDAEllPixels(CUDAEllSharedWeights):
         if n_k % VEC:
             return None
         pixels = n_b * n_oh * n_ow
+        acc = sch.cache_write(blocks.conv, 0, "local")
 
         if tunable:
             tx = sch.sample_categorical(_PIXEL_THREADS, [0.25] * 4)
@@ -185,7 +187,8 @@ class CUDAEllPixels(CUDAEllSharedWeights):
 
         # A thread's pixels are consecutive (register loop innermost): a strided set would make
         # its accumulators' write-back the bounding box (see cuda_nhwc_direct). The last block's
-        # pixels past the map are predicated off.
+        # pixels past the map are predicated off, in the write-back too (its cache_write comes
+        # first: made after the split, it stored them past the output, `with_cache_writes_first`).
         p = sch.fuse(b, oh, ow)
         p_o, p_t, p_r = sch.split(p, factors=[None, tx, px])
         co_o, co_t, co_i = sch.split(co, factors=co_split)
@@ -196,7 +199,7 @@ class CUDAEllPixels(CUDAEllSharedWeights):
         sch.bind(co_t, "threadIdx.y")
         sch.bind(p_t, "threadIdx.x")
 
-        self._registers(sch, blocks, p_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, p_r, co_i))
+        self._registers(sch, blocks, acc, p_t, block_loop, k_o, (co_split[1], tx), unroll, (k_v, p_r, co_i))
         return sch
 
 

@@ -205,3 +205,61 @@ def test_arguments_are_checked_and_read_only_outputs_refused():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
         em(*inputs, out)
+
+
+def _ell_pixels_64_threads_on_49_pixels():
+    """cuda-ell-pixels' design space on a 7x7 output map, 64 threads of one pixel each: 15 threads
+    past the map. Returns (its trace with those decisions, the layer, inputs, kernel)."""
+    import tvm
+
+    from tvm_sparseconv.schedules.cuda_gather import _PIXEL_THREADS, _PIXELS_PER_THREAD
+
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-ell-pixels")
+    w, k, bias, wl, x = _layer(((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1, False, None), 5, rule.algorithm)
+    sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, True)
+    trace = sch.trace
+    samples = [i for i in trace.insts if i.kind.name == "SampleCategorical"]
+    trace = trace.with_decision(samples[0], _PIXEL_THREADS.index(64), True)
+    trace = trace.with_decision(samples[1], _PIXELS_PER_THREAD.index(1), True)
+    return trace, wl, [x, *algorithms.pack_weights(wl, k)], w
+
+
+def _replay(trace, wl):
+    import tvm
+
+    sch = tvm.s_tir.Schedule(tuning_records.workload_module(wl))
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch
+
+
+def test_threads_past_the_map_store_nothing():
+    """The rule makes its register tile's cache_write before splitting the pixels, so the write-back
+    is predicated like the compute (made after, TVM sized it by the 64 threads' rows: stores past the
+    output, which the GPU tests cannot see)."""
+    trace, wl, inputs, w = _ell_pixels_64_threads_on_49_pixels()
+    assert _error(emulate(_replay(trace, wl).mod, TARGET), inputs, w, wl, None) < 1e-5
+
+
+def test_records_with_a_late_cache_write_replay_with_it_first():
+    """A trace in the old order (cache_write after the loop splits, as records tuned before the fix
+    have it) stores past the output; `with_cache_writes_first`, which the replay of CUDA records
+    applies, puts it first and the same schedule is right."""
+    from tvm_sparseconv.schedules.common import with_cache_writes_first
+
+    trace, wl, inputs, w = _ell_pixels_64_threads_on_49_pixels()
+    insts = list(trace.insts)
+    cache_write = next(i for i in insts if i.kind.name == "CacheWrite")
+    insts.remove(cache_write)
+    insts.insert(next(n for n, i in enumerate(insts) if i.kind.name == "ReverseComputeAt"), cache_write)
+    late = _trace(insts, trace.decisions)
+    with pytest.raises(EmulatedFault, match="of conv, which holds 7840"):
+        emulate(_replay(late, wl).mod, TARGET)(*inputs, np.full(wl.output_shape, np.nan, np.float32))
+    fixed = with_cache_writes_first(late)
+    assert fixed is not None and with_cache_writes_first(fixed) is None
+    assert _error(emulate(_replay(fixed, wl).mod, TARGET), inputs, w, wl, None) < 1e-5
+
+
+def _trace(insts, decisions):
+    import tvm
+
+    return tvm.s_tir.schedule.Trace(insts, {i: d for i, d in decisions.items() if i in insts})

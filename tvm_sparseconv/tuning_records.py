@@ -51,7 +51,7 @@ from tvm.target import Target
 from ._warnings import warn_user
 from .algorithms import CONV, EPILOGUE, prim_func
 from .schedules import RULES
-from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none
+from .schedules.common import SparseConvBlocks, SparseConvRule, sblock_or_none, with_cache_writes_first
 from .schedules.cpu import schedule_relayout, without_old_relayout
 from .algorithms.ell_gather import X_GATHER
 from .targets import (GENERIC_FAMILY, cpu_vendor, cuda_family, family_time_factor, isa_family, target_folder_name,
@@ -558,8 +558,13 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
         return None
     sch = s_tir.Schedule(workload_module(wl))
     try:
-        # CPU records of before the blocked relayout get it (`schedules/cpu.py`); the rest replays as recorded
-        upgraded = without_old_relayout(record.trace) if target.kind.name == "llvm" and UPGRADE_RELAYOUT else None
+        # CPU records of before the blocked relayout get it (`schedules/cpu.py`); CUDA records their
+        # cache_writes before the loops are split (else a write-back may store past the output:
+        # `with_cache_writes_first`); the rest replays as recorded
+        if target.kind.name == "llvm":
+            upgraded = without_old_relayout(record.trace) if UPGRADE_RELAYOUT else None
+        else:
+            upgraded = with_cache_writes_first(record.trace)
         (upgraded or record.trace).apply_to_schedule(sch, remove_postproc=False)
         if upgraded is not None:
             schedule_relayout(sch, sch.get_sblock(X_GATHER))
