@@ -25,12 +25,14 @@ from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import workload_set
 
 from cuda_cases import CASES, CSR_SPLIT_K_CASES, FUZZ_CASES, sampled_candidates, sparse_kernel
-from test_tuning_logs import CUDA_ENTRIES, LOGS
+from test_tuning_logs import LOGS, _cuda_entries_with_rule
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator compiles with g++")
 TARGET = targets.cuda_target_for_arch("sm_90")
 CSR = algorithms.by_name("csr-split-k")
 PTX_RULES = {"cuda-union-tf32"}  # mma.sync as inline PTX
+#: every committed CUDA record but those of rules in PTX (folder, problem, workload, arch)
+RECORDS = [e[:4] for e in _cuda_entries_with_rule() if e[4] not in PTX_RULES]
 
 
 def _layer(case, seed: int, algorithm: str):
@@ -96,7 +98,7 @@ def test_sampled_design_space_candidates_compute_layers(algorithm, case):
     assert ran > 0, "every sampled candidate was rejected"
 
 
-@pytest.mark.parametrize("folder,problem,workload,arch", CUDA_ENTRIES, ids=[f"{f}/{p}" for f, p, *_ in CUDA_ENTRIES])
+@pytest.mark.parametrize("folder,problem,workload,arch", RECORDS, ids=[f"{f}/{p}" for f, p, *_ in RECORDS])
 def test_committed_cuda_records_compute_their_layers(folder, problem, workload, arch):
     """Each committed CUDA record, replayed onto its layer as compile() replays it, on fresh inputs."""
     target = targets.cuda_target_for_arch(arch)
