@@ -249,6 +249,9 @@ class CUDAEllSplitK(CUDAEllGather):
         sch.reorder(b, oh_o, co_o, k_s, oh_i, ow, co_t, co_i)
         partial = sch.rfactor(k_s, factor_axis=0)  # partial[slice, n, oh, ow, co]
         sch.set_scope(partial, 0, "shared")
+        # both register tiles' cache_writes before their loops are fused and split (made after,
+        # their write-backs stored past the map: `with_cache_writes_first`)
+        total = sch.cache_write(blocks.conv, 0, "local")
         block_loop = sch.fuse(b, oh_o, co_o)
         sch.bind(block_loop, "blockIdx.x")
         sch.reorder(oh_i, ow, co_t, co_i, k_s)
@@ -257,7 +260,6 @@ class CUDAEllSplitK(CUDAEllGather):
         sch.bind(sz, "threadIdx.z")
         sch.bind(sy, "threadIdx.y")
         sch.bind(sx, "threadIdx.x")
-        total = sch.cache_write(blocks.conv, 0, "local")
         sch.reverse_compute_at(total, sx, preserve_unit_loops=True)
         if blocks.epilogue is not None:
             self.attach_epilogue(sch, blocks)
@@ -266,6 +268,7 @@ class CUDAEllSplitK(CUDAEllGather):
         # A thread's pixels step by `tx` in a loop outside the thread loops, so that its
         # accumulators cover one pixel at a time (never a strided set; see cuda_nhwc_direct).
         sch.compute_at(partial, block_loop, preserve_unit_loops=True)
+        acc = sch.cache_write(partial, 0, "local")
         p_ks, p_b, p_oh, p_ow, p_co, p_k = sch.get_loops(partial)[-6:]
         px = sch.fuse(p_b, p_oh, p_ow)
         px_o, px_t = sch.split(px, factors=[None, tx])
@@ -275,7 +278,6 @@ class CUDAEllSplitK(CUDAEllGather):
         sch.bind(p_ks, "threadIdx.z")
         sch.bind(pc_t, "threadIdx.y")
         sch.bind(px_t, "threadIdx.x")
-        acc = sch.cache_write(partial, 0, "local")
         sch.reverse_compute_at(acc, px_t, preserve_unit_loops=True)
         unrolled_nonzeros(sch, partial, ("values", "offsets"), k_o, k_v, pc_i, unroll)
         sch.decompose_reduction(partial, k_o)

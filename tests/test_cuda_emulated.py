@@ -209,20 +209,21 @@ def test_arguments_are_checked_and_read_only_outputs_refused():
         em(*inputs, out)
 
 
-def _ell_pixels_64_threads_on_49_pixels():
-    """cuda-ell-pixels' design space on a 7x7 output map, 64 threads of one pixel each: 15 threads
-    past the map. Returns (its trace with those decisions, the layer, inputs, kernel)."""
-    import tvm
+def _with_64_threads_on_49_pixels(rule_name: str = "cuda-ell-pixels"):
+    """`rule_name`'s design space on a 7x7 output map with its first sampled choice (the threads
+    over pixels) at 64 and its second (pixels per thread, or K slices) at 1: 15 threads past the
+    map. Returns (that trace, the layer, inputs, kernel)."""
+    from tvm_sparseconv.schedules import cuda_gather
 
-    from tvm_sparseconv.schedules.cuda_gather import _PIXEL_THREADS, _PIXELS_PER_THREAD
-
-    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-ell-pixels")
+    threads = {"cuda-ell-pixels": cuda_gather._PIXEL_THREADS, "cuda-ell-splitk": cuda_gather._SPLIT_K_THREADS}
+    rule = next(r for r in rules_for(TARGET) if r.name == rule_name)
     w, k, bias, wl, x = _layer(((1, 14, 14, 32), (3, 3, 32, 40), 0.2, 2, "SAME", 1, False, None), 5, rule.algorithm)
-    sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, True)
-    trace = sch.trace
+    trace = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, True).trace
     samples = [i for i in trace.insts if i.kind.name == "SampleCategorical"]
-    trace = trace.with_decision(samples[0], _PIXEL_THREADS.index(64), True)
-    trace = trace.with_decision(samples[1], _PIXELS_PER_THREAD.index(1), True)
+    trace = trace.with_decision(samples[0], threads[rule_name].index(64), True)
+    trace = trace.with_decision(samples[1], 0, True)  # 1 pixel per thread, or 1 slice of K
+    tiles = next(i for i in trace.insts if i.kind.name == "SamplePerfectTile")
+    trace = trace.with_decision(tiles, [40, 1, 1], True)  # one output channel per block
     return trace, wl, [x, *algorithms.pack_weights(wl, k)], w
 
 
@@ -234,11 +235,12 @@ def _replay(trace, wl):
     return sch
 
 
-def test_threads_past_the_map_store_nothing():
-    """The rule makes its register tile's cache_write before splitting the pixels, so the write-back
-    is predicated like the compute (made after, TVM sized it by the 64 threads' rows: stores past the
-    output, which the GPU tests cannot see)."""
-    trace, wl, inputs, w = _ell_pixels_64_threads_on_49_pixels()
+@pytest.mark.parametrize("rule", ["cuda-ell-pixels", "cuda-ell-splitk"])
+def test_threads_past_the_map_store_nothing(rule):
+    """The rules make their register tiles' cache_writes before splitting the pixels, so the
+    write-backs are predicated like the compute (made after, TVM sized them by the 64 threads'
+    rows: stores past the output, which the GPU tests cannot see)."""
+    trace, wl, inputs, w = _with_64_threads_on_49_pixels(rule)
     assert _error(emulate(_replay(trace, wl).mod, TARGET), inputs, w, wl, None) < 1e-5
 
 
@@ -248,7 +250,7 @@ def test_records_with_a_late_cache_write_replay_with_it_first():
     applies, puts it first and the same schedule is right."""
     from tvm_sparseconv.schedules.common import with_cache_writes_first
 
-    trace, wl, inputs, w = _ell_pixels_64_threads_on_49_pixels()
+    trace, wl, inputs, w = _with_64_threads_on_49_pixels()
     insts = list(trace.insts)
     cache_write = next(i for i in insts if i.kind.name == "CacheWrite")
     insts.remove(cache_write)

@@ -561,12 +561,12 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
         # CPU records of before the blocked relayout get it (`schedules/cpu.py`); CUDA records their
         # cache_writes before the loops are split (else a write-back may store past the output:
         # `with_cache_writes_first`); the rest replays as recorded
-        if target.kind.name == "llvm":
-            upgraded = without_old_relayout(record.trace) if UPGRADE_RELAYOUT else None
-        else:
+        relayout = target.kind.name == "llvm" and UPGRADE_RELAYOUT
+        upgraded = without_old_relayout(record.trace) if relayout else None
+        if target.kind.name == "cuda":
             upgraded = with_cache_writes_first(record.trace)
         (upgraded or record.trace).apply_to_schedule(sch, remove_postproc=False)
-        if upgraded is not None:
+        if relayout and upgraded is not None:
             schedule_relayout(sch, sch.get_sblock(X_GATHER))
         if _has_epilogue(wl) and not _has_epilogue(tuned_wl) and sblock_or_none(sch, EPILOGUE) is not None:
             # As the record's rule does when it sees an epilogue. (An algorithm whose compute always
