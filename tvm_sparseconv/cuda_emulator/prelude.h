@@ -42,13 +42,22 @@
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+// vector types; a vector converts to another element type lane by lane (TVM declares a boolean
+// vector as `float4 v = make_ushort4(...)` in some selects)
 template <typename T> struct emu_v1 { T x; };
-template <typename T> struct alignas(sizeof(T) * 2) emu_v2 { T x, y; };
+template <typename T> struct alignas(sizeof(T) * 2) emu_v2 {
+  T x, y;
+  template <typename U> operator emu_v2<U>() const { return {U(x), U(y)}; }
+};
 template <typename T> struct emu_v3 { T x, y, z; };
-template <typename T> struct alignas(sizeof(T) * 4) emu_v4 { T x, y, z, w; };
+template <typename T> struct alignas(sizeof(T) * 4) emu_v4 {
+  T x, y, z, w;
+  template <typename U> operator emu_v4<U>() const { return {U(x), U(y), U(z), U(w)}; }
+};
 using float1 = emu_v1<float>; using float2 = emu_v2<float>; using float3 = emu_v3<float>; using float4 = emu_v4<float>;
 using int1 = emu_v1<int>; using int2 = emu_v2<int>; using int3 = emu_v3<int>; using int4 = emu_v4<int>;
 using uint1 = emu_v1<unsigned>; using uint2 = emu_v2<unsigned>; using uint4 = emu_v4<unsigned>;
+using ushort2 = emu_v2<unsigned short>; using ushort4 = emu_v4<unsigned short>;
 inline float2 make_float2(float a, float b) { return {a, b}; }
 inline float3 make_float3(float a, float b, float c) { return {a, b, c}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
@@ -57,6 +66,10 @@ inline int3 make_int3(int a, int b, int c) { return {a, b, c}; }
 inline int4 make_int4(int a, int b, int c, int d) { return {a, b, c, d}; }
 inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+inline ushort2 make_ushort2(unsigned short a, unsigned short b) { return {a, b}; }
+inline ushort4 make_ushort4(unsigned short a, unsigned short b, unsigned short c, unsigned short d) {
+  return {a, b, c, d};
+}
 
 // CUDA's overloaded min/max on mixed int/float arguments
 template <typename A, typename B> inline auto max(A a, B b) -> std::common_type_t<A, B> { return a < b ? b : a; }
