@@ -268,3 +268,32 @@ def _trace(insts, decisions):
     import tvm
 
     return tvm.s_tir.schedule.Trace(insts, {i: d for i, d in decisions.items() if i in insts})
+
+
+def _row_sums_by_warp_shuffles():
+    """A row sum with its 64 terms over 32 threads: TVM lowers the cross-thread sum to warp shuffles."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((4, 64), name="a")
+    k = te.reduce_axis((0, 64), name="k")
+    b = te.compute((4,), lambda i: te.sum(a[i, k], axis=k), name="b")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+    i, kk = sch.get_loops(sch.get_sblock("b"))
+    _, lanes = sch.split(kk, [None, 32])
+    sch.bind(i, "blockIdx.x")
+    sch.bind(lanes, "threadIdx.x")
+    return lower(sch.mod, TARGET)
+
+
+def test_warp_shuffles_add_up_across_lanes():
+    program = _row_sums_by_warp_shuffles()
+    shuffle = "__shfl_down_sync(mask_ptr[0], red_buf0_ptr[0], 1, 32)"
+    assert shuffle in program.source
+    a = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    sums = np.full(4, np.nan, np.float32)
+    EmulatedModule(program)(a, sums)
+    assert reference.relative_error(sums, a.astype(np.float64).sum(1)) < 1e-6
+    wrong = dataclasses.replace(program, source=program.source.replace(shuffle, shuffle.replace(", 1, 32", ", 2, 32")))
+    EmulatedModule(wrong)(a, sums)
+    assert reference.relative_error(sums, a.astype(np.float64).sum(1)) > 1e-2

@@ -10,9 +10,10 @@ inaccessible pages, so a kernel that reads or writes past an array stops with a 
 (`EmulatedFault`, naming the launch) instead of passing; shared memory starts as NaN in every block.
 
 What it shows: that the generated kernels compute the right numbers for the real data, with the
-real index arithmetic, bounds checks and launch sequence. What it does not: speed, and races the
-two orders do not expose. Sources with inline PTX (`asm`: tensor-core mma, cluster reductions)
-or warp-level intrinsics are declined (`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
+real index arithmetic, bounds checks, barriers, warp shuffles (the lanes of a warp exchange values
+once all its live lanes have arrived) and launch sequence. What it does not: speed, races the two
+orders do not expose, divergence within a warp. Sources with inline PTX (`asm`: tensor-core mma,
+cluster reductions) or warp votes are declined (`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
 remain the word on a real device; `tests/test_cuda_emulated.py` runs the CUDA algorithms here.
 """
 
@@ -34,8 +35,10 @@ from ..module_cache import cache_dir
 PRELUDE = Path(__file__).with_name("prelude.h")
 #: g++ flags: -O1 compiles the long unrolled kernels of register-reuse in seconds and runs them fast enough
 CXXFLAGS = ["-std=c++20", "-O1", "-w", "-fno-strict-aliasing"]
-#: what the emulator cannot run (inline PTX, warp shuffles and votes, cooperative groups)
-_UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__shfl|__ballot|__any_sync|__all_sync|__activemask|cooperative_groups|__syncwarp")
+#: what the emulator cannot run (inline PTX, warp votes, cooperative groups)
+_UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__ballot|__any_sync|__all_sync|cooperative_groups")
+#: what makes a kernel's threads wait for each other (they then run as fibers)
+_COLLECTIVE = re.compile(r"__syncthreads|__shfl|__syncwarp|__activemask")
 _C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64_t", "int8": "int8_t",
             "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t", "bool": "bool"}
 
@@ -158,10 +161,10 @@ _KERNEL_DEF = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\
 
 
 def _kernels_with_barriers(source: str) -> set[str]:
-    """The kernels whose definition calls __syncthreads (the others run without fibers)."""
+    """The kernels whose definition has a barrier or a warp shuffle (the others run without fibers)."""
     defs = list(_KERNEL_DEF.finditer(source))
     ends = [m.start() for m in defs[1:]] + [len(source)]
-    return {m.group(1) for m, end in zip(defs, ends) if "__syncthreads" in source[m.end():end]}
+    return {m.group(1) for m, end in zip(defs, ends) if _COLLECTIVE.search(source, m.end(), end)}
 
 
 def _translation_unit(program: CudaProgram) -> str:

@@ -2,9 +2,10 @@
 // thread, blocks run one after another. Force-included before the kernel source (g++ -include).
 //
 // What it checks: the kernels' index arithmetic, bounds, barriers' placement in the control flow,
-// and the host's sequence of launches, on real data. What it does not: timing, memory-model races
-// beyond the orders it tries (threads run between barriers in forward or reverse order, alternating),
-// warp-level primitives and inline PTX (sources with `asm` are declined in Python before compiling).
+// warp shuffles, and the host's sequence of launches, on real data. What it does not: timing,
+// memory-model races beyond the orders it tries (threads run between barriers in forward or reverse
+// order, alternating), divergence inside a warp (a warp's active lanes are those not yet exited),
+// votes and inline PTX (sources with them are declined in Python before compiling).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -156,11 +157,41 @@ inline void release_if_all_arrived() {
   if (arrived > 0 && arrived == live) { ++barrier_generation; arrived = 0; }
 }
 
+// Warp shuffles: each lane leaves its value in its warp's slots and waits until every lane of the
+// mask that has not exited has done so; then all read the published values.
+struct Warp {
+  unsigned long generation = 0;
+  unsigned arrived = 0;  // lanes arrived, as a mask
+  unsigned mask = 0;     // the lanes the shuffle waits for
+  uint64_t slot[32] = {}, published[32] = {};
+};
+std::vector<Warp> warps;
+unsigned live_lanes(int w);
+
+inline void release_warp_if_all_arrived(int w) {
+  if (w >= int(warps.size())) return;
+  Warp& wp = warps[w];
+  unsigned waiting_for = wp.mask & live_lanes(w);
+  if (wp.arrived != 0 && (wp.arrived & waiting_for) == waiting_for) {
+    std::memcpy(wp.published, wp.slot, sizeof wp.slot);
+    ++wp.generation;
+    wp.arrived = 0;
+  }
+}
+
+unsigned live_lanes(int w) {
+  unsigned m = 0;
+  for (int l = 0; l < 32 && w * 32 + l < n_fibers; ++l)
+    if (!fibers[w * 32 + l].done) m |= 1u << l;
+  return m;
+}
+
 void fiber_entry() {
   kernel_call(kernel_closure);
   fibers[current].done = true;
   --live;
   release_if_all_arrived();  // threads that have exited no longer hold the others at a barrier
+  release_warp_if_all_arrived(current / 32);
   switch_to(fibers[current].ctx, scheduler);  // never resumed
   std::abort();
 }
@@ -265,6 +296,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barr
         }
         live = n_fibers;
         arrived = 0;
+        warps.assign((n_fibers + 31) / 32, Warp{});
         for (long round = 0; live > 0; ++round) {
           bool reverse = alternate && (round & 1);
           for (int k = 0; k < n_fibers; ++k) {
@@ -290,3 +322,44 @@ void __syncthreads() {
   int me = emu::current;
   while (emu::barrier_generation == generation) emu::switch_to(emu::fibers[me].ctx, emu::scheduler);
 }
+
+namespace emu {
+// One value per lane of the calling thread's warp through the exchange: the value of lane
+// `source(lane)` (a lane outside the warp's segment of `width` keeps its own value).
+template <typename T, typename F>
+T warp_exchange(unsigned mask, T value, F source) {
+  static_assert(sizeof(T) <= 8, "a shuffle moves at most 8 bytes");
+  int me = current, w = me / 32, lane = me % 32;
+  Warp& wp = warps[w];
+  uint64_t bits = 0;
+  std::memcpy(&bits, &value, sizeof(T));
+  wp.slot[lane] = bits;
+  if (wp.arrived == 0) wp.mask = mask;
+  wp.arrived |= 1u << lane;
+  unsigned long generation = wp.generation;
+  release_warp_if_all_arrived(w);
+  while (warps[w].generation == generation) switch_to(fibers[me].ctx, scheduler);
+  int src = source(lane);
+  T out = value;
+  if (src >= 0 && src < 32 && (mask >> src & 1u)) std::memcpy(&out, &warps[w].published[src], sizeof(T));
+  return out;
+}
+}  // namespace emu
+
+inline unsigned __activemask() { return emu::live_lanes(emu::current / 32); }
+template <typename T> T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) { return lane / width * width + (src % width + width) % width; });
+}
+template <typename T> T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) {
+    return int(lane % width + delta) < width ? lane + int(delta) : lane; });
+}
+template <typename T> T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) { return lane % width >= int(delta) ? lane - int(delta) : lane; });
+}
+template <typename T> T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return emu::warp_exchange(mask, v, [&](int lane) {
+    int src = lane ^ lane_mask;
+    return src / width == lane / width ? src : lane; });
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) { emu::warp_exchange(mask, 0, [](int lane) { return lane; }); }
