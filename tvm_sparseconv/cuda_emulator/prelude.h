@@ -250,9 +250,28 @@ void* guarded(size_t bytes, const char* name) {
   return data;
 }
 
+inline dim3 thread_of(int i, dim3 block) {
+  return {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
+}
+
+// Every block of the grid in turn, its dynamic shared memory refilled with NaN bytes (the static
+// arrays by EMU_SHARED).
+template <typename G>
+void for_each_block(dim3 grid, G&& run_block) {
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = {bx, by, bz};
+        ++block_serial;
+        std::memset(dyn_shared, 0xff, dyn_shared_bytes);
+        run_block();
+      }
+}
+
 // One launch: every block in turn; within a block the threads run as fibers in rounds (between two
 // barriers), in forward order on even rounds and in reverse on odd ones when `alternate`.
-// A kernel without barriers runs its threads one after the other as plain calls (`barriers` false).
+// A kernel without barriers or shuffles runs its threads one after the other as plain calls
+// (`barriers` false), in reverse order in every other block when `alternate`.
 template <typename F>
 void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barriers, bool alternate, F&& body) {
   running = name;
@@ -265,18 +284,12 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barr
   dyn_shared = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(dyn.data()) + 63) & ~uintptr_t(63));
   dyn_shared_bytes = dyn_bytes;
   if (!barriers) {
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          blockIdx = {bx, by, bz};
-          ++block_serial;
-          std::memset(dyn_shared, 0xff, dyn_bytes);
-          for (int k = 0; k < n_fibers; ++k) {
-            int i = alternate && (block_serial & 1) ? n_fibers - 1 - k : k;
-            threadIdx = {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
-            body();
-          }
-        }
+    for_each_block(grid, [&] {
+      for (int k = 0; k < n_fibers; ++k) {
+        threadIdx = thread_of(alternate && (block_serial & 1) ? n_fibers - 1 - k : k, block);
+        body();
+      }
+    });
     return;
   }
   Fiber* fs = new Fiber[n_fibers];
@@ -284,30 +297,25 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barr
   fibers = fs;
   kernel_closure = &body;
   kernel_call = [](void* c) { (*static_cast<F*>(c))(); };
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
-        ++block_serial;
-        std::memset(dyn_shared, 0xff, dyn_bytes);
-        for (int i = 0; i < n_fibers; ++i) {
-          start_context(fs[i].ctx, fs[i].stack, STACK_BYTES, fiber_entry);
-          fs[i].done = false;
-        }
-        live = n_fibers;
-        arrived = 0;
-        warps.assign((n_fibers + 31) / 32, Warp{});
-        for (long round = 0; live > 0; ++round) {
-          bool reverse = alternate && (round & 1);
-          for (int k = 0; k < n_fibers; ++k) {
-            int i = reverse ? n_fibers - 1 - k : k;
-            if (fs[i].done) continue;
-            current = i;
-            threadIdx = {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
-            switch_to(scheduler, fs[i].ctx);
-          }
-        }
+  for_each_block(grid, [&] {
+    for (int i = 0; i < n_fibers; ++i) {
+      start_context(fs[i].ctx, fs[i].stack, STACK_BYTES, fiber_entry);
+      fs[i].done = false;
+    }
+    live = n_fibers;
+    arrived = 0;
+    warps.assign((n_fibers + 31) / 32, Warp{});
+    for (long round = 0; live > 0; ++round) {
+      bool reverse = alternate && (round & 1);
+      for (int k = 0; k < n_fibers; ++k) {
+        int i = reverse ? n_fibers - 1 - k : k;
+        if (fs[i].done) continue;
+        current = i;
+        threadIdx = thread_of(i, block);
+        switch_to(scheduler, fs[i].ctx);
       }
+    }
+  });
   for (int i = 0; i < n_fibers; ++i) std::free(fs[i].stack);
   delete[] fs;
   fibers = nullptr;
