@@ -33,7 +33,7 @@ import tvm
 from ..module_cache import cache_dir
 
 PRELUDE = Path(__file__).with_name("prelude.h")
-#: g++ flags: -O1 compiles the long unrolled kernels of register-reuse in seconds and runs them fast enough
+#: g++ flags: -O1 compiles TVM's unrolled kernels in about a second and runs them fast enough
 CXXFLAGS = ["-std=c++20", "-O1", "-w", "-fno-strict-aliasing"]
 #: what the emulator cannot run (inline PTX, warp votes, cooperative groups)
 _UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__ballot|__any_sync|__all_sync|cooperative_groups")
@@ -160,7 +160,7 @@ _DYN_SHARED_DECL = re.compile(r"extern\s+__shared__\s+(?:alignas\(\d+\)\s+|__ali
 _KERNEL_DEF = re.compile(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{')
 
 
-def _kernels_with_barriers(source: str) -> set[str]:
+def _collective_kernels(source: str) -> set[str]:
     """The kernels whose definition has a barrier or a warp shuffle (the others run without fibers)."""
     defs = list(_KERNEL_DEF.finditer(source))
     ends = [m.start() for m in defs[1:]] + [len(source)]
@@ -186,12 +186,12 @@ def _translation_unit(program: CudaProgram) -> str:
         else:
             lines.append(f"  std::memset(b{i}, 0xff, {b.nbytes});")
     lines.append("  std::fclose(in);")
-    barriers = _kernels_with_barriers(source)
+    collective = _collective_kernels(source)
     for la in launches:
         args = ", ".join(f"({t})b{i}" for t, i in zip(la.arg_types, la.buffers))
         grid, block = ", ".join(map(str, la.grid)), ", ".join(map(str, la.block))
         lines.append(f"  emu::launch(\"{la.kernel}\", dim3{{{grid}}}, dim3{{{block}}}, {la.dynamic_shared_bytes}, "
-                     f"{'true' if la.kernel in barriers else 'false'}, alternate, [&] {{ {la.kernel}({args}); }});")
+                     f"{'true' if la.kernel in collective else 'false'}, alternate, [&] {{ {la.kernel}({args}); }});")
     lines.append("  FILE* out = std::fopen(argv[2], \"wb\");")
     for i, b in enumerate(buffers):
         if b.param:
