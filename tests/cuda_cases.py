@@ -19,6 +19,9 @@ CASES = [  # (input NHWC, kernel HWIO, density, strides, padding, dilations, bia
 ]
 
 
+#: where csr-split-k's blocks take their weights from (`use_csr_weight_path`)
+CSR_WEIGHT_PATHS = ["shared", "global", "global-pipelined", "global-batched"]
+
 CSR_SPLIT_K_CASES = [  # 1x1 layers x csr-split-k tiles: (input, kernel, strides, padding, bias, activation, tile)
     ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu", "p49q2r16k64t256"),  # 4 chunks, the last short
     ((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, None, "p32q4r32k64t256"),  # pixel and channel tails
@@ -72,3 +75,37 @@ def sampled_candidates(wl, target, rng, seeds: int):
             sch.enter_postproc()
             if all(p.apply(sch) for p in ctx.space_generator.postprocs):
                 yield sch
+
+
+def use_csr_weight_path(monkeypatch, path: str) -> None:
+    """csr-split-k's emitter switches for one of `CSR_WEIGHT_PATHS`: weights staged in shared
+    memory, or read from global memory (the default), also with v8's pipelined walk
+    (`PIPELINED`) and v9's 4 loads per item per step (`LOADS_PER_ITEM`)."""
+    from tvm_sparseconv.schedules import cuda_csr_split_k
+
+    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", path == "shared")
+    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", path in ("global-pipelined", "global-batched"))
+    monkeypatch.setattr(cuda_csr_split_k, "LOADS_PER_ITEM", 4 if path == "global-batched" else 0)
+
+
+def replayed(trace, mod):
+    """A schedule of `mod` with `trace` applied (post-processing kept, as records replay)."""
+    import tvm
+
+    sch = tvm.s_tir.Schedule(mod)
+    trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch
+
+
+def with_late_cache_write(trace):
+    """`trace` with its first register cache_write moved to just before its ReverseComputeAt: the
+    order the cuda-ell rules had before `with_cache_writes_first` (None without one)."""
+    import tvm
+
+    insts = list(trace.insts)
+    cw = next((i for i in insts if i.kind.name == "CacheWrite" and str(i.attrs[-1]) == "local"), None)
+    if cw is None:
+        return None
+    insts.remove(cw)
+    insts.insert(next(n for n, i in enumerate(insts) if i.kind.name == "ReverseComputeAt"), cw)
+    return tvm.s_tir.schedule.Trace(insts, {i: d for i, d in trace.decisions.items() if i in insts})

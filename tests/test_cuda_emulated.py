@@ -24,7 +24,8 @@ from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import workload_set
 
-from cuda_cases import CASES, CSR_SPLIT_K_CASES, FUZZ_CASES, sampled_candidates, sparse_kernel
+from cuda_cases import (CASES, CSR_SPLIT_K_CASES, CSR_WEIGHT_PATHS, FUZZ_CASES, replayed, sampled_candidates,
+                        sparse_kernel, use_csr_weight_path, with_late_cache_write)
 from test_tuning_logs import LOGS, _cuda_entries_with_rule
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator compiles with g++")
@@ -124,16 +125,12 @@ def _csr_layer(x_shape, k_shape, strides, padding, bias, activation, seed=17):
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,bias,activation,tile", CSR_SPLIT_K_CASES,
                          ids=[c[-1] + f"-{i}" for i, c in enumerate(CSR_SPLIT_K_CASES)])
-@pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined", "global-batched"])
+@pytest.mark.parametrize("weights_in", CSR_WEIGHT_PATHS)
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """tests/test_gpu.py's csr-split-k grid, twice per build (the first kernel must reset the
     output every call); cluster tiles are PTX and declined."""
-    from tvm_sparseconv.schedules import cuda_csr_split_k
-
-    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
-    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", weights_in in ("global-pipelined", "global-batched"))
-    monkeypatch.setattr(cuda_csr_split_k, "LOADS_PER_ITEM", 4 if weights_in == "global-batched" else 0)
+    use_csr_weight_path(monkeypatch, weights_in)
     rng, w, b, kernel, wl = _csr_layer(x_shape, k_shape, strides, padding, bias, activation)
     mod = CSR.ir_module(kernel, wl, CSR.tiles()[tile])
     if CSR.tiles()[tile].reduce == "cluster":
@@ -228,21 +225,13 @@ def _with_64_threads_on_49_pixels(rule_name: str = "cuda-ell-pixels"):
     return trace, wl, [x, *algorithms.pack_weights(wl, k)], w
 
 
-def _replay(trace, wl):
-    import tvm
-
-    sch = tvm.s_tir.Schedule(tuning_records.workload_module(wl))
-    trace.apply_to_schedule(sch, remove_postproc=False)
-    return sch
-
-
 @pytest.mark.parametrize("rule", ["cuda-ell-pixels", "cuda-ell-splitk"])
 def test_threads_past_the_map_store_nothing(rule):
     """The rules make their register tiles' cache_writes before splitting the pixels, so the
     write-backs are predicated like the compute (made after, TVM sized them by the 64 threads'
     rows: stores past the output, which the GPU tests cannot see)."""
     trace, wl, inputs, w = _with_64_threads_on_49_pixels(rule)
-    assert _error(emulate(_replay(trace, wl).mod, TARGET), inputs, w, wl, None) < 1e-5
+    assert _error(emulate(replayed(trace, tuning_records.workload_module(wl)).mod, TARGET), inputs, w, wl, None) < 1e-5
 
 
 def test_records_with_a_late_cache_write_replay_with_it_first():
@@ -252,22 +241,13 @@ def test_records_with_a_late_cache_write_replay_with_it_first():
     from tvm_sparseconv.schedules.common import with_cache_writes_first
 
     trace, wl, inputs, w = _with_64_threads_on_49_pixels()
-    insts = list(trace.insts)
-    cache_write = next(i for i in insts if i.kind.name == "CacheWrite")
-    insts.remove(cache_write)
-    insts.insert(next(n for n, i in enumerate(insts) if i.kind.name == "ReverseComputeAt"), cache_write)
-    late = _trace(insts, trace.decisions)
+    late = with_late_cache_write(trace)
+    mod = tuning_records.workload_module(wl)
     with pytest.raises(EmulatedFault, match="of conv, which holds 7840"):
-        emulate(_replay(late, wl).mod, TARGET)(*inputs, np.full(wl.output_shape, np.nan, np.float32))
+        emulate(replayed(late, mod).mod, TARGET)(*inputs, np.full(wl.output_shape, np.nan, np.float32))
     fixed = with_cache_writes_first(late)
     assert fixed is not None and with_cache_writes_first(fixed) is None
-    assert _error(emulate(_replay(fixed, wl).mod, TARGET), inputs, w, wl, None) < 1e-5
-
-
-def _trace(insts, decisions):
-    import tvm
-
-    return tvm.s_tir.schedule.Trace(insts, {i: d for i, d in decisions.items() if i in insts})
+    assert _error(emulate(replayed(fixed, mod).mod, TARGET), inputs, w, wl, None) < 1e-5
 
 
 def _row_sums_by_warp_shuffles():

@@ -21,7 +21,8 @@ from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import TINY, workload_set
 
-from cuda_cases import CASES, CSR_SPLIT_K_CASES, FUZZ_CASES, FUZZ_SEEDS, sampled_candidates, sparse_kernel as _kernel
+from cuda_cases import (CASES, CSR_SPLIT_K_CASES, CSR_WEIGHT_PATHS, FUZZ_CASES, FUZZ_SEEDS, sampled_candidates,
+                        sparse_kernel as _kernel, use_csr_weight_path)
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-5
@@ -552,7 +553,7 @@ def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_p
 
 
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,bias,activation,tile", CSR_SPLIT_K_CASES)
-@pytest.mark.parametrize("weights_in", ["shared", "global", "global-pipelined", "global-batched"])
+@pytest.mark.parametrize("weights_in", CSR_WEIGHT_PATHS)
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """csr-split-k against float64 on a grid of 1x1 layers (split chunks, tails, strides, padding,
@@ -560,11 +561,7 @@ def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bia
     poisoned, twice (the atomics' first kernel must reset the output every call); the blocks'
     weights read from global memory (the default), also with v8's pipelined walk (`PIPELINED`)
     and v9's 4 loads per item per step (`LOADS_PER_ITEM`), or staged in shared memory."""
-    from tvm_sparseconv.schedules import cuda_csr_split_k
-
-    monkeypatch.setattr(cuda_csr_split_k, "SHARED_WEIGHTS", weights_in == "shared")
-    monkeypatch.setattr(cuda_csr_split_k, "PIPELINED", weights_in in ("global-pipelined", "global-batched"))
-    monkeypatch.setattr(cuda_csr_split_k, "LOADS_PER_ITEM", 4 if weights_in == "global-batched" else 0)
+    use_csr_weight_path(monkeypatch, weights_in)
     rng = np.random.default_rng(17)
     w = _kernel(rng, k_shape, 0.2)
     w[..., 1] = 0.0

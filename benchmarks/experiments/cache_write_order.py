@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from tvm import s_tir
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -34,28 +33,11 @@ from tvm_sparseconv.schedules.common import with_cache_writes_first  # noqa: E40
 from tvm_sparseconv.tir_build import compile_tir  # noqa: E402
 from tvm_sparseconv.workload import ConvWorkload  # noqa: E402
 
-from cuda_cases import CASES, FUZZ_CASES, sparse_kernel  # noqa: E402
+from cuda_cases import CASES, FUZZ_CASES, replayed, sparse_kernel, with_late_cache_write  # noqa: E402
 
 
 def _source(mod, target) -> str:
     return next(m for m in compile_tir(mod, target).mod.imports if m.kind == "cuda").inspect_source()
-
-
-def _replayed(trace, func):
-    sch = s_tir.Schedule(func)
-    trace.apply_to_schedule(sch, remove_postproc=False)
-    return sch
-
-
-def _late(trace):
-    """`trace` with its first register cache_write just before its ReverseComputeAt (the old order)."""
-    insts = list(trace.insts)
-    cw = next((i for i in insts if i.kind.name == "CacheWrite" and str(i.attrs[-1]) == "local"), None)
-    if cw is None:
-        return None
-    insts.remove(cw)
-    insts.insert(next(n for n, i in enumerate(insts) if i.kind.name == "ReverseComputeAt"), cw)
-    return s_tir.schedule.Trace(insts, {i: d for i, d in trace.decisions.items() if i in insts})
 
 
 def _emulated_error(mod, target, wl, w, inputs) -> str:
@@ -84,8 +66,8 @@ def records() -> list[dict]:
             row = {"folder": folder.name, "problem": e["problem"], "rule": e.get("rule"), "reordered": moved is not None}
             if moved is not None:
                 func = tuning_records.workload_module(wl)
-                row["same_cuda"] = (_source(_replayed(rec.trace, func).mod, target)
-                                    == _source(_replayed(moved, func).mod, target))
+                row["same_cuda"] = (_source(replayed(rec.trace, func).mod, target)
+                                    == _source(replayed(moved, func).mod, target))
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -104,10 +86,10 @@ def untuned() -> list[dict]:
                                          rule.algorithm)
             func = tuning_records.workload_module(wl)["main"]
             sch = rule.apply(func, target, False)
-            late = _late(sch.trace) if sch is not None else None
+            late = with_late_cache_write(sch.trace) if sch is not None else None
             if late is None:
                 continue
-            old = _replayed(late, tuning_records.workload_module(wl))
+            old = replayed(late, tuning_records.workload_module(wl))
             row = {"rule": rule.name, "layer": i, "same_cuda": _source(sch.mod, target) == _source(old.mod, target)}
             if not row["same_cuda"]:
                 inputs = [rng.standard_normal(shape).astype(np.float32), *algorithms.pack_weights(wl, k)]
