@@ -67,3 +67,13 @@ def test_workload_sets_take_single_problems_by_name():
     assert [p.name for p in picked] == [proj, *(p.name for p in TINY)] and picked[0].strides == 2
     with pytest.raises(KeyError, match="unknown workload set or problem 'nope'"):
         workload_set("tiny,nope")
+
+
+def test_a_cpu_table_names_its_one_dense_baseline_once():
+    net = network_sweep(1, 90)
+    points = [{"sweep": net, "problem": p.name, "correct": True, "seconds": {"sparse": 1e-3, "tf_conv2d": 3e-3}}
+              for p in NETWORKS[net]]
+    table = markdown(network_times(points, "cpu"), "cpu")
+    header, _, row = table.splitlines()
+    assert header.count("all tf_conv2d ms") == 1 and header.count("|") == 6
+    assert row.split("|")[2:5] == [" 159.000 ", " 53.000 ", " **3.00** "]

@@ -79,6 +79,14 @@ def markdown(times: list[NetworkTime], device: str) -> str:
     if not times:
         return ""
     fp32, default = DENSE[device]
+    if fp32 == default:  # one dense baseline (CPUs): its columns once
+        lines = [f"| network | all {fp32} ms | sparse or {fp32} ms | that vs all {fp32} | layers sparse |",
+                 "|---" * 5 + "|"]
+        for t in times:
+            note = f" ({t.shapes} of {t.shapes + len(t.missing)} shapes)" if t.missing else ""
+            lines.append(f"| {t.network}{note} | {t.dense_fp32 * 1e3:.3f} | {t.chosen_fp32 * 1e3:.3f} "
+                         f"| **{t.as_dict()['speedup_fp32']:.2f}** | {t.sparse_layers_fp32} of {t.layers} |")
+        return "\n".join(lines) + "\n"
     lines = [
         f"| network | all {fp32} ms | all {default} ms | sparse or {fp32} ms | that vs all {fp32} "
         f"| that vs all {default} | sparse or {default} ms | that vs all {default} | layers sparse (vs {fp32}) |",
