@@ -3,8 +3,8 @@
 The same builds the GPU runs (TVM's CUDA C and its launch sequence) compute the layers of
 `tests/test_gpu.py` here, with NaN-poisoned outputs and fresh inputs: every untuned CUDA template,
 every committed CUDA record, and csr-split-k's tiles and records. This checks their logic (index
-arithmetic, bounds, barriers, the launches), not their speed; the GPU tests stay the word on a
-device. Not emulated (declined, tested so): inline PTX (union-tf32's mma, cluster tiles) and
+arithmetic, bounds, barriers, cluster reductions, the launches), not their speed; the GPU tests
+stay the word on a device. Not emulated (declined, tested so): inline PTX (union-tf32's mma) and
 register-reuse (built through LLVM's NVPTX backend, not TVM's CUDA C).
 """
 
@@ -129,15 +129,10 @@ def _csr_layer(x_shape, k_shape, strides, padding, bias, activation, seed=17):
 def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bias, activation, tile, weights_in,
                                          monkeypatch):
     """tests/test_gpu.py's csr-split-k grid, twice per build (the first kernel must reset the
-    output every call); cluster tiles are PTX and declined."""
+    output every call; a cluster tile's blocks add up each other's sums in distributed shared memory)."""
     use_csr_weight_path(monkeypatch, weights_in)
     rng, w, b, kernel, wl = _csr_layer(x_shape, k_shape, strides, padding, bias, activation)
-    mod = CSR.ir_module(kernel, wl, CSR.tiles()[tile])
-    if CSR.tiles()[tile].reduce == "cluster":
-        with pytest.raises(EmulationUnsupported):
-            emulate(mod, TARGET)
-        return
-    em = emulate(mod, TARGET)
+    em = emulate(CSR.ir_module(kernel, wl, CSR.tiles()[tile]), TARGET)
     weights = CSR.pack(wl, kernel) + ([b] if bias else [])
     for _ in range(2):
         x = rng.standard_normal(x_shape).astype(np.float32)
@@ -145,9 +140,8 @@ def test_csr_split_k_computes_1x1_layers(x_shape, k_shape, strides, padding, bia
 
 
 def _csr_records() -> list[dict]:
-    """The committed csr-split-k records with atomic tiles (cluster tiles reduce in PTX)."""
-    records = tile_records.read(tile_records.path_for(LOGS / "nvidia-h200", CSR.name), CSR.name)
-    return [r for r in records if CSR.tiles()[r["tile"]].reduce != "cluster"]
+    """The committed csr-split-k records (atomic and cluster tiles)."""
+    return tile_records.read(tile_records.path_for(LOGS / "nvidia-h200", CSR.name), CSR.name)
 
 
 @pytest.mark.parametrize("record", _csr_records(), ids=lambda r: f"{r['layer']}-{r['tile']}")
@@ -170,6 +164,40 @@ def _csr_program():
     program = lower(CSR.ir_module(kernel, wl, CSR.tiles()["p49q2r16k64t256"]), TARGET)
     x = np.random.default_rng(3).standard_normal(wl.input_shape).astype(np.float32)
     return program, [x, *CSR.pack(wl, kernel), b], w, wl, b
+
+
+def _cluster_program():
+    _, w, b, kernel, wl = _csr_layer((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu")
+    program = lower(CSR.ir_module(kernel, wl, CSR.tiles()["p49q2r16k64t256C"]), TARGET)
+    x = np.random.default_rng(4).standard_normal(wl.input_shape).astype(np.float32)
+    return program, [x, *CSR.pack(wl, kernel), b], w, wl, b
+
+
+def test_a_cluster_launch_runs_its_blocks_together():
+    """One kernel, clusters of 4 blocks (the chunks of 200 channels); right, and wrong when the
+    cluster barrier before the remote reads is removed (the other blocks' sums are not there yet)
+    or when every block reads its own shared memory instead of its neighbours'."""
+    program, inputs, w, wl, b = _cluster_program()
+    (launch,) = program.launches
+    assert launch.cluster == (1, 4, 1) and launch.grid[1] == 4
+    assert _error(EmulatedModule(program), inputs, w, wl, b) < 1e-5
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    no_barrier = dataclasses.replace(program, source=program.source.replace("tvm_builtin_cuda_cluster_sync();", "", 1))
+    EmulatedModule(no_barrier)(*inputs, out)
+    assert not np.all(np.isfinite(out))
+    assert "((uint)rank)" in program.source
+    own_rank = dataclasses.replace(program, source=program.source.replace("((uint)rank)", "((uint)blockIdx.y)", 1))
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    EmulatedModule(own_rank)(*inputs, out)
+    assert reference.relative_error(out, reference.conv2d_f64(inputs[0], w, wl, b)) > 1e-3
+
+
+def test_a_remote_read_outside_the_cluster_faults():
+    program, inputs, *_ = _cluster_program()
+    broken = dataclasses.replace(program, source=program.source.replace("((uint)rank)", "((uint)rank + 4)", 1))
+    out = np.full(program.buffers[-1].shape, np.nan, np.float32)
+    with pytest.raises(EmulatedFault, match="ld.shared::cluster of rank [4-7]"):
+        EmulatedModule(broken)(*inputs, out)
 
 
 def test_a_kernel_without_its_barrier_computes_wrong_results():

@@ -11,9 +11,11 @@ inaccessible pages, so a kernel that reads or writes past an array stops with a 
 
 What it shows: that the generated kernels compute the right numbers for the real data, with the
 real index arithmetic, bounds checks, barriers, warp shuffles (the lanes of a warp exchange values
-once all its live lanes have arrived) and launch sequence. What it does not: speed, races the two
-orders do not expose, divergence within a warp. Sources with inline PTX (`asm`: tensor-core mma,
-cluster reductions) or warp votes are declined (`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
+once all its live lanes have arrived), thread-block clusters (a cluster's blocks run together, each
+with its own shared memory; TVM's cluster barrier and distributed shared memory builtins) and launch
+sequence. What it does not: speed, races the two orders do not expose, divergence within a warp.
+Sources with other inline PTX (`asm`: tensor-core mma) or warp votes are declined
+(`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
 remain the word on a real device; `tests/test_cuda_emulated.py` runs the CUDA algorithms here.
 """
 
@@ -38,7 +40,14 @@ CXXFLAGS = ["-std=c++20", "-O1", "-w", "-fno-strict-aliasing"]
 #: what the emulator cannot run (inline PTX, warp votes, cooperative groups)
 _UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__ballot|__any_sync|__all_sync|cooperative_groups")
 #: what makes a kernel's threads wait for each other (they then run as fibers)
-_COLLECTIVE = re.compile(r"__syncthreads|__shfl|__syncwarp|__activemask")
+_COLLECTIVE = re.compile(r"__syncthreads|__shfl|__syncwarp|__activemask|tvm_builtin_cuda_cluster_sync|"
+                         r"tvm_builtin_ptx_ld_shared__cluster")
+#: TVM's device builtins written in PTX that the prelude defines in C++ (their definitions are removed)
+_EMULATED_BUILTINS = ("tvm_builtin_cuda_cvta_generic_to_shared", "tvm_builtin_cuda_cluster_sync",
+                      "tvm_builtin_ptx_mapa_u32_shared__cluster_u32", "tvm_builtin_ptx_ld_shared__cluster_f32",
+                      "tvm_builtin_cluster_ctaid_x", "tvm_builtin_cluster_ctaid_y", "tvm_builtin_cluster_ctaid_z")
+_BUILTIN_DEF = re.compile(r"__forceinline__ __device__ [\w ]+?\b(" + "|".join(_EMULATED_BUILTINS)
+                          + r")\([^)]*\)\s*\{.*?\n\}\n", re.DOTALL)
 _C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64_t", "int8": "int8_t",
             "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t", "bool": "bool"}
 
@@ -71,6 +80,7 @@ class Launch:
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     dynamic_shared_bytes: int
+    cluster: tuple[int, int, int] = (1, 1, 1)  # thread-block cluster dims (blocks that run together)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +145,7 @@ def _launch(call, kernels: dict, data_root) -> Launch:
     args = call.args[1:len(call.args) - len(params)]
     dims = dict(zip(params, extents))
     dynamic = sum(v for k, v in dims.items() if "dyn_shared" in k)
-    unknown = [k for k in params if not (k.startswith(("blockIdx.", "threadIdx.")) or "dyn_shared" in k)]
+    unknown = [k for k in params if not (k.startswith(("blockIdx.", "threadIdx.", "clusterCtaIdx.")) or "dyn_shared" in k)]
     if unknown:
         raise EmulationUnsupported(f"kernel {name} launches with {unknown}")
     func = kernels[name]
@@ -148,9 +158,14 @@ def _launch(call, kernels: dict, data_root) -> Launch:
         if dtype not in _C_TYPES:
             raise EmulationUnsupported(f"kernel {name} takes {dtype} data")
         types.append(_C_TYPES[dtype] + "*")
-    return Launch(name, tuple(data_root(a) for a in args), tuple(types),
-                  tuple(dims.get(f"blockIdx.{a}", 1) for a in "xyz"),
-                  tuple(dims.get(f"threadIdx.{a}", 1) for a in "xyz"), dynamic)
+    grid = tuple(dims.get(f"blockIdx.{a}", 1) for a in "xyz")
+    block = tuple(dims.get(f"threadIdx.{a}", 1) for a in "xyz")
+    cluster = tuple(dims.get(f"clusterCtaIdx.{a}", 1) for a in "xyz")
+    if any(g % c for g, c in zip(grid, cluster)):
+        raise EmulationUnsupported(f"kernel {name}: grid {grid} is not whole clusters of {cluster}")
+    if np.prod(cluster) > 1 and np.prod(block) % 32:
+        raise EmulationUnsupported(f"kernel {name}: clusters of blocks of {np.prod(block)} threads (not whole warps)")
+    return Launch(name, tuple(data_root(a) for a in args), tuple(types), grid, block, dynamic, cluster)
 
 
 _SHARED_DECL = re.compile(r"__shared__\s+(?:(?:alignas|__align__)\((\d+)\)\s+)?([\w:]+)\s+(\w+)(\[\d+\]);")
@@ -171,10 +186,10 @@ def _translation_unit(program: CudaProgram) -> str:
     """One C++ translation unit: the prelude, the kernels, and a main() that reads the parameters
     from argv[1], runs the launches and writes the parameters to argv[2]."""
     source, buffers, launches = program.source, program.buffers, program.launches
-    # a block's shared array: a static (alignment first, as C++ wants it), NaN at each block's start
-    body = _SHARED_DECL.sub(lambda m: f"alignas({m.group(1) or 16}) static {m.group(2)} {m.group(3)}{m.group(4)}; "
-                                      f"EMU_SHARED({m.group(3)});", source)
-    body = _DYN_SHARED_DECL.sub(lambda m: f"{m.group(1)}* {m.group(2)} = ({m.group(1)}*)emu::dyn_shared;", body)
+    # a block's shared array: a place in its block's arena (NaN at each block's start)
+    body = _SHARED_DECL.sub(lambda m: f"EMU_SHARED_ARRAY({m.group(2)}, {m.group(3)}, {m.group(4)}, "
+                                      f"{m.group(1) or 16});", _BUILTIN_DEF.sub("", source))
+    body = _DYN_SHARED_DECL.sub(lambda m: f"EMU_DYNAMIC_SHARED({m.group(1)}, {m.group(2)});", body)
     lines = ['#include "prelude.h"', body, "int main(int argc, char** argv) {",
              "  if (argc < 3) { std::fprintf(stderr, \"usage: emu IN OUT [alternate]\\n\"); return 2; }",
              "  bool alternate = argc < 4 || argv[3][0] != '0';",
@@ -189,8 +204,9 @@ def _translation_unit(program: CudaProgram) -> str:
     collective = _collective_kernels(source)
     for la in launches:
         args = ", ".join(f"({t})b{i}" for t, i in zip(la.arg_types, la.buffers))
-        grid, block = ", ".join(map(str, la.grid)), ", ".join(map(str, la.block))
-        lines.append(f"  emu::launch(\"{la.kernel}\", dim3{{{grid}}}, dim3{{{block}}}, {la.dynamic_shared_bytes}, "
+        grid, block, cluster = (", ".join(map(str, d)) for d in (la.grid, la.block, la.cluster))
+        lines.append(f"  emu::launch(\"{la.kernel}\", dim3{{{grid}}}, dim3{{{block}}}, dim3{{{cluster}}}, "
+                     f"{la.dynamic_shared_bytes}, "
                      f"{'true' if la.kernel in collective else 'false'}, alternate, [&] {{ {la.kernel}({args}); }});")
     lines.append("  FILE* out = std::fopen(argv[2], \"wb\");")
     for i, b in enumerate(buffers):
@@ -230,7 +246,7 @@ class EmulatedModule:
     """A CUDA build of a TIR module, callable on numpy arrays like the compiled function."""
 
     def __init__(self, program: CudaProgram):
-        unsupported = _UNSUPPORTED.search(program.source)
+        unsupported = _UNSUPPORTED.search(_BUILTIN_DEF.sub("", program.source))
         if unsupported:
             raise EmulationUnsupported(f"the CUDA source uses {unsupported.group(0)!r}")
         self.program = program

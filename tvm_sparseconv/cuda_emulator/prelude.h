@@ -1,11 +1,13 @@
-// Runs TVM's generated CUDA C on the CPU: each thread of a block is a fiber (ucontext) of one OS
-// thread, blocks run one after another. Force-included before the kernel source (g++ -include).
+// Runs TVM's generated CUDA C on the CPU: each thread of a block is a fiber of one OS thread, blocks
+// (or, for cluster launches, the blocks of one thread-block cluster together) run one after another.
+// Force-included before the kernel source (g++ -include).
 //
 // What it checks: the kernels' index arithmetic, bounds, barriers' placement in the control flow,
-// warp shuffles, and the host's sequence of launches, on real data. What it does not: timing,
+// warp shuffles, cluster barriers and distributed shared memory (TVM's mapa / ld.shared::cluster
+// builtins), and the host's sequence of launches, on real data. What it does not: timing,
 // memory-model races beyond the orders it tries (threads run between barriers in forward or reverse
 // order, alternating), divergence inside a warp (a warp's active lanes are those not yet exited),
-// votes and inline PTX (sources with them are declined in Python before compiling).
+// votes and other inline PTX (sources with them are declined in Python before compiling).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -27,18 +29,14 @@
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
-// Block-shared memory: one static per declaration, shared by the block's fibers; blocks run one at a
-// time. EMU_SHARED (placed after each declaration by the Python side) fills it with NaN bytes once
-// per block, as a block's shared memory starts undefined.
-#define __shared__ static
-#define EMU_SHARED(name)                                   \
-  do {                                                     \
-    static long emu_filled_##name = -1;                    \
-    if (emu_filled_##name != emu::block_serial) {          \
-      emu_filled_##name = emu::block_serial;               \
-      std::memset((void*)(name), 0xff, sizeof(name));      \
-    }                                                      \
-  } while (0)
+// Block-shared memory: each block of the running team (one block, or a cluster's blocks) has its own
+// arena; a `__shared__` array (rewritten by the Python side into EMU_SHARED_ARRAY) sits at the same
+// offset of every arena, assigned at its first use, and dynamic shared memory after all of them.
+// An arena's arrays start as NaN bytes in every block.
+#define EMU_SHARED_ARRAY(T, name, dims, align)                                                  \
+  static const size_t emu_offset_##name = emu::reserve_shared(sizeof(T dims), align);          \
+  T(&name) dims = *reinterpret_cast<T(*) dims>(emu::rank_shared() + emu_offset_##name)
+#define EMU_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::rank_shared() + emu::STATIC_SHARED_BYTES)
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -85,9 +83,30 @@ template <typename T> inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; 
 
 
 namespace emu {
-long block_serial = 0;                // which block runs (EMU_SHARED)
-unsigned char* dyn_shared = nullptr;  // dynamic shared memory of the running launch
+long block_serial = 0;  // how many blocks (teams) have started
+
+// The arenas of the running team's blocks: static arrays first (offsets fixed per declaration for the
+// whole program), then the launch's dynamic shared memory.
+constexpr size_t STATIC_SHARED_BYTES = size_t(1) << 20;
+size_t static_shared_used = 0;
 size_t dyn_shared_bytes = 0;
+std::vector<unsigned char*> arenas;
+int current_rank = 0;  // the block (of the team) of the running thread
+inline unsigned char* rank_shared() { return arenas[current_rank]; }
+inline void fill_shared(unsigned char* arena) {
+  std::memset(arena, 0xff, static_shared_used);
+  std::memset(arena + STATIC_SHARED_BYTES, 0xff, dyn_shared_bytes);
+}
+size_t reserve_shared(size_t bytes, size_t align) {
+  size_t at = (static_shared_used + align - 1) / align * align;
+  if (at + bytes > STATIC_SHARED_BYTES) {
+    std::fprintf(stderr, "emu: fault: the kernels' shared arrays need more than %zu bytes\n", STATIC_SHARED_BYTES);
+    std::exit(139);
+  }
+  for (unsigned char* a : arenas) std::memset(a + static_shared_used, 0xff, at + bytes - static_shared_used);
+  static_shared_used = at + bytes;
+  return at;
+}
 
 // Switching fibers: on x86-64 a few instructions (callee-saved registers and the stack pointer);
 // ucontext's swapcontext, the portable fallback, makes a system call per switch (the signal mask).
@@ -148,13 +167,29 @@ struct Fiber {
 constexpr size_t STACK_BYTES = 1 << 20;
 Context scheduler;
 Fiber* fibers = nullptr;
-int n_fibers = 0, current = 0, live = 0, arrived = 0;
-unsigned long barrier_generation = 0;
+int n_fibers = 0, current = 0, block_threads = 1;
 void (*kernel_call)(void*) = nullptr;
 void* kernel_closure = nullptr;
 
-inline void release_if_all_arrived() {
-  if (arrived > 0 && arrived == live) { ++barrier_generation; arrived = 0; }
+// A barrier: the threads it waits for that have not exited (`live`), those arrived, and a generation
+// that moves on when all have arrived. One per block of the team (__syncthreads) and one for the
+// team (the cluster barrier).
+struct Barrier {
+  int live = 0, arrived = 0;
+  unsigned long generation = 0;
+  void release_if_all_arrived() {
+    if (arrived > 0 && arrived == live) { ++generation; arrived = 0; }
+  }
+};
+std::vector<Barrier> block_barriers;
+Barrier cluster_barrier;
+
+inline void wait_at(Barrier& b) {
+  unsigned long generation = b.generation;
+  ++b.arrived;
+  b.release_if_all_arrived();
+  int me = current;
+  while (b.generation == generation) switch_to(fibers[me].ctx, scheduler);
 }
 
 // Warp shuffles: each lane leaves its value in its warp's slots and waits until every lane of the
@@ -189,8 +224,12 @@ unsigned live_lanes(int w) {
 void fiber_entry() {
   kernel_call(kernel_closure);
   fibers[current].done = true;
-  --live;
-  release_if_all_arrived();  // threads that have exited no longer hold the others at a barrier
+  // threads that have exited no longer hold the others at a barrier
+  Barrier& block = block_barriers[current / block_threads];
+  --block.live;
+  block.release_if_all_arrived();
+  --cluster_barrier.live;
+  cluster_barrier.release_if_all_arrived();
   release_warp_if_all_arrived(current / 32);
   switch_to(fibers[current].ctx, scheduler);  // never resumed
   std::abort();
@@ -254,42 +293,61 @@ inline dim3 thread_of(int i, dim3 block) {
   return {unsigned(i) % block.x, (unsigned(i) / block.x) % block.y, unsigned(i) / (block.x * block.y)};
 }
 
-// Every block of the grid in turn, its dynamic shared memory refilled with NaN bytes (the static
-// arrays by EMU_SHARED).
+// Every team of the grid in turn (a block, or the blocks of a cluster of `cluster` dims, ranked x
+// fastest as %cluster_ctarank), with its arenas refilled with NaN bytes; `team[rank]` is each
+// block's index.
+std::vector<dim3> team;
 template <typename G>
-void for_each_block(dim3 grid, G&& run_block) {
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
+void for_each_team(dim3 grid, dim3 cluster, G&& run_team) {
+  for (unsigned bz = 0; bz < grid.z; bz += cluster.z)
+    for (unsigned by = 0; by < grid.y; by += cluster.y)
+      for (unsigned bx = 0; bx < grid.x; bx += cluster.x) {
+        int r = 0;
+        for (unsigned dz = 0; dz < cluster.z; ++dz)
+          for (unsigned dy = 0; dy < cluster.y; ++dy)
+            for (unsigned dx = 0; dx < cluster.x; ++dx) team[r++] = {bx + dx, by + dy, bz + dz};
         ++block_serial;
-        std::memset(dyn_shared, 0xff, dyn_shared_bytes);
-        run_block();
+        for (unsigned char* a : arenas) fill_shared(a);
+        run_team();
       }
 }
 
-// One launch: every block in turn; within a block the threads run as fibers in rounds (between two
-// barriers), in forward order on even rounds and in reverse on odd ones when `alternate`.
-// A kernel without barriers or shuffles runs its threads one after the other as plain calls
-// (`barriers` false), in reverse order in every other block when `alternate`.
+// One launch: every team (block or cluster) in turn; within a team the threads run as fibers in
+// rounds (up to a barrier), in forward order on even rounds and in reverse on odd ones when
+// `alternate`. A kernel without barriers or shuffles runs its threads one after the other as plain
+// calls (`barriers` false), in reverse order in every other block when `alternate`.
 template <typename F>
-void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barriers, bool alternate, F&& body) {
+void launch(const char* name, dim3 grid, dim3 block, dim3 cluster, size_t dyn_bytes, bool barriers, bool alternate,
+            F&& body) {
   running = name;
-  std::fprintf(stderr, "emu: launch %s grid (%u,%u,%u) block (%u,%u,%u)\n", name, grid.x, grid.y, grid.z,
-               block.x, block.y, block.z);
+  std::fprintf(stderr, "emu: launch %s grid (%u,%u,%u) block (%u,%u,%u) cluster (%u,%u,%u)\n", name, grid.x, grid.y,
+               grid.z, block.x, block.y, block.z, cluster.x, cluster.y, cluster.z);
   gridDim = grid;
   blockDim = block;
-  n_fibers = int(block.x * block.y * block.z);
-  std::vector<unsigned char> dyn(dyn_bytes + 64);
-  dyn_shared = reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(dyn.data()) + 63) & ~uintptr_t(63));
+  block_threads = int(block.x * block.y * block.z);
+  int ranks = int(cluster.x * cluster.y * cluster.z);
+  n_fibers = block_threads * ranks;
+  team.assign(ranks, dim3{});
   dyn_shared_bytes = dyn_bytes;
+  std::vector<std::vector<unsigned char>> memory(ranks);
+  arenas.clear();
+  for (auto& m : memory) {
+    m.resize(STATIC_SHARED_BYTES + dyn_bytes + 64);
+    arenas.push_back(reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(m.data()) + 63) & ~uintptr_t(63)));
+  }
+  current_rank = 0;
   if (!barriers) {
-    for_each_block(grid, [&] {
-      for (int k = 0; k < n_fibers; ++k) {
-        threadIdx = thread_of(alternate && (block_serial & 1) ? n_fibers - 1 - k : k, block);
-        body();
+    for_each_team(grid, cluster, [&] {
+      for (int r = 0; r < ranks; ++r) {
+        blockIdx = team[r];
+        current_rank = r;
+        for (int k = 0; k < block_threads; ++k) {
+          threadIdx = thread_of(alternate && (block_serial & 1) ? block_threads - 1 - k : k, block);
+          body();
+        }
       }
     });
+    arenas.clear();
     return;
   }
   Fiber* fs = new Fiber[n_fibers];
@@ -297,21 +355,23 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barr
   fibers = fs;
   kernel_closure = &body;
   kernel_call = [](void* c) { (*static_cast<F*>(c))(); };
-  for_each_block(grid, [&] {
+  for_each_team(grid, cluster, [&] {
     for (int i = 0; i < n_fibers; ++i) {
       start_context(fs[i].ctx, fs[i].stack, STACK_BYTES, fiber_entry);
       fs[i].done = false;
     }
-    live = n_fibers;
-    arrived = 0;
+    block_barriers.assign(ranks, Barrier{block_threads, 0, 0});
+    cluster_barrier = Barrier{n_fibers, 0, 0};
     warps.assign((n_fibers + 31) / 32, Warp{});
-    for (long round = 0; live > 0; ++round) {
+    for (long round = 0; cluster_barrier.live > 0; ++round) {
       bool reverse = alternate && (round & 1);
       for (int k = 0; k < n_fibers; ++k) {
         int i = reverse ? n_fibers - 1 - k : k;
         if (fs[i].done) continue;
         current = i;
-        threadIdx = thread_of(i, block);
+        current_rank = i / block_threads;
+        blockIdx = team[current_rank];
+        threadIdx = thread_of(i % block_threads, block);
         switch_to(scheduler, fs[i].ctx);
       }
     }
@@ -319,17 +379,41 @@ void launch(const char* name, dim3 grid, dim3 block, size_t dyn_bytes, bool barr
   for (int i = 0; i < n_fibers; ++i) std::free(fs[i].stack);
   delete[] fs;
   fibers = nullptr;
+  arenas.clear();
 }
 
 }  // namespace emu
 
-void __syncthreads() {
-  unsigned long generation = emu::barrier_generation;
-  ++emu::arrived;
-  emu::release_if_all_arrived();
-  int me = emu::current;
-  while (emu::barrier_generation == generation) emu::switch_to(emu::fibers[me].ctx, emu::scheduler);
+void __syncthreads() { emu::wait_at(emu::block_barriers[emu::current_rank]); }
+
+// Thread-block clusters (TVM's builtins, whose PTX the Python side removes): a shared address is
+// the block's rank in the cluster above the offset in its arena.
+constexpr unsigned EMU_RANK_SHIFT = 24;
+inline unsigned tvm_builtin_cuda_cvta_generic_to_shared(void* p) {
+  auto* at = static_cast<unsigned char*>(p);
+  for (size_t r = 0; r < emu::arenas.size(); ++r)
+    if (at >= emu::arenas[r] && at < emu::arenas[r] + emu::STATIC_SHARED_BYTES + emu::dyn_shared_bytes)
+      return unsigned(r) << EMU_RANK_SHIFT | unsigned(at - emu::arenas[r]);
+  std::fprintf(stderr, "emu: fault in %s: cvta to shared of an address outside shared memory\n", emu::running);
+  std::exit(139);
 }
+inline unsigned __cvta_generic_to_shared(void* p) { return tvm_builtin_cuda_cvta_generic_to_shared(p); }
+inline void tvm_builtin_cuda_cluster_sync() { emu::wait_at(emu::cluster_barrier); }
+inline void tvm_builtin_ptx_mapa_u32_shared__cluster_u32(uint32_t& d, uint32_t a, uint32_t rank) {
+  d = rank << EMU_RANK_SHIFT | (a & ((1u << EMU_RANK_SHIFT) - 1));
+}
+inline void tvm_builtin_ptx_ld_shared__cluster_f32(float& d, uint32_t addr) {
+  size_t rank = addr >> EMU_RANK_SHIFT, offset = addr & ((1u << EMU_RANK_SHIFT) - 1);
+  if (rank >= emu::arenas.size() || offset + sizeof(float) > emu::STATIC_SHARED_BYTES + emu::dyn_shared_bytes) {
+    std::fprintf(stderr, "emu: fault in %s: ld.shared::cluster of rank %zu offset %zu in a cluster of %zu\n",
+                 emu::running, rank, offset, emu::arenas.size());
+    std::exit(139);
+  }
+  std::memcpy(&d, emu::arenas[rank] + offset, sizeof(float));
+}
+inline unsigned tvm_builtin_cluster_ctaid_x() { return blockIdx.x - emu::team[0].x; }
+inline unsigned tvm_builtin_cluster_ctaid_y() { return blockIdx.y - emu::team[0].y; }
+inline unsigned tvm_builtin_cluster_ctaid_z() { return blockIdx.z - emu::team[0].z; }
 
 namespace emu {
 // One value per lane of the calling thread's warp through the exchange: the value of lane
