@@ -3,9 +3,9 @@
 The same builds the GPU runs (TVM's CUDA C and its launch sequence) compute the layers of
 `tests/test_gpu.py` here, with NaN-poisoned outputs and fresh inputs: every untuned CUDA template,
 every committed CUDA record, and csr-split-k's tiles and records. This checks their logic (index
-arithmetic, bounds, barriers, cluster reductions, the launches), not their speed; the GPU tests
-stay the word on a device. Not emulated (declined, tested so): inline PTX (union-tf32's mma) and
-register-reuse (built through LLVM's NVPTX backend, not TVM's CUDA C).
+arithmetic, bounds, barriers, cluster reductions, union-tf32's tensor-core mma, the launches), not
+their speed; the GPU tests stay the word on a device. Not emulated (declined, tested so): other
+inline PTX, and register-reuse (built through LLVM's NVPTX backend, not TVM's CUDA C).
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from test_tuning_logs import LOGS, _cuda_entries_with_rule
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the emulator compiles with g++")
 TARGET = targets.cuda_target_for_arch("sm_90")
 CSR = algorithms.by_name("csr-split-k")
-PTX_RULES = {"cuda-union-tf32"}  # mma.sync as inline PTX
-#: every committed CUDA record but those of rules in PTX (folder, problem, workload, arch)
-RECORDS = [e[:4] for e in _cuda_entries_with_rule() if e[4] not in PTX_RULES]
+#: every committed CUDA record (folder, problem, workload, arch)
+RECORDS = [e[:4] for e in _cuda_entries_with_rule()]
 
 
 def _layer(case, seed: int, algorithm: str):
@@ -55,7 +54,7 @@ def _error(em: EmulatedModule, inputs: list[np.ndarray], w, wl, bias) -> float:
     return reference.relative_error(out, reference.conv2d_f64(inputs[0], w, wl, bias))
 
 
-@pytest.mark.parametrize("rule", [r.name for r in rules_for(TARGET) if r.name not in PTX_RULES])
+@pytest.mark.parametrize("rule", [r.name for r in rules_for(TARGET)])
 @pytest.mark.parametrize("case", CASES, ids=[f"case{i}" for i in range(len(CASES))])
 def test_untuned_cuda_templates_compute_layers(rule, case):
     """Every CUDA rule's untuned schedule (strides, dilations, paddings, batches, several input
@@ -69,16 +68,34 @@ def test_untuned_cuda_templates_compute_layers(rule, case):
     assert _error(emulate(sch.mod, TARGET), inputs, w, wl, bias) <= algorithms.by_name(wl.algorithm).tolerance
 
 
-def test_inline_ptx_is_declined_by_name():
+def _union_tf32_program():
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
-    _, k, _, wl, _ = _layer(CASES[0], 0, rule.algorithm)
+    w, k, bias, wl, x = _layer(CASES[0], 0, rule.algorithm)
     sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    return lower(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else []), w, wl, bias
+
+
+def test_inline_ptx_it_does_not_know_is_declined_by_name():
+    program, *_ = _union_tf32_program()
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32" in program.source
+    other = dataclasses.replace(program, source=program.source.replace("m16n8k8.row.col", "m16n8k4.row.col"))
     with pytest.raises(EmulationUnsupported, match="asm"):
-        emulate(sch.mod, TARGET)
+        EmulatedModule(other)
+
+
+def test_tensor_core_fragments_follow_ptx_layout():
+    """union-tf32's mma at TF32 accuracy; with the B fragment's two registers swapped (k rows
+    0-3 and 4-7 exchanged), wrong."""
+    program, inputs, w, wl, bias = _union_tf32_program()
+    assert 2e-5 < _error(EmulatedModule(program), inputs, w, wl, bias) < algorithms.by_name(wl.algorithm).tolerance
+    b0, b1 = '"r"(((unsigned *)(weights_warp_ptr + 0))[0])', '"r"(((unsigned *)(weights_warp_ptr + 0))[1])'
+    assert program.source.count(b0 + ", " + b1) == 1
+    swapped = dataclasses.replace(program, source=program.source.replace(b0 + ", " + b1, b1 + ", " + b0))
+    assert _error(EmulatedModule(swapped), inputs, w, wl, bias) > 1e-2
 
 
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()
-                                       if not a.generated and a.applies(None, "cuda") and a.name != "union-tf32"])
+                                       if not a.generated and a.applies(None, "cuda")])
 @pytest.mark.parametrize("case", FUZZ_CASES, ids=[f"fuzz{i}" for i in range(len(FUZZ_CASES))])
 def test_sampled_design_space_candidates_compute_layers(algorithm, case):
     """Random draws from each CUDA design space (what tuning measures; tuning checks only its

@@ -41,13 +41,39 @@ CXXFLAGS = ["-std=c++20", "-O1", "-w", "-fno-strict-aliasing"]
 _UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__ballot|__any_sync|__all_sync|cooperative_groups")
 #: what makes a kernel's threads wait for each other (they then run as fibers)
 _COLLECTIVE = re.compile(r"__syncthreads|__shfl|__syncwarp|__activemask|tvm_builtin_cuda_cluster_sync|"
-                         r"tvm_builtin_ptx_ld_shared__cluster")
+                         r"tvm_builtin_ptx_ld_shared__cluster|mma\.sync")
 #: TVM's device builtins written in PTX that the prelude defines in C++ (their definitions are removed)
 _EMULATED_BUILTINS = ("tvm_builtin_cuda_cvta_generic_to_shared", "tvm_builtin_cuda_cluster_sync",
                       "tvm_builtin_ptx_mapa_u32_shared__cluster_u32", "tvm_builtin_ptx_ld_shared__cluster_f32",
                       "tvm_builtin_cluster_ctaid_x", "tvm_builtin_cluster_ctaid_y", "tvm_builtin_cluster_ctaid_z")
 _BUILTIN_DEF = re.compile(r"__forceinline__ __device__ [\w ]+?\b(" + "|".join(_EMULATED_BUILTINS)
                           + r")\([^)]*\)\s*\{.*?\n\}\n", re.DOTALL)
+#: TVM's inline PTX for the TF32 tensor-core mma (union-tf32), which the prelude computes per warp
+_MMA_TF32 = re.compile(r'__asm__ __volatile__\(\s*"mma\.sync\.aligned\.m16n8k8\.row\.col\.f32\.tf32\.tf32\.f32"'
+                       r'\s*"[^"]*"\s*:(.*?)\)\s*;', re.DOTALL)
+_OPERAND = re.compile(r'"(=?[rf])"\(')
+
+
+def _mma_call(m: re.Match) -> str:
+    """`emu::mma_m16n8k8_tf32(d0..d3, a0..a3, b0, b1, c0..c3)` for one mma asm statement."""
+    text, operands, at = m.group(1), [], 0
+    while (found := _OPERAND.search(text, at)) is not None:
+        depth, i = 1, found.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        operands.append((found.group(1), text[found.end():i - 1]))
+        at = i
+    kinds = "".join(k[-1] for k, _ in operands)
+    if kinds != "ffff" + "rrrr" + "rr" + "ffff" or not all(k.startswith("=") for k, _ in operands[:4]):
+        raise EmulationUnsupported(f"an mma statement with operands {[k for k, _ in operands]}")
+    return "emu::mma_m16n8k8_tf32(" + ", ".join(e for _, e in operands) + ");"
+
+
+def _emulable(source: str) -> str:
+    """`source` with the PTX the prelude emulates replaced: TVM's cluster builtins' definitions
+    removed (the prelude defines them) and the TF32 mma statements made calls."""
+    return _MMA_TF32.sub(_mma_call, _BUILTIN_DEF.sub("", source))
 _C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64_t", "int8": "int8_t",
             "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t", "bool": "bool"}
 
@@ -188,7 +214,7 @@ def _translation_unit(program: CudaProgram) -> str:
     source, buffers, launches = program.source, program.buffers, program.launches
     # a block's shared array: a place in its block's arena (NaN at each block's start)
     body = _SHARED_DECL.sub(lambda m: f"EMU_SHARED_ARRAY({m.group(2)}, {m.group(3)}, {m.group(4)}, "
-                                      f"{m.group(1) or 16});", _BUILTIN_DEF.sub("", source))
+                                      f"{m.group(1) or 16});", _emulable(source))
     body = _DYN_SHARED_DECL.sub(lambda m: f"EMU_DYNAMIC_SHARED({m.group(1)}, {m.group(2)});", body)
     lines = ['#include "prelude.h"', body, "int main(int argc, char** argv) {",
              "  if (argc < 3) { std::fprintf(stderr, \"usage: emu IN OUT [alternate]\\n\"); return 2; }",
@@ -228,7 +254,8 @@ def _compile(program: str) -> Path:
     exe.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "emu.cpp"
-        (Path(tmp) / "cuda.h").write_text("// the emulator needs nothing of CUDA's driver API\n")
+        for header in ("cuda.h", "mma.h"):  # included by TVM's source; the prelude has what is used
+            (Path(tmp) / header).write_text("// the emulator needs nothing of this header\n")
         shutil.copy(PRELUDE, Path(tmp) / "prelude.h")
         src.write_text(program)
         built = Path(tmp) / "emu"
@@ -246,7 +273,7 @@ class EmulatedModule:
     """A CUDA build of a TIR module, callable on numpy arrays like the compiled function."""
 
     def __init__(self, program: CudaProgram):
-        unsupported = _UNSUPPORTED.search(_BUILTIN_DEF.sub("", program.source))
+        unsupported = _UNSUPPORTED.search(_emulable(program.source))
         if unsupported:
             raise EmulationUnsupported(f"the CUDA source uses {unsupported.group(0)!r}")
         self.program = program

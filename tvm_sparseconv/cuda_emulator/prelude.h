@@ -199,6 +199,8 @@ struct Warp {
   unsigned arrived = 0;  // lanes arrived, as a mask
   unsigned mask = 0;     // the lanes the shuffle waits for
   uint64_t slot[32] = {}, published[32] = {};
+  bool gathering = false;  // a collective that publishes several words per lane (`warp_gather`)
+  unsigned char blob[32][64] = {}, blob_published[32][64] = {};
 };
 std::vector<Warp> warps;
 unsigned live_lanes(int w);
@@ -209,6 +211,8 @@ inline void release_warp_if_all_arrived(int w) {
   unsigned waiting_for = wp.mask & live_lanes(w);
   if (wp.arrived != 0 && (wp.arrived & waiting_for) == waiting_for) {
     std::memcpy(wp.published, wp.slot, sizeof wp.slot);
+    if (wp.gathering) std::memcpy(wp.blob_published, wp.blob, sizeof wp.blob);
+    wp.gathering = false;
     ++wp.generation;
     wp.arrived = 0;
   }
@@ -435,6 +439,56 @@ T warp_exchange(unsigned mask, T value, F source) {
   T out = value;
   if (src >= 0 && src < 32 && (mask >> src & 1u)) std::memcpy(&out, &warps[w].published[src], sizeof(T));
   return out;
+}
+
+// Every lane's `bytes` (at most 64) of the calling thread's warp, once every live lane of `mask`
+// has left its own: row l of the result is lane l's.
+inline const unsigned char (*warp_gather(unsigned mask, const void* mine, size_t bytes))[64] {
+  int me = current, w = me / 32, lane = me % 32;
+  Warp& wp = warps[w];
+  std::memcpy(wp.blob[lane], mine, bytes);
+  wp.gathering = true;
+  if (wp.arrived == 0) wp.mask = mask;
+  wp.arrived |= 1u << lane;
+  unsigned long generation = wp.generation;
+  release_warp_if_all_arrived(w);
+  while (warps[w].generation == generation) switch_to(fibers[me].ctx, scheduler);
+  return warps[w].blob_published;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (the Python side rewrites TVM's inline PTX into
+// this call): D = A B + C over the warp's fragments in PTX's layout (group = lane / 4, t = lane % 4:
+// a0..a3 hold A[group][t], A[group+8][t], A[group][t+4], A[group+8][t+4]; b0, b1 hold B[t][group],
+// B[t+4][group]; c0..c3 hold C[group][2t], C[group][2t+1], C[group+8][2t], C[group+8][2t+1]). The
+// tensor cores read 19 bits of each operand (the low 13 of the mantissa are dropped); sums in fp32.
+inline float tf32_operand(uint32_t bits) {
+  bits &= 0xFFFFE000u;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline void mma_m16n8k8_tf32(float& d0, float& d1, float& d2, float& d3, uint32_t a0, uint32_t a1, uint32_t a2,
+                             uint32_t a3, uint32_t b0, uint32_t b1, float c0, float c1, float c2, float c3) {
+  uint32_t mine[6] = {a0, a1, a2, a3, b0, b1};
+  const unsigned char(*all)[64] = warp_gather(0xffffffffu, mine, sizeof mine);
+  auto word = [&](int lane, int reg) {
+    uint32_t v;
+    std::memcpy(&v, all[lane] + 4 * reg, 4);
+    return v;
+  };
+  int lane = current % 32, group = lane / 4, t = lane % 4;
+  float c[4] = {c0, c1, c2, c3};
+  float* d[4] = {&d0, &d1, &d2, &d3};
+  for (int i = 0; i < 4; ++i) {
+    int row = group + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+    float acc = c[i];
+    for (int k = 0; k < 8; ++k) {
+      float a = tf32_operand(word(row % 8 * 4 + k % 4, (row >= 8) + 2 * (k >= 4)));
+      float b = tf32_operand(word(col * 4 + k % 4, 4 + (k >= 4)));
+      acc = std::fma(a, b, acc);
+    }
+    *d[i] = acc;
+  }
 }
 }  // namespace emu
 
