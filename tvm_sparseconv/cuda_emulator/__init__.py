@@ -12,10 +12,10 @@ inaccessible pages, so a kernel that reads or writes past an array stops with a 
 What it shows: that the generated kernels compute the right numbers for the real data, with the
 real index arithmetic, bounds checks, barriers, warp shuffles (the lanes of a warp exchange values
 once all its live lanes have arrived), thread-block clusters (a cluster's blocks run together, each
-with its own shared memory; TVM's cluster barrier and distributed shared memory builtins) and launch
-sequence. What it does not: speed, races the two orders do not expose, divergence within a warp.
-Sources with other inline PTX (`asm`: tensor-core mma) or warp votes are declined
-(`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
+with its own shared memory; TVM's cluster barrier and distributed shared memory builtins), the TF32
+tensor-core mma (per warp, in PTX's fragment layout) and launch sequence. What it does not: speed,
+races the two orders do not expose, divergence within a warp. Sources with other inline PTX
+(`asm`) or warp votes are declined (`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
 remain the word on a real device; `tests/test_cuda_emulated.py` runs the CUDA algorithms here.
 """
 
@@ -52,6 +52,8 @@ _BUILTIN_DEF = re.compile(r"__forceinline__ __device__ [\w ]+?\b(" + "|".join(_E
 _MMA_TF32 = re.compile(r'__asm__ __volatile__\(\s*"mma\.sync\.aligned\.m16n8k8\.row\.col\.f32\.tf32\.tf32\.f32"'
                        r'\s*"[^"]*"\s*:(.*?)\)\s*;', re.DOTALL)
 _OPERAND = re.compile(r'"(=?[rf])"\(')
+_C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64_t", "int8": "int8_t",
+            "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t", "bool": "bool"}
 
 
 def _mma_call(m: re.Match) -> str:
@@ -74,8 +76,6 @@ def _emulable(source: str) -> str:
     """`source` with the PTX the prelude emulates replaced: TVM's cluster builtins' definitions
     removed (the prelude defines them) and the TF32 mma statements made calls."""
     return _MMA_TF32.sub(_mma_call, _BUILTIN_DEF.sub("", source))
-_C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "int64_t", "int8": "int8_t",
-            "uint8": "uint8_t", "int16": "int16_t", "uint32": "uint32_t", "bool": "bool"}
 
 
 class EmulationUnsupported(Exception):
