@@ -79,27 +79,22 @@ def markdown(times: list[NetworkTime], device: str) -> str:
     if not times:
         return ""
     fp32, default = DENSE[device]
-    if fp32 == default:  # one dense baseline (CPUs): its columns once
-        lines = [f"| network | all {fp32} ms | sparse or {fp32} ms | that vs all {fp32} | layers sparse |",
-                 "|---" * 5 + "|"]
-        for t in times:
-            note = f" ({t.shapes} of {t.shapes + len(t.missing)} shapes)" if t.missing else ""
-            lines.append(f"| {t.network}{note} | {t.dense_fp32 * 1e3:.3f} | {t.chosen_fp32 * 1e3:.3f} "
-                         f"| **{t.as_dict()['speedup_fp32']:.2f}** | {t.sparse_layers_fp32} of {t.layers} |")
-        return "\n".join(lines) + "\n"
-    lines = [
-        f"| network | all {fp32} ms | all {default} ms | sparse or {fp32} ms | that vs all {fp32} "
-        f"| that vs all {default} | sparse or {default} ms | that vs all {default} | layers sparse (vs {fp32}) |",
-        "|---" * 9 + "|",
+    columns = [  # (heading, cell, kept where the two dense baselines are one: CPUs)
+        (f"all {fp32} ms", lambda t, d: f"{t.dense_fp32 * 1e3:.3f}", True),
+        (f"all {default} ms", lambda t, d: f"{t.dense_default * 1e3:.3f}", False),
+        (f"sparse or {fp32} ms", lambda t, d: f"{t.chosen_fp32 * 1e3:.3f}", True),
+        (f"that vs all {fp32}", lambda t, d: f"{d['speedup_fp32']:.2f}", False),
+        (f"that vs all {default}", lambda t, d: f"**{d['fp32_chosen_vs_dense_default']:.2f}**", True),
+        (f"sparse or {default} ms", lambda t, d: f"{t.chosen_default * 1e3:.3f}", False),
+        (f"that vs all {default}", lambda t, d: f"{d['speedup_default']:.2f}", False),
+        (f"layers sparse (vs {fp32})", lambda t, d: f"{t.sparse_layers_fp32} of {t.layers}", True),
     ]
+    shown = [(head, cell) for head, cell, single in columns if single or fp32 != default]
+    lines = ["| network | " + " | ".join(head for head, _ in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for t in times:
         d = t.as_dict()
         note = f" ({t.shapes} of {t.shapes + len(t.missing)} shapes)" if t.missing else ""
-        lines.append(
-            f"| {t.network}{note} | {t.dense_fp32 * 1e3:.3f} | {t.dense_default * 1e3:.3f} | {t.chosen_fp32 * 1e3:.3f} "
-            f"| {d['speedup_fp32']:.2f} | **{d['fp32_chosen_vs_dense_default']:.2f}** | {t.chosen_default * 1e3:.3f} "
-            f"| {d['speedup_default']:.2f} | {t.sparse_layers_fp32} of {t.layers} |"
-        )
+        lines.append(f"| {t.network}{note} | " + " | ".join(cell(t, d) for _, cell in shown) + " |")
     return "\n".join(lines) + "\n"
 
 
