@@ -176,18 +176,17 @@ def test_committed_csr_split_k_records_compute_their_layers(record):
 
 # The emulator itself: it must be able to fail.
 
-def _csr_program():
+def _csr_program(tile: str = "p49q2r16k64t256", seed: int = 3):
+    """A csr-split-k build of a 1x1 layer of 200 channels (4 chunks of 64), its inputs, kernel,
+    workload and bias."""
     _, w, b, kernel, wl = _csr_layer((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu")
-    program = lower(CSR.ir_module(kernel, wl, CSR.tiles()["p49q2r16k64t256"]), TARGET)
-    x = np.random.default_rng(3).standard_normal(wl.input_shape).astype(np.float32)
+    program = lower(CSR.ir_module(kernel, wl, CSR.tiles()[tile]), TARGET)
+    x = np.random.default_rng(seed).standard_normal(wl.input_shape).astype(np.float32)
     return program, [x, *CSR.pack(wl, kernel), b], w, wl, b
 
 
 def _cluster_program():
-    _, w, b, kernel, wl = _csr_layer((1, 7, 7, 200), (1, 1, 200, 72), 1, "SAME", True, "relu")
-    program = lower(CSR.ir_module(kernel, wl, CSR.tiles()["p49q2r16k64t256C"]), TARGET)
-    x = np.random.default_rng(4).standard_normal(wl.input_shape).astype(np.float32)
-    return program, [x, *CSR.pack(wl, kernel), b], w, wl, b
+    return _csr_program("p49q2r16k64t256C", seed=4)  # the 4 chunks as one cluster
 
 
 def test_a_cluster_launch_runs_its_blocks_together():
