@@ -57,6 +57,9 @@ def parse_args(argv=None):
     ap.add_argument("--algorithms", default="",
                     help="also time these algorithms, each forced, beside compile()'s own choice: comma-separated "
                          "names (tvm_sparseconv.algorithms), or 'all' for every one that runs on the device")
+    ap.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                    help="tf32: also time what compile(..., precision='tf32') picks for each point (TF32 "
+                         "algorithms allowed; checked at their tolerance), beside the fp32 choice (tf32_mode)")
     ap.add_argument("--call-times", action="store_true",
                     help="GPU: also time ours and cuDNN per call from Python, host overhead included (call_seconds)")
     ap.add_argument("--compile-workers", type=int, default=0, metavar="N",
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
     for problem in it:
         try:
             points.append(bench_point(problem, target, on_gpu, repeats, not args.no_baselines, forced,
-                                      only_baselines, call_times=args.call_times and on_gpu))
+                                      only_baselines, call_times=args.call_times and on_gpu,
+                                      precision=args.precision))
             if problem.name in compile_s:
                 points[-1]["compile_s"] = compile_s[problem.name]
         except Exception as e:  # noqa: BLE001 - one broken point must not lose the others
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
         print("\nwhole networks (count x time per convolution shape):\n" + totals)
     print(f"wrote {out}")
     wrong = [p for p in points if "error" in p or not p.get("correct", False)
-             or not all(a["correct"] for a in p.get("algorithms", {}).values())]
+             or not all(a["correct"] for a in p.get("algorithms", {}).values())
+             or not p.get("tf32_mode", {}).get("correct", True)]
     return 1 if wrong else 0
 
 
@@ -167,8 +172,25 @@ def _check_and_time(op, xs, ref, on_gpu: bool, repeats: int,
     return err, baselines.cuda_event_median(run, repeats), per_call
 
 
+def _tf32_mode(problem: Problem, kernel, op, xs, ref, target, on_gpu: bool, repeats: int, ours: float,
+               err: float) -> dict:
+    """What `compile(..., precision="tf32")` runs for `problem` (fastest record, TF32 algorithms
+    allowed), checked at its algorithm's tolerance and timed; the fp32 op's figures where it picks
+    the same module."""
+    t0 = time.perf_counter()
+    op_tf32 = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
+                          target=target, precision="tf32")
+    compile_s = time.perf_counter() - t0
+    if (op_tf32.algorithm, op_tf32.schedule_source) != (op.algorithm, op.schedule_source):
+        err, ours, _ = _check_and_time(op_tf32, xs, ref, on_gpu, repeats)
+    return {"seconds": ours, "relative_error": err, "correct": err <= algorithms.by_name(op_tf32.algorithm).tolerance,
+            "algorithm": op_tf32.algorithm, "tuned": op_tf32.tuned, "schedule": op_tf32.schedule_source,
+            "compile_s": compile_s}
+
+
 def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_baselines: bool,
-                forced: list[str] = (), only_baselines: list[str] = (), call_times: bool = False) -> dict:
+                forced: list[str] = (), only_baselines: list[str] = (), call_times: bool = False,
+                precision: str = "fp32") -> dict:
     rng = np.random.default_rng(1234)
     t0 = time.perf_counter()
     w = problem.dense_kernel()
@@ -187,6 +209,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
     ref = reference.conv2d_f64(xs[0], w, wl)
     err, ours, ours_per_call = _check_and_time(op, xs, ref, on_gpu, repeats, call_times)
     times, errors = {"sparse": ours}, {"sparse": err}
+    tf32_mode = _tf32_mode(problem, kernel, op, xs, ref, target, on_gpu, repeats, ours, err) if precision == "tf32" else None
     per_algorithm = {}
     for name in forced:
         if not algorithms.by_name(name).applies(op.workload, target.kind.name):
@@ -222,7 +245,7 @@ def bench_point(problem: Problem, target, on_gpu: bool, repeats: int, with_basel
         "seconds": times, "relative_errors": errors, "convert_s": t_convert, "compile_s": t_compile, "input_rotation": n_rot,
         "useful_flops": useful, "dense_flops": wl.dense_flops(),
         "useful_tflops": useful / ours / 1e12,
-    } | ({"call_seconds": call} if call else {})
+    } | ({"call_seconds": call} if call else {}) | ({"tf32_mode": tf32_mode} if tf32_mode else {})
 
 
 def environment(device_name: str, target) -> dict:
@@ -278,7 +301,9 @@ def print_point(p: dict, file=None) -> None:
     msg = f"{p['problem']}: " + (f"ERROR {p['error']}" if "error" in p else
                                  f"{p['seconds']['sparse'] * 1e3:.3f} ms, err {p['relative_error']:.1e}, {p['schedule']}"
                                  + "".join(f"; {n} {a['seconds'] * 1e3:.3f} ms err {a['relative_error']:.1e}"
-                                           for n, a in p.get("algorithms", {}).items()))
+                                           for n, a in p.get("algorithms", {}).items())
+                                 + ("; tf32 mode {algorithm} {ms:.3f} ms err {relative_error:.1e}".format(
+                                     ms=p["tf32_mode"]["seconds"] * 1e3, **p["tf32_mode"]) if "tf32_mode" in p else ""))
     if tqdm is not None and file is None:
         tqdm.write(msg)
     else:
@@ -299,6 +324,10 @@ def print_table(points: list[dict]) -> None:
         for name, a in p.get("algorithms", {}).items():
             print(f"{'  forced ' + name:<26}{_fmt(a['seconds']):>10}{'':>{16 * len(names) + 9}}"
                   f"{a['relative_error']:>9.1e}  {a['schedule']}")
+        if "tf32_mode" in p:
+            t = p["tf32_mode"]
+            print(f"{'  tf32 mode':<26}{_fmt(t['seconds']):>10}{'':>{16 * len(names) + 9}}"
+                  f"{t['relative_error']:>9.1e}  {t['schedule']}")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
             share = f"{100 * p['useful_tflops'] / ceiling:.0f}%" if ceiling else "n/a"
             each = ", ".join(f"{n} {a['seconds'] * 1e3:.3f}" + ("" if a["correct"] else " (wrong)")
                              for n, a in p.get("algorithms", {}).items())
+            if "tf32_mode" in p:  # bench.py --precision tf32: compile()'s choice with TF32 allowed
+                t = p["tf32_mode"]
+                each += (", " if each else "") + (f"TF32 mode: {t['algorithm']} {t['seconds'] * 1e3:.3f}"
+                                                  + ("" if t["correct"] else " (wrong)"))
             full.append(f"| {p['problem']} | {s['sparse'] * 1e3:.3f} | {p.get('algorithm', 'ell-gather')} | "
                         + " | ".join(speed) + f" | {_gflops(p)} | {share} | {p['relative_error']:.1e} | "
                         f"{'yes' if p['tuned'] else 'no'} | {each} | {target_check(p)} |")

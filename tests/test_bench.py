@@ -16,8 +16,10 @@ def _bench(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def test_bench_times_only_the_named_baselines_and_checks_every_point(tmp_path):
+    """(--precision tf32 on a CPU: no TF32 algorithm runs there, so TF32 mode is the fp32 choice.)"""
     out = tmp_path / "cpu.json"
-    r = _bench("--sweeps", "tiny", "--device", "cpu", "--repeats", "2", "--baselines", "tf_conv2d", "--out", str(out))
+    r = _bench("--sweeps", "tiny", "--device", "cpu", "--repeats", "2", "--baselines", "tf_conv2d", "--out", str(out),
+               "--precision", "tf32")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     points = json.loads(out.read_text())["points"]
     assert [p["problem"] for p in points] == ["tiny_same", "tiny_stride"]
@@ -25,6 +27,9 @@ def test_bench_times_only_the_named_baselines_and_checks_every_point(tmp_path):
         assert p["correct"] and p["relative_error"] <= 1e-5
         assert set(p["seconds"]) == {"sparse", "tf_conv2d"} and p["seconds"]["tf_conv2d"] > 0
         assert p["count"] == 1
+        mode = p["tf32_mode"]
+        assert mode["correct"] and (mode["algorithm"], mode["seconds"]) == (p["algorithm"], p["seconds"]["sparse"])
+    assert "tf32 mode" in r.stdout
 
 
 def test_bench_refuses_an_unknown_baseline_by_name():

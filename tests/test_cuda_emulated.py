@@ -22,7 +22,7 @@ from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, Emulatio
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
-from tvm_sparseconv.workloads import workload_set
+from tvm_sparseconv.workloads import random_pruned_kernel, workload_set
 
 from cuda_cases import (CASES, CSR_SPLIT_K_CASES, CSR_WEIGHT_PATHS, FUZZ_CASES, replayed, sampled_candidates,
                         sparse_kernel, use_csr_weight_path, with_late_cache_write)
@@ -92,6 +92,32 @@ def test_tensor_core_fragments_follow_ptx_layout():
     assert program.source.count(b0 + ", " + b1) == 1
     swapped = dataclasses.replace(program, source=program.source.replace(b0 + ", " + b1, b1 + ", " + b0))
     assert _error(EmulatedModule(swapped), inputs, w, wl, bias) > 1e-2
+
+
+def test_union_tf32_on_block_pruned_channels_does_only_their_taps():
+    """Kernels pruned in blocks of 8 output channels (`workloads.random_pruned_kernel(block=8)`): a
+    group's union is its block's taps, so union-tf32's K shrinks to them (padded to 8) and the
+    layer stays right at TF32 accuracy; the elementwise kernel of the same density needs 3x the K."""
+    shape, kshape = (2, 8, 8, 192), (1, 1, 192, 24)
+    rng = np.random.default_rng(5)
+    union = algorithms.by_name("union-tf32")
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
+    widths = {}
+    for block in (8, 1):
+        w = random_pruned_kernel(kshape, 0.1, rng, block=block)
+        k = tsc.SparseKernel.from_dense(w)
+        wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, 1, "SAME", 1, True, "relu"),
+                                     union.name)
+        widths[block] = wl.ell_width
+        if block == 8:
+            longest = max(int((w[0, 0, c * 64:(c + 1) * 64, ::8] != 0).sum(0).max()) for c in range(3))
+            assert wl.ell_width == -(-longest // 8) * 8
+            sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+            bias = rng.standard_normal(24).astype(np.float32)
+            x = rng.standard_normal(shape).astype(np.float32)
+            err = _error(emulate(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+            assert 1e-6 < err <= union.tolerance
+    assert widths[1] >= 3 * widths[8]
 
 
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()

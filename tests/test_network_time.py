@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tvm_sparseconv.network_time import markdown, markdown_with_calls, network_times
-from tvm_sparseconv.workloads import NETWORKS, TINY, network_sweep, workload_set
+from tvm_sparseconv.workloads import GROUP_BLOCK, NETWORKS, TINY, network_sweep, random_pruned_kernel, workload_set
 
 
 def _points(network: str, sparse: float, fp32: float, tf32: float, correct: bool = True) -> list[dict]:
@@ -77,3 +78,49 @@ def test_a_cpu_table_names_its_one_dense_baseline_once():
     header, _, row = table.splitlines()
     assert header.count("all tf_conv2d ms") == 1 and header.count("|") == 6
     assert row.split("|")[2:5] == [" 159.000 ", " 53.000 ", " **3.00** "]
+
+
+def test_tf32_mode_total_takes_each_layer_the_fastest_of_three_and_skips_wrong_ones():
+    """`bench.py --precision tf32` points: per layer min(TF32-mode sparse if correct, fp32 sparse,
+    dense TF32); device time only; its columns appear only where measured."""
+    net = network_sweep(32, 90, GROUP_BLOCK)
+    points = _points(net, 2e-6, 3e-6, 1e-6)
+    first, second = NETWORKS[net][:2]
+    points[0]["tf32_mode"] = {"seconds": 0.25e-6, "correct": True}
+    points[1]["tf32_mode"] = {"seconds": 0.25e-6, "correct": False}  # wrong: counts as not measured
+    for p in points:
+        p["call_seconds"] = dict(p["seconds"])
+    (t,) = network_times(points, "gpu")
+    assert t.chosen_default == pytest.approx(53 * 1e-6)
+    assert t.chosen_tf32_mode == pytest.approx(first.count * 0.25e-6 + (53 - first.count) * 1e-6)
+    assert t.as_dict()["speedup_tf32_mode"] == pytest.approx(t.dense_default / t.chosen_tf32_mode)
+    assert "sparse (TF32 mode) or cudnn_tf32 ms" in markdown([t], "gpu")
+    (per_call,) = network_times(points, "gpu", key="call_seconds")
+    assert per_call.chosen_tf32_mode is None
+    assert "TF32 mode" not in markdown([per_call], "gpu")
+    (plain,) = network_times(_points(net, 2e-6, 3e-6, 1e-6), "gpu")
+    assert plain.chosen_tf32_mode is None and "speedup_tf32_mode" not in plain.as_dict()
+
+
+def test_block_pruned_network_blocks_its_1x1_layers_and_shares_the_others():
+    """The g8 set: its 1x1 kernels have whole blocks of 8 output channels at each input channel
+    (exactly 10% of the blocks kept, by mean magnitude); its other layers are the elementwise
+    set's problems, and a shared name still resolves to the elementwise set's."""
+    blocked, plain = NETWORKS[network_sweep(32, 90, GROUP_BLOCK)], NETWORKS[network_sweep(32, 90)]
+    for b, p in zip(blocked, plain):
+        if p.kernel_shape[:2] != (1, 1):
+            assert (b.name, b.block) == (p.name, 1)
+            continue
+        assert (b.name, b.block) == (p.name + "_g8", GROUP_BLOCK)
+        w = b.dense_kernel()
+        nz = (w != 0).reshape(*w.shape[:-1], -1, GROUP_BLOCK)
+        assert np.all(nz.all(-1) | (~nz).all(-1))
+        assert nz[..., 0].sum() == round(0.1 * nz[..., 0].size)
+    assert workload_set("resnet50_conv2_3x3_b32")[0].sweep == network_sweep(32, 90)
+    rng = np.random.default_rng(3)
+    w = random_pruned_kernel((1, 1, 4, 16), 0.5, rng, block=8)
+    score = np.abs(random_pruned_kernel((1, 1, 4, 16), 1.0, np.random.default_rng(3))).reshape(4, 2, 8).mean(-1)
+    assert set(zip(*np.nonzero((w != 0).reshape(4, 2, 8).all(-1)))) == set(
+        zip(*np.unravel_index(np.argsort(-score.ravel())[:4], (4, 2))))
+    with pytest.raises(ValueError, match="not a multiple of the block 8"):
+        random_pruned_kernel((1, 1, 4, 12), 0.5, rng, block=8)

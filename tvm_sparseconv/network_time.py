@@ -4,7 +4,9 @@ A network set (`workloads.NETWORKS`) lists each distinct convolution shape once 
 Given `scripts/bench.py` points for such a set, the network's time is the sum of count x time per
 shape, for: every layer dense (each dense baseline), and every layer the faster of the sparse
 kernel and a dense baseline (what `tvm_sparseconv.keras.sparsify` does layer by layer). A layer
-whose sparse result was wrong counts as dense.
+whose sparse result was wrong counts as dense. Where the points also measured TF32 mode
+(`bench.py --precision tf32`: TF32 tensor-core algorithms allowed), a third total takes each layer
+the fastest of that, the fp32 sparse kernel and the default dense baseline.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ class NetworkTime:
     chosen_default: float  # each layer the faster of sparse and dense at the default precision
     sparse_layers_fp32: int  # layers (with counts) where sparse beat dense fp32
     sparse_layers_default: int  # layers where sparse beat the default dense
+    #: each layer the fastest of sparse in TF32 mode, sparse fp32 and the default dense (None: not measured)
+    chosen_tf32_mode: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self) | {
             "speedup_fp32": self.dense_fp32 / self.chosen_fp32,
             "speedup_default": self.dense_default / self.chosen_default,
             "fp32_chosen_vs_dense_default": self.dense_default / self.chosen_fp32,
-        }
+        } | ({"speedup_tf32_mode": self.dense_default / self.chosen_tf32_mode} if self.chosen_tf32_mode else {})
 
 
 def network_times(points: list[dict], device: str, key: str = "seconds") -> list[NetworkTime]:
@@ -52,6 +56,8 @@ def network_times(points: list[dict], device: str, key: str = "seconds") -> list
         tot = dict(dense_fp32=0.0, dense_default=0.0, chosen_fp32=0.0, chosen_default=0.0)
         wins = dict(fp32=0, default=0)
         missing = []
+        # per-call times are not measured in TF32 mode: its total is device time only
+        tf32_mode = 0.0 if key == "seconds" and any("tf32_mode" in p for p in measured.values()) else None
         for problem in problems:
             p = measured.get(problem.name)
             s = p[key] if p else {}
@@ -65,11 +71,14 @@ def network_times(points: list[dict], device: str, key: str = "seconds") -> list
             tot["dense_default"] += c * default
             tot["chosen_fp32"] += c * min(sparse, fp32)
             tot["chosen_default"] += c * min(sparse, default)
+            if tf32_mode is not None:
+                t = p.get("tf32_mode", {})
+                tf32_mode += c * min(sparse, t["seconds"] if t.get("correct") else float("inf"), default)
             wins["fp32"] += c * (sparse < fp32)
             wins["default"] += c * (sparse < default)
         out.append(NetworkTime(
             network, sum(p.count for p in problems), len(problems) - len(missing), tuple(missing),
-            **tot, sparse_layers_fp32=wins["fp32"], sparse_layers_default=wins["default"],
+            **tot, sparse_layers_fp32=wins["fp32"], sparse_layers_default=wins["default"], chosen_tf32_mode=tf32_mode,
         ))
     return out
 
@@ -89,6 +98,13 @@ def markdown(times: list[NetworkTime], device: str) -> str:
         (f"that vs all {default}", lambda t, d: f"{d['speedup_default']:.2f}", False),
         (f"layers sparse (vs {fp32})", lambda t, d: f"{t.sparse_layers_fp32} of {t.layers}", True),
     ]
+    if any(t.chosen_tf32_mode is not None for t in times):  # --precision tf32 runs
+        columns += [
+            (f"sparse (TF32 mode) or {default} ms",
+             lambda t, d: f"{t.chosen_tf32_mode * 1e3:.3f}" if t.chosen_tf32_mode else "n/a", False),
+            (f"that vs all {default}", lambda t, d: f"**{d['speedup_tf32_mode']:.2f}**" if t.chosen_tf32_mode else "n/a",
+             False),
+        ]
     shown = [(head, cell) for head, cell, single in columns if single or fp32 != default]
     lines = ["| network | " + " | ".join(head for head, _ in shown) + " |", "|---" * (len(shown) + 1) + "|"]
     for t in times:

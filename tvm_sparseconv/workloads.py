@@ -2,6 +2,7 @@
 
 A `Problem` is a layer shape plus a density; its kernel is a magnitude-pruned random kernel drawn
 from a fixed seed, so every tool sees the same sparsity pattern (and so the same ELL width).
+Pruning is elementwise unless a problem asks for blocks of output channels (`Problem.block`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,25 @@ from .kernel import SparseKernel
 from .workload import ConvWorkload, Padding
 
 
-def random_pruned_kernel(shape: Sequence[int], density: float, rng: np.random.Generator) -> np.ndarray:
-    """A normal(0,1) HWIO kernel magnitude-pruned to exactly round(density * size) nonzeros."""
+def random_pruned_kernel(shape: Sequence[int], density: float, rng: np.random.Generator,
+                         block: int = 1) -> np.ndarray:
+    """A normal(0,1) HWIO kernel magnitude-pruned to exactly round(density * size) nonzeros.
+
+    `block` > 1: pruned in blocks of `block` consecutive output channels at each (kh, kw, ci),
+    ranked by their mean magnitude (tfmot's block pruning with block_size (1, block) and AVG
+    pooling, which tfmot 0.8 offers for 2-D weights only): round(density * blocks) whole blocks
+    are kept, so every group of `block` channels shares one set of taps."""
     w = rng.standard_normal(tuple(shape), dtype=np.float32)
+    if block > 1:
+        if w.shape[-1] % block:
+            raise ValueError(f"output channels {w.shape[-1]} are not a multiple of the block {block}")
+        blocks = w.reshape(*w.shape[:-1], w.shape[-1] // block, block)
+        keep = int(round(density * blocks[..., 0].size))
+        score = np.abs(blocks).mean(axis=-1).ravel()
+        pruned = np.ones(score.size, bool)
+        pruned[np.argsort(-score, kind="stable")[:keep]] = False
+        blocks[pruned.reshape(blocks.shape[:-1])] = 0.0
+        return w
     keep = int(round(density * w.size))
     if keep <= 0:
         return np.zeros_like(w)
@@ -45,6 +62,8 @@ class Problem:
     activation: str | None = None
     #: how many layers of a network have this shape (network sets add up `count` x time)
     count: int = 1
+    #: pruned in blocks of this many consecutive output channels (`random_pruned_kernel`); 1: elementwise
+    block: int = 1
     #: a user's own kernel (see `from_kernel`); None: a random kernel pruned to `density`
     kernel: SparseKernel | None = field(default=None, compare=False, repr=False)
     #: the problem as given where this one is how a target computes it (`for_target`), else None
@@ -60,7 +79,7 @@ class Problem:
     def dense_kernel(self) -> np.ndarray:
         if self.kernel is not None:
             return self.kernel.to_dense()
-        return random_pruned_kernel(self.kernel_shape, self.density, np.random.default_rng(self.seed))
+        return random_pruned_kernel(self.kernel_shape, self.density, np.random.default_rng(self.seed), self.block)
 
     def sparse_kernel(self) -> SparseKernel:
         return self.kernel if self.kernel is not None else SparseKernel.from_dense(self.dense_kernel())
@@ -96,6 +115,9 @@ class Problem:
     def input_hw(self) -> tuple[int, int]:
         return self.input_shape[1], self.input_shape[2]
 
+
+#: output channels per pruning block in the block-pruned sets: union-tf32's group (mma n = 8)
+GROUP_BLOCK = 8
 
 HEADLINE = Problem("headline", (1, 256, 512, 32), (11, 11, 32, 64), 0.1, sweep="headline", value=0.1)
 
@@ -180,20 +202,26 @@ def _resnet50(batch: int, kernel: int) -> list[Problem]:
     ]
 
 
-def _resnet50_network(batch: int, sparsity: int) -> list[Problem]:
+def _resnet50_network(batch: int, sparsity: int, block: int = 1) -> list[Problem]:
     """Every convolution shape of ResNet-50 with its count, pruned to `sparsity` percent zeros.
-    At 90% the names (and so the kernels and tuning records) are those of the per-stage sweeps."""
+    At 90% the names (and so the kernels and tuning records) are those of the per-stage sweeps.
+    `block` > 1: the 1x1 layers pruned in blocks of that many output channels (named `_g<block>`),
+    the others as in the elementwise set (the same problems)."""
     suffix = "" if sparsity == 90 else f"_s{sparsity}"
-    return [
-        _resnet50_problem(layer, batch, round(1 - sparsity / 100, 6), suffix,
-                          sweep=network_sweep(batch, sparsity), value=i, count=layer[-1])
-        for i, layer in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)
-    ]
+
+    def problem(i: int, layer: tuple) -> Problem:
+        blocked = block > 1 and layer[4] == 1
+        return _resnet50_problem(layer, batch, round(1 - sparsity / 100, 6), suffix + (f"_g{block}" if blocked else ""),
+                                 sweep=network_sweep(batch, sparsity, block), value=i, count=layer[-1],
+                                 block=block if blocked else 1)
+
+    return [problem(i, layer) for i, layer in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)]
 
 
-def network_sweep(batch: int, sparsity: int) -> str:
-    """The name of the whole-ResNet-50 set at `batch` and `sparsity` percent zeros."""
-    return f"resnet50_network_s{sparsity}_b{batch}"
+def network_sweep(batch: int, sparsity: int, block: int = 1) -> str:
+    """The name of the whole-ResNet-50 set at `batch` and `sparsity` percent zeros (`block`: its
+    1x1 layers pruned in blocks of that many output channels)."""
+    return f"resnet50_network_s{sparsity}_b{batch}" + (f"_g{block}" if block > 1 else "")
 
 
 SWEEPS: dict[str, list[Problem]] = _sweeps()
@@ -202,6 +230,11 @@ RESNET50: dict[str, list[Problem]] = {
 }
 #: whole networks: every convolution shape with its count (`tvm_sparseconv.network_time` adds them up)
 NETWORKS: dict[str, list[Problem]] = {
+    # 1x1 layers pruned as the TF32 tensor cores can use them (union-tf32: a group's union is its
+    # block). First, so that a problem both sets share resolves by name (`workload_set`) to the
+    # elementwise set's, as before this set existed.
+    network_sweep(32, 90, GROUP_BLOCK): _resnet50_network(32, 90, GROUP_BLOCK),
+} | {
     network_sweep(b, s): _resnet50_network(b, s) for s in (90, 95) for b in (1, 32)
 }
 #: v1's strided reduce layers (the rest of v1 is in the sets above)
