@@ -333,6 +333,43 @@ def test_bad_arguments_are_refused(rng):
         sparsify(sub)
     with pytest.raises(ValueError, match="padding"):
         SparseConv2D(4, 3, padding="full")
+    with pytest.raises(ValueError, match=r"precision must be one of \('fp32', 'tf32'\), got 'bf16'"):
+        SparseConv2D(4, 3, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sparsify(small_cnn(rng), precision="fp16")
+
+
+def test_precision_tf32_reaches_every_sparse_layer_and_survives_save_load(rng, tmp_path):
+    """`sparsify(precision="tf32")`: each SparseConv2D compiles with TF32 algorithms allowed (none
+    runs on a CPU, so the outputs stay fp32-exact here), and the setting is in the saved model."""
+    model = small_cnn(rng)
+    new, report = sparsify(model, measure=False, verbose=False, precision="tf32")
+    sparse = [lay for lay in new.layers if isinstance(lay, SparseConv2D)]
+    assert len(sparse) == 4 and {lay.precision for lay in sparse} == {"tf32"}
+    assert "(TF32 allowed)" in str(report)
+    x = rng.standard_normal((2, 20, 18, 3)).astype(np.float32)
+    assert rel_err(new(x).numpy(), model(x).numpy()) <= 1e-5
+    new.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert {lay.precision for lay in loaded.layers if isinstance(lay, SparseConv2D)} == {"tf32"}
+    assert SparseConv2D(4, 3).get_config()["precision"] == "fp32"
+
+
+def test_dense_and_sparse_outputs_match_within_tf32_where_either_may_round_to_it():
+    """On a GPU, TensorFlow's own convolution rounds to TF32 by default (about 3e-4 from the exact
+    result): an fp32 sparse layer must not be judged "different" from it there."""
+    from tvm_sparseconv.keras.sparsify import MATCH_TOLERANCE, match_tolerance
+
+    assert match_tolerance("cpu", "fp32") == match_tolerance(None, "fp32") == MATCH_TOLERANCE
+    assert match_tolerance("cpu", "tf32") == 2e-3
+    enabled = tf.config.experimental.tensor_float_32_execution_enabled()
+    try:
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+        assert match_tolerance("cuda", "fp32") == 2e-3
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        assert match_tolerance("cuda", "fp32") == MATCH_TOLERANCE
+    finally:
+        tf.config.experimental.enable_tensor_float_32_execution(enabled)
 
 
 def test_layer_refuses_wrong_input(rng):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..algorithms import check_precision
 from ..kernel import SparseKernel
 from ..workload import _pair, output_size
 from ..workloads import Problem
@@ -77,13 +78,15 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
         Same arguments as `Conv2D` for what it supports: `strides`, `padding` ("same"/"valid"),
         `dilation_rate`, `use_bias`, `activation` (relu/relu6 fused into the kernel, any other
         named Keras activation applied after it). `target`: None (the input's device), "cpu" or "cuda".
+        `precision`: "fp32" (the default: relative error about 1e-6) or "tf32", which also lets
+        TF32 tensor-core algorithms run it where tuned (`tvm_sparseconv.compile`'s `precision`).
         Build one from a layer with `SparseConv2D.from_conv2d(conv)` or from a `SparseKernel` with
         `SparseConv2D.from_sparse_kernel(kernel, ...)`.
         """
 
         def __init__(self, filters: int, kernel_size, strides=(1, 1), padding: str = "valid",
                      dilation_rate=(1, 1), activation=None, use_bias: bool = True, target: str | None = None,
-                     **kwargs):
+                     precision: str = "fp32", **kwargs):
             dtype = kwargs.get("dtype")
             dtype_name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
             if dtype_name not in (None, "float32"):
@@ -102,6 +105,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
             if target not in (None, "cpu", "cuda"):
                 raise ValueError(f"target must be None, 'cpu' or 'cuda', got {target!r}")
             self.target = target
+            self.precision = check_precision(precision)
             self.activation = activation_name(activation, keras)
             self.use_bias = bool(use_bias)
             self._tsc_after = (None if self.activation in (None, *FUSED_ACTIVATIONS)
@@ -114,7 +118,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
         # --- construction from what users have -------------------------------------------------
         @classmethod
         def from_conv2d(cls, conv, target: str | None = None, batchnorm=None,
-                        activation: str | None = None) -> "SparseConv2D":
+                        activation: str | None = None, precision: str = "fp32") -> "SparseConv2D":
             """A SparseConv2D with `conv`'s arguments, name and weights (conv must be built).
             `batchnorm`: a BatchNormalization after `conv` (which must be linear), folded into the
             kernel and a bias at inference (`batchnorm.folded_weights`); `activation` then: the
@@ -135,7 +139,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
                                      f"an activation before it")
                 act, use_bias, weights = activation, True, list(folded_weights(conv, batchnorm))
             layer = cls(cfg["filters"], cfg["kernel_size"], cfg["strides"], cfg["padding"], cfg["dilation_rate"],
-                        act, use_bias, target=target, name=conv.name)
+                        act, use_bias, target=target, precision=precision, name=conv.name)
             layer.build((None, None, None, conv.kernel.shape[2]))
             layer.set_weights(weights)
             return layer
@@ -143,11 +147,11 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
         @classmethod
         def from_sparse_kernel(cls, kernel: SparseKernel, bias=None, strides=(1, 1), padding: str = "valid",
                                dilation_rate=(1, 1), activation=None, target: str | None = None,
-                               **kwargs) -> "SparseConv2D":
+                               precision: str = "fp32", **kwargs) -> "SparseConv2D":
             """A SparseConv2D for a `SparseKernel` (HWIO) and an optional bias of shape (Cout,)."""
             kh, kw, cin, cout = kernel.shape
             layer = cls(cout, (kh, kw), strides, padding, dilation_rate, activation, bias is not None,
-                        target=target, **kwargs)
+                        target=target, precision=precision, **kwargs)
             layer.build((None, None, None, cin))
             weights = [kernel.to_dense()] + ([np.asarray(bias, np.float32)] if bias is not None else [])
             layer.set_weights(weights)
@@ -237,7 +241,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
             config = super().get_config()
             config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
                           padding=self.padding, dilation_rate=self.dilation_rate, activation=self.activation,
-                          use_bias=self.use_bias, target=self.target)
+                          use_bias=self.use_bias, target=self.target, precision=self.precision)
             return config
 
         # Weights that change make the cached sparse form and compiled ops stale.
@@ -284,7 +288,7 @@ def sparse_conv2d_class(keras: ModuleType) -> type:
                 kernel = self.sparse_kernel
                 bias = None if self.bias is None else np.asarray(self.bias.numpy())
                 op = tsc_op.compile(kernel, key[0], self.strides, self.padding.upper(), self.dilation_rate, bias,
-                                    self.fused_activation, target)
+                                    self.fused_activation, target, precision=self.precision)
                 with self._tsc_lock:
                     op = self._tsc_ops.setdefault(key, op)
             return op

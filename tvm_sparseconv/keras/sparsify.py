@@ -20,13 +20,31 @@ from typing import Any
 import numpy as np
 
 from .._warnings import warn_user
+from ..algorithms import check_precision
+from ..algorithms.base import TOLERANCES
 from ..build import UntunedWarning, tune_command
 from ._flavour import keras_of
 from .batchnorm import chains, folded_layer_class
 from .layer import activation_name, sparse_conv2d_class
 
-#: Largest relative difference between the dense and sparse layer outputs that counts as equal.
+#: Largest relative difference between the dense and sparse layer outputs that counts as equal
+#: where both compute in fp32 (`match_tolerance`).
 MATCH_TOLERANCE = 1e-4
+
+
+def match_tolerance(target: str | None, precision: str) -> float:
+    """The largest relative difference between the dense and the sparse layer's outputs that counts
+    as equal: `MATCH_TOLERANCE`, or TF32's where either side may round to TF32: the sparse one
+    with `precision="tf32"`, the dense one on a GPU while TensorFlow allows TF32 (its default on
+    Ampere and newer; each output then differs from the exact one by about 3e-4)."""
+    if precision == "tf32":
+        return TOLERANCES["tf32"]
+    if target == "cuda":
+        import tensorflow as tf
+
+        if tf.config.experimental.tensor_float_32_execution_enabled():
+            return TOLERANCES["tf32"]
+    return MATCH_TOLERANCE
 
 
 @dataclass
@@ -57,6 +75,7 @@ class SparsifyReport:
 
     layers: list[LayerDecision]
     device: str
+    precision: str = "fp32"
 
     @property
     def sparse_layers(self) -> list[str]:
@@ -70,7 +89,8 @@ class SparsifyReport:
             return "sparsify: the model has no Conv2D layer; nothing was changed"
         head = (f"{'layer':<18}{'kernel':<16}{'input':<20}{'density':>8}{'dense ms':>10}{'sparse ms':>10}"
                 f"{'speed-up':>9}{'tuned':>7}  chosen  why")
-        lines = [f"sparsify on {self.device}", head, "-" * len(head)]
+        lines = [f"sparsify on {self.device}" + (" (TF32 allowed)" if self.precision == "tf32" else ""), head,
+                 "-" * len(head)]
         for d in self.layers:
             def ms(v):
                 return f"{v:.3f}" if v is not None else "-"
@@ -115,7 +135,7 @@ def unsupported_reason(conv) -> str | None:
 
 def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size: int = 1,
              target: str | None = None, repeats: int = 20, min_speedup: float = 1.05, verbose: bool = True,
-             fold_batchnorm: bool = True):
+             fold_batchnorm: bool = True, precision: str = "fp32"):
     """A new model in which each pruned Conv2D that runs faster sparse is a `SparseConv2D`.
 
     `min_sparsity`: smallest fraction of zeros in a kernel to consider it. `measure`: time dense and
@@ -125,6 +145,8 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
     (CPU), "cpu" or "cuda". Tuning records are looked up for batch `batch_size`. `fold_batchnorm`:
     a sparse layer takes in the BatchNormalization after it and a ReLU after that (inference: the
     new model's BatchNormalization layers that were folded are identity layers, `FoldedIntoSparse`).
+    `precision="tf32"` lets TF32 tensor-core algorithms run the sparse layers where tuned (as
+    TensorFlow's own convolutions do by default on Ampere and newer GPUs; `SparseConv2D`).
     Returns `(new_model, report)`; the report's table is printed when `verbose`.
     """
     keras = keras_of(model)
@@ -134,6 +156,7 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
         raise ValueError(f"min_sparsity must be a fraction in [0, 1], got {min_sparsity}")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_precision(precision)
     if not model.built:
         raise ValueError("the model is not built: call it once or give it an Input first")
     if not _is_graph_model(model, keras):
@@ -147,7 +170,7 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
         if not isinstance(layer, keras.layers.Conv2D):
             continue
         decision, sparse = _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats,
-                                   min_speedup, folds.get(layer.name))
+                                   min_speedup, folds.get(layer.name), precision)
         decisions[layer.name] = decision
         if decision.chosen == "sparse":
             replacements[layer.name] = sparse
@@ -173,7 +196,7 @@ def sparsify(model, min_sparsity: float = 0.5, measure: bool = True, batch_size:
     if shared:
         warn_user(f"sparsify: layer(s) {shared} cannot be rebuilt from their config (e.g. a lambda "
                   "activation), so the new model shares them with the original", UserWarning)
-    report = SparsifyReport(list(decisions.values()), "cuda" if target == "cuda" else "cpu")
+    report = SparsifyReport(list(decisions.values()), "cuda" if target == "cuda" else "cpu", precision)
     if not decisions:
         warn_user("sparsify: the model has no Conv2D layer; returning an unchanged copy", UserWarning)
     elif verbose:
@@ -191,7 +214,8 @@ def _is_graph_model(model, keras) -> bool:
     return bool(getattr(model, "_is_graph_network", False))
 
 
-def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup, chain=None):
+def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats, min_speedup, chain=None,
+            precision="fp32"):
     """(decision, the sparse layer or None) for one Conv2D; `chain`: its BatchNormalization (and
     ReLU) to fold into the sparse layer, the dense side then timed as conv, BatchNormalization
     and ReLU."""
@@ -210,9 +234,10 @@ def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats
     if sparsity < min_sparsity:
         return decision("dense", f"{sparsity:.0%} zeros < min_sparsity {min_sparsity:.0%}"), None
     if chain is None:
-        sparse, dense, folded = layer_cls.from_conv2d(layer, target=target), layer, []
+        sparse, dense, folded = layer_cls.from_conv2d(layer, target=target, precision=precision), layer, []
     else:
-        sparse = layer_cls.from_conv2d(layer, target=target, batchnorm=chain.batchnorm, activation=chain.activation)
+        sparse = layer_cls.from_conv2d(layer, target=target, batchnorm=chain.batchnorm, activation=chain.activation,
+                                       precision=precision)
         dense, folded = _chain_call(layer, chain), chain.layer_names
     note = f" ({' + '.join(folded)} folded in)" if folded else ""
     if not measure:
@@ -223,7 +248,7 @@ def _decide(layer, layer_cls, min_sparsity, measure, batch_size, target, repeats
     x_shape = (batch_size, *in_shape[1:])
     dense_s, sparse_s, err, tuned, command = _time_both(dense, sparse, x_shape, repeats)
     timed = dict(dense_ms=dense_s * 1e3, sparse_ms=sparse_s * 1e3, tuned=tuned, tune_command=command)
-    if not err <= MATCH_TOLERANCE:
+    if not err <= match_tolerance(target, precision):
         return decision("dense", f"sparse output differs (rel. error {err:.1e}): kept dense", **timed), None
     if sparse_s * min_speedup > dense_s:
         why = "dense is faster" if sparse_s >= dense_s else f"sparse faster by less than {min_speedup:.2f}x"
