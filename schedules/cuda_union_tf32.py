@@ -23,6 +23,10 @@ from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 from .cuda_gather import _read_index
 
 
+#: static shared memory per block (the staged chunk)
+SHARED_BYTES = 48 * 1024
+
+
 class CUDAUnionTF32(SparseConvRule):
     """Warps of 16-pixel x 8-channel TF32 mma tiles; 1x1 layers stage each input chunk in shared memory."""
 
@@ -42,9 +46,12 @@ class CUDAUnionTF32(SparseConvRule):
         g, j = sch.split(co, factors=[groups, GROUP])
         p, p_i = sch.split(p, factors=[tiles, M_TILE])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
-        # A block's tiles and groups are drawn below caps: its staged chunk (<= 8 tiles x 68 words
-        # = 34 KB) fits in 48 KB of shared memory, and its warps in 1024 threads.
-        p_cap, g_cap = largest_divisor(tiles, [8, 4, 2, 1]), largest_divisor(groups, [16, 8, 4, 2, 1])
+        # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
+        # rows padded to 4 mod 32 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
+        # 48 KB of shared memory, and its warps in 1024 threads.
+        fits = [t for t in (8, 4, 2, 1) if not staged or t * M_TILE * _staged_row_words(sch, blocks, c) * 4
+                <= SHARED_BYTES or t == 1]
+        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, [16, 8, 4, 2, 1])
         p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         if tunable:
@@ -111,6 +118,12 @@ class CUDAUnionTF32(SparseConvRule):
 
         sch.tensorize(p_i, mma.MMA_TF32)
         return sch
+
+
+def _staged_row_words(sch: s_tir.Schedule, blocks: SparseConvBlocks, chunks) -> int:
+    """Words per staged pixel row: the chunk's channels padded to 4 mod 32 (`storage_align` below)."""
+    chunk = sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(chunks).extent
+    return -(-(int(chunk) - 4) // 32) * 32 + 4
 
 
 def _lanes_a(sch: s_tir.Schedule, block) -> None:

@@ -11,6 +11,7 @@ inline PTX, and register-reuse (built through LLVM's NVPTX backend, not TVM's CU
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, reference, targets, tile_records, tuning_records
+from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, EmulationUnsupported, emulate, lower
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.tuning import problem_arguments
@@ -97,27 +99,30 @@ def test_tensor_core_fragments_follow_ptx_layout():
 def test_union_tf32_on_block_pruned_channels_does_only_their_taps():
     """Kernels pruned in blocks of 8 output channels (`workloads.random_pruned_kernel(block=8)`): a
     group's union is its block's taps, so union-tf32's K shrinks to them (padded to 8) and the
-    layer stays right at TF32 accuracy; the elementwise kernel of the same density needs 3x the K."""
-    shape, kshape = (2, 8, 8, 192), (1, 1, 192, 24)
+    layer stays right at TF32 accuracy; the elementwise kernel of the same density needs 3x the K.
+    Wider chunks (`union_tf32.chunked_format`) pad less and stage fewer pixels per block, within
+    48 KB of shared memory."""
+    shape, kshape = (2, 8, 8, 520), (1, 1, 520, 24)
     rng = np.random.default_rng(5)
     union = algorithms.by_name("union-tf32")
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
-    widths = {}
-    for block in (8, 1):
-        w = random_pruned_kernel(kshape, 0.1, rng, block=block)
-        k = tsc.SparseKernel.from_dense(w)
-        wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, 1, "SAME", 1, True, "relu"),
-                                     union.name)
-        widths[block] = wl.ell_width
-        if block == 8:
-            longest = max(int((w[0, 0, c * 64:(c + 1) * 64, ::8] != 0).sum(0).max()) for c in range(3))
-            assert wl.ell_width == -(-longest // 8) * 8
-            sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
-            bias = rng.standard_normal(24).astype(np.float32)
-            x = rng.standard_normal(shape).astype(np.float32)
-            err = _error(emulate(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
-            assert 1e-6 < err <= union.tolerance
-    assert widths[1] >= 3 * widths[8]
+    x = rng.standard_normal(shape).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    kernels = {block: random_pruned_kernel(kshape, 0.1, rng, block=block) for block in (8, 1)}
+    layer = ConvWorkload.create(shape, kshape, 1, 1, "SAME", 1, True, "relu")
+    widths = {block: algorithms.workload_for(tsc.SparseKernel.from_dense(w), layer, union.name).ell_width
+              for block, w in kernels.items()}
+    w = kernels[8]
+    longest = max(int((w[0, 0, c * 64:(c + 1) * 64, ::8] != 0).sum(0).max()) for c in range(9))
+    assert widths[8] == -(-longest // 8) * 8 and widths[1] >= 3 * widths[8]
+    k = tsc.SparseKernel.from_dense(w)
+    for chunk, row in ((64, 68), (256, 260), (520, 548)):
+        wl = layer.with_format(union.name, **union_tf32.chunked_format(k, chunk))
+        program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+        (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
+        assert wl.chunk == chunk and words % row == 0 and words * 4 <= 48 * 1024, (chunk, words)
+        err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+        assert 1e-6 < err <= union.tolerance, chunk
 
 
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()

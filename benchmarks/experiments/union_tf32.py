@@ -8,6 +8,7 @@ fp32 and TF32, with cuDNN TF32's own error against float64; and this library's f
 
     python benchmarks/experiments/union_tf32.py --layers resnet50_conv3_1x1_reduce_b32,resnet50_conv4_3x3_b32 \\
         --json benchmarks/experiments/union_tf32-nvidia-h200.json
+    python benchmarks/experiments/union_tf32.py --layers resnet50_conv3_1x1_reduce_b32_g8 --chunks 64,256
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import tvm
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, baselines, reference, targets, tuning_records
+from tvm_sparseconv.algorithms.union_tf32 import chunked_format
 from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.workloads import workload_set
 
@@ -56,7 +58,9 @@ def _union_candidates(wl, target, samples: int, rng):
             yield "sample " + " ".join(decisions), sch
 
 
-def measure_layer(problem, samples: int, repeats: int, rng) -> dict:
+def measure_layer(problem, samples: int, repeats: int, rng, chunk: int | None = None) -> dict:
+    """One layer's row (`chunk`: the union format with chunks of that many input channels,
+    `union_tf32.chunked_format`; None: the algorithm's own)."""
     import torch
 
     target = targets.cuda_target()
@@ -64,6 +68,8 @@ def measure_layer(problem, samples: int, repeats: int, rng) -> dict:
     w = problem.dense_kernel()
     kernel = tsc.SparseKernel.from_dense(w)
     wl = problem.workload(kernel, algorithm=ALGORITHM)
+    if chunk:
+        wl = wl.with_format(ALGORITHM, **chunked_format(kernel, chunk))
     x = rng.standard_normal(wl.input_shape, dtype=np.float32)
     ref = reference.conv2d_f64(x, w, wl)
     args = [tvm.runtime.tensor(a, dev) for a in [x, *algorithms.pack_weights(wl, kernel)]]
@@ -119,12 +125,15 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", required=True, help="problem names or workload sets, comma-separated")
     ap.add_argument("--samples", type=int, default=6, help="random design-space draws per layer")
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--chunks", default="",
+                    help="1x1 layers: input channels per chunk to try, comma-separated (default: the format's own)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
-    for problem in workload_set(args.layers):
-        row = measure_layer(problem, args.samples, args.repeats, rng)
+    chunks = [int(c) for c in args.chunks.split(",") if c] or [None]
+    for problem, chunk in ((p, c) for p in workload_set(args.layers) for c in chunks):
+        row = measure_layer(problem, args.samples, args.repeats, rng, chunk)
         rows.append(row)
         best = row["union_best_us"]
         print(f"{row['layer']}: union K={row['K_per_chunk']} x {row['chunks']} chunks ({row['union_fraction']:.2f} of dense) "

@@ -77,11 +77,11 @@ def chunk_size(kernel_shape) -> int:
     return min(cin, CHUNK_1X1) if is_pointwise(kernel_shape) else cin
 
 
-def group_unions(kernel: SparseKernel) -> list[list[np.ndarray]]:
+def group_unions(kernel: SparseKernel, chunk: int | None = None) -> list[list[np.ndarray]]:
     """[group][chunk]: the sorted taps ``(ci - chunk*c) + chunk*(kw + KW*kh)`` of that group's
-    `GROUP` output channels whose input channel is in chunk c."""
+    `GROUP` output channels whose input channel is in chunk c (`chunk`: default `chunk_size`)."""
     kh_, kw_, cin, cout = kernel.shape
-    chunk = chunk_size(kernel.shape)
+    chunk = chunk or chunk_size(kernel.shape)
     n_chunks = -(-cin // chunk)
     real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
@@ -126,12 +126,23 @@ def padded(order: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
     return taps
 
 
+def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
+    """The format sizes with chunks of `chunk` input channels (a 1x1 layer's; others take all of
+    them): K = the longest group union within a chunk, padded to the mma's k. Wider chunks pad
+    less when a group's taps are few and spread (block-pruned channels: K 16 of 64, 40 of 256),
+    and stage fewer pixels per block (`schedules/cuda_union_tf32.py`)."""
+    if not is_pointwise(kernel.shape):
+        chunk = kernel.shape[2]
+    longest = max((len(u) for per_chunk in group_unions(kernel, chunk) for u in per_chunk), default=0)
+    return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": min(chunk, kernel.shape[2])}
+
+
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
     """(weights (groups, chunks, K/8, 32, 2) in B-fragment order, rounded to TF32; taps (groups,
     chunks, K)); padding has tap 0 and weight 0."""
     kh_, kw_, cin, cout = kernel.shape
     chunk, k_pad = wl.chunk, wl.ell_width
-    unions = group_unions(kernel)
+    unions = group_unions(kernel, chunk)
     dense = kernel.to_dense()  # HWIO
     n_chunks = len(unions[0]) if unions else 1
     weights = np.zeros((len(unions), n_chunks, k_pad, GROUP), np.float32)
@@ -230,8 +241,7 @@ class UnionTF32(Algorithm):
         return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
-        longest = max((len(u) for per_chunk in group_unions(kernel) for u in per_chunk), default=0)
-        return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": chunk_size(kernel.shape)}
+        return chunked_format(kernel, chunk_size(kernel.shape))
 
     def te(self, wl: ConvWorkload) -> list[te.Tensor]:
         return union_tf32_te(wl)
