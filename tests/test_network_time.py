@@ -102,16 +102,14 @@ def test_tf32_mode_total_takes_each_layer_the_fastest_of_three_and_skips_wrong_o
     assert plain.chosen_tf32_mode is None and "speedup_tf32_mode" not in plain.as_dict()
 
 
-def test_block_pruned_network_blocks_its_1x1_layers_and_shares_the_others():
-    """The g8 set: its 1x1 kernels have whole blocks of 8 output channels at each input channel
-    (exactly 10% of the blocks kept, by mean magnitude); its other layers are the elementwise
-    set's problems, and a shared name still resolves to the elementwise set's."""
-    blocked, plain = NETWORKS[network_sweep(32, 90, GROUP_BLOCK)], NETWORKS[network_sweep(32, 90)]
-    for b, p in zip(blocked, plain):
-        if p.kernel_shape[:2] != (1, 1):
-            assert (b.name, b.block) == (p.name, 1)
-            continue
-        assert (b.name, b.block) == (p.name + "_g8", GROUP_BLOCK)
+def test_block_pruned_networks_prune_whole_blocks_of_output_channels():
+    """The g8 sets: each kernel has whole blocks of 8 output channels at each (kh, kw, ci), exactly
+    10% of the blocks kept, the largest by mean magnitude; names and kernels are their own."""
+    for batch in (1, 32):
+        blocked, plain = NETWORKS[network_sweep(batch, 90, GROUP_BLOCK)], NETWORKS[network_sweep(batch, 90)]
+        for b, p in zip(blocked, plain):
+            assert (b.name, b.block, b.kernel_shape) == (p.name + "_g8", GROUP_BLOCK, p.kernel_shape)
+    for b in NETWORKS[network_sweep(32, 90, GROUP_BLOCK)][::4]:
         w = b.dense_kernel()
         nz = (w != 0).reshape(*w.shape[:-1], -1, GROUP_BLOCK)
         assert np.all(nz.all(-1) | (~nz).all(-1))

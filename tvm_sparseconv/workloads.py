@@ -21,8 +21,8 @@ def random_pruned_kernel(shape: Sequence[int], density: float, rng: np.random.Ge
     """A normal(0,1) HWIO kernel magnitude-pruned to exactly round(density * size) nonzeros.
 
     `block` > 1: pruned in blocks of `block` consecutive output channels at each (kh, kw, ci),
-    ranked by their mean magnitude (tfmot's block pruning with block_size (1, block) and AVG
-    pooling, which tfmot 0.8 offers for 2-D weights only): round(density * blocks) whole blocks
+    ranked by their mean magnitude (as tfmot's block pruning with AVG pooling ranks blocks; tfmot
+    0.8 offers it for 2-D weights only, not convolutions): round(density * blocks) whole blocks
     are kept, so every group of `block` channels shares one set of taps."""
     w = rng.standard_normal(tuple(shape), dtype=np.float32)
     if block > 1:
@@ -205,22 +205,18 @@ def _resnet50(batch: int, kernel: int) -> list[Problem]:
 def _resnet50_network(batch: int, sparsity: int, block: int = 1) -> list[Problem]:
     """Every convolution shape of ResNet-50 with its count, pruned to `sparsity` percent zeros.
     At 90% the names (and so the kernels and tuning records) are those of the per-stage sweeps.
-    `block` > 1: the 1x1 layers pruned in blocks of that many output channels (named `_g<block>`),
-    the others as in the elementwise set (the same problems)."""
-    suffix = "" if sparsity == 90 else f"_s{sparsity}"
-
-    def problem(i: int, layer: tuple) -> Problem:
-        blocked = block > 1 and layer[4] == 1
-        return _resnet50_problem(layer, batch, round(1 - sparsity / 100, 6), suffix + (f"_g{block}" if blocked else ""),
-                                 sweep=network_sweep(batch, sparsity, block), value=i, count=layer[-1],
-                                 block=block if blocked else 1)
-
-    return [problem(i, layer) for i, layer in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)]
+    `block` > 1: every kernel pruned in blocks of that many output channels (names end `_g<block>`)."""
+    suffix = ("" if sparsity == 90 else f"_s{sparsity}") + (f"_g{block}" if block > 1 else "")
+    return [
+        _resnet50_problem(layer, batch, round(1 - sparsity / 100, 6), suffix,
+                          sweep=network_sweep(batch, sparsity, block), value=i, count=layer[-1], block=block)
+        for i, layer in enumerate(_RESNET50_LAYERS + _RESNET50_OTHER_LAYERS)
+    ]
 
 
 def network_sweep(batch: int, sparsity: int, block: int = 1) -> str:
-    """The name of the whole-ResNet-50 set at `batch` and `sparsity` percent zeros (`block`: its
-    1x1 layers pruned in blocks of that many output channels)."""
+    """The name of the whole-ResNet-50 set at `batch` and `sparsity` percent zeros (`block`: pruned
+    in blocks of that many output channels)."""
     return f"resnet50_network_s{sparsity}_b{batch}" + (f"_g{block}" if block > 1 else "")
 
 
@@ -230,12 +226,9 @@ RESNET50: dict[str, list[Problem]] = {
 }
 #: whole networks: every convolution shape with its count (`tvm_sparseconv.network_time` adds them up)
 NETWORKS: dict[str, list[Problem]] = {
-    # 1x1 layers pruned as the TF32 tensor cores can use them (union-tf32: a group's union is its
-    # block). First, so that a problem both sets share resolves by name (`workload_set`) to the
-    # elementwise set's, as before this set existed.
-    network_sweep(32, 90, GROUP_BLOCK): _resnet50_network(32, 90, GROUP_BLOCK),
-} | {
     network_sweep(b, s): _resnet50_network(b, s) for s in (90, 95) for b in (1, 32)
+} | {  # pruned as the TF32 tensor cores can use it (union-tf32: a group's union is its block's taps)
+    network_sweep(b, 90, GROUP_BLOCK): _resnet50_network(b, 90, GROUP_BLOCK) for b in (1, 32)
 }
 #: v1's strided reduce layers (the rest of v1 is in the sets above)
 RESNET50_V1 = {f"resnet50_v1_b{b}": [_resnet50_problem(layer, b, 0.1, sweep=f"resnet50_v1_b{b}", value=i)

@@ -17,7 +17,10 @@ Two best-case times in TF32 mode, from the measured H200 times (read, not measur
             (A fragment 16x8 fp32 = 512 B from shared memory at 128 B/clock per SM, reused over G/8
             n-tiles, against 1024 TF32 MACs/clock per SM of tensor cores; the B operand and every
             other cost are ignored, so it is optimistic)
-  t_tight = max(t_best, t_lds)
+  t_floor = max(bytes / --hbm-tbps, --min-kernel-us)
+            (the input read and the output written once from/to HBM, and a kernel's least
+            back-to-back time: they bind where the union is small, as for block-pruned kernels)
+  t_tight = max(t_best, t_lds, t_floor)
 each minimised over G and the two orders per layer, and capped at t_cudnn_tf32 (an opt-in would
 fall back to cuDNN where the union GEMM does not help). The network adds count x time per layer.
 """
@@ -91,6 +94,21 @@ def union_fraction(mask: np.ndarray, order: np.ndarray, g: int, k_round: int) ->
     return float(np.mean(rounded) / taps)
 
 
+def _shape_key(input_shape, kernel_shape, strides) -> tuple:
+    return tuple(input_shape), tuple(kernel_shape), tuple(strides) if not isinstance(strides, int) else (strides, strides)
+
+
+def io_bytes(p) -> int:
+    """fp32 bytes of the layer's input and output, each moved once (a strided 1x1 layer reads only
+    the input pixels it uses: whole channel rows, so whole sectors)."""
+    n, h, w, ci = p.input_shape
+    kh, kw, _, co = p.kernel_shape
+    sh, sw = (p.strides, p.strides) if isinstance(p.strides, int) else p.strides
+    dh, dw = (p.dilations, p.dilations) if isinstance(p.dilations, int) else p.dilations
+    pixels = n * output_size(h, kh, sh, dh, p.padding) * output_size(w, kw, sw, dw, p.padding)
+    return 4 * (min(n * h * w, pixels * kh * kw) * ci + pixels * co)
+
+
 def dense_macs(p) -> int:
     n, h, w, ci = p.input_shape
     kh, kw, _, co = p.kernel_shape
@@ -110,11 +128,21 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=494.0, help="dense TF32 tensor-core peak, TFLOP/s (default 494: H100/H200 SXM)")
     ap.add_argument("--smem-bytes-per-clock", type=int, default=128, help="shared-memory bytes per clock per SM (default 128)")
     ap.add_argument("--tc-macs-per-clock", type=int, default=1024, help="TF32 MACs per clock per SM (default 1024)")
+    ap.add_argument("--hbm-tbps", type=float, default=4.0,
+                    help="bytes/s (TB/s) at which the input is read and the output written (default 4.0: H200 HBM3e)")
+    ap.add_argument("--min-kernel-us", type=float, default=2.0,
+                    help="least time of one kernel run back to back, us (default 2.0)")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="output JSON (default: %(default)s)")
     args = ap.parse_args()
 
     results = json.loads(args.results.read_text())
     measured = {(p["sweep"], p["problem"]): p for p in results["points"]}
+    # cuDNN's times depend on the shape alone: a set measured under other names (the block-pruned
+    # ones) borrows them from a point of the same shape (its sparse fp32 time is then unknown)
+    by_shape = {}
+    for q in results["points"]:
+        if isinstance(q.get("seconds", {}).get("cudnn_tf32"), float):
+            by_shape.setdefault(_shape_key(q["input_shape"], q["kernel_shape"], q["strides"]), q)
     peak_macs = args.peak_tflops * 1e12 / 2
     # one m16n8k8: 16*8*8 = 1024 MACs; its A fragment 16x8 fp32 = 512 B, reused across G/8 n-tiles
     mma_macs, a_bytes = 16 * 8 * 8, 16 * 8 * 4
@@ -132,7 +160,7 @@ def main():
         macw = {g: {o: 0.0 for o in ORDERS} for g in args.groups}
         mac_total = 0.0
         for p in workload_set(set_name):
-            key = (p.kernel_shape, p.density, p.seed)
+            key = (p.kernel_shape, p.density, p.seed, p.block)
             if key not in cache:
                 mask = tap_mask(p.dense_kernel())
                 fr = {}
@@ -143,21 +171,24 @@ def main():
                     }
                 cache[key] = (float(mask.mean()), fr)
             nnz_fraction, fr = cache[key]
-            pt = measured.get((set_name, p.name))
+            pt = measured.get((set_name, p.name)) or by_shape.get(_shape_key(p.input_shape, p.kernel_shape, p.strides))
             if pt is None:
-                raise SystemExit(f"{p.name} ({set_name}) not in {args.results}")
+                raise SystemExit(f"{p.name} ({set_name}) nor its shape in {args.results}")
             s = pt["seconds"]
-            t_tf32, t_fp32, t_sparse = s["cudnn_tf32"], s["cudnn_fp32"], s["sparse"]
+            t_tf32, t_fp32 = s["cudnn_tf32"], s["cudnn_fp32"]
+            t_sparse = s["sparse"] if pt["problem"] == p.name else None
             macs = dense_macs(p)
             assert 2 * macs == pt["dense_flops"], (p.name, macs, pt["dense_flops"])
             t_dense_peak = macs / peak_macs
+            t_floor = max(io_bytes(p) / (args.hbm_tbps * 1e12), args.min_kernel_us * 1e-6)
             cands = []
             for g in args.groups:
                 for o in ORDERS:
                     u = fr[g][o]
                     t_best = t_tf32 * u
                     t_lds = u * t_dense_peak / tc_frac[g]
-                    cands.append(dict(G=g, order=o, union=u, t_best=t_best, t_lds=t_lds, t_tight=max(t_best, t_lds)))
+                    cands.append(dict(G=g, order=o, union=u, t_best=t_best, t_lds=t_lds,
+                                      t_tight=max(t_best, t_lds, t_floor)))
             b = min(cands, key=lambda c: c["t_best"])
             t_ = min(cands, key=lambda c: c["t_tight"])
             lds_min = min(c["t_lds"] for c in cands)
@@ -167,7 +198,7 @@ def main():
             c = p.count
             tot["cudnn_tf32"] += c * t_tf32
             tot["cudnn_fp32"] += c * t_fp32
-            tot["sparse_fp32"] += c * t_sparse
+            tot["sparse_fp32"] = None if t_sparse is None or tot["sparse_fp32"] is None else tot["sparse_fp32"] + c * t_sparse
             tot["best_uncapped"] += c * b["t_best"]
             tot["tight_uncapped"] += c * t_["t_tight"]
             tot["best"] += c * min(t_tf32, b["t_best"])
@@ -188,7 +219,8 @@ def main():
                 dense_at_peak_s=t_dense_peak,
                 best=dict(G=b["G"], order=b["order"], union=b["union"], t_s=b["t_best"], speedup_vs_cudnn_tf32=t_tf32 / b["t_best"]),
                 tight=dict(G=t_["G"], order=t_["order"], union=t_["union"], t_best_s=t_["t_best"], t_lds_s=t_["t_lds"],
-                           t_s=t_["t_tight"], bound_by="lds" if t_["t_lds"] >= t_["t_best"] else "cudnn_efficiency",
+                           t_s=t_["t_tight"], bound_by=max((t_["t_lds"], "lds"), (t_["t_best"], "cudnn_efficiency"),
+                                                           (t_floor, "memory_or_launch"))[1],
                            speedup_vs_cudnn_tf32=t_tf32 / t_["t_tight"]),
                 t_lds_min_s=lds_min,
                 t_lds_min_over_cudnn_tf32=lds_min / t_tf32,
@@ -228,7 +260,9 @@ def main():
                                   "remaining channel adding the fewest new taps, until G"),
             t_best="t_cudnn_tf32 * union (the union GEMM at exactly cuDNN TF32's efficiency)",
             t_lds="union * dense_MACs / (peak_MACs_per_s * tc_fraction(G)); A operand from shared memory, 4-byte loads",
-            t_tight="max(t_best, t_lds)",
+            t_floor="max((input + output bytes) / hbm_tbps, min_kernel_us)",
+            t_tight="max(t_best, t_lds, t_floor)",
+            hbm_tbps=args.hbm_tbps, min_kernel_us=args.min_kernel_us,
             per_layer="each estimate minimised over G and order; network totals cap each layer at t_cudnn_tf32 "
                       "(fallback to cuDNN), *_uncapped do not; *_natural: minimised over G with the natural order only",
             peak_tflops=args.peak_tflops, peak_macs_per_s=peak_macs,
@@ -262,7 +296,8 @@ def main():
         n = sd["network"]
         sec, sp = n["seconds"], n["speedup_vs_cudnn_tf32"]
         print(f"network ({n['convolutions']} convs): cudnn_tf32 {sec['cudnn_tf32']*1e3:.3f} ms, cudnn_fp32 "
-              f"{sec['cudnn_fp32']*1e3:.3f} ms, our sparse fp32 {sec['sparse_fp32']*1e3:.3f} ms")
+              f"{sec['cudnn_fp32']*1e3:.3f} ms, our sparse fp32 "
+              + ("not measured" if sec["sparse_fp32"] is None else f"{sec['sparse_fp32']*1e3:.3f} ms"))
         print(f"  union-GEMM best (cuDNN efficiency) {sec['best']*1e3:.3f} ms = {sp['best']:.2f}x cuDNN TF32; "
               f"tight (+smem bound) {sec['tight']*1e3:.3f} ms = {sp['tight']:.2f}x; smem bound alone {sec['lds_only']*1e3:.3f} ms")
         print(f"  natural order only: best {sec['best_natural']*1e3:.3f} ms = {sp['best_natural_order_only']:.2f}x; "
