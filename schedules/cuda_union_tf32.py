@@ -16,15 +16,12 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from tvm_sparseconv.algorithms.union_tf32 import A_TF32, GROUP, K_STEP, M_TILE, X_TF32
+from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, GROUP, K_STEP, M_TILE, ROWS_ATTR, SHARED_BYTES, X_TF32,
+                                                   staged_row_words)
 
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 from .cuda_gather import _read_index
-
-
-#: static shared memory per block (the staged chunk)
-SHARED_BYTES = 48 * 1024
 
 
 class CUDAUnionTF32(SparseConvRule):
@@ -35,76 +32,46 @@ class CUDAUnionTF32(SparseConvRule):
     algorithm = "union-tf32"
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
-        p, co, c, k = sch.get_loops(blocks.conv)
-        n_p, n_co, n_k = (sch.get(x).extent.value for x in (p, co, k))
-        if n_p % M_TILE or n_co % GROUP or n_k % K_STEP:
+        *pixels, co, c, k = sch.get_loops(blocks.conv)
+        n_co, n_k = (sch.get(x).extent.value for x in (co, k))
+        if n_co % GROUP or n_k % K_STEP or sch.get(pixels[-1]).extent.value % M_TILE:
             return None
-        tiles, groups = n_p // M_TILE, n_co // GROUP
+        tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable)
+        warp, k_o, p_i, copy_warps = tiled
         a_block = sch.get_sblock(A_TF32)
-        staged = len(sch.get(blocks.x_stage).writes[0].source.shape) == 2  # the 1x1 pixel view
-
-        g, j = sch.split(co, factors=[groups, GROUP])
-        p, p_i = sch.split(p, factors=[tiles, M_TILE])
-        k_o, k_i = sch.split(k, factors=[None, K_STEP])
-        # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
-        # rows padded to 4 mod 32 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
-        # 48 KB of shared memory, and its warps in 1024 threads.
-        fits = [t for t in (8, 4, 2, 1) if not staged or t * M_TILE * _staged_row_words(sch, blocks, c) * 4
-                <= SHARED_BYTES or t == 1]
-        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, [16, 8, 4, 2, 1])
-        p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
-        g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
-        if tunable:
-            p_split = sch.sample_perfect_tile(p, n=3, max_innermost_factor=4)
-            g_split = sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
-        else:
-            # 64 pixels x 16 groups (what the best of 8 random draws was on most ResNet-50 1x1
-            # layers at batch 32, benchmarks/experiments/union_tf32-v2-staged-nvidia-h200.json)
-            m_tiles = largest_divisor(p_cap, [2, 1])
-            warps_p = largest_divisor(p_cap // m_tiles, [2, 1])
-            g_regs = largest_divisor(g_cap, [4, 2, 1])
-            warps_g = largest_divisor(g_cap // g_regs, [4, 2, 1])
-            p_split = [p_cap // (warps_p * m_tiles), warps_p, m_tiles]
-            g_split = [g_cap // (warps_g * g_regs), warps_g, g_regs]
-        p_b, p_w, p_m = sch.split(p, factors=p_split)
-        g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
-        sch.bind(sch.fuse(p_outer, p_b, g_outer, g_b), "blockIdx.x")
-        warp = sch.fuse(p_w, g_w)
-        sch.bind(warp, "threadIdx.y")
 
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
         self.attach_epilogue(sch, blocks)
 
-        # A fragments: the gather itself, computed per k step into registers.
+        # A fragments: the gather itself, computed per k step into registers, from the block's
+        # pixels x one chunk staged in shared memory once for all its groups (consecutive threads
+        # read consecutive channels; each staged position padded to 4 mod 32 words against bank
+        # conflicts).
         sch.compute_at(a_block, k_o, preserve_unit_loops=True)
-        if staged:
-            # The block's pixels x one chunk, copied once for all its groups (consecutive threads
-            # read consecutive channels), each row padded by 4 words against bank conflicts.
-            x_shared = sch.cache_read(a_block, _read_index(sch, a_block, X_TF32), "shared")
-            sch.compute_at(x_shared, c, preserve_unit_loops=True)
-            sch.compute_inline(blocks.x_stage)
-            sch.storage_align(x_shared, 0, axis=0, factor=32, offset=4)
-            copy = sch.fuse(*sch.get_loops(x_shared)[-2:])
-            # (the warp count is p_split[1] * g_split[1]; a product of sampled factors would not
-            # serialise into the tuning record's trace, so the copy splits by each of them)
-            _, cty_p, cty_g, ctx = sch.split(copy, factors=[None, p_split[1], g_split[1], 32])
-            sch.bind(sch.fuse(cty_p, cty_g), "threadIdx.y")
-            sch.bind(ctx, "threadIdx.x")
-        else:
-            sch.compute_inline(blocks.x_stage)
+        x_shared = sch.cache_read(a_block, _read_index(sch, a_block, X_TF32), "shared")
+        sch.compute_at(x_shared, c, preserve_unit_loops=True)
+        sch.compute_inline(blocks.x_stage)
+        positions = len(sch.get(x_shared).writes[0].source.shape) - 1  # the axis before the channels
+        sch.storage_align(x_shared, 0, axis=positions - 1, factor=32, offset=4)
+        copy = sch.fuse(*sch.get_loops(x_shared)[-positions - 1:])
+        # (the warp count is a product of sampled factors, which would not serialise into the
+        # tuning record's trace, so the copy splits by each of them)
+        *_, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
+        sch.bind(sch.fuse(*sch.get_loops(x_shared)[-len(copy_warps) - 1:-1]), "threadIdx.y")
+        sch.bind(ctx, "threadIdx.x")
         sch.set_scope(a_block, 0, "warp")
         b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
         sch.compute_at(b_frag, k_o, preserve_unit_loops=True)
 
         init = sch.decompose_reduction(blocks.conv, c)
 
-        sch.transform_layout(a_block, ("write", 0), lambda p_, g_, c_, k_: (
-            p_ // M_TILE, g_, c_, k_ // K_STEP, *mma.a_layout(p_ % M_TILE, k_ % K_STEP)))
-        sch.transform_layout(blocks.conv, ("write", 0), lambda p_, o_: (
-            p_ // M_TILE, o_ // GROUP, *mma.c_layout(p_ % M_TILE, o_ % GROUP)))
+        # mma tiles of 16 consecutive pixels: of the flattened pixels (1x1), or of a padded row
+        sch.transform_layout(a_block, ("write", 0), lambda *i: (
+            *i[:-4], i[-4] // M_TILE, i[-3], i[-2], i[-1] // K_STEP, *mma.a_layout(i[-4] % M_TILE, i[-1] % K_STEP)))
+        sch.transform_layout(blocks.conv, ("write", 0), lambda *i: (
+            *i[:-2], i[-2] // M_TILE, i[-1] // GROUP, *mma.c_layout(i[-2] % M_TILE, i[-1] % GROUP)))
 
         # Each lane runs its own elements: rows/columns split as the layouts spread them, lanes fused.
         _lanes_a(sch, a_block)
@@ -119,11 +86,74 @@ class CUDAUnionTF32(SparseConvRule):
         sch.tensorize(p_i, mma.MMA_TF32)
         return sch
 
+    @staticmethod
+    def _group_split(sch: s_tir.Schedule, g, g_cap: int, tunable: bool):
+        if tunable:
+            return sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
+        g_regs = largest_divisor(g_cap, [4, 2, 1])
+        warps_g = largest_divisor(g_cap // g_regs, [4, 2, 1])
+        return [g_cap // (warps_g * g_regs), warps_g, g_regs]
 
-def _staged_row_words(sch: s_tir.Schedule, blocks: SparseConvBlocks, chunks) -> int:
-    """Words per staged pixel row: the chunk's channels padded to 4 mod 32 (`storage_align` below)."""
-    chunk = sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(chunks).extent
-    return -(-(int(chunk) - 4) // 32) * 32 + 4
+    def _tile_pixels(self, sch, blocks, pixels, co, c, k, tunable):
+        """1x1 layers: blocks of consecutive flattened pixels' tiles x groups (warp loop, k step
+        loop, mma pixel loop, the copy's warp factors)."""
+        (p,) = pixels
+        tiles, groups = sch.get(p).extent.value // M_TILE, sch.get(co).extent.value // GROUP
+        g, j = sch.split(co, factors=[groups, GROUP])
+        p, p_i = sch.split(p, factors=[tiles, M_TILE])
+        k_o, k_i = sch.split(k, factors=[None, K_STEP])
+        # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
+        # rows padded to 4 mod 32 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
+        # 48 KB of shared memory, and its warps in 1024 threads.
+        row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
+        fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= SHARED_BYTES or t == 1]
+        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, [16, 8, 4, 2, 1])
+        p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
+        g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
+        if tunable:
+            p_split = sch.sample_perfect_tile(p, n=3, max_innermost_factor=4)
+        else:
+            # 64 pixels x 16 groups (what the best of 8 random draws was on most ResNet-50 1x1
+            # layers at batch 32, benchmarks/experiments/union_tf32-v2-staged-nvidia-h200.json)
+            m_tiles = largest_divisor(p_cap, [2, 1])
+            warps_p = largest_divisor(p_cap // m_tiles, [2, 1])
+            p_split = [p_cap // (warps_p * m_tiles), warps_p, m_tiles]
+        g_split = self._group_split(sch, g, g_cap, tunable)
+        p_b, p_w, p_m = sch.split(p, factors=p_split)
+        g_b, g_w, g_r = sch.split(g, factors=g_split)
+        sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(p_outer, p_b, g_outer, g_b), "blockIdx.x")
+        warp = sch.fuse(p_w, g_w)
+        sch.bind(warp, "threadIdx.y")
+        return warp, k_o, p_i, [p_split[1], g_split[1]]
+
+    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
+        """Other layers: blocks of whole output rows (`union_tf32.block_rows`, so the staged input
+        is a box: TVM does not bound a range of flattened pixels across rows) x groups; warps over
+        the rows, the row's tiles and groups."""
+        b, oh, ow = pixels
+        rows = int(sch.mod["main"].attrs[ROWS_ATTR])
+        n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
+        groups = sch.get(co).extent.value // GROUP
+        g_cap = largest_divisor(groups, [16, 8, 4, 2, 1] if rows * w_tiles <= 2 else [8, 4, 2, 1])
+        g, j = sch.split(co, factors=[groups, GROUP])
+        g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
+        oh_o, oh_i = sch.split(oh, factors=[n_oh // rows, rows])
+        wt, p_i = sch.split(ow, factors=[w_tiles, M_TILE])
+        k_o, k_i = sch.split(k, factors=[None, K_STEP])
+        if tunable:
+            w_split = sch.sample_perfect_tile(wt, n=2, max_innermost_factor=4)
+        else:
+            m_tiles = largest_divisor(w_tiles, [2, 1])
+            w_split = [w_tiles // m_tiles, m_tiles]
+        g_split = self._group_split(sch, g, g_cap, tunable)
+        w_w, p_m = sch.split(wt, factors=w_split)
+        g_b, g_w, g_r = sch.split(g, factors=g_split)
+        sch.reorder(b, oh_o, g_outer, g_b, oh_i, w_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(b, oh_o, g_outer, g_b), "blockIdx.x")
+        warp = sch.fuse(oh_i, w_w, g_w)
+        sch.bind(warp, "threadIdx.y")
+        return warp, k_o, p_i, [rows, w_split[0], g_split[1]]
 
 
 def _lanes_a(sch: s_tir.Schedule, block) -> None:

@@ -53,6 +53,15 @@ M_TILE = 16  # output pixels per mma: its m
 #: input channels per chunk of a 1x1 layer: a tile of 128 pixels x 64 channels (+ padding) is
 #: 34 KB of shared memory, and each group's union within a chunk pads to a multiple of 8 taps
 CHUNK_1X1 = 64
+#: input channels per chunk of other layers: their staged tile is a halo of whole rows
+#: (`block_rows`), e.g. 4 x 58 positions of 36 words (32 channels, padded) on ResNet-50's conv2 3x3
+CHUNK_KXK = 32
+#: static shared memory a block's staged tile may take
+SHARED_BYTES = 48 * 1024
+#: most mma tiles a block stages for (its warps x tiles per warp)
+MAX_BLOCK_TILES = 8
+#: function attribute: output rows per block of a KxK layer (`block_rows`)
+ROWS_ATTR = "sparseconv_union_rows"
 
 
 def round_tf32(bits: np.ndarray) -> np.ndarray:
@@ -72,9 +81,31 @@ def is_pointwise(kernel_shape) -> bool:
 
 
 def chunk_size(kernel_shape) -> int:
-    """Input channels per chunk: `CHUNK_1X1` for 1x1 layers, all of them (one chunk) otherwise."""
-    cin = kernel_shape[2]
-    return min(cin, CHUNK_1X1) if is_pointwise(kernel_shape) else cin
+    """Input channels per chunk: `CHUNK_1X1` for 1x1 layers, `CHUNK_KXK` otherwise."""
+    return min(kernel_shape[2], CHUNK_1X1 if is_pointwise(kernel_shape) else CHUNK_KXK)
+
+
+def staged_row_words(chunk: int) -> int:
+    """Words per staged input position: the chunk's channels padded to 4 mod 32 (against bank
+    conflicts between the pixel rows of an A fragment; the rule's `storage_align`)."""
+    return -(-(chunk - 4) // 32) * 32 + 4
+
+
+def width_tiles(wl: ConvWorkload) -> int:
+    """mma tiles across a KxK layer's output row (its width padded to whole tiles of 16)."""
+    return -(-wl.output_hw[1] // M_TILE)
+
+
+def block_rows(wl: ConvWorkload) -> int:
+    """Output rows a block of a KxK layer computes (whole rows: its staged input is then a box of
+    rows x the padded width, which TVM's region analysis bounds): the most rows dividing the
+    output height whose tiles (`MAX_BLOCK_TILES`) and staged halo (`SHARED_BYTES`) fit; at least 1."""
+    oh, _ = wl.output_hw
+    (eh, _), (sh, _) = wl.kernel_extent, wl.strides
+    cols = wl.gather_hw[1] + (width_tiles(wl) * M_TILE - wl.output_hw[1]) * wl.strides[1]
+    fits = [r for r in range(1, oh + 1) if oh % r == 0 and r * width_tiles(wl) <= MAX_BLOCK_TILES
+            and ((r - 1) * sh + eh) * cols * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES]
+    return max(fits, default=1)
 
 
 def group_unions(kernel: SparseKernel, chunk: int | None = None) -> list[list[np.ndarray]]:
@@ -127,12 +158,10 @@ def padded(order: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
 
 
 def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
-    """The format sizes with chunks of `chunk` input channels (a 1x1 layer's; others take all of
-    them): K = the longest group union within a chunk, padded to the mma's k. Wider chunks pad
-    less when a group's taps are few and spread (block-pruned channels: K 16 of 64, 40 of 256),
-    and stage fewer pixels per block (`schedules/cuda_union_tf32.py`)."""
-    if not is_pointwise(kernel.shape):
-        chunk = kernel.shape[2]
+    """The format sizes with chunks of `chunk` input channels: K = the longest group union within
+    a chunk, padded to the mma's k. Wider chunks pad less when a group's taps are few and spread
+    (block-pruned channels: K 16 of 64, 40 of 256), and stage fewer pixels per block
+    (`schedules/cuda_union_tf32.py`)."""
     longest = max((len(u) for per_chunk in group_unions(kernel, chunk) for u in per_chunk), default=0)
     return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": min(chunk, kernel.shape[2])}
 
@@ -194,35 +223,48 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         def gather(p, g, c, k):
             # Clamped so that TVM's region analysis can bound a chunk (packed taps are in range).
             return xs[p, c * chunk + tirx.max(tirx.min(taps[g, c, k], chunk - 1), 0)]
+
+        a = te.compute((pixels, groups, n_chunks, k_pad), gather, name=A_TF32)
+        pix = (pixels,)
+        at = lambda b, oh, ow: ((b * oh_ + oh) * ow_ + ow,)  # noqa: E731 - the conv's pixel of an output
     else:
-        xs = te.compute((n, gh, gw, n_chunks * chunk), lambda b, r, col, ch: padded(b, r - pt, col - pl, ch),
+        # Output rows padded to whole mma tiles (the padding columns read the last real column and
+        # are never stored), so that a block's whole rows stage as one box of the padded input.
+        ow_pad = width_tiles(wl) * M_TILE
+        cols = gw + (ow_pad - ow_) * sw
+        xs = te.compute((n, gh, cols, n_chunks * chunk), lambda b, r, col, ch: padded(b, r - pt, col - pl, ch),
                         name=X_TF32)
 
-        def gather(p, g, c, k):
+        def gather(b, oh, ow, g, c, k):
             t = taps[g, c, k]
             ci = tirx.floormod(t, chunk)
+            # Clamped so that TVM's region analysis can bound a block's halo (packed taps are in range).
             kw = tirx.floormod(tirx.floordiv(t, chunk), kw_) if kw_ > 1 else 0
             kh = tirx.max(tirx.min(tirx.floordiv(t, chunk * kw_), kh_ - 1), 0) if kh_ > 1 else 0
-            b, oh, ow = pixel(p)
             return xs[b, oh * sh + kh * dh, ow * sw + kw * dw, c * chunk + ci]
 
-    a = te.compute((pixels, groups, n_chunks, k_pad), gather, name=A_TF32)
+        a = te.compute((n, oh_, ow_pad, groups, n_chunks, k_pad), gather, name=A_TF32)
+        pix = (n, oh_, ow_pad)
+        at = lambda b, oh, ow: (b, oh, ow)  # noqa: E731
+
     rc = te.reduce_axis((0, n_chunks), name="c")
     rk = te.reduce_axis((0, k_pad), name="k")
-    conv = te.compute(
-        (pixels, cout),
-        lambda p, co: te.sum(a[p, co // GROUP, rc, rk]
-                             * weights[co // GROUP, rc, rk // K_STEP, co % GROUP * 4 + rk % 4, rk % K_STEP // 4],
-                             axis=[rc, rk]),
-        name=CONV,
-    )
+
+    def mma_sum(pixel_index: tuple, co):
+        return te.sum(a[(*pixel_index, co // GROUP, rc, rk)]
+                      * weights[co // GROUP, rc, rk // K_STEP, co % GROUP * 4 + rk % 4, rk % K_STEP // 4], axis=[rc, rk])
+
+    if len(pix) == 1:
+        conv = te.compute((*pix, cout), lambda p, co: mma_sum((p,), co), name=CONV)
+    else:
+        conv = te.compute((*pix, cout), lambda b, oh, ow, co: mma_sum((b, oh, ow), co), name=CONV)
     args = [x, weights, taps]
     bias = te.placeholder((cout,), "float32", name="bias") if wl.has_bias else None
     if bias is not None:
         args.append(bias)
 
     out = te.compute((n, oh_, ow_, cout),
-                     lambda b, oh, ow, co: finish(wl, conv[(b * oh_ + oh) * ow_ + ow, co], bias, co), name=EPILOGUE)
+                     lambda b, oh, ow, co: finish(wl, conv[(*at(b, oh, ow), co)], bias, co), name=EPILOGUE)
     return args + [out]
 
 
@@ -234,11 +276,12 @@ class UnionTF32(Algorithm):
     precision = "tf32"
 
     def applies(self, wl: ConvWorkload | None, target_kind: str) -> bool:
-        """CUDA, Cout a multiple of 8 and N*OH*OW of 16 (whole mma tiles); `wl=None`: the target alone."""
+        """CUDA, Cout a multiple of 8, and for a 1x1 layer N*OH*OW a multiple of 16 (whole mma
+        tiles; other layers pad their rows to whole tiles); `wl=None`: the target alone."""
         if target_kind != "cuda" or wl is None:
             return target_kind == "cuda"
         n, oh, ow, cout = wl.output_shape
-        return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
+        return cout % GROUP == 0 and (not is_pointwise(wl.kernel_shape) or (n * oh * ow) % M_TILE == 0)
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
         return chunked_format(kernel, chunk_size(kernel.shape))
@@ -247,7 +290,8 @@ class UnionTF32(Algorithm):
         return union_tf32_te(wl)
 
     def func_attrs(self, wl: ConvWorkload) -> dict:
-        return {WARP_FRAGMENTS_ATTR: 3}  # A, B and C fragments (tir_build lowers each)
+        attrs = {WARP_FRAGMENTS_ATTR: 3}  # A, B and C fragments (tir_build lowers each)
+        return attrs if is_pointwise(wl.kernel_shape) else attrs | {ROWS_ATTR: block_rows(wl)}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
