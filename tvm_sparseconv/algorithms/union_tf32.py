@@ -91,20 +91,36 @@ def staged_row_words(chunk: int) -> int:
     return -(-(chunk - 4) // 32) * 32 + 4
 
 
-def width_tiles(wl: ConvWorkload) -> int:
-    """mma tiles across a KxK layer's output row (its width padded to whole tiles of 16)."""
-    return -(-wl.output_hw[1] // M_TILE)
+def whole_images(wl: ConvWorkload) -> bool:
+    """Whether a KxK layer's pixel grid is each image's flattened pixels as one row: where its
+    output rows are at most half an mma tile wide (padding each row to 16 pixels would more than
+    double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a block's shared memory."""
+    (oh, ow), (gh, gw) = wl.output_hw, wl.gather_hw
+    return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
+        gh * gw * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES)
+
+
+def pixel_grid(wl: ConvWorkload) -> tuple[int, int]:
+    """(rows, columns) of a KxK layer's conv per image: its output rows padded to whole mma tiles
+    (the padding columns read zeros and are never stored), or with `whole_images` one row of the
+    image's flattened pixels padded so."""
+    oh, ow = wl.output_hw
+    if whole_images(wl):
+        return 1, -(-oh * ow // M_TILE) * M_TILE
+    return oh, -(-ow // M_TILE) * M_TILE
 
 
 def block_rows(wl: ConvWorkload) -> int:
-    """Output rows a block of a KxK layer computes (whole rows: its staged input is then a box of
+    """Grid rows a block of a KxK layer computes (whole rows: its staged input is then a box of
     rows x the padded width, which TVM's region analysis bounds): the most rows dividing the
-    output height whose tiles (`MAX_BLOCK_TILES`) and staged halo (`SHARED_BYTES`) fit; at least 1."""
-    oh, _ = wl.output_hw
-    (eh, _), (sh, _) = wl.kernel_extent, wl.strides
-    cols = wl.gather_hw[1] + (width_tiles(wl) * M_TILE - wl.output_hw[1]) * wl.strides[1]
-    fits = [r for r in range(1, oh + 1) if oh % r == 0 and r * width_tiles(wl) <= MAX_BLOCK_TILES
-            and ((r - 1) * sh + eh) * cols * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES]
+    grid's whose tiles (`MAX_BLOCK_TILES`) and staged halo (`SHARED_BYTES`) fit; at least 1."""
+    rows, cols = pixel_grid(wl)
+    if whole_images(wl):
+        return 1
+    (eh, _), (sh, sw) = wl.kernel_extent, wl.strides
+    staged_cols = wl.gather_hw[1] + (cols - wl.output_hw[1]) * sw
+    fits = [r for r in range(1, rows + 1) if rows % r == 0 and r * cols // M_TILE <= MAX_BLOCK_TILES
+            and ((r - 1) * sh + eh) * staged_cols * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES]
     return max(fits, default=1)
 
 
@@ -228,24 +244,25 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         pix = (pixels,)
         at = lambda b, oh, ow: ((b * oh_ + oh) * ow_ + ow,)  # noqa: E731 - the conv's pixel of an output
     else:
-        # Output rows padded to whole mma tiles (the padding columns read the last real column and
-        # are never stored), so that a block's whole rows stage as one box of the padded input.
-        ow_pad = width_tiles(wl) * M_TILE
-        cols = gw + (ow_pad - ow_) * sw
-        xs = te.compute((n, gh, cols, n_chunks * chunk), lambda b, r, col, ch: padded(b, r - pt, col - pl, ch),
-                        name=X_TF32)
+        # A grid of whole rows (`pixel_grid`), so that a block's rows stage as one box of the
+        # padded input; padding pixels read zeros (or a real pixel again) and are never stored.
+        rows, cols = pixel_grid(wl)
+        flat = whole_images(wl)
+        xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
+                        lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
 
-        def gather(b, oh, ow, g, c, k):
+        def gather(b, r, q, g, c, k):
             t = taps[g, c, k]
             ci = tirx.floormod(t, chunk)
             # Clamped so that TVM's region analysis can bound a block's halo (packed taps are in range).
             kw = tirx.floormod(tirx.floordiv(t, chunk), kw_) if kw_ > 1 else 0
             kh = tirx.max(tirx.min(tirx.floordiv(t, chunk * kw_), kh_ - 1), 0) if kh_ > 1 else 0
+            oh, ow = (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if flat else (r, q)
             return xs[b, oh * sh + kh * dh, ow * sw + kw * dw, c * chunk + ci]
 
-        a = te.compute((n, oh_, ow_pad, groups, n_chunks, k_pad), gather, name=A_TF32)
-        pix = (n, oh_, ow_pad)
-        at = lambda b, oh, ow: (b, oh, ow)  # noqa: E731
+        a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
+        pix = (n, rows, cols)
+        at = (lambda b, oh, ow: (b, 0, oh * ow_ + ow)) if flat else (lambda b, oh, ow: (b, oh, ow))  # noqa: E731
 
     rc = te.reduce_axis((0, n_chunks), name="c")
     rk = te.reduce_axis((0, k_pad), name="k")
@@ -257,7 +274,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     if len(pix) == 1:
         conv = te.compute((*pix, cout), lambda p, co: mma_sum((p,), co), name=CONV)
     else:
-        conv = te.compute((*pix, cout), lambda b, oh, ow, co: mma_sum((b, oh, ow), co), name=CONV)
+        conv = te.compute((*pix, cout), lambda b, r, q, co: mma_sum((b, r, q), co), name=CONV)
     args = [x, weights, taps]
     bias = te.placeholder((cout,), "float32", name="bias") if wl.has_bias else None
     if bias is not None:
