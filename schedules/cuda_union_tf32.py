@@ -4,11 +4,15 @@ A warp owns `m_tiles` x 16 flattened output pixels and `g_regs` groups of 8 outp
 m_tiles x g_regs accumulator fragments (4 registers per lane each). For each step of 8 union taps
 it gathers its A fragments (each lane its own 4 input values per tile) and its B fragments (2
 weights per lane and group, stored in fragment order), then issues one `mma.m16n8k8` per (tile,
-group). A block holds `warps_p` x `warps_g` warps. For 1x1 layers the block first copies its
-pixels x one chunk of input channels (rounded to TF32) into shared memory, once for all its groups,
-and the fragments gather from there (rows padded to 4 mod 32 words: with the algorithm's
-bank-spread union order, a fragment load hits 32 distinct banks). Other layers gather from the
-NHWC input through L1 (each group re-reads it: slow, `benchmarks/experiments/union_tf32.md`).
+group). A block holds `warps_p` x `warps_g` warps and first copies, per chunk of input channels,
+its input (rounded to TF32) into shared memory, once for all its groups; the fragments gather
+from there (each staged position padded to 4 mod 32 words: with the algorithm's bank-spread union
+order of 1x1 layers, a fragment load hits 32 distinct banks). 1x1 layers: a block is consecutive
+tiles of flattened pixels, staged as those pixels. Other layers: a block is whole rows of the
+algorithm's pixel grid, staged as the box of input rows they read (TVM bounds a range of flattened
+pixels that crosses rows only by the whole image), its warps over the rows, each row's tiles and
+the groups. (Until stop 41 these gathered from the NHWC input through L1, each group re-reading it:
+320 us on conv4 3x3 at batch 32, `benchmarks/experiments/union_tf32.md`.)
 """
 
 from __future__ import annotations

@@ -15,10 +15,13 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   to whole chunks. For 1x1 layers it is the view on flattened output pixels,
   ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow)), which the CUDA rule stages
   per chunk of ``chunk`` channels in shared memory for all the block's groups; otherwise it is the
-  padded input ``xs[n, r, c, ch]`` (one chunk: all channels), gathered from where it is.
+  padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels), whose rows the CUDA rule
+  stages per block of whole output rows (`block_rows`: a box TVM can bound) and chunk.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
   the input at the tap ``taps[g, c, k] = ci_in_chunk + chunk*(kw + KW*kh)``. The CUDA rule computes
-  it into the mma's A fragments (registers), never into memory.
+  it into the mma's A fragments (registers), never into memory. For KxK layers p is
+  ``(n, row, column)`` of `pixel_grid`: the output rows padded to whole 16-pixel mma tiles, or for
+  narrow maps (`whole_images`) each image's flattened pixels as one padded row.
 - ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * w[co // 8, c, k, co % 8]``, where the
   weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
   ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane's two
@@ -26,8 +29,8 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   consecutive pixels, whatever the width). The union positions of a 1x1 group are ordered so that
   each aligned quad has channels of distinct residues mod 4 (`bank_spread`), with padding taps
   (weight 0) of the missing residues.
-- ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` (always present:
-  it is also the reshape to NHWC).
+- ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` for 1x1 layers
+  (always present: it is also the reshape to NHWC and, for KxK layers, drops the grid's padding).
 
 Weights are rounded to TF32 when packed. The compiled function's arguments, in order:
 x, weights (groups, chunks, K/8, 32, 2), taps (groups, chunks, K), [bias], out.
