@@ -132,14 +132,14 @@ class CUDAUnionTF32(SparseConvRule):
         return warp, k_o, p_i, [p_split[1], g_split[1]]
 
     def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
-        """Other layers: blocks of whole output rows (`union_tf32.block_rows`, so the staged input
+        """Other layers: blocks of whole grid rows (`union_tf32.block_rows`, so the staged input
         is a box: TVM does not bound a range of flattened pixels across rows) x groups; warps over
-        the rows, the row's tiles and groups."""
+        the rows, each row's tiles and the groups (returns as `_tile_pixels`)."""
         b, oh, ow = pixels
         rows = int(sch.mod["main"].attrs[ROWS_ATTR])
         n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
         groups = sch.get(co).extent.value // GROUP
-        g_cap = largest_divisor(groups, [16, 8, 4, 2, 1] if rows * w_tiles <= 2 else [8, 4, 2, 1])
+        g_cap = largest_divisor(groups, [16, 8, 4, 2, 1])
         g, j = sch.split(co, factors=[groups, GROUP])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         oh_o, oh_i = sch.split(oh, factors=[n_oh // rows, rows])
