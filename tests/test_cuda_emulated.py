@@ -155,6 +155,23 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance
 
 
+@pytest.mark.parametrize("name,chunk", [("resnet50_conv5_3x3_b32_g8", None), ("resnet50_conv3_1x1_reduce_b32_g8", 256)])
+def test_union_tf32_computes_block_pruned_resnet50_layers_at_batch_32(name, chunk):
+    """Real layers of the block-pruned network (whole 7x7 images of 32 x 512 channels in 16
+    chunks; a 1x1 layer in chunks of 256), as tests/test_gpu.py runs them on a device."""
+    problem = workload_set(name)[0]
+    w = problem.dense_kernel()
+    k = tsc.SparseKernel.from_dense(w)
+    wl = problem.workload(k, algorithm="union-tf32")
+    if chunk:
+        wl = wl.with_format("union-tf32", **union_tf32.chunked_format(k, chunk))
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
+    x = np.random.default_rng(1).standard_normal(wl.input_shape).astype(np.float32)
+    em = emulate(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    err = _error(em, [x, *algorithms.pack_weights(wl, k)], w, wl, None)
+    assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance
+
+
 @pytest.mark.parametrize("algorithm", [a.name for a in algorithms.ALGORITHMS.values()
                                        if not a.generated and a.applies(None, "cuda")])
 @pytest.mark.parametrize("case", FUZZ_CASES, ids=[f"fuzz{i}" for i in range(len(FUZZ_CASES))])
