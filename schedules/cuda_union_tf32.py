@@ -6,12 +6,12 @@ it gathers its A fragments (each lane its own 4 input values per tile) and its B
 weights per lane and group, stored in fragment order), then issues one `mma.m16n8k8` per (tile,
 group). A block holds `warps_p` x `warps_g` warps and first copies, per chunk of input channels,
 its input (rounded to TF32) into shared memory, once for all its groups; the fragments gather
-from there (each staged position padded to 4 mod 32 words: with the algorithm's bank-spread union
+from there (each staged position padded to 4 mod 8 words: with the algorithm's bank-spread union
 order of 1x1 layers, a fragment load hits 32 distinct banks). 1x1 layers: a block is consecutive
-tiles of flattened pixels, staged as those pixels. Other layers: a block is whole rows of the
-algorithm's pixel grid, staged as the box of input rows they read (TVM bounds a range of flattened
-pixels that crosses rows only by the whole image), its warps over the rows, each row's tiles and
-the groups. (Until stop 41 these gathered from the NHWC input through L1, each group re-reading it:
+tiles of flattened pixels, staged as those pixels. Other layers: a block is a box of rows x column
+tiles of the algorithm's pixel grid, staged as the box of input it reads (TVM bounds a range of
+flattened pixels that crosses rows only by the whole image), its warps over the rows, its column
+tiles and the groups. (Until stop 41 these gathered from the NHWC input through L1, each group re-reading it:
 320 us on conv4 3x3 at batch 32, `benchmarks/experiments/union_tf32.md`.)
 """
 
@@ -20,8 +20,8 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, GROUP, K_STEP, M_TILE, ROWS_ATTR, SHARED_BYTES, X_TF32,
-                                                   staged_row_words)
+from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, SHARED_BYTES,
+                                                   STAGE_ALIGN, X_TF32, staged_row_words)
 
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
@@ -41,6 +41,8 @@ class CUDAUnionTF32(SparseConvRule):
         if n_co % GROUP or n_k % K_STEP or sch.get(pixels[-1]).extent.value % M_TILE:
             return None
         tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable)
+        if tiled is None:
+            return None
         warp, k_o, p_i, copy_warps = tiled
         a_block = sch.get_sblock(A_TF32)
 
@@ -51,14 +53,14 @@ class CUDAUnionTF32(SparseConvRule):
 
         # A fragments: the gather itself, computed per k step into registers, from the block's
         # pixels x one chunk staged in shared memory once for all its groups (consecutive threads
-        # read consecutive channels; each staged position padded to 4 mod 32 words against bank
+        # read consecutive channels; each staged position padded to 4 mod 8 words against bank
         # conflicts).
         sch.compute_at(a_block, k_o, preserve_unit_loops=True)
         x_shared = sch.cache_read(a_block, _read_index(sch, a_block, X_TF32), "shared")
         sch.compute_at(x_shared, c, preserve_unit_loops=True)
         sch.compute_inline(blocks.x_stage)
         positions = len(sch.get(x_shared).writes[0].source.shape) - 1  # the axis before the channels
-        sch.storage_align(x_shared, 0, axis=positions - 1, factor=32, offset=4)
+        sch.storage_align(x_shared, 0, axis=positions - 1, factor=STAGE_ALIGN[0], offset=STAGE_ALIGN[1])
         copy = sch.fuse(*sch.get_loops(x_shared)[-positions - 1:])
         # (the warp count is a product of sampled factors, which would not serialise into the
         # tuning record's trace, so the copy splits by each of them)
@@ -107,7 +109,7 @@ class CUDAUnionTF32(SparseConvRule):
         p, p_i = sch.split(p, factors=[tiles, M_TILE])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
         # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
-        # rows padded to 4 mod 32 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
+        # rows padded to 4 mod 8 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
         # 48 KB of shared memory, and its warps in 1024 threads.
         row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
         fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= SHARED_BYTES or t == 1]
@@ -132,11 +134,14 @@ class CUDAUnionTF32(SparseConvRule):
         return warp, k_o, p_i, [p_split[1], g_split[1]]
 
     def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
-        """Other layers: blocks of whole grid rows (`union_tf32.block_rows`, so the staged input
-        is a box: TVM does not bound a range of flattened pixels across rows) x groups; warps over
-        the rows, each row's tiles and the groups (returns as `_tile_pixels`)."""
+        """Other layers: blocks of grid rows x column tiles (`union_tf32.block_tiles`, so the staged
+        input is a box) x groups; warps over the rows, the block's column tiles and the groups
+        (returns as `_tile_pixels`; None where no block fits)."""
+        attrs = sch.mod["main"].attrs
+        if attrs is None or BLOCK_ATTR not in attrs:
+            return None
+        rows, tiles = (int(attrs[BLOCK_ATTR][key]) for key in ("rows", "tiles"))
         b, oh, ow = pixels
-        rows = int(sch.mod["main"].attrs[ROWS_ATTR])
         n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
         groups = sch.get(co).extent.value // GROUP
         g_cap = largest_divisor(groups, [16, 8, 4, 2, 1])
@@ -144,17 +149,18 @@ class CUDAUnionTF32(SparseConvRule):
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         oh_o, oh_i = sch.split(oh, factors=[n_oh // rows, rows])
         wt, p_i = sch.split(ow, factors=[w_tiles, M_TILE])
+        wt_o, wt = sch.split(wt, factors=[w_tiles // tiles, tiles])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
         if tunable:
             w_split = sch.sample_perfect_tile(wt, n=2, max_innermost_factor=4)
         else:
-            m_tiles = largest_divisor(w_tiles, [2, 1])
-            w_split = [w_tiles // m_tiles, m_tiles]
+            m_tiles = largest_divisor(tiles, [2, 1])
+            w_split = [tiles // m_tiles, m_tiles]
         g_split = self._group_split(sch, g, g_cap, tunable)
         w_w, p_m = sch.split(wt, factors=w_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(b, oh_o, g_outer, g_b, oh_i, w_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
-        sch.bind(sch.fuse(b, oh_o, g_outer, g_b), "blockIdx.x")
+        sch.reorder(b, oh_o, wt_o, g_outer, g_b, oh_i, w_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(b, oh_o, wt_o, g_outer, g_b), "blockIdx.x")
         warp = sch.fuse(oh_i, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [rows, w_split[0], g_split[1]]

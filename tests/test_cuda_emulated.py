@@ -116,7 +116,9 @@ def test_union_tf32_on_block_pruned_channels_does_only_their_taps():
     longest = max(int((w[0, 0, c * 64:(c + 1) * 64, ::8] != 0).sum(0).max()) for c in range(9))
     assert widths[8] == -(-longest // 8) * 8 and widths[1] >= 3 * widths[8]
     k = tsc.SparseKernel.from_dense(w)
-    for chunk, row in ((64, 68), (256, 260), (520, 548)):
+    assert [union_tf32.staged_row_words(c) for c in (3, 8, 64, 520)] == [4, 12, 68, 524]  # 4 mod 8
+    for chunk in (64, 256, 520):
+        row = union_tf32.staged_row_words(chunk)
         wl = layer.with_format(union.name, **union_tf32.chunked_format(k, chunk))
         program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
         (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
@@ -148,7 +150,8 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     if union_tf32.whole_images(wl):
         positions = gh * gw
     else:
-        positions = ((union_tf32.block_rows(wl) - 1) * wl.strides[0] + eh) * (gw + (cols - wl.output_hw[1]) * wl.strides[1])
+        rows, tiles = union_tf32.block_tiles(wl)
+        positions = ((rows - 1) * wl.strides[0] + eh) * ((tiles * 16 - 1) * wl.strides[1] + wl.kernel_extent[1])
     assert words == positions * union_tf32.staged_row_words(wl.chunk) and words * 4 <= 48 * 1024
     x = rng.standard_normal(shape).astype(np.float32)
     err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)

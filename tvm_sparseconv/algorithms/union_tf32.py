@@ -16,7 +16,7 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow)), which the CUDA rule stages
   per chunk of ``chunk`` channels in shared memory for all the block's groups; otherwise it is the
   padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels), whose rows the CUDA rule
-  stages per block of whole output rows (`block_rows`: a box TVM can bound) and chunk.
+  stages per block of output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
   the input at the tap ``taps[g, c, k] = ci_in_chunk + chunk*(kw + KW*kh)``. The CUDA rule computes
   it into the mma's A fragments (registers), never into memory. For KxK layers p is
@@ -56,15 +56,15 @@ M_TILE = 16  # output pixels per mma: its m
 #: input channels per chunk of a 1x1 layer: a tile of 128 pixels x 64 channels (+ padding) is
 #: 34 KB of shared memory, and each group's union within a chunk pads to a multiple of 8 taps
 CHUNK_1X1 = 64
-#: input channels per chunk of other layers: their staged tile is a halo of whole rows
-#: (`block_rows`), e.g. 4 x 58 positions of 36 words (32 channels, padded) on ResNet-50's conv2 3x3
+#: input channels per chunk of other layers: their staged tile is the input box of a block's output
+#: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded) on ResNet-50's conv2 3x3
 CHUNK_KXK = 32
 #: static shared memory a block's staged tile may take
 SHARED_BYTES = 48 * 1024
 #: most mma tiles a block stages for (its warps x tiles per warp)
 MAX_BLOCK_TILES = 8
-#: function attribute: output rows per block of a KxK layer (`block_rows`)
-ROWS_ATTR = "sparseconv_union_rows"
+#: function attribute: grid rows and column tiles per block of a KxK layer (`block_tiles`)
+BLOCK_ATTR = "sparseconv_union_block"
 
 
 def round_tf32(bits: np.ndarray) -> np.ndarray:
@@ -88,10 +88,17 @@ def chunk_size(kernel_shape) -> int:
     return min(kernel_shape[2], CHUNK_1X1 if is_pointwise(kernel_shape) else CHUNK_KXK)
 
 
+#: a staged position's words are padded to `STAGE_ALIGN[1]` mod `STAGE_ALIGN[0]` (the rule's
+#: `storage_align`): 8 consecutive positions (an A fragment's pixel rows) then start at 8 distinct
+#: multiples of 4 modulo 32 banks (4(2m+1) i mod 32 for i < 8), so with the 4 channels of a tap
+#: quad distinct mod 4 (`bank_spread`) a fragment load hits 32 distinct banks
+STAGE_ALIGN = (8, 4)
+
+
 def staged_row_words(chunk: int) -> int:
-    """Words per staged input position: the chunk's channels padded to 4 mod 32 (against bank
-    conflicts between the pixel rows of an A fragment; the rule's `storage_align`)."""
-    return -(-(chunk - 4) // 32) * 32 + 4
+    """Words per staged input position: the chunk's channels padded by `STAGE_ALIGN`."""
+    factor, offset = STAGE_ALIGN
+    return chunk + (offset - chunk) % factor
 
 
 def whole_images(wl: ConvWorkload) -> bool:
@@ -113,18 +120,25 @@ def pixel_grid(wl: ConvWorkload) -> tuple[int, int]:
     return oh, -(-ow // M_TILE) * M_TILE
 
 
-def block_rows(wl: ConvWorkload) -> int:
-    """Grid rows a block of a KxK layer computes (whole rows: its staged input is then a box of
-    rows x the padded width, which TVM's region analysis bounds): the most rows dividing the
-    grid's whose tiles (`MAX_BLOCK_TILES`) and staged halo (`SHARED_BYTES`) fit; at least 1."""
+def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] | None:
+    """(grid rows, column tiles) a block of a KxK layer computes: a box of the grid, so that its
+    staged input is a box TVM's region analysis bounds (a run of flattened pixels across rows
+    came out as the whole image). Of the boxes whose tiles (`MAX_BLOCK_TILES`) and staged input
+    (`SHARED_BYTES`, chunks of `chunk` channels, default the workload's) fit: the most tiles, then
+    the least staged input per tile. None where not even one tile's input fits."""
     rows, cols = pixel_grid(wl)
+    tiles = cols // M_TILE
+    words = staged_row_words(chunk or wl.chunk)
+    (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
     if whole_images(wl):
-        return 1
-    (eh, _), (sh, sw) = wl.kernel_extent, wl.strides
-    staged_cols = wl.gather_hw[1] + (cols - wl.output_hw[1]) * sw
-    fits = [r for r in range(1, rows + 1) if rows % r == 0 and r * cols // M_TILE <= MAX_BLOCK_TILES
-            and ((r - 1) * sh + eh) * staged_cols * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES]
-    return max(fits, default=1)
+        return 1, tiles
+    fits = []
+    for r in (r for r in range(1, rows + 1) if rows % r == 0):
+        for t in (t for t in range(1, tiles + 1) if tiles % t == 0 and r * t <= MAX_BLOCK_TILES):
+            staged = ((r - 1) * sh + eh) * ((t * M_TILE - 1) * sw + ew) * words * 4
+            if staged <= SHARED_BYTES:
+                fits.append((-r * t, staged / (r * t), r, t))
+    return min(fits)[2:] if fits else None
 
 
 def group_unions(kernel: SparseKernel, chunk: int | None = None) -> list[list[np.ndarray]]:
@@ -149,8 +163,8 @@ def bank_spread(taps: np.ndarray, chunk: int) -> np.ndarray:
     """`taps` (one group's union in one chunk) in an order for conflict-free A-fragment loads.
 
     A fragment load reads 8 pixel rows x 4 consecutive union positions of the staged tile, whose
-    rows are 4 words apart modulo 32 banks (the rule pads each row to 4 mod 32 words): bank
-    ``(4 * row + ci) % 32``. Four positions whose channels differ modulo 4 hit 32 distinct banks.
+    rows start at 8 distinct multiples of 4 modulo 32 banks (`STAGE_ALIGN`). Four positions whose
+    channels differ modulo 4 then hit 32 distinct banks.
     So each aligned quad takes one tap of each residue ``ci % 4`` while it can (largest classes
     first); `padded` fills the padding positions with taps of the missing residues."""
     classes = [list(taps[(taps % chunk) % 4 == r]) for r in range(4)]
@@ -247,8 +261,9 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         pix = (pixels,)
         at = lambda b, oh, ow: ((b * oh_ + oh) * ow_ + ow,)  # noqa: E731 - the conv's pixel of an output
     else:
-        # A grid of whole rows (`pixel_grid`), so that a block's rows stage as one box of the
-        # padded input; padding pixels read zeros (or a real pixel again) and are never stored.
+        # A grid of rows padded to whole mma tiles (`pixel_grid`), so that a block's box of rows x
+        # column tiles stages as one box of the padded input; padding pixels read zeros (or a real
+        # pixel again) and are never stored.
         rows, cols = pixel_grid(wl)
         flat = whole_images(wl)
         xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
@@ -297,11 +312,14 @@ class UnionTF32(Algorithm):
 
     def applies(self, wl: ConvWorkload | None, target_kind: str) -> bool:
         """CUDA, Cout a multiple of 8, and for a 1x1 layer N*OH*OW a multiple of 16 (whole mma
-        tiles; other layers pad their rows to whole tiles); `wl=None`: the target alone."""
+        tiles; other layers pad their rows to whole tiles, and need one tile's input to fit a
+        block's shared memory); `wl=None`: the target alone."""
         if target_kind != "cuda" or wl is None:
             return target_kind == "cuda"
         n, oh, ow, cout = wl.output_shape
-        return cout % GROUP == 0 and (not is_pointwise(wl.kernel_shape) or (n * oh * ow) % M_TILE == 0)
+        if is_pointwise(wl.kernel_shape):
+            return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
+        return cout % GROUP == 0 and block_tiles(wl, chunk_size(wl.kernel_shape)) is not None
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
         return chunked_format(kernel, chunk_size(kernel.shape))
@@ -311,7 +329,10 @@ class UnionTF32(Algorithm):
 
     def func_attrs(self, wl: ConvWorkload) -> dict:
         attrs = {WARP_FRAGMENTS_ATTR: 3}  # A, B and C fragments (tir_build lowers each)
-        return attrs if is_pointwise(wl.kernel_shape) else attrs | {ROWS_ATTR: block_rows(wl)}
+        if is_pointwise(wl.kernel_shape) or block_tiles(wl) is None:  # (the rule then declines the layer)
+            return attrs
+        rows, tiles = block_tiles(wl)
+        return attrs | {BLOCK_ATTR: {"rows": rows, "tiles": tiles}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
