@@ -101,21 +101,22 @@ def staged_row_words(chunk: int) -> int:
     return chunk + (offset - chunk) % factor
 
 
-def whole_images(wl: ConvWorkload) -> bool:
+def whole_images(wl: ConvWorkload, chunk: int | None = None) -> bool:
     """Whether a KxK layer's pixel grid is each image's flattened pixels as one row: where its
     output rows are at most half an mma tile wide (padding each row to 16 pixels would more than
-    double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a block's shared memory."""
+    double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a block's shared memory
+    (in chunks of `chunk` channels, default the workload's)."""
     (oh, ow), (gh, gw) = wl.output_hw, wl.gather_hw
     return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
-        gh * gw * staged_row_words(wl.chunk) * 4 <= SHARED_BYTES)
+        gh * gw * staged_row_words(chunk or wl.chunk) * 4 <= SHARED_BYTES)
 
 
-def pixel_grid(wl: ConvWorkload) -> tuple[int, int]:
+def pixel_grid(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
     """(rows, columns) of a KxK layer's conv per image: its output rows padded to whole mma tiles
     (the padding columns read zeros and are never stored), or with `whole_images` one row of the
     image's flattened pixels padded so."""
     oh, ow = wl.output_hw
-    if whole_images(wl):
+    if whole_images(wl, chunk):
         return 1, -(-oh * ow // M_TILE) * M_TILE
     return oh, -(-ow // M_TILE) * M_TILE
 
@@ -126,11 +127,11 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] |
     came out as the whole image). Of the boxes whose tiles (`MAX_BLOCK_TILES`) and staged input
     (`SHARED_BYTES`, chunks of `chunk` channels, default the workload's) fit: the most tiles, then
     the least staged input per tile. None where not even one tile's input fits."""
-    rows, cols = pixel_grid(wl)
+    rows, cols = pixel_grid(wl, chunk)
     tiles = cols // M_TILE
     words = staged_row_words(chunk or wl.chunk)
     (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
-    if whole_images(wl):
+    if whole_images(wl, chunk):
         return 1, tiles
     fits = []
     for r in (r for r in range(1, rows + 1) if rows % r == 0):
