@@ -57,7 +57,8 @@ M_TILE = 16  # output pixels per mma: its m
 #: 34 KB of shared memory, and each group's union within a chunk pads to a multiple of 8 taps
 CHUNK_1X1 = 64
 #: input channels per chunk of other layers: their staged tile is the input box of a block's output
-#: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded) on ResNet-50's conv2 3x3
+#: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded)
+#: on ResNet-50's conv2 3x3
 CHUNK_KXK = 32
 #: static shared memory a block's staged tile may take
 SHARED_BYTES = 48 * 1024
