@@ -136,24 +136,17 @@ def test_union_tf32_on_block_pruned_channels_does_only_their_taps():
 def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padding, dilations):
     """KxK layers: a block's rows (or whole images of narrow maps) stage as one box of the padded
     input, within 48 KB of shared memory, and the layer is right at TF32 accuracy."""
-    rng = np.random.default_rng(7)
-    w = sparse_kernel(rng, kshape, 0.3)
-    k = tsc.SparseKernel.from_dense(w)
-    bias = rng.standard_normal(kshape[3]).astype(np.float32)
-    wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dilations,
-                                                        True, "relu"), "union-tf32")
+    w, k, bias, wl, x = _layer((shape, kshape, 0.3, strides, padding, dilations, True, "relu"), 7, "union-tf32")
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
-    (gh, gw), (eh, _) = wl.gather_hw, wl.kernel_extent
-    rows, cols = union_tf32.pixel_grid(wl)
+    (gh, gw), (eh, ew) = wl.gather_hw, wl.kernel_extent
     if union_tf32.whole_images(wl):
         positions = gh * gw
     else:
         rows, tiles = union_tf32.block_tiles(wl)
-        positions = ((rows - 1) * wl.strides[0] + eh) * ((tiles * 16 - 1) * wl.strides[1] + wl.kernel_extent[1])
+        positions = ((rows - 1) * wl.strides[0] + eh) * ((tiles * 16 - 1) * wl.strides[1] + ew)
     assert words == positions * union_tf32.staged_row_words(wl.chunk) and words * 4 <= 48 * 1024
-    x = rng.standard_normal(shape).astype(np.float32)
     err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
     assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance
 

@@ -331,10 +331,10 @@ class UnionTF32(Algorithm):
 
     def func_attrs(self, wl: ConvWorkload) -> dict:
         attrs = {WARP_FRAGMENTS_ATTR: 3}  # A, B and C fragments (tir_build lowers each)
-        if is_pointwise(wl.kernel_shape) or block_tiles(wl) is None:  # (the rule then declines the layer)
+        block = None if is_pointwise(wl.kernel_shape) else block_tiles(wl)
+        if block is None:  # 1x1 layers; a KxK layer without one (the rule then declines it)
             return attrs
-        rows, tiles = block_tiles(wl)
-        return attrs | {BLOCK_ATTR: {"rows": rows, "tiles": tiles}}
+        return attrs | {BLOCK_ATTR: {"rows": block[0], "tiles": block[1]}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
