@@ -126,11 +126,13 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=6, help="random design-space draws per layer")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--chunks", default="",
-                    help="1x1 layers: input channels per chunk to try, comma-separated (default: the format's own)")
+                    help="input channels per chunk to try, comma-separated (default: the format's own, 64 for 1x1 and 32 for KxK layers)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     rows = []
+    env = {"device": tvm.cuda(0).device_name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "command": "python benchmarks/experiments/union_tf32.py " + " ".join(argv or [])}
     chunks = [int(c) for c in args.chunks.split(",") if c] or [None]
     for problem, chunk in ((p, c) for p in workload_set(args.layers) for c in chunks):
         row = measure_layer(problem, args.samples, args.repeats, rng, chunk)
@@ -142,10 +144,8 @@ def main(argv=None) -> int:
               f"cuDNN fp32 {row['cudnn_fp32_us']:.1f} | ours fp32 {row['ours_fp32_us']:.1f}", flush=True)
         for c in row["candidates"]:
             print("   ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}, flush=True)
-    if args.json:
-        env = {"device": tvm.cuda(0).device_name, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "command": "python benchmarks/experiments/union_tf32.py " + " ".join(argv or [])}
-        args.json.write_text(json.dumps({"environment": env, "layers": rows}, indent=1))
+        if args.json:  # after every layer, so a run cut short keeps what it measured
+            args.json.write_text(json.dumps({"environment": env, "layers": rows}, indent=1))
     return 0
 
 
