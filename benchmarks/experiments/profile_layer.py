@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs per layer after the checked one")
     ap.add_argument("--tiles", default="", help="tiles of --algorithm to run instead of compile()'s choice")
     ap.add_argument("--algorithm", default="register-reuse", help="the generated algorithm whose --tiles run")
+    ap.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                    help="compile()'s precision where no --tiles are given (tf32: TF32 algorithms allowed)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     for problem in workload_set(args.problems):
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
                 runs.append((f"{alg.name} {t}", lambda x, o, f=f: f(x, *packed, o)))
         else:
             op = tsc.compile(kernel, problem.input_shape, strides=problem.strides, padding=problem.padding,
-                             target="cuda")
+                             target="cuda", precision=args.precision)
             runs.append((op.schedule_source, op.run))
         x = rng.standard_normal(wl.input_shape, dtype=np.float32)
         dev = tvm.cuda(0)
