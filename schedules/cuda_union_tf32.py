@@ -109,7 +109,8 @@ class CUDAUnionTF32(SparseConvRule):
         p, p_i = sch.split(p, factors=[tiles, M_TILE])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
         # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
-        # rows padded to 4 mod 8 words: <= 8 tiles x 68 words = 34 KB for chunks of 64) fits in
+        # rows padded to 4 mod 8 words: 8 tiles x 68 words = 34 KB for chunks of 64, 2 tiles x 260
+        # words = 33 KB for the 1x1 default of 256) fits in
         # 48 KB of shared memory, and its warps in 1024 threads.
         row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
         fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= SHARED_BYTES or t == 1]

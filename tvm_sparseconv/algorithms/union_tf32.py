@@ -53,9 +53,12 @@ X_TF32 = "x_tf32"
 GROUP = 8  # output channels per group: the n of mma m16n8k8
 K_STEP = 8  # union taps per mma: its k
 M_TILE = 16  # output pixels per mma: its m
-#: input channels per chunk of a 1x1 layer: a tile of 128 pixels x 64 channels (+ padding) is
-#: 34 KB of shared memory, and each group's union within a chunk pads to a multiple of 8 taps
-CHUNK_1X1 = 64
+#: input channels per chunk of a 1x1 layer: each group's union within a chunk pads to a multiple of
+#: 8 taps, so wider chunks pad less (K / chunk 0.12-0.25 at 256 against 0.25-0.38 at 64 on
+#: block-pruned ResNet-50, 0.62-0.75 against 0.62-0.88 elementwise); a tile of 32 pixels x 256
+#: channels (+ padding) is 33 KB. Untuned on the H200, 256 ran 1.1-1.4x faster than 64 on all four
+#: layers tried (benchmarks/experiments/union_tf32.md, "Chunk width, measured")
+CHUNK_1X1 = 256
 #: input channels per chunk of other layers: their staged tile is the input box of a block's output
 #: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded)
 #: on ResNet-50's conv2 3x3
