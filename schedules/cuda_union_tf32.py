@@ -152,19 +152,24 @@ class CUDAUnionTF32(SparseConvRule):
         wt, p_i = sch.split(ow, factors=[w_tiles, M_TILE])
         wt_o, wt = sch.split(wt, factors=[w_tiles // tiles, tiles])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
+        # A warp's mma tiles: column tiles and rows (a tap's decoded offset serves all of them, and
+        # it is most of a KxK k step's instructions: benchmarks/experiments/union_sass.py)
         if tunable:
             w_split = sch.sample_perfect_tile(wt, n=2, max_innermost_factor=4)
+            r_split = sch.sample_perfect_tile(oh_i, n=2, max_innermost_factor=4)
         else:
             m_tiles = largest_divisor(tiles, [2, 1])
-            w_split = [tiles // m_tiles, m_tiles]
+            m_rows = largest_divisor(rows, [4 // m_tiles, 2, 1])
+            w_split, r_split = [tiles // m_tiles, m_tiles], [rows // m_rows, m_rows]
         g_split = self._group_split(sch, g, g_cap, tunable)
         w_w, p_m = sch.split(wt, factors=w_split)
+        r_w, r_m = sch.split(oh_i, factors=r_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(b, oh_o, wt_o, g_outer, g_b, oh_i, w_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.reorder(b, oh_o, wt_o, g_outer, g_b, r_w, w_w, g_w, c, k_o, r_m, p_m, g_r, p_i, j, k_i)
         sch.bind(sch.fuse(b, oh_o, wt_o, g_outer, g_b), "blockIdx.x")
-        warp = sch.fuse(oh_i, w_w, g_w)
+        warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
-        return warp, k_o, p_i, [rows, w_split[0], g_split[1]]
+        return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
 
 
 def _lanes_a(sch: s_tir.Schedule, block) -> None:

@@ -18,7 +18,8 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels), whose rows the CUDA rule
   stages per block of output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
-  the input at the tap ``taps[g, c, k] = ci_in_chunk + chunk*(kw + KW*kh)``. The CUDA rule computes
+  the input at the tap ``taps[g, c, k] = ci_in_chunk + per_kw*kw + per_kh*kh`` (`tap_code`: powers
+  of two, so that a tap decodes with shifts and masks). The CUDA rule computes
   it into the mma's A fragments (registers), never into memory. For KxK layers p is
   ``(n, row, column)`` of `pixel_grid`: the output rows padded to whole 16-pixel mma tiles, or for
   narrow maps (`whole_images`) each image's flattened pixels as one padded row.
@@ -146,16 +147,26 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] |
     return min(fits)[2:] if fits else None
 
 
+def tap_code(kernel_shape, chunk: int) -> tuple[int, int]:
+    """(per_kw, per_kh): a packed tap is ``ci_in_chunk + per_kw*kw + per_kh*kh``, with powers of
+    two at least the chunk and KW wide, so the kernel decodes it with shifts and masks (a code of
+    ``chunk*(kw + KW*kh)`` cost a division by 3*32 per A element on the 3x3 layers: 41-44
+    instructions per mma against the 1x1 layers' 11-12, `benchmarks/experiments/union_sass.py`)."""
+    per_kw = 1 << max(chunk - 1, 0).bit_length()
+    return per_kw, per_kw << max(kernel_shape[1] - 1, 0).bit_length()
+
+
 def group_unions(kernel: SparseKernel, chunk: int | None = None) -> list[list[np.ndarray]]:
-    """[group][chunk]: the sorted taps ``(ci - chunk*c) + chunk*(kw + KW*kh)`` of that group's
-    `GROUP` output channels whose input channel is in chunk c (`chunk`: default `chunk_size`)."""
-    kh_, kw_, cin, cout = kernel.shape
+    """[group][chunk]: the sorted taps (`tap_code`) of that group's `GROUP` output channels whose
+    input channel is in chunk c (`chunk`: default `chunk_size`)."""
+    cin, cout = kernel.shape[2:]
     chunk = chunk or chunk_size(kernel.shape)
+    per_kw, per_kh = tap_code(kernel.shape, chunk)
     n_chunks = -(-cin // chunk)
     real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
     which = ci // chunk
-    packed = (ci - which * chunk) + chunk * (kernel.kw.astype(np.int64) + kw_ * kernel.kh.astype(np.int64))
+    packed = (ci - which * chunk) + per_kw * kernel.kw.astype(np.int64) + per_kh * kernel.kh.astype(np.int64)
     unions = []
     for g in range(cout // GROUP):
         rows = slice(g * GROUP, (g + 1) * GROUP)
@@ -183,13 +194,14 @@ def bank_spread(taps: np.ndarray, chunk: int) -> np.ndarray:
     return np.array(order, np.int64)
 
 
-def padded(order: np.ndarray, k_pad: int, chunk: int) -> np.ndarray:
+def padded(order: np.ndarray, k_pad: int, chunk: int, per_kw: int | None = None) -> np.ndarray:
     """`order` followed by padding taps (their weights are 0) up to `k_pad`: each a channel of a
-    residue mod 4 that the taps before it in its aligned quad lack, so the quad stays conflict-free."""
+    residue mod 4 that the taps before it in its aligned quad lack, so the quad stays conflict-free
+    (`per_kw`: the tap code's channel field, `tap_code`; default `chunk`)."""
     taps = np.zeros(k_pad, np.int64)
     taps[: len(order)] = order
     for i in range(len(order), k_pad):
-        have = {int(t) % chunk % 4 for t in taps[i - i % 4:i]}
+        have = {int(t) % (per_kw or chunk) % 4 for t in taps[i - i % 4:i]}
         missing = [r for r in range(4) if r not in have and r < chunk]
         taps[i] = missing[0] if missing else 0
     return taps
@@ -207,8 +219,9 @@ def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
     """(weights (groups, chunks, K/8, 32, 2) in B-fragment order, rounded to TF32; taps (groups,
     chunks, K)); padding has tap 0 and weight 0."""
-    kh_, kw_, cin, cout = kernel.shape
+    cout = kernel.shape[3]
     chunk, k_pad = wl.chunk, wl.ell_width
+    per_kw, per_kh = tap_code(kernel.shape, chunk)
     unions = group_unions(kernel, chunk)
     dense = kernel.to_dense()  # HWIO
     n_chunks = len(unions[0]) if unions else 1
@@ -217,13 +230,17 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     for g, per_chunk in enumerate(unions):
         for c, u in enumerate(per_chunk):
             order = bank_spread(u, chunk) if is_pointwise(kernel.shape) else u
-            taps[g, c] = padded(order, k_pad, chunk)
-            ci, rest = order % chunk + c * chunk, order // chunk
-            kw, kh = rest % kw_, rest // kw_
+            taps[g, c] = padded(order, k_pad, chunk, per_kw)
+            ci, kw, kh = order % per_kw + c * chunk, order % per_kh // per_kw, order // per_kh
             weights[g, c, : len(order)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
+
+
+def _at_most(v: tirx.PrimExpr, top: int, span: int) -> tirx.PrimExpr:
+    """`v` (a field of `span` values) clamped to `top`, where the field is wider than that."""
+    return tirx.min(v, top) if span > top + 1 else v
 
 
 def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
@@ -274,12 +291,15 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
                         lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
 
+        per_kw, per_kh = tap_code(wl.kernel_shape, chunk)
+
         def gather(b, r, q, g, c, k):
             t = taps[g, c, k]
-            ci = tirx.floormod(t, chunk)
-            # Clamped so that TVM's region analysis can bound a block's halo (packed taps are in range).
-            kw = tirx.floormod(tirx.floordiv(t, chunk), kw_) if kw_ > 1 else 0
-            kh = tirx.max(tirx.min(tirx.floordiv(t, chunk * kw_), kh_ - 1), 0) if kh_ > 1 else 0
+            # Clamped (where a field is wider than its range) so that TVM's region analysis bounds
+            # a block's halo by the chunk and the kernel (packed taps are in range).
+            ci = _at_most(tirx.floormod(t, per_kw), chunk - 1, per_kw)
+            kw = _at_most(tirx.floordiv(tirx.floormod(t, per_kh), per_kw), kw_ - 1, per_kh // per_kw)
+            kh = tirx.max(tirx.min(tirx.floordiv(t, per_kh), kh_ - 1), 0) if kh_ > 1 else 0
             oh, ow = (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if flat else (r, q)
             return xs[b, oh * sh + kh * dh, ow * sw + kw * dw, c * chunk + ci]
 

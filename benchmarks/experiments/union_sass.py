@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Static instruction counts of union-tf32's kernels (no GPU): what ncu showed bounds them, counted
+from the machine code the local nvcc makes for sm_90.
+
+    python benchmarks/experiments/union_sass.py --layers resnet50_conv4_3x3_b32_g8 \\
+        --cuobjdump /path/to/cuobjdump --json benchmarks/experiments/union_sass-sm90.json
+
+For each layer: the kernel as `compile(..., precision="tf32")` would build it on an H200 (this
+device's union-tf32 record if `tuning_logs/nvidia-h200` has one, else the untuned template), or
+with `--untuned` the template; its CUDA source compiled to a cubin (`nvcc -arch=sm_90`, as TVM
+does), disassembled (`cuobjdump -sass`; PyPI's `nvidia-cuda-cuobjdump` has one), and each loop
+(a backward branch and its target) counted: instructions, tensor-core mma (HMMA), global and
+shared loads. The loop holding the mma is the k-step loop; its instructions per mma are what
+ncu measured on the H200 (stop 42: 93 per 2 mma in conv4 3x3 b32 g8's tuned kernel,
+`union_tf32.md`), so a schedule change can be judged here before a GPU run times it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import algorithms, targets, tuning_records
+from tvm_sparseconv.schedules import rule_by_name
+from tvm_sparseconv.tir_build import compile_tir
+from tvm_sparseconv.workloads import workload_set
+
+ALGORITHM = "union-tf32"
+ARCH = "sm_90"
+RECORDS = Path(__file__).resolve().parents[2] / "tuning_logs" / "nvidia-h200"
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, operands) of each instruction in `cuobjdump -sass` output."""
+    return [(int(m.group(1), 16), m.group(3), m.group(4).strip()) for m in _LINE.finditer(sass)]
+
+
+def loops(instrs: list[tuple[int, str, str]]) -> list[dict]:
+    """Each backward branch's loop: its address range and what it executes per iteration."""
+    out = []
+    for addr, op, args in instrs:
+        target = re.search(r"0x([0-9a-f]+)", args) if op.startswith("BRA") else None
+        if target is None or int(target.group(1), 16) > addr:
+            continue
+        start = int(target.group(1), 16)
+        body = [o for a, o, _ in instrs if start <= a <= addr]
+        ops = Counter(o.split(".")[0] for o in body)
+        out.append({"start": hex(start), "end": hex(addr), "instructions": len(body), "mma": ops["HMMA"],
+                    "global_loads": ops["LDG"], "shared_loads": ops["LDS"], "shared_stores": ops["STS"],
+                    "ops": dict(ops.most_common())})
+    return out
+
+
+def layer_kernel_source(name: str, untuned: bool) -> tuple[str, str]:
+    """(how it was scheduled, CUDA source) of the layer's union-tf32 kernel for sm_90."""
+    (problem,) = workload_set(name)
+    kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
+    wl = algorithms.workload_for(kernel, problem.workload(kernel), ALGORITHM)
+    target = targets.cuda_target_for_arch(ARCH)
+    tuned = None if untuned else tuning_records.find_tuned_schedule(wl, target, RECORDS)
+    if tuned is not None:
+        how, mod = "tuned record (tuning_logs/nvidia-h200)", tuned.schedule.mod
+    else:
+        sch = rule_by_name("cuda-union-tf32").apply(tuning_records.workload_module(wl)["main"], target, False)
+        if sch is None:
+            raise SystemExit(f"{name}: the union-tf32 rule declines this layer")
+        how, mod = "untuned template", sch.mod
+    lib = compile_tir(mod, target)
+    return how, next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+
+
+def count_layer(name: str, untuned: bool, cuobjdump: str) -> dict:
+    how, src = layer_kernel_source(name, untuned)
+    with tempfile.TemporaryDirectory() as tmp:
+        cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
+        cu.write_text(src)
+        subprocess.run(["nvcc", "-cubin", f"-arch={ARCH}", "-O3", "-o", str(cubin), str(cu)], check=True)
+        sass = subprocess.run([cuobjdump, "-sass", str(cubin)], check=True, capture_output=True, text=True).stdout
+    instrs = sass_instructions(sass)
+    found = loops(instrs)
+    mma_loop = min((lp for lp in found if lp["mma"]), key=lambda lp: lp["instructions"], default=None)
+    row = {"layer": name, "kernel": how, "instructions": len(instrs), "loops": found, "k_loop": mma_loop}
+    if mma_loop:
+        row["k_loop_instructions_per_mma"] = mma_loop["instructions"] / mma_loop["mma"]
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", required=True, help="problem names or workload sets, comma-separated")
+    ap.add_argument("--untuned", action="store_true", help="the untuned template even where a record exists")
+    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump"), help="cuobjdump to disassemble with")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args(argv)
+    if not args.cuobjdump or shutil.which("nvcc") is None:
+        ap.error("needs nvcc on PATH and a cuobjdump (--cuobjdump; PyPI: nvidia-cuda-cuobjdump)")
+    rows = []
+    for problem in workload_set(args.layers):
+        row = count_layer(problem.name, args.untuned, args.cuobjdump)
+        rows.append(row)
+        k = row["k_loop"]
+        print(f"{row['layer']} ({row['kernel']}): {row['instructions']} instructions; k-step loop "
+              + (f"{k['instructions']} per {k['mma']} mma ({row['k_loop_instructions_per_mma']:.1f} each), "
+                 f"{k['global_loads']} LDG, {k['shared_loads']} LDS" if k else "not found"), flush=True)
+        for lp in row["loops"]:
+            print(f"    loop {lp['start']}-{lp['end']}: {lp['instructions']} instr, top ops "
+                  + ", ".join(f"{o} {c}" for o, c in list(lp["ops"].items())[:8]))
+    if args.json:
+        args.json.write_text(json.dumps({"arch": ARCH, "layers": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
