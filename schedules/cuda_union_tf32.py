@@ -10,9 +10,11 @@ from there (each staged position padded to 4 mod 8 words: with the algorithm's b
 order of 1x1 layers, a fragment load hits 32 distinct banks). 1x1 layers: a block is consecutive
 tiles of flattened pixels, staged as those pixels. Other layers: a block is a box of rows x column
 tiles of the algorithm's pixel grid, staged as the box of input it reads (TVM bounds a range of
-flattened pixels that crosses rows only by the whole image), its warps over the rows, its column
-tiles and the groups. (Until stop 41 these gathered from the NHWC input through L1, each group re-reading it:
-320 us on conv4 3x3 at batch 32, `benchmarks/experiments/union_tf32.md`.)
+flattened pixels that crosses rows only by the whole image), copied in float4s where Cin allows;
+its warps go over the rows, its column tiles and the groups, a warp holding one or more of the
+box's rows and column tiles (each lane's decoded taps serve all of them). (Until stop 41 these
+gathered from the NHWC input through L1, each group re-reading it: 320 us on conv4 3x3 at batch
+32, `benchmarks/experiments/union_tf32.md`.)
 """
 
 from __future__ import annotations
@@ -61,12 +63,25 @@ class CUDAUnionTF32(SparseConvRule):
         sch.compute_inline(blocks.x_stage)
         positions = len(sch.get(x_shared).writes[0].source.shape) - 1  # the axis before the channels
         sch.storage_align(x_shared, 0, axis=positions - 1, factor=STAGE_ALIGN[0], offset=STAGE_ALIGN[1])
-        copy = sch.fuse(*sch.get_loops(x_shared)[-positions - 1:])
+        # KxK: a position's channels copy as float4 (16-byte aligned where Cin and the chunk are
+        # multiples of 4: interop aligns inputs to 64 bytes), which cut the copy's instructions
+        # per element 39 -> 16 on conv2 3x3 (union_sass.py)
+        cin = next(int(r.source.shape[-1]) for r in sch.get(x_shared).reads if r.source.name == "x")
+        chunk_words = int(sch.get(x_shared).writes[0].source.shape[-1])
+        vec = 4 if positions > 1 and cin % 4 == 0 and chunk_words % 4 == 0 else 1
+        *box, ch = sch.get_loops(x_shared)[-positions - 1:]
+        v = None
+        if vec > 1:
+            ch, v = sch.split(ch, factors=[None, vec])
+        copy = sch.fuse(*box, ch)
         # (the warp count is a product of sampled factors, which would not serialise into the
         # tuning record's trace, so the copy splits by each of them)
         *_, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
-        sch.bind(sch.fuse(*sch.get_loops(x_shared)[-len(copy_warps) - 1:-1]), "threadIdx.y")
+        inner = 2 if v is not None else 1  # lanes, and the vector
+        sch.bind(sch.fuse(*sch.get_loops(x_shared)[-len(copy_warps) - inner:-inner]), "threadIdx.y")
         sch.bind(ctx, "threadIdx.x")
+        if v is not None:
+            sch.vectorize(v)
         sch.set_scope(a_block, 0, "warp")
         b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
         sch.compute_at(b_frag, k_o, preserve_unit_loops=True)
