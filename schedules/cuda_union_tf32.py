@@ -64,8 +64,8 @@ class CUDAUnionTF32(SparseConvRule):
         positions = len(sch.get(x_shared).writes[0].source.shape) - 1  # the axis before the channels
         sch.storage_align(x_shared, 0, axis=positions - 1, factor=STAGE_ALIGN[0], offset=STAGE_ALIGN[1])
         # KxK: a position's channels copy as float4 (16-byte aligned where Cin and the chunk are
-        # multiples of 4: interop aligns inputs to 64 bytes), which cut the copy's instructions
-        # per element 39 -> 16 on conv2 3x3 (union_sass.py)
+        # multiples of 4: interop aligns inputs to 64 bytes): 30 -> 12.5 instructions per staged
+        # float on conv3 3x3 stride 2 (benchmarks/experiments/union_sass.py)
         cin = next(int(r.source.shape[-1]) for r in sch.get(x_shared).reads if r.source.name == "x")
         chunk_words = int(sch.get(x_shared).writes[0].source.shape[-1])
         vec = 4 if positions > 1 and cin % 4 == 0 and chunk_words % 4 == 0 else 1
