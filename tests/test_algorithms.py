@@ -128,3 +128,46 @@ def test_forcing_a_tf32_algorithm_needs_precision_tf32():
     with pytest.raises(ValueError, match="precision='tf32'"):
         tsc.compile(problem.sparse_kernel(), problem.input_shape, target=targets.cuda_target_for_arch("sm_90"),
                     algorithm="union-tf32")
+
+
+@pytest.mark.parametrize("kshape,chunk,code", [
+    ((3, 3, 256, 256), 32, (32, 128)),  # ResNet-50's 3x3 layers
+    ((7, 7, 3, 64), 3, (4, 32)),  # the stem: 3 channels, 7 columns, each field widened to 2^k
+    ((11, 11, 32, 64), 32, (32, 512)),  # the headline
+    ((1, 1, 200, 64), 200, (256, 256)),  # 1x1: the tap is the channel
+])
+def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, code, rng):
+    """Taps are coded with power-of-two fields (`tap_code`: the kernel decodes them with shifts and
+    masks), and the packed (taps, B-fragment weights) of every group and chunk rebuild the kernel,
+    rounded to TF32; padding taps carry zero weights."""
+    import tvm_sparseconv as tsc
+    from tvm_sparseconv.workload import ConvWorkload
+
+    assert union_tf32.tap_code(kshape, chunk) == code
+    w = rng.standard_normal(kshape).astype(np.float32) * (rng.random(kshape) < 0.2)
+    kernel = tsc.SparseKernel.from_dense(w)
+    layer = ConvWorkload.create((1, 16, 16, kshape[2]), kshape, 1, 1, "SAME", 1, False, None)
+    wl = layer.with_format(union_tf32.ALGORITHM.name, **union_tf32.chunked_format(kernel, chunk))
+    frags, taps = union_tf32.pack_union(wl, kernel)
+    per_kw, per_kh = code
+    # B fragment order back to [group, chunk, k, channel of the group] (schedules/mma_tf32.b_layout)
+    g, c, ks = taps.shape
+    weights = frags.reshape(g, c, ks // 8, 8, 4, 2).transpose(0, 1, 2, 5, 4, 3).reshape(g, c, ks, 8)
+    rebuilt = np.zeros(kshape, np.float32)
+    for gi, ci_chunk, k in np.ndindex(g, c, ks):
+        t = int(taps[gi, ci_chunk, k])
+        kh, kw, ci = t // per_kh, t % per_kh // per_kw, t % per_kw + ci_chunk * wl.chunk
+        rebuilt[kh, kw, ci, gi * 8:(gi + 1) * 8] += weights[gi, ci_chunk, k]
+    np.testing.assert_array_equal(rebuilt, union_tf32.round_tf32(w))
+
+
+def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
+    """A warp's mma tiles share its decoded taps, so a block's box has an even tile count where one
+    fits: conv4 3x3 (14 rows of one 16-pixel tile) takes 2 rows, not 7."""
+    from tvm_sparseconv.workloads import workload_set
+
+    conv4 = workload_set("resnet50_conv4_3x3_b32_g8")[0].workload(algorithm="union-tf32")
+    assert union_tf32.block_tiles(conv4) == (2, 1)
+    conv2 = workload_set("resnet50_conv2_3x3_b32_g8")[0].workload(algorithm="union-tf32")
+    rows, tiles = union_tf32.block_tiles(conv2)
+    assert rows * tiles == union_tf32.MAX_BLOCK_TILES
