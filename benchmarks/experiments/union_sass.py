@@ -8,7 +8,8 @@ from the machine code the local nvcc makes for sm_90.
 For each layer: the kernel as `compile(..., precision="tf32")` would build it on an H200 (this
 device's union-tf32 record if `tuning_logs/nvidia-h200` has one, else the untuned template), or
 with `--untuned` the template; its CUDA source compiled to a cubin (`nvcc -arch=sm_90`, as TVM
-does), disassembled (`cuobjdump -sass`; PyPI's `nvidia-cuda-cuobjdump` has one), and each loop
+does), disassembled (`cuobjdump -sass`: on PATH, or PyPI's `nvidia-cuda-cuobjdump`, which the
+project's `tools` extra installs), and each loop
 (a backward branch and its target) counted: instructions, tensor-core mma (HMMA), global and
 shared loads. The loop holding the mma is the k-step loop; its instructions per mma are what
 ncu measured on the H200 (stop 42: 93 per 2 mma in conv4 3x3 b32 g8's tuned kernel,
@@ -36,6 +37,19 @@ ALGORITHM = "union-tf32"
 ARCH = "sm_90"
 RECORDS = Path(__file__).resolve().parents[2] / "tuning_logs" / "nvidia-h200"
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def find_cuobjdump() -> str | None:
+    """cuobjdump on PATH, else the one of PyPI's nvidia-cuda-cuobjdump package, else None."""
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import nvidia  # namespace package of NVIDIA's PyPI wheels
+    except ImportError:
+        return None
+    return next((str(p) for root in nvidia.__path__ for p in sorted(Path(root).glob("cu*/bin/cuobjdump"))
+                 if (p.parent / "nvdisasm").exists()), None)  # (it runs the nvdisasm beside it)
 
 
 def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
@@ -78,6 +92,7 @@ def layer_kernel_source(name: str, untuned: bool) -> tuple[str, str]:
 
 
 def count_layer(name: str, untuned: bool, cuobjdump: str) -> dict:
+    """The layer's union-tf32 kernel for sm_90: its loops, and the k-step loop's instructions per mma."""
     how, src = layer_kernel_source(name, untuned)
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
@@ -97,7 +112,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", required=True, help="problem names or workload sets, comma-separated")
     ap.add_argument("--untuned", action="store_true", help="the untuned template even where a record exists")
-    ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump"), help="cuobjdump to disassemble with")
+    ap.add_argument("--cuobjdump", default=find_cuobjdump(),
+                    help="cuobjdump to disassemble with (default: on PATH, or nvidia-cuda-cuobjdump's)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     if not args.cuobjdump or shutil.which("nvcc") is None:

@@ -1,0 +1,53 @@
+"""Static properties of the CUDA kernels' machine code (nvcc for sm_90, then cuobjdump), no GPU.
+
+What ncu showed bounds union-tf32's KxK kernel on the H200 (stop 42: 72 instructions per tensor-core
+mma, most of them decoding taps into addresses) is countable in its machine code; these pin what the
+schedule changes of that stop bought, so a later change that undoes them fails here first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+_SPEC = importlib.util.spec_from_file_location(
+    "union_sass", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_sass.py")
+union_sass = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(union_sass)
+
+CUOBJDUMP = union_sass.find_cuobjdump()
+pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or CUOBJDUMP is None,
+                                reason="needs nvcc and cuobjdump (the tools extra: nvidia-cuda-cuobjdump)")
+
+
+@pytest.mark.parametrize("layer,most", [
+    ("resnet50_conv2_3x3_b32_g8", 16),  # 41.2 before stop 42's changes
+    ("resnet50_conv1_7x7_s2_b32_g8", 16),  # the stem: 53.8 before
+    ("resnet50_conv4_3x3_b32_g8", 22),  # 7-row blocks held one tile a warp: 41.8 before
+    ("resnet50_conv3_1x1_reduce_b32_g8", 14),  # the 1x1 path: one add per A element
+])
+def test_union_tf32_k_step_loop_spends_few_instructions_per_mma(layer, most):
+    """The untuned union-tf32 kernel's k-step loop (the loop holding the mma) issues at most `most`
+    instructions per mma: taps decode by shifts and masks, and a warp's tiles share them."""
+    row = union_sass.count_layer(layer, untuned=True, cuobjdump=CUOBJDUMP)
+    k_loop = row["k_loop"]
+    assert k_loop is not None and k_loop["mma"] > 0, "no loop with an mma in the kernel"
+    assert row["k_loop_instructions_per_mma"] <= most, (layer, k_loop["instructions"], k_loop["mma"])
+
+
+def test_loops_are_found_in_sass_text():
+    """The disassembly parser: instructions with their addresses, and a backward branch's loop."""
+    sass = """
+        /*0100*/                   IMAD R1, R2, R3, R4 ;
+        /*0110*/                   HMMA.1688.F32.TF32 R4, R12, R20, R4 ;
+        /*0120*/                   LDS R5, [R6] ;
+        /*0130*/               @P0 BRA 0x100 ;
+        /*0140*/                   EXIT ;
+    """
+    instrs = union_sass.sass_instructions(sass)
+    assert [op for _, op, _ in instrs] == ["IMAD", "HMMA.1688.F32.TF32", "LDS", "BRA", "EXIT"]
+    (loop,) = union_sass.loops(instrs)
+    assert (loop["instructions"], loop["mma"], loop["shared_loads"]) == (4, 1, 1)
