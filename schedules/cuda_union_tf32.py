@@ -68,20 +68,16 @@ class CUDAUnionTF32(SparseConvRule):
         # float on conv3 3x3 stride 2 (benchmarks/experiments/union_sass.py)
         cin = next(int(r.source.shape[-1]) for r in sch.get(x_shared).reads if r.source.name == "x")
         chunk_words = int(sch.get(x_shared).writes[0].source.shape[-1])
-        vec = 4 if positions > 1 and cin % 4 == 0 and chunk_words % 4 == 0 else 1
         *box, ch = sch.get_loops(x_shared)[-positions - 1:]
-        v = None
-        if vec > 1:
-            ch, v = sch.split(ch, factors=[None, vec])
+        if positions > 1 and cin % 4 == 0 and chunk_words % 4 == 0:
+            ch, vec = sch.split(ch, factors=[None, 4])
+            sch.vectorize(vec)
         copy = sch.fuse(*box, ch)
         # (the warp count is a product of sampled factors, which would not serialise into the
         # tuning record's trace, so the copy splits by each of them)
-        *_, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
-        inner = 2 if v is not None else 1  # lanes, and the vector
-        sch.bind(sch.fuse(*sch.get_loops(x_shared)[-len(copy_warps) - inner:-inner]), "threadIdx.y")
+        _, *warps, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
+        sch.bind(sch.fuse(*warps), "threadIdx.y")
         sch.bind(ctx, "threadIdx.x")
-        if v is not None:
-            sch.vectorize(v)
         sch.set_scope(a_block, 0, "warp")
         b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
         sch.compute_at(b_frag, k_o, preserve_unit_loops=True)

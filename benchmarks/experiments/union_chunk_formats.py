@@ -7,8 +7,8 @@ For each 1x1 layer of the batch-32 network sets, elementwise (`resnet50_network_
 blocks of 8 output channels (`resnet50_network_s90_b32_g8`): K / chunk of the union format
 (`union_tf32.chunked_format`: the longest group union within a chunk, padded to 8), i.e. the mma's
 work relative to the dense layer, for chunks of 64 channels (the format's default until stop 42),
-256 (its default since), and all of them (one chunk). The A-fragment loads that bound the kernel (`union_tf32.md`) scale with it; the
-staged copy of the input does not.
+256 (its default since), and all of them (one chunk). The A-fragment loads that bound the kernel
+(`union_tf32.md`) scale with it; the staged copy of the input does not.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 """Static instruction counts of union-tf32's kernels (no GPU): what ncu showed bounds them, counted
 from the machine code the local nvcc makes for sm_90.
 
-    python benchmarks/experiments/union_sass.py --layers resnet50_conv4_3x3_b32_g8 \\
-        --cuobjdump /path/to/cuobjdump --json benchmarks/experiments/union_sass-sm90.json
+    python benchmarks/experiments/union_sass.py --untuned --layers resnet50_conv2_3x3_b32_g8,resnet50_conv4_3x3_b32_g8
 
 For each layer: the kernel as `compile(..., precision="tf32")` would build it on an H200 (this
 device's union-tf32 record if `tuning_logs/nvidia-h200` has one, else the untuned template), or

@@ -23,7 +23,7 @@ import tvm
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, baselines, reference, targets, tuning_records
-from tvm_sparseconv.algorithms.union_tf32 import chunked_format
+from tvm_sparseconv.algorithms.union_tf32 import CHUNK_1X1, CHUNK_KXK, chunked_format
 from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.workloads import workload_set
 
@@ -126,7 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=6, help="random design-space draws per layer")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--chunks", default="",
-                    help="input channels per chunk to try, comma-separated (default: the format's own, 64 for 1x1 and 32 for KxK layers)")
+                    help="input channels per chunk to try, comma-separated (default: the format's own, "
+                         f"{CHUNK_1X1} for 1x1 and {CHUNK_KXK} for KxK layers)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -144,7 +145,8 @@ def main(argv=None) -> int:
               f"cuDNN fp32 {row['cudnn_fp32_us']:.1f} | ours fp32 {row['ours_fp32_us']:.1f}", flush=True)
         for c in row["candidates"]:
             print("   ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}, flush=True)
-        env["device"] = tvm.cuda(0).device_name  # asked once CUDA is initialised (the first layer does it)
+        if "device" not in env:  # asked once CUDA is initialised (the first layer does it)
+            env["device"] = tvm.cuda(0).device_name
         if args.json:  # after every layer, so a run cut short keeps what it measured
             args.json.write_text(json.dumps({"environment": env, "layers": rows}, indent=1))
     return 0

@@ -196,14 +196,14 @@ def bank_spread(taps: np.ndarray, chunk: int) -> np.ndarray:
     return np.array(order, np.int64)
 
 
-def padded(order: np.ndarray, k_pad: int, chunk: int, per_kw: int | None = None) -> np.ndarray:
+def padded(order: np.ndarray, k_pad: int, chunk: int, per_kw: int) -> np.ndarray:
     """`order` followed by padding taps (their weights are 0) up to `k_pad`: each a channel of a
     residue mod 4 that the taps before it in its aligned quad lack, so the quad stays conflict-free
-    (`per_kw`: the tap code's channel field, `tap_code`; default `chunk`)."""
+    (`per_kw`: the tap code's channel field, `tap_code`)."""
     taps = np.zeros(k_pad, np.int64)
     taps[: len(order)] = order
     for i in range(len(order), k_pad):
-        have = {int(t) % (per_kw or chunk) % 4 for t in taps[i - i % 4:i]}
+        have = {int(t) % per_kw % 4 for t in taps[i - i % 4:i]}
         missing = [r for r in range(4) if r not in have and r < chunk]
         taps[i] = missing[0] if missing else 0
     return taps
