@@ -30,12 +30,21 @@ from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 from .cuda_gather import _read_index
 
 
+#: `pragma_auto_unroll_max_step` choices for the k-step loop (sampled when tuning): 0 keeps it a
+#: loop; 512 unrolls the whole chunk's k steps, so nvcc can issue the next steps' tap and weight
+#: loads before this step's mma (ncu's top stall on conv4 3x3 was `long_sb`, waiting on them) at
+#: the cost of registers (conv2 3x3 b32 g8 untuned: 96 -> 166 per thread)
+K_UNROLL = (0, 512)
+
+
 class CUDAUnionTF32(SparseConvRule):
     """Warps of 16-pixel x 8-channel TF32 mma tiles; 1x1 layers stage each input chunk in shared memory."""
 
     name = "cuda-union-tf32"
     target_kind = "cuda"
     algorithm = "union-tf32"
+    #: the untuned template's k-step unroll (`K_UNROLL`)
+    untuned_k_unroll = 0
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -101,6 +110,10 @@ class CUDAUnionTF32(SparseConvRule):
         _lanes_c(sch, pix, ch, vectorize=True)
 
         sch.tensorize(p_i, mma.MMA_TF32)
+        k_unroll = sch.sample_categorical(list(K_UNROLL), [1 / len(K_UNROLL)] * len(K_UNROLL)) if tunable \
+            else self.untuned_k_unroll
+        sch.annotate(k_o, "pragma_auto_unroll_max_step", k_unroll)
+        sch.annotate(k_o, "pragma_unroll_explicit", 0)
         return sch
 
     @staticmethod

@@ -31,14 +31,20 @@ ALGORITHM = "union-tf32"
 
 
 def _union_candidates(wl, target, samples: int, rng):
-    """(label, schedule) pairs: the untuned template, then up to `samples` distinct random draws."""
+    """(label, schedule) pairs: the untuned template (and with each other k-step unroll), then up to `samples` distinct random draws."""
     from tvm.s_tir import meta_schedule as ms
 
     from tvm_sparseconv.schedules import rule_by_name
     from tvm_sparseconv.tuning import design_space
 
+    from tvm_sparseconv.schedules.cuda_union_tf32 import K_UNROLL, CUDAUnionTF32
+
     mod = tuning_records.workload_module(wl)
     yield "untuned", rule_by_name("cuda-union-tf32").apply(mod["main"], target, False)
+    for unroll in (u for u in K_UNROLL if u != CUDAUnionTF32.untuned_k_unroll):
+        rule = CUDAUnionTF32()
+        rule.untuned_k_unroll = unroll
+        yield f"untuned, k-step unroll {unroll}", rule.apply(mod["main"], target, False)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=ALGORITHM),
                          task_name="main", num_threads=1)
     seen = set()
