@@ -20,10 +20,12 @@ gathered from the NHWC input through L1, each group re-reading it: 320 us on con
 from __future__ import annotations
 
 from tvm import s_tir
+from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
+from tvm.tirx.function import IndexMap
 
 from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, SHARED_BYTES,
-                                                   STAGE_ALIGN, X_TF32, staged_row_words)
+                                                   STAGE_ALIGN, X_TF32, gather_region, staged_row_words)
 
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
@@ -56,6 +58,9 @@ class CUDAUnionTF32(SparseConvRule):
             return None
         warp, k_o, p_i, copy_warps = tiled
         a_block = sch.get_sblock(A_TF32)
+        if len(pixels) > 1:  # KxK: the taps are offsets TVM cannot bound; their region is declared
+            _declare_read_region(sch, a_block, _read_index(sch, a_block, X_TF32),
+                                 gather_region(sch.mod["main"].attrs[BLOCK_ATTR]))
 
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
@@ -194,6 +199,18 @@ class CUDAUnionTF32(SparseConvRule):
         warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
+
+
+def _declare_read_region(sch: s_tir.Schedule, block, read_index: int, region) -> None:
+    """`Schedule.annotate_buffer_access` for a buffer of other rank than the block's iteration
+    space (its Python wrapper insists on one range per iterator): `region(*iter_vars)` gives each
+    axis of the buffer an expression or a (begin, end) pair."""
+    iter_vars = [iv.var for iv in sch.get(block).iter_vars]
+    bounds = []
+    for rng in region(*iter_vars):
+        bounds.extend(rng if isinstance(rng, tuple) else (rng, rng + 1))
+    index_map = IndexMap(initial_indices=iter_vars, final_indices=bounds, inverse_index_map=None)
+    schedule_ffi.ScheduleAnnotateBufferAccess(sch, block, read_index, 0, index_map)  # 0: a read
 
 
 def _lanes_a(sch: s_tir.Schedule, block) -> None:

@@ -131,23 +131,25 @@ def test_forcing_a_tf32_algorithm_needs_precision_tf32():
 
 
 @pytest.mark.parametrize("kshape,chunk,code", [
-    ((3, 3, 256, 256), 32, (32, 128)),  # ResNet-50's 3x3 layers
-    ((7, 7, 3, 64), 3, (4, 32)),  # the stem: 3 channels, 7 columns, each field widened to 2^k
-    ((11, 11, 32, 64), 32, (32, 512)),  # the headline
-    ((1, 1, 200, 64), 200, (256, 256)),  # 1x1: the tap is the channel
+    # ResNet-50's 3x3 layers on a 16x16 map: one 16-pixel tile per row, a staged box 18 positions
+    # wide of 32 channels padded to 36 words
+    ((3, 3, 256, 256), 32, (36, 36 * 18)),
+    ((7, 7, 3, 64), 3, (4, 4 * 22)),  # the stem: 3 channels padded to 4 words, 16 + 6 columns
+    ((11, 11, 32, 64), 32, (36, 36 * 26)),  # the headline's kernel
+    ((1, 1, 200, 64), 200, (200, 200)),  # 1x1: the tap is the channel
 ])
 def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, code, rng):
-    """Taps are coded with power-of-two fields (`tap_code`: the kernel decodes them with shifts and
-    masks), and the packed (taps, B-fragment weights) of every group and chunk rebuild the kernel,
-    rounded to TF32; padding taps carry zero weights."""
+    """Taps are coded as offsets in the staged input box (`tap_code`: an A element's shared address
+    is its pixel's plus the tap), and the packed (taps, B-fragment weights) of every group and
+    chunk rebuild the kernel, rounded to TF32; padding taps carry zero weights."""
     import tvm_sparseconv as tsc
     from tvm_sparseconv.workload import ConvWorkload
 
-    assert union_tf32.tap_code(kshape, chunk) == code
     w = rng.standard_normal(kshape).astype(np.float32) * (rng.random(kshape) < 0.2)
     kernel = tsc.SparseKernel.from_dense(w)
     layer = ConvWorkload.create((1, 16, 16, kshape[2]), kshape, 1, 1, "SAME", 1, False, None)
     wl = layer.with_format(union_tf32.ALGORITHM.name, **union_tf32.chunked_format(kernel, chunk))
+    assert union_tf32.tap_code(wl) == code
     frags, taps = union_tf32.pack_union(wl, kernel)
     per_kw, per_kh = code
     # B fragment order back to [group, chunk, k, channel of the group] (schedules/mma_tf32.b_layout)
@@ -156,7 +158,7 @@ def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, code, rng):
     rebuilt = np.zeros(kshape, np.float32)
     for gi, ci_chunk, k in np.ndindex(g, c, ks):
         t = int(taps[gi, ci_chunk, k])
-        kh, kw, ci = t // per_kh, t % per_kh // per_kw, t % per_kw + ci_chunk * wl.chunk
+        kh, kw, ci = t // per_kh, t % per_kh // per_kw, t % per_kh % per_kw + ci_chunk * wl.chunk
         rebuilt[kh, kw, ci, gi * 8:(gi + 1) * 8] += weights[gi, ci_chunk, k]
     np.testing.assert_array_equal(rebuilt, union_tf32.round_tf32(w))
 

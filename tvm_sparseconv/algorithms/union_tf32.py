@@ -149,21 +149,45 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] |
     return min(fits)[3:] if fits else None
 
 
-def tap_code(kernel_shape, chunk: int) -> tuple[int, int]:
-    """(per_kw, per_kh): a packed tap is ``ci_in_chunk + per_kw*kw + per_kh*kh``, with powers of
-    two at least the chunk and KW wide, so the kernel decodes it with shifts and masks (a code of
-    ``chunk*(kw + KW*kh)`` cost a division by 3*32 per A element on the 3x3 layers: 41-44
-    instructions per mma against the 1x1 layers' 11-12, `benchmarks/experiments/union_sass.py`)."""
-    per_kw = 1 << max(chunk - 1, 0).bit_length()
-    return per_kw, per_kw << max(kernel_shape[1] - 1, 0).bit_length()
+def staged_box_width(wl: ConvWorkload, chunk: int | None = None) -> int:
+    """Columns of input a block of a KxK layer stages: its column tiles' input (`block_tiles`), or
+    with `whole_images` the image's."""
+    if whole_images(wl, chunk):
+        return wl.gather_hw[1]
+    _, tiles = block_tiles(wl, chunk)
+    return (tiles * M_TILE - 1) * wl.strides[1] + wl.kernel_extent[1]
 
 
-def group_unions(kernel: SparseKernel, chunk: int | None = None) -> list[list[np.ndarray]]:
-    """[group][chunk]: the sorted taps (`tap_code`) of that group's `GROUP` output channels whose
-    input channel is in chunk c (`chunk`: default `chunk_size`)."""
+def staged_strides(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
+    """(words per staged position, words per staged row) of a KxK layer's staged input box: a
+    position is the chunk padded by `STAGE_ALIGN`, a row `staged_box_width` positions."""
+    per_position = staged_row_words(chunk or wl.chunk)
+    return per_position, per_position * staged_box_width(wl, chunk)
+
+
+def tap_code(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
+    """(per_kw, per_kh): a packed tap is ``ci_in_chunk + per_kw*kw + per_kh*kh``. For KxK layers
+    that is the tap's offset in the block's staged input box (`staged_strides`, dilations
+    included), so an A element's shared-memory address is its pixel's plus the tap, one add (the
+    power-of-two fields decoded by shifts and masks before it cost 13-19 instructions per mma on
+    the 3x3 layers, a division by 7 per element 37 on conv5's, `benchmarks/experiments/union_sass.py`).
+    1x1 layers: the tap is the channel."""
+    chunk = chunk or wl.chunk
+    if is_pointwise(wl.kernel_shape):
+        return chunk, chunk
+    per_position, per_row = staged_strides(wl, chunk)
+    return per_position * wl.dilations[1], per_row * wl.dilations[0]
+
+
+def group_unions(kernel: SparseKernel, chunk: int | None = None,
+                 code: tuple[int, int] | None = None) -> list[list[np.ndarray]]:
+    """[group][chunk]: the sorted taps of that group's `GROUP` output channels whose input channel
+    is in chunk c (`chunk`: default `chunk_size`), packed as ``ci_in_chunk + code[0]*kw +
+    code[1]*kh`` (default: compact, ``chunk*(kw + KW*kh)``; `tap_code` gives the kernel's, which
+    orders taps the same)."""
     cin, cout = kernel.shape[2:]
     chunk = chunk or chunk_size(kernel.shape)
-    per_kw, per_kh = tap_code(kernel.shape, chunk)
+    per_kw, per_kh = code or (chunk, chunk * kernel.shape[1])
     n_chunks = -(-cin // chunk)
     real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
@@ -223,8 +247,8 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     chunks, K)); padding has tap 0 and weight 0."""
     cout = kernel.shape[3]
     chunk, k_pad = wl.chunk, wl.ell_width
-    per_kw, per_kh = tap_code(kernel.shape, chunk)
-    unions = group_unions(kernel, chunk)
+    per_kw, per_kh = tap_code(wl)
+    unions = group_unions(kernel, chunk, (per_kw, per_kh))
     dense = kernel.to_dense()  # HWIO
     n_chunks = len(unions[0]) if unions else 1
     weights = np.zeros((len(unions), n_chunks, k_pad, GROUP), np.float32)
@@ -233,16 +257,11 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
         for c, u in enumerate(per_chunk):
             order = bank_spread(u, chunk) if is_pointwise(kernel.shape) else u
             taps[g, c] = padded(order, k_pad, chunk, per_kw)
-            ci, kw, kh = order % per_kw + c * chunk, order % per_kh // per_kw, order // per_kh
+            ci, kw, kh = order % per_kh % per_kw + c * chunk, order % per_kh // per_kw, order // per_kh
             weights[g, c, : len(order)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
-
-
-def _at_most(v: tirx.PrimExpr, top: int, span: int) -> tirx.PrimExpr:
-    """`v` (a field of `span` values) clamped to `top`, where the field is wider than that."""
-    return tirx.min(v, top) if span > top + 1 else v
 
 
 def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
@@ -290,20 +309,21 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         # pixel again) and are never stored.
         rows, cols = pixel_grid(wl)
         flat = whole_images(wl)
+        grid_pixel = lambda r, q: (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if flat else (r, q)  # noqa: E731
         xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
                         lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
 
-        per_kw, per_kh = tap_code(wl.kernel_shape, chunk)
+        per_position, per_row = staged_strides(wl)
 
         def gather(b, r, q, g, c, k):
+            # The tap's offsets in rows, columns and channels of the staged box (`tap_code`): the
+            # staged index, rows * per_row + columns * per_position + channel, simplifies to the
+            # pixel's plus the tap. (TVM cannot bound these data-dependent fields: the CUDA rule
+            # declares the block's read region, `gather_region`.)
             t = taps[g, c, k]
-            # Clamped (where a field is wider than its range) so that TVM's region analysis bounds
-            # a block's halo by the chunk and the kernel (packed taps are in range).
-            ci = _at_most(tirx.floormod(t, per_kw), chunk - 1, per_kw)
-            kw = _at_most(tirx.floordiv(tirx.floormod(t, per_kh), per_kw), kw_ - 1, per_kh // per_kw)
-            kh = tirx.max(tirx.min(tirx.floordiv(t, per_kh), kh_ - 1), 0) if kh_ > 1 else 0
-            oh, ow = (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if flat else (r, q)
-            return xs[b, oh * sh + kh * dh, ow * sw + kw * dw, c * chunk + ci]
+            dr, dc = tirx.floordiv(t, per_row), tirx.floordiv(tirx.floormod(t, per_row), per_position)
+            oh, ow = grid_pixel(r, q)
+            return xs[b, oh * sh + dr, ow * sw + dc, c * chunk + tirx.floormod(t, per_position)]
 
         a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
         pix = (n, rows, cols)
@@ -328,6 +348,20 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     out = te.compute((n, oh_, ow_, cout),
                      lambda b, oh, ow, co: finish(wl, conv[(*at(b, oh, ow), co)], bias, co), name=EPILOGUE)
     return args + [out]
+
+
+def gather_region(block: dict):
+    """The input a KxK layer's A element (`a_tf32[b, r, q, g, c, k]`) may read, as
+    `Schedule.annotate_buffer_access` takes it, from the function's `BLOCK_ATTR` (`block`): its
+    pixel's window of the kernel's extent, in chunk c. TVM cannot bound the data-dependent taps
+    (`tap_code`) itself, and the CUDA rule stages the region of a block's elements."""
+    sh, sw, eh, ew, chunk, oh_, ow_ = (int(block[key]) for key in (
+        "stride_h", "stride_w", "extent_h", "extent_w", "chunk", "image_h", "image_w"))
+
+    def region(b, r, q, g, c, k):
+        oh, ow = (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if ow_ else (r, q)
+        return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
+    return region
 
 
 class UnionTF32(Algorithm):
@@ -359,7 +393,10 @@ class UnionTF32(Algorithm):
         block = None if is_pointwise(wl.kernel_shape) else block_tiles(wl)
         if block is None:  # 1x1 layers; a KxK layer without one (the rule then declines it)
             return attrs
-        return attrs | {BLOCK_ATTR: {"rows": block[0], "tiles": block[1]}}
+        (sh, sw), (eh, ew), (oh, ow) = wl.strides, wl.kernel_extent, wl.output_hw
+        return attrs | {BLOCK_ATTR: {"rows": block[0], "tiles": block[1], "stride_h": sh, "stride_w": sw,
+                                     "extent_h": eh, "extent_w": ew, "chunk": wl.chunk,
+                                     "image_h": oh, "image_w": ow if whole_images(wl) else 0}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
