@@ -37,6 +37,10 @@ from .cuda_gather import _read_index
 #: loads before this step's mma (ncu's top stall on conv4 3x3 was `long_sb`, waiting on them) at
 #: the cost of registers (conv2 3x3 b32 g8 untuned: 96 -> 166 per thread)
 K_UNROLL = (0, 512)
+#: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
+#: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
+#: per staged float, 96 -> 162 registers)
+COPY_UNROLL = (0, 64)
 
 
 class CUDAUnionTF32(SparseConvRule):
@@ -47,6 +51,8 @@ class CUDAUnionTF32(SparseConvRule):
     algorithm = "union-tf32"
     #: the untuned template's k-step unroll (`K_UNROLL`)
     untuned_k_unroll = 0
+    #: the untuned template's staging-copy unroll (`COPY_UNROLL`)
+    untuned_copy_unroll = 0
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -89,7 +95,8 @@ class CUDAUnionTF32(SparseConvRule):
         copy = sch.fuse(*box, ch)
         # (the warp count is a product of sampled factors, which would not serialise into the
         # tuning record's trace, so the copy splits by each of them)
-        _, *warps, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
+        copy_steps, *warps, ctx = sch.split(copy, factors=[None, *copy_warps, 32])
+        self._unroll(sch, copy_steps, COPY_UNROLL, self.untuned_copy_unroll, tunable)
         sch.bind(sch.fuse(*warps), "threadIdx.y")
         sch.bind(ctx, "threadIdx.x")
         sch.set_scope(a_block, 0, "warp")
@@ -115,11 +122,16 @@ class CUDAUnionTF32(SparseConvRule):
         _lanes_c(sch, pix, ch, vectorize=True)
 
         sch.tensorize(p_i, mma.MMA_TF32)
-        k_unroll = sch.sample_categorical(list(K_UNROLL), [1 / len(K_UNROLL)] * len(K_UNROLL)) if tunable \
-            else self.untuned_k_unroll
-        sch.annotate(k_o, "pragma_auto_unroll_max_step", k_unroll)
-        sch.annotate(k_o, "pragma_unroll_explicit", 0)
+        self._unroll(sch, k_o, K_UNROLL, self.untuned_k_unroll, tunable)
         return sch
+
+    @staticmethod
+    def _unroll(sch: s_tir.Schedule, loop, choices: tuple[int, ...], untuned: int, tunable: bool) -> None:
+        """`loop` unrolled (`#pragma unroll`) up to a step count drawn from `choices` (tuning), or
+        `untuned`'s."""
+        steps = sch.sample_categorical(list(choices), [1 / len(choices)] * len(choices)) if tunable else untuned
+        sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
+        sch.annotate(loop, "pragma_unroll_explicit", 0)
 
     @staticmethod
     def _group_split(sch: s_tir.Schedule, g, g_cap: int, tunable: bool):

@@ -14,6 +14,7 @@ fp32 and TF32, with cuDNN TF32's own error against float64; and this library's f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -31,20 +32,23 @@ ALGORITHM = "union-tf32"
 
 
 def _union_candidates(wl, target, samples: int, rng):
-    """(label, schedule) pairs: the untuned template (and with each other k-step unroll), then up to `samples` distinct random draws."""
+    """(label, schedule) pairs: the untuned template (and with each other unroll of its k-step and
+    staging loops), then up to `samples` distinct random draws."""
     from tvm.s_tir import meta_schedule as ms
 
     from tvm_sparseconv.schedules import rule_by_name
     from tvm_sparseconv.tuning import design_space
 
-    from tvm_sparseconv.schedules.cuda_union_tf32 import K_UNROLL, CUDAUnionTF32
+    from tvm_sparseconv.schedules.cuda_union_tf32 import COPY_UNROLL, K_UNROLL, CUDAUnionTF32
 
     mod = tuning_records.workload_module(wl)
     yield "untuned", rule_by_name("cuda-union-tf32").apply(mod["main"], target, False)
-    for unroll in (u for u in K_UNROLL if u != CUDAUnionTF32.untuned_k_unroll):
+    for k_unroll, copy_unroll in itertools.product(K_UNROLL, COPY_UNROLL):
         rule = CUDAUnionTF32()
-        rule.untuned_k_unroll = unroll
-        yield f"untuned, k-step unroll {unroll}", rule.apply(mod["main"], target, False)
+        if (k_unroll, copy_unroll) == (rule.untuned_k_unroll, rule.untuned_copy_unroll):
+            continue
+        rule.untuned_k_unroll, rule.untuned_copy_unroll = k_unroll, copy_unroll
+        yield f"untuned, unroll k steps {k_unroll} copy {copy_unroll}", rule.apply(mod["main"], target, False)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=ALGORITHM),
                          task_name="main", num_threads=1)
     seen = set()
