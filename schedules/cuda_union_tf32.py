@@ -12,9 +12,10 @@ tiles of flattened pixels, staged as those pixels. Other layers: a block is a bo
 tiles of the algorithm's pixel grid, staged as the box of input it reads (TVM bounds a range of
 flattened pixels that crosses rows only by the whole image), copied in float4s where Cin allows;
 its warps go over the rows, its column tiles and the groups, a warp holding one or more of the
-box's rows and column tiles (each lane's decoded taps serve all of them). (Until stop 41 these
-gathered from the NHWC input through L1, each group re-reading it: 320 us on conv4 3x3 at batch
-32, `benchmarks/experiments/union_tf32.md`.)
+box's rows and column tiles (each lane's taps, offsets in the staged box, serve all of them).
+(Until stop 41 these gathered from the NHWC input through L1, each group re-reading it: 320 us
+on conv4 3x3 at batch 32, `benchmarks/experiments/union_tf32.md`.) The k-step loop and the
+staging copy unroll or not as the tuner draws (`K_UNROLL`, `COPY_UNROLL`).
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class CUDAUnionTF32(SparseConvRule):
         wt, p_i = sch.split(ow, factors=[w_tiles, M_TILE])
         wt_o, wt = sch.split(wt, factors=[w_tiles // tiles, tiles])
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
-        # A warp's mma tiles: column tiles and rows (a tap's decoded offset serves all of them, and
-        # it is most of a KxK k step's instructions: benchmarks/experiments/union_sass.py)
+        # A warp's mma tiles: column tiles and rows (a lane's taps serve all of them: its
+        # tiles' A elements differ by constant offsets, benchmarks/experiments/union_sass.py)
         if tunable:
             w_split = sch.sample_perfect_tile(wt, n=2, max_innermost_factor=4)
             r_split = sch.sample_perfect_tile(oh_i, n=2, max_innermost_factor=4)

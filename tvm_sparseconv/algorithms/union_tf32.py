@@ -18,8 +18,10 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels), whose rows the CUDA rule
   stages per block of output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
-  the input at the tap ``taps[g, c, k] = ci_in_chunk + per_kw*kw + per_kh*kh`` (`tap_code`: powers
-  of two, so that a tap decodes with shifts and masks). The CUDA rule computes
+  the input at the tap ``taps[g, c, k] = ci_in_chunk + per_kw*kw + per_kh*kh`` (`tap_code`: for
+  KxK layers the tap's offset in a block's staged input box, so that an A element's shared-memory
+  address is its pixel's plus the tap; the rule declares the region TVM cannot bound,
+  `gather_region`). The CUDA rule computes
   it into the mma's A fragments (registers), never into memory. For KxK layers p is
   ``(n, row, column)`` of `pixel_grid`: the output rows padded to whole 16-pixel mma tiles, or for
   narrow maps (`whole_images`) each image's flattened pixels as one padded row.
@@ -131,7 +133,7 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] |
     staged input is a box TVM's region analysis bounds (a run of flattened pixels across rows
     came out as the whole image). Of the boxes whose tiles (`MAX_BLOCK_TILES`) and staged input
     (`SHARED_BYTES`, chunks of `chunk` channels, default the workload's) fit: an even number of
-    tiles where one fits (so that a warp can hold two: a decoded tap then serves both, e.g. 2 of
+    tiles where one fits (so that a warp can hold two: a loaded tap then serves both, e.g. 2 of
     conv4 3x3's 14 rows rather than 7: 35.8 -> 18 instructions per mma), the most tiles, then the
     least staged input per tile. None where not even one tile's input fits."""
     rows, cols = pixel_grid(wl, chunk)
