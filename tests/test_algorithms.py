@@ -173,3 +173,35 @@ def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
     conv2 = workload_set("resnet50_conv2_3x3_b32_g8")[0].workload(algorithm="union-tf32")
     rows, tiles = union_tf32.block_tiles(conv2)
     assert rows * tiles == union_tf32.MAX_BLOCK_TILES
+
+
+def _wavefronts(quad: np.ndarray, position_words: int) -> int:
+    """Shared-memory wavefronts of one A-fragment load: 8 pixel rows (`position_words` apart) x
+    the quad's 4 taps, 32 banks of 4 bytes; a bank serves one distinct address per wavefront."""
+    addresses = np.add.outer(np.arange(8) * position_words, quad).ravel()
+    return max(len(set(addresses[addresses % 32 == bank])) for bank in range(32))
+
+
+@pytest.mark.parametrize("layer,most", [
+    ("resnet50_conv4_3x3_b32_g8", 1.1),  # sorted taps: 1.75 (ncu: 40% of its wavefronts excess)
+    ("resnet50_conv2_3x3_b32_g8", 1.1),
+    ("resnet50_conv3_1x1_reduce_b32", 1.05),
+])
+def test_union_tf32_fragment_loads_hit_distinct_banks(layer, most):
+    """Packed taps are laid out so that an A-fragment load (8 pixels x an aligned quad of taps)
+    takes about one shared-memory wavefront (`bank_spread`: a residue mod 4 per tap of a quad,
+    padding taps filling in), well under the sorted union's."""
+    import tvm_sparseconv as tsc
+    from tvm_sparseconv.workloads import workload_set
+
+    (problem,) = workload_set(layer)
+    kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
+    wl = problem.workload(kernel, algorithm="union-tf32")
+    position = union_tf32.staged_row_words(wl.chunk) * (1 if union_tf32.is_pointwise(wl.kernel_shape) else wl.strides[1])
+    _, taps = union_tf32.pack_union(wl, kernel)
+    packed = np.mean([_wavefronts(taps[g, c, i:i + 4], position)
+                      for g, c in np.ndindex(taps.shape[:2]) for i in range(0, taps.shape[2], 4)])
+    unions = union_tf32.group_unions(kernel, wl.chunk, union_tf32.tap_code(wl))
+    in_order = np.mean([_wavefronts(np.pad(u, (0, wl.ell_width - len(u)))[i:i + 4], position)
+                        for per_chunk in unions for u in per_chunk for i in range(0, wl.ell_width, 4)])
+    assert packed <= most < in_order, (packed, in_order)

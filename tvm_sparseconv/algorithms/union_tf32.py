@@ -29,9 +29,9 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
   ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane's two
   weights of a k step are adjacent (flattened pixels: a warp's 16-pixel mma tile is any 16
-  consecutive pixels, whatever the width). The union positions of a 1x1 group are ordered so that
-  each aligned quad has channels of distinct residues mod 4 (`bank_spread`), with padding taps
-  (weight 0) of the missing residues.
+  consecutive pixels, whatever the width). The union positions of a group are ordered so that
+  each aligned quad has channels of distinct residues mod 4 (`bank_spread`), padding taps
+  (weight 0) of the missing residues filling quads where positions are left.
 - ``epilogue``: the NHWC output, ``act(conv[(n*OH + oh)*OW + ow, co] + bias[co])`` for 1x1 layers
   (always present: it is also the reshape to NHWC and, for KxK layers, drops the grid's padding).
 
@@ -203,36 +203,41 @@ def group_unions(kernel: SparseKernel, chunk: int | None = None,
     return unions
 
 
-def bank_spread(taps: np.ndarray, chunk: int) -> np.ndarray:
-    """`taps` (one group's union in one chunk) in an order for conflict-free A-fragment loads.
+def bank_spread(taps: np.ndarray, k_pad: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """`taps` (one group's union in one chunk) laid out in `k_pad` positions for conflict-free
+    A-fragment loads: (taps, whether each position is a real tap; the others carry weight 0).
 
     A fragment load reads 8 pixel rows x 4 consecutive union positions of the staged tile, whose
     rows start at 8 distinct multiples of 4 modulo 32 banks (`STAGE_ALIGN`). Four positions whose
-    channels differ modulo 4 then hit 32 distinct banks.
-    So each aligned quad takes one tap of each residue ``ci % 4`` while it can (largest classes
-    first); `padded` fills the padding positions with taps of the missing residues."""
-    classes = [list(taps[(taps % chunk) % 4 == r]) for r in range(4)]
-    order: list[int] = []
-    while any(classes):
-        ranked = sorted(range(4), key=lambda r: -len(classes[r]))
-        quad = [classes[r].pop(0) for r in ranked if classes[r]][:4]
-        while len(quad) < 4 and any(classes):  # fewer residues left than lanes: reuse the largest
-            quad.append(classes[max(range(4), key=lambda r: len(classes[r]))].pop(0))
-        order.extend(quad)
-    return np.array(order, np.int64)
-
-
-def padded(order: np.ndarray, k_pad: int, chunk: int, per_kw: int) -> np.ndarray:
-    """`order` followed by padding taps (their weights are 0) up to `k_pad`: each a channel of a
-    residue mod 4 that the taps before it in its aligned quad lack, so the quad stays conflict-free
-    (`per_kw`: the tap code's channel field, `tap_code`)."""
-    taps = np.zeros(k_pad, np.int64)
-    taps[: len(order)] = order
-    for i in range(len(order), k_pad):
-        have = {int(t) % per_kw % 4 for t in taps[i - i % 4:i]}
-        missing = [r for r in range(4) if r not in have and r < chunk]
-        taps[i] = missing[0] if missing else 0
-    return taps
+    taps differ modulo 4 then hit 32 distinct banks; a tap's residue is its channel's (`tap_code`'s
+    fields are multiples of 4 words). So each aligned quad takes one tap of each residue while it
+    can (largest classes first), then a padding tap (a channel of the missing residue at the box's
+    first position) while the positions left allow, else another real tap. (KxK layers took their
+    taps in sorted order until stop 43: 1.75 wavefronts per A load on conv4 3x3 b32 g8, 1.28 with
+    the residues spread, 1.0x with padding in the quads, `tests/test_algorithms.py`; ncu had counted
+    40% of its shared-memory wavefronts as excess.)"""
+    classes = [list(taps[taps % 4 == r]) for r in range(4)]
+    slack = k_pad - len(taps)
+    out: list[int] = []
+    real: list[bool] = []
+    while any(classes) or len(out) % 4:
+        have = {t % 4 for t in out[len(out) - len(out) % 4:]}
+        fresh = sorted((r for r in range(4) if r not in have and classes[r]), key=lambda r: -len(classes[r]))
+        pad = [r for r in range(4) if r not in have and r < chunk]
+        if fresh:
+            out.append(classes[fresh[0]].pop(0))
+            real.append(True)
+        elif pad and slack > 0 or not any(classes):
+            out.append(pad[0] if pad else 0)
+            real.append(False)
+            slack -= 1
+        else:  # no residue left that the quad lacks, nor room to pad: a bank conflict
+            out.append(classes[max(range(4), key=lambda r: len(classes[r]))].pop(0))
+            real.append(True)
+    while len(out) < k_pad:
+        out.append(0)
+        real.append(False)
+    return np.array(out, np.int64), np.array(real)
 
 
 def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
@@ -257,10 +262,10 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     taps = np.zeros((len(unions), n_chunks, k_pad), np.int32)
     for g, per_chunk in enumerate(unions):
         for c, u in enumerate(per_chunk):
-            order = bank_spread(u, chunk) if is_pointwise(kernel.shape) else u
-            taps[g, c] = padded(order, k_pad, chunk, per_kw)
+            taps[g, c], real = bank_spread(u, k_pad, chunk)
+            order = taps[g, c][real]
             ci, kw, kh = order % per_kh % per_kw + c * chunk, order % per_kh // per_kw, order // per_kh
-            weights[g, c, : len(order)] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
+            weights[g, c, real] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
