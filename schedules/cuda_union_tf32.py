@@ -40,7 +40,7 @@ from .cuda_gather import _read_index
 K_UNROLL = (0, 512)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
-#: per staged float, 96 -> 162 registers)
+#: per staged float, 96 -> 127 registers)
 COPY_UNROLL = (0, 64)
 
 

@@ -214,7 +214,7 @@ def bank_spread(taps: np.ndarray, k_pad: int, chunk: int) -> tuple[np.ndarray, n
     can (largest classes first), then a padding tap (a channel of the missing residue at the box's
     first position) while the positions left allow, else another real tap. (KxK layers took their
     taps in sorted order until stop 43: 1.75 wavefronts per A load on conv4 3x3 b32 g8, 1.28 with
-    the residues spread, 1.0x with padding in the quads, `tests/test_algorithms.py`; ncu had counted
+    the residues spread, 1.08 with padding in the quads, `tests/test_algorithms.py`; ncu had counted
     40% of its shared-memory wavefronts as excess.)"""
     classes = [list(taps[taps % 4 == r]) for r in range(4)]
     slack = k_pad - len(taps)
