@@ -2,7 +2,7 @@
 
 What ncu showed bounds union-tf32's KxK kernel on the H200 (stop 42: 72 instructions per tensor-core
 mma, most of them decoding taps into addresses) is countable in its machine code; these pin what the
-schedule changes of that stop bought, so a later change that undoes them fails here first.
+schedule changes of stops 42 and 43 bought, so a later change that undoes them fails here first.
 """
 
 from __future__ import annotations

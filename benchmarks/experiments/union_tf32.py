@@ -36,19 +36,16 @@ def _union_candidates(wl, target, samples: int, rng):
     staging loops), then up to `samples` distinct random draws."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_sparseconv.schedules import rule_by_name
+    from tvm_sparseconv.schedules.cuda_union_tf32 import COPY_UNROLL, K_UNROLL, CUDAUnionTF32
     from tvm_sparseconv.tuning import design_space
 
-    from tvm_sparseconv.schedules.cuda_union_tf32 import COPY_UNROLL, K_UNROLL, CUDAUnionTF32
-
     mod = tuning_records.workload_module(wl)
-    yield "untuned", rule_by_name("cuda-union-tf32").apply(mod["main"], target, False)
-    for k_unroll, copy_unroll in itertools.product(K_UNROLL, COPY_UNROLL):
+    default = (CUDAUnionTF32.untuned_k_unroll, CUDAUnionTF32.untuned_copy_unroll)
+    for unrolls in sorted(itertools.product(K_UNROLL, COPY_UNROLL), key=lambda u: u != default):
         rule = CUDAUnionTF32()
-        if (k_unroll, copy_unroll) == (rule.untuned_k_unroll, rule.untuned_copy_unroll):
-            continue
-        rule.untuned_k_unroll, rule.untuned_copy_unroll = k_unroll, copy_unroll
-        yield f"untuned, unroll k steps {k_unroll} copy {copy_unroll}", rule.apply(mod["main"], target, False)
+        rule.untuned_k_unroll, rule.untuned_copy_unroll = unrolls
+        label = "untuned" if unrolls == default else f"untuned, unroll k steps {unrolls[0]} copy {unrolls[1]}"
+        yield label, rule.apply(mod["main"], target, False)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=ALGORITHM),
                          task_name="main", num_threads=1)
     seen = set()

@@ -271,6 +271,16 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
 
 
+def grid_pixel(r, q, image: tuple[int, int] | None) -> tuple:
+    """The output (row, column) of a KxK layer's pixel-grid position (r, q) (`pixel_grid`): with
+    `whole_images` (`image` = (OH, OW)) q is a flat pixel of the image, the grid's padding pixels
+    clamped to its last row; else (r, q) itself."""
+    if image is None:
+        return r, q
+    oh, ow = image
+    return tirx.min(tirx.floordiv(q, ow), oh - 1), tirx.floormod(q, ow)
+
+
 def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
     """Build the TE graph of `wl`; returns the argument tensors followed by the output."""
     n, h, w, cin = wl.input_shape
@@ -316,7 +326,6 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
         # pixel again) and are never stored.
         rows, cols = pixel_grid(wl)
         flat = whole_images(wl)
-        grid_pixel = lambda r, q: (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if flat else (r, q)  # noqa: E731
         xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
                         lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
 
@@ -329,7 +338,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
             # declares the block's read region, `gather_region`.)
             t = taps[g, c, k]
             dr, dc = tirx.floordiv(t, per_row), tirx.floordiv(tirx.floormod(t, per_row), per_position)
-            oh, ow = grid_pixel(r, q)
+            oh, ow = grid_pixel(r, q, (oh_, ow_) if flat else None)
             return xs[b, oh * sh + dr, ow * sw + dc, c * chunk + tirx.floormod(t, per_position)]
 
         a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
@@ -366,7 +375,7 @@ def gather_region(block: dict):
         "stride_h", "stride_w", "extent_h", "extent_w", "chunk", "image_h", "image_w"))
 
     def region(b, r, q, g, c, k):
-        oh, ow = (tirx.min(tirx.floordiv(q, ow_), oh_ - 1), tirx.floormod(q, ow_)) if ow_ else (r, q)
+        oh, ow = grid_pixel(r, q, (oh_, ow_) if ow_ else None)
         return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
     return region
 
