@@ -70,6 +70,16 @@ class SparseConvRule(ScheduleRule):
         sch.annotate(blocks.conv, RULE_ANNOTATION, self.name)
         return self.schedule(sch, blocks, target, tunable)
 
+    def untuned_variants(self) -> list[SparseConvRule]:
+        """The rule's untuned templates (`tunable=False`) that tuning times beside the search's best
+        (`tvm_sparseconv.tuning`): this rule's own, and where a rule fixes a choice the tuner
+        samples (an unroll) that it could take either way, a copy for each other way."""
+        return [self]
+
+    def untuned_label(self) -> str:
+        """How results name this rule's untuned template (`untuned_variants` tell theirs apart)."""
+        return "untuned"
+
     def _stage_name(self) -> str:
         from tvm_sparseconv.algorithms import by_name
 

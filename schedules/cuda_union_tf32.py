@@ -20,6 +20,9 @@ staging copy unroll or not as the tuner draws (`K_UNROLL`, `COPY_UNROLL`).
 
 from __future__ import annotations
 
+import copy
+import itertools
+
 from tvm import s_tir
 from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
@@ -125,6 +128,24 @@ class CUDAUnionTF32(SparseConvRule):
         sch.tensorize(p_i, mma.MMA_TF32)
         self._unroll(sch, k_o, K_UNROLL, self.untuned_k_unroll, tunable)
         return sch
+
+    def untuned_variants(self) -> list[CUDAUnionTF32]:
+        """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), its own
+        first: which pair wins depends on the layer (the stem 95 -> 67 us with the k steps
+        unrolled, conv2 3x3 62 -> 52 with the copy; H100, union_tf32-v7-nvidia-h100.json)."""
+        own = (self.untuned_k_unroll, self.untuned_copy_unroll)
+        variants = []
+        for unrolls in sorted(itertools.product(K_UNROLL, COPY_UNROLL), key=lambda u: u != own):
+            rule = copy.copy(self)
+            rule.untuned_k_unroll, rule.untuned_copy_unroll = unrolls
+            variants.append(rule)
+        return variants
+
+    def untuned_label(self) -> str:
+        own = (type(self).untuned_k_unroll, type(self).untuned_copy_unroll)
+        if (self.untuned_k_unroll, self.untuned_copy_unroll) == own:
+            return "untuned"
+        return f"untuned, unroll k steps {self.untuned_k_unroll} copy {self.untuned_copy_unroll}"
 
     @staticmethod
     def _unroll(sch: s_tir.Schedule, loop, choices: tuple[int, ...], untuned: int, tunable: bool) -> None:

@@ -233,6 +233,37 @@ def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_pat
     assert rel_err(run_poisoned(op, x), ref) <= 1e-5
 
 
+def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best(tmp_path, monkeypatch):
+    """The rules' untuned templates are timed beside the search's best: here that "best" is the
+    unscheduled loop nest (one thread, no vectors), so a template wins; it is kept as a record that
+    compile() replays to a correct kernel."""
+    from tvm_sparseconv import reference
+    from tvm_sparseconv.tuning import LocalSite, _keep_record, _search_or_untuned, tuned_rules
+    from tvm_sparseconv.workloads import Problem
+
+    problem = Problem("untuned_wins", (1, 32, 32, 32), (3, 3, 32, 32), 0.3)
+    target = targets.host_cpu_target()
+    wl, dense_w, arrays = problem_arguments(problem)
+    mod = tuning_records.workload_module(wl)
+    db = ms.database.MemoryDatabase()
+    naive = ms.database.TuningRecord(tvm.s_tir.Schedule(mod).trace, db.commit_workload(mod), [1.0], target,
+                                     ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    site = LocalSite(targets.device_for(target))
+    record, err, source = _search_or_untuned(naive, 0.0, mod, wl, reference.conv2d_f64(arrays[0], dense_w, wl),
+                                             arrays, target, site, tuned_rules(target))
+    assert source != "search" and source.endswith("untuned"), source
+    assert err <= 1e-5 and 0 < float(record.run_secs[0]) < 1.0
+
+    folder = tmp_path / "logs" / targets.target_folder_name(target)
+    assert _keep_record(folder, record, mod, wl, problem, target, float(record.run_secs[0]), err, "") == ""
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(tmp_path / "logs"))
+    kernel = problem.sparse_kernel()
+    op = tsc.compile(kernel, problem.input_shape, target="cpu")
+    assert op.tuned, op.schedule_source
+    x = np.random.default_rng().standard_normal(problem.input_shape).astype(np.float32)
+    assert rel_err(run_poisoned(op, x), reference_conv(x, kernel.to_dense())) <= 1e-5
+
+
 def test_a_retune_replaces_the_record_only_when_faster(tmp_path):
     """`tune.py --force` with a new rule: one record per workload stays, the faster one."""
     from tvm_sparseconv.tuning import _keep_record

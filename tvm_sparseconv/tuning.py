@@ -100,12 +100,19 @@ def make_alloc_argument(arrays: list[np.ndarray]) -> Callable:
     return alloc
 
 
-def design_space(target: Target, rule_names: list[str] | None = None,
-                 algorithm: str = algorithms.DEFAULT) -> ms.space_generator.ScheduleFn:
-    """One design space per rule written for the target and algorithm (all of them by default)."""
+def tuned_rules(target: Target, rule_names: list[str] | None = None,
+                algorithm: str = algorithms.DEFAULT) -> list:
+    """The rules tuning draws from: those written for the target and algorithm, or of them the named."""
     rules = [r for r in rules_for(target, algorithm) if rule_names is None or r.name in rule_names]
     if not rules:
         raise ValueError(f"no schedule rule for {algorithm} on {target.kind.name} among {rule_names}")
+    return rules
+
+
+def design_space(target: Target, rule_names: list[str] | None = None,
+                 algorithm: str = algorithms.DEFAULT) -> ms.space_generator.ScheduleFn:
+    """One design space per rule written for the target and algorithm (all of them by default)."""
+    rules = tuned_rules(target, rule_names, algorithm)
 
     def spaces(sch):
         out = [r.schedule_into(sch.copy(), target, True) for r in rules]
@@ -229,6 +236,9 @@ class TuneResult:
     measured: int = 0  # candidates measured in this run (`trials` asked for; see enough_trials)
     #: why the record was not written (the folder's record of the workload was faster), else ""
     not_kept: str = ""
+    #: where the kept schedule came from: "search", or the label of the untuned template that ran
+    #: faster than the search's best (`SparseConvRule.untuned_label`)
+    source: str = "search"
 
 
 def tune_problem(
@@ -303,13 +313,16 @@ def tune_problem(
         )
         with ms.Profiler.timeit("Check"):
             site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
-            record, err, rejected = _first_correct_record(database, mod, wl, dense_w, arrays, target, site)
+            ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
+            record, err, rejected = _first_correct_record(database, mod, wl, ref, arrays, target, site)
+            record, err, source = _search_or_untuned(record, err, mod, wl, ref, arrays, target, site,
+                                                     tuned_rules(target, rule_names, algorithm))
             same_run = _against_folder_record(out_folder, record, mod, wl, target, site, arrays)
     best = float(np.mean([float(s) for s in record.run_secs]))
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
     phases = {k: float(v) for k, v in profiler.get().items()}
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
-                      phases, measured, not_kept)
+                      phases, measured, not_kept, source)
 
 
 def enough_trials(trials: int, per_iter: int) -> int:
@@ -324,13 +337,12 @@ def enough_trials(trials: int, per_iter: int) -> int:
     return trials - per_iter // 8
 
 
-def _first_correct_record(database, mod, wl, dense_w, arrays, target, site, top_k: int = 8):
-    """The fastest record whose output matches the float64 reference; raises if none does."""
+def _first_correct_record(database, mod, wl, ref, arrays, target, site, top_k: int = 8):
+    """The fastest record whose output matches the float64 reference `ref`; raises if none does."""
     workload = database.commit_workload(mod)
     records = database.get_top_k(workload, top_k)
     if not records:
         raise RuntimeError(f"no successful candidate for {wl.describe()} (every build or run failed)")
-    ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
     rejected = []
     for rec in records:
         sch = tvm.s_tir.Schedule(mod)
@@ -361,26 +373,73 @@ def _against_folder_record(folder: Path, record, mod, wl: ConvWorkload, target, 
         return None
     new = tvm.s_tir.Schedule(mod)
     record.trace.apply_to_schedule(new, remove_postproc=False)
-    args = [tvm.runtime.tensor(a, site.device) for a in arrays]
-    out = tvm.runtime.tensor(np.zeros(wl.output_shape, np.float32), site.device)
     try:
-        timers = [site.load(compile_tir(sch.mod, target)).time_evaluator(algorithms.FUNC_NAME, site.device,
-                                                                          number=1, repeat=1, min_repeat_ms=20)
-                  for sch in (old.schedule, new)]
-        samples = [[], []]
-        for _ in range(rounds):
-            for timer, got in zip(timers, samples):
-                got.append(timer(*args, out).mean)
+        libs = [site.load(compile_tir(sch.mod, target)) for sch in (old.schedule, new)]
+        old_s, new_s = _seconds_in_turns(libs, site, arrays, wl, rounds)
     except Exception as e:  # noqa: BLE001 - the old record no longer builds or runs here: the new one's case
         log.warning("could not time the folder's record of %s beside the new one (%s): stored times decide",
                     wl.describe(), e)
         return None
-    return float(np.median(samples[0])), float(np.median(samples[1]))
+    return old_s, new_s
+
+
+def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 7) -> list[float]:
+    """Median seconds per call of each built kernel, timed in turns (a round runs each once for at
+    least 20 ms) so that a drifting clock or a neighbour's load hits them all alike."""
+    args = [tvm.runtime.tensor(a, site.device) for a in arrays]
+    out = tvm.runtime.tensor(np.zeros(wl.output_shape, np.float32), site.device)
+    timers = [lib.time_evaluator(algorithms.FUNC_NAME, site.device, number=1, repeat=1, min_repeat_ms=20)
+              for lib in libs]
+    samples = [[] for _ in timers]
+    for _ in range(rounds):
+        for timer, got in zip(timers, samples):
+            got.append(timer(*args, out).mean)
+    return [float(np.median(s)) for s in samples]
+
+
+def _search_or_untuned(record, err: float, mod, wl: ConvWorkload, ref: np.ndarray, arrays, target, site,
+                       rules: list) -> tuple:
+    """(record, relative error, source): the search's checked best, or an untuned template of the
+    tuned `rules` (`SparseConvRule.untuned_variants`) as a record where it is correct and runs
+    faster in this run, timed in turns with it.
+
+    The search does not always draw the templates' choices: 16 trials on conv4 1x1 expand b32 g8
+    kept a 25.4 us kernel where the untuned template with its k steps unrolled takes 21.8 (H100,
+    stop 43); with this, a tuned layer is never slower than its untuned default."""
+    tol = algorithms.by_name(wl.algorithm).tolerance
+    found = tvm.s_tir.Schedule(mod)
+    record.trace.apply_to_schedule(found, remove_postproc=False)
+    entries, libs = [("search", found, err)], [site.load(compile_tir(found.mod, target))]
+    for variant in (v for rule in rules for v in rule.untuned_variants()):
+        sch = variant.apply(mod["main"], target, False)
+        if sch is None:
+            continue
+        try:
+            lib = site.load(compile_tir(sch.mod, target))
+            v_err = _checked_error(lib, site, arrays, wl, ref)
+        except Exception as e:  # noqa: BLE001 - a template that does not build here is left out, not fatal
+            log.warning("%s %s of %s did not build or run: %s", variant.name, variant.untuned_label(),
+                        wl.describe(), e)
+            continue
+        if v_err <= tol:
+            entries.append((f"{variant.name} {variant.untuned_label()}", sch, v_err))
+            libs.append(lib)
+    seconds = _seconds_in_turns(libs, site, arrays, wl) if len(libs) > 1 else [0.0]
+    i = int(np.argmin(seconds))
+    if i == 0:
+        return record, err, "search"
+    source, sch, v_err = entries[i]
+    untuned = ms.database.TuningRecord(sch.trace, record.workload, [seconds[i]], target, record.args_info)
+    return untuned, v_err, source
 
 
 def check_schedule(sch, target, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
     """Build `sch`, run it at `site` on `arrays` with a NaN-poisoned output, return the relative error."""
-    lib = site.load(compile_tir(sch.mod, target))
+    return _checked_error(site.load(compile_tir(sch.mod, target)), site, arrays, wl, ref)
+
+
+def _checked_error(lib, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
+    """The relative error of a built kernel's output (NaN-poisoned before the run) against `ref`."""
     args = [tvm.runtime.tensor(a, site.device) for a in arrays]
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), site.device)
     lib[algorithms.FUNC_NAME](*args, out)

@@ -14,7 +14,6 @@ fp32 and TF32, with cuDNN TF32's own error against float64; and this library's f
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import time
 from pathlib import Path
@@ -36,16 +35,12 @@ def _union_candidates(wl, target, samples: int, rng):
     staging loops), then up to `samples` distinct random draws."""
     from tvm.s_tir import meta_schedule as ms
 
-    from tvm_sparseconv.schedules.cuda_union_tf32 import COPY_UNROLL, K_UNROLL, CUDAUnionTF32
+    from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
     from tvm_sparseconv.tuning import design_space
 
     mod = tuning_records.workload_module(wl)
-    default = (CUDAUnionTF32.untuned_k_unroll, CUDAUnionTF32.untuned_copy_unroll)
-    for unrolls in sorted(itertools.product(K_UNROLL, COPY_UNROLL), key=lambda u: u != default):
-        rule = CUDAUnionTF32()
-        rule.untuned_k_unroll, rule.untuned_copy_unroll = unrolls
-        label = "untuned" if unrolls == default else f"untuned, unroll k steps {unrolls[0]} copy {unrolls[1]}"
-        yield label, rule.apply(mod["main"], target, False)
+    for rule in CUDAUnionTF32().untuned_variants():
+        yield rule.untuned_label(), rule.apply(mod["main"], target, False)
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=ALGORITHM),
                          task_name="main", num_threads=1)
     seen = set()
