@@ -57,6 +57,12 @@ class CUDAUnionTF32(SparseConvRule):
     untuned_k_unroll = 0
     #: the untuned template's staging-copy unroll (`COPY_UNROLL`)
     untuned_copy_unroll = 0
+    #: groups of 8 channels a warp of the untuned template holds (the block's other groups go to
+    #: more warps), for (KxK, 1x1) layers. KxK 2: the 4 of stop 43 left too few warps to hide
+    #: latency (ncu: 21% occupancy on conv4 3x3); with 2, H100 b32 g8: conv4 3x3 34.4 us against
+    #: 37.2, conv2 3x3 37.9 against 47.5 (the same designs drawn as samples in
+    #: union_tf32-v8-nvidia-h100.json). 1x1: 4, not measured against 2 as an untuned template
+    untuned_group_regs = (2, 4)
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -130,22 +136,27 @@ class CUDAUnionTF32(SparseConvRule):
         return sch
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
-        """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), its own
-        first: which pair wins depends on the layer (the stem 95 -> 67 us with the k steps
-        unrolled, conv2 3x3 62 -> 52 with the copy; H100, union_tf32-v7-nvidia-h100.json)."""
-        own = (self.untuned_k_unroll, self.untuned_copy_unroll)
+        """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`) and each
+        layout's other group count per warp (`untuned_group_regs` swapped), its own first: which
+        wins depends on the layer (the stem 95 -> 67 us with the k steps unrolled, conv2 3x3 62 ->
+        52 with the copy; H100, union_tf32-v7-nvidia-h100.json)."""
+        own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs)
         variants = []
-        for unrolls in sorted(itertools.product(K_UNROLL, COPY_UNROLL), key=lambda u: u != own):
+        for choice in sorted(itertools.product(K_UNROLL, COPY_UNROLL, (own[2], own[2][::-1])),
+                             key=lambda c: c != own):
             rule = copy.copy(self)
-            rule.untuned_k_unroll, rule.untuned_copy_unroll = unrolls
+            rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs = choice
             variants.append(rule)
         return variants
 
     def untuned_label(self) -> str:
-        own = (type(self).untuned_k_unroll, type(self).untuned_copy_unroll)
-        if (self.untuned_k_unroll, self.untuned_copy_unroll) == own:
-            return "untuned"
-        return f"untuned, unroll k steps {self.untuned_k_unroll} copy {self.untuned_copy_unroll}"
+        cls = type(self)
+        parts = []
+        if (self.untuned_k_unroll, self.untuned_copy_unroll) != (cls.untuned_k_unroll, cls.untuned_copy_unroll):
+            parts.append(f"unroll k steps {self.untuned_k_unroll} copy {self.untuned_copy_unroll}")
+        if self.untuned_group_regs != cls.untuned_group_regs:
+            parts.append("groups a warp {} (KxK), {} (1x1)".format(*self.untuned_group_regs))
+        return ", ".join(["untuned", *parts])
 
     @staticmethod
     def _unroll(sch: s_tir.Schedule, loop, choices: tuple[int, ...], untuned: int, tunable: bool) -> None:
@@ -155,12 +166,12 @@ class CUDAUnionTF32(SparseConvRule):
         sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
         sch.annotate(loop, "pragma_unroll_explicit", 0)
 
-    @staticmethod
-    def _group_split(sch: s_tir.Schedule, g, g_cap: int, tunable: bool):
+    def _group_split(self, sch: s_tir.Schedule, g, g_cap: int, tunable: bool, pointwise: bool):
+        """A block's `g_cap` groups: [serial, warps, per warp] (sampled when tuning)."""
         if tunable:
             return sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
-        g_regs = largest_divisor(g_cap, [4, 2, 1])
-        warps_g = largest_divisor(g_cap // g_regs, [4, 2, 1])
+        g_regs = largest_divisor(g_cap, [self.untuned_group_regs[pointwise], 2, 1])
+        warps_g = largest_divisor(g_cap // g_regs, [8, 4, 2, 1])
         return [g_cap // (warps_g * g_regs), warps_g, g_regs]
 
     def _tile_pixels(self, sch, blocks, pixels, co, c, k, tunable):
@@ -188,7 +199,7 @@ class CUDAUnionTF32(SparseConvRule):
             m_tiles = largest_divisor(p_cap, [2, 1])
             warps_p = largest_divisor(p_cap // m_tiles, [2, 1])
             p_split = [p_cap // (warps_p * m_tiles), warps_p, m_tiles]
-        g_split = self._group_split(sch, g, g_cap, tunable)
+        g_split = self._group_split(sch, g, g_cap, tunable, pointwise=True)
         p_b, p_w, p_m = sch.split(p, factors=p_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
         sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
@@ -224,7 +235,7 @@ class CUDAUnionTF32(SparseConvRule):
             m_tiles = largest_divisor(tiles, [2, 1])
             m_rows = largest_divisor(rows, [4 // m_tiles, 2, 1])
             w_split, r_split = [tiles // m_tiles, m_tiles], [rows // m_rows, m_rows]
-        g_split = self._group_split(sch, g, g_cap, tunable)
+        g_split = self._group_split(sch, g, g_cap, tunable, pointwise=False)
         w_w, p_m = sch.split(wt, factors=w_split)
         r_w, r_m = sch.split(oh_i, factors=r_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)

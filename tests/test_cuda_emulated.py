@@ -70,6 +70,25 @@ def test_untuned_cuda_templates_compute_layers(rule, case):
     assert _error(emulate(sch.mod, TARGET), inputs, w, wl, bias) <= algorithms.by_name(wl.algorithm).tolerance
 
 
+#: (rule, index) of each untuned variant other than a rule's own (`SparseConvRule.untuned_variants`)
+UNTUNED_VARIANTS = [(r.name, i) for r in rules_for(TARGET) for i in range(1, len(r.untuned_variants()))]
+
+
+@pytest.mark.parametrize("rule,variant", UNTUNED_VARIANTS, ids=[f"{r}-{i}" for r, i in UNTUNED_VARIANTS])
+def test_the_untuned_variants_tuning_times_compute_layers(rule, variant):
+    """Tuning times these beside its search's best and may keep one as the record (union-tf32: its
+    unroll pairs and group counts a warp): each computes a KxK and a 1x1 layer."""
+    rule_obj = next(r for r in rules_for(TARGET) if r.name == rule).untuned_variants()[variant]
+    for seed, case in enumerate([((2, 20, 20, 40), (3, 3, 40, 32), 0.3, 1, "SAME", 1, True, "relu"),
+                                 ((2, 8, 8, 40), (1, 1, 40, 32), 0.3, 1, "VALID", 1, False, None)]):
+        w, k, bias, wl, x = _layer(case, seed=seed, algorithm=rule_obj.algorithm)
+        sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+        assert sch is not None, (rule_obj.untuned_label(), case)
+        inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
+        err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
+        assert err <= algorithms.by_name(wl.algorithm).tolerance, (rule_obj.untuned_label(), case, err)
+
+
 def _union_tf32_program():
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
     w, k, bias, wl, x = _layer(CASES[0], 0, rule.algorithm)

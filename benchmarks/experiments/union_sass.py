@@ -72,8 +72,9 @@ def loops(instrs: list[tuple[int, str, str]]) -> list[dict]:
     return out
 
 
-def layer_kernel_source(name: str, untuned: bool) -> tuple[str, str]:
-    """(how it was scheduled, CUDA source) of the layer's union-tf32 kernel for sm_90."""
+def layer_kernel_source(name: str, untuned: bool, rule=None) -> tuple[str, str]:
+    """(how it was scheduled, CUDA source) of the layer's union-tf32 kernel for sm_90 (`rule`: the
+    template to use where there is no record or `untuned`, default the rule's own)."""
     (problem,) = workload_set(name)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), ALGORITHM)
@@ -82,17 +83,18 @@ def layer_kernel_source(name: str, untuned: bool) -> tuple[str, str]:
     if tuned is not None:
         how, mod = "tuned record (tuning_logs/nvidia-h200)", tuned.schedule.mod
     else:
-        sch = rule_by_name("cuda-union-tf32").apply(tuning_records.workload_module(wl)["main"], target, False)
+        rule = rule or rule_by_name("cuda-union-tf32")
+        sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
         if sch is None:
             raise SystemExit(f"{name}: the union-tf32 rule declines this layer")
-        how, mod = "untuned template", sch.mod
+        how, mod = f"{rule.untuned_label()} template", sch.mod
     lib = compile_tir(mod, target)
     return how, next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
 
 
-def count_layer(name: str, untuned: bool, cuobjdump: str) -> dict:
+def count_layer(name: str, untuned: bool, cuobjdump: str, rule=None) -> dict:
     """The layer's union-tf32 kernel for sm_90: its loops, and the k-step loop's instructions per mma."""
-    how, src = layer_kernel_source(name, untuned)
+    how, src = layer_kernel_source(name, untuned, rule)
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
         cu.write_text(src)
