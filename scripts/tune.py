@@ -10,7 +10,8 @@ Examples:
 
 Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
 every candidate timed on the workload's real sparse pattern; the best candidates are checked against
-a float64 reference and the first correct one is kept. Workloads already in the output folder are
+a float64 reference and the first correct one is kept, unless one of the templates' untuned variants
+(checked too, timed in turns with it) runs faster. Workloads already in the output folder are
 skipped (use --force to tune them again: the new record replaces the old only if it ran faster, the
 two timed in turns in the same run); an interrupted workload restarts warm from its work dir.
 
