@@ -140,8 +140,11 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
         head += ("\nWhole ResNet-50, every convolution (count x time per shape, one batch), with the per-layer "
                  "choice of sparse or dense:\n\n" + networks + "\nPer layer:\n")
     full = [head]
-    summary = [head, "| sweep | points | " + " | ".join(f"faster than {b}" for b in bases) + " | best useful GFLOP/s |",
-               "|---" * (3 + len(bases)) + "|"]
+    # bench.py --precision tf32: compile(precision="tf32")'s choice against cuDNN TF32 too
+    tf32_mode = "cudnn_tf32" in bases and any("tf32_mode" in p for p in points)
+    extra = ["TF32 mode faster than cudnn_tf32"] if tf32_mode else []
+    summary = [head, "| sweep | points | " + " | ".join([*(f"faster than {b}" for b in bases), *extra])
+               + " | best useful GFLOP/s |", "|---" * (3 + len(bases) + len(extra)) + "|"]
     for sweep in sweeps_of(points):
         pts = sorted((p for p in points if p["sweep"] == sweep), key=lambda p: p["value"])
         full.append(f"\n#### {sweep}\n")
@@ -169,6 +172,10 @@ def device_markdown(name: str, res: dict, plots_rel: str, plotted: set[str], net
         measured = {b: [p for p in pts if isinstance(p["seconds"].get(b), float)] for b in bases}
         wins = [f"{sum(p['seconds'][b] > p['seconds']['sparse'] for p in measured[b])}/{len(measured[b])}"
                 if measured[b] else "n/a" for b in bases]
+        if tf32_mode:
+            both = [p for p in pts if "tf32_mode" in p and isinstance(p["seconds"].get("cudnn_tf32"), float)]
+            wins.append(f"{sum(p['tf32_mode']['correct'] and p['tf32_mode']['seconds'] < p['seconds']['cudnn_tf32'] for p in both)}"
+                        f"/{len(both)}" if both else "n/a")
         summary.append(f"| {sweep} | {len(pts)} | " + " | ".join(wins) + f" | {_gflops(max(pts, key=lambda p: p['useful_tflops']))} |")
     dens = [p for p in points if p["sweep"] == "density"]
     if dens:

@@ -1,0 +1,39 @@
+"""scripts/report.py's per-device summary, on a committed results JSON."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+_SPEC = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
+
+RESULTS = ROOT / "benchmarks" / "results" / "nvidia-h100-resnet50-network.json"
+
+
+def _tf32_mode_wins(res: dict) -> str:
+    _, summary = report.device_markdown("x", res, "plots", set(), "")
+    header, *rows = [line for line in summary.splitlines() if line.startswith("| ")]
+    col = header.split(" | ").index("TF32 mode faster than cudnn_tf32")
+    (row,) = [r for r in rows if r.startswith("| resnet50_network_s90_b32_g8 ")]
+    return row.split(" | ")[col]
+
+
+def test_the_summary_counts_the_tf32_mode_wins_over_cudnn_tf32():
+    """bench.py --precision tf32 points: compile(precision="tf32")'s choice against cuDNN TF32, a
+    wrong result not counted as a win."""
+    res = json.loads(RESULTS.read_text())
+    points = [p for p in res["points"] if "tf32_mode" in p]
+    wins = [p for p in points if p["tf32_mode"]["correct"]
+            and p["tf32_mode"]["seconds"] < p["seconds"]["cudnn_tf32"]]
+    assert wins and _tf32_mode_wins(res) == f"{len(wins)}/{len(points)}"
+
+    wrong = copy.deepcopy(res)
+    next(p for p in wrong["points"] if p["problem"] == wins[0]["problem"])["tf32_mode"]["correct"] = False
+    assert _tf32_mode_wins(wrong) == f"{len(wins) - 1}/{len(points)}"
+    assert re.fullmatch(r"\d+/\d+", _tf32_mode_wins(res))
