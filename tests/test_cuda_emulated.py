@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -415,3 +416,23 @@ def test_warp_shuffles_add_up_across_lanes():
     wrong = dataclasses.replace(program, source=program.source.replace(shuffle, shuffle.replace(", 1, 32", ", 2, 32")))
     EmulatedModule(wrong)(a, sums)
     assert reference.relative_error(sums, a.astype(np.float64).sum(1)) > 1e-2
+
+
+def test_union_tf32_rounded_at_the_fragment_computes_layers():
+    """The input rounded to TF32 as the A fragment is gathered rather than as it is staged
+    (`union_tf32_te(round_at="fragment")`, which lets the staging be a `cp.async` copy,
+    benchmarks/experiments/union_tf32_async_copy.py): the same TF32 accuracy, a KxK and a 1x1 layer."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "union_tf32_async_copy", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_tf32_async_copy.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
+    for seed, case in enumerate([((2, 20, 20, 40), (3, 3, 40, 32), 0.3, 1, "SAME", 1, True, "relu"),
+                                 ((2, 8, 8, 40), (1, 1, 40, 32), 0.3, 1, "VALID", 1, False, None)]):
+        w, k, bias, wl, x = _layer(case, seed=seed, algorithm=rule.algorithm)
+        sch = rule.apply(experiment.fragment_rounding_module(wl)["main"], TARGET, False)
+        inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
+        err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
+        assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance, (case, err)

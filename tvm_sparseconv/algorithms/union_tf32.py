@@ -281,8 +281,19 @@ def grid_pixel(r, q, image: tuple[int, int] | None) -> tuple:
     return tirx.min(tirx.floordiv(q, ow), oh - 1), tirx.floormod(q, ow)
 
 
-def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
-    """Build the TE graph of `wl`; returns the argument tensors followed by the output."""
+#: where the input is rounded to TF32: as it is staged ("copy", the algorithm's), or as each A
+#: fragment element is gathered ("fragment": the staging is then a plain copy, which TVM can lower
+#: to `cp.async` and overlap with the mma; `benchmarks/experiments/union_tf32_async_copy.py`)
+ROUND_AT = ("copy", "fragment")
+
+
+def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
+    """Build the TE graph of `wl` (the input rounded to TF32 where `round_at` says, `ROUND_AT`);
+    returns the argument tensors followed by the output."""
+    if round_at not in ROUND_AT:
+        raise ValueError(f"round_at must be one of {ROUND_AT}, got {round_at!r}")
+    at_copy = _round_tf32_expr if round_at == "copy" else (lambda v: v)
+    at_fragment = _round_tf32_expr if round_at == "fragment" else (lambda v: v)
     n, h, w, cin = wl.input_shape
     kh_, kw_, _, cout = wl.kernel_shape
     k_pad, chunk, groups = wl.ell_width, wl.chunk, cout // GROUP
@@ -300,7 +311,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
 
     def padded(b, r, col, ch):
         inside = tirx.all(r >= 0, r < h, col >= 0, col < w, ch < cin)
-        return _round_tf32_expr(tirx.if_then_else(inside, x[b, r, col, ch], tirx.const(0.0, "float32")))
+        return at_copy(tirx.if_then_else(inside, x[b, r, col, ch], tirx.const(0.0, "float32")))
 
     def pixel(p):
         b, rest = tirx.floordiv(p, oh_ * ow_), tirx.floormod(p, oh_ * ow_)
@@ -315,7 +326,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
 
         def gather(p, g, c, k):
             # Clamped so that TVM's region analysis can bound a chunk (packed taps are in range).
-            return xs[p, c * chunk + tirx.max(tirx.min(taps[g, c, k], chunk - 1), 0)]
+            return at_fragment(xs[p, c * chunk + tirx.max(tirx.min(taps[g, c, k], chunk - 1), 0)])
 
         a = te.compute((pixels, groups, n_chunks, k_pad), gather, name=A_TF32)
         pix = (pixels,)
@@ -339,7 +350,7 @@ def union_tf32_te(wl: ConvWorkload) -> list[te.Tensor]:
             t = taps[g, c, k]
             dr, dc = tirx.floordiv(t, per_row), tirx.floordiv(tirx.floormod(t, per_row), per_position)
             oh, ow = grid_pixel(r, q, (oh_, ow_) if flat else None)
-            return xs[b, oh * sh + dr, ow * sw + dc, c * chunk + tirx.floormod(t, per_position)]
+            return at_fragment(xs[b, oh * sh + dr, ow * sw + dc, c * chunk + tirx.floormod(t, per_position)])
 
         a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
         pix = (n, rows, cols)

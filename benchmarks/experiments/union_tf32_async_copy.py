@@ -1,0 +1,156 @@
+"""union-tf32 with its staging copy as `cp.async`, overlapped with the mma, against the synchronous copy.
+
+The algorithm rounds the input to TF32 as it stages it, so the copy is a computation and each
+chunk's copy (global load, shared store, barrier) waits before that chunk's mma. Rounded at the
+fragment instead (`union_tf32_te(wl, round_at="fragment")`), the staging is a plain copy (zero
+for padding), and TVM's software pipeline on the chunk loop (stages [copy 0, mma 1], the copy an
+async stage, `tirx.use_async_copy`) lowers it to predicated `cp.async` into a double-buffered box:
+the copy of chunk c+1 is in flight while chunk c's mma run. The price: the rounding moves into
+the gather, 2 integer instructions an A element (8 an mma).
+
+For each layer: the untuned template with the synchronous copy and with the async one (each with
+the k steps unrolled or not), checked against float64 on a NaN-poisoned output, then timed (CUDA
+events, median), beside cuDNN TF32. Without a GPU, `--build-only` builds them and counts what the
+CUDA holds.
+
+    python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8,resnet50_conv3_3x3_b32_g8 \\
+        --json benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json
+    python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8 --build-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import te
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import algorithms, targets, tuning_records
+from tvm_sparseconv.algorithms.union_tf32 import X_TF32, union_tf32_te
+from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
+from tvm_sparseconv.tir_build import compile_tir
+from tvm_sparseconv.workloads import workload_set
+
+ALGORITHM = "union-tf32"
+
+
+def fragment_rounding_module(wl) -> tvm.IRModule:
+    """`wl`'s union-tf32 module with the input rounded at the fragment (as `workload_module` builds
+    the algorithm's own)."""
+    algorithm = algorithms.by_name(ALGORITHM)
+    func = te.create_prim_func(union_tf32_te(wl, round_at="fragment")).with_attr("global_symbol",
+                                                                                algorithms.FUNC_NAME)
+    for key, value in algorithm.func_attrs(wl).items():
+        func = func.with_attr(key, value)
+    return tvm.IRModule({"main": func})
+
+
+def pipeline_the_copy(sch) -> None:
+    """The chunk loop (the staging copy's enclosing loop `c`) as a two-stage software pipeline
+    whose copy stage is asynchronous."""
+    c = next(lp for lp in sch.get_loops(sch.get_sblock(X_TF32 + "_shared")) if sch.get(lp).loop_var.name == "c")
+    sch.annotate(c, "software_pipeline_stage", [0, 1])
+    sch.annotate(c, "software_pipeline_order", [0, 1])
+    sch.annotate(c, "software_pipeline_async_stages", [0])
+
+
+def candidates(wl, target):
+    """(label, built module, CUDA source): the untuned template, its copy synchronous or async, its
+    k steps unrolled (512) or not."""
+    for k_unroll in (0, 512):
+        rule = CUDAUnionTF32()
+        rule.untuned_k_unroll = k_unroll
+        sync = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
+        overlapped = rule.apply(fragment_rounding_module(wl)["main"], target, False)
+        if sync is None or overlapped is None:
+            return
+        pipeline_the_copy(overlapped)
+        for label, sch, config in ((f"sync copy, k unroll {k_unroll}", sync, {}),
+                                   (f"cp.async copy, k unroll {k_unroll}", overlapped, {"tirx.use_async_copy": True})):
+            t0 = time.perf_counter()
+            try:
+                with tvm.transform.PassContext(config=config):
+                    lib = compile_tir(sch.mod, target)
+            except Exception as e:  # noqa: BLE001 - recorded, not fatal (e.g. a double buffer over 48 KB)
+                yield label, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0
+                continue
+            src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+            yield label, lib, src, time.perf_counter() - t0
+
+
+def source_facts(src: str) -> dict:
+    """What the CUDA holds: cp.async calls, barriers, the staged box's words."""
+    shared = re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", src)
+    return {"cp_async_calls": len(re.findall(r"ptx_cp_async\w*\(x_tf32", src)),
+            "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
+
+
+def measure_layer(problem, repeats: int, build_only: bool, rng) -> dict:
+    from tvm_sparseconv import baselines, reference
+
+    target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
+    w = problem.dense_kernel()
+    kernel = tsc.SparseKernel.from_dense(w)
+    wl = problem.workload(kernel, algorithm=ALGORITHM)
+    row = {"layer": problem.name, "candidates": []}
+    if not build_only:
+        dev = tvm.cuda(0)
+        x = rng.standard_normal(wl.input_shape, dtype=np.float32)
+        ref = reference.conv2d_f64(x, w, wl)
+        args = [tvm.runtime.tensor(a, dev) for a in [x, *algorithms.pack_weights(wl, kernel)]]
+    for label, lib, src, compile_s in candidates(wl, target):
+        if lib is None:
+            row["candidates"].append({"label": label, "error": src})
+            continue
+        cand = {"label": label, "compile_s": round(compile_s, 2), **source_facts(src)}
+        if cand["staged_words"] and cand["staged_words"] * 4 > 48 * 1024:
+            cand["error"] = f"{cand['staged_words'] * 4} bytes of static shared memory (48 KB at most)"
+        elif not build_only:
+            fn = lib[algorithms.FUNC_NAME]
+            out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+            fn(*args, out)
+            cand["relative_error"] = reference.relative_error(out.numpy(), ref)
+            if cand["relative_error"] <= algorithms.by_name(ALGORITHM).tolerance:
+                cand["us"] = baselines.cuda_event_median(lambda i: fn(*args, out), repeats) * 1e6
+        row["candidates"].append(cand)
+    if not build_only:
+        s, y = baselines.cudnn_seconds([x], w, wl, tf32=True, repeats=repeats)
+        row["cudnn_tf32_us"], row["cudnn_tf32_relative_error"] = s * 1e6, reference.relative_error(y, ref)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", required=True, help="problem names or workload sets, comma-separated")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--build-only", action="store_true", help="build and count (no GPU needed), do not run")
+    ap.add_argument("--json", type=Path, help="write the rows here")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    env = {"date": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "command": "python benchmarks/experiments/union_tf32_async_copy.py " + " ".join(argv or [])}
+    rows = []
+    for problem in workload_set(args.layers):
+        row = measure_layer(problem, args.repeats, args.build_only, rng)
+        rows.append(row)
+        if "device" not in env and not args.build_only:
+            env["device"] = tvm.cuda(0).device_name
+        tf32 = f" | cuDNN TF32 {row['cudnn_tf32_us']:.1f} us" if "cudnn_tf32_us" in row else ""
+        print(f"{row['layer']}{tf32}", flush=True)
+        for c in row["candidates"]:
+            print("   ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}, flush=True)
+        if args.json:  # after every layer, so a run cut short keeps what it measured
+            args.json.write_text(json.dumps({"environment": env, "layers": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))
