@@ -314,10 +314,10 @@ def tune_problem(
         with ms.Profiler.timeit("Check"):
             site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
             ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
-            record, err, rejected = _first_correct_record(database, mod, wl, ref, arrays, target, site)
-            record, err, source = _search_or_untuned(record, err, mod, wl, ref, arrays, target, site,
-                                                     tuned_rules(target, rule_names, algorithm))
-            same_run = _against_folder_record(out_folder, record, mod, wl, target, site, arrays)
+            record, err, rejected, lib = _first_correct_record(database, mod, wl, ref, arrays, target, site)
+            record, err, source, lib = _search_or_untuned(record, err, lib, mod, wl, ref, arrays, target, site,
+                                                          tuned_rules(target, rule_names, algorithm))
+            same_run = _against_folder_record(out_folder, lib, wl, target, site, arrays)
     best = float(np.mean([float(s) for s in record.run_secs]))
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
     phases = {k: float(v) for k, v in profiler.get().items()}
@@ -338,7 +338,8 @@ def enough_trials(trials: int, per_iter: int) -> int:
 
 
 def _first_correct_record(database, mod, wl, ref, arrays, target, site, top_k: int = 8):
-    """The fastest record whose output matches the float64 reference `ref`; raises if none does."""
+    """(record, relative error, rejected, its kernel built at `site`): the fastest record whose
+    output matches the float64 reference `ref`; raises if none does."""
     workload = database.commit_workload(mod)
     records = database.get_top_k(workload, top_k)
     if not records:
@@ -347,18 +348,20 @@ def _first_correct_record(database, mod, wl, ref, arrays, target, site, top_k: i
     for rec in records:
         sch = tvm.s_tir.Schedule(mod)
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        err = check_schedule(sch, target, site, arrays, wl, ref)
+        lib = site.load(compile_tir(sch.mod, target))
+        err = _checked_error(lib, site, arrays, wl, ref)
         if err <= algorithms.by_name(wl.algorithm).tolerance:
-            return rec, err, rejected
+            return rec, err, rejected, lib
         run_us = np.mean([float(s) for s in rec.run_secs]) * 1e6
         rejected.append(f"{rule_of(rec.trace)} run {run_us:.1f} us: rel. error {err:.2e}")
     raise RuntimeError(f"none of the {len(records)} best candidates is correct: {rejected}")
 
 
-def _against_folder_record(folder: Path, record, mod, wl: ConvWorkload, target, site, arrays,
+def _against_folder_record(folder: Path, new_lib, wl: ConvWorkload, target, site, arrays,
                            rounds: int = 7) -> tuple[float, float] | None:
-    """(the folder's record of `wl`, the new `record`): seconds per call, timed in turns in this run,
-    or None where the folder has no record of exactly `wl` (or it no longer replays).
+    """(the folder's record of `wl`, the new record's kernel `new_lib`, built at `site`): seconds per
+    call, timed in turns in this run, or None where the folder has no record of exactly `wl` (or it
+    no longer replays).
 
     A re-tune (`tune.py --force`) decides on these, not on the old record's stored time: that was
     measured on another day, and on a shared 2-core VM the same kernel's time moves up to 2x between
@@ -371,11 +374,9 @@ def _against_folder_record(folder: Path, record, mod, wl: ConvWorkload, target, 
         return None
     if old is None or old.tuned_workload != wl:
         return None
-    new = tvm.s_tir.Schedule(mod)
-    record.trace.apply_to_schedule(new, remove_postproc=False)
     try:
-        libs = [site.load(compile_tir(sch.mod, target)) for sch in (old.schedule, new)]
-        old_s, new_s = _seconds_in_turns(libs, site, arrays, wl, rounds)
+        old_lib = site.load(compile_tir(old.schedule.mod, target))
+        old_s, new_s = _seconds_in_turns([old_lib, new_lib], site, arrays, wl, rounds)
     except Exception as e:  # noqa: BLE001 - the old record no longer builds or runs here: the new one's case
         log.warning("could not time the folder's record of %s beside the new one (%s): stored times decide",
                     wl.describe(), e)
@@ -397,45 +398,38 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
     return [float(np.median(s)) for s in samples]
 
 
-def _search_or_untuned(record, err: float, mod, wl: ConvWorkload, ref: np.ndarray, arrays, target, site,
+def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.ndarray, arrays, target, site,
                        rules: list) -> tuple:
-    """(record, relative error, source): the search's checked best, or an untuned template of the
-    tuned `rules` (`SparseConvRule.untuned_variants`) as a record where it is correct and runs
-    faster in this run, timed in turns with it.
+    """(record, relative error, source, its kernel): the search's checked best (`lib`, built at
+    `site`), or an untuned template of the tuned `rules` (`SparseConvRule.untuned_variants`) as a
+    record where it is correct and runs faster in this run, timed in turns with it.
 
     The search does not always draw the templates' choices: 16 trials on conv4 1x1 expand b32 g8
     kept a 25.4 us kernel where the untuned template with its k steps unrolled takes 21.8 (H100,
     stop 43); with this, a tuned layer is never slower than its untuned default."""
     tol = algorithms.by_name(wl.algorithm).tolerance
-    found = tvm.s_tir.Schedule(mod)
-    record.trace.apply_to_schedule(found, remove_postproc=False)
-    entries, libs = [("search", found, err)], [site.load(compile_tir(found.mod, target))]
+    entries, libs = [("search", None, err)], [lib]
     for variant in (v for rule in rules for v in rule.untuned_variants()):
         sch = variant.apply(mod["main"], target, False)
         if sch is None:
             continue
         try:
-            lib = site.load(compile_tir(sch.mod, target))
-            v_err = _checked_error(lib, site, arrays, wl, ref)
+            v_lib = site.load(compile_tir(sch.mod, target))
+            v_err = _checked_error(v_lib, site, arrays, wl, ref)
         except Exception as e:  # noqa: BLE001 - a template that does not build here is left out, not fatal
             log.warning("%s %s of %s did not build or run: %s", variant.name, variant.untuned_label(),
                         wl.describe(), e)
             continue
         if v_err <= tol:
             entries.append((f"{variant.name} {variant.untuned_label()}", sch, v_err))
-            libs.append(lib)
+            libs.append(v_lib)
     seconds = _seconds_in_turns(libs, site, arrays, wl) if len(libs) > 1 else [0.0]
     i = int(np.argmin(seconds))
     if i == 0:
-        return record, err, "search"
+        return record, err, "search", lib
     source, sch, v_err = entries[i]
     untuned = ms.database.TuningRecord(sch.trace, record.workload, [seconds[i]], target, record.args_info)
-    return untuned, v_err, source
-
-
-def check_schedule(sch, target, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:
-    """Build `sch`, run it at `site` on `arrays` with a NaN-poisoned output, return the relative error."""
-    return _checked_error(site.load(compile_tir(sch.mod, target)), site, arrays, wl, ref)
+    return untuned, v_err, source, libs[i]
 
 
 def _checked_error(lib, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:

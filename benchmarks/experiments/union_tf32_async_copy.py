@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from tvm import te
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
@@ -41,14 +40,8 @@ ALGORITHM = "union-tf32"
 
 
 def fragment_rounding_module(wl) -> tvm.IRModule:
-    """`wl`'s union-tf32 module with the input rounded at the fragment (as `workload_module` builds
-    the algorithm's own)."""
-    algorithm = algorithms.by_name(ALGORITHM)
-    func = te.create_prim_func(union_tf32_te(wl, round_at="fragment")).with_attr("global_symbol",
-                                                                                algorithms.FUNC_NAME)
-    for key, value in algorithm.func_attrs(wl).items():
-        func = func.with_attr(key, value)
-    return tvm.IRModule({"main": func})
+    """`wl`'s union-tf32 module with the input rounded at the fragment."""
+    return tvm.IRModule({"main": algorithms.prim_func(wl, union_tf32_te(wl, round_at="fragment"))})
 
 
 def pipeline_the_copy(sch) -> None:
@@ -63,11 +56,13 @@ def pipeline_the_copy(sch) -> None:
 def candidates(wl, target):
     """(label, built module, CUDA source): the untuned template, its copy synchronous or async, its
     k steps unrolled (512) or not."""
+    rounded_at_copy = tuning_records.workload_module(wl)["main"]
+    rounded_at_fragment = fragment_rounding_module(wl)["main"]
     for k_unroll in (0, 512):
         rule = CUDAUnionTF32()
         rule.untuned_k_unroll = k_unroll
-        sync = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
-        overlapped = rule.apply(fragment_rounding_module(wl)["main"], target, False)
+        sync = rule.apply(rounded_at_copy, target, False)
+        overlapped = rule.apply(rounded_at_fragment, target, False)
         if sync is None or overlapped is None:
             return
         pipeline_the_copy(overlapped)
