@@ -13,11 +13,13 @@ from .cpu import CPUDirectTile, CPURowTile
 from .cuda_gather import CUDAEllGather, CUDAEllPixels, CUDAEllSharedWeights, CUDAEllSplitK
 from .cuda_nhwc_direct import CUDANhwcDirect, CUDANhwcSplitK
 from .cuda_union_tf32 import CUDAUnionTF32
+from .cuda_union_tf32_async import CUDAUnionTF32Async
 
 __all__ = ["RULES", "RULE_ANNOTATION", "SparseConvRule", "default_rule", "rule_by_name", "rules_for"]
 
 RULES: tuple[SparseConvRule, ...] = (CPUDirectTile(), CPURowTile(), CUDAEllGather(), CUDAEllSharedWeights(), CUDAEllPixels(),
-                                     CUDAEllSplitK(), CUDANhwcDirect(), CUDANhwcSplitK(), CUDAUnionTF32())
+                                     CUDAEllSplitK(), CUDANhwcDirect(), CUDANhwcSplitK(), CUDAUnionTF32(),
+                                     CUDAUnionTF32Async())
 
 
 def rules_for(target: Target, algorithm: str | None = None) -> list[SparseConvRule]:

@@ -28,8 +28,8 @@ from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
 from tvm.tirx.function import IndexMap
 
-from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, SHARED_BYTES,
-                                                   STAGE_ALIGN, X_TF32, gather_region, staged_row_words)
+from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, STAGE_ALIGN, X_TF32,
+                                                   gather_region, staged_row_words, staging_budget)
 
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
@@ -133,7 +133,12 @@ class CUDAUnionTF32(SparseConvRule):
 
         sch.tensorize(p_i, mma.MMA_TF32)
         self._unroll(sch, k_o, K_UNROLL, self.untuned_k_unroll, tunable)
+        self.overlap_staging(sch, x_shared)
         return sch
+
+    def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
+        """Hook for variants that overlap the staging copy (`x_shared`) with the mma; here each
+        chunk's copy, rounded to TF32 as it is stored, completes before its mma."""
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
         """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`) and each
@@ -184,10 +189,10 @@ class CUDAUnionTF32(SparseConvRule):
         k_o, k_i = sch.split(k, factors=[None, K_STEP])
         # A block's tiles and groups are drawn below caps: its staged chunk (16 pixels per tile,
         # rows padded to 4 mod 8 words: 8 tiles x 68 words = 34 KB for chunks of 64, 2 tiles x 260
-        # words = 33 KB for the 1x1 default of 256) fits in
-        # 48 KB of shared memory, and its warps in 1024 threads.
+        # words = 33 KB for the 1x1 default of 256) fits in the algorithm's staging budget
+        # (48 KB of shared memory, half of it per tile where double-buffered), and its warps in 1024 threads.
         row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
-        fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= SHARED_BYTES or t == 1]
+        fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= staging_budget(self.algorithm) or t == 1]
         p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, [16, 8, 4, 2, 1])
         p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])

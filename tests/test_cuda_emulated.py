@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +43,10 @@ def _layer(case, seed: int, algorithm: str):
     w = sparse_kernel(rng, kshape, density)
     k = tsc.SparseKernel.from_dense(w)
     bias = rng.standard_normal(kshape[3]).astype(np.float32) if has_bias else None
-    wl = algorithms.workload_for(k, ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil,
-                                                        has_bias, act), algorithm)
+    layer = ConvWorkload.create(shape, kshape, k.ell_width, strides, padding, dil, has_bias, act)
+    if not algorithms.by_name(algorithm).applies(layer, "cuda"):
+        pytest.skip(f"{algorithm} does not compute this layer")
+    wl = algorithms.workload_for(k, layer, algorithm)
     x = rng.standard_normal(shape).astype(np.float32)
     return w, k, bias, wl, x
 
@@ -418,21 +419,21 @@ def test_warp_shuffles_add_up_across_lanes():
     assert reference.relative_error(sums, a.astype(np.float64).sum(1)) > 1e-2
 
 
-def test_union_tf32_rounded_at_the_fragment_computes_layers():
-    """The input rounded to TF32 as the A fragment is gathered rather than as it is staged
-    (`union_tf32_te(round_at="fragment")`, which lets the staging be a `cp.async` copy,
-    benchmarks/experiments/union_tf32_async_copy.py): the same TF32 accuracy, a KxK and a 1x1 layer."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "union_tf32_async_copy", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_tf32_async_copy.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
-    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
-    for seed, case in enumerate([((2, 20, 20, 40), (3, 3, 40, 32), 0.3, 1, "SAME", 1, True, "relu"),
-                                 ((2, 8, 8, 40), (1, 1, 40, 32), 0.3, 1, "VALID", 1, False, None)]):
-        w, k, bias, wl, x = _layer(case, seed=seed, algorithm=rule.algorithm)
-        sch = rule.apply(experiment.fragment_rounding_module(wl)["main"], TARGET, False)
-        inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
-        err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
-        assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance, (case, err)
+def test_union_tf32_async_copies_land_at_their_wait():
+    """union-tf32-async stages each chunk with cp.async into a double-buffered tile, waiting for a
+    chunk's copies one chunk later (the emulator lands a group of copies only at its wait): right
+    at TF32 accuracy on a layer of two chunks; without the wait, the mma read tiles not yet landed."""
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32-async")
+    w, k, bias, wl, x = _layer(((2, 20, 20, 40), (3, 3, 40, 32), 0.3, 1, "SAME", 1, True, "relu"), 0, rule.algorithm)
+    assert -(-wl.input_shape[3] // wl.chunk) == 2
+    program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
+    assert re.search(r"cp\.async\.cg\.shared\.global \[%0\], \[%1\], %2", program.source)  # 16 bytes a copy
+    err = _error(EmulatedModule(program), inputs, w, wl, bias)
+    assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance
+    wait = "tvm_builtin_ptx_cp_async_wait_group_async_wait_group_1();"
+    assert program.source.count(wait) == 1
+    early = dataclasses.replace(program, source=program.source.replace(wait, ""))
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    EmulatedModule(early)(*inputs, out)
+    assert not reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias)) < 1e-2

@@ -10,7 +10,10 @@ default TIR pipeline needs two changes:
   `let` variable, which `LowerWarpMemory` then rejects ("require positive constant coefficient
   on warp index threadIdx_x"), so it is off for such functions (nvcc eliminates them anyway).
 
-Functions without the attribute go through TVM's default pipeline unchanged.
+Functions marked with `ASYNC_COPY_ATTR` (union-tf32-async) build with `tirx.use_async_copy`: the
+copies of their software pipelines' asynchronous stages become `cp.async`.
+
+Functions without these attributes go through TVM's default pipeline unchanged.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from tvm.tirx import compilation_pipeline
 PIPELINE = "sparseconv"
 #: PrimFunc attribute: the number of warp-scope fragment buffers the schedule may create
 WARP_FRAGMENTS_ATTR = "sparseconv_warp_fragments"
+#: PrimFunc attribute: copies in the asynchronous stages of a software pipeline become `cp.async`
+#: (TVM's `tirx.use_async_copy` for the function's build)
+ASYNC_COPY_ATTR = "sparseconv_async_copy"
 
 
-def _warp_fragments(mod: tvm.IRModule) -> int:
-    counts = [int(f.attrs[WARP_FRAGMENTS_ATTR]) for f in mod.functions.values()
-              if isinstance(f, tirx.PrimFunc) and f.attrs is not None and WARP_FRAGMENTS_ATTR in f.attrs]
-    return max(counts, default=0)
+def _attr_values(mod: tvm.IRModule, key: str) -> list:
+    return [f.attrs[key] for f in mod.functions.values()
+            if isinstance(f, tirx.PrimFunc) and f.attrs is not None and key in f.attrs]
 
 
 def _sparseconv_pipeline(**kwargs):
@@ -37,11 +42,14 @@ def _sparseconv_pipeline(**kwargs):
 
     @tvm.transform.module_pass(opt_level=0, name="sparseconv.Lower")
     def _lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        fragments["n"] = _warp_fragments(mod)
-        if not fragments["n"]:
+        fragments["n"] = max((int(v) for v in _attr_values(mod, WARP_FRAGMENTS_ATTR)), default=0)
+        changes = {"tirx.disable_cse_tir": True} if fragments["n"] else {}
+        if any(bool(v) for v in _attr_values(mod, ASYNC_COPY_ATTR)):
+            changes["tirx.use_async_copy"] = True
+        if not changes:
             return lower(mod)
         ctx = tvm.transform.PassContext.current()
-        config = {**ctx.config, "tirx.disable_cse_tir": True}
+        config = {**ctx.config, **changes}
         with tvm.transform.PassContext(opt_level=ctx.opt_level, config=config, instruments=list(ctx.instruments),
                                        required_pass=list(ctx.required_pass), disabled_pass=list(ctx.disabled_pass)):
             return lower(mod)

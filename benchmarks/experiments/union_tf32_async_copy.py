@@ -1,21 +1,24 @@
-"""union-tf32 with its staging copy as `cp.async`, overlapped with the mma, against the synchronous copy.
+"""union-tf32-async (the staging copy as `cp.async`, overlapped with the mma) against union-tf32's synchronous copy.
 
-The algorithm rounds the input to TF32 as it stages it, so the copy is a computation and each
-chunk's copy (global load, shared store, barrier) waits before that chunk's mma. Rounded at the
-fragment instead (`union_tf32_te(wl, round_at="fragment")`), the staging is a plain copy (zero
-for padding), and TVM's software pipeline on the chunk loop (stages [copy 0, mma 1], the copy an
-async stage, `tirx.use_async_copy`) lowers it to predicated `cp.async` into a double-buffered box:
-the copy of chunk c+1 is in flight while chunk c's mma run. The price: the rounding moves into
-the gather, 2 integer instructions an A element (8 an mma).
+union-tf32 rounds the input to TF32 as it stages it, so the copy is a computation and each
+chunk's copy (global load, shared store, barrier) waits before that chunk's mma. union-tf32-async
+rounds at the fragment instead, so the staging is a plain copy (zero for padding), and TVM's
+software pipeline on the chunk loop (stages [copy 0, mma 1], the copy an async stage) lowers it
+to predicated `cp.async` into a double-buffered tile (each half union-tf32's shared memory, so a
+KxK block may cover fewer rows): the copy of chunk c+1 is in flight while chunk c's mma run. The
+price: the rounding moves into the gather, 2 integer instructions an A element (8 an mma).
 
-For each layer: the untuned template with the synchronous copy and with the async one (each with
-the k steps unrolled or not), checked against float64 on a NaN-poisoned output, then timed (CUDA
-events, median), beside cuDNN TF32. Without a GPU, `--build-only` builds them and counts what the
-CUDA holds.
+For each layer: both algorithms' untuned templates (each with the k steps unrolled or not), checked
+against float64 on a NaN-poisoned output, then timed (CUDA events, median), beside cuDNN TF32.
+Without a GPU, `--build-only` builds them and counts what the CUDA holds.
 
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8,resnet50_conv3_3x3_b32_g8 \\
         --json benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8 --build-only
+
+(The first run, union_tf32_async_copy-nvidia-h100.json, was of the experiment before the
+algorithm existed: the async copy in union-tf32's own tiles, which exceeded 48 KB
+double-buffered on conv2 and conv3 3x3.)
 """
 
 from __future__ import annotations
@@ -31,56 +34,42 @@ import tvm
 
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
-from tvm_sparseconv.algorithms.union_tf32 import X_TF32, union_tf32_te
+from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
+from tvm_sparseconv.schedules.cuda_union_tf32_async import CUDAUnionTF32Async
 from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.workloads import workload_set
 
-ALGORITHM = "union-tf32"
+ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
 
 
-def fragment_rounding_module(wl) -> tvm.IRModule:
-    """`wl`'s union-tf32 module with the input rounded at the fragment."""
-    return tvm.IRModule({"main": algorithms.prim_func(wl, union_tf32_te(wl, round_at="fragment"))})
-
-
-def pipeline_the_copy(sch) -> None:
-    """The chunk loop (the staging copy's enclosing loop `c`) as a two-stage software pipeline
-    whose copy stage is asynchronous."""
-    c = next(lp for lp in sch.get_loops(sch.get_sblock(X_TF32 + "_shared")) if sch.get(lp).loop_var.name == "c")
-    sch.annotate(c, "software_pipeline_stage", [0, 1])
-    sch.annotate(c, "software_pipeline_order", [0, 1])
-    sch.annotate(c, "software_pipeline_async_stages", [0])
-
-
-def candidates(wl, target):
-    """(label, built module, CUDA source): the untuned template, its copy synchronous or async, its
-    k steps unrolled (512) or not."""
-    rounded_at_copy = tuning_records.workload_module(wl)["main"]
-    rounded_at_fragment = fragment_rounding_module(wl)["main"]
+def candidates(kernel, layer, target):
+    """(label, workload, built module, CUDA source, compile seconds): union-tf32's untuned template
+    (synchronous copy) and union-tf32-async's (rounded at the fragment, its copy pipelined as
+    cp.async into a double-buffered tile of half the shared memory), each with its k steps
+    unrolled (512) or not."""
+    workloads = {alg: algorithms.workload_for(kernel, layer, alg) for alg in (ALGORITHM, ASYNC)}
     for k_unroll in (0, 512):
-        rule = CUDAUnionTF32()
-        rule.untuned_k_unroll = k_unroll
-        sync = rule.apply(rounded_at_copy, target, False)
-        overlapped = rule.apply(rounded_at_fragment, target, False)
-        if sync is None or overlapped is None:
-            return
-        pipeline_the_copy(overlapped)
-        for label, sch, config in ((f"sync copy, k unroll {k_unroll}", sync, {}),
-                                   (f"cp.async copy, k unroll {k_unroll}", overlapped, {"tirx.use_async_copy": True})):
+        for label, rule in ((f"sync copy, k unroll {k_unroll}", CUDAUnionTF32()),
+                            (f"cp.async copy, k unroll {k_unroll}", CUDAUnionTF32Async())):
+            rule.untuned_k_unroll = k_unroll
+            wl = workloads[rule.algorithm]
+            sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
+            if sch is None:
+                yield label, wl, None, "the rule declines the layer", 0.0
+                continue
             t0 = time.perf_counter()
             try:
-                with tvm.transform.PassContext(config=config):
-                    lib = compile_tir(sch.mod, target)
-            except Exception as e:  # noqa: BLE001 - recorded, not fatal (e.g. a double buffer over 48 KB)
-                yield label, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0
+                lib = compile_tir(sch.mod, target)
+            except Exception as e:  # noqa: BLE001 - recorded, not fatal
+                yield label, wl, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0
                 continue
             src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
-            yield label, lib, src, time.perf_counter() - t0
+            yield label, wl, lib, src, time.perf_counter() - t0
 
 
 def source_facts(src: str) -> dict:
-    """What the CUDA holds: cp.async calls, barriers, the staged box's words."""
+    """What the CUDA holds: cp.async calls, barriers, the staged tiles' words."""
     shared = re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", src)
     return {"cp_async_calls": len(re.findall(r"ptx_cp_async\w*\(x_tf32", src)),
             "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
@@ -92,30 +81,31 @@ def measure_layer(problem, repeats: int, build_only: bool, rng) -> dict:
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
     w = problem.dense_kernel()
     kernel = tsc.SparseKernel.from_dense(w)
-    wl = problem.workload(kernel, algorithm=ALGORITHM)
+    layer = problem.workload(kernel, algorithm=ALGORITHM)
     row = {"layer": problem.name, "candidates": []}
     if not build_only:
         dev = tvm.cuda(0)
-        x = rng.standard_normal(wl.input_shape, dtype=np.float32)
-        ref = reference.conv2d_f64(x, w, wl)
-        args = [tvm.runtime.tensor(a, dev) for a in [x, *algorithms.pack_weights(wl, kernel)]]
-    for label, lib, src, compile_s in candidates(wl, target):
+        x = rng.standard_normal(layer.input_shape, dtype=np.float32)
+        ref = reference.conv2d_f64(x, w, layer)
+        x_dev = tvm.runtime.tensor(x, dev)
+    for label, wl, lib, src, compile_s in candidates(kernel, layer, target):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
         cand = {"label": label, "compile_s": round(compile_s, 2), **source_facts(src)}
-        if cand["staged_words"] and cand["staged_words"] * 4 > 48 * 1024:
-            cand["error"] = f"{cand['staged_words'] * 4} bytes of static shared memory (48 KB at most)"
-        elif not build_only:
+        if wl.kernel_shape[:2] != (1, 1):
+            cand["block_rows_tiles"] = list(union_tf32.block_tiles(wl))
+        if not build_only:
             fn = lib[algorithms.FUNC_NAME]
+            args = [x_dev, *(tvm.runtime.tensor(a, dev) for a in algorithms.pack_weights(wl, kernel))]
             out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
             fn(*args, out)
             cand["relative_error"] = reference.relative_error(out.numpy(), ref)
-            if cand["relative_error"] <= algorithms.by_name(ALGORITHM).tolerance:
+            if cand["relative_error"] <= algorithms.by_name(wl.algorithm).tolerance:
                 cand["us"] = baselines.cuda_event_median(lambda i: fn(*args, out), repeats) * 1e6
         row["candidates"].append(cand)
     if not build_only:
-        s, y = baselines.cudnn_seconds([x], w, wl, tf32=True, repeats=repeats)
+        s, y = baselines.cudnn_seconds([x], w, layer, tf32=True, repeats=repeats)
         row["cudnn_tf32_us"], row["cudnn_tf32_relative_error"] = s * 1e6, reference.relative_error(y, ref)
     return row
 

@@ -6,6 +6,8 @@
   output pixels staged in shared memory (CUDA).
 - `union_tf32`: TF32 tensor cores (mma.sync) on each group of 8 output channels' union of taps
   (CUDA; `precision="tf32"` only).
+- `union_tf32_async`: union-tf32 with its staging copy as `cp.async` into a double-buffered tile,
+  overlapped with the mma (the input rounded at the fragment; CUDA; `precision="tf32"` only).
 - `register_reuse`: the kernel's values compiled into straight-line code, one FMA per nonzero
   (CUDA, any kernel size within a code-size budget; generated per kernel, not MetaSchedule-scheduled; chosen where its tile record is fastest).
 - `cpu_register_reuse`: the same idea for LLVM CPU targets, vectors along output pixels (generated,
@@ -30,7 +32,8 @@ from tvm import te, tirx
 
 from ..kernel import SparseKernel
 from ..workload import ConvWorkload
-from . import cpu_csr, cpu_register_reuse, csr_split_k, ell_gather, nhwc_direct, register_reuse, union_tf32
+from . import (cpu_csr, cpu_register_reuse, csr_split_k, ell_gather, nhwc_direct, register_reuse, union_tf32,
+               union_tf32_async)
 from .base import CONV, EPILOGUE, Algorithm
 
 __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm", "allowed", "by_name",
@@ -40,7 +43,8 @@ __all__ = ["ALGORITHMS", "CONV", "DEFAULT", "EPILOGUE", "PRECISIONS", "Algorithm
 
 FUNC_NAME = "sparse_conv2d"
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (ell_gather.ALGORITHM, nhwc_direct.ALGORITHM,
-                                                             union_tf32.ALGORITHM, register_reuse.ALGORITHM,
+                                                             union_tf32.ALGORITHM, union_tf32_async.ALGORITHM,
+                                                             register_reuse.ALGORITHM,
                                                              cpu_register_reuse.ALGORITHM, csr_split_k.ALGORITHM,
                                                              cpu_csr.ALGORITHM)}
 #: the algorithm that computes every layer on every target (tune.py's default)

@@ -66,8 +66,20 @@ CHUNK_1X1 = 256
 #: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded)
 #: on ResNet-50's conv2 3x3
 CHUNK_KXK = 32
-#: static shared memory a block's staged tile may take
+#: static shared memory a block's staged tiles may take
 SHARED_BYTES = 48 * 1024
+#: staged tiles a block holds at once, per algorithm of this family: union-tf32-async double-buffers
+#: its tile (the next chunk's copy in flight while this one's mma run), so each tile gets half
+STAGED_TILES = {"union-tf32": 1, "union-tf32-async": 2}
+
+
+def staging_budget(algorithm: str) -> int:
+    """Bytes one staged tile of `algorithm` (union-tf32 or its async variant) may take."""
+    return SHARED_BYTES // STAGED_TILES[algorithm]
+
+
+def _budget(wl: ConvWorkload, budget: int | None) -> int:
+    return budget if budget is not None else staging_budget(wl.algorithm)
 #: most mma tiles a block stages for (its warps x tiles per warp)
 MAX_BLOCK_TILES = 8
 #: function attribute: grid rows and column tiles per block of a KxK layer (`block_tiles`)
@@ -108,45 +120,47 @@ def staged_row_words(chunk: int) -> int:
     return chunk + (offset - chunk) % factor
 
 
-def whole_images(wl: ConvWorkload, chunk: int | None = None) -> bool:
+def whole_images(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> bool:
     """Whether a KxK layer's pixel grid is each image's flattened pixels as one row: where its
     output rows are at most half an mma tile wide (padding each row to 16 pixels would more than
-    double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a block's shared memory
-    (in chunks of `chunk` channels, default the workload's)."""
+    double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a staged tile (in chunks
+    of `chunk` channels, default the workload's; `budget` bytes, default `staging_budget` of the
+    workload's algorithm)."""
     (oh, ow), (gh, gw) = wl.output_hw, wl.gather_hw
     return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
-        gh * gw * staged_row_words(chunk or wl.chunk) * 4 <= SHARED_BYTES)
+        gh * gw * staged_row_words(chunk or wl.chunk) * 4 <= _budget(wl, budget))
 
 
-def pixel_grid(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
+def pixel_grid(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> tuple[int, int]:
     """(rows, columns) of a KxK layer's conv per image: its output rows padded to whole mma tiles
     (the padding columns read zeros and are never stored), or with `whole_images` one row of the
     image's flattened pixels padded so."""
     oh, ow = wl.output_hw
-    if whole_images(wl, chunk):
+    if whole_images(wl, chunk, budget):
         return 1, -(-oh * ow // M_TILE) * M_TILE
     return oh, -(-ow // M_TILE) * M_TILE
 
 
-def block_tiles(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int] | None:
+def block_tiles(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> tuple[int, int] | None:
     """(grid rows, column tiles) a block of a KxK layer computes: a box of the grid, so that its
     staged input is a box TVM's region analysis bounds (a run of flattened pixels across rows
     came out as the whole image). Of the boxes whose tiles (`MAX_BLOCK_TILES`) and staged input
-    (`SHARED_BYTES`, chunks of `chunk` channels, default the workload's) fit: an even number of
+    (`budget`, default `staging_budget`; chunks of `chunk` channels, default the workload's) fit: an even number of
     tiles where one fits (so that a warp can hold two: a loaded tap then serves both, e.g. 2 of
     conv4 3x3's 14 rows rather than 7: 35.8 -> 18 instructions per mma), the most tiles, then the
     least staged input per tile. None where not even one tile's input fits."""
-    rows, cols = pixel_grid(wl, chunk)
+    rows, cols = pixel_grid(wl, chunk, budget)
     tiles = cols // M_TILE
     words = staged_row_words(chunk or wl.chunk)
     (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
-    if whole_images(wl, chunk):
+    budget = _budget(wl, budget)
+    if whole_images(wl, chunk, budget):
         return 1, tiles
     fits = []
     for r in (r for r in range(1, rows + 1) if rows % r == 0):
         for t in (t for t in range(1, tiles + 1) if tiles % t == 0 and r * t <= MAX_BLOCK_TILES):
             staged = ((r - 1) * sh + eh) * ((t * M_TILE - 1) * sw + ew) * words * 4
-            if staged <= SHARED_BYTES:
+            if staged <= budget:
                 fits.append((r * t % 2, -r * t, staged / (r * t), r, t))
     return min(fits)[3:] if fits else None
 
@@ -397,6 +411,8 @@ class UnionTF32(Algorithm):
     name = "union-tf32"
     stage = X_TF32
     precision = "tf32"
+    #: where the input is rounded to TF32 (`ROUND_AT`)
+    round_at = "copy"
 
     def applies(self, wl: ConvWorkload | None, target_kind: str) -> bool:
         """CUDA, Cout a multiple of 8, and for a 1x1 layer N*OH*OW a multiple of 16 (whole mma
@@ -407,13 +423,13 @@ class UnionTF32(Algorithm):
         n, oh, ow, cout = wl.output_shape
         if is_pointwise(wl.kernel_shape):
             return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
-        return cout % GROUP == 0 and block_tiles(wl, chunk_size(wl.kernel_shape)) is not None
+        return cout % GROUP == 0 and block_tiles(wl, chunk_size(wl.kernel_shape), staging_budget(self.name)) is not None
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
         return chunked_format(kernel, chunk_size(kernel.shape))
 
     def te(self, wl: ConvWorkload) -> list[te.Tensor]:
-        return union_tf32_te(wl)
+        return union_tf32_te(wl, self.round_at)
 
     def func_attrs(self, wl: ConvWorkload) -> dict:
         attrs = {WARP_FRAGMENTS_ATTR: 3}  # A, B and C fragments (tir_build lowers each)

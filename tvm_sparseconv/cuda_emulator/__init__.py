@@ -13,7 +13,8 @@ What it shows: that the generated kernels compute the right numbers for the real
 real index arithmetic, bounds checks, barriers, warp shuffles (the lanes of a warp exchange values
 once all its live lanes have arrived), thread-block clusters (a cluster's blocks run together, each
 with its own shared memory; TVM's cluster barrier and distributed shared memory builtins), the TF32
-tensor-core mma (per warp, in PTX's fragment layout) and launch sequence. What it does not: speed,
+tensor-core mma (per warp, in PTX's fragment layout), asynchronous copies (`cp.async`: a copy
+lands in shared memory only at the wait for its group) and launch sequence. What it does not: speed,
 races the two orders do not expose, divergence within a warp. Sources with other inline PTX
 (`asm`) or warp votes are declined (`EmulationUnsupported`). The GPU tests (`tests/test_gpu.py`)
 remain the word on a real device; `tests/test_cuda_emulated.py` runs the CUDA algorithms here.
@@ -41,7 +42,7 @@ CXXFLAGS = ["-std=c++20", "-O1", "-w", "-fno-strict-aliasing"]
 _UNSUPPORTED = re.compile(r"\b(?:__)?asm(?:__)?\s*(?:(?:__)?volatile(?:__)?\s*)?\(|__ballot|__any_sync|__all_sync|cooperative_groups")
 #: what makes a kernel's threads wait for each other (they then run as fibers)
 _COLLECTIVE = re.compile(r"__syncthreads|__shfl|__syncwarp|__activemask|tvm_builtin_cuda_cluster_sync|"
-                         r"tvm_builtin_ptx_ld_shared__cluster|mma\.sync")
+                         r"tvm_builtin_ptx_ld_shared__cluster|mma\.sync|\bptx_cp_async|tvm_builtin_ptx_cp_async")
 #: TVM's device builtins written in PTX that the prelude defines in C++ (their definitions are removed)
 _EMULATED_BUILTINS = ("tvm_builtin_cuda_cvta_generic_to_shared", "tvm_builtin_cuda_cluster_sync",
                       "tvm_builtin_ptx_mapa_u32_shared__cluster_u32", "tvm_builtin_ptx_ld_shared__cluster_f32",
@@ -72,9 +73,43 @@ def _mma_call(m: re.Match) -> str:
     return "emu::mma_m16n8k8_tf32(" + ", ".join(e for _, e in operands) + ");"
 
 
+#: TVM's cp.async helpers: a copy (`ptx_cp_async_*`: its address arithmetic, then one asm statement)
+#: and the group builtins (commit, wait)
+_CP_ASYNC_DEF = re.compile(r"__forceinline__ __device__ void (ptx_cp_async\w*)\(([^)]*)\) \{\n(.*?)\n"
+                           r"  (?:__asm__ __volatile__|asm volatile)\((.*?)\);\n\}\n", re.DOTALL)
+_CP_ASYNC_GROUP_DEF = re.compile(r"__forceinline__ __device__ void (tvm_builtin_ptx_cp_async\w*)\(\) \{\s*"
+                                 r"asm volatile\(\"cp\.async\.(commit_group|wait_all|wait_group (\d+));\"[^;]*;\s*\}\n")
+
+
+def _cp_async_copy(m: re.Match) -> str:
+    """A `ptx_cp_async_*` helper as a call of the prelude's `emu::cp_async` (same address arithmetic)."""
+    name, params, setup, asm = m.groups()
+    size = re.search(r'"n"\((\d+)\)', asm)
+    if not re.search(r"cp\.async\.c[ag]\.shared\.global \[%0\], \[%1\], %2;", asm) or size is None:
+        raise EmulationUnsupported(f"a cp.async helper {name} of another form")
+    if "predicate" not in params:
+        call = f"emu::cp_async(dst_p, src_p, {size.group(1)}, true);"
+    else:
+        if "@p cp.async" not in asm:
+            raise EmulationUnsupported(f"a cp.async helper {name} of another form")
+        zero_fill = "@!p st.shared" in asm
+        call = (f"if (predicate == 1) emu::cp_async(dst_p, src_p, {size.group(1)}, true);"
+                + (f" else emu::cp_async(dst_p, nullptr, {size.group(1)}, false);" if zero_fill else ""))
+    return f"inline void {name}({params}) {{\n{setup}\n  {call}\n}}\n"
+
+
+def _cp_async_group(m: re.Match) -> str:
+    name, what, pending = m.groups()
+    body = {"commit_group": "emu::cp_async_commit();",
+            "wait_all": "emu::cp_async_commit(); emu::cp_async_wait(0);"}.get(what, f"emu::cp_async_wait({pending});")
+    return f"inline void {name}() {{ {body} }}\n"
+
+
 def _emulable(source: str) -> str:
     """`source` with the PTX the prelude emulates replaced: TVM's cluster builtins' definitions
-    removed (the prelude defines them) and the TF32 mma statements made calls."""
+    removed (the prelude defines them), its cp.async helpers made calls of the prelude's
+    asynchronous copies, and the TF32 mma statements made calls."""
+    source = _CP_ASYNC_GROUP_DEF.sub(_cp_async_group, _CP_ASYNC_DEF.sub(_cp_async_copy, source))
     return _MMA_TF32.sub(_mma_call, _BUILTIN_DEF.sub("", source))
 
 

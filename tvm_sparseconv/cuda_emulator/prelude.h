@@ -249,6 +249,45 @@ struct Guarded {
 };
 std::vector<Guarded> buffers;
 const char* running = "";  // the launch in progress
+
+// Asynchronous copies (cp.async): each thread's copies wait in the group it has open until it
+// commits it; cp.async.wait_group N lands every committed group but the N newest, oldest first.
+// The source is read as the copy is issued (its own guarded pages fault then), the shared
+// destination written only when its group lands, so a tile read before its wait sees the NaN or
+// stale words it held.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+  size_t bytes;
+};
+struct AsyncGroups {
+  std::vector<AsyncCopy> open;
+  std::vector<std::vector<AsyncCopy>> committed;
+};
+std::vector<AsyncGroups> async_groups;  // per fiber of the running team
+
+inline void cp_async(void* dst, const void* src, size_t bytes, bool fill) {
+  AsyncCopy c{static_cast<unsigned char*>(dst), {}, bytes};
+  if (bytes > sizeof c.data) {
+    std::fprintf(stderr, "emu: fault in %s: cp.async of %zu bytes\n", running, bytes);
+    std::exit(139);
+  }
+  if (fill) std::memcpy(c.data, src, bytes);  // else the copy's zero fill
+  async_groups[current].open.push_back(c);
+}
+inline void cp_async_commit() {
+  AsyncGroups& g = async_groups[current];
+  g.committed.push_back(std::move(g.open));
+  g.open.clear();
+}
+inline void cp_async_wait(size_t pending) {
+  AsyncGroups& g = async_groups[current];
+  while (g.committed.size() > pending) {
+    for (const AsyncCopy& c : g.committed.front()) std::memcpy(c.dst, c.data, c.bytes);
+    g.committed.erase(g.committed.begin());
+  }
+}
+
 char fault_stack[1 << 16];
 
 void on_fault(int, siginfo_t* info, void*) {
@@ -365,6 +404,7 @@ void launch(const char* name, dim3 grid, dim3 block, dim3 cluster, size_t dyn_by
       fs[i].done = false;
     }
     block_barriers.assign(ranks, Barrier{block_threads, 0, 0});
+    async_groups.assign(n_fibers, AsyncGroups{});
     cluster_barrier = Barrier{n_fibers, 0, 0};
     warps.assign((n_fibers + 31) / 32, Warp{});
     for (long round = 0; cluster_barrier.live > 0; ++round) {

@@ -1,0 +1,31 @@
+"""CUDA design space of "union-tf32-async": union-tf32's (`cuda_union_tf32`), its staging copy a software pipeline.
+
+The chunk loop runs as two stages, [copy 0, mma 1], the copy's stage asynchronous: TVM double-buffers
+the staged tile (each tile within half the shared memory, `union_tf32.STAGED_TILES`) and, with the
+algorithm's `tir_build.ASYNC_COPY_ATTR`, lowers the copy to predicated, zero-filling 16-byte
+`cp.async` (4-byte where the channels do not allow 16), committed per chunk and waited for one chunk
+later: chunk c+1's copy is in flight while chunk c's mma run. The algorithm rounds the input at the
+fragment, so the copy is plain. Everything else (tiles, warps, unrolls, what the tuner draws) is
+union-tf32's.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .cuda_union_tf32 import CUDAUnionTF32
+
+
+class CUDAUnionTF32Async(CUDAUnionTF32):
+    """union-tf32's warps of TF32 mma tiles, each chunk's staging copy in flight during the previous chunk's mma."""
+
+    name = "cuda-union-tf32-async"
+    algorithm = "union-tf32-async"
+
+    def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
+        """The chunk loop (`c`, which holds the copy and the k steps) as a two-stage pipeline whose
+        copy stage is asynchronous."""
+        c = next(lp for lp in sch.get_loops(x_shared) if sch.get(lp).loop_var.name == "c")
+        sch.annotate(c, "software_pipeline_stage", [0, 1])
+        sch.annotate(c, "software_pipeline_order", [0, 1])
+        sch.annotate(c, "software_pipeline_async_stages", [0])
