@@ -99,7 +99,7 @@ class CUDAUnionTF32(SparseConvRule):
         cin = next(int(r.source.shape[-1]) for r in sch.get(x_shared).reads if r.source.name == "x")
         chunk_words = int(sch.get(x_shared).writes[0].source.shape[-1])
         *box, ch = sch.get_loops(x_shared)[-positions - 1:]
-        if positions > 1 and cin % 4 == 0 and chunk_words % 4 == 0:
+        if cin % 4 == 0 and chunk_words % 4 == 0:
             ch, vec = sch.split(ch, factors=[None, 4])
             sch.vectorize(vec)
         copy = sch.fuse(*box, ch)
