@@ -71,6 +71,10 @@ SHARED_BYTES = 48 * 1024
 #: staged tiles a block holds at once, per algorithm of this family: union-tf32-async double-buffers
 #: its tile (the next chunk's copy in flight while this one's mma run), so each tile gets half
 STAGED_TILES = {"union-tf32": 1, "union-tf32-async": 2}
+#: most mma tiles a block stages for (its warps x tiles per warp)
+MAX_BLOCK_TILES = 8
+#: function attribute: grid rows and column tiles per block of a KxK layer (`block_tiles`)
+BLOCK_ATTR = "sparseconv_union_block"
 
 
 def staging_budget(algorithm: str) -> int:
@@ -80,10 +84,6 @@ def staging_budget(algorithm: str) -> int:
 
 def _budget(wl: ConvWorkload, budget: int | None) -> int:
     return budget if budget is not None else staging_budget(wl.algorithm)
-#: most mma tiles a block stages for (its warps x tiles per warp)
-MAX_BLOCK_TILES = 8
-#: function attribute: grid rows and column tiles per block of a KxK layer (`block_tiles`)
-BLOCK_ATTR = "sparseconv_union_block"
 
 
 def round_tf32(bits: np.ndarray) -> np.ndarray:
