@@ -175,6 +175,27 @@ def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
     assert rows * tiles == union_tf32.MAX_BLOCK_TILES
 
 
+def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
+    """union-tf32-async keeps two staged tiles (one chunk's in flight): each KxK block's box, and
+    each 1x1 block's pixels x chunk, fits in half of union-tf32's shared memory, so a block with
+    both fits; on conv3 3x3 that means 4 rows of one column tile instead of 4 x 2, where union-tf32's
+    single box of 4 x 2 takes more than half."""
+    from tvm_sparseconv.workloads import workload_set
+
+    for problem in workload_set("resnet50_network_s90_b32_g8"):
+        if union_tf32.is_pointwise(problem.kernel_shape):
+            continue
+        overlapped = problem.workload(algorithm="union-tf32-async")
+        rows, tiles = union_tf32.block_tiles(overlapped)
+        (eh, ew), (sh, sw) = overlapped.kernel_extent, overlapped.strides
+        box = ((rows - 1) * sh + eh) * ((tiles * union_tf32.M_TILE - 1) * sw + ew) if not union_tf32.whole_images(
+            overlapped) else int(np.prod(overlapped.gather_hw))
+        assert 2 * box * union_tf32.staged_row_words(overlapped.chunk) * 4 <= union_tf32.SHARED_BYTES, problem.name
+    conv3 = workload_set("resnet50_conv3_3x3_b32_g8")[0]
+    assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32")) == (4, 2)
+    assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32-async")) == (4, 1)
+
+
 def _wavefronts(quad: np.ndarray, position_words: int) -> int:
     """Shared-memory wavefronts of one A-fragment load: 8 pixel rows (`position_words` apart) x
     the quad's 4 taps, 32 banks of 4 bytes; a bank serves one distinct address per wavefront."""
