@@ -176,10 +176,10 @@ def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
 
 
 def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
-    """union-tf32-async keeps two staged tiles (one chunk's in flight): each KxK block's box, and
-    each 1x1 block's pixels x chunk, fits in half of union-tf32's shared memory, so a block with
+    """union-tf32-async keeps two staged tiles (one chunk's in flight): each KxK block's box of
+    ResNet-50's block-pruned b32 layers fits in half of union-tf32's shared memory, so a block with
     both fits; on conv3 3x3 that means 4 rows of one column tile instead of 4 x 2, where union-tf32's
-    single box of 4 x 2 takes more than half."""
+    single box of 4 x 2 takes more than half. (The 1x1 rule caps a block's pixels the same way.)"""
     from tvm_sparseconv.workloads import workload_set
 
     for problem in workload_set("resnet50_network_s90_b32_g8"):
