@@ -79,6 +79,8 @@ BLOCK_ATTR = "sparseconv_union_block"
 
 def staging_budget(algorithm: str) -> int:
     """Bytes one staged tile of `algorithm` (union-tf32 or its async variant) may take."""
+    if algorithm not in STAGED_TILES:
+        raise ValueError(f"{algorithm!r} stages no union-tf32 tiles; expected one of {sorted(STAGED_TILES)}")
     return SHARED_BYTES // STAGED_TILES[algorithm]
 
 
