@@ -15,6 +15,7 @@ Without a GPU, `--build-only` builds them and counts what the CUDA holds.
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8,resnet50_conv3_3x3_b32_g8 \\
         --json benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8 --build-only
+    python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_1x1_expand_b32_g8 --chunks 64,128
 
 (The first run, union_tf32_async_copy-nvidia-h100.json, was of the experiment before the
 algorithm existed: the async copy in union-tf32's own tiles, which exceeded 48 KB
@@ -43,15 +44,25 @@ from tvm_sparseconv.workloads import workload_set
 ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
 
 
-def candidates(kernel, layer, target):
+def candidates(kernel, layer, target, chunks=()):
     """(label, workload, built module, CUDA source, compile seconds): union-tf32's untuned template
     (synchronous copy) and union-tf32-async's (rounded at the fragment, its copy pipelined as
     cp.async into a double-buffered tile of half the shared memory), each with its k steps
-    unrolled (512) or not."""
+    unrolled (512) or not; for a 1x1 layer also at each of `chunks` input channels a chunk (a
+    chunk of 256, the default, is the whole input of a layer of Cin <= 256: nothing to overlap)."""
+    widths = [None] + ([c for c in chunks if c < layer.kernel_shape[2]] if union_tf32.is_pointwise(layer.kernel_shape) else [])
+    for chunk in widths:
+        yield from _candidates_at(kernel, layer, target, chunk)
+
+
+def _candidates_at(kernel, layer, target, chunk):
     workloads = {alg: algorithms.workload_for(kernel, layer, alg) for alg in (ALGORITHM, ASYNC)}
+    if chunk:
+        workloads = {alg: wl.with_format(alg, **union_tf32.chunked_format(kernel, chunk)) for alg, wl in workloads.items()}
+    at = f", chunk {chunk}" if chunk else ""
     for k_unroll in (0, 512):
-        for label, rule in ((f"sync copy, k unroll {k_unroll}", CUDAUnionTF32()),
-                            (f"cp.async copy, k unroll {k_unroll}", CUDAUnionTF32Async())):
+        for label, rule in ((f"sync copy, k unroll {k_unroll}{at}", CUDAUnionTF32()),
+                            (f"cp.async copy, k unroll {k_unroll}{at}", CUDAUnionTF32Async())):
             rule.untuned_k_unroll = k_unroll
             wl = workloads[rule.algorithm]
             sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
@@ -75,7 +86,7 @@ def source_facts(src: str) -> dict:
             "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
 
 
-def measure_layer(problem, repeats: int, build_only: bool, rng) -> dict:
+def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=()) -> dict:
     from tvm_sparseconv import baselines, reference
 
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
@@ -88,7 +99,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng) -> dict:
         x = rng.standard_normal(layer.input_shape, dtype=np.float32)
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
-    for label, wl, lib, src, compile_s in candidates(kernel, layer, target):
+    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
@@ -115,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", required=True, help="problem names or workload sets, comma-separated")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--build-only", action="store_true", help="build and count (no GPU needed), do not run")
+    ap.add_argument("--chunks", default="", help="1x1 layers: also these input channels a chunk, comma-separated "
+                    "(e.g. 64,128: several chunks for the async copy to overlap)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -122,7 +135,7 @@ def main(argv=None) -> int:
            "command": "python benchmarks/experiments/union_tf32_async_copy.py " + " ".join(argv or [])}
     rows = []
     for problem in workload_set(args.layers):
-        row = measure_layer(problem, args.repeats, args.build_only, rng)
+        row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c])
         rows.append(row)
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
