@@ -9,10 +9,12 @@ predicated 16-byte `cp.async` into a double-buffered tile: chunk c+1's copy is i
 chunk c's mma run. Each staged tile gets half of union-tf32's shared memory
 (`union_tf32.STAGED_TILES`), so a KxK layer's block may cover fewer output rows.
 
-Same arithmetic, weights, taps and arguments as union-tf32 (`union_tf32.py`); its own workloads
-and tuning records. Measured against union-tf32's synchronous copy on the H100 (untuned, b32 g8,
-`benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json`): conv4 3x3 34.5 -> 30.6 us, the
-stem 63.4 -> 59.1, conv5 3x3 45.4 -> 46.7 (slower); `compile()` takes whichever record is faster.
+Same arithmetic and weights as union-tf32 (`union_tf32.py`; taps are offsets in its own, possibly
+smaller, boxes); its own workloads and tuning records. Against union-tf32's synchronous copy on the
+H100 (untuned, b32 g8, `benchmarks/experiments/union_tf32_async_copy-v2-nvidia-h100.json`), us:
+conv2 3x3 37.7 -> 31.2, conv3 3x3 35.2 -> 28.9, conv4 3x3 34.2 -> 30.7, the stem 63.0 -> 58.8,
+conv5 3x3 45.2 -> 46.3 and conv4 1x1 reduce 17.9 -> 21.8 (slower); `compile()` takes whichever
+record is faster.
 """
 
 from __future__ import annotations
