@@ -99,16 +99,19 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=()) -> di
         x = rng.standard_normal(layer.input_shape, dtype=np.float32)
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
+        weights = {}  # per workload: its algorithm's and chunk width's packed arrays, on the device
     for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
         cand = {"label": label, "compile_s": round(compile_s, 2), **source_facts(src)}
-        if wl.kernel_shape[:2] != (1, 1):
+        if not union_tf32.is_pointwise(wl.kernel_shape):
             cand["block_rows_tiles"] = list(union_tf32.block_tiles(wl))
         if not build_only:
             fn = lib[algorithms.FUNC_NAME]
-            args = [x_dev, *(tvm.runtime.tensor(a, dev) for a in algorithms.pack_weights(wl, kernel))]
+            if wl not in weights:
+                weights[wl] = [tvm.runtime.tensor(a, dev) for a in algorithms.pack_weights(wl, kernel)]
+            args = [x_dev, *weights[wl]]
             out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
             fn(*args, out)
             cand["relative_error"] = reference.relative_error(out.numpy(), ref)

@@ -118,11 +118,10 @@ def generated_workloads_for(kernel: SparseKernel, wl: ConvWorkload, target_kind:
             if a.generated and a.applies(wl, target_kind) and allowed(a, precision)]
 
 
-def prim_func(wl: ConvWorkload, tensors: list[te.Tensor] | None = None) -> tirx.PrimFunc:
-    """The workload as an unscheduled TIR PrimFunc (the unit MetaSchedule tunes and keys on), from
-    its algorithm's TE graph or from `tensors`, another graph of it (an experiment's variant)."""
+def prim_func(wl: ConvWorkload) -> tirx.PrimFunc:
+    """The workload as an unscheduled TIR PrimFunc (the unit MetaSchedule tunes and keys on)."""
     algorithm = by_name(wl.algorithm)
-    func = te.create_prim_func(tensors or algorithm.te(wl)).with_attr("global_symbol", FUNC_NAME)
+    func = te.create_prim_func(algorithm.te(wl)).with_attr("global_symbol", FUNC_NAME)
     for key, value in algorithm.func_attrs(wl).items():
         func = func.with_attr(key, value)
     return func

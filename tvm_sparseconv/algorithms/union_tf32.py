@@ -299,7 +299,7 @@ def grid_pixel(r, q, image: tuple[int, int] | None) -> tuple:
 
 #: where the input is rounded to TF32: as it is staged ("copy", the algorithm's), or as each A
 #: fragment element is gathered ("fragment": the staging is then a plain copy, which TVM can lower
-#: to `cp.async` and overlap with the mma; `benchmarks/experiments/union_tf32_async_copy.py`)
+#: to `cp.async` and overlap with the mma; union-tf32-async's, `union_tf32_async.py`)
 ROUND_AT = ("copy", "fragment")
 
 
