@@ -136,6 +136,10 @@ class CUDAUnionTF32(SparseConvRule):
         self.overlap_staging(sch, x_shared)
         return sch
 
+    def tile_budget(self) -> int:
+        """Bytes a 1x1 layer's staged tile may take (KxK layers: their format's boxes, `block_tiles`)."""
+        return staging_budget(self.algorithm)
+
     def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
         """Hook for variants that overlap the staging copy (`x_shared`) with the mma; here each
         chunk's copy, rounded to TF32 as it is stored, completes before its mma."""
@@ -192,7 +196,9 @@ class CUDAUnionTF32(SparseConvRule):
         # words = 33 KB for the 1x1 default of 256) fits in the algorithm's staging budget
         # (48 KB of shared memory, half of it per tile where double-buffered), and its warps in 1024 threads.
         row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
-        fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= staging_budget(self.algorithm) or t == 1]
+        fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= self.tile_budget()]
+        if not fits:
+            return None
         p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, [16, 8, 4, 2, 1])
         p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from tvm import s_tir
 
+from tvm_sparseconv.algorithms.union_tf32 import SHARED_BYTES, STAGED_TILES
+
 from .cuda_union_tf32 import CUDAUnionTF32
 
 
@@ -21,11 +23,23 @@ class CUDAUnionTF32Async(CUDAUnionTF32):
 
     name = "cuda-union-tf32-async"
     algorithm = "union-tf32-async"
+    #: chunks whose staged tiles are held at once: the copies of the next `stages - 1` chunks are in
+    #: flight while one chunk's mma run. KxK layers: 2 (their format's boxes are sized for it,
+    #: `union_tf32.STAGED_TILES`); 1x1 layers may take more, each tile within 1/stages of the memory
+    stages = STAGED_TILES["union-tf32-async"]
+
+    def tile_budget(self) -> int:
+        return SHARED_BYTES // self.stages
+
+    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
+        if self.stages != STAGED_TILES[self.algorithm]:
+            return None  # the format's boxes fit that many tiles only
+        return super()._tile_rows(sch, blocks, pixels, co, c, k, tunable)
 
     def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
-        """The chunk loop (`c`, which holds the copy and the k steps) as a two-stage pipeline whose
-        copy stage is asynchronous."""
+        """The chunk loop (`c`, which holds the copy and the k steps) as a `stages`-stage pipeline
+        whose copy stage is asynchronous."""
         c = next(lp for lp in sch.get_loops(x_shared) if sch.get(lp).loop_var.name == "c")
-        sch.annotate(c, "software_pipeline_stage", [0, 1])
+        sch.annotate(c, "software_pipeline_stage", [0, self.stages - 1])
         sch.annotate(c, "software_pipeline_order", [0, 1])
         sch.annotate(c, "software_pipeline_async_stages", [0])

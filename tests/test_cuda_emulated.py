@@ -10,6 +10,7 @@ inline PTX, and register-reuse (built through LLVM's NVPTX backend, not TVM's CU
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 import shutil
@@ -437,3 +438,21 @@ def test_union_tf32_async_copies_land_at_their_wait():
     out = np.full(wl.output_shape, np.nan, np.float32)
     EmulatedModule(early)(*inputs, out)
     assert not reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias)) < 1e-2
+
+
+@pytest.mark.parametrize("stages", [3, 4])
+def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
+    """A 1x1 layer of 4 chunks with the async copy `stages` chunks deep: stages - 1 chunks' copies
+    in flight (the wait lets the newest stages - 2 groups be pending), each tile within 1/stages
+    of the shared memory, and right at TF32 accuracy."""
+    rule = copy.copy(next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32-async"))
+    rule.stages = stages
+    w, k, bias, wl, x = _layer(((2, 8, 8, 256), (1, 1, 256, 32), 0.2, 1, "SAME", 1, False, None), 0, rule.algorithm)
+    wl = wl.with_format(rule.algorithm, **union_tf32.chunked_format(k, 64))
+    assert -(-wl.input_shape[3] // wl.chunk) == 4
+    program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    assert f"tvm_builtin_ptx_cp_async_wait_group_async_wait_group_{stages - 2}();" in program.source
+    staged = int(re.search(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source)[1])
+    assert staged * 4 <= union_tf32.SHARED_BYTES and staged % stages == 0
+    err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k)], w, wl, bias)
+    assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance

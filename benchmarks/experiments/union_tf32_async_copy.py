@@ -44,25 +44,31 @@ from tvm_sparseconv.workloads import workload_set
 ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
 
 
-def candidates(kernel, layer, target, chunks=()):
+def candidates(kernel, layer, target, chunks=(), stages=()):
     """(label, workload, built module, CUDA source, compile seconds): union-tf32's untuned template
     (synchronous copy) and union-tf32-async's (rounded at the fragment, its copy pipelined as
     cp.async into a double-buffered tile of half the shared memory), each with its k steps
     unrolled (512) or not; for a 1x1 layer also at each of `chunks` input channels a chunk (a
-    chunk of 256, the default, is the whole input of a layer of Cin <= 256: nothing to overlap)."""
-    widths = [None] + ([c for c in chunks if c < layer.kernel_shape[2]] if union_tf32.is_pointwise(layer.kernel_shape) else [])
+    chunk of 256, the default, is the whole input of a layer of Cin <= 256: nothing to overlap),
+    and the async copy `stages` deep (chunks' tiles held at once, each in 1/stages of the memory)."""
+    pointwise = union_tf32.is_pointwise(layer.kernel_shape)
+    widths = [None] + ([c for c in chunks if c < layer.kernel_shape[2]] if pointwise else [])
     for chunk in widths:
-        yield from _candidates_at(kernel, layer, target, chunk)
+        yield from _candidates_at(kernel, layer, target, chunk, stages if pointwise else ())
 
 
-def _candidates_at(kernel, layer, target, chunk):
+def _candidates_at(kernel, layer, target, chunk, stages=()):
     workloads = {alg: algorithms.workload_for(kernel, layer, alg) for alg in (ALGORITHM, ASYNC)}
     if chunk:
         workloads = {alg: wl.with_format(alg, **union_tf32.chunked_format(kernel, chunk)) for alg, wl in workloads.items()}
     at = f", chunk {chunk}" if chunk else ""
     for k_unroll in (0, 512):
-        for label, rule in ((f"sync copy, k unroll {k_unroll}{at}", CUDAUnionTF32()),
-                            (f"cp.async copy, k unroll {k_unroll}{at}", CUDAUnionTF32Async())):
+        rules = [(f"sync copy, k unroll {k_unroll}{at}", CUDAUnionTF32()),
+                 (f"cp.async copy, k unroll {k_unroll}{at}", CUDAUnionTF32Async())]
+        for depth in stages:
+            rules.append((f"cp.async copy {depth} stages, k unroll {k_unroll}{at}", CUDAUnionTF32Async()))
+            rules[-1][1].stages = depth
+        for label, rule in rules:
             rule.untuned_k_unroll = k_unroll
             wl = workloads[rule.algorithm]
             sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
@@ -86,7 +92,7 @@ def source_facts(src: str) -> dict:
             "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
 
 
-def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=()) -> dict:
+def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=()) -> dict:
     from tvm_sparseconv import baselines, reference
 
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
@@ -100,7 +106,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=()) -> di
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
         weights = {}  # per workload: its algorithm's and chunk width's packed arrays, on the device
-    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks):
+    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks, stages):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
@@ -131,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build and count (no GPU needed), do not run")
     ap.add_argument("--chunks", default="", help="1x1 layers: also these input channels a chunk, comma-separated "
                     "(e.g. 64,128: several chunks for the async copy to overlap)")
+    ap.add_argument("--stages", default="", help="1x1 layers: also the async copy this many chunks deep, comma-"
+                    "separated (e.g. 3,4: each staged tile in a third, a quarter of the shared memory)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -138,7 +146,8 @@ def main(argv=None) -> int:
            "command": "python benchmarks/experiments/union_tf32_async_copy.py " + " ".join(argv or [])}
     rows = []
     for problem in workload_set(args.layers):
-        row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c])
+        row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c],
+                            [int(d) for d in args.stages.split(",") if d])
         rows.append(row)
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
