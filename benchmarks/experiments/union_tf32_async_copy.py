@@ -44,20 +44,21 @@ from tvm_sparseconv.workloads import workload_set
 ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
 
 
-def candidates(kernel, layer, target, chunks=(), stages=()):
+def candidates(kernel, layer, target, chunks=(), stages=(), group_caps=()):
     """(label, workload, built module, CUDA source, compile seconds): union-tf32's untuned template
     (synchronous copy) and union-tf32-async's (rounded at the fragment, its copy pipelined as
     cp.async into a double-buffered tile of half the shared memory), each with its k steps
     unrolled (512) or not; for a 1x1 layer also at each of `chunks` input channels a chunk (a
     chunk of 256, the default, is the whole input of a layer of Cin <= 256: nothing to overlap),
-    and the async copy `stages` deep (chunks' tiles held at once, each in 1/stages of the memory)."""
+    and the async copy `stages` deep (chunks' tiles held at once, each in 1/stages of the memory);
+    at the default chunk also each of `group_caps` groups a block (both copies)."""
     pointwise = union_tf32.is_pointwise(layer.kernel_shape)
     widths = [None] + ([c for c in chunks if c < layer.kernel_shape[2]] if pointwise else [])
     for chunk in widths:
-        yield from _candidates_at(kernel, layer, target, chunk, stages if pointwise else ())
+        yield from _candidates_at(kernel, layer, target, chunk, stages if pointwise else (), () if chunk else group_caps)
 
 
-def _candidates_at(kernel, layer, target, chunk, stages=()):
+def _candidates_at(kernel, layer, target, chunk, stages=(), group_caps=()):
     workloads = {alg: algorithms.workload_for(kernel, layer, alg) for alg in (ALGORITHM, ASYNC)}
     if chunk:
         workloads = {alg: wl.with_format(alg, **union_tf32.chunked_format(kernel, chunk)) for alg, wl in workloads.items()}
@@ -68,6 +69,11 @@ def _candidates_at(kernel, layer, target, chunk, stages=()):
         for depth in stages:
             rules.append((f"cp.async copy {depth} stages, k unroll {k_unroll}{at}", CUDAUnionTF32Async()))
             rules[-1][1].stages = depth
+        for cap in group_caps:
+            for label, rule in ((f"sync copy, {cap} groups a block, k unroll {k_unroll}{at}", CUDAUnionTF32()),
+                                (f"cp.async copy, {cap} groups a block, k unroll {k_unroll}{at}", CUDAUnionTF32Async())):
+                rule.group_cap = cap
+                rules.append((label, rule))
         for label, rule in rules:
             rule.untuned_k_unroll = k_unroll
             wl = workloads[rule.algorithm]
@@ -92,7 +98,7 @@ def source_facts(src: str) -> dict:
             "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
 
 
-def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=()) -> dict:
+def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=(), group_caps=()) -> dict:
     from tvm_sparseconv import baselines, reference
 
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
@@ -106,7 +112,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
         weights = {}  # per workload: its algorithm's and chunk width's packed arrays, on the device
-    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks, stages):
+    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks, stages, group_caps):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
@@ -139,6 +145,8 @@ def main(argv=None) -> int:
                     "(e.g. 64,128: several chunks for the async copy to overlap)")
     ap.add_argument("--stages", default="", help="1x1 layers: also the async copy this many chunks deep, comma-"
                     "separated (e.g. 3,4: each staged tile in a third, a quarter of the shared memory)")
+    ap.add_argument("--group-caps", default="", help="also these most groups of 8 channels a block, comma-separated "
+                    "(e.g. 8,32,64; the templates' is 16): fewer re-reads of the input against fewer blocks")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -147,7 +155,7 @@ def main(argv=None) -> int:
     rows = []
     for problem in workload_set(args.layers):
         row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c],
-                            [int(d) for d in args.stages.split(",") if d])
+                            [int(d) for d in args.stages.split(",") if d], [int(g) for g in args.group_caps.split(",") if g])
         rows.append(row)
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
