@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
 from tvm.tirx.function import IndexMap
@@ -300,3 +300,125 @@ def _lanes_c(sch: s_tir.Schedule, pix, ch, vectorize: bool) -> None:
     sch.bind(sch.fuse(lo, j_hi), "threadIdx.x")
     if vectorize:
         sch.vectorize(j_lo)
+
+
+#: the block of a k step's mma (its iteration values end with group, chunk, k step)
+_MMA_BLOCK = "conv_update_o"
+
+
+def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A scheduled 1x1 union function whose warps skip the k steps past their groups' unions: the body
+    of the k-step loop runs only while ``k_step < max(steps(g, c))`` over the warp's groups g
+    (each read from the packed taps, `union_tf32.skipped_steps_code`; a union as long as K has
+    none, and takes them all). One warp-uniform branch a step: a predicate per group and element
+    cost the k loop 3x its instructions (conv4 1x1 reduce: 252 against 92 per 8 mma, the step
+    counts reloaded per element). Applied by `tir_build` at every build, so tuning records replay
+    unchanged; packing guarantees that skipped steps hold only padding (weight 0), so a result
+    never depends on it. A group's count is gathered as a tap where its warp runs that step: the 1x1
+    gather clamps it into the chunk (tap 0, weight 0); a KxK gather would read it as an offset out
+    of the staged box, so KxK functions (and any without the union's blocks) come back as they are."""
+    if func.attrs is not None and BLOCK_ATTR in func.attrs:
+        return func  # KxK: a step count gathered as a tap would be an offset out of the staged box
+    taps = _read_buffer(func.body, "taps")
+    mma = _realize(func.body, _MMA_BLOCK)
+    if taps is None or mma is None or not isinstance(mma.iter_values[-1], tirx.Var):
+        return func
+    k_pad = int(taps.shape[2])
+    g, c, k_step = list(mma.iter_values)[-3:]
+
+    def steps(group):
+        last = tirx.BufferLoad(taps, [group, c, k_pad - 1])
+        return tirx.Select(last < 0, -last - 1, tirx.const(k_pad // K_STEP, "int32"))
+
+    def visit(s, inner):
+        """`inner`: the loops met under the k-step loop (None above it)."""
+        if isinstance(s, tirx.For):
+            if s.loop_var.same_as(k_step):
+                found = {}
+                body = visit(s.body, found)
+                if "bound" not in found:
+                    return s
+                return tirx.For(s.loop_var, s.min, s.extent, s.kind, tirx.IfThenElse(k_step < found["bound"], body, None),
+                                s.thread_binding, s.annotations, s.step)
+            if inner is not None:
+                inner.setdefault("loops", []).append(s)
+            body = visit(s.body, inner)
+            return s if body.same_as(s.body) else tirx.For(s.loop_var, s.min, s.extent, s.kind, body,
+                                                           s.thread_binding, s.annotations, s.step)
+        if isinstance(s, s_tir.SBlockRealize):
+            if inner is not None and s.block.name_hint == _MMA_BLOCK and s.same_as(mma):
+                inner["bound"] = _max_over(g, [lp for lp in inner.get("loops", []) if _uses(g, lp.loop_var)], steps)
+                return s
+            body = visit(s.block.body, inner)
+            if body.same_as(s.block.body):
+                return s
+            b = s.block
+            return s_tir.SBlockRealize(s.iter_values, s.predicate, s_tir.SBlock(
+                b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers, b.match_buffers, b.annotations))
+        if isinstance(s, tirx.SeqStmt):
+            seq = [visit(x, inner) for x in s.seq]
+            return s if all(a.same_as(b) for a, b in zip(seq, s.seq)) else tirx.SeqStmt(seq)
+        return s
+
+    try:
+        return func.with_body(visit(func.body, None))
+    except _Unsupported:  # an index form the substitution does not know: the function runs all steps
+        return func
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _max_over(expr, loops, f):
+    """max of f(expr) over every value of `loops`' variables (constant extents)."""
+    best = None
+    for values in itertools.product(*(range(int(lp.extent)) for lp in loops)):
+        v = f(_substitute(expr, {lp.loop_var: tirx.const(x, str(lp.loop_var.ty)) for lp, x in zip(loops, values)}))
+        best = v if best is None else tirx.Max(best, v)
+    return best
+
+
+_BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod, tirx.Min, tirx.Max)
+
+
+def _substitute(expr, values: dict):
+    """`expr` (an affine index: + - * // % min max of variables and constants) with variables replaced."""
+    if isinstance(expr, tirx.Var):
+        return next((v for var, v in values.items() if var.same_as(expr)), expr)
+    if isinstance(expr, tirx.IntImm):
+        return expr
+    if isinstance(expr, _BINARY):
+        return type(expr)(_substitute(expr.a, values), _substitute(expr.b, values))
+    raise _Unsupported(type(expr).__name__)
+
+
+def _uses(expr, var) -> bool:
+    if isinstance(expr, tirx.Var):
+        return expr.same_as(var)
+    if isinstance(expr, _BINARY):
+        return _uses(expr.a, var) or _uses(expr.b, var)
+    return False
+
+
+def _realize(stmt, name: str):
+    """The first block realize called `name` under `stmt` (None if none)."""
+    if isinstance(stmt, s_tir.SBlockRealize):
+        return stmt if stmt.block.name_hint == name else _realize(stmt.block.body, name)
+    if isinstance(stmt, tirx.For):
+        return _realize(stmt.body, name)
+    if isinstance(stmt, tirx.SeqStmt):
+        return next((r for r in (_realize(x, name) for x in stmt.seq) if r is not None), None)
+    return None
+
+
+def _read_buffer(stmt, name: str):
+    """The buffer called `name` that a block under `stmt` declares it reads (None if none does)."""
+    if isinstance(stmt, s_tir.SBlockRealize):
+        found = next((r.source for r in stmt.block.reads if r.source.name == name), None)
+        return found if found is not None else _read_buffer(stmt.block.body, name)
+    if isinstance(stmt, tirx.For):
+        return _read_buffer(stmt.body, name)
+    if isinstance(stmt, tirx.SeqStmt):
+        return next((b for b in (_read_buffer(x, name) for x in stmt.seq) if b is not None), None)
+    return None

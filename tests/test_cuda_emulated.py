@@ -456,3 +456,25 @@ def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
     assert staged * 4 <= union_tf32.SHARED_BYTES and staged % stages == 0
     err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k)], w, wl, bias)
     assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance
+
+
+@pytest.mark.parametrize("rule_name", ["cuda-union-tf32", "cuda-union-tf32-async"])
+def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name):
+    """A 1x1 kernel's warps run the k steps of a chunk only while one of their groups' unions
+    lasts, as the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed;
+    told that each union of the chunks where all end early ends a step earlier still, the kernel
+    drops those steps' taps (so it does read the counts)."""
+    rule = next(r for r in rules_for(TARGET) if r.name == rule_name)
+    w, k, bias, wl, x = _layer(((2, 8, 8, 1024), (1, 1, 1024, 32), 0.1, 1, "SAME", 1, False, None), 1, rule.algorithm)
+    program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    weights, taps = algorithms.pack_weights(wl, k)
+    last = taps[..., -1]
+    early = (last < -1).all(axis=0)  # chunks where every group's union ends a step or more before K
+    assert early.any()
+    err = _error(EmulatedModule(program), [x, weights, taps], w, wl, bias)
+    assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance
+    shorter = taps.copy()
+    shorter[:, early, -1] += 1  # one step fewer each
+    out = np.full(wl.output_shape, np.nan, np.float32)
+    EmulatedModule(program)(x, weights, shorter, out)
+    assert not reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias)) < 1e-2

@@ -33,7 +33,7 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from . import algorithms, module_cache, tuning_records, verification
+from . import algorithms, module_cache, tir_build, tuning_records, verification
 from ._warnings import warn_user
 from .module_cache import cache_dir  # noqa: F401 - part of this module's API before module_cache
 from .schedules import default_rule
@@ -156,6 +156,7 @@ def _cache_key(wl: ConvWorkload, target: Target, schedule) -> str:
     blob = json.dumps(
         {
             "tvm": tvm.__version__,
+            "pipeline": tir_build.REVISION,
             "target": str(target),
             "host": str(target.host) if target.host else None,
             "workload": wl.to_json(),

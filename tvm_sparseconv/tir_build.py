@@ -13,6 +13,10 @@ default TIR pipeline needs two changes:
 Functions marked with `ASYNC_COPY_ATTR` (union-tf32-async) build with `tirx.use_async_copy`: the
 copies of their software pipelines' asynchronous stages become `cp.async`.
 
+The union family's functions (those with warp fragments) first skip the k steps their packed taps
+mark as padding (`schedules/cuda_union_tf32.skip_padding_steps`): a build step, not a schedule
+one, so tuning records replay unchanged. `REVISION` names this pipeline's output in cache keys.
+
 Functions without these attributes go through TVM's default pipeline unchanged.
 """
 
@@ -29,11 +33,22 @@ WARP_FRAGMENTS_ATTR = "sparseconv_warp_fragments"
 #: PrimFunc attribute: copies in the asynchronous stages of a software pipeline become `cp.async`
 #: (TVM's `tirx.use_async_copy` for the function's build)
 ASYNC_COPY_ATTR = "sparseconv_async_copy"
+#: what this pipeline makes of a scheduled function, for caches of built modules: bumped whenever
+#: the same schedule builds into other code (2: union functions skip their padding k steps)
+REVISION = 2
 
 
 def _attr_values(mod: tvm.IRModule, key: str) -> list:
     return [f.attrs[key] for f in mod.functions.values()
             if isinstance(f, tirx.PrimFunc) and f.attrs is not None and key in f.attrs]
+
+
+def _skip_padding_steps(mod: tvm.IRModule) -> tvm.IRModule:
+    from .schedules.cuda_union_tf32 import skip_padding_steps  # here: the rules import this module
+
+    funcs = {gv: skip_padding_steps(f) if isinstance(f, tirx.PrimFunc) and f.attrs is not None
+             and WARP_FRAGMENTS_ATTR in f.attrs else f for gv, f in mod.functions.items()}
+    return tvm.IRModule(funcs, attrs=mod.attrs)
 
 
 def _sparseconv_pipeline(**kwargs):
@@ -43,6 +58,8 @@ def _sparseconv_pipeline(**kwargs):
     @tvm.transform.module_pass(opt_level=0, name="sparseconv.Lower")
     def _lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         fragments["n"] = max((int(v) for v in _attr_values(mod, WARP_FRAGMENTS_ATTR)), default=0)
+        if fragments["n"]:
+            mod = _skip_padding_steps(mod)
         changes = {"tirx.disable_cse_tir": True} if fragments["n"] else {}
         if any(bool(v) for v in _attr_values(mod, ASYNC_COPY_ATTR)):
             changes["tirx.use_async_copy"] = True

@@ -10,12 +10,18 @@ price: the rounding moves into the gather, 2 integer instructions an A element (
 
 For each layer: both algorithms' untuned templates (each with the k steps unrolled or not), checked
 against float64 on a NaN-poisoned output, then timed (CUDA events, median), beside cuDNN TF32.
-Without a GPU, `--build-only` builds them and counts what the CUDA holds.
+Without a GPU, `--build-only` builds them and counts what the CUDA holds. Other design choices
+of the two templates, as options: 1x1 layers' chunk width (`--chunks`) and async pipeline depth
+(`--stages`), the most groups a block (`--group-caps`), and for 1x1 layers the same kernels with
+and without the skipping of k steps past each warp's unions (`--skip-ab`: the taps without their
+step counts, `union_tf32.skipped_steps_code`).
 
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8,resnet50_conv3_3x3_b32_g8 \\
         --json benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8 --build-only
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_1x1_expand_b32_g8 --chunks 64,128
+    python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv5_1x1_reduce_b32_g8 --stages 3,4 \
+        --chunks 64,128 --group-caps 8,32 --skip-ab
 
 (The first run, union_tf32_async_copy-nvidia-h100.json, was of the experiment before the
 algorithm existed: the async copy in union-tf32's own tiles, which exceeded 48 KB
@@ -98,7 +104,8 @@ def source_facts(src: str) -> dict:
             "syncthreads": src.count("__syncthreads"), "staged_words": int(shared[0]) if shared else None}
 
 
-def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=(), group_caps=()) -> dict:
+def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=(), group_caps=(),
+                  skip_ab: bool = False) -> dict:
     from tvm_sparseconv import baselines, reference
 
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
@@ -122,13 +129,20 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
         if not build_only:
             fn = lib[algorithms.FUNC_NAME]
             if wl not in weights:
-                weights[wl] = [tvm.runtime.tensor(a, dev) for a in algorithms.pack_weights(wl, kernel)]
-            args = [x_dev, *weights[wl]]
-            out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
-            fn(*args, out)
-            cand["relative_error"] = reference.relative_error(out.numpy(), ref)
-            if cand["relative_error"] <= algorithms.by_name(wl.algorithm).tolerance:
-                cand["us"] = baselines.cuda_event_median(lambda i: fn(*args, out), repeats) * 1e6
+                packed = algorithms.pack_weights(wl, kernel)
+                taps = packed[1].copy()
+                taps[..., -1] = np.maximum(taps[..., -1], 0)  # a step count becomes tap 0 (weight 0 there)
+                weights[wl] = [tvm.runtime.tensor(a, dev) for a in (*packed, taps)]
+            variants = {"": [x_dev, weights[wl][0], weights[wl][1]]}
+            if skip_ab and union_tf32.is_pointwise(wl.kernel_shape):  # the same kernel, its taps
+                # without step counts: it runs all K/8 steps
+                variants["_all_steps"] = [x_dev, weights[wl][0], weights[wl][2]]
+            for suffix, args in variants.items():
+                out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
+                fn(*args, out)
+                cand["relative_error" + suffix] = reference.relative_error(out.numpy(), ref)
+                if cand["relative_error" + suffix] <= algorithms.by_name(wl.algorithm).tolerance:
+                    cand["us" + suffix] = baselines.cuda_event_median(lambda i: fn(*args, out), repeats) * 1e6
         row["candidates"].append(cand)
     if not build_only:
         s, y = baselines.cudnn_seconds([x], w, layer, tf32=True, repeats=repeats)
@@ -147,6 +161,8 @@ def main(argv=None) -> int:
                     "separated (e.g. 3,4: each staged tile in a third, a quarter of the shared memory)")
     ap.add_argument("--group-caps", default="", help="also these most groups of 8 channels a block, comma-separated "
                     "(e.g. 8,32,64; the templates' is 16): fewer re-reads of the input against fewer blocks")
+    ap.add_argument("--skip-ab", action="store_true", help="also time each kernel running all K/8 k steps (its taps "
+                    "without the step counts that let the build skip those past each union)")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -155,7 +171,8 @@ def main(argv=None) -> int:
     rows = []
     for problem in workload_set(args.layers):
         row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c],
-                            [int(d) for d in args.stages.split(",") if d], [int(g) for g in args.group_caps.split(",") if g])
+                            [int(d) for d in args.stages.split(",") if d], [int(g) for g in args.group_caps.split(",") if g],
+                            args.skip_ab)
         rows.append(row)
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
