@@ -97,6 +97,19 @@ def _candidates_at(kernel, layer, target, chunk, stages=(), group_caps=()):
             yield label, wl, lib, src, time.perf_counter() - t0
 
 
+def step_counts(kernel, wl) -> dict:
+    """k steps a (group, chunk) has (K/8) against those its union takes (the rest skippable:
+    `union_tf32.skipped_steps_code`), on average, and the most of each 2 and 4 consecutive groups
+    (a warp runs its groups' most)."""
+    unions = union_tf32.group_unions(kernel, wl.chunk, union_tf32.tap_code(wl))
+    own = np.array([[-(-len(u) // union_tf32.K_STEP) for u in per_chunk] for per_chunk in unions])
+    facts = {"k_steps": wl.ell_width // union_tf32.K_STEP, "own_mean": round(float(own.mean()), 3)}
+    for per_warp in (2, 4):
+        if own.shape[0] % per_warp == 0:
+            facts[f"most_of_{per_warp}_groups_mean"] = round(float(own.reshape(-1, per_warp, own.shape[1]).max(1).mean()), 3)
+    return facts
+
+
 def source_facts(src: str) -> dict:
     """What the CUDA holds: cp.async calls, barriers, the staged tiles' words."""
     shared = re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", src)
@@ -113,6 +126,8 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
     kernel = tsc.SparseKernel.from_dense(w)
     layer = problem.workload(kernel, algorithm=ALGORITHM)
     row = {"layer": problem.name, "candidates": []}
+    if union_tf32.is_pointwise(layer.kernel_shape):
+        row["k_steps"] = step_counts(kernel, algorithms.workload_for(kernel, layer, ASYNC))
     if not build_only:
         dev = tvm.cuda(0)
         x = rng.standard_normal(layer.input_shape, dtype=np.float32)
@@ -177,7 +192,7 @@ def main(argv=None) -> int:
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
         tf32 = f" | cuDNN TF32 {row['cudnn_tf32_us']:.1f} us" if "cudnn_tf32_us" in row else ""
-        print(f"{row['layer']}{tf32}", flush=True)
+        print(f"{row['layer']}{tf32}{' | ' + str(row['k_steps']) if 'k_steps' in row else ''}", flush=True)
         for c in row["candidates"]:
             print("   ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}, flush=True)
         if args.json:  # after every layer, so a run cut short keeps what it measured
