@@ -372,8 +372,10 @@ class _Unsupported(Exception):
 
 def _max_over(expr, loops, f):
     """max of f(expr) over every value of `loops`' variables (constant extents)."""
+    if not all(isinstance(lp.extent, tirx.IntImm) for lp in loops):
+        raise _Unsupported("a loop of the warp's groups without a constant extent")
     best = None
-    for values in itertools.product(*(range(int(lp.extent)) for lp in loops)):
+    for values in itertools.product(*(range(lp.extent.value) for lp in loops)):
         v = f(_substitute(expr, {lp.loop_var: tirx.const(x, str(lp.loop_var.ty)) for lp, x in zip(loops, values)}))
         best = v if best is None else tirx.Max(best, v)
     return best
