@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
@@ -307,24 +308,24 @@ _MMA_BLOCK = "conv_update_o"
 
 
 def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """A scheduled 1x1 union function whose warps skip the k steps past their groups' unions: the body
+    """A scheduled union function whose warps skip the k steps past their groups' unions: the body
     of the k-step loop runs only while ``k_step < max(steps(g, c))`` over the warp's groups g
     (each read from the packed taps, `union_tf32.skipped_steps_code`; a union as long as K has
     none, and takes them all). One warp-uniform branch a step: a predicate per group and element
     cost the k loop 3x its instructions (conv4 1x1 reduce: 252 against 92 per 8 mma, the step
-    counts reloaded per element). Applied by `tir_build` at every build, so tuning records replay
-    unchanged; packing guarantees that skipped steps hold only padding (weight 0), so a result
-    never depends on it. A group's count is gathered as a tap where its warp runs that step: the 1x1
-    gather clamps it into the chunk (tap 0, weight 0); a KxK gather would read it as an offset out
-    of the staged box, so KxK functions (and any without the union's blocks) come back as they are."""
-    if func.attrs is not None and BLOCK_ATTR in func.attrs:
-        return func  # KxK: a step count gathered as a tap would be an offset out of the staged box
+    counts reloaded per element). Where a warp runs a step past a group's own, that group's count
+    is gathered as a tap: KxK gathers get their taps clamped to 0 and above (1x1 gathers clamp
+    them into the chunk already), so it reads the pixel's own position, whose weight there is 0. Applied by `tir_build` at every
+    build, so tuning records replay unchanged; packing guarantees that skipped steps hold only
+    padding, so a result never depends on it. Functions without the union's blocks, or with
+    index forms this does not know, come back as they are."""
     taps = _read_buffer(func.body, "taps")
     mma = _realize(func.body, _MMA_BLOCK)
     if taps is None or mma is None or not isinstance(mma.iter_values[-1], tirx.Var):
         return func
     k_pad = int(taps.shape[2])
     g, c, k_step = list(mma.iter_values)[-3:]
+    kxk = func.attrs is not None and BLOCK_ATTR in func.attrs
 
     def steps(group):
         last = tirx.BufferLoad(taps, [group, c, k_pad - 1])
@@ -337,7 +338,7 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 found = {}
                 body = visit(s.body, found)
                 if "bound" not in found:
-                    return s
+                    raise _Unsupported("no mma under the k-step loop")
                 return tirx.For(s.loop_var, s.min, s.extent, s.kind, tirx.IfThenElse(k_step < found["bound"], body, None),
                                 s.thread_binding, s.annotations, s.step)
             if inner is not None:
@@ -346,13 +347,18 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return s if body.same_as(s.body) else tirx.For(s.loop_var, s.min, s.extent, s.kind, body,
                                                            s.thread_binding, s.annotations, s.step)
         if isinstance(s, s_tir.SBlockRealize):
-            if inner is not None and s.block.name_hint == _MMA_BLOCK and s.same_as(mma):
+            b = s.block
+            if inner is not None and b.name_hint == _MMA_BLOCK and s.same_as(mma):
                 inner["bound"] = _max_over(g, [lp for lp in inner.get("loops", []) if _uses(g, lp.loop_var)], steps)
                 return s
-            body = visit(s.block.body, inner)
-            if body.same_as(s.block.body):
+            if b.name_hint == A_TF32 and kxk:  # (a 1x1 gather clamps its taps into the chunk already)
+                if not isinstance(b.body, tirx.BufferStore):
+                    raise _Unsupported("the gather is not one store")
+                body = tirx.BufferStore(b.body.buffer, _clamped_taps(b.body.value, taps), b.body.indices)
+            else:
+                body = visit(b.body, inner)
+            if body.same_as(b.body):
                 return s
-            b = s.block
             return s_tir.SBlockRealize(s.iter_values, s.predicate, s_tir.SBlock(
                 b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers, b.match_buffers, b.annotations))
         if isinstance(s, tirx.SeqStmt):
@@ -362,7 +368,7 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
 
     try:
         return func.with_body(visit(func.body, None))
-    except _Unsupported:  # an index form the substitution does not know: the function runs all steps
+    except _Unsupported:  # the function runs all steps
         return func
 
 
@@ -392,6 +398,21 @@ def _substitute(expr, values: dict):
         return expr
     if isinstance(expr, _BINARY):
         return type(expr)(_substitute(expr.a, values), _substitute(expr.b, values))
+    raise _Unsupported(type(expr).__name__)
+
+
+def _clamped_taps(expr, taps):
+    """`expr` (the gather's value) with each load of `taps` clamped to 0 and above."""
+    if isinstance(expr, (tirx.Var, tirx.IntImm)):
+        return expr
+    if isinstance(expr, tvm.ir.expr.TensorLoad):  # (what tirx.BufferLoad makes)
+        indices = [_clamped_taps(i, taps) for i in expr.indices]
+        load = tirx.BufferLoad(expr.source, indices)
+        return tirx.Max(load, tirx.const(0, "int32")) if expr.source.same_as(taps) else load
+    if isinstance(expr, (*_BINARY, tirx.BitwiseAnd)):
+        return type(expr)(_clamped_taps(expr.a, taps), _clamped_taps(expr.b, taps))
+    if isinstance(expr, tvm.ir.Call):
+        return tvm.ir.Call(expr.op, [_clamped_taps(a, taps) for a in expr.args], expr.attrs, expr.ty_args, ret_ty=expr.ty)
     raise _Unsupported(type(expr).__name__)
 
 

@@ -459,13 +459,17 @@ def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
 
 
 @pytest.mark.parametrize("rule_name", ["cuda-union-tf32", "cuda-union-tf32-async"])
-def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name):
-    """A 1x1 kernel's warps run the k steps of a chunk only while one of their groups' unions
-    lasts, as the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed;
-    told that each union of the chunks where all end early ends a step earlier still, the kernel
-    drops those steps' taps (so it does read the counts)."""
+@pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), 0.1, 1, "SAME", 1, False, None),
+                                  ((2, 14, 14, 128), (3, 3, 128, 16), 0.05, 1, "SAME", 1, False, None)],
+                         ids=["1x1", "3x3"])
+def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case):
+    """A kernel's warps run the k steps of a chunk only while one of their groups' unions lasts, as
+    the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed (a count
+    gathered as a tap, where a warp runs a step past a group's own, reads the pixel's own position
+    with weight 0); told that each union of the chunks where all end early ends a step earlier
+    still, the kernel drops those steps' taps (so it does read the counts)."""
     rule = next(r for r in rules_for(TARGET) if r.name == rule_name)
-    w, k, bias, wl, x = _layer(((2, 8, 8, 1024), (1, 1, 1024, 32), 0.1, 1, "SAME", 1, False, None), 1, rule.algorithm)
+    w, k, bias, wl, x = _layer(case, 1, rule.algorithm)
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     weights, taps = algorithms.pack_weights(wl, k)
     last = taps[..., -1]

@@ -12,9 +12,9 @@ For each layer: both algorithms' untuned templates (each with the k steps unroll
 against float64 on a NaN-poisoned output, then timed (CUDA events, median), beside cuDNN TF32.
 Without a GPU, `--build-only` builds them and counts what the CUDA holds. Other design choices
 of the two templates, as options: 1x1 layers' chunk width (`--chunks`) and async pipeline depth
-(`--stages`), the most groups a block (`--group-caps`), and for 1x1 layers the same kernels with
-and without the skipping of k steps past each warp's unions (`--skip-ab`: the taps without their
-step counts, `union_tf32.skipped_steps_code`).
+(`--stages`), the most groups a block (`--group-caps`), and the same kernels with and without the
+skipping of k steps past each warp's unions (`--skip-ab`: the taps without their step counts,
+`union_tf32.skipped_steps_code`).
 
     python benchmarks/experiments/union_tf32_async_copy.py --layers resnet50_conv4_3x3_b32_g8,resnet50_conv3_3x3_b32_g8 \\
         --json benchmarks/experiments/union_tf32_async_copy-nvidia-h100.json
@@ -126,8 +126,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
     kernel = tsc.SparseKernel.from_dense(w)
     layer = problem.workload(kernel, algorithm=ALGORITHM)
     row = {"layer": problem.name, "candidates": []}
-    if union_tf32.is_pointwise(layer.kernel_shape):
-        row["k_steps"] = step_counts(kernel, algorithms.workload_for(kernel, layer, ASYNC))
+    row["k_steps"] = step_counts(kernel, algorithms.workload_for(kernel, layer, ASYNC))
     if not build_only:
         dev = tvm.cuda(0)
         x = rng.standard_normal(layer.input_shape, dtype=np.float32)
@@ -149,8 +148,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
                 taps[..., -1] = np.maximum(taps[..., -1], 0)  # a step count becomes tap 0 (weight 0 there)
                 weights[wl] = [tvm.runtime.tensor(a, dev) for a in (*packed, taps)]
             variants = {"": [x_dev, weights[wl][0], weights[wl][1]]}
-            if skip_ab and union_tf32.is_pointwise(wl.kernel_shape):  # the same kernel, its taps
-                # without step counts: it runs all K/8 steps
+            if skip_ab:  # the same kernel, its taps without step counts: it runs all K/8 steps
                 variants["_all_steps"] = [x_dev, weights[wl][0], weights[wl][2]]
             for suffix, args in variants.items():
                 out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)

@@ -39,9 +39,9 @@ Weights are rounded to TF32 when packed. The compiled function's arguments, in o
 x, weights (groups, chunks, K/8, 32, 2), taps (groups, chunks, K), [bias], out.
 Format sizes in the workload: ``ell_width`` = K (the longest union of a group within a chunk,
 padded to 8), ``chunk`` = input channels per chunk. Most (group, chunk)s need fewer than K/8 k
-steps (block-pruned ResNet-50 at 90%: 20-44% fewer on average): for 1x1 layers the packed taps
-say how many each uses (`skipped_steps_code`) and the build lets a warp skip the steps past all
-its groups' (`tir_build`).
+steps (block-pruned ResNet-50 at 90%: 20-44% fewer on average): the packed taps say how many each
+uses (`skipped_steps_code`) and the build lets a warp skip the steps past all its groups'
+(`tir_build`).
 """
 
 from __future__ import annotations
@@ -270,31 +270,30 @@ def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
 
 
 def skipped_steps_code(steps: int) -> int:
-    """The last tap of a 1x1 layer's (group, chunk) whose union takes `steps` k steps of the K/8:
-    -steps - 1 (negative: the gather clamps it to tap 0, whose weight there is 0). The build
-    (`schedules/cuda_union_tf32.skip_padding_steps`) reads it back to skip the rest."""
+    """The last tap of a (group, chunk) whose union takes `steps` k steps of the K/8 there are:
+    -steps - 1 (negative: where it is gathered, the build clamps it to tap 0, whose weight there is
+    0). The build (`schedules/cuda_union_tf32.skip_padding_steps`) reads it back to skip the rest."""
     return -steps - 1
 
 
 def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.ndarray]:
     """(weights (groups, chunks, K/8, 32, 2) in B-fragment order, rounded to TF32; taps (groups,
-    chunks, K)); padding has tap 0 and weight 0. 1x1 layers: each (group, chunk)'s union fills its
-    first ceil(len / 8) k steps; where steps are left after them, its last tap says how many it
-    used (`skipped_steps_code`)."""
+    chunks, K)); padding has tap 0 and weight 0. Each (group, chunk)'s union fills its first
+    ceil(len / 8) k steps; where steps are left after them, its last tap says how many it used
+    (`skipped_steps_code`)."""
     cout = kernel.shape[3]
     chunk, k_pad = wl.chunk, wl.ell_width
     per_kw, per_kh = tap_code(wl)
     unions = group_unions(kernel, chunk, (per_kw, per_kh))
-    pointwise = is_pointwise(wl.kernel_shape)
     dense = kernel.to_dense()  # HWIO
     n_chunks = len(unions[0]) if unions else 1
     weights = np.zeros((len(unions), n_chunks, k_pad, GROUP), np.float32)
     taps = np.zeros((len(unions), n_chunks, k_pad), np.int32)
     for g, per_chunk in enumerate(unions):
         for c, u in enumerate(per_chunk):
-            # 1x1: its union laid out in its own steps only; the steps after it are padding, which
-            # the build skips (`skipped_steps_code`)
-            steps = -(-len(u) // K_STEP) if pointwise else k_pad // K_STEP
+            # its union laid out in its own steps only; the steps after it are padding, which the
+            # build skips (`skipped_steps_code`)
+            steps = -(-len(u) // K_STEP)
             taps[g, c], real = bank_spread(u, k_pad, chunk, used=steps * K_STEP)
             if steps * K_STEP < k_pad:
                 taps[g, c, -1] = skipped_steps_code(steps)
