@@ -39,7 +39,7 @@ Weights are rounded to TF32 when packed. The compiled function's arguments, in o
 x, weights (groups, chunks, K/8, 32, 2), taps (groups, chunks, K), [bias], out.
 Format sizes in the workload: ``ell_width`` = K (the longest union of a group within a chunk,
 padded to 8), ``chunk`` = input channels per chunk. Most (group, chunk)s need fewer than K/8 k
-steps (block-pruned ResNet-50 at 90%: 20-44% fewer on average): the packed taps say how many each
+steps (block-pruned ResNet-50 at 90%: 9-44% fewer on average): the packed taps say how many each
 uses (`skipped_steps_code`) and the build lets a warp skip the steps past all its groups'
 (`tir_build`).
 """
