@@ -213,8 +213,8 @@ def _wavefronts(quad: np.ndarray, position_words: int) -> int:
 
 @pytest.mark.parametrize("layer,most", [
     # sorted taps: 1.75 (ncu: 40% of its wavefronts excess). A union fills only its own steps,
-    # the rest skipped, so less padding is left to fill quads: 1.08 when all K/8 steps ran, 1.25
-    # in its own (0.93x the wavefronts in all); conv3 1x1 reduce 1.02 -> 1.11 (0.97x)
+    # the rest skipped, so less padding is left to fill quads (the bound was 1.1 when all K/8
+    # steps ran)
     ("resnet50_conv4_3x3_b32_g8", 1.3),
     ("resnet50_conv2_3x3_b32_g8", 1.3),
     ("resnet50_conv3_1x1_reduce_b32", 1.15),
