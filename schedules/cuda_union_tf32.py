@@ -319,8 +319,9 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
     build, so tuning records replay unchanged; packing guarantees that skipped steps hold only
     padding, so a result never depends on it. Functions without the union's blocks, or with
     index forms this does not know, come back as they are."""
-    taps = _read_buffer(func.body, "taps")
-    mma = _realize(func.body, _MMA_BLOCK)
+    reader = _first_realize(func.body, lambda r: any(t.source.name == "taps" for t in r.block.reads))
+    taps = next(t.source for t in reader.block.reads if t.source.name == "taps") if reader is not None else None
+    mma = _first_realize(func.body, lambda r: r.block.name_hint == _MMA_BLOCK)
     if taps is None or mma is None or not isinstance(mma.iter_values[-1], tirx.Var):
         return func
     k_pad = int(taps.shape[2])
@@ -348,7 +349,7 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                                                            s.thread_binding, s.annotations, s.step)
         if isinstance(s, s_tir.SBlockRealize):
             b = s.block
-            if inner is not None and b.name_hint == _MMA_BLOCK and s.same_as(mma):
+            if inner is not None and s.same_as(mma):
                 inner["bound"] = _max_over(g, [lp for lp in inner.get("loops", []) if _uses(g, lp.loop_var)], steps)
                 return s
             if b.name_hint == A_TF32 and kxk:  # (a 1x1 gather clamps its taps into the chunk already)
@@ -391,29 +392,29 @@ _BINARY = (tirx.Add, tirx.Sub, tirx.Mul, tirx.FloorDiv, tirx.FloorMod, tirx.Min,
 
 
 def _substitute(expr, values: dict):
-    """`expr` (an affine index: + - * // % min max of variables and constants) with variables replaced."""
-    if isinstance(expr, tirx.Var):
-        return next((v for var, v in values.items() if var.same_as(expr)), expr)
-    if isinstance(expr, tirx.IntImm):
-        return expr
-    if isinstance(expr, _BINARY):
-        return type(expr)(_substitute(expr.a, values), _substitute(expr.b, values))
-    raise _Unsupported(type(expr).__name__)
+    """`expr` (an index) with the variables in `values` replaced."""
+    return _rewritten(expr, lambda e: next((v for var, v in values.items() if var.same_as(e)), e)
+                      if isinstance(e, tirx.Var) else e)
 
 
 def _clamped_taps(expr, taps):
     """`expr` (the gather's value) with each load of `taps` clamped to 0 and above."""
-    if isinstance(expr, (tirx.Var, tirx.IntImm)):
-        return expr
+    return _rewritten(expr, lambda e: tirx.Max(e, tirx.const(0, "int32"))
+                      if isinstance(e, tvm.ir.expr.TensorLoad) and e.source.same_as(taps) else e)
+
+
+def _rewritten(expr, leaf):
+    """`expr` rebuilt bottom-up, each node passed through `leaf` (which returns it or what replaces
+    it); the node kinds of the union's indices and gathers only (others: `_Unsupported`)."""
     if isinstance(expr, tvm.ir.expr.TensorLoad):  # (what tirx.BufferLoad makes)
-        indices = [_clamped_taps(i, taps) for i in expr.indices]
-        load = tirx.BufferLoad(expr.source, indices)
-        return tirx.Max(load, tirx.const(0, "int32")) if expr.source.same_as(taps) else load
-    if isinstance(expr, (*_BINARY, tirx.BitwiseAnd)):
-        return type(expr)(_clamped_taps(expr.a, taps), _clamped_taps(expr.b, taps))
-    if isinstance(expr, tvm.ir.Call):
-        return tvm.ir.Call(expr.op, [_clamped_taps(a, taps) for a in expr.args], expr.attrs, expr.ty_args, ret_ty=expr.ty)
-    raise _Unsupported(type(expr).__name__)
+        expr = tirx.BufferLoad(expr.source, [_rewritten(i, leaf) for i in expr.indices])
+    elif isinstance(expr, (*_BINARY, tirx.BitwiseAnd)):
+        expr = type(expr)(_rewritten(expr.a, leaf), _rewritten(expr.b, leaf))
+    elif isinstance(expr, tvm.ir.Call):
+        expr = tvm.ir.Call(expr.op, [_rewritten(a, leaf) for a in expr.args], expr.attrs, expr.ty_args, ret_ty=expr.ty)
+    elif not isinstance(expr, (tirx.Var, tirx.IntImm)):
+        raise _Unsupported(type(expr).__name__)
+    return leaf(expr)
 
 
 def _uses(expr, var) -> bool:
@@ -424,24 +425,12 @@ def _uses(expr, var) -> bool:
     return False
 
 
-def _realize(stmt, name: str):
-    """The first block realize called `name` under `stmt` (None if none)."""
+def _first_realize(stmt, test):
+    """The first block realize under `stmt` for which `test(realize)` holds (None if none)."""
     if isinstance(stmt, s_tir.SBlockRealize):
-        return stmt if stmt.block.name_hint == name else _realize(stmt.block.body, name)
+        return stmt if test(stmt) else _first_realize(stmt.block.body, test)
     if isinstance(stmt, tirx.For):
-        return _realize(stmt.body, name)
+        return _first_realize(stmt.body, test)
     if isinstance(stmt, tirx.SeqStmt):
-        return next((r for r in (_realize(x, name) for x in stmt.seq) if r is not None), None)
-    return None
-
-
-def _read_buffer(stmt, name: str):
-    """The buffer called `name` that a block under `stmt` declares it reads (None if none does)."""
-    if isinstance(stmt, s_tir.SBlockRealize):
-        found = next((r.source for r in stmt.block.reads if r.source.name == name), None)
-        return found if found is not None else _read_buffer(stmt.block.body, name)
-    if isinstance(stmt, tirx.For):
-        return _read_buffer(stmt.body, name)
-    if isinstance(stmt, tirx.SeqStmt):
-        return next((b for b in (_read_buffer(x, name) for x in stmt.seq) if b is not None), None)
+        return next((r for r in (_first_realize(x, test) for x in stmt.seq) if r is not None), None)
     return None

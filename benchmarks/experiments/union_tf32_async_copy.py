@@ -102,7 +102,7 @@ def step_counts(kernel, wl) -> dict:
     `union_tf32.skipped_steps_code`), on average, and the most of each 2 and 4 consecutive groups
     (a warp runs its groups' most)."""
     unions = union_tf32.group_unions(kernel, wl.chunk, union_tf32.tap_code(wl))
-    own = np.array([[-(-len(u) // union_tf32.K_STEP) for u in per_chunk] for per_chunk in unions])
+    own = np.array([[union_tf32.own_steps(u) for u in per_chunk] for per_chunk in unions])
     facts = {"k_steps": wl.ell_width // union_tf32.K_STEP, "own_mean": round(float(own.mean()), 3)}
     for per_warp in (2, 4):
         if own.shape[0] % per_warp == 0:
@@ -132,7 +132,7 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
         x = rng.standard_normal(layer.input_shape, dtype=np.float32)
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
-        weights = {}  # per workload: its algorithm's and chunk width's packed arrays, on the device
+        weights = {}  # per workload: its packed arrays on the device (and with --skip-ab, the taps without counts)
     for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks, stages, group_caps):
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
@@ -144,13 +144,13 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
             fn = lib[algorithms.FUNC_NAME]
             if wl not in weights:
                 packed = algorithms.pack_weights(wl, kernel)
-                taps = packed[1].copy()
-                taps[..., -1] = np.maximum(taps[..., -1], 0)  # a step count becomes tap 0 (weight 0 there)
-                weights[wl] = [tvm.runtime.tensor(a, dev) for a in (*packed, taps)]
-            variants = {"": [x_dev, weights[wl][0], weights[wl][1]]}
-            if skip_ab:  # the same kernel, its taps without step counts: it runs all K/8 steps
-                variants["_all_steps"] = [x_dev, weights[wl][0], weights[wl][2]]
-            for suffix, args in variants.items():
+                weights[wl] = {"": [tvm.runtime.tensor(a, dev) for a in packed]}
+                if skip_ab:  # the same weights, the taps without step counts: the kernel runs all K/8 steps
+                    taps = packed[1].copy()
+                    taps[..., -1] = np.maximum(taps[..., -1], 0)  # a step count becomes tap 0 (weight 0 there)
+                    weights[wl]["_all_steps"] = [weights[wl][""][0], tvm.runtime.tensor(taps, dev)]
+            for suffix, arrays in weights[wl].items():
+                args = [x_dev, *arrays]
                 out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
                 fn(*args, out)
                 cand["relative_error" + suffix] = reference.relative_error(out.numpy(), ref)
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name
         tf32 = f" | cuDNN TF32 {row['cudnn_tf32_us']:.1f} us" if "cudnn_tf32_us" in row else ""
-        print(f"{row['layer']}{tf32}{' | ' + str(row['k_steps']) if 'k_steps' in row else ''}", flush=True)
+        print(f"{row['layer']}{tf32} | {row['k_steps']}", flush=True)
         for c in row["candidates"]:
             print("   ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in c.items()}, flush=True)
         if args.json:  # after every layer, so a run cut short keeps what it measured

@@ -269,6 +269,11 @@ def chunked_format(kernel: SparseKernel, chunk: int) -> dict:
     return {"ell_width": max(-(-longest // K_STEP) * K_STEP, K_STEP), "chunk": min(chunk, kernel.shape[2])}
 
 
+def own_steps(union) -> int:
+    """k steps a (group, chunk)'s union takes: its taps, 8 a step."""
+    return -(-len(union) // K_STEP)
+
+
 def skipped_steps_code(steps: int) -> int:
     """The last tap of a (group, chunk) whose union takes `steps` k steps of the K/8 there are:
     -steps - 1 (negative: where it is gathered, the build clamps it to tap 0, whose weight there is
@@ -293,7 +298,7 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
         for c, u in enumerate(per_chunk):
             # its union laid out in its own steps only; the steps after it are padding, which the
             # build skips (`skipped_steps_code`)
-            steps = -(-len(u) // K_STEP)
+            steps = own_steps(u)
             taps[g, c], real = bank_spread(u, k_pad, chunk, used=steps * K_STEP)
             if steps * K_STEP < k_pad:
                 taps[g, c, -1] = skipped_steps_code(steps)
