@@ -64,9 +64,15 @@ class CUDAUnionTF32(SparseConvRule):
     #: 37.2, conv2 3x3 37.9 against 47.5 (the same designs drawn as samples in
     #: union_tf32-v8-nvidia-h100.json). 1x1: 4, not measured against 2 as an untuned template
     untuned_group_regs = (2, 4)
-    #: most groups of 8 channels a block holds (each block stages its pixels' input once for
-    #: them all: a layer's input is read groups / group_cap times, from L2)
+    #: most groups of 8 channels a block of the untuned template holds (each block stages its
+    #: pixels' input once for them all: a layer's input is read groups / group_cap times, from L2)
     group_cap = 16
+    #: the same when tuning (the sampled warps x groups a warp of a block stay within it). The
+    #: stop-45 H100 records, drawn within 16, stage 2-16x the input their 1x1 layers read, and
+    #: those layers' times follow the staged bytes (51 MB: 22-30 us, 104 MB: 28-43 us;
+    #: benchmarks/experiments/union_staging_traffic-nvidia-h100-stop45.json); 64 keeps 16 and
+    #: below reachable (more blocks) and lets a block hold a 1x1 layer's groups in one pass
+    tuned_group_cap = 64
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -179,8 +185,9 @@ class CUDAUnionTF32(SparseConvRule):
         sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
         sch.annotate(loop, "pragma_unroll_explicit", 0)
 
-    def _group_caps(self) -> list[int]:
-        return [c for c in (64, 32, 16, 8, 4, 2, 1) if c <= self.group_cap]
+    def _group_caps(self, tunable: bool) -> list[int]:
+        cap = self.tuned_group_cap if tunable else self.group_cap
+        return [c for c in (64, 32, 16, 8, 4, 2, 1) if c <= cap]
 
     def _group_split(self, sch: s_tir.Schedule, g, g_cap: int, tunable: bool, pointwise: bool):
         """A block's `g_cap` groups: [serial, warps, per warp] (sampled when tuning)."""
@@ -206,7 +213,7 @@ class CUDAUnionTF32(SparseConvRule):
         fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= self.tile_budget()]
         if not fits:
             return None
-        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, self._group_caps())
+        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, self._group_caps(tunable))
         p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         if tunable:
@@ -237,7 +244,7 @@ class CUDAUnionTF32(SparseConvRule):
         b, oh, ow = pixels
         n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
         groups = sch.get(co).extent.value // GROUP
-        g_cap = largest_divisor(groups, self._group_caps())
+        g_cap = largest_divisor(groups, self._group_caps(tunable))
         g, j = sch.split(co, factors=[groups, GROUP])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         oh_o, oh_i = sch.split(oh, factors=[n_oh // rows, rows])

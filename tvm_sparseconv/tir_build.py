@@ -33,6 +33,9 @@ WARP_FRAGMENTS_ATTR = "sparseconv_warp_fragments"
 #: PrimFunc attribute: copies in the asynchronous stages of a software pipeline become `cp.async`
 #: (TVM's `tirx.use_async_copy` for the function's build)
 ASYNC_COPY_ATTR = "sparseconv_async_copy"
+#: PrimFunc attribute: False builds a union function without skipping its padding k steps (its
+#: taps must then hold no step counts: `union_tf32.skipped_steps_code`); absent or True, it skips
+SKIP_STEPS_ATTR = "sparseconv_skip_padding_steps"
 #: what this pipeline makes of a scheduled function, for caches of built modules: bumped whenever
 #: the same schedule builds into other code (2: union functions skip their padding k steps)
 REVISION = 2
@@ -47,7 +50,8 @@ def _skip_padding_steps(mod: tvm.IRModule) -> tvm.IRModule:
     from .schedules.cuda_union_tf32 import skip_padding_steps  # here: the rules import this module
 
     funcs = {gv: skip_padding_steps(f) if isinstance(f, tirx.PrimFunc) and f.attrs is not None
-             and WARP_FRAGMENTS_ATTR in f.attrs else f for gv, f in mod.functions.items()}
+             and WARP_FRAGMENTS_ATTR in f.attrs and bool(f.attrs.get(SKIP_STEPS_ATTR, True)) else f
+             for gv, f in mod.functions.items()}
     return tvm.IRModule(funcs, attrs=mod.attrs)
 
 

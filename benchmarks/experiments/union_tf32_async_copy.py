@@ -31,6 +31,7 @@ double-buffered on conv2 and conv3 3x3.)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import re
 import time
@@ -44,10 +45,30 @@ from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
 from tvm_sparseconv.schedules.cuda_union_tf32_async import CUDAUnionTF32Async
-from tvm_sparseconv.tir_build import compile_tir
+from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR, compile_tir
 from tvm_sparseconv.workloads import workload_set
 
 ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
+
+
+def tuned_candidates(kernel, layer, target, records: Path):
+    """(label, workload, built module, CUDA source, compile seconds) of the layer's union records in
+    the tuning-log folder `records`, each algorithm's that has one."""
+    for alg in (ALGORITHM, ASYNC):
+        wl = algorithms.workload_for(kernel, layer, alg)
+        tuned = tuning_records.find_tuned_schedule(wl, target, records)
+        if tuned is not None:
+            t0 = time.perf_counter()
+            lib = compile_tir(tuned.schedule.mod, target)
+            src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+            yield f"tuned record ({alg}, {records.name})", wl, lib, src, time.perf_counter() - t0, tuned.schedule.mod
+
+
+def unguarded(mod: tvm.IRModule, target):
+    """`mod` built without skipping its padding k steps (`tir_build.SKIP_STEPS_ATTR`): the kernel
+    before stop 46, every (group, chunk) running K/8 steps."""
+    funcs = {gv: f.with_attr(SKIP_STEPS_ATTR, False) for gv, f in mod.functions.items()}
+    return compile_tir(tvm.IRModule(funcs, attrs=mod.attrs), target)
 
 
 def candidates(kernel, layer, target, chunks=(), stages=(), group_caps=()):
@@ -91,10 +112,10 @@ def _candidates_at(kernel, layer, target, chunk, stages=(), group_caps=()):
             try:
                 lib = compile_tir(sch.mod, target)
             except Exception as e:  # noqa: BLE001 - recorded, not fatal
-                yield label, wl, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0
+                yield label, wl, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0, None
                 continue
             src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
-            yield label, wl, lib, src, time.perf_counter() - t0
+            yield label, wl, lib, src, time.perf_counter() - t0, sch.mod
 
 
 def step_counts(kernel, wl) -> dict:
@@ -118,7 +139,7 @@ def source_facts(src: str) -> dict:
 
 
 def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stages=(), group_caps=(),
-                  skip_ab: bool = False) -> dict:
+                  skip_ab: bool = False, tuned: Path | None = None, tuned_only: bool = False) -> dict:
     from tvm_sparseconv import baselines, reference
 
     target = targets.cuda_target() if not build_only else targets.cuda_target_for_arch("sm_90")
@@ -133,7 +154,10 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
         ref = reference.conv2d_f64(x, w, layer)
         x_dev = tvm.runtime.tensor(x, dev)
         weights = {}  # per workload: its packed arrays on the device (and with --skip-ab, the taps without counts)
-    for label, wl, lib, src, compile_s in candidates(kernel, layer, target, chunks, stages, group_caps):
+    found = () if tuned_only else candidates(kernel, layer, target, chunks, stages, group_caps)
+    if tuned is not None:
+        found = itertools.chain(tuned_candidates(kernel, layer, target, tuned), found)
+    for label, wl, lib, src, compile_s, mod in found:
         if lib is None:
             row["candidates"].append({"label": label, "error": src})
             continue
@@ -149,7 +173,10 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
                     taps = packed[1].copy()
                     taps[..., -1] = np.maximum(taps[..., -1], 0)  # a step count becomes tap 0 (weight 0 there)
                     weights[wl]["_all_steps"] = [weights[wl][""][0], tvm.runtime.tensor(taps, dev)]
-            for suffix, arrays in weights[wl].items():
+            runs = [(suffix, fn, arrays) for suffix, arrays in weights[wl].items()]
+            if skip_ab:  # and the same schedule built without the skipping (the kernel before stop 46)
+                runs.append(("_unguarded", unguarded(mod, target)[algorithms.FUNC_NAME], weights[wl]["_all_steps"]))
+            for suffix, fn, arrays in runs:
                 args = [x_dev, *arrays]
                 out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
                 fn(*args, out)
@@ -176,6 +203,9 @@ def main(argv=None) -> int:
                     "(e.g. 8,32,64; the templates' is 16): fewer re-reads of the input against fewer blocks")
     ap.add_argument("--skip-ab", action="store_true", help="also time each kernel running all K/8 k steps (its taps "
                     "without the step counts that let the build skip those past each union)")
+    ap.add_argument("--tuned", type=Path, help="also each layer's union records in this tuning-log folder "
+                    "(e.g. tuning_logs/nvidia-h100), first")
+    ap.add_argument("--tuned-only", action="store_true", help="with --tuned: the records only, not the templates")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -185,7 +215,7 @@ def main(argv=None) -> int:
     for problem in workload_set(args.layers):
         row = measure_layer(problem, args.repeats, args.build_only, rng, [int(c) for c in args.chunks.split(",") if c],
                             [int(d) for d in args.stages.split(",") if d], [int(g) for g in args.group_caps.split(",") if g],
-                            args.skip_ab)
+                            args.skip_ab, args.tuned, args.tuned_only)
         rows.append(row)
         if "device" not in env and not args.build_only:
             env["device"] = tvm.cuda(0).device_name

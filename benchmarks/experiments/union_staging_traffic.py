@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Bytes the union kernels stage into shared memory, against their measured time (no GPU needed).
+
+    python benchmarks/experiments/union_staging_traffic.py \\
+        --results benchmarks/results/nvidia-h100-resnet50-network.json --records tuning_logs/nvidia-h100 \\
+        --json benchmarks/experiments/union_staging_traffic-nvidia-h100.json
+
+A union kernel's block stages, chunk by chunk, the input its pixels read once for all its groups
+of 8 output channels; a layer whose groups span several blocks reads its input that many times
+(from L2). For every layer of a network bench whose TF32 mode ran a union algorithm, this
+replays the record that bench used (`--records`, else the untuned template), reads the grid and
+the staged tile from the scheduled function, and prints: blocks, bytes staged in all (blocks x
+tile x chunks) and as times the input the layer reads, its DRAM bytes (input read, packed
+weights, output: the floor),
+the measured time and the staging rate it implies. `--group-caps` adds the untuned template at
+those most groups a block (the rules' `group_cap`) for each layer, staged bytes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+import tvm_sparseconv as tsc
+from tvm_sparseconv import algorithms, targets, tuning_records
+from tvm_sparseconv.algorithms import union_tf32
+from tvm_sparseconv.schedules import rule_by_name
+from tvm_sparseconv.tir_build import compile_tir
+from tvm_sparseconv.workloads import workload_set
+
+ARCH = "sm_90"
+RULES = {"union-tf32": "cuda-union-tf32", "union-tf32-async": "cuda-union-tf32-async"}
+_GRID = re.compile(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)')
+_STAGED = re.compile(r"__shared__ alignas\(\d+\) float x_tf32_shared\w*\[(\d+)\]")
+
+
+def scheduled_facts(mod, wl, rule) -> dict:
+    """Grid, staged tile, bytes staged in all and times the input is staged, of a scheduled
+    union function (built for sm_90: the tile's words are those of the CUDA source)."""
+    blocks = math.prod(int(b) for b in _GRID.findall(mod.script()))
+    lib = compile_tir(mod, targets.cuda_target_for_arch(ARCH))
+    shared = _STAGED.search(next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source())
+    if not blocks or shared is None:
+        raise ValueError("no blockIdx.x binding or x_tf32_shared buffer in the scheduled function")
+    tile_words = int(shared.group(1)) // getattr(rule, "stages", 1)  # async: `stages` tiles at once
+    chunks = -(-wl.input_shape[-1] // wl.chunk)
+    staged = blocks * tile_words * 4 * chunks
+    return {"blocks": blocks, "tile_words": tile_words, "chunks": chunks, "staged_mb": round(staged / 1e6, 2),
+            "input_reads": round(staged / (input_read_words(wl) * 4), 2)}
+
+
+def input_read_words(wl) -> int:
+    """Input words the layer reads: a strided 1x1 layer only its output pixels' positions."""
+    if union_tf32.is_pointwise(wl.kernel_shape):
+        return math.prod(wl.output_shape[:-1]) * wl.input_shape[-1]
+    return math.prod(wl.input_shape)
+
+
+def dram_mb(wl, packed) -> float:
+    """MB of input read, packed weights and taps, and output: what any kernel moves from and to DRAM."""
+    words = input_read_words(wl) + math.prod(wl.output_shape)
+    return round(words * 4 / 1e6 + sum(a.nbytes for a in packed) / 1e6, 2)
+
+
+def layer_row(problem, algorithm: str, records: Path | None, group_caps=()) -> dict:
+    target = targets.cuda_target_for_arch(ARCH)
+    kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
+    wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
+    rule = rule_by_name(RULES[algorithm])
+    tuned = tuning_records.find_tuned_schedule(wl, target, records) if records else None
+    if tuned is not None:
+        how, mod = "tuned", tuned.schedule.mod
+    else:
+        how, mod = "untuned", rule.apply(tuning_records.workload_module(wl)["main"], target, False).mod
+    row = {"layer": problem.name, "algorithm": algorithm, "schedule": how,
+           "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule)}
+    for cap in group_caps:
+        capped = rule_by_name(RULES[algorithm])
+        capped.group_cap = cap
+        sch = capped.apply(tuning_records.workload_module(wl)["main"], target, False)
+        row.setdefault("untuned_by_group_cap", {})[cap] = None if sch is None else scheduled_facts(sch.mod, wl, capped)
+    return row
+
+
+def fit(rows: list[dict]) -> dict | None:
+    """Least-squares time = fixed + staged bytes / rate over `rows` (at least 3)."""
+    if len(rows) < 3:
+        return None
+    staged = np.array([r["staged_mb"] for r in rows])
+    us = np.array([r["measured_us"] for r in rows])
+    slope, fixed = np.polyfit(staged, us, 1)
+    resid = us - (fixed + slope * staged)
+    return {"fixed_us": round(float(fixed), 2), "rate_tb_s": round(float(1 / slope), 2) if slope > 0 else None,
+            "largest_residual_us": round(float(np.abs(resid).max()), 2), "layers": len(rows)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, required=True, help="a network bench's JSON (scripts/bench.py --out)")
+    ap.add_argument("--records", type=Path, help="the tuning-log folder that bench used (default: untuned)")
+    ap.add_argument("--group-caps", default="", help="also the untuned template at these most groups a block, "
+                    "comma-separated (staged bytes only)")
+    ap.add_argument("--json", type=Path, help="write the rows and the fit here")
+    args = ap.parse_args(argv)
+    caps = [int(c) for c in args.group_caps.split(",") if c]
+    bench = json.loads(args.results.read_text())
+    rows = []
+    for point in bench["points"]:
+        mode = point.get("tf32_mode") or {}
+        if mode.get("algorithm") not in RULES:
+            continue
+        (problem,) = workload_set(point["problem"])
+        row = layer_row(problem, mode["algorithm"], args.records, caps)
+        row.update(count=point["count"], measured_us=round(mode["seconds"] * 1e6, 2),
+                   cudnn_tf32_us=round(point["seconds"]["cudnn_tf32"] * 1e6, 2))
+        row["staging_tb_s"] = round(row["staged_mb"] / row["measured_us"], 2)
+        rows.append(row)
+        print(f"{row['layer']:40s} {row['algorithm']:17s} {row['schedule']:7s} blocks {row['blocks']:5d} "
+              f"staged {row['staged_mb']:7.1f} MB ({row['input_reads']:5.2f}x input) DRAM {row['dram_mb']:6.1f} MB "
+              f"{row['measured_us']:6.1f} us ({row['staging_tb_s']:.2f} TB/s) cuDNN TF32 {row['cudnn_tf32_us']:6.1f}"
+              + "".join(f"\n    group cap {c}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB "
+                                                      f"({f['input_reads']:.2f}x)" if f else "declined")
+                        for c, f in row.get("untuned_by_group_cap", {}).items()), flush=True)
+    pointwise = fit([r for r in rows if "1x1" in r["layer"]])
+    if pointwise:
+        print(f"1x1 layers: time = {pointwise['fixed_us']} us + staged / {pointwise['rate_tb_s']} TB/s "
+              f"(largest residual {pointwise['largest_residual_us']} us over {pointwise['layers']} layers)")
+    if args.json:
+        args.json.write_text(json.dumps({"results": str(args.results), "records": str(args.records),
+                                         "device": bench.get("device"), "fit_1x1": pointwise, "layers": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
