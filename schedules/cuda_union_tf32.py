@@ -65,8 +65,16 @@ class CUDAUnionTF32(SparseConvRule):
     #: union_tf32-v8-nvidia-h100.json). 1x1: 4, not measured against 2 as an untuned template
     untuned_group_regs = (2, 4)
     #: most groups of 8 channels a block of the untuned template holds (each block stages its
-    #: pixels' input once for them all: a layer's input is read groups / group_cap times, from L2)
-    group_cap = 16
+    #: pixels' input once for them all: a layer's input is read groups / group_cap times, from L2).
+    #: None: 16 on KxK layers; on 1x1 layers the most of 64, 32, 16 that still leaves
+    #: `untuned_min_blocks` blocks (H100 b32 g8, sync copy, untuned, against 16: conv5 1x1 expand
+    #: at 32 15.7 us against 18.3, conv4 1x1 expand at 64 17.6 against 21.5; conv4 and conv5 1x1
+    #: reduce, whose fewer groups at 32 leave half the blocks, ran slower there: 19.9 against
+    #: 18.5, 29.8 against 26.8; union_tf32_async_copy-v3-1x1-stages-groups-nvidia-h100.json)
+    group_cap: int | None = None
+    #: blocks a 1x1 layer's untuned grid keeps when `group_cap` is None (about 3 per SM of an
+    #: H100's 132; the measured caps above left 392)
+    untuned_min_blocks = 384
     #: the same when tuning (the sampled warps x groups a warp of a block stay within it). The
     #: stop-45 H100 records, drawn within 16, stage 2-16x the input their 1x1 layers read, and
     #: those layers' times follow the staged bytes (51 MB: 22-30 us, 104 MB: 28-43 us;
@@ -185,8 +193,15 @@ class CUDAUnionTF32(SparseConvRule):
         sch.annotate(loop, "pragma_auto_unroll_max_step", steps)
         sch.annotate(loop, "pragma_unroll_explicit", 0)
 
-    def _group_caps(self, tunable: bool) -> list[int]:
+    def _group_caps(self, tunable: bool, pixel_blocks: int | None = None, groups: int = 0) -> list[int]:
+        """Most groups a block may hold, in order of preference (the first dividing the layer's
+        groups is taken); `pixel_blocks`: a 1x1 layer's blocks of pixels (`group_cap` None)."""
         cap = self.tuned_group_cap if tunable else self.group_cap
+        if cap is None:
+            cap = 16
+            if pixel_blocks is not None:
+                cap = next((c for c in (64, 32) if groups % c == 0
+                            and pixel_blocks * (groups // c) >= self.untuned_min_blocks), cap)
         return [c for c in (64, 32, 16, 8, 4, 2, 1) if c <= cap]
 
     def _group_split(self, sch: s_tir.Schedule, g, g_cap: int, tunable: bool, pointwise: bool):
@@ -213,7 +228,8 @@ class CUDAUnionTF32(SparseConvRule):
         fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= self.tile_budget()]
         if not fits:
             return None
-        p_cap, g_cap = largest_divisor(tiles, fits), largest_divisor(groups, self._group_caps(tunable))
+        p_cap = largest_divisor(tiles, fits)
+        g_cap = largest_divisor(groups, self._group_caps(tunable, tiles // p_cap, groups))
         p_outer, p = sch.split(p, factors=[tiles // p_cap, p_cap])
         g_outer, g = sch.split(g, factors=[groups // g_cap, g_cap])
         if tunable:

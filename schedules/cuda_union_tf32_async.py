@@ -27,6 +27,10 @@ class CUDAUnionTF32Async(CUDAUnionTF32):
     #: flight while one chunk's mma run. KxK layers: 2 (their format's boxes are sized for it,
     #: `union_tf32.STAGED_TILES`); 1x1 layers may take more, each tile within 1/stages of the memory
     stages = STAGED_TILES["union-tf32-async"]
+    #: tuning stays within 16 groups a block here: with more, blocks of 32 warps are drawn, and TVM
+    #: 0.27 fails building their cp.async copy (`IdentifyMemCpy`: "Check failed: (eval_vec_)";
+    #: conv5 1x1 reduce b32, 32 warps x 2 groups, 1040 float4s a chunk)
+    tuned_group_cap = 16
 
     def tile_budget(self) -> int:
         return SHARED_BYTES // self.stages

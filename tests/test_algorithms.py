@@ -204,6 +204,42 @@ def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
     assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32-async")) == (4, 1)
 
 
+@pytest.mark.parametrize("layer,per_block", [
+    # measured best of 16, 32, 64 untuned (H100, union_tf32_async_copy-v3-1x1-stages-groups-nvidia-h100.json)
+    ("resnet50_conv5_1x1_expand_b32_g8", 32),
+    ("resnet50_conv4_1x1_expand_b32_g8", 64),
+    # 32 would leave 196 blocks: 16 (conv5 1x1 reduce's 64 groups leave 196 even at 16)
+    ("resnet50_conv4_1x1_reduce_b32_g8", 16),
+    ("resnet50_conv5_1x1_reduce_b32_g8", 16),
+])
+def test_union_tf32_untuned_1x1_blocks_hold_the_most_groups_that_keep_the_grid_full(layer, per_block):
+    """Each block stages its pixels' input once for all its groups, so the untuned 1x1 template
+    holds as many as leave `untuned_min_blocks` blocks (16 where none does); a `group_cap` set
+    overrides it."""
+    import copy
+    import re
+
+    from tvm_sparseconv import SparseKernel, targets, tuning_records
+    from tvm_sparseconv.schedules import rule_by_name
+    from tvm_sparseconv.workloads import workload_set
+
+    (problem,) = workload_set(layer)
+    kernel = SparseKernel.from_dense(problem.dense_kernel())
+    wl = algorithms.workload_for(kernel, problem.workload(kernel), "union-tf32")
+    tiles, groups = int(np.prod(wl.output_shape[:3])) // union_tf32.M_TILE, wl.kernel_shape[-1] // union_tf32.GROUP
+
+    def held(cap=None) -> int:
+        rule = copy.copy(rule_by_name("cuda-union-tf32"))  # the registered rule is shared
+        if cap is not None:
+            rule.group_cap = cap
+        sch = rule.apply(tuning_records.workload_module(wl)["main"], targets.cuda_target_for_arch("sm_90"), False)
+        (blocks,) = re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)', sch.mod.script())
+        return groups * (tiles // 2) // int(blocks)  # 2 tiles a block: a chunk of 256 at 16 pixels fits twice in 48 KB
+
+    assert held() == per_block
+    assert held(cap=8) == 8
+
+
 def _wavefronts(quad: np.ndarray, position_words: int) -> int:
     """Shared-memory wavefronts of one A-fragment load: 8 pixel rows (`position_words` apart) x
     the quad's 4 taps, 32 banks of 4 bytes; a bank serves one distinct address per wavefront."""

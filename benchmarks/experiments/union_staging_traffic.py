@@ -19,6 +19,7 @@ those most groups a block (the rules' `group_cap`) for each layer, staged bytes 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -80,7 +81,7 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=()) -> d
     row = {"layer": problem.name, "algorithm": algorithm, "schedule": how,
            "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule)}
     for cap in group_caps:
-        capped = rule_by_name(RULES[algorithm])
+        capped = copy.copy(rule)  # the registered rule is shared
         capped.group_cap = cap
         sch = capped.apply(tuning_records.workload_module(wl)["main"], target, False)
         row.setdefault("untuned_by_group_cap", {})[cap] = None if sch is None else scheduled_facts(sch.mod, wl, capped)
