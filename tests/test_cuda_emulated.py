@@ -462,13 +462,16 @@ def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
 @pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), 0.1, 1, "SAME", 1, False, None),
                                   ((2, 14, 14, 128), (3, 3, 128, 16), 0.05, 1, "SAME", 1, False, None)],
                          ids=["1x1", "3x3"])
-def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case):
+@pytest.mark.parametrize("k_unroll", [0, 512], ids=["k-loop", "k-unrolled"])
+def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_unroll):
     """A kernel's warps run the k steps of a chunk only while one of their groups' unions lasts, as
     the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed (a count
     gathered as a tap, where a warp runs a step past a group's own, reads the pixel's own position
     with weight 0); told that each union of the chunks where all end early ends a step earlier
-    still, the kernel drops those steps' taps (so it does read the counts)."""
-    rule = next(r for r in rules_for(TARGET) if r.name == rule_name)
+    still, the kernel drops those steps' taps (so it does read the counts). An unrolled k loop's
+    KxK gather clamps only the count's position."""
+    rule = copy.copy(next(r for r in rules_for(TARGET) if r.name == rule_name))
+    rule.untuned_k_unroll = k_unroll
     w, k, bias, wl, x = _layer(case, 1, rule.algorithm)
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     weights, taps = algorithms.pack_weights(wl, k)

@@ -26,10 +26,12 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import tvm
+
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.schedules import rule_by_name
-from tvm_sparseconv.tir_build import compile_tir
+from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR, compile_tir
 from tvm_sparseconv.workloads import workload_set
 
 ALGORITHM = "union-tf32"
@@ -72,29 +74,36 @@ def loops(instrs: list[tuple[int, str, str]]) -> list[dict]:
     return out
 
 
-def layer_kernel_source(name: str, untuned: bool, rule=None) -> tuple[str, str]:
-    """(how it was scheduled, CUDA source) of the layer's union-tf32 kernel for sm_90 (`rule`: the
-    template to use where there is no record or `untuned`, default the rule's own)."""
+def layer_kernel_source(name: str, untuned: bool, rule=None, records: Path = RECORDS, algorithm: str = ALGORITHM,
+                        skip_steps: bool = True) -> tuple[str, str]:
+    """(how it was scheduled, CUDA source) of the layer's `algorithm` kernel for sm_90: its record
+    in `records` unless `untuned` (`rule`: the template to use where there is no record or
+    `untuned`, default the algorithm's own); `skip_steps` False builds it without skipping the
+    padding k steps (`tir_build.SKIP_STEPS_ATTR`)."""
     (problem,) = workload_set(name)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
-    wl = algorithms.workload_for(kernel, problem.workload(kernel), ALGORITHM)
+    wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
     target = targets.cuda_target_for_arch(ARCH)
-    tuned = None if untuned else tuning_records.find_tuned_schedule(wl, target, RECORDS)
+    tuned = None if untuned else tuning_records.find_tuned_schedule(wl, target, records)
     if tuned is not None:
-        how, mod = "tuned record (tuning_logs/nvidia-h200)", tuned.schedule.mod
+        how, mod = f"tuned record ({records.name})", tuned.schedule.mod
     else:
-        rule = rule or rule_by_name("cuda-union-tf32")
+        rule = rule or rule_by_name(f"cuda-{algorithm}")
         sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
         if sch is None:
             raise SystemExit(f"{name}: the union-tf32 rule declines this layer")
         how, mod = f"{rule.untuned_label()} template", sch.mod
+    if not skip_steps:
+        how += ", all k steps"
+        mod = tvm.IRModule({gv: f.with_attr(SKIP_STEPS_ATTR, False) for gv, f in mod.functions.items()}, attrs=mod.attrs)
     lib = compile_tir(mod, target)
     return how, next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
 
 
-def count_layer(name: str, untuned: bool, cuobjdump: str, rule=None) -> dict:
-    """The layer's union-tf32 kernel for sm_90: its loops, and the k-step loop's instructions per mma."""
-    how, src = layer_kernel_source(name, untuned, rule)
+def count_layer(name: str, untuned: bool, cuobjdump: str, rule=None, **source) -> dict:
+    """The layer's union kernel for sm_90 (`source`: `layer_kernel_source`'s options): its loops,
+    and the k-step loop's instructions per mma."""
+    how, src = layer_kernel_source(name, untuned, rule, **source)
     with tempfile.TemporaryDirectory() as tmp:
         cu, cubin = Path(tmp) / "k.cu", Path(tmp) / "k.cubin"
         cu.write_text(src)
@@ -115,13 +124,17 @@ def main(argv=None) -> int:
     ap.add_argument("--untuned", action="store_true", help="the untuned template even where a record exists")
     ap.add_argument("--cuobjdump", default=find_cuobjdump(),
                     help="cuobjdump to disassemble with (default: on PATH, or nvidia-cuda-cuobjdump's)")
+    ap.add_argument("--records", type=Path, default=RECORDS, help="tuning-log folder of the records (default: %(default)s)")
+    ap.add_argument("--algorithm", default=ALGORITHM, choices=["union-tf32", "union-tf32-async"])
+    ap.add_argument("--all-steps", action="store_true", help="build without skipping the padding k steps")
     ap.add_argument("--json", type=Path, help="write the rows here")
     args = ap.parse_args(argv)
     if not args.cuobjdump or shutil.which("nvcc") is None:
         ap.error("needs nvcc on PATH and a cuobjdump (--cuobjdump; PyPI: nvidia-cuda-cuobjdump)")
     rows = []
     for problem in workload_set(args.layers):
-        row = count_layer(problem.name, args.untuned, args.cuobjdump)
+        row = count_layer(problem.name, args.untuned, args.cuobjdump, records=args.records, algorithm=args.algorithm,
+                          skip_steps=not args.all_steps)
         rows.append(row)
         k = row["k_loop"]
         print(f"{row['layer']} ({row['kernel']}): {row['instructions']} instructions; k-step loop "
