@@ -336,7 +336,8 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
     (each read from the packed taps, `union_tf32.skipped_steps_code`; a union as long as K has
     none, and takes them all). One warp-uniform branch a step: a predicate per group and element
     cost the k loop 3x its instructions (conv4 1x1 reduce: 252 against 92 per 8 mma, the step
-    counts reloaded per element). Where a warp runs a step past a group's own, that group's count
+    counts reloaded per element). KxK functions whose k loop the schedule unrolls whole keep all
+    their steps (there the guard cost more than it saved). Where a warp runs a step past a group's own, that group's count
     is gathered as a tap: KxK gathers get their taps clamped to 0 and above (1x1 gathers clamp
     them into the chunk already), so it reads the pixel's own position, whose weight there is 0. Applied by `tir_build` at every
     build, so tuning records replay unchanged; packing guarantees that skipped steps hold only
@@ -363,8 +364,16 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 body = visit(s.body, found)
                 if "bound" not in found:
                     raise _Unsupported("no mma under the k-step loop")
-                return tirx.For(s.loop_var, s.min, s.extent, s.kind, tirx.IfThenElse(k_step < found["bound"], body, None),
-                                s.thread_binding, s.annotations, s.step)
+                if kxk and found["unrolled"]:
+                    # an unrolled KxK k loop runs all its steps: guarded, the H100 records' k
+                    # loops took 27-41% more instructions (per-step branches and warp syncs, the
+                    # address arithmetic redone per step) and 6 of 7 such layers ran 4-15% slower
+                    # in the network bench (union_tf32.md, stop 47); its gather still clamps the
+                    # count's position
+                    guarded = body
+                else:
+                    guarded = tirx.IfThenElse(k_step < found["bound"], body, None)
+                return tirx.For(s.loop_var, s.min, s.extent, s.kind, guarded, s.thread_binding, s.annotations, s.step)
             if inner is not None:
                 inner.setdefault("loops", []).append(s)
             body = visit(s.body, inner)

@@ -468,8 +468,9 @@ def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_u
     the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed (a count
     gathered as a tap, where a warp runs a step past a group's own, reads the pixel's own position
     with weight 0); told that each union of the chunks where all end early ends a step earlier
-    still, the kernel drops those steps' taps (so it does read the counts). An unrolled k loop's
-    KxK gather clamps only the count's position."""
+    still, the kernel drops those steps' taps (so it does read the counts). A KxK kernel whose k
+    loop is unrolled runs all steps instead (its gather clamping the counts' position): the
+    shortened counts change nothing there."""
     rule = copy.copy(next(r for r in rules_for(TARGET) if r.name == rule_name))
     rule.untuned_k_unroll = k_unroll
     w, k, bias, wl, x = _layer(case, 1, rule.algorithm)
@@ -484,4 +485,8 @@ def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_u
     shorter[:, early, -1] += 1  # one step fewer each
     out = np.full(wl.output_shape, np.nan, np.float32)
     EmulatedModule(program)(x, weights, shorter, out)
-    assert not reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias)) < 1e-2
+    err = reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias))
+    if k_unroll and not union_tf32.is_pointwise(wl.kernel_shape):
+        assert err <= algorithms.by_name(wl.algorithm).tolerance
+    else:
+        assert not err < 1e-2

@@ -37,8 +37,9 @@ ASYNC_COPY_ATTR = "sparseconv_async_copy"
 #: taps must then hold no step counts: `union_tf32.skipped_steps_code`); absent or True, it skips
 SKIP_STEPS_ATTR = "sparseconv_skip_padding_steps"
 #: what this pipeline makes of a scheduled function, for caches of built modules: bumped whenever
-#: the same schedule builds into other code (2: union functions skip their padding k steps)
-REVISION = 2
+#: the same schedule builds into other code (2: union functions skip their padding k steps; 3: but
+#: not in unrolled KxK k loops)
+REVISION = 3
 
 
 def _attr_values(mod: tvm.IRModule, key: str) -> list:
