@@ -32,6 +32,8 @@ from tvm.tirx.function import IndexMap
 from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, STAGE_ALIGN, X_TF32,
                                                    gather_region, staged_row_words, staging_budget)
 
+from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
+
 from . import mma_tf32 as mma
 from .common import SparseConvBlocks, SparseConvRule, largest_divisor
 from .cuda_gather import _read_index
@@ -151,6 +153,8 @@ class CUDAUnionTF32(SparseConvRule):
 
         sch.tensorize(p_i, mma.MMA_TF32)
         self._unroll(sch, k_o, K_UNROLL, self.untuned_k_unroll, tunable)
+        if tunable:  # whether the build skips the padding k steps (`skip_padding_steps`): tuning times both
+            sch.annotate(k_o, SKIP_STEPS_ATTR, sch.sample_categorical([0, 1], [0.5, 0.5]))
         self.overlap_staging(sch, x_shared)
         return sch
 
@@ -337,7 +341,8 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
     none, and takes them all). One warp-uniform branch a step: a predicate per group and element
     cost the k loop 3x its instructions (conv4 1x1 reduce: 252 against 92 per 8 mma, the step
     counts reloaded per element). KxK functions whose k loop the schedule unrolls whole keep all
-    their steps (there the guard cost more than it saved). Where a warp runs a step past a group's own, that group's count
+    their steps (there the guard cost more than it saved), unless the loop's `SKIP_STEPS_ATTR`
+    annotation (drawn by tuning) says otherwise; 0 there keeps any function's steps. Where a warp runs a step past a group's own, that group's count
     is gathered as a tap: KxK gathers get their taps clamped to 0 and above (1x1 gathers clamp
     them into the chunk already), so it reads the pixel's own position, whose weight there is 0. Applied by `tir_build` at every
     build, so tuning records replay unchanged; packing guarantees that skipped steps hold only
@@ -364,16 +369,16 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 body = visit(s.body, found)
                 if "bound" not in found:
                     raise _Unsupported("no mma under the k-step loop")
-                if kxk and found["unrolled"]:
-                    # an unrolled KxK k loop runs all its steps: guarded, the H100 records' k
-                    # loops took 27-41% more instructions (per-step branches and warp syncs, the
-                    # address arithmetic redone per step) and 6 of 7 such layers ran 4-15% slower
-                    # in the network bench (union_tf32.md, stop 47); its gather still clamps the
-                    # count's position
-                    guarded = body
-                else:
-                    guarded = tirx.IfThenElse(k_step < found["bound"], body, None)
-                return tirx.For(s.loop_var, s.min, s.extent, s.kind, guarded, s.thread_binding, s.annotations, s.step)
+                annotations = dict(s.annotations) if s.annotations is not None else {}
+                chosen = annotations.pop(SKIP_STEPS_ATTR, None)  # drawn by tuning (records since stop 47)
+                # otherwise an unrolled KxK k loop runs all its steps: guarded, the H100 records'
+                # k loops took 27-41% more instructions (per-step branches and warp syncs, the
+                # address arithmetic redone per step) and 6 of 7 such layers ran 4-15% slower in
+                # the network bench (union_tf32.md, stop 47); its gather still clamps the count's
+                # position
+                skip = bool(int(chosen)) if chosen is not None else not (kxk and found["unrolled"])
+                guarded = tirx.IfThenElse(k_step < found["bound"], body, None) if skip else body
+                return tirx.For(s.loop_var, s.min, s.extent, s.kind, guarded, s.thread_binding, annotations, s.step)
             if inner is not None:
                 inner.setdefault("loops", []).append(s)
             body = visit(s.body, inner)

@@ -23,6 +23,7 @@ from tvm_sparseconv import algorithms, reference, targets, tile_records, tuning_
 from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, EmulationUnsupported, emulate, lower
 from tvm_sparseconv.schedules import rules_for
+from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import random_pruned_kernel, workload_set
@@ -463,18 +464,24 @@ def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
                                   ((2, 14, 14, 128), (3, 3, 128, 16), 0.05, 1, "SAME", 1, False, None)],
                          ids=["1x1", "3x3"])
 @pytest.mark.parametrize("k_unroll", [0, 512], ids=["k-loop", "k-unrolled"])
-def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_unroll):
+@pytest.mark.parametrize("chosen", [None, 0, 1], ids=["by-policy", "drawn-0", "drawn-1"])
+def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_unroll, chosen):
     """A kernel's warps run the k steps of a chunk only while one of their groups' unions lasts, as
     the packed taps count them (`skip_padding_steps`): right at TF32 accuracy as packed (a count
     gathered as a tap, where a warp runs a step past a group's own, reads the pixel's own position
     with weight 0); told that each union of the chunks where all end early ends a step earlier
     still, the kernel drops those steps' taps (so it does read the counts). A KxK kernel whose k
     loop is unrolled runs all steps instead (its gather clamping the counts' position): the
-    shortened counts change nothing there."""
+    shortened counts change nothing there. A k loop annotated as tuning draws it
+    (`SKIP_STEPS_ATTR`) skips or not as told."""
     rule = copy.copy(next(r for r in rules_for(TARGET) if r.name == rule_name))
     rule.untuned_k_unroll = k_unroll
     w, k, bias, wl, x = _layer(case, 1, rule.algorithm)
-    program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    if chosen is not None:
+        k_loop = next(lp for lp in sch.get_loops(sch.get_sblock(union_tf32.A_TF32)) if sch.get(lp).loop_var.name == "k_0")
+        sch.annotate(k_loop, SKIP_STEPS_ATTR, chosen)
+    program = lower(sch.mod, TARGET)
     weights, taps = algorithms.pack_weights(wl, k)
     last = taps[..., -1]
     early = (last < -1).all(axis=0)  # chunks where every group's union ends a step or more before K
@@ -486,7 +493,8 @@ def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_u
     out = np.full(wl.output_shape, np.nan, np.float32)
     EmulatedModule(program)(x, weights, shorter, out)
     err = reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias))
-    if k_unroll and not union_tf32.is_pointwise(wl.kernel_shape):
-        assert err <= algorithms.by_name(wl.algorithm).tolerance
-    else:
+    skips = bool(chosen) if chosen is not None else not (k_unroll and not union_tf32.is_pointwise(wl.kernel_shape))
+    if skips:
         assert not err < 1e-2
+    else:
+        assert err <= algorithms.by_name(wl.algorithm).tolerance

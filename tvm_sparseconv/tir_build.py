@@ -35,6 +35,8 @@ WARP_FRAGMENTS_ATTR = "sparseconv_warp_fragments"
 ASYNC_COPY_ATTR = "sparseconv_async_copy"
 #: PrimFunc attribute: False builds a union function without skipping its padding k steps (its
 #: taps must then hold no step counts: `union_tf32.skipped_steps_code`); absent or True, it skips
+#: as `skip_padding_steps` decides. As an annotation of the k-step loop (0 or 1, what tuning
+#: draws), the same choice per loop
 SKIP_STEPS_ATTR = "sparseconv_skip_padding_steps"
 #: what this pipeline makes of a scheduled function, for caches of built modules: bumped whenever
 #: the same schedule builds into other code (2: union functions skip their padding k steps; 3: but
