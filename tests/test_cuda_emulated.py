@@ -479,7 +479,8 @@ def test_union_tf32_builds_skip_the_k_steps_past_each_union(rule_name, case, k_u
     w, k, bias, wl, x = _layer(case, 1, rule.algorithm)
     sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
     if chosen is not None:
-        k_loop = next(lp for lp in sch.get_loops(sch.get_sblock(union_tf32.A_TF32)) if sch.get(lp).loop_var.name == "k_0")
+        k_loop = next(lp for lp in sch.get_loops(sch.get_sblock(union_tf32.A_TF32))
+                      if sch.get(lp).loop_var.name == "k_0")
         sch.annotate(k_loop, SKIP_STEPS_ATTR, chosen)
     program = lower(sch.mod, TARGET)
     weights, taps = algorithms.pack_weights(wl, k)

@@ -124,7 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--untuned", action="store_true", help="the untuned template even where a record exists")
     ap.add_argument("--cuobjdump", default=find_cuobjdump(),
                     help="cuobjdump to disassemble with (default: on PATH, or nvidia-cuda-cuobjdump's)")
-    ap.add_argument("--records", type=Path, default=RECORDS, help="tuning-log folder of the records (default: %(default)s)")
+    ap.add_argument("--records", type=Path, default=RECORDS,
+                    help="tuning-log folder of the records (default: %(default)s)")
     ap.add_argument("--algorithm", default=ALGORITHM, choices=["union-tf32", "union-tf32-async"])
     ap.add_argument("--all-steps", action="store_true", help="build without skipping the padding k steps")
     ap.add_argument("--json", type=Path, help="write the rows here")
