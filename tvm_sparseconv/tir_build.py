@@ -88,6 +88,12 @@ def _sparseconv_pipeline(**kwargs):
 compilation_pipeline.register_tir_pipeline(PIPELINE, _sparseconv_pipeline)
 
 
+def without_step_skipping(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` with every function marked to build without skipping padding k steps
+    (`SKIP_STEPS_ATTR` False: the union kernels as before stop 46; their taps must hold no counts)."""
+    return tvm.IRModule({gv: f.with_attr(SKIP_STEPS_ATTR, False) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+
+
 def compile_tir(mod: tvm.IRModule, target: Target | str) -> tvm.runtime.Executable:
     """`tvm.compile(mod, target)` through this project's TIR pipeline (see the module docstring)."""
     return tvm.compile(mod, target=target, tir_pipeline=PIPELINE)

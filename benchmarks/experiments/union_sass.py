@@ -26,12 +26,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import tvm
-
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
-from tvm_sparseconv.schedules import rule_by_name
-from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR, compile_tir
+from tvm_sparseconv.schedules import default_rule
+from tvm_sparseconv.tir_build import compile_tir, without_step_skipping
 from tvm_sparseconv.workloads import workload_set
 
 ALGORITHM = "union-tf32"
@@ -79,7 +77,7 @@ def layer_kernel_source(name: str, untuned: bool, rule=None, records: Path = REC
     """(how it was scheduled, CUDA source) of the layer's `algorithm` kernel for sm_90: its record
     in `records` unless `untuned` (`rule`: the template to use where there is no record or
     `untuned`, default the algorithm's own); `skip_steps` False builds it without skipping the
-    padding k steps (`tir_build.SKIP_STEPS_ATTR`)."""
+    padding k steps (`tir_build.without_step_skipping`)."""
     (problem,) = workload_set(name)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
@@ -88,14 +86,14 @@ def layer_kernel_source(name: str, untuned: bool, rule=None, records: Path = REC
     if tuned is not None:
         how, mod = f"tuned record ({records.name})", tuned.schedule.mod
     else:
-        rule = rule or rule_by_name(f"cuda-{algorithm}")
+        rule = rule or default_rule(target, algorithm)
         sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
         if sch is None:
             raise SystemExit(f"{name}: the union-tf32 rule declines this layer")
         how, mod = f"{rule.untuned_label()} template", sch.mod
     if not skip_steps:
         how += ", all k steps"
-        mod = tvm.IRModule({gv: f.with_attr(SKIP_STEPS_ATTR, False) for gv, f in mod.functions.items()}, attrs=mod.attrs)
+        mod = without_step_skipping(mod)
     lib = compile_tir(mod, target)
     return how, next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
 

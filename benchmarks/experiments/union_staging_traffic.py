@@ -30,12 +30,12 @@ import numpy as np
 import tvm_sparseconv as tsc
 from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.algorithms import union_tf32
-from tvm_sparseconv.schedules import rule_by_name
+from tvm_sparseconv.schedules import default_rule
 from tvm_sparseconv.tir_build import compile_tir
 from tvm_sparseconv.workloads import workload_set
 
 ARCH = "sm_90"
-RULES = {"union-tf32": "cuda-union-tf32", "union-tf32-async": "cuda-union-tf32-async"}
+UNION_ALGORITHMS = ("union-tf32", "union-tf32-async")
 _GRID = re.compile(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)')
 _STAGED = re.compile(r"__shared__ alignas\(\d+\) float x_tf32_shared\w*\[(\d+)\]")
 
@@ -72,7 +72,7 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=()) -> d
     target = targets.cuda_target_for_arch(ARCH)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
-    rule = rule_by_name(RULES[algorithm])
+    rule = default_rule(target, algorithm)
     tuned = tuning_records.find_tuned_schedule(wl, target, records) if records else None
     if tuned is not None:
         how, mod = "tuned", tuned.schedule.mod
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     rows = []
     for point in bench["points"]:
         mode = point.get("tf32_mode") or {}
-        if mode.get("algorithm") not in RULES:
+        if mode.get("algorithm") not in UNION_ALGORITHMS:
             continue
         (problem,) = workload_set(point["problem"])
         row = layer_row(problem, mode["algorithm"], args.records, caps)

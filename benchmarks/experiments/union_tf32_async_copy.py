@@ -45,30 +45,27 @@ from tvm_sparseconv import algorithms, targets, tuning_records
 from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
 from tvm_sparseconv.schedules.cuda_union_tf32_async import CUDAUnionTF32Async
-from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR, compile_tir
+from tvm_sparseconv.tir_build import compile_tir, without_step_skipping
 from tvm_sparseconv.workloads import workload_set
 
 ALGORITHM, ASYNC = "union-tf32", "union-tf32-async"
 
 
+def built(mod: tvm.IRModule, target) -> tuple:
+    """(built module, its CUDA source, compile seconds) of a scheduled `mod`."""
+    t0 = time.perf_counter()
+    lib = compile_tir(mod, target)
+    return lib, next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source(), time.perf_counter() - t0
+
+
 def tuned_candidates(kernel, layer, target, records: Path):
-    """(label, workload, built module, CUDA source, compile seconds) of the layer's union records in
-    the tuning-log folder `records`, each algorithm's that has one."""
+    """(label, workload, built module, CUDA source, compile seconds, scheduled module) of the
+    layer's union records in the tuning-log folder `records`, each algorithm's that has one."""
     for alg in (ALGORITHM, ASYNC):
         wl = algorithms.workload_for(kernel, layer, alg)
         tuned = tuning_records.find_tuned_schedule(wl, target, records)
         if tuned is not None:
-            t0 = time.perf_counter()
-            lib = compile_tir(tuned.schedule.mod, target)
-            src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
-            yield f"tuned record ({alg}, {records.name})", wl, lib, src, time.perf_counter() - t0, tuned.schedule.mod
-
-
-def unguarded(mod: tvm.IRModule, target):
-    """`mod` built without skipping its padding k steps (`tir_build.SKIP_STEPS_ATTR`): the kernel
-    before stop 46, every (group, chunk) running K/8 steps."""
-    funcs = {gv: f.with_attr(SKIP_STEPS_ATTR, False) for gv, f in mod.functions.items()}
-    return compile_tir(tvm.IRModule(funcs, attrs=mod.attrs), target)
+            yield f"tuned record ({alg}, {records.name})", wl, *built(tuned.schedule.mod, target), tuned.schedule.mod
 
 
 def candidates(kernel, layer, target, chunks=(), stages=(), group_caps=()):
@@ -108,14 +105,10 @@ def _candidates_at(kernel, layer, target, chunk, stages=(), group_caps=()):
             if sch is None:
                 yield label, wl, None, "the rule declines the layer", 0.0
                 continue
-            t0 = time.perf_counter()
             try:
-                lib = compile_tir(sch.mod, target)
+                yield label, wl, *built(sch.mod, target), sch.mod
             except Exception as e:  # noqa: BLE001 - recorded, not fatal
-                yield label, wl, None, f"build: {str(e).splitlines()[-1][:200]}", time.perf_counter() - t0, None
-                continue
-            src = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
-            yield label, wl, lib, src, time.perf_counter() - t0, sch.mod
+                yield label, wl, None, f"build: {str(e).splitlines()[-1][:200]}", 0.0, None
 
 
 def step_counts(kernel, wl) -> dict:
@@ -175,7 +168,8 @@ def measure_layer(problem, repeats: int, build_only: bool, rng, chunks=(), stage
                     weights[wl]["_all_steps"] = [weights[wl][""][0], tvm.runtime.tensor(taps, dev)]
             runs = [(suffix, fn, arrays) for suffix, arrays in weights[wl].items()]
             if skip_ab:  # and the same schedule built without the skipping (the kernel before stop 46)
-                runs.append(("_unguarded", unguarded(mod, target)[algorithms.FUNC_NAME], weights[wl]["_all_steps"]))
+                plain = compile_tir(without_step_skipping(mod), target)
+                runs.append(("_unguarded", plain[algorithms.FUNC_NAME], weights[wl]["_all_steps"]))
             for suffix, fn, arrays in runs:
                 args = [x_dev, *arrays]
                 out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32), dev)
