@@ -63,3 +63,41 @@ def test_loops_are_found_in_sass_text():
     assert [op for _, op, _ in instrs] == ["IMAD", "HMMA.1688.F32.TF32", "LDS", "BRA", "EXIT"]
     (loop,) = union_sass.loops(instrs)
     assert (loop["instructions"], loop["mma"], loop["shared_loads"]) == (4, 1, 1)
+
+
+_TRAFFIC_SPEC = importlib.util.spec_from_file_location(
+    "union_staging_traffic", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_staging_traffic.py")
+union_staging_traffic = importlib.util.module_from_spec(_TRAFFIC_SPEC)
+_TRAFFIC_SPEC.loader.exec_module(union_staging_traffic)
+
+
+def test_occupancy_takes_the_tightest_of_an_sms_limits():
+    """Blocks an SM by CUDA's rules for sm_90 (registers allocated per warp in units of 256),
+    waves, and the warps an SM holds while a short grid runs."""
+    # conv4 3x3 b32 g8's H100 record: 8 warps of 48 registers -> 5 blocks (registers), 448 blocks
+    facts = union_staging_traffic.occupancy_facts(448, 8, 48, 20736)
+    assert (facts["blocks_an_sm"], facts["limited_by"]) == (5, "registers")
+    assert facts["waves"] == round(448 / (132 * 5), 2) and facts["warps_an_sm"] == round(448 / 132 * 8, 1)
+    # 49 registers round up to 56 a thread (1792 a warp): 65536 // (1792 * 8) = 4 blocks
+    assert union_staging_traffic.occupancy_facts(448, 8, 49, 20736)["blocks_an_sm"] == 4
+    # 32 warps a block: the warp slots allow 2, whatever else is left
+    assert union_staging_traffic.occupancy_facts(10000, 32, 32, 1024) == {
+        "warps_a_block": 32, "registers": 32, "shared_bytes": 1024, "blocks_an_sm": 2, "limited_by": "warps",
+        "waves": round(10000 / 264, 2), "warps_an_sm": 64.0}
+    # 100 KB of shared memory a block: 2 fit in 228 KB with 1 KB reserved each
+    assert union_staging_traffic.occupancy_facts(1000, 4, 32, 100 * 1024)["limited_by"] == "shared"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_ptxas_reports_a_kernels_registers_and_shared_memory():
+    """`ptxas_resources` reads what nvcc's sm_90 build of a kernel uses."""
+    source = """
+extern "C" __global__ void __launch_bounds__(128) k(float* __restrict__ out) {
+  __shared__ float tile[512];
+  tile[threadIdx.x] = threadIdx.x;
+  __syncthreads();
+  out[threadIdx.x] = tile[(threadIdx.x * 7) % 128] + tile[511 - threadIdx.x];
+}
+"""
+    registers, shared = union_staging_traffic.ptxas_resources(source)
+    assert 1 <= registers <= 32 and shared == 2048

@@ -14,6 +14,12 @@ tile x chunks) and as times the input the layer reads, its DRAM bytes (input rea
 weights, output: the floor),
 the measured time and the staging rate it implies. `--group-caps` adds the untuned template at
 those most groups a block (the rules' `group_cap`) for each layer, staged bytes only.
+
+With `--occupancy` it also compiles each kernel with nvcc for sm_90 (`ptxas -v`: registers and
+shared memory a thread and a block) and prints how full it can keep an H100: blocks an SM
+(`SM90` limits), waves (blocks / (SMs x blocks an SM)) and the warps an SM holds on average
+over the grid's first wave, the number that says whether a latency-bound kernel has enough
+warps to hide its waits.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import copy
 import json
 import math
 import re
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,21 +46,62 @@ ARCH = "sm_90"
 UNION_ALGORITHMS = ("union-tf32", "union-tf32-async")
 _GRID = re.compile(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)')
 _STAGED = re.compile(r"__shared__ alignas\(\d+\) float x_tf32_shared\w*\[(\d+)\]")
+_WARPS = re.compile(r'T\.thread_binding\((\d+), thread="threadIdx\.y"\)')
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_SMEM = re.compile(r"(\d+) bytes smem")
+#: an H100 SXM's SMs and each SM's limits (CUDA occupancy rules for compute capability 9.0)
+SM90 = {"sms": 132, "warps": 64, "blocks": 32, "registers": 65536, "register_unit": 256, "shared": 233472,
+        "shared_per_block_reserved": 1024}
 
 
-def scheduled_facts(mod, wl, rule) -> dict:
+def scheduled_facts(mod, wl, rule, occupancy: bool = False) -> dict:
     """Grid, staged tile, bytes staged in all and times the input is staged, of a scheduled
-    union function (built for sm_90: the tile's words are those of the CUDA source)."""
-    blocks = math.prod(int(b) for b in _GRID.findall(mod.script()))
+    union function (built for sm_90: the tile's words are those of the CUDA source); with
+    `occupancy`, also `occupancy_facts` of its kernel."""
+    script = mod.script()
+    blocks = math.prod(int(b) for b in _GRID.findall(script))
     lib = compile_tir(mod, targets.cuda_target_for_arch(ARCH))
-    shared = _STAGED.search(next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source())
+    source = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
+    shared = _STAGED.search(source)
     if not blocks or shared is None:
         raise ValueError("no blockIdx.x binding or x_tf32_shared buffer in the scheduled function")
     tile_words = int(shared.group(1)) // getattr(rule, "stages", 1)  # async: `stages` tiles at once
     chunks = -(-wl.input_shape[-1] // wl.chunk)
     staged = blocks * tile_words * 4 * chunks
-    return {"blocks": blocks, "tile_words": tile_words, "chunks": chunks, "staged_mb": round(staged / 1e6, 2),
-            "input_reads": round(staged / (input_read_words(wl) * 4), 2)}
+    facts = {"blocks": blocks, "tile_words": tile_words, "chunks": chunks, "staged_mb": round(staged / 1e6, 2),
+             "input_reads": round(staged / (input_read_words(wl) * 4), 2)}
+    if occupancy:
+        warps = max((int(w) for w in _WARPS.findall(script)), default=1)  # every threadIdx.y loop binds the same
+        facts.update(occupancy_facts(blocks, warps, *ptxas_resources(source)))
+    return facts
+
+
+def ptxas_resources(source: str) -> tuple[int, int]:
+    """(registers a thread, shared bytes a block) of the kernel in CUDA `source`, from `ptxas -v`
+    of nvcc's sm_90 build (as TVM builds it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cu = Path(tmp) / "k.cu"
+        cu.write_text(source)
+        done = subprocess.run(["nvcc", "-cubin", f"-arch={ARCH}", "-O3", "-Xptxas", "-v", "-o", str(cu.with_suffix(".cubin")),
+                               str(cu)], check=True, capture_output=True, text=True)
+    registers, smem = _REGISTERS.search(done.stderr), _SMEM.search(done.stderr)
+    if registers is None:
+        raise ValueError(f"no register count in ptxas' report: {done.stderr[-500:]!r}")
+    return int(registers.group(1)), int(smem.group(1)) if smem else 0
+
+
+def occupancy_facts(blocks: int, warps: int, registers: int, shared: int, sm: dict = SM90) -> dict:
+    """Blocks an SM (the tightest of warps, registers, shared memory and blocks), waves, and the
+    warps an SM holds on average while the first wave runs, for a grid of `blocks` x `warps`."""
+    unit = sm["register_unit"]
+    regs_per_warp = -(-registers * 32 // unit) * unit
+    limits = {"warps": sm["warps"] // warps, "registers": sm["registers"] // (regs_per_warp * warps),
+              "shared": sm["shared"] // (shared + sm["shared_per_block_reserved"]), "blocks": sm["blocks"]}
+    per_sm = min(limits.values())
+    waves = blocks / (sm["sms"] * per_sm) if per_sm else math.inf
+    return {"warps_a_block": warps, "registers": registers, "shared_bytes": shared, "blocks_an_sm": per_sm,
+            "limited_by": min(limits, key=limits.get), "waves": round(waves, 2),
+            "warps_an_sm": round(min(per_sm, blocks / sm["sms"]) * warps, 1)}
 
 
 def input_read_words(wl) -> int:
@@ -68,7 +117,7 @@ def dram_mb(wl, packed) -> float:
     return round(words * 4 / 1e6 + sum(a.nbytes for a in packed) / 1e6, 2)
 
 
-def layer_row(problem, algorithm: str, records: Path | None, group_caps=()) -> dict:
+def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occupancy: bool = False) -> dict:
     target = targets.cuda_target_for_arch(ARCH)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
@@ -79,7 +128,7 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=()) -> d
     else:
         how, mod = "untuned", rule.apply(tuning_records.workload_module(wl)["main"], target, False).mod
     row = {"layer": problem.name, "algorithm": algorithm, "schedule": how,
-           "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule)}
+           "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule, occupancy)}
     for cap in group_caps:
         capped = copy.copy(rule)  # the registered rule is shared
         capped.group_cap = cap
@@ -106,6 +155,8 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=Path, help="the tuning-log folder that bench used (default: untuned)")
     ap.add_argument("--group-caps", default="", help="also the untuned template at these most groups a block, "
                     "comma-separated (staged bytes only)")
+    ap.add_argument("--occupancy", action="store_true", help="also registers, blocks an SM, waves and warps an SM "
+                    "(compiles each kernel with nvcc for sm_90)")
     ap.add_argument("--json", type=Path, help="write the rows and the fit here")
     args = ap.parse_args(argv)
     caps = [int(c) for c in args.group_caps.split(",") if c]
@@ -116,7 +167,7 @@ def main(argv=None) -> int:
         if mode.get("algorithm") not in UNION_ALGORITHMS:
             continue
         (problem,) = workload_set(point["problem"])
-        row = layer_row(problem, mode["algorithm"], args.records, caps)
+        row = layer_row(problem, mode["algorithm"], args.records, caps, args.occupancy)
         row.update(count=point["count"], measured_us=round(mode["seconds"] * 1e6, 2),
                    cudnn_tf32_us=round(point["seconds"]["cudnn_tf32"] * 1e6, 2))
         row["staging_tb_s"] = round(row["staged_mb"] / row["measured_us"], 2)
@@ -124,6 +175,9 @@ def main(argv=None) -> int:
         print(f"{row['layer']:40s} {row['algorithm']:17s} {row['schedule']:7s} blocks {row['blocks']:5d} "
               f"staged {row['staged_mb']:7.1f} MB ({row['input_reads']:5.2f}x input) DRAM {row['dram_mb']:6.1f} MB "
               f"{row['measured_us']:6.1f} us ({row['staging_tb_s']:.2f} TB/s) cuDNN TF32 {row['cudnn_tf32_us']:6.1f}"
+              + (f"\n    {row['warps_a_block']} warps a block, {row['registers']} registers, {row['shared_bytes']} B "
+                 f"shared: {row['blocks_an_sm']} blocks an SM ({row['limited_by']}), {row['waves']} waves, "
+                 f"{row['warps_an_sm']} warps an SM" if "waves" in row else "")
               + "".join(f"\n    group cap {c}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB "
                                                       f"({f['input_reads']:.2f}x)" if f else "declined")
                         for c, f in row.get("untuned_by_group_cap", {}).items()), flush=True)
