@@ -43,6 +43,9 @@ from .cuda_gather import _read_index
 #: loads before this step's mma (ncu's top stall on conv4 3x3 was `long_sb`, waiting on them) at
 #: the cost of registers (conv2 3x3 b32 g8 untuned: 96 -> 166 per thread)
 K_UNROLL = (0, 512)
+#: most groups a block that a KxK layer's untuned variants try (`untuned_kxk_group_cap`): 16, or 8
+#: for twice the blocks (each staging the same box: twice the bytes staged)
+KXK_GROUP_CAPS = (16, 8)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
 #: per staged float, 96 -> 127 registers)
@@ -67,12 +70,17 @@ class CUDAUnionTF32(SparseConvRule):
     untuned_group_regs = (2, 4)
     #: most groups of 8 channels a block of the untuned template holds (each block stages its
     #: pixels' input once for them all: a layer's input is read groups / group_cap times, from L2).
-    #: None: 16 on KxK layers; on 1x1 layers the most of 64, 32, 16 that still leaves
+    #: None: `untuned_kxk_group_cap` on KxK layers; on 1x1 layers the most of 64, 32, 16 that leaves
     #: `untuned_min_blocks` blocks (H100 b32 g8, sync copy, untuned, against 16: conv5 1x1 expand
     #: at 32 15.7 us against 18.3, conv4 1x1 expand at 64 17.6 against 21.5; conv4 and conv5 1x1
     #: reduce, whose fewer groups at 32 leave half the blocks, ran slower there: 19.9 against
     #: 18.5, 29.8 against 26.8; union_tf32_async_copy-v3-1x1-stages-groups-nvidia-h100.json)
     group_cap: int | None = None
+    #: most groups a block of a KxK layer's untuned template when `group_cap` is None. Its
+    #: untuned variants also try `KXK_GROUP_CAPS`' other, for twice the blocks: the KxK layers
+    #: still slower than cuDNN TF32 on the H100 run under one wave (conv4 3x3 b32 g8 448 blocks,
+    #: 0.68 waves; conv5 3x3 128 blocks, 0.97; union_staging_traffic-nvidia-h100-stop48.json)
+    untuned_kxk_group_cap = 16
     #: blocks a 1x1 layer's untuned grid keeps when `group_cap` is None (about 3 per SM of an
     #: H100's 132; the measured caps above left 392)
     untuned_min_blocks = 384
@@ -166,16 +174,19 @@ class CUDAUnionTF32(SparseConvRule):
         chunk's copy, rounded to TF32 as it is stored, completes before its mma."""
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
-        """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`) and each
-        layout's other group count per warp (`untuned_group_regs` swapped), its own first: which
-        wins depends on the layer (the stem 95 -> 67 us with the k steps unrolled, conv2 3x3 62 ->
-        52 with the copy; H100, union_tf32-v7-nvidia-h100.json)."""
-        own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs)
+        """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), each
+        layout's other group count per warp (`untuned_group_regs` swapped) and each of
+        `KXK_GROUP_CAPS`, its own first: which wins depends on the layer (the stem 95 -> 67 us with
+        the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100, union_tf32-v7-nvidia-h100.json).
+        On a 1x1 layer the KxK caps give the same kernels twice; tuning builds each once."""
+        own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs, self.untuned_kxk_group_cap)
+        kxk_caps = (own[3], *(c for c in KXK_GROUP_CAPS if c != own[3]))
         variants = []
-        for choice in sorted(itertools.product(K_UNROLL, COPY_UNROLL, (own[2], own[2][::-1])),
+        for choice in sorted(itertools.product(K_UNROLL, COPY_UNROLL, (own[2], own[2][::-1]), kxk_caps),
                              key=lambda c: c != own):
             rule = copy.copy(self)
-            rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs = choice
+            (rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs,
+             rule.untuned_kxk_group_cap) = choice
             variants.append(rule)
         return variants
 
@@ -186,6 +197,8 @@ class CUDAUnionTF32(SparseConvRule):
             parts.append(f"unroll k steps {self.untuned_k_unroll} copy {self.untuned_copy_unroll}")
         if self.untuned_group_regs != cls.untuned_group_regs:
             parts.append("groups a warp {} (KxK), {} (1x1)".format(*self.untuned_group_regs))
+        if self.untuned_kxk_group_cap != cls.untuned_kxk_group_cap:
+            parts.append(f"groups a KxK block {self.untuned_kxk_group_cap}")
         return ", ".join(["untuned", *parts])
 
     @staticmethod
@@ -201,7 +214,7 @@ class CUDAUnionTF32(SparseConvRule):
         groups is taken); `pixel_blocks`: a 1x1 layer's blocks of pixels (`group_cap` None)."""
         cap = self.tuned_group_cap if tunable else self.group_cap
         if cap is None:
-            cap = 16
+            cap = 16 if pixel_blocks is not None else self.untuned_kxk_group_cap
             if pixel_blocks is not None:
                 cap = next((c for c in (64, 32) if groups % c == 0
                             and pixel_blocks * (groups // c) >= self.untuned_min_blocks), cap)

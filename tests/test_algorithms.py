@@ -240,6 +240,48 @@ def test_union_tf32_untuned_1x1_blocks_hold_the_most_groups_that_keep_the_grid_f
     assert held(cap=8) == 8
 
 
+@pytest.mark.parametrize("rule_name", ["cuda-union-tf32", "cuda-union-tf32-async"])
+def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name):
+    """The untuned variants that tuning times include, for KxK layers, blocks of 8 groups (twice
+    the blocks of the template's 16: the KxK layers slower than cuDNN TF32 ran under one wave);
+    on a 1x1 layer that choice does not exist, and those variants schedule it as their twins do."""
+    import re
+
+    import tvm_ffi
+
+    from tvm_sparseconv import SparseKernel, targets, tuning, tuning_records
+    from tvm_sparseconv.schedules import rule_by_name
+    from tvm_sparseconv.workloads import workload_set
+
+    target = targets.cuda_target_for_arch("sm_90")
+    variants = rule_by_name(rule_name).untuned_variants()
+    assert len(variants) == 16 and variants[0].untuned_label() == "untuned"
+    halved = [v for v in variants if v.untuned_kxk_group_cap == 8]
+    assert len(halved) == 8 and all("groups a KxK block 8" in v.untuned_label() for v in halved)
+
+    def scheduled(layer, rule):
+        (problem,) = workload_set(layer)
+        kernel = SparseKernel.from_dense(problem.dense_kernel())
+        wl = algorithms.workload_for(kernel, problem.workload(kernel), rule.algorithm)
+        return rule.apply(tuning_records.workload_module(wl)["main"], target, False).mod
+
+    def blocks(mod) -> int:
+        return int(np.prod([int(b) for b in re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)',
+                                                        mod.script())]))
+
+    assert blocks(scheduled("resnet50_conv4_3x3_b32_g8", halved[0])) == 2 * blocks(
+        scheduled("resnet50_conv4_3x3_b32_g8", variants[0]))  # 448 -> 896
+    assert tvm_ffi.structural_equal(scheduled("resnet50_conv4_1x1_reduce_b32_g8", halved[0]),
+                                   scheduled("resnet50_conv4_1x1_reduce_b32_g8", variants[0]))
+    # what tuning builds and times: all 16 on the KxK layer, the 8 distinct ones on the 1x1 layer
+    for layer, distinct in (("resnet50_conv4_3x3_b32_g8", 16), ("resnet50_conv4_1x1_reduce_b32_g8", 8)):
+        (problem,) = workload_set(layer)
+        kernel = SparseKernel.from_dense(problem.dense_kernel())
+        wl = algorithms.workload_for(kernel, problem.workload(kernel), variants[0].algorithm)
+        got = tuning.untuned_schedules([rule_by_name(rule_name)], tuning_records.workload_module(wl), target)
+        assert len(got) == distinct, layer
+
+
 def _wavefronts(quad: np.ndarray, position_words: int) -> int:
     """Shared-memory wavefronts of one A-fragment load: 8 pixel rows (`position_words` apart) x
     the quad's 4 taps, 32 banks of 4 bytes; a bank serves one distinct address per wavefront."""

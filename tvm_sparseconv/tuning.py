@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 from tvm.target import Target
@@ -409,10 +410,7 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
     stop 43); with this, a tuned layer is never slower than its untuned default."""
     tol = algorithms.by_name(wl.algorithm).tolerance
     entries, libs = [("search", None, err)], [lib]
-    for variant in (v for rule in rules for v in rule.untuned_variants()):
-        sch = variant.apply(mod["main"], target, False)
-        if sch is None:
-            continue
+    for variant, sch in untuned_schedules(rules, mod, target):
         try:
             v_lib = site.load(compile_tir(sch.mod, target))
             v_err = _checked_error(v_lib, site, arrays, wl, ref)
@@ -430,6 +428,18 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
     source, sch, v_err = entries[i]
     untuned = ms.database.TuningRecord(sch.trace, record.workload, [seconds[i]], target, record.args_info)
     return untuned, v_err, source, libs[i]
+
+
+def untuned_schedules(rules: list, mod: tvm.IRModule, target: Target) -> list[tuple]:
+    """(variant, schedule) of each of the `rules`' untuned variants that schedules `mod`, once per
+    distinct schedule: variants that differ in a choice the layer does not have (union-tf32's
+    KxK group caps on a 1x1 layer) schedule it alike."""
+    found: list[tuple] = []
+    for variant in (v for rule in rules for v in rule.untuned_variants()):
+        sch = variant.apply(mod["main"], target, False)
+        if sch is not None and not any(tvm_ffi.structural_equal(sch.mod, other.mod) for _, other in found):
+            found.append((variant, sch))
+    return found
 
 
 def _checked_error(lib, site, arrays, wl: ConvWorkload, ref: np.ndarray) -> float:

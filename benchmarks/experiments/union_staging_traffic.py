@@ -82,8 +82,8 @@ def ptxas_resources(source: str) -> tuple[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / "k.cu"
         cu.write_text(source)
-        done = subprocess.run(["nvcc", "-cubin", f"-arch={ARCH}", "-O3", "-Xptxas", "-v", "-o", str(cu.with_suffix(".cubin")),
-                               str(cu)], check=True, capture_output=True, text=True)
+        done = subprocess.run(["nvcc", "-cubin", f"-arch={ARCH}", "-O3", "-Xptxas", "-v",
+                               "-o", str(cu.with_suffix(".cubin")), str(cu)], check=True, capture_output=True, text=True)
     registers, smem = _REGISTERS.search(done.stderr), _SMEM.search(done.stderr)
     if registers is None:
         raise ValueError(f"no register count in ptxas' report: {done.stderr[-500:]!r}")

@@ -36,11 +36,11 @@ def _union_candidates(wl, target, samples: int, rng):
     from tvm.s_tir import meta_schedule as ms
 
     from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
-    from tvm_sparseconv.tuning import design_space
+    from tvm_sparseconv.tuning import design_space, untuned_schedules
 
     mod = tuning_records.workload_module(wl)
-    for rule in CUDAUnionTF32().untuned_variants():
-        yield rule.untuned_label(), rule.apply(mod["main"], target, False)
+    for rule, sch in untuned_schedules([CUDAUnionTF32()], mod, target):
+        yield rule.untuned_label(), sch
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=design_space(target, algorithm=ALGORITHM),
                          task_name="main", num_threads=1)
     seen = set()
