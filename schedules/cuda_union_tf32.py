@@ -46,6 +46,9 @@ K_UNROLL = (0, 512)
 #: most groups a block that a KxK layer's untuned variants try (`untuned_kxk_group_cap`): 16, or 8
 #: for twice the blocks (each staging the same box: twice the bytes staged)
 KXK_GROUP_CAPS = (16, 8)
+#: shares of the chunks that the untuned variants also try (`reduction_slices`), each with both
+#: k-step unrolls and the template's other choices; not measured yet
+REDUCTION_SLICES = (2, 4)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
 #: per staged float, 96 -> 127 registers)
@@ -90,13 +93,24 @@ class CUDAUnionTF32(SparseConvRule):
     #: benchmarks/experiments/union_staging_traffic-nvidia-h100-stop45.json); 64 keeps 16 and
     #: below reachable (more blocks) and lets a block hold a 1x1 layer's groups in one pass
     tuned_group_cap = 64
+    #: shares the input chunks are split into, each share's partial sums a grid of blocks of its
+    #: own (`_split_reduction`): more warps for layers whose grid is short of them (on the H100
+    #: the union layers still slower than cuDNN TF32 run under one wave or at 15-27 warps an SM,
+    #: each warp through all 8-16 chunks; union_staging_traffic-nvidia-h100-stop48.json). 1: none
+    reduction_slices = 1
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
         n_co, n_k = (sch.get(x).extent.value for x in (co, k))
         if n_co % GROUP or n_k % K_STEP or sch.get(pixels[-1]).extent.value % M_TILE:
             return None
-        tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable)
+        shares = []  # a split reduction's shares of the chunks: blocks of their own
+        if self.reduction_slices > 1:
+            if sch.get(c).extent.value % self.reduction_slices:
+                return None
+            blocks, shares, pixels, co, c, k = self._split_reduction(sch, blocks, c, self.reduction_slices)
+        tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable,
+                                                                              shares)
         if tiled is None:
             return None
         warp, k_o, p_i, copy_warps = tiled
@@ -108,7 +122,8 @@ class CUDAUnionTF32(SparseConvRule):
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
-        self.attach_epilogue(sch, blocks)
+        if blocks.epilogue is not None:  # (none in a split reduction's partial sums)
+            self.attach_epilogue(sch, blocks)
 
         # A fragments: the gather itself, computed per k step into registers, from the block's
         # pixels x one chunk staged in shared memory once for all its groups (consecutive threads
@@ -165,6 +180,25 @@ class CUDAUnionTF32(SparseConvRule):
         self.overlap_staging(sch, x_shared)
         return sch
 
+    def _split_reduction(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, c, slices: int):
+        """The chunks in `slices` shares, each a grid of blocks of its own: `rfactor` makes the
+        partial sums partial[share, pixels..., co] (global memory; returns the blocks with it as
+        the conv, the share loop, then the conv's loops); a second kernel sums the shares where
+        the epilogue stores each output, a thread an output."""
+        shares, _ = sch.split(c, factors=[slices, None])
+        partial = sch.rfactor(shares, factor_axis=0)
+        total, epilogue = blocks.conv, blocks.epilogue
+        # the sum over shares, computed where the epilogue stores each output
+        sch.set_scope(total, 0, "local")
+        out_loops = sch.get_loops(epilogue)
+        threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
+        sch.bind(threads[0], "blockIdx.x")
+        sch.bind(threads[1], "threadIdx.x")
+        sch.compute_at(total, threads[1], preserve_unit_loops=True)
+        *pixels, co, share, c, k = sch.get_loops(partial)
+        sch.reorder(share, *pixels, co)
+        return SparseConvBlocks(blocks.x_stage, partial, None), [share], pixels, co, c, k
+
     def tile_budget(self) -> int:
         """Bytes a 1x1 layer's staged tile may take (KxK layers: their format's boxes, `block_tiles`)."""
         return staging_budget(self.algorithm)
@@ -178,7 +212,9 @@ class CUDAUnionTF32(SparseConvRule):
         layout's other group count per warp (`untuned_group_regs` swapped) and each of
         `KXK_GROUP_CAPS`, its own first: which wins depends on the layer (the stem 95 -> 67 us with
         the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100, union_tf32-v7-nvidia-h100.json).
-        On a 1x1 layer the KxK caps give the same kernels twice; tuning builds each once."""
+        On a 1x1 layer the KxK caps give the same kernels twice; tuning builds each once. Then the
+        template with the reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
+        (declined where the shares do not divide the layer's chunks)."""
         own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs, self.untuned_kxk_group_cap)
         kxk_caps = (own[3], *(c for c in KXK_GROUP_CAPS if c != own[3]))
         variants = []
@@ -188,6 +224,11 @@ class CUDAUnionTF32(SparseConvRule):
             (rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs,
              rule.untuned_kxk_group_cap) = choice
             variants.append(rule)
+        if self.reduction_slices == 1:
+            for slices, k_unroll in itertools.product(REDUCTION_SLICES, K_UNROLL):
+                rule = copy.copy(self)
+                rule.reduction_slices, rule.untuned_k_unroll = slices, k_unroll
+                variants.append(rule)
         return variants
 
     def untuned_label(self) -> str:
@@ -199,6 +240,8 @@ class CUDAUnionTF32(SparseConvRule):
             parts.append("groups a warp {} (KxK), {} (1x1)".format(*self.untuned_group_regs))
         if self.untuned_kxk_group_cap != cls.untuned_kxk_group_cap:
             parts.append(f"groups a KxK block {self.untuned_kxk_group_cap}")
+        if self.reduction_slices != cls.reduction_slices:
+            parts.append(f"reduction in {self.reduction_slices} shares")
         return ", ".join(["untuned", *parts])
 
     @staticmethod
@@ -228,9 +271,10 @@ class CUDAUnionTF32(SparseConvRule):
         warps_g = largest_divisor(g_cap // g_regs, [16, 8, 4, 2, 1])
         return [g_cap // (warps_g * g_regs), warps_g, g_regs]
 
-    def _tile_pixels(self, sch, blocks, pixels, co, c, k, tunable):
-        """1x1 layers: blocks of consecutive flattened pixels' tiles x groups (warp loop, k step
-        loop, mma pixel loop, the copy's warp factors)."""
+    def _tile_pixels(self, sch, blocks, pixels, co, c, k, tunable, shares=()):
+        """1x1 layers: blocks of consecutive flattened pixels' tiles x groups (x `shares`, a split
+        reduction's loop) (returns the warp loop, k step loop, mma pixel loop, the copy's warp
+        factors)."""
         (p,) = pixels
         tiles, groups = sch.get(p).extent.value // M_TILE, sch.get(co).extent.value // GROUP
         g, j = sch.split(co, factors=[groups, GROUP])
@@ -240,7 +284,8 @@ class CUDAUnionTF32(SparseConvRule):
         # rows padded to 4 mod 8 words: 8 tiles x 68 words = 34 KB for chunks of 64, 2 tiles x 260
         # words = 33 KB for the 1x1 default of 256) fits in the algorithm's staging budget
         # (48 KB of shared memory, half of it per tile where double-buffered), and its warps in 1024 threads.
-        row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // sch.get(c).extent)
+        chunks = sch.get(c).extent * self.reduction_slices  # (c: one share's chunks, `_split_reduction`)
+        row = staged_row_words(sch.get(blocks.x_stage).writes[0].source.shape[1] // chunks)
         fits = [t for t in (8, 4, 2, 1) if t * M_TILE * row * 4 <= self.tile_budget()]
         if not fits:
             return None
@@ -259,13 +304,13 @@ class CUDAUnionTF32(SparseConvRule):
         g_split = self._group_split(sch, g, g_cap, tunable, pointwise=True)
         p_b, p_w, p_m = sch.split(p, factors=p_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
-        sch.bind(sch.fuse(p_outer, p_b, g_outer, g_b), "blockIdx.x")
+        sch.reorder(*shares, p_outer, p_b, g_outer, g_b, p_w, g_w, c, k_o, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(*shares, p_outer, p_b, g_outer, g_b), "blockIdx.x")
         warp = sch.fuse(p_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [p_split[1], g_split[1]]
 
-    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
+    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable, shares=()):
         """Other layers: blocks of grid rows x column tiles (`union_tf32.block_tiles`, so the staged
         input is a box) x groups; warps over the rows, the block's column tiles and the groups
         (returns as `_tile_pixels`; None where no block fits)."""
@@ -296,8 +341,8 @@ class CUDAUnionTF32(SparseConvRule):
         w_w, p_m = sch.split(wt, factors=w_split)
         r_w, r_m = sch.split(oh_i, factors=r_split)
         g_b, g_w, g_r = sch.split(g, factors=g_split)
-        sch.reorder(b, oh_o, wt_o, g_outer, g_b, r_w, w_w, g_w, c, k_o, r_m, p_m, g_r, p_i, j, k_i)
-        sch.bind(sch.fuse(b, oh_o, wt_o, g_outer, g_b), "blockIdx.x")
+        sch.reorder(*shares, b, oh_o, wt_o, g_outer, g_b, r_w, w_w, g_w, c, k_o, r_m, p_m, g_r, p_i, j, k_i)
+        sch.bind(sch.fuse(*shares, b, oh_o, wt_o, g_outer, g_b), "blockIdx.x")
         warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
@@ -344,6 +389,9 @@ def _lanes_c(sch: s_tir.Schedule, pix, ch, vectorize: bool) -> None:
 
 #: the block of a k step's mma (its iteration values end with group, chunk, k step)
 _MMA_BLOCK = "conv_update_o"
+#: the same in a split reduction's partial sums (`CUDAUnionTF32._split_reduction`): its values
+#: start with the share and end with group, chunk within the share, k step
+_SPLIT_MMA_BLOCK = "conv_rf_update_o"
 
 
 def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -363,11 +411,13 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
     index forms this does not know, come back as they are."""
     reader = _first_realize(func.body, lambda r: any(t.source.name == "taps" for t in r.block.reads))
     taps = next(t.source for t in reader.block.reads if t.source.name == "taps") if reader is not None else None
-    mma = _first_realize(func.body, lambda r: r.block.name_hint == _MMA_BLOCK)
+    mma = _first_realize(func.body, lambda r: r.block.name_hint in (_MMA_BLOCK, _SPLIT_MMA_BLOCK))
     if taps is None or mma is None or not isinstance(mma.iter_values[-1], tirx.Var):
         return func
     k_pad = int(taps.shape[2])
     g, c, k_step = list(mma.iter_values)[-3:]
+    if mma.block.name_hint == _SPLIT_MMA_BLOCK:  # the chunk: its share's first plus its place in it
+        c = mma.iter_values[0] * mma.block.iter_vars[-2].dom.extent + c
     kxk = func.attrs is not None and BLOCK_ATTR in func.attrs
 
     def steps(group):

@@ -35,15 +35,16 @@ class CUDAUnionTF32Async(CUDAUnionTF32):
     def tile_budget(self) -> int:
         return SHARED_BYTES // self.stages
 
-    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable):
+    def _tile_rows(self, sch, blocks, pixels, co, c, k, tunable, shares=()):
         if self.stages != STAGED_TILES[self.algorithm]:
             return None  # the format's boxes fit that many tiles only
-        return super()._tile_rows(sch, blocks, pixels, co, c, k, tunable)
+        return super()._tile_rows(sch, blocks, pixels, co, c, k, tunable, shares)
 
     def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
         """The chunk loop (`c`, which holds the copy and the k steps) as a `stages`-stage pipeline
         whose copy stage is asynchronous."""
-        c = next(lp for lp in sch.get_loops(x_shared) if sch.get(lp).loop_var.name == "c")
+        # (c_1: a split reduction's chunks within a share, `CUDAUnionTF32._split_reduction`)
+        c = next(lp for lp in sch.get_loops(x_shared) if sch.get(lp).loop_var.name in ("c", "c_1"))
         sch.annotate(c, "software_pipeline_stage", [0, self.stages - 1])
         sch.annotate(c, "software_pipeline_order", [0, 1])
         sch.annotate(c, "software_pipeline_async_stages", [0])

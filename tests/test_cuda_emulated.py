@@ -23,6 +23,7 @@ from tvm_sparseconv import algorithms, reference, targets, tile_records, tuning_
 from tvm_sparseconv.algorithms import union_tf32
 from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, EmulationUnsupported, emulate, lower
 from tvm_sparseconv.schedules import rules_for
+from tvm_sparseconv.schedules.cuda_union_tf32 import skip_padding_steps
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
@@ -87,10 +88,40 @@ def test_the_untuned_variants_tuning_times_compute_layers(rule, variant):
                                  ((2, 8, 8, 40), (1, 1, 40, 32), 0.3, 1, "VALID", 1, False, None)]):
         w, k, bias, wl, x = _layer(case, seed=seed, algorithm=rule_obj.algorithm)
         sch = rule_obj.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+        if sch is None and getattr(rule_obj, "reduction_slices", 1) > 1:
+            continue  # shares that do not divide the layer's chunks (test_union_tf32_split_reduction_...)
         assert sch is not None, (rule_obj.untuned_label(), case)
         inputs = [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else [])
         err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
         assert err <= algorithms.by_name(wl.algorithm).tolerance, (rule_obj.untuned_label(), case, err)
+
+
+@pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
+@pytest.mark.parametrize("slices", [2, 4])
+@pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), "VALID"),
+                                  ((2, 9, 9, 128), (3, 3, 128, 32), "SAME")], ids=["1x1", "3x3"])
+def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own_steps(rule, slices, case):
+    """A union kernel whose chunks are split in shares (`reduction_slices`: partial sums a grid
+    each, summed by a second kernel into the epilogue) computes the layer, with the padding k
+    steps skipped by each chunk's own count: the kernel is denser in later input channels, so the
+    shares' chunks take different steps (read a share's counts from the first share's chunks and
+    the error is 0.4-0.5)."""
+    shape, kshape, padding = case
+    rng = np.random.default_rng(slices)
+    w = rng.standard_normal(kshape).astype(np.float32) * (
+        rng.random(kshape) < np.linspace(0.02, 0.5, kshape[2])[None, None, :, None])
+    k = tsc.SparseKernel.from_dense(w)
+    bias = rng.standard_normal(kshape[3]).astype(np.float32)
+    layer = ConvWorkload.create(shape, kshape, k.ell_width, 1, padding, 1, True, "relu")
+    split = copy.copy(next(r for r in rules_for(TARGET) if r.name == rule))  # the registered rule is shared
+    split.reduction_slices = slices
+    wl = algorithms.workload_for(k, layer, split.algorithm)
+    sch = split.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    assert sch is not None and len(lower(sch.mod, TARGET).launches) == 2  # the partial sums, then their sum
+    assert not skip_padding_steps(sch.mod["main"]).same_as(sch.mod["main"])  # the build skips here too
+    x = rng.standard_normal(shape).astype(np.float32)
+    err = _error(emulate(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+    assert err <= algorithms.by_name(wl.algorithm).tolerance, err
 
 
 def _union_tf32_program():

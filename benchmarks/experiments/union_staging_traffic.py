@@ -19,7 +19,8 @@ With `--occupancy` it also compiles each kernel with nvcc for sm_90 (`ptxas -v`:
 shared memory a thread and a block) and prints how full it can keep an H100: blocks an SM
 (`SM90` limits), waves (blocks / (SMs x blocks an SM)) and the warps an SM holds on average
 over the grid's first wave, the number that says whether a latency-bound kernel has enough
-warps to hide its waits.
+warps to hide its waits. `--shares` adds the untuned template with its reduction split in those
+shares of the input chunks (`reduction_slices`; 1 for the template as it is).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ _STAGED = re.compile(r"__shared__ alignas\(\d+\) float x_tf32_shared\w*\[(\d+)\]
 _WARPS = re.compile(r'T\.thread_binding\((\d+), thread="threadIdx\.y"\)')
 _REGISTERS = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
+#: a split reduction's partial sums (`CUDAUnionTF32._split_reduction`): their first axis is the shares
+_SHARES = re.compile(r"conv_rf = T\.sblock_alloc_buffer\(\((\d+),")
 #: an H100 SXM's SMs and each SM's limits (CUDA occupancy rules for compute capability 9.0)
 SM90 = {"sms": 132, "warps": 64, "blocks": 32, "registers": 65536, "register_unit": 256, "shared": 233472,
         "shared_per_block_reserved": 1024}
@@ -59,14 +62,16 @@ def scheduled_facts(mod, wl, rule, occupancy: bool = False) -> dict:
     union function (built for sm_90: the tile's words are those of the CUDA source); with
     `occupancy`, also `occupancy_facts` of its kernel."""
     script = mod.script()
-    blocks = math.prod(int(b) for b in _GRID.findall(script))
+    grids = _GRID.findall(script)  # (a split reduction's second kernel, the sum, comes after the union's)
+    blocks = int(grids[0]) if grids else 0
     lib = compile_tir(mod, targets.cuda_target_for_arch(ARCH))
     source = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
     shared = _STAGED.search(source)
     if not blocks or shared is None:
         raise ValueError("no blockIdx.x binding or x_tf32_shared buffer in the scheduled function")
     tile_words = int(shared.group(1)) // getattr(rule, "stages", 1)  # async: `stages` tiles at once
-    chunks = -(-wl.input_shape[-1] // wl.chunk)
+    shares = _SHARES.search(script)
+    chunks = -(-wl.input_shape[-1] // wl.chunk) // (int(shares.group(1)) if shares else 1)  # a block's
     staged = blocks * tile_words * 4 * chunks
     facts = {"blocks": blocks, "tile_words": tile_words, "chunks": chunks, "staged_mb": round(staged / 1e6, 2),
              "input_reads": round(staged / (input_read_words(wl) * 4), 2)}
@@ -78,16 +83,22 @@ def scheduled_facts(mod, wl, rule, occupancy: bool = False) -> dict:
 
 def ptxas_resources(source: str) -> tuple[int, int]:
     """(registers a thread, shared bytes a block) of the kernel in CUDA `source`, from `ptxas -v`
-    of nvcc's sm_90 build (as TVM builds it)."""
+    of nvcc's sm_90 build (as TVM builds it); of several kernels, the one with the most shared
+    memory (a split reduction's sum has none)."""
     with tempfile.TemporaryDirectory() as tmp:
         cu = Path(tmp) / "k.cu"
         cu.write_text(source)
         done = subprocess.run(["nvcc", "-cubin", f"-arch={ARCH}", "-O3", "-Xptxas", "-v",
                                "-o", str(cu.with_suffix(".cubin")), str(cu)], check=True, capture_output=True, text=True)
-    registers, smem = _REGISTERS.search(done.stderr), _SMEM.search(done.stderr)
-    if registers is None:
+    kernels = []
+    for report in done.stderr.split("Compiling entry function")[1:]:
+        registers, smem = _REGISTERS.search(report), _SMEM.search(report)
+        if registers is not None:
+            kernels.append((int(smem.group(1)) if smem else 0, int(registers.group(1))))
+    if not kernels:
         raise ValueError(f"no register count in ptxas' report: {done.stderr[-500:]!r}")
-    return int(registers.group(1)), int(smem.group(1)) if smem else 0
+    shared, registers = max(kernels)
+    return registers, shared
 
 
 def occupancy_facts(blocks: int, warps: int, registers: int, shared: int, sm: dict = SM90) -> dict:
@@ -117,7 +128,8 @@ def dram_mb(wl, packed) -> float:
     return round(words * 4 / 1e6 + sum(a.nbytes for a in packed) / 1e6, 2)
 
 
-def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occupancy: bool = False) -> dict:
+def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occupancy: bool = False,
+              shares=()) -> dict:
     target = targets.cuda_target_for_arch(ARCH)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
@@ -134,6 +146,12 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occu
         capped.group_cap = cap
         sch = capped.apply(tuning_records.workload_module(wl)["main"], target, False)
         row.setdefault("untuned_by_group_cap", {})[cap] = None if sch is None else scheduled_facts(sch.mod, wl, capped)
+    for n in shares:
+        split = copy.copy(rule)
+        split.reduction_slices = n
+        sch = split.apply(tuning_records.workload_module(wl)["main"], target, False)
+        row.setdefault("untuned_by_shares", {})[n] = None if sch is None else scheduled_facts(
+            sch.mod, wl, split, occupancy)
     return row
 
 
@@ -155,11 +173,14 @@ def main(argv=None) -> int:
     ap.add_argument("--records", type=Path, help="the tuning-log folder that bench used (default: untuned)")
     ap.add_argument("--group-caps", default="", help="also the untuned template at these most groups a block, "
                     "comma-separated (staged bytes only)")
+    ap.add_argument("--shares", default="", help="also the untuned template with its reduction split in these "
+                    "shares of the input chunks, comma-separated (`reduction_slices`; 1: the template unsplit)")
     ap.add_argument("--occupancy", action="store_true", help="also registers, blocks an SM, waves and warps an SM "
                     "(compiles each kernel with nvcc for sm_90)")
     ap.add_argument("--json", type=Path, help="write the rows and the fit here")
     args = ap.parse_args(argv)
     caps = [int(c) for c in args.group_caps.split(",") if c]
+    shares = [int(n) for n in args.shares.split(",") if n]
     bench = json.loads(args.results.read_text())
     rows = []
     for point in bench["points"]:
@@ -167,7 +188,7 @@ def main(argv=None) -> int:
         if mode.get("algorithm") not in UNION_ALGORITHMS:
             continue
         (problem,) = workload_set(point["problem"])
-        row = layer_row(problem, mode["algorithm"], args.records, caps, args.occupancy)
+        row = layer_row(problem, mode["algorithm"], args.records, caps, args.occupancy, shares)
         row.update(count=point["count"], measured_us=round(mode["seconds"] * 1e6, 2),
                    cudnn_tf32_us=round(point["seconds"]["cudnn_tf32"] * 1e6, 2))
         row["staging_tb_s"] = round(row["staged_mb"] / row["measured_us"], 2)
@@ -180,7 +201,12 @@ def main(argv=None) -> int:
                  f"{row['warps_an_sm']} warps an SM" if "waves" in row else "")
               + "".join(f"\n    group cap {c}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB "
                                                       f"({f['input_reads']:.2f}x)" if f else "declined")
-                        for c, f in row.get("untuned_by_group_cap", {}).items()), flush=True)
+                        for c, f in row.get("untuned_by_group_cap", {}).items())
+              + "".join(f"\n    untuned, {n} shares: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB"
+                                                        + (f", {f['warps_a_block']} warps a block, {f['registers']} "
+                                                           f"registers, {f['waves']} waves, {f['warps_an_sm']} warps "
+                                                           "an SM" if "waves" in f else "") if f else "declined")
+                        for n, f in row.get("untuned_by_shares", {}).items()), flush=True)
     pointwise = fit([r for r in rows if "1x1" in r["layer"]])
     if pointwise:
         print(f"1x1 layers: time = {pointwise['fixed_us']} us + staged / {pointwise['rate_tb_s']} TB/s "
