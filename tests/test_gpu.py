@@ -211,6 +211,28 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
 
+@pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
+@pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv5_3x3_b32_g8",
+                                  "resnet50_conv5_1x1_reduce_b32_g8"])
+def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm):
+    """The untuned union templates with the reduction split in 4 shares of the input chunks (two
+    kernels: the shares' partial sums, then their sum through the epilogue), on the layers short
+    of warps it is meant for: TF32 accuracy against float64, on a NaN-poisoned output."""
+    import copy
+
+    problem = workload_set(name)[0]
+    w = problem.dense_kernel()
+    k = tsc.SparseKernel.from_dense(w)
+    wl = problem.workload(k, algorithm=algorithm)
+    target = targets.cuda_target()
+    rule = copy.copy(next(r for r in rules_for(target, algorithm)))  # the registered rule is shared
+    rule.reduction_slices = 4
+    sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
+    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
+    y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
+    assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
+
+
 def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
     """A known device time (a spin) behind a slow host call: device timing finds the spin's time,
     per-call timing the host's."""
