@@ -177,7 +177,7 @@ class CUDAUnionTF32(SparseConvRule):
         self._unroll(sch, k_o, K_UNROLL, self.untuned_k_unroll, tunable)
         if tunable:  # whether the build skips the padding k steps (`skip_padding_steps`): tuning times both
             sch.annotate(k_o, SKIP_STEPS_ATTR, sch.sample_categorical([0, 1], [0.5, 0.5]))
-        self.overlap_staging(sch, x_shared)
+        self.overlap_staging(sch, c)
         return sch
 
     def _split_reduction(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, c, slices: int):
@@ -203,9 +203,10 @@ class CUDAUnionTF32(SparseConvRule):
         """Bytes a 1x1 layer's staged tile may take (KxK layers: their format's boxes, `block_tiles`)."""
         return staging_budget(self.algorithm)
 
-    def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
-        """Hook for variants that overlap the staging copy (`x_shared`) with the mma; here each
-        chunk's copy, rounded to TF32 as it is stored, completes before its mma."""
+    def overlap_staging(self, sch: s_tir.Schedule, chunks) -> None:
+        """Hook for variants that overlap the staging copy (computed at the loop over `chunks`)
+        with the mma; here each chunk's copy, rounded to TF32 as it is stored, completes before
+        its mma."""
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
         """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), each

@@ -40,11 +40,9 @@ class CUDAUnionTF32Async(CUDAUnionTF32):
             return None  # the format's boxes fit that many tiles only
         return super()._tile_rows(sch, blocks, pixels, co, c, k, tunable, shares)
 
-    def overlap_staging(self, sch: s_tir.Schedule, x_shared) -> None:
-        """The chunk loop (`c`, which holds the copy and the k steps) as a `stages`-stage pipeline
-        whose copy stage is asynchronous."""
-        # (c_1: a split reduction's chunks within a share, `CUDAUnionTF32._split_reduction`)
-        c = next(lp for lp in sch.get_loops(x_shared) if sch.get(lp).loop_var.name in ("c", "c_1"))
-        sch.annotate(c, "software_pipeline_stage", [0, self.stages - 1])
-        sch.annotate(c, "software_pipeline_order", [0, 1])
-        sch.annotate(c, "software_pipeline_async_stages", [0])
+    def overlap_staging(self, sch: s_tir.Schedule, chunks) -> None:
+        """The chunk loop (`chunks`, which holds the copy and the k steps) as a `stages`-stage
+        pipeline whose copy stage is asynchronous."""
+        sch.annotate(chunks, "software_pipeline_stage", [0, self.stages - 1])
+        sch.annotate(chunks, "software_pipeline_order", [0, 1])
+        sch.annotate(chunks, "software_pipeline_async_stages", [0])

@@ -141,17 +141,15 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occu
         how, mod = "untuned", rule.apply(tuning_records.workload_module(wl)["main"], target, False).mod
     row = {"layer": problem.name, "algorithm": algorithm, "schedule": how,
            "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule, occupancy)}
-    for cap in group_caps:
-        capped = copy.copy(rule)  # the registered rule is shared
-        capped.group_cap = cap
-        sch = capped.apply(tuning_records.workload_module(wl)["main"], target, False)
-        row.setdefault("untuned_by_group_cap", {})[cap] = None if sch is None else scheduled_facts(sch.mod, wl, capped)
-    for n in shares:
-        split = copy.copy(rule)
-        split.reduction_slices = n
-        sch = split.apply(tuning_records.workload_module(wl)["main"], target, False)
-        row.setdefault("untuned_by_shares", {})[n] = None if sch is None else scheduled_facts(
-            sch.mod, wl, split, occupancy)
+    # the untuned template with one choice changed: (row key, rule attribute, values, with occupancy)
+    for key, attr, values, with_occupancy in (("untuned_by_group_cap", "group_cap", group_caps, False),
+                                              ("untuned_by_shares", "reduction_slices", shares, occupancy)):
+        for value in values:
+            changed = copy.copy(rule)  # the registered rule is shared
+            setattr(changed, attr, value)
+            sch = changed.apply(tuning_records.workload_module(wl)["main"], target, False)
+            row.setdefault(key, {})[value] = None if sch is None else scheduled_facts(sch.mod, wl, changed,
+                                                                                      with_occupancy)
     return row
 
 
