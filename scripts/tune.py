@@ -312,7 +312,7 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
     row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
            "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured,
-           "not_kept": res.not_kept, "source": res.source}
+           "not_kept": res.not_kept, "source": res.source, "candidates_us": res.candidates_us}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row

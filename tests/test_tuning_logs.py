@@ -250,10 +250,12 @@ def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best
                                      ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
     site = LocalSite(targets.device_for(target))
     naive_lib = site.load(compile_tir(mod, target))
-    record, err, source, _ = _search_or_untuned(naive, 0.0, naive_lib, mod, wl,
-                                                reference.conv2d_f64(arrays[0], dense_w, wl), arrays, target, site,
-                                                tuned_rules(target))
+    record, err, source, _, timed = _search_or_untuned(naive, 0.0, naive_lib, mod, wl,
+                                                       reference.conv2d_f64(arrays[0], dense_w, wl), arrays, target,
+                                                       site, tuned_rules(target))
     assert source != "search" and source.endswith("untuned"), source
+    # every candidate's time is reported, the kept one the fastest of them
+    assert "search" in timed and source in timed and timed[source] == min(timed.values()), timed
     assert err <= 1e-5 and 0 < float(record.run_secs[0]) < 1.0
 
     folder = tmp_path / "logs" / targets.target_folder_name(target)

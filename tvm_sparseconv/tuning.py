@@ -240,6 +240,9 @@ class TuneResult:
     #: where the kept schedule came from: "search", or the label of the untuned template that ran
     #: faster than the search's best (`SparseConvRule.untuned_label`)
     source: str = "search"
+    #: microseconds of each candidate timed in turns at the end (the search's best, "search", and
+    #: each untuned variant by label), so a summary shows what the kept schedule beat
+    candidates_us: dict[str, float] = field(default_factory=dict)
 
 
 def tune_problem(
@@ -316,14 +319,14 @@ def tune_problem(
             site = RemoteSite(tracker, target) if tracker is not None else LocalSite(device_for(target))
             ref = reference.conv2d_f64(arrays[0], dense_w, wl, arrays[3] if wl.has_bias else None)
             record, err, rejected, lib = _first_correct_record(database, mod, wl, ref, arrays, target, site)
-            record, err, source, lib = _search_or_untuned(record, err, lib, mod, wl, ref, arrays, target, site,
-                                                          tuned_rules(target, rule_names, algorithm))
+            record, err, source, lib, candidates_us = _search_or_untuned(
+                record, err, lib, mod, wl, ref, arrays, target, site, tuned_rules(target, rule_names, algorithm))
             same_run = _against_folder_record(out_folder, lib, wl, target, site, arrays)
     best = float(np.mean([float(s) for s in record.run_secs]))
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
     phases = {k: float(v) for k, v in profiler.get().items()}
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
-                      phases, measured, not_kept, source)
+                      phases, measured, not_kept, source, candidates_us)
 
 
 def enough_trials(trials: int, per_iter: int) -> int:
@@ -401,7 +404,7 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
 
 def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.ndarray, arrays, target, site,
                        rules: list) -> tuple:
-    """(record, relative error, source, its kernel): the search's checked best (`lib`, built at
+    """(record, relative error, source, its kernel, every candidate's microseconds by label): the search's checked best (`lib`, built at
     `site`), or an untuned template of the tuned `rules` (`SparseConvRule.untuned_variants`) as a
     record where it is correct and runs faster in this run, timed in turns with it.
 
@@ -422,12 +425,13 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
             entries.append((f"{variant.name} {variant.untuned_label()}", sch, v_err))
             libs.append(v_lib)
     seconds = _seconds_in_turns(libs, site, arrays, wl) if len(libs) > 1 else [0.0]
+    timed = {label: round(s * 1e6, 2) for (label, _, _), s in zip(entries, seconds)} if len(libs) > 1 else {}
     i = int(np.argmin(seconds))
     if i == 0:
-        return record, err, "search", lib
+        return record, err, "search", lib, timed
     source, sch, v_err = entries[i]
     untuned = ms.database.TuningRecord(sch.trace, record.workload, [seconds[i]], target, record.args_info)
-    return untuned, v_err, source, libs[i]
+    return untuned, v_err, source, libs[i], timed
 
 
 def untuned_schedules(rules: list, mod: tvm.IRModule, target: Target) -> list[tuple]:
