@@ -130,30 +130,39 @@ def test_forcing_a_tf32_algorithm_needs_precision_tf32():
                     algorithm="union-tf32")
 
 
-@pytest.mark.parametrize("kshape,chunk,code", [
+@pytest.mark.parametrize("kshape,chunk,strides,code", [
     # ResNet-50's 3x3 layers on a 16x16 map: one 16-pixel tile per row, a staged box 18 positions
     # wide of 32 channels padded to 36 words
-    ((3, 3, 256, 256), 32, (36, 36 * 18)),
-    ((7, 7, 3, 64), 3, (4, 4 * 22)),  # the stem: 3 channels padded to 4 words, 16 + 6 columns
-    ((11, 11, 32, 64), 32, (36, 36 * 26)),  # the headline's kernel
-    ((1, 1, 200, 64), 200, (200, 200)),  # 1x1: the tap is the channel
+    ((3, 3, 256, 256), 32, 1, ((0, 36, 72), 36 * 18)),
+    ((7, 7, 3, 64), 3, 1, (tuple(4 * kw for kw in range(7)), 4 * 22)),  # the stem: 3 channels in 4 words, 16 + 6 columns
+    ((11, 11, 32, 64), 32, 1, (tuple(36 * kw for kw in range(11)), 36 * 26)),  # the headline's kernel
+    ((1, 1, 200, 64), 200, 1, ((0,), 200)),  # 1x1: the tap is the channel
+    # stride 2 on a 32x32 map: 33 input columns a 16-pixel tile, by phase (`column_phases`): 17
+    # even positions then 17 odd, so kw 1 is the odd phase's first position, kw 2 the even's second
+    ((3, 3, 64, 64), 32, 2, ((0, 36 * 17, 36), 2 * 36 * 17)),
+    # the stem at stride 2: 37 columns, 19 a phase of 4 words
+    ((7, 7, 3, 64), 3, 2, ((0, 76, 4, 80, 8, 84, 12), 2 * 76)),
 ])
-def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, code, rng):
+def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, strides, code, rng):
     """Taps are coded as offsets in the staged input box (`tap_code`: an A element's shared address
-    is its pixel's plus the tap), and the packed (taps, B-fragment weights) of every group and
-    chunk rebuild the kernel, rounded to TF32; padding taps carry zero weights. Each union fills
-    its own ceil(len / 8) k steps, which its last tap gives where steps are left after them (the
-    build skips those, `skip_padding_steps`): they hold zero weights only."""
+    is its pixel's plus the tap; strided columns by phase), and the packed (taps, B-fragment
+    weights) of every group and chunk rebuild the kernel, rounded to TF32; padding taps carry zero
+    weights. Each union fills its own ceil(len / 8) k steps, which its last tap gives where steps
+    are left after them (the build skips those, `skip_padding_steps`): they hold zero weights only."""
     import tvm_sparseconv as tsc
     from tvm_sparseconv.workload import ConvWorkload
 
     w = rng.standard_normal(kshape).astype(np.float32) * (rng.random(kshape) < 0.2)
     kernel = tsc.SparseKernel.from_dense(w)
-    layer = ConvWorkload.create((1, 16, 16, kshape[2]), kshape, 1, 1, "SAME", 1, False, None)
+    side = 16 * strides
+    layer = ConvWorkload.create((1, side, side, kshape[2]), kshape, 1, strides, "SAME", 1, False, None)
     wl = layer.with_format(union_tf32.ALGORITHM.name, **union_tf32.chunked_format(kernel, chunk))
     assert union_tf32.tap_code(wl) == code
     frags, taps = union_tf32.pack_union(wl, kernel)
-    per_kw, per_kh = code
+    offsets, per_kh = code
+    # each (kh, kw, ci in the chunk) its own offset, decoded here independently of the packing's
+    where = {ci + offsets[kw] + per_kh * kh: (kh, kw, ci) for kh, kw, ci in np.ndindex(kshape[0], kshape[1], chunk)}
+    assert len(where) == kshape[0] * kshape[1] * chunk
     # B fragment order back to [group, chunk, k, channel of the group] (schedules/mma_tf32.b_layout)
     g, c, ks = taps.shape
     weights = frags.reshape(g, c, ks // 8, 8, 4, 2).transpose(0, 1, 2, 5, 4, 3).reshape(g, c, ks, 8)
@@ -165,9 +174,11 @@ def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, code, rng):
         assert (-last - 1 if last < 0 else ks // 8) == steps
         assert not weights[gi, ci_chunk, steps * 8:].any()
     for gi, ci_chunk, k in np.ndindex(g, c, ks):
-        t = max(int(taps[gi, ci_chunk, k]), 0)  # as the gather clamps it
-        kh, kw, ci = t // per_kh, t % per_kh // per_kw, t % per_kh % per_kw + ci_chunk * wl.chunk
-        rebuilt[kh, kw, ci, gi * 8:(gi + 1) * 8] += weights[gi, ci_chunk, k]
+        kh, kw, ci = where[max(int(taps[gi, ci_chunk, k]), 0)]  # clamped as the gather clamps it
+        if ci + ci_chunk * wl.chunk < kshape[2]:
+            rebuilt[kh, kw, ci + ci_chunk * wl.chunk, gi * 8:(gi + 1) * 8] += weights[gi, ci_chunk, k]
+        else:
+            assert not weights[gi, ci_chunk, k].any()
     np.testing.assert_array_equal(rebuilt, union_tf32.round_tf32(w))
 
 
@@ -196,8 +207,11 @@ def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
         overlapped = problem.workload(algorithm="union-tf32-async")
         rows, tiles = union_tf32.block_tiles(overlapped)
         (eh, ew), (sh, sw) = overlapped.kernel_extent, overlapped.strides
-        box = ((rows - 1) * sh + eh) * ((tiles * union_tf32.M_TILE - 1) * sw + ew) if not union_tf32.whole_images(
-            overlapped) else int(np.prod(overlapped.gather_hw))
+        # a row's columns by phase (`column_phases`): the phases' positions in all
+        columns = (tiles * union_tf32.M_TILE - 1) * sw + ew if not union_tf32.whole_images(overlapped) else (
+            overlapped.gather_hw[1])
+        box_rows = (rows - 1) * sh + eh if not union_tf32.whole_images(overlapped) else overlapped.gather_hw[0]
+        box = box_rows * sw * -(-columns // sw)
         assert 2 * box * union_tf32.staged_row_words(overlapped.chunk) * 4 <= union_tf32.SHARED_BYTES, problem.name
     conv3 = workload_set("resnet50_conv3_3x3_b32_g8")[0]
     assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32")) == (4, 2)
@@ -298,6 +312,10 @@ def _wavefronts(quad: np.ndarray, position_words: int) -> int:
     ("resnet50_conv2_3x3_b32_g8", 1.3),
     ("resnet50_conv3_1x1_reduce_b32", 1.15),
     ("resnet50_conv5_1x1_reduce_b32_g8", 1.3),
+    # stride 2: 2.27 with the input's column order (pixels 72 words apart: 4 bank offsets for 8
+    # pixels), 1.25 with the columns by phase (`column_phases`)
+    ("resnet50_conv3_3x3_s2_b32_g8", 1.3),
+    ("resnet50_conv5_3x3_s2_b32_g8", 1.3),
 ])
 def test_union_tf32_fragment_loads_hit_distinct_banks(layer, most):
     """Packed taps are laid out so that an A-fragment load (8 pixels x an aligned quad of taps)
@@ -309,7 +327,7 @@ def test_union_tf32_fragment_loads_hit_distinct_banks(layer, most):
     (problem,) = workload_set(layer)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = problem.workload(kernel, algorithm="union-tf32")
-    position = union_tf32.staged_row_words(wl.chunk) * (1 if union_tf32.is_pointwise(wl.kernel_shape) else wl.strides[1])
+    position = union_tf32.staged_row_words(wl.chunk)  # consecutive pixels' positions, by phase where strided
     _, taps = union_tf32.pack_union(wl, kernel)
     unions = union_tf32.group_unions(kernel, wl.chunk, union_tf32.tap_code(wl))
     run = [[-(-len(u) // 8) * 8 for u in per_chunk] for per_chunk in unions]  # positions of the steps that run

@@ -195,12 +195,13 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32")
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
-    (gh, gw), (eh, ew) = wl.gather_hw, wl.kernel_extent
+    (gh, gw), (eh, ew), sw = wl.gather_hw, wl.kernel_extent, wl.strides[1]
     if union_tf32.whole_images(wl):
-        positions = gh * gw
+        box_rows, columns = gh, gw
     else:
         rows, tiles = union_tf32.block_tiles(wl)
-        positions = ((rows - 1) * wl.strides[0] + eh) * ((tiles * 16 - 1) * wl.strides[1] + ew)
+        box_rows, columns = (rows - 1) * wl.strides[0] + eh, (tiles * 16 - 1) * sw + ew
+    positions = box_rows * sw * -(-columns // sw)  # strided columns by phase, each phase as wide
     assert words == positions * union_tf32.staged_row_words(wl.chunk) and words * 4 <= 48 * 1024
     err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
     assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance

@@ -191,6 +191,8 @@ def test_compile_precision_tf32_runs_union_tf32_at_tf32_accuracy():
     ("resnet50_conv3_1x1_reduce_b32_g8", 64), ("resnet50_conv3_1x1_reduce_b32_g8", 256),
     ("resnet50_conv4_3x3_b32_g8", None), ("resnet50_conv5_3x3_b32_g8", None),  # staged rows; whole images
     ("resnet50_conv3_3x3_b32_g8", None), ("resnet50_conv1_7x7_s2_b32_g8", None),
+    # stride 2, columns staged by phase (`union_tf32.column_phases`): rows; whole images
+    ("resnet50_conv4_3x3_s2_b32_g8", None), ("resnet50_conv5_3x3_s2_b32_g8", None),
 ])
 def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
     """union-tf32's and union-tf32-async's untuned templates on the block-pruned batch-32 layers

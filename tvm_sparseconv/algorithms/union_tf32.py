@@ -15,10 +15,12 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   to whole chunks. For 1x1 layers it is the view on flattened output pixels,
   ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow)), which the CUDA rule stages
   per chunk of ``chunk`` channels in shared memory for all the block's groups; otherwise it is the
-  padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels), whose rows the CUDA rule
-  stages per block of output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
+  padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels; with a column stride s,
+  ``xs[n, r, phase, j, ch]`` of column ``j*s + phase``, `column_phases`, so that consecutive
+  output pixels read consecutive staged positions), whose rows the CUDA rule stages per block of
+  output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
-  the input at the tap ``taps[g, c, k] = ci_in_chunk + per_kw*kw + per_kh*kh`` (`tap_code`: for
+  the input at the tap ``taps[g, c, k] = ci_in_chunk + kw_offset[kw] + per_kh*kh`` (`tap_code`: for
   KxK layers the tap's offset in a block's staged input box, so that an A element's shared-memory
   address is its pixel's plus the tap; the rule declares the region TVM cannot bound,
   `gather_region`). The CUDA rule computes
@@ -133,7 +135,24 @@ def whole_images(wl: ConvWorkload, chunk: int | None = None, budget: int | None 
     workload's algorithm)."""
     (oh, ow), (gh, gw) = wl.output_hw, wl.gather_hw
     return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
-        gh * gw * staged_row_words(chunk or wl.chunk) * 4 <= _budget(wl, budget))
+        gh * column_phases(wl) * _phase_positions(gw, wl) * staged_row_words(chunk or wl.chunk) * 4
+        <= _budget(wl, budget))
+
+
+def column_phases(wl: ConvWorkload) -> int:
+    """Phases of a KxK layer's staged columns: its column stride. A staged box keeps the input
+    columns of each residue mod the stride together (column ``j*sw + phase`` at position ``phase*J
+    + j``), so consecutive output pixels read consecutive staged positions whatever the stride: with
+    the input's own column order, stride-2 pixels were 2 positions (72 words) apart, 8 of them on 4
+    bank offsets, 2.27 shared-memory wavefronts per A-fragment load on ResNet-50's 3x3 s2 layers
+    against 1.25 at stride 1 (`tests/test_algorithms.py`). 1 for 1x1 layers (their view is strided
+    already) and stride 1, where the layout is the input's."""
+    return 1 if is_pointwise(wl.kernel_shape) else wl.strides[1]
+
+
+def _phase_positions(columns: int, wl: ConvWorkload) -> int:
+    """Positions of each phase (`column_phases`) a box of `columns` input columns holds."""
+    return -(-columns // column_phases(wl))
 
 
 def pixel_grid(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> tuple[int, int]:
@@ -164,56 +183,80 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None, budget: int | None =
     fits = []
     for r in (r for r in range(1, rows + 1) if rows % r == 0):
         for t in (t for t in range(1, tiles + 1) if tiles % t == 0 and r * t <= MAX_BLOCK_TILES):
-            staged = ((r - 1) * sh + eh) * ((t * M_TILE - 1) * sw + ew) * words * 4
+            staged = ((r - 1) * sh + eh) * sw * _phase_positions((t * M_TILE - 1) * sw + ew, wl) * words * 4
             if staged <= budget:
                 fits.append((r * t % 2, -r * t, staged / (r * t), r, t))
     return min(fits)[3:] if fits else None
 
 
 def staged_box_width(wl: ConvWorkload, chunk: int | None = None) -> int:
-    """Columns of input a block of a KxK layer stages: its column tiles' input (`block_tiles`), or
-    with `whole_images` the image's."""
+    """Positions of each phase (`column_phases`) in a row of a KxK layer's staged box: its column
+    tiles' input (`block_tiles`), or with `whole_images` the image's."""
     if whole_images(wl, chunk):
-        return wl.gather_hw[1]
+        return _phase_positions(wl.gather_hw[1], wl)
     _, tiles = block_tiles(wl, chunk)
-    return (tiles * M_TILE - 1) * wl.strides[1] + wl.kernel_extent[1]
+    return _phase_positions((tiles * M_TILE - 1) * wl.strides[1] + wl.kernel_extent[1], wl)
 
 
-def staged_strides(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
-    """(words per staged position, words per staged row) of a KxK layer's staged input box: a
-    position is the chunk padded by `STAGE_ALIGN`, a row `staged_box_width` positions."""
+def staged_strides(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int, int]:
+    """(words per staged position, per phase, per row) of a KxK layer's staged input box: a
+    position is the chunk padded by `STAGE_ALIGN`, a phase `staged_box_width` positions, a row
+    `column_phases` phases."""
     per_position = staged_row_words(chunk or wl.chunk)
-    return per_position, per_position * staged_box_width(wl, chunk)
+    per_phase = per_position * staged_box_width(wl, chunk)
+    return per_position, per_phase, per_phase * column_phases(wl)
 
 
-def tap_code(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int]:
-    """(per_kw, per_kh): a packed tap is ``ci_in_chunk + per_kw*kw + per_kh*kh``. For KxK layers
-    that is the tap's offset in the block's staged input box (`staged_strides`, dilations
-    included), so an A element's shared-memory address is its pixel's plus the tap, one add (the
-    power-of-two fields decoded by shifts and masks before it cost 13-19 instructions per mma on
-    the 3x3 layers, a division by 7 per element 37 on conv5's, `benchmarks/experiments/union_sass.py`).
-    1x1 layers: the tap is the channel."""
+def tap_code(wl: ConvWorkload, chunk: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(offset of each kw, offset per kh): a packed tap is ``ci_in_chunk + kw_offsets[kw] +
+    per_kh*kh``. For KxK layers that is the tap's offset in the block's staged input box
+    (`staged_strides`, dilations included; column ``kw*dw`` of a pixel's window is in phase
+    ``kw*dw % sw``, ``kw*dw // sw`` positions on), so an A element's shared-memory address is its
+    pixel's plus the tap, one add (the power-of-two fields decoded by shifts and masks before it
+    cost 13-19 instructions per mma on the 3x3 layers, a division by 7 per element 37 on conv5's,
+    `benchmarks/experiments/union_sass.py`). 1x1 layers: the tap is the channel."""
     chunk = chunk or wl.chunk
     if is_pointwise(wl.kernel_shape):
-        return chunk, chunk
-    per_position, per_row = staged_strides(wl, chunk)
-    return per_position * wl.dilations[1], per_row * wl.dilations[0]
+        return (0,), chunk
+    per_position, per_phase, per_row = staged_strides(wl, chunk)
+    sw, dw = wl.strides[1], wl.dilations[1]
+    offsets = tuple(kw * dw % sw * per_phase + kw * dw // sw * per_position for kw in range(wl.kernel_shape[1]))
+    return offsets, per_row * wl.dilations[0]
+
+
+def compact_code(kernel_shape, chunk: int) -> tuple[tuple[int, ...], int]:
+    """A tap code (`tap_code`'s form) that packs taps densely, ``ci + chunk*(kw + KW*kh)``: the
+    order of every layer's code, for counting and ordering unions."""
+    kw_ = kernel_shape[1]
+    return tuple(chunk * kw for kw in range(kw_)), chunk * kw_
+
+
+def decode_taps(taps: np.ndarray, code: tuple[tuple[int, ...], int]) -> tuple[np.ndarray, ...]:
+    """(ci in the chunk, kw, kh) of packed `taps` (`tap_code`'s `code`): a tap's kw is the one
+    with the largest offset not past it (the offsets are a chunk or more apart)."""
+    offsets, per_kh = code
+    taps = np.asarray(taps, np.int64)
+    kh, rest = taps // per_kh, taps % per_kh
+    order = np.argsort(offsets)
+    kw = order[np.searchsorted(np.asarray(offsets)[order], rest, side="right") - 1]
+    return rest - np.asarray(offsets, np.int64)[kw], kw, kh
 
 
 def group_unions(kernel: SparseKernel, chunk: int | None = None,
-                 code: tuple[int, int] | None = None) -> list[list[np.ndarray]]:
+                 code: tuple[tuple[int, ...], int] | None = None) -> list[list[np.ndarray]]:
     """[group][chunk]: the sorted taps of that group's `GROUP` output channels whose input channel
-    is in chunk c (`chunk`: default `chunk_size`), packed as ``ci_in_chunk + code[0]*kw +
-    code[1]*kh`` (default: compact, ``chunk*(kw + KW*kh)``; `tap_code` gives the kernel's, which
-    orders taps the same)."""
+    is in chunk c (`chunk`: default `chunk_size`), packed as ``ci_in_chunk + code[0][kw] +
+    code[1]*kh`` (default: `compact_code`; `tap_code` gives the kernel's, whose order may differ
+    across kw phases but whose unions hold the same taps)."""
     cin, cout = kernel.shape[2:]
     chunk = chunk or chunk_size(kernel.shape)
-    per_kw, per_kh = code or (chunk, chunk * kernel.shape[1])
+    offsets, per_kh = code or compact_code(kernel.shape, chunk)
     n_chunks = -(-cin // chunk)
     real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
     which = ci // chunk
-    packed = (ci - which * chunk) + per_kw * kernel.kw.astype(np.int64) + per_kh * kernel.kh.astype(np.int64)
+    packed = (ci - which * chunk) + np.asarray(offsets, np.int64)[kernel.kw.astype(np.int64)] + (
+        per_kh * kernel.kh.astype(np.int64))
     unions = []
     for g in range(cout // GROUP):
         rows = slice(g * GROUP, (g + 1) * GROUP)
@@ -288,8 +331,8 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     (`skipped_steps_code`)."""
     cout = kernel.shape[3]
     chunk, k_pad = wl.chunk, wl.ell_width
-    per_kw, per_kh = tap_code(wl)
-    unions = group_unions(kernel, chunk, (per_kw, per_kh))
+    code = tap_code(wl)
+    unions = group_unions(kernel, chunk, code)
     dense = kernel.to_dense()  # HWIO
     n_chunks = len(unions[0]) if unions else 1
     weights = np.zeros((len(unions), n_chunks, k_pad, GROUP), np.float32)
@@ -302,9 +345,8 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
             taps[g, c], real = bank_spread(u, k_pad, chunk, used=steps * K_STEP)
             if steps * K_STEP < k_pad:
                 taps[g, c, -1] = skipped_steps_code(steps)
-            order = taps[g, c][real]
-            ci, kw, kh = order % per_kh % per_kw + c * chunk, order % per_kh // per_kw, order // per_kh
-            weights[g, c, real] = dense[kh, kw, ci, g * GROUP:(g + 1) * GROUP]
+            ci, kw, kh = decode_taps(taps[g, c][real], code)
+            weights[g, c, real] = dense[kh, kw, ci + c * chunk, g * GROUP:(g + 1) * GROUP]
     # B fragment order: [.., k // 8, lane = j*4 + k % 4, reg = k % 8 // 4]
     frag = weights.reshape(len(unions), n_chunks, k_pad // K_STEP, 2, 4, GROUP).transpose(0, 1, 2, 5, 4, 3)
     return round_tf32(np.ascontiguousarray(frag.reshape(len(unions), n_chunks, k_pad // K_STEP, 32, 2))), taps
@@ -376,20 +418,29 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
         # pixel again) and are never stored.
         rows, cols = pixel_grid(wl)
         flat = whole_images(wl)
-        xs = te.compute((n, gh, gw if flat else gw + (cols - ow_) * sw, n_chunks * chunk),
-                        lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
-
-        per_position, per_row = staged_strides(wl)
+        width = gw if flat else gw + (cols - ow_) * sw
+        per_position, per_phase, per_row = staged_strides(wl)
+        phases = column_phases(wl)
+        if phases == 1:
+            xs = te.compute((n, gh, width, n_chunks * chunk),
+                            lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
+        else:  # columns by phase (`column_phases`): xs[b, r, phase, j] is column j*sw + phase
+            xs = te.compute((n, gh, phases, _phase_positions(width, wl), n_chunks * chunk),
+                            lambda b, r, ph, j, ch: padded(b, r - pt, j * sw + ph - pl, ch), name=X_TF32)
 
         def gather(b, r, q, g, c, k):
-            # The tap's offsets in rows, columns and channels of the staged box (`tap_code`): the
-            # staged index, rows * per_row + columns * per_position + channel, simplifies to the
-            # pixel's plus the tap. (TVM cannot bound these data-dependent fields: the CUDA rule
-            # declares the block's read region, `gather_region`.)
+            # The tap's offsets in rows, (phases,) columns and channels of the staged box
+            # (`tap_code`): the staged index, rows * per_row (+ phase * per_phase) + columns *
+            # per_position + channel, simplifies to the pixel's plus the tap. (TVM cannot bound these
+            # data-dependent fields: the CUDA rule declares the block's read region, `gather_region`.)
             t = taps[g, c, k]
-            dr, dc = tirx.floordiv(t, per_row), tirx.floordiv(tirx.floormod(t, per_row), per_position)
+            dr, in_row = tirx.floordiv(t, per_row), tirx.floormod(t, per_row)
+            ch = c * chunk + tirx.floormod(t, per_position)
             oh, ow = grid_pixel(r, q, (oh_, ow_) if flat else None)
-            return at_fragment(xs[b, oh * sh + dr, ow * sw + dc, c * chunk + tirx.floormod(t, per_position)])
+            if phases == 1:
+                return at_fragment(xs[b, oh * sh + dr, ow * sw + tirx.floordiv(in_row, per_position), ch])
+            ph, dj = tirx.floordiv(in_row, per_phase), tirx.floordiv(tirx.floormod(in_row, per_phase), per_position)
+            return at_fragment(xs[b, oh * sh + dr, ph, ow + dj, ch])
 
         a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
         pix = (n, rows, cols)
@@ -426,7 +477,10 @@ def gather_region(block: dict):
 
     def region(b, r, q, g, c, k):
         oh, ow = grid_pixel(r, q, (oh_, ow_) if ow_ else None)
-        return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
+        if sw == 1:
+            return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
+        # columns by phase (`column_phases`): every phase, the window's positions in each
+        return b, (oh * sh, oh * sh + eh), (0, sw), (ow, ow + -(-ew // sw)), (c * chunk, c * chunk + chunk)
     return region
 
 
