@@ -47,7 +47,9 @@ K_UNROLL = (0, 512)
 #: for twice the blocks (each staging the same box: twice the bytes staged)
 KXK_GROUP_CAPS = (16, 8)
 #: shares of the chunks that the untuned variants also try (`reduction_slices`), each with both
-#: k-step unrolls and the template's other choices; not measured yet
+#: k-step unrolls and the template's other choices. H100 b32 g8 (stop 49, tuning's candidates in
+#: turns): they win where the grid is smallest (conv5 3x3 s2 whole images, 128 blocks: 61.3 ->
+#: 50.2 us with 2 shares) and lose elsewhere (conv4 3x3 30.4 -> 35.5; 1x1 reduce first 28.2 -> 53.7)
 REDUCTION_SLICES = (2, 4)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
