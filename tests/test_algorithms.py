@@ -134,7 +134,8 @@ def test_forcing_a_tf32_algorithm_needs_precision_tf32():
     # ResNet-50's 3x3 layers on a 16x16 map: one 16-pixel tile per row, a staged box 18 positions
     # wide of 32 channels padded to 36 words
     ((3, 3, 256, 256), 32, 1, ((0, 36, 72), 36 * 18)),
-    ((7, 7, 3, 64), 3, 1, (tuple(4 * kw for kw in range(7)), 4 * 22)),  # the stem: 3 channels in 4 words, 16 + 6 columns
+    # the stem: 3 channels in 4 words, 16 + 6 columns
+    ((7, 7, 3, 64), 3, 1, (tuple(4 * kw for kw in range(7)), 4 * 22)),
     ((11, 11, 32, 64), 32, 1, (tuple(36 * kw for kw in range(11)), 36 * 26)),  # the headline's kernel
     ((1, 1, 200, 64), 200, 1, ((0,), 200)),  # 1x1: the tap is the channel
     # stride 2 on a 32x32 map: 33 input columns a 16-pixel tile, by phase (`column_phases`): 17
@@ -297,11 +298,20 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
         assert len(got) == distinct, layer
 
 
-def _wavefronts(quad: np.ndarray, position_words: int) -> int:
-    """Shared-memory wavefronts of one A-fragment load: 8 pixel rows (`position_words` apart) x
-    the quad's 4 taps, 32 banks of 4 bytes; a bank serves one distinct address per wavefront."""
-    addresses = np.add.outer(np.arange(8) * position_words, quad).ravel()
-    return max(len(set(addresses[addresses % 32 == bank])) for bank in range(32))
+def _load_experiment(name: str):
+    """A script of benchmarks/experiments/ as a module (they are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: shared-memory wavefronts of one A-fragment load (8 pixel rows x a quad of taps)
+_wavefronts = _load_experiment("union_bank_conflicts").wavefronts
 
 
 @pytest.mark.parametrize("layer,most", [

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or CUOBJDUMP is Non
 @pytest.mark.parametrize("layer,most", [
     ("resnet50_conv2_3x3_b32_g8", 10),  # 41.2 before stop 42's changes, 12.8 with shift-decoded taps
     ("resnet50_conv1_7x7_s2_b32_g8", 10),  # the stem: 53.8, then 13.2
+    # stride 2, columns staged by phase: the address is still the pixel's plus the tap (8.8)
+    ("resnet50_conv3_3x3_s2_b32_g8", 10),
     ("resnet50_conv4_3x3_b32_g8", 13),  # 7-row blocks held one tile a warp: 41.8, then 18.8
     ("resnet50_conv5_3x3_b32_g8", 20),  # whole 7x7 images, a division by 7 per A element: 37.5
     # the 1x1 path, one add per A element: 11.5 (conv3 1x1 reduce's two chunks became one

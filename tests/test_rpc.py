@@ -102,6 +102,8 @@ def test_tune_through_the_tracker_writes_records_compile_uses(cluster, tmp_path,
     assert result["workers"] == 2 and result["rpc"]["servers"] == 2
     assert {r["problem"] for r in result["workloads"]} == {p.name for p in TINY}
     assert all(r["relative_error"] <= 1e-5 for r in result["workloads"])
+    # the untuned templates, built on the local pool, ran on a server beside the search's best
+    assert all(any(label != "search" for label in r["candidates_us"]) for r in result["workloads"]), result
     meta = read_meta(logs / "remote")
     assert {e["problem"] for e in meta["entries"]} == {p.name for p in TINY}
     assert meta["target"]["kind"] == "llvm"

@@ -233,12 +233,15 @@ def test_tuning_a_tiny_workload_on_this_cpu_writes_a_record_compile_uses(tmp_pat
     assert rel_err(run_poisoned(op, x), ref) <= 1e-5
 
 
-def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best(tmp_path, monkeypatch):
+@pytest.mark.parametrize("pooled", [False, True], ids=["built-here", "built-on-the-pool"])
+def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best(tmp_path, monkeypatch, pooled):
     """The rules' untuned templates are timed beside the search's best: here that "best" is the
     unscheduled loop nest (one thread, no vectors), so a template wins; it is kept as a record that
-    compile() replays to a correct kernel."""
+    compile() replays to a correct kernel. The templates build here one after another, or all at
+    once on the tuning's builder pool (its exported libraries loaded back)."""
     from tvm_sparseconv import reference
     from tvm_sparseconv.tuning import LocalSite, _keep_record, _search_or_untuned, tuned_rules
+    from tvm_sparseconv.tuning_builder import pooled_builder
     from tvm_sparseconv.workloads import Problem
 
     problem = Problem("untuned_wins", (1, 32, 32, 32), (3, 3, 32, 32), 0.3)
@@ -252,7 +255,7 @@ def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best
     naive_lib = site.load(compile_tir(mod, target))
     record, err, source, _, timed = _search_or_untuned(naive, 0.0, naive_lib, mod, wl,
                                                        reference.conv2d_f64(arrays[0], dense_w, wl), arrays, target,
-                                                       site, tuned_rules(target))
+                                                       site, tuned_rules(target), pooled_builder(2) if pooled else None)
     assert source != "search" and source.endswith("untuned"), source
     # every candidate's time is reported, the kept one the fastest of them
     assert "search" in timed and source in timed and timed[source] == min(timed.values()), timed

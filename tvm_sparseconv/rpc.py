@@ -123,6 +123,12 @@ class RemoteSite:
         self._n += 1
         path = Path(self._tmp.name) / f"check{self._n}.tar"
         lib.export_library(str(path), fcompile=tar)
-        self.session.upload(str(path))
-        return self.session.load_module(path.name)
+        return self.load_artifact(str(path))
+
+    def load_artifact(self, path: str) -> tvm.runtime.Module:
+        """An exported library (a builder's tar) uploaded to the server and loaded there."""
+        self._n += 1
+        name = f"check{self._n}_{Path(path).name}"
+        self.session.upload(path, name)
+        return self.session.load_module(name)
 
