@@ -212,17 +212,20 @@ class CUDAUnionTF32(SparseConvRule):
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
         """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), each
-        layout's other group count per warp (`untuned_group_regs` swapped) and each of
-        `KXK_GROUP_CAPS`, its own first: which wins depends on the layer (the stem 95 -> 67 us with
-        the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100, union_tf32-v7-nvidia-h100.json).
+        layout's other group count per warp (`untuned_group_regs` swapped, and one group a warp on
+        KxK layers: twice the warps of a block for the same staged box, where conv4 3x3 b32 g8 is
+        latency-bound at 27 warps an SM, stop 48; 4 -> 2 a warp ran it 37.2 -> 34.4 us, stop 44)
+        and each of `KXK_GROUP_CAPS`, its own first: which wins depends on the layer (the stem 95
+        -> 67 us with the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100,
+        union_tf32-v7-nvidia-h100.json).
         On a 1x1 layer the KxK caps give the same kernels twice; tuning builds each once. Then the
         template with the reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
         (declined where the shares do not divide the layer's chunks)."""
         own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs, self.untuned_kxk_group_cap)
         kxk_caps = (own[3], *(c for c in KXK_GROUP_CAPS if c != own[3]))
         variants = []
-        for choice in sorted(itertools.product(K_UNROLL, COPY_UNROLL, (own[2], own[2][::-1]), kxk_caps),
-                             key=lambda c: c != own):
+        group_regs = list(dict.fromkeys((own[2], own[2][::-1], (1, own[2][1]))))
+        for choice in sorted(itertools.product(K_UNROLL, COPY_UNROLL, group_regs, kxk_caps), key=lambda c: c != own):
             rule = copy.copy(self)
             (rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs,
              rule.untuned_kxk_group_cap) = choice
@@ -270,7 +273,8 @@ class CUDAUnionTF32(SparseConvRule):
         """A block's `g_cap` groups: [serial, warps, per warp] (sampled when tuning)."""
         if tunable:
             return sch.sample_perfect_tile(g, n=3, max_innermost_factor=4)
-        g_regs = largest_divisor(g_cap, [self.untuned_group_regs[pointwise], 2, 1])
+        wanted = self.untuned_group_regs[pointwise]  # or the most below it that divides the cap
+        g_regs = largest_divisor(g_cap, [c for c in (4, 2, 1) if c <= wanted])
         warps_g = largest_divisor(g_cap // g_regs, [16, 8, 4, 2, 1])
         return [g_cap // (warps_g * g_regs), warps_g, g_regs]
 

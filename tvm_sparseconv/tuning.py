@@ -418,7 +418,7 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
     The search does not always draw the templates' choices: 16 trials on conv4 1x1 expand b32 g8
     kept a 25.4 us kernel where the untuned template with its k steps unrolled takes 21.8 (H100,
     stop 43); with this, a tuned layer is never slower than its untuned default. With `builder`
-    (the tuning's), the variants build on its workers at once (20 on a KxK union layer; built one
+    (the tuning's), the variants build on its workers at once (28 on a KxK union layer; 20 built one
     after another here, the Check phase took 37-42 s of a 75-85 s 16-trial tuning of conv4/conv5
     3x3 b32 g8 on the H100, stop 49), else here in turn."""
     tol = algorithms.by_name(wl.algorithm).tolerance
