@@ -36,6 +36,19 @@ ACTIVATIONS = (None, "relu", "relu6")
 
 
 # --- pytest hooks -----------------------------------------------------------------------------
+def load_script(relative: str, name: str | None = None):
+    """A script of the repository (`scripts/`, `benchmarks/experiments/`: not packages), by its
+    path from the repository root, imported as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def pytest_configure(config):
     """Silence UntunedWarning (every compile here is untuned) and register the markers."""
     config.addinivalue_line("filterwarnings", "ignore::tvm_sparseconv.UntunedWarning")

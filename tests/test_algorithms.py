@@ -17,7 +17,7 @@ from tvm_sparseconv.algorithms import nhwc_direct, union_tf32
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workloads import Problem
 
-from conftest import reference_conv, rel_err
+from conftest import load_script, reference_conv, rel_err
 
 # Small layers covering what the definitions special-case: 1x1 strided (nhwc-direct's strided view)
 # with and without padding, KxK strided and dilated, channels that do not fill a chunk, batch > 1.
@@ -299,20 +299,8 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
         assert len(got) == distinct, layer
 
 
-def _load_experiment(name: str):
-    """A script of benchmarks/experiments/ as a module (they are not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 #: shared-memory wavefronts of one A-fragment load (8 pixel rows x a quad of taps)
-_wavefronts = _load_experiment("union_bank_conflicts").wavefronts
+_wavefronts = load_script("benchmarks/experiments/union_bank_conflicts.py").wavefronts
 
 
 @pytest.mark.parametrize("layer,most", [

@@ -7,18 +7,15 @@ schedule changes of stops 42 and 43 bought, so a later change that undoes them f
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-from pathlib import Path
 
 import pytest
 
 from tvm_sparseconv.schedules.cuda_union_tf32 import CUDAUnionTF32
 
-_SPEC = importlib.util.spec_from_file_location(
-    "union_sass", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_sass.py")
-union_sass = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(union_sass)
+from conftest import load_script
+
+union_sass = load_script("benchmarks/experiments/union_sass.py")
 
 CUOBJDUMP = union_sass.find_cuobjdump()
 pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or CUOBJDUMP is None,
@@ -67,10 +64,7 @@ def test_loops_are_found_in_sass_text():
     assert (loop["instructions"], loop["mma"], loop["shared_loads"]) == (4, 1, 1)
 
 
-_TRAFFIC_SPEC = importlib.util.spec_from_file_location(
-    "union_staging_traffic", Path(__file__).resolve().parents[1] / "benchmarks/experiments/union_staging_traffic.py")
-union_staging_traffic = importlib.util.module_from_spec(_TRAFFIC_SPEC)
-_TRAFFIC_SPEC.loader.exec_module(union_staging_traffic)
+union_staging_traffic = load_script("benchmarks/experiments/union_staging_traffic.py")
 
 
 def test_occupancy_takes_the_tightest_of_an_sms_limits():

@@ -3,11 +3,12 @@ ResNet-50 sparsified, its predictions equal to the pruned dense model's, and rep
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from conftest import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,9 +26,7 @@ def test_pruned_resnet50_sparsified_predicts_the_same_and_reports(tmp_path):
     assert res["sparse_layers"] == sum(lay["chosen"] == "sparse" for lay in res["layers"])
     assert res["model_ms"]["dense"] > 0 and res["model_ms"]["sparsified"] > 0
 
-    spec = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    report = load_script("scripts/report.py")
     summary, full = report.pruned_model_markdown(out, res)
     assert "whole pruned ResNet-50" in summary and f"{res['sparse_layers']} of 53" in summary
     assert full.count("\n| conv") == 53

@@ -21,6 +21,8 @@ from tvm_sparseconv import algorithms
 from tvm_sparseconv.nvptx_build import assemble, compile_nvptx, nvptx_ptx
 from tvm_sparseconv.schedules.cuda_register_reuse import TILES, Tile, emit
 
+from conftest import load_script
+
 CASES = [  # (input NHWC, Cout, density, strides, pads, tile)
     ((2, 5, 7, 24), 20, 0.3, (1, 1), ((0, 0), (0, 0)), Tile(group=8, pixels=32, groups=2, stage=16, regs=8)),
     ((1, 9, 9, 6), 12, 0.5, (2, 2), ((0, 0), (0, 0)), Tile(group=4, pixels=32, groups=4, stage=8, regs=4)),  # Cin % 4 != 0
@@ -322,15 +324,10 @@ def test_a_record_run_keeps_an_unmeasured_faster_tile_only_if_measured_with_the_
     did not measure, is kept only where both were measured with the same emitter version; a record
     of older code (or of unknown code) is replaced (stop 30: conv5 1x1 reduce_first b32 kept a
     record of 70.4 us that ran 104.8 once the FMAs went in as PTX text)."""
-    import importlib.util
-
     from tvm_sparseconv import tile_records
     from tvm_sparseconv.workloads import workload_set
 
-    spec = importlib.util.spec_from_file_location(
-        "register_reuse_experiment", Path(__file__).resolve().parents[1] / "benchmarks/experiments/register_reuse.py")
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
+    experiment = load_script("benchmarks/experiments/register_reuse.py", "register_reuse_experiment")
     layer = "resnet50_conv3_1x1_reduce_b32"
     problem = workload_set(layer)[0]
     nnz = int(problem.sparse_kernel().nnz)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import re
 from pathlib import Path
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-_SPEC = importlib.util.spec_from_file_location("report", ROOT / "scripts" / "report.py")
-report = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(report)
+report = load_script("scripts/report.py")
 
 RESULTS = ROOT / "benchmarks" / "results" / "nvidia-h100-resnet50-network.json"
 

@@ -142,12 +142,13 @@ def whole_images(wl: ConvWorkload, chunk: int | None = None, budget: int | None 
 def column_phases(wl: ConvWorkload) -> int:
     """Phases of a KxK layer's staged columns: its column stride. A staged box keeps the input
     columns of each residue mod the stride together (column ``j*sw + phase`` at position ``phase *
-    width + j``, `staged_box_width`), so consecutive output pixels read consecutive staged positions whatever the stride: with
-    the input's own column order, stride-2 pixels were 2 positions (72 words) apart, 8 of them on 4
-    bank offsets, 2.26-2.27 shared-memory wavefronts per A-fragment load on ResNet-50's 3x3 s2
-    layers, 1.24-1.25 by phase (`benchmarks/experiments/union_bank_conflicts.py`; H100 b32 g8:
-    conv3 3x3 s2 48.4 -> 41.7 us, the stem 57.4 -> 50.2). 1 for 1x1 layers (their view is
-    strided already) and stride 1, where the layout is the input's."""
+    width + j``, `staged_box_width`), so consecutive output pixels read consecutive staged
+    positions whatever the stride: with the input's own column order, stride-2 pixels were 2
+    positions (72 words) apart, 8 of them on 4 bank offsets, 2.26-2.27 shared-memory wavefronts
+    per A-fragment load on ResNet-50's 3x3 s2 layers, 1.24-1.25 by phase
+    (`benchmarks/experiments/union_bank_conflicts.py`; H100 b32 g8: conv3 3x3 s2 48.4 -> 41.7
+    us, the stem 57.4 -> 50.2). 1 for 1x1 layers (their view is strided already) and stride 1,
+    where the layout is the input's."""
     return 1 if is_pointwise(wl.kernel_shape) else wl.strides[1]
 
 
