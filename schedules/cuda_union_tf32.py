@@ -30,7 +30,8 @@ from tvm.target import Target
 from tvm.tirx.function import IndexMap
 
 from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, STAGE_ALIGN, X_TF32,
-                                                   gather_region, staged_row_words, staging_budget)
+                                                   gather_region, staged_row_words, staging_budget,
+                                                   tallest_block_rows)
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
 
 from . import mma_tf32 as mma
@@ -55,6 +56,11 @@ REDUCTION_SLICES = (2, 4)
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
 #: per staged float, 96 -> 127 registers)
 COPY_UNROLL = (0, 64)
+#: (k-step unroll, copy unroll) of the untuned variants whose KxK blocks hold the tallest box of
+#: rows that fits (`untuned_tall_blocks`), each with one and the template's groups a warp and each
+#: of `KXK_GROUP_CAPS`: the unrolls of the KxK records that won on the H100 (stop 50: conv4 3x3
+#: b32 g8, 29.8 us)
+TALL_BLOCK_UNROLLS = (512, 64)
 
 
 class CUDAUnionTF32(SparseConvRule):
@@ -100,6 +106,11 @@ class CUDAUnionTF32(SparseConvRule):
     #: the union layers still slower than cuDNN TF32 run under one wave or at 15-27 warps an SM,
     #: each warp through all 8-16 chunks; union_staging_traffic-nvidia-h100-stop48.json). 1: none
     reduction_slices = 1
+    #: KxK layers: a block holds the most grid rows whose staged box fits (`tallest_block_rows`)
+    #: rather than the format's (`block_tiles`, which prefers an even tile count so that a warp
+    #: holds two), and a warp all of the block's tiles (a lane's taps serve them all): conv4 3x3's
+    #: 7 rows of 14 a block stage 36% fewer bytes a pixel than its 2; untuned only
+    untuned_tall_blocks = False
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -218,8 +229,10 @@ class CUDAUnionTF32(SparseConvRule):
         and each of `KXK_GROUP_CAPS`, its own first: which wins depends on the layer (the stem 95
         -> 67 us with the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100,
         union_tf32-v7-nvidia-h100.json).
-        On a 1x1 layer the KxK caps give the same kernels twice; tuning builds each once. Then the
-        template with the reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
+        Then blocks of the tallest rows (`untuned_tall_blocks`, `TALL_BLOCK_UNROLLS`, one and the
+        template's groups a warp, each of `KXK_GROUP_CAPS`). On a 1x1 layer the KxK choices give
+        the same kernels more than once; tuning builds each once. Then the template with the
+        reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
         (declined where the shares do not divide the layer's chunks)."""
         own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs, self.untuned_kxk_group_cap)
         kxk_caps = (own[3], *(c for c in KXK_GROUP_CAPS if c != own[3]))
@@ -229,6 +242,11 @@ class CUDAUnionTF32(SparseConvRule):
             rule = copy.copy(self)
             (rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_group_regs,
              rule.untuned_kxk_group_cap) = choice
+            variants.append(rule)
+        for regs, cap in itertools.product(((1, own[2][1]), own[2]), KXK_GROUP_CAPS):
+            rule = copy.copy(self)
+            rule.untuned_k_unroll, rule.untuned_copy_unroll = TALL_BLOCK_UNROLLS
+            rule.untuned_group_regs, rule.untuned_kxk_group_cap, rule.untuned_tall_blocks = regs, cap, True
             variants.append(rule)
         if self.reduction_slices == 1:
             for slices, k_unroll in itertools.product(REDUCTION_SLICES, K_UNROLL):
@@ -248,6 +266,8 @@ class CUDAUnionTF32(SparseConvRule):
             parts.append(f"groups a KxK block {self.untuned_kxk_group_cap}")
         if self.reduction_slices != cls.reduction_slices:
             parts.append(f"reduction in {self.reduction_slices} shares")
+        if self.untuned_tall_blocks:
+            parts.append("tallest KxK blocks")
         return ", ".join(["untuned", *parts])
 
     @staticmethod
@@ -327,6 +347,9 @@ class CUDAUnionTF32(SparseConvRule):
         rows, tiles = (int(attrs[BLOCK_ATTR][key]) for key in ("rows", "tiles"))
         b, oh, ow = pixels
         n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
+        tall = self.untuned_tall_blocks and not tunable
+        if tall:
+            rows = tallest_block_rows(attrs[BLOCK_ATTR], n_oh, tiles, self.tile_budget())
         groups = sch.get(co).extent.value // GROUP
         g_cap = largest_divisor(groups, self._group_caps(tunable))
         g, j = sch.split(co, factors=[groups, GROUP])
@@ -340,9 +363,9 @@ class CUDAUnionTF32(SparseConvRule):
         if tunable:
             w_split = sch.sample_perfect_tile(wt, n=2, max_innermost_factor=4)
             r_split = sch.sample_perfect_tile(oh_i, n=2, max_innermost_factor=4)
-        else:
-            m_tiles = largest_divisor(tiles, [2, 1])
-            m_rows = largest_divisor(rows, [4 // m_tiles, 2, 1])
+        else:  # (tall blocks: a warp holds them whole)
+            m_tiles = tiles if tall else largest_divisor(tiles, [2, 1])
+            m_rows = rows if tall else largest_divisor(rows, [4 // m_tiles, 2, 1])
             w_split, r_split = [tiles // m_tiles, m_tiles], [rows // m_rows, m_rows]
         g_split = self._group_split(sch, g, g_cap, tunable, pointwise=False)
         w_w, p_m = sch.split(wt, factors=w_split)

@@ -97,6 +97,38 @@ def test_the_untuned_variants_tuning_times_compute_layers(rule, variant):
 
 
 @pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
+@pytest.mark.parametrize("case", [((2, 14, 14, 64), (3, 3, 64, 32), 1, "SAME", 1),
+                                  ((1, 14, 14, 32), (3, 3, 32, 16), 1, [[1, 1], [0, 2]], 1)],
+                         ids=["3x3", "3x3-asymmetric-padding"])
+def test_union_tf32_tallest_kxk_blocks_compute_layers(rule, case):
+    """The untuned variants of tall KxK blocks (`untuned_tall_blocks`: 7 of 14 grid rows a block,
+    a warp holding all 7 tiles, against the format's 2) stage taller boxes, in fewer blocks, and
+    compute the layer."""
+    shape, kshape, strides, padding, dil = case
+    variants = [v for v in next(r for r in rules_for(TARGET) if r.name == rule).untuned_variants()
+                if v.untuned_tall_blocks]
+    assert variants
+    w, k, bias, wl, x = _layer((shape, kshape, 0.3, strides, padding, dil, False, None), seed=7,
+                               algorithm=variants[0].algorithm)
+    func = tuning_records.workload_module(wl)["main"]
+    assert int(func.attrs[union_tf32.BLOCK_ATTR]["rows"]) == 2  # the format's rows (an even tile count)
+
+    def blocks(mod) -> int:
+        return int(np.prod([int(b) for b in re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)',
+                                                        mod.script())]))
+
+    flat = copy.copy(variants[0])
+    flat.untuned_tall_blocks = False
+    inputs = [x, *algorithms.pack_weights(wl, k)]
+    for variant in variants:
+        sch = variant.apply(func, TARGET, False)
+        twin = copy.copy(variant)
+        twin.untuned_tall_blocks = False
+        assert blocks(sch.mod) * 7 == blocks(twin.apply(func, TARGET, False).mod) * 2, variant.untuned_label()
+        assert _error(emulate(sch.mod, TARGET), inputs, w, wl, None) <= algorithms.by_name(wl.algorithm).tolerance
+
+
+@pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
 @pytest.mark.parametrize("slices", [2, 4])
 @pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), "VALID"),
                                   ((2, 9, 9, 128), (3, 3, 128, 32), "SAME")], ids=["1x1", "3x3"])
