@@ -235,6 +235,30 @@ def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algori
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
 
+@pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
+@pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv3_3x3_b32_g8",
+                                  "resnet50_conv2_3x3_b32_g8"])
+def test_union_tf32_tallest_blocks_on_block_pruned_resnet50_layers(name, algorithm):
+    """The untuned variants of tall KxK blocks (`untuned_tall_blocks`: the most rows a block
+    whose staged box fits, a warp holding all their tiles; conv4 3x3's record on the H100) at
+    one and two groups a warp: TF32 accuracy against float64, on a NaN-poisoned output."""
+    problem = workload_set(name)[0]
+    w = problem.dense_kernel()
+    k = tsc.SparseKernel.from_dense(w)
+    wl = problem.workload(k, algorithm=algorithm)
+    target = targets.cuda_target()
+    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
+    ref = reference.conv2d_f64(x, w, wl)
+    tall = [v for v in next(r for r in rules_for(target, algorithm)).untuned_variants()
+            if v.untuned_tall_blocks and v.untuned_kxk_group_cap == 16]
+    assert len(tall) == 2
+    for rule in tall:
+        sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
+        y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
+        err = reference.relative_error(y, ref)
+        assert 1e-6 < err <= algorithms.by_name(algorithm).tolerance, rule.untuned_label()
+
+
 def test_device_timing_leaves_out_host_overhead_and_call_timing_keeps_it():
     """A known device time (a spin) behind a slow host call: device timing finds the spin's time,
     per-call timing the host's."""
