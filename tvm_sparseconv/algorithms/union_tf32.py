@@ -352,7 +352,6 @@ def pack_union(wl: ConvWorkload, kernel: SparseKernel) -> tuple[np.ndarray, np.n
     chunks, K)); padding has tap 0 and weight 0. Each (group, chunk)'s union fills its first
     ceil(len / 8) k steps; where steps are left after them, its last tap says how many it used
     (`skipped_steps_code`)."""
-    cout = kernel.shape[3]
     chunk, k_pad = wl.chunk, wl.ell_width
     code = tap_code(wl)
     unions = group_unions(kernel, chunk, code)
