@@ -186,6 +186,16 @@ def test_compile_precision_tf32_runs_union_tf32_at_tf32_accuracy():
     assert results["fp32"][0] != "union-tf32" and results["fp32"][1] <= TOL
 
 
+def _block_pruned_layer(name: str, algorithm: str):
+    """(dense kernel, sparse kernel, `algorithm`'s workload, target, fresh input) of a benchmark layer."""
+    problem = workload_set(name)[0]
+    w = problem.dense_kernel()
+    k = tsc.SparseKernel.from_dense(w)
+    wl = problem.workload(k, algorithm=algorithm)
+    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
+    return w, k, wl, targets.cuda_target(), x
+
+
 @pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
 @pytest.mark.parametrize("name,chunk", [
     ("resnet50_conv3_1x1_reduce_b32_g8", 64), ("resnet50_conv3_1x1_reduce_b32_g8", 256),
@@ -200,15 +210,10 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
     stem): TF32 accuracy against float64, on a NaN-poisoned output."""
     from tvm_sparseconv.algorithms.union_tf32 import chunked_format
 
-    problem = workload_set(name)[0]
-    w = problem.dense_kernel()
-    k = tsc.SparseKernel.from_dense(w)
-    wl = problem.workload(k, algorithm=algorithm)
+    w, k, wl, target, x = _block_pruned_layer(name, algorithm)
     if chunk:
         wl = wl.with_format(algorithm, **chunked_format(k, chunk))
-    target = targets.cuda_target()
     sch = next(r for r in rules_for(target, algorithm)).apply(tuning_records.workload_module(wl)["main"], target, False)
-    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
     y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
@@ -222,15 +227,10 @@ def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algori
     of warps it is meant for: TF32 accuracy against float64, on a NaN-poisoned output."""
     import copy
 
-    problem = workload_set(name)[0]
-    w = problem.dense_kernel()
-    k = tsc.SparseKernel.from_dense(w)
-    wl = problem.workload(k, algorithm=algorithm)
-    target = targets.cuda_target()
+    w, k, wl, target, x = _block_pruned_layer(name, algorithm)
     rule = copy.copy(next(r for r in rules_for(target, algorithm)))  # the registered rule is shared
     rule.reduction_slices = 4
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
-    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
     y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
@@ -242,12 +242,7 @@ def test_union_tf32_tallest_blocks_on_block_pruned_resnet50_layers(name, algorit
     """The untuned variants of tall KxK blocks (`untuned_tall_blocks`: the most rows a block
     whose staged box fits, a warp holding all their tiles; conv4 3x3's record on the H100) at
     one and two groups a warp: TF32 accuracy against float64, on a NaN-poisoned output."""
-    problem = workload_set(name)[0]
-    w = problem.dense_kernel()
-    k = tsc.SparseKernel.from_dense(w)
-    wl = problem.workload(k, algorithm=algorithm)
-    target = targets.cuda_target()
-    x = np.random.default_rng().standard_normal(wl.input_shape).astype(np.float32)
+    w, k, wl, target, x = _block_pruned_layer(name, algorithm)
     ref = reference.conv2d_f64(x, w, wl)
     tall = [v for v in next(r for r in rules_for(target, algorithm)).untuned_variants()
             if v.untuned_tall_blocks and v.untuned_kxk_group_cap == 16]
