@@ -174,7 +174,9 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None, budget: int | None =
     (`budget`, default `staging_budget`; chunks of `chunk` channels, default the workload's) fit: an even number of
     tiles where one fits (so that a warp can hold two: a loaded tap then serves both, e.g. 2 of
     conv4 3x3's 14 rows rather than 7: 35.8 -> 18 instructions per mma), the most tiles, then the
-    least staged input per tile. None where not even one tile's input fits."""
+    least staged input per tile. None where not even one tile's input fits. (The rows are the
+    untuned template's; a schedule may take more, `tallest_block_rows`: the TE and the tap codes
+    depend on the tiles alone.)"""
     rows, cols = pixel_grid(wl, chunk, budget)
     tiles = cols // M_TILE
     words = staged_row_words(chunk or wl.chunk)
