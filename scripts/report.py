@@ -89,6 +89,24 @@ def sweeps_of(points: list[dict]) -> list[str]:
     return [s for s in SWEEP_ORDER if s in present] + sorted(present - set(SWEEP_ORDER))
 
 
+def plotted_series(pts: list[dict]) -> list[tuple[str, list[float], dict]]:
+    """(label, ms per point, line style) of each contender measured at every point: ours, ours in
+    TF32 mode (`bench.py --precision tf32`: what `compile(precision="tf32")` picked; only where
+    every point of it was correct), each baseline."""
+    series = []
+    for name in ["sparse", "tf32_mode"] + baselines_of(pts):
+        ys = ([p["tf32_mode"]["seconds"] if p.get("tf32_mode", {}).get("correct") else None for p in pts]
+              if name == "tf32_mode" else [p["seconds"].get(name) for p in pts])
+        if not all(isinstance(y, float) for y in ys):
+            continue
+        label = {"sparse": "tvm_sparseconv", "tf32_mode": "tvm_sparseconv, TF32 mode"}.get(name, name)
+        style = (dict(lw=2.5, color="black", marker="o") if name == "sparse"
+                 else dict(lw=2.5, color="firebrick", marker="o", ls="--") if name == "tf32_mode"
+                 else dict(lw=1.2, marker="."))
+        series.append((label, [y * 1e3 for y in ys], style))
+    return series
+
+
 def plot(device: str, sweep: str, points: list[dict], out_dir: Path) -> Path | None:
     import matplotlib
 
@@ -101,12 +119,8 @@ def plot(device: str, sweep: str, points: list[dict], out_dir: Path) -> Path | N
     resnet = sweep.startswith("resnet50")
     xs = list(range(len(pts))) if resnet else [p["value"] for p in pts]
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    for name in ["sparse"] + baselines_of(pts):
-        ys = [p["seconds"].get(name) for p in pts]
-        if not all(isinstance(y, float) for y in ys):
-            continue
-        style = dict(lw=2.5, color="black", marker="o") if name == "sparse" else dict(lw=1.2, marker=".")
-        ax.plot(xs, [y * 1e3 for y in ys], label="tvm_sparseconv" if name == "sparse" else name, **style)
+    for label, ms, style in plotted_series(pts):
+        ax.plot(xs, ms, label=label, **style)
     ax.set_yscale("log")
     if sweep in ("density", "image_size", "in_channels", "out_channels"):
         ax.set_xscale("log")

@@ -36,3 +36,18 @@ def test_the_summary_counts_the_tf32_mode_wins_over_cudnn_tf32():
     next(p for p in wrong["points"] if p["problem"] == wins[0]["problem"])["tf32_mode"]["correct"] = False
     assert _tf32_mode_wins(wrong) == f"{len(wins) - 1}/{len(points)}"
     assert re.fullmatch(r"\d+/\d+", _tf32_mode_wins(res))
+
+
+def test_the_plots_draw_tf32_mode_beside_fp32_and_the_baselines():
+    """A --precision tf32 run's plot has our TF32-mode line (the figure the network's 1.2x is
+    about) beside our fp32 line and cuDNN's; a TF32-mode result that was wrong drops that line."""
+    res = json.loads(RESULTS.read_text())
+    pts = sorted((p for p in res["points"] if p["sweep"] == "resnet50_network_s90_b32_g8"), key=lambda p: p["value"])
+    series = {label: ms for label, ms, _ in report.plotted_series(pts)}
+    assert set(series) == {"tvm_sparseconv", "tvm_sparseconv, TF32 mode", "cudnn_fp32", "cudnn_tf32"}
+    assert series["tvm_sparseconv, TF32 mode"] == [p["tf32_mode"]["seconds"] * 1e3 for p in pts]
+    assert series["tvm_sparseconv"] == [p["seconds"]["sparse"] * 1e3 for p in pts]
+
+    wrong = copy.deepcopy(pts)
+    wrong[3]["tf32_mode"]["correct"] = False
+    assert "tvm_sparseconv, TF32 mode" not in {label for label, _, _ in report.plotted_series(wrong)}
