@@ -49,6 +49,14 @@ def load_script(relative: str, name: str | None = None):
     return module
 
 
+def grid_blocks(mod) -> int:
+    """Thread blocks a scheduled module launches (the product of its blockIdx.x bindings)."""
+    import re
+
+    return int(np.prod([int(b) for b in re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)',
+                                                    mod.script())]))
+
+
 def pytest_configure(config):
     """Silence UntunedWarning (every compile here is untuned) and register the markers."""
     config.addinivalue_line("filterwarnings", "ignore::tvm_sparseconv.UntunedWarning")

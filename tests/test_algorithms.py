@@ -17,7 +17,7 @@ from tvm_sparseconv.algorithms import nhwc_direct, union_tf32
 from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workloads import Problem
 
-from conftest import load_script, reference_conv, rel_err
+from conftest import grid_blocks, load_script, reference_conv, rel_err
 
 # Small layers covering what the definitions special-case: 1x1 strided (nhwc-direct's strided view)
 # with and without padding, KxK strided and dilated, channels that do not fill a chunk, batch > 1.
@@ -260,8 +260,6 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
     """The untuned variants that tuning times include, for KxK layers, blocks of 8 groups (twice
     the blocks of the template's 16: the KxK layers slower than cuDNN TF32 ran under one wave);
     on a 1x1 layer that choice does not exist, and those variants schedule it as their twins do."""
-    import re
-
     import tvm_ffi
 
     from tvm_sparseconv import SparseKernel, targets, tuning, tuning_records
@@ -280,11 +278,7 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
         wl = algorithms.workload_for(kernel, problem.workload(kernel), rule.algorithm)
         return rule.apply(tuning_records.workload_module(wl)["main"], target, False).mod
 
-    def blocks(mod) -> int:
-        return int(np.prod([int(b) for b in re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)',
-                                                        mod.script())]))
-
-    assert blocks(scheduled("resnet50_conv4_3x3_b32_g8", halved[0])) == 2 * blocks(
+    assert grid_blocks(scheduled("resnet50_conv4_3x3_b32_g8", halved[0])) == 2 * grid_blocks(
         scheduled("resnet50_conv4_3x3_b32_g8", variants[0]))  # 448 -> 896
     assert tvm_ffi.structural_equal(scheduled("resnet50_conv4_1x1_reduce_b32_g8", halved[0]),
                                    scheduled("resnet50_conv4_1x1_reduce_b32_g8", variants[0]))

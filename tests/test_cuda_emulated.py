@@ -29,6 +29,7 @@ from tvm_sparseconv.tuning import problem_arguments
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import random_pruned_kernel, workload_set
 
+from conftest import grid_blocks
 from cuda_cases import (CASES, CSR_SPLIT_K_CASES, CSR_WEIGHT_PATHS, FUZZ_CASES, replayed, sampled_candidates,
                         sparse_kernel, use_csr_weight_path, with_late_cache_write)
 from test_tuning_logs import LOGS, _cuda_entries_with_rule
@@ -113,18 +114,12 @@ def test_union_tf32_tallest_kxk_blocks_compute_layers(rule, case):
     func = tuning_records.workload_module(wl)["main"]
     assert int(func.attrs[union_tf32.BLOCK_ATTR]["rows"]) == 2  # the format's rows (an even tile count)
 
-    def blocks(mod) -> int:
-        return int(np.prod([int(b) for b in re.findall(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)',
-                                                        mod.script())]))
-
-    flat = copy.copy(variants[0])
-    flat.untuned_tall_blocks = False
     inputs = [x, *algorithms.pack_weights(wl, k)]
     for variant in variants:
         sch = variant.apply(func, TARGET, False)
         twin = copy.copy(variant)
         twin.untuned_tall_blocks = False
-        assert blocks(sch.mod) * 7 == blocks(twin.apply(func, TARGET, False).mod) * 2, variant.untuned_label()
+        assert grid_blocks(sch.mod) * 7 == grid_blocks(twin.apply(func, TARGET, False).mod) * 2, variant.untuned_label()
         assert _error(emulate(sch.mod, TARGET), inputs, w, wl, None) <= algorithms.by_name(wl.algorithm).tolerance
 
 

@@ -180,17 +180,24 @@ def block_tiles(wl: ConvWorkload, chunk: int | None = None, budget: int | None =
     rows, cols = pixel_grid(wl, chunk, budget)
     tiles = cols // M_TILE
     words = staged_row_words(chunk or wl.chunk)
-    (eh, ew), (sh, sw) = wl.kernel_extent, wl.strides
     budget = _budget(wl, budget)
     if whole_images(wl, chunk, budget):
         return 1, tiles
-    fits = []
-    for r in (r for r in range(1, rows + 1) if rows % r == 0):
-        for t in (t for t in range(1, tiles + 1) if tiles % t == 0 and r * t <= MAX_BLOCK_TILES):
-            staged = staged_box_bytes(r, t, (sh, sw), (eh, ew), words)
-            if staged <= budget:
-                fits.append((r * t % 2, -r * t, staged / (r * t), r, t))
+    fits = [(r * t % 2, -r * t, staged / (r * t), r, t)
+            for r, t, staged in fitting_boxes(rows, tiles, wl.strides, wl.kernel_extent, words, budget)]
     return min(fits)[3:] if fits else None
+
+
+def fitting_boxes(grid_rows: int, grid_tiles: int, strides: tuple[int, int], extent: tuple[int, int], words: int,
+                  budget: int):
+    """(rows, column tiles, staged bytes) of each block a KxK grid of `grid_rows` rows x
+    `grid_tiles` column tiles divides into whose tiles (`MAX_BLOCK_TILES`) and staged box
+    (`staged_box_bytes`, at most `budget`) fit."""
+    for r in (r for r in range(1, grid_rows + 1) if grid_rows % r == 0):
+        for t in (t for t in range(1, grid_tiles + 1) if grid_tiles % t == 0 and r * t <= MAX_BLOCK_TILES):
+            staged = staged_box_bytes(r, t, strides, extent, words)
+            if staged <= budget:
+                yield r, t, staged
 
 
 def staged_box_bytes(rows: int, tiles: int, strides: tuple[int, int], extent: tuple[int, int], words: int) -> int:
@@ -210,8 +217,8 @@ def tallest_block_rows(block: dict, grid_rows: int, tiles: int, budget: int) -> 
     strides = (int(block["stride_h"]), int(block["stride_w"]))
     extent = (int(block["extent_h"]), int(block["extent_w"]))
     words = staged_row_words(int(block["chunk"]))
-    return max((r for r in range(1, grid_rows + 1) if grid_rows % r == 0 and r * tiles <= MAX_BLOCK_TILES
-                and staged_box_bytes(r, tiles, strides, extent, words) <= budget), default=1)
+    return max((r for r, t, _ in fitting_boxes(grid_rows, tiles, strides, extent, words, budget) if t == tiles),
+               default=1)
 
 
 def staged_box_width(wl: ConvWorkload, chunk: int | None = None) -> int:
