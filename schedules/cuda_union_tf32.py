@@ -29,7 +29,8 @@ from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
 from tvm.tirx.function import IndexMap
 
-from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, STAGE_ALIGN, X_TF32,
+from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, IMAGE_PITCH_KEY, K_STEP, M_TILE,
+                                                   STAGE_ALIGN, X_TF32,
                                                    gather_region, staged_row_words, staging_budget,
                                                    tallest_block_rows)
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
@@ -135,6 +136,12 @@ class CUDAUnionTF32(SparseConvRule):
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
+        pitch = _image_pitch(sch)
+        if pitch is not None and blocks.epilogue is not None:
+            # a whole image at its staged pitch (`union_tf32.image_pitch`): the epilogue's
+            # oh * pitch + ow is no bijection TVM can inline; as (row, column) it is
+            sch.transform_layout(acc, ("write", 0), lambda b, r, q, co: (b, r + q // pitch, q % pitch, co),
+                                 assume_injective_transform=True)
         if blocks.epilogue is not None:  # (none in a split reduction's partial sums)
             self.attach_epilogue(sch, blocks)
 
@@ -376,6 +383,13 @@ class CUDAUnionTF32(SparseConvRule):
         warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
+
+
+def _image_pitch(sch: s_tir.Schedule) -> int | None:
+    """The layer's `union_tf32.image_pitch` as its function's `BLOCK_ATTR` says (None: none)."""
+    attrs = sch.mod["main"].attrs
+    block = attrs[BLOCK_ATTR] if attrs is not None and BLOCK_ATTR in attrs else {}
+    return int(block[IMAGE_PITCH_KEY]) if IMAGE_PITCH_KEY in block else None
 
 
 def _declare_read_region(sch: s_tir.Schedule, block, read_index: int, region) -> None:

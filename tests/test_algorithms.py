@@ -15,6 +15,7 @@ from tvm import te
 from tvm_sparseconv import algorithms
 from tvm_sparseconv.algorithms import nhwc_direct, union_tf32
 from tvm_sparseconv.tuning import problem_arguments
+from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import Problem
 
 from conftest import grid_blocks, load_script, reference_conv, rel_err
@@ -195,6 +196,27 @@ def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
     assert rows * tiles == union_tf32.MAX_BLOCK_TILES
 
 
+@pytest.mark.parametrize("shape,kshape,strides,pitch,tiles", [
+    ((32, 7, 7, 512), (3, 3, 512, 512), 1, 9, 4),  # conv5 3x3: 7 x 9 = 63 positions, 4 tiles as 49
+    ((2, 6, 6, 16), (3, 3, 16, 8), 1, 8, 3),  # 6 x 8 = 48: 3 tiles as 36
+    ((2, 5, 5, 16), (5, 5, 16, 8), 1, None, 2),  # 5 x 9 = 45 would take 3 tiles, 25 take 2: packed
+    ((32, 14, 14, 512), (3, 3, 512, 512), 2, None, 4),  # conv5 3x3 s2: columns by phase, packed
+])
+def test_union_tf32_lays_whole_images_at_their_staged_pitch_where_that_costs_no_tile(shape, kshape, strides,
+                                                                                     pitch, tiles):
+    """A whole-image layer at stride 1 lays its pixels at the padded input's width (an A element's
+    address is then the lane's base plus immediate offsets) where that takes no more mma tiles;
+    its staged box is the grid's positions plus the last one's window."""
+    wl = ConvWorkload.create(shape, kshape, 8, strides, "SAME", 1).with_format("union-tf32", ell_width=8,
+                                                                               chunk=min(32, kshape[2]))
+    assert union_tf32.whole_images(wl)
+    assert union_tf32.image_pitch(wl) == pitch
+    assert union_tf32.pixel_grid(wl) == (1, tiles * union_tf32.M_TILE)
+    (eh, ew), gw = wl.kernel_extent, wl.gather_hw[1]
+    if pitch is not None:
+        assert union_tf32.whole_image_positions(wl) == tiles * union_tf32.M_TILE + (eh - 1) * gw + ew - 1
+
+
 def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
     """union-tf32-async keeps two staged tiles (one chunk's in flight): each KxK block's box of
     ResNet-50's block-pruned b32 layers fits in half of union-tf32's shared memory, so a block with
@@ -213,6 +235,8 @@ def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
             overlapped.gather_hw[1])
         box_rows = (rows - 1) * sh + eh if not union_tf32.whole_images(overlapped) else overlapped.gather_hw[0]
         box = box_rows * sw * -(-columns // sw)
+        if union_tf32.image_pitch(overlapped):  # whole images at stride 1: the grid and the last window
+            box = tiles * union_tf32.M_TILE + (eh - 1) * columns + ew - 1
         assert 2 * box * union_tf32.staged_row_words(overlapped.chunk) * 4 <= union_tf32.SHARED_BYTES, problem.name
     conv3 = workload_set("resnet50_conv3_3x3_b32_g8")[0]
     assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32")) == (4, 2)

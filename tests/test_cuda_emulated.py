@@ -223,12 +223,16 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
     (gh, gw), (eh, ew), sw = wl.gather_hw, wl.kernel_extent, wl.strides[1]
-    if union_tf32.whole_images(wl):
-        box_rows, columns = gh, gw
+    if union_tf32.image_pitch(wl):  # stride 1: the grid's positions and the last one's window
+        assert union_tf32.image_pitch(wl) == gw
+        positions = -(-wl.output_hw[0] * gw // 16) * 16 + (eh - 1) * gw + ew - 1
     else:
-        rows, tiles = union_tf32.block_tiles(wl)
-        box_rows, columns = (rows - 1) * wl.strides[0] + eh, (tiles * 16 - 1) * sw + ew
-    positions = box_rows * sw * -(-columns // sw)  # strided columns by phase, each phase as wide
+        if union_tf32.whole_images(wl):
+            box_rows, columns = gh, gw
+        else:
+            rows, tiles = union_tf32.block_tiles(wl)
+            box_rows, columns = (rows - 1) * wl.strides[0] + eh, (tiles * 16 - 1) * sw + ew
+        positions = box_rows * sw * -(-columns // sw)  # strided columns by phase, each phase as wide
     assert words == positions * union_tf32.staged_row_words(wl.chunk) and words * 4 <= 48 * 1024
     err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
     assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance

@@ -18,7 +18,8 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels; with a column stride s,
   ``xs[n, r, phase, j, ch]`` of column ``j*s + phase``, `column_phases`, so that consecutive
   output pixels read consecutive staged positions), whose rows the CUDA rule stages per block of
-  output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk.
+  output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk; whole images at
+  stride 1 (`image_pitch`) are ``xs[n, r*pitch + c, ch]``, the padded input's positions flattened.
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
   the input at the tap ``taps[g, c, k] = ci_in_chunk + kw_offset[kw] + per_kh*kh`` (`tap_code`: for
   KxK layers the tap's offset in a block's staged input box, so that an A element's shared-memory
@@ -26,7 +27,8 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   `gather_region`). The CUDA rule computes
   it into the mma's A fragments (registers), never into memory. For KxK layers p is
   ``(n, row, column)`` of `pixel_grid`: the output rows padded to whole 16-pixel mma tiles, or for
-  narrow maps (`whole_images`) each image's flattened pixels as one padded row.
+  narrow maps (`whole_images`) each image's flattened pixels as one padded row (at stride 1, at
+  the padded input's width, `image_pitch`: a pixel's staged position is then its grid position).
 - ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * w[co // 8, c, k, co % 8]``, where the
   weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
   ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane's two
@@ -80,6 +82,8 @@ STAGED_TILES = {"union-tf32": 1, "union-tf32-async": 2}
 MAX_BLOCK_TILES = 8
 #: function attribute: grid rows and column tiles per block of a KxK layer (`block_tiles`)
 BLOCK_ATTR = "sparseconv_union_block"
+#: `BLOCK_ATTR`'s key for a whole-image layer's `image_pitch`
+IMAGE_PITCH_KEY = "image_pitch"
 
 
 def staging_budget(algorithm: str) -> int:
@@ -133,10 +137,36 @@ def whole_images(wl: ConvWorkload, chunk: int | None = None, budget: int | None 
     double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a staged tile (in chunks
     of `chunk` channels, default the workload's; `budget` bytes, default `staging_budget` of the
     workload's algorithm)."""
-    (oh, ow), (gh, gw) = wl.output_hw, wl.gather_hw
+    (oh, ow) = wl.output_hw
     return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
-        gh * column_phases(wl) * _phase_positions(gw, wl) * staged_row_words(chunk or wl.chunk) * 4
-        <= _budget(wl, budget))
+        whole_image_positions(wl) * staged_row_words(chunk or wl.chunk) * 4 <= _budget(wl, budget))
+
+
+def image_pitch(wl: ConvWorkload) -> int | None:
+    """Grid positions per output row of a whole-image layer whose pixels are laid out at the pitch
+    of its staged input (`whole_images` at stride 1: the padded input's width), or None where
+    they are packed (``oh * ow``). At that pitch a pixel's staged position is its grid position
+    and a tap's offset is a constant, so an A element's shared-memory address is the lane's base
+    plus immediate offsets (packed, each element's row and column are a division by OW: conv5
+    3x3 b32 g8's k steps took 21.5 instructions per mma, against 12.8 on conv4 3x3's rows;
+    `benchmarks/experiments/union_sass.py`, stop 51). Taken where the pitch's extra columns,
+    which read halo and are never stored, take no more mma tiles (ResNet-50's 7x7 maps: 7 x 9 =
+    63 positions in 4 tiles, as 49 packed)."""
+    if is_pointwise(wl.kernel_shape) or tuple(wl.strides) != (1, 1):
+        return None
+    (oh, ow), gw = wl.output_hw, wl.gather_hw[1]
+    return gw if -(-oh * gw // M_TILE) <= -(-oh * ow // M_TILE) else None
+
+
+def whole_image_positions(wl: ConvWorkload) -> int:
+    """Positions of a whole image's staged box (`whole_images`): at `image_pitch`, from the grid's
+    first position to the last one's window (the padded input's rows flattened, and past them
+    zeros); packed, its padded rows x columns by phase."""
+    (gh, gw), (eh, ew) = wl.gather_hw, wl.kernel_extent
+    pitch = image_pitch(wl)
+    if pitch is not None:
+        return -(-wl.output_hw[0] * pitch // M_TILE) * M_TILE + (eh - 1) * pitch + ew - 1
+    return gh * column_phases(wl) * _phase_positions(gw, wl)
 
 
 def column_phases(wl: ConvWorkload) -> int:
@@ -160,10 +190,10 @@ def _phase_positions(columns: int, wl: ConvWorkload) -> int:
 def pixel_grid(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> tuple[int, int]:
     """(rows, columns) of a KxK layer's conv per image: its output rows padded to whole mma tiles
     (the padding columns read zeros and are never stored), or with `whole_images` one row of the
-    image's flattened pixels padded so."""
+    image's flattened pixels (at `image_pitch` where it has one) padded so."""
     oh, ow = wl.output_hw
     if whole_images(wl, chunk, budget):
-        return 1, -(-oh * ow // M_TILE) * M_TILE
+        return 1, -(-oh * (image_pitch(wl) or ow) // M_TILE) * M_TILE
     return oh, -(-ow // M_TILE) * M_TILE
 
 
@@ -449,10 +479,15 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
         # pixel again) and are never stored.
         rows, cols = pixel_grid(wl)
         flat = whole_images(wl)
+        pitch = image_pitch(wl) if flat else None
         width = gw if flat else gw + (cols - ow_) * sw
         per_position, per_phase, per_row = staged_strides(wl)
         phases = column_phases(wl)
-        if phases == 1:
+        if pitch is not None:  # the padded input's positions flattened: xs[b, r*pitch + col, ch]
+            xs = te.compute((n, whole_image_positions(wl), n_chunks * chunk),
+                            lambda b, pos, ch: padded(b, tirx.floordiv(pos, pitch) - pt, tirx.floormod(pos, pitch) - pl,
+                                                      ch), name=X_TF32)
+        elif phases == 1:
             xs = te.compute((n, gh, width, n_chunks * chunk),
                             lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
         else:  # columns by phase (`column_phases`): xs[b, r, phase, j] is column j*sw + phase
@@ -465,8 +500,10 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
             # per_position + channel, simplifies to the pixel's plus the tap. (TVM cannot bound these
             # data-dependent fields: the CUDA rule declares the block's read region, `gather_region`.)
             t = taps[g, c, k]
-            dr, in_row = tirx.floordiv(t, per_row), tirx.floormod(t, per_row)
             ch = c * chunk + tirx.floormod(t, per_position)
+            if pitch is not None:  # grid position q is its window's first staged position
+                return at_fragment(xs[b, q + tirx.floordiv(t, per_position), ch])
+            dr, in_row = tirx.floordiv(t, per_row), tirx.floormod(t, per_row)
             oh, ow = grid_pixel(r, q, (oh_, ow_) if flat else None)
             if phases == 1:
                 return at_fragment(xs[b, oh * sh + dr, ow * sw + tirx.floordiv(in_row, per_position), ch])
@@ -475,7 +512,7 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
 
         a = te.compute((n, rows, cols, groups, n_chunks, k_pad), gather, name=A_TF32)
         pix = (n, rows, cols)
-        at = (lambda b, oh, ow: (b, 0, oh * ow_ + ow)) if flat else (lambda b, oh, ow: (b, oh, ow))  # noqa: E731
+        at = (lambda b, oh, ow: (b, 0, oh * (pitch or ow_) + ow)) if flat else (lambda b, oh, ow: (b, oh, ow))  # noqa: E731
 
     rc = te.reduce_axis((0, n_chunks), name="c")
     rk = te.reduce_axis((0, k_pad), name="k")
@@ -505,8 +542,11 @@ def gather_region(block: dict):
     (`tap_code`) itself, and the CUDA rule stages the region of a block's elements."""
     sh, sw, eh, ew, chunk, oh_, ow_ = (int(block[key]) for key in (
         "stride_h", "stride_w", "extent_h", "extent_w", "chunk", "image_h", "image_w"))
+    pitch = int(block[IMAGE_PITCH_KEY]) if IMAGE_PITCH_KEY in block else None
 
     def region(b, r, q, g, c, k):
+        if pitch is not None:  # (`image_pitch`) from the position to its window's last
+            return b, (q, q + (eh - 1) * pitch + ew), (c * chunk, c * chunk + chunk)
         oh, ow = grid_pixel(r, q, (oh_, ow_) if ow_ else None)
         if sw == 1:
             return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
@@ -547,9 +587,14 @@ class UnionTF32(Algorithm):
         if block is None:  # 1x1 layers; a KxK layer without one (the rule then declines it)
             return attrs
         (sh, sw), (eh, ew), (oh, ow) = wl.strides, wl.kernel_extent, wl.output_hw
+        flat = whole_images(wl)
+        pitch = image_pitch(wl) if flat else None
         return attrs | {BLOCK_ATTR: {"rows": block[0], "tiles": block[1], "stride_h": sh, "stride_w": sw,
                                      "extent_h": eh, "extent_w": ew, "chunk": wl.chunk,
-                                     "image_h": oh, "image_w": ow if whole_images(wl) else 0}}
+                                     "image_h": oh, "image_w": ow if flat else 0,
+                                     # (only where there is one: the other layers' modules, which
+                                     # their tuning records name, stay as they were)
+                                     **({IMAGE_PITCH_KEY: pitch} if pitch is not None else {})}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
