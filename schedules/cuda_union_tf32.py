@@ -112,6 +112,11 @@ class CUDAUnionTF32(SparseConvRule):
     #: holds two), and a warp all of the block's tiles (a lane's taps serve them all): conv4 3x3's
     #: 7 rows of 14 a block stage 36% fewer bytes a pixel than its 2; untuned only
     untuned_tall_blocks = False
+    #: 1x1 layers: each chunk's taps staged in shared memory with its input, and its weights' B
+    #: fragments loaded once a chunk, not a k step: ncu on conv5 1x1 reduce b32 g8's H100 record
+    #: (stop 51) found 45% of its warps' stalls waiting on the taps and weights each k step loads
+    #: from global memory (the tap's clamp and the mma, `long_sb`); untuned only
+    untuned_chunk_operands = False
 
     def schedule(self, sch: s_tir.Schedule, blocks: SparseConvBlocks, target: Target, tunable: bool):
         *pixels, co, c, k = sch.get_loops(blocks.conv)
@@ -173,7 +178,16 @@ class CUDAUnionTF32(SparseConvRule):
         sch.bind(ctx, "threadIdx.x")
         sch.set_scope(a_block, 0, "warp")
         b_frag = sch.cache_read(blocks.conv, _read_index(sch, blocks.conv, "weights"), "warp")
-        sch.compute_at(b_frag, k_o, preserve_unit_loops=True)
+        ahead = self.untuned_chunk_operands and not tunable and len(pixels) == 1
+        sch.compute_at(b_frag, c if ahead else k_o, preserve_unit_loops=True)
+        if ahead:  # the chunk's taps staged beside its input (one barrier for both)
+            taps_shared = sch.cache_read(a_block, _read_index(sch, a_block, "taps"), "shared")
+            sch.compute_at(taps_shared, c, preserve_unit_loops=True)
+            t_copy = sch.fuse(*sch.get_loops(taps_shared)[-3:])
+            _, t_warps, t_lanes = sch.split(t_copy, factors=[None, copy_warps[0] * copy_warps[1]
+                                                             if len(copy_warps) == 2 else None, 32])
+            sch.bind(t_warps, "threadIdx.y")
+            sch.bind(t_lanes, "threadIdx.x")
 
         init = sch.decompose_reduction(blocks.conv, c)
 
@@ -237,7 +251,8 @@ class CUDAUnionTF32(SparseConvRule):
         -> 67 us with the k steps unrolled, conv2 3x3 62 -> 52 with the copy; H100,
         union_tf32-v7-nvidia-h100.json).
         Then blocks of the tallest rows (`untuned_tall_blocks`, `TALL_BLOCK_UNROLLS`, one and the
-        template's groups a warp, each of `KXK_GROUP_CAPS`). On a 1x1 layer the KxK choices give
+        template's groups a warp, each of `KXK_GROUP_CAPS`), and 1x1 operands loaded a chunk
+        ahead (`untuned_chunk_operands`) with each pair of unrolls. On a 1x1 layer the KxK choices give
         the same kernels more than once; tuning builds each once. Then the template with the
         reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
         (declined where the shares do not divide the layer's chunks)."""
@@ -254,6 +269,10 @@ class CUDAUnionTF32(SparseConvRule):
             rule = copy.copy(self)
             rule.untuned_k_unroll, rule.untuned_copy_unroll = TALL_BLOCK_UNROLLS
             rule.untuned_group_regs, rule.untuned_kxk_group_cap, rule.untuned_tall_blocks = regs, cap, True
+            variants.append(rule)
+        for k_unroll, copy_unroll in itertools.product(K_UNROLL, COPY_UNROLL):  # (KxK layers: as the template)
+            rule = copy.copy(self)
+            rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_chunk_operands = k_unroll, copy_unroll, True
             variants.append(rule)
         if self.reduction_slices == 1:
             for slices, k_unroll in itertools.product(REDUCTION_SLICES, K_UNROLL):
@@ -275,6 +294,8 @@ class CUDAUnionTF32(SparseConvRule):
             parts.append(f"reduction in {self.reduction_slices} shares")
         if self.untuned_tall_blocks:
             parts.append("tallest KxK blocks")
+        if self.untuned_chunk_operands:
+            parts.append("1x1 taps and weights a chunk ahead")
         return ", ".join(["untuned", *parts])
 
     @staticmethod

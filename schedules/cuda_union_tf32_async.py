@@ -32,6 +32,11 @@ class CUDAUnionTF32Async(CUDAUnionTF32):
     #: conv5 1x1 reduce b32, 32 warps x 2 groups, 1040 float4s a chunk)
     tuned_group_cap = 16
 
+    def untuned_variants(self) -> list[CUDAUnionTF32]:
+        """union-tf32's, but for operands a chunk ahead (`untuned_chunk_operands`): their copies
+        would be two more blocks in the chunk loop's pipeline, which stages the input copy alone."""
+        return [v for v in super().untuned_variants() if not v.untuned_chunk_operands]
+
     def tile_budget(self) -> int:
         return SHARED_BYTES // self.stages
 

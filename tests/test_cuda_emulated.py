@@ -238,6 +238,25 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance
 
 
+@pytest.mark.parametrize("shape,kshape,strides", [
+    ((32, 14, 14, 512), (1, 1, 512, 96), 1),  # 12 groups: blocks of 4, the taps' copy 3 rounds of 128 threads
+    ((4, 12, 12, 40), (1, 1, 40, 24), 2),  # strided view, 40 channels in one chunk, 3 groups
+])
+def test_union_tf32_1x1_operands_a_chunk_ahead_compute_layers(shape, kshape, strides):
+    """1x1 layers with each chunk's taps staged in shared memory beside its input and its B
+    fragments loaded once a chunk (`untuned_chunk_operands`, each pair of unrolls): TF32 accuracy
+    against float64 on a NaN-poisoned output."""
+    w, k, bias, wl, x = _layer((shape, kshape, 0.15, strides, "SAME", 1, True, "relu"), 5, "union-tf32")
+    ahead = [r for r in next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32").untuned_variants()
+             if r.untuned_chunk_operands]
+    assert len(ahead) == 4
+    for rule in ahead:
+        program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+        assert "__shared__ alignas(64) int taps_shared" in program.source, rule.untuned_label()
+        err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+        assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance, rule.untuned_label()
+
+
 @pytest.mark.parametrize("name,chunk", [("resnet50_conv5_3x3_b32_g8", None), ("resnet50_conv3_1x1_reduce_b32_g8", 256)])
 def test_union_tf32_computes_block_pruned_resnet50_layers_at_batch_32(name, chunk):
     """Real layers of the block-pruned network (whole 7x7 images of 32 x 512 channels in 16
