@@ -48,7 +48,9 @@ HALO_CASES = [  # (input NHWC, kernel HWIO, strides, padding, dilations, blocks,
     ((2, 7, 40, 16), (5, 5, 16, 20), 1, "SAME", 1, 1, 8),  # 5 segments per row; partial last group
     ((1, 12, 12, 8), (3, 3, 8, 8), 1, "SAME", 2, 4, 8),  # dilation
     ((1, 15, 15, 3), (7, 7, 3, 10), (2, 1), "SAME", 1, 1, 8),  # stride 2 down the rows; scalar relayout
-    ((2, 8, 37, 32), (11, 11, 32, 24), 1, [[0, 0], [5, 5], [3, 7], [0, 0]], 1, 2, 16),  # AVX-512 lanes, asymmetric pads
+    # AVX-512 lanes, asymmetric pads (8 input channels: with 32 its ~24,000 straight-line taps took
+    # LLVM 221 s to compile, the slowest test of the suite)
+    ((2, 8, 37, 8), (11, 11, 8, 24), 1, [[0, 0], [5, 5], [3, 7], [0, 0]], 1, 2, 16),
 ]
 
 
