@@ -29,9 +29,8 @@ from tvm.s_tir.schedule import _ffi_api as schedule_ffi
 from tvm.target import Target
 from tvm.tirx.function import IndexMap
 
-from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, IMAGE_PITCH_KEY, K_STEP, M_TILE,
-                                                   STAGE_ALIGN, X_TF32,
-                                                   gather_region, staged_row_words, staging_budget,
+from tvm_sparseconv.algorithms.union_tf32 import (A_TF32, BLOCK_ATTR, GROUP, K_STEP, M_TILE, STAGE_ALIGN, X_TF32,
+                                                   block_pitch, gather_region, staged_row_words, staging_budget,
                                                    tallest_block_rows)
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
 
@@ -141,7 +140,8 @@ class CUDAUnionTF32(SparseConvRule):
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
-        pitch = _image_pitch(sch)
+        attrs = sch.mod["main"].attrs
+        pitch = block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
         if pitch is not None and blocks.epilogue is not None:
             # a whole image at its staged pitch (`union_tf32.image_pitch`): the epilogue's
             # oh * pitch + ow is no bijection TVM can inline; as (row, column) it is
@@ -183,9 +183,8 @@ class CUDAUnionTF32(SparseConvRule):
         if ahead:  # the chunk's taps staged beside its input (one barrier for both)
             taps_shared = sch.cache_read(a_block, _read_index(sch, a_block, "taps"), "shared")
             sch.compute_at(taps_shared, c, preserve_unit_loops=True)
-            t_copy = sch.fuse(*sch.get_loops(taps_shared)[-3:])
-            _, t_warps, t_lanes = sch.split(t_copy, factors=[None, copy_warps[0] * copy_warps[1]
-                                                             if len(copy_warps) == 2 else None, 32])
+            t_copy = sch.fuse(*sch.get_loops(taps_shared)[-3:])  # (groups, the chunk, taps)
+            _, t_warps, t_lanes = sch.split(t_copy, factors=[None, copy_warps[0] * copy_warps[1], 32])
             sch.bind(t_warps, "threadIdx.y")
             sch.bind(t_lanes, "threadIdx.x")
 
@@ -404,13 +403,6 @@ class CUDAUnionTF32(SparseConvRule):
         warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
-
-
-def _image_pitch(sch: s_tir.Schedule) -> int | None:
-    """The layer's `union_tf32.image_pitch` as its function's `BLOCK_ATTR` says (None: none)."""
-    attrs = sch.mod["main"].attrs
-    block = attrs[BLOCK_ATTR] if attrs is not None and BLOCK_ATTR in attrs else {}
-    return int(block[IMAGE_PITCH_KEY]) if IMAGE_PITCH_KEY in block else None
 
 
 def _declare_read_region(sch: s_tir.Schedule, block, read_index: int, region) -> None:

@@ -535,6 +535,11 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
     return args + [out]
 
 
+def block_pitch(block) -> int | None:
+    """A function's `BLOCK_ATTR` (`block`)'s `image_pitch`, None where the layer has none."""
+    return int(block[IMAGE_PITCH_KEY]) if IMAGE_PITCH_KEY in block else None
+
+
 def gather_region(block: dict):
     """The input a KxK layer's A element (`a_tf32[b, r, q, g, c, k]`) may read, as
     `Schedule.annotate_buffer_access` takes it, from the function's `BLOCK_ATTR` (`block`): its
@@ -542,7 +547,7 @@ def gather_region(block: dict):
     (`tap_code`) itself, and the CUDA rule stages the region of a block's elements."""
     sh, sw, eh, ew, chunk, oh_, ow_ = (int(block[key]) for key in (
         "stride_h", "stride_w", "extent_h", "extent_w", "chunk", "image_h", "image_w"))
-    pitch = int(block[IMAGE_PITCH_KEY]) if IMAGE_PITCH_KEY in block else None
+    pitch = block_pitch(block)
 
     def region(b, r, q, g, c, k):
         if pitch is not None:  # (`image_pitch`) from the position to its window's last
