@@ -137,9 +137,15 @@ def whole_images(wl: ConvWorkload, chunk: int | None = None, budget: int | None 
     double the work; ResNet-50's 7x7 maps) and a whole image's halo fits a staged tile (in chunks
     of `chunk` channels, default the workload's; `budget` bytes, default `staging_budget` of the
     workload's algorithm)."""
-    (oh, ow) = wl.output_hw
-    return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES and (
+    return _narrow_maps(wl) and (
         whole_image_positions(wl) * staged_row_words(chunk or wl.chunk) * 4 <= _budget(wl, budget))
+
+
+def _narrow_maps(wl: ConvWorkload) -> bool:
+    """`whole_images`' shape condition: output rows at most half an mma tile wide, an image's
+    pixels within `MAX_BLOCK_TILES` tiles."""
+    oh, ow = wl.output_hw
+    return 2 * ow <= M_TILE and -(-oh * ow // M_TILE) <= MAX_BLOCK_TILES
 
 
 def image_pitch(wl: ConvWorkload) -> int | None:
@@ -152,7 +158,7 @@ def image_pitch(wl: ConvWorkload) -> int | None:
     `benchmarks/experiments/union_sass.py`, stop 51). Taken where the pitch's extra columns,
     which read halo and are never stored, take no more mma tiles (ResNet-50's 7x7 maps: 7 x 9 =
     63 positions in 4 tiles, as 49 packed)."""
-    if is_pointwise(wl.kernel_shape) or tuple(wl.strides) != (1, 1):
+    if is_pointwise(wl.kernel_shape) or tuple(wl.strides) != (1, 1) or not _narrow_maps(wl):
         return None
     (oh, ow), gw = wl.output_hw, wl.gather_hw[1]
     return gw if -(-oh * gw // M_TILE) <= -(-oh * ow // M_TILE) else None
