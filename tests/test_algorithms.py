@@ -131,21 +131,24 @@ def test_forcing_a_tf32_algorithm_needs_precision_tf32():
                     algorithm="union-tf32")
 
 
-@pytest.mark.parametrize("kshape,chunk,strides,code", [
+@pytest.mark.parametrize("kshape,chunk,strides,code,out_side", [
     # ResNet-50's 3x3 layers on a 16x16 map: one 16-pixel tile per row, a staged box 18 positions
     # wide of 32 channels padded to 36 words
-    ((3, 3, 256, 256), 32, 1, ((0, 36, 72), 36 * 18)),
+    ((3, 3, 256, 256), 32, 1, ((0, 36, 72), 36 * 18), 16),
     # the stem: 3 channels in 4 words, 16 + 6 columns
-    ((7, 7, 3, 64), 3, 1, (tuple(4 * kw for kw in range(7)), 4 * 22)),
-    ((11, 11, 32, 64), 32, 1, (tuple(36 * kw for kw in range(11)), 36 * 26)),  # the headline's kernel
-    ((1, 1, 200, 64), 200, 1, ((0,), 200)),  # 1x1: the tap is the channel
+    ((7, 7, 3, 64), 3, 1, (tuple(4 * kw for kw in range(7)), 4 * 22), 16),
+    ((11, 11, 32, 64), 32, 1, (tuple(36 * kw for kw in range(11)), 36 * 26), 16),  # the headline's kernel
+    ((1, 1, 200, 64), 200, 1, ((0,), 200), 16),  # 1x1: the tap is the channel
     # stride 2 on a 32x32 map: 33 input columns a 16-pixel tile, by phase (`column_phases`): 17
     # even positions then 17 odd, so kw 1 is the odd phase's first position, kw 2 the even's second
-    ((3, 3, 64, 64), 32, 2, ((0, 36 * 17, 36), 2 * 36 * 17)),
+    ((3, 3, 64, 64), 32, 2, ((0, 36 * 17, 36), 2 * 36 * 17), 16),
     # the stem at stride 2: 37 columns, 19 a phase of 4 words
-    ((7, 7, 3, 64), 3, 2, ((0, 76, 4, 80, 8, 84, 12), 2 * 76)),
+    ((7, 7, 3, 64), 3, 2, ((0, 76, 4, 80, 8, 84, 12), 2 * 76), 16),
+    # a whole 7x7 image at stride 2 (conv5 3x3 s2's map, 14x14 in): 4 phase planes of 8 x 8
+    # positions at pitch 8 (`image_plane`), kw 1 in the odd columns' plane, kh 1 the odd rows'
+    ((3, 3, 64, 64), 32, 2, ((0, 36 * 64, 36), (0, 36 * 2 * 64, 36 * 8)), 7),
 ])
-def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, strides, code, rng):
+def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, strides, code, out_side, rng):
     """Taps are coded as offsets in the staged input box (`tap_code`: an A element's shared address
     is its pixel's plus the tap; strided columns by phase), and the packed (taps, B-fragment
     weights) of every group and chunk rebuild the kernel, rounded to TF32; padding taps carry zero
@@ -156,14 +159,15 @@ def test_union_tf32_packed_taps_rebuild_the_kernel(kshape, chunk, strides, code,
 
     w = rng.standard_normal(kshape).astype(np.float32) * (rng.random(kshape) < 0.2)
     kernel = tsc.SparseKernel.from_dense(w)
-    side = 16 * strides
+    side = out_side * strides
     layer = ConvWorkload.create((1, side, side, kshape[2]), kshape, 1, strides, "SAME", 1, False, None)
     wl = layer.with_format(union_tf32.ALGORITHM.name, **union_tf32.chunked_format(kernel, chunk))
+    offsets, per_kh = code  # (per kh: an offset per row, or each kh's)
+    code = offsets, per_kh if isinstance(per_kh, tuple) else tuple(per_kh * kh for kh in range(kshape[0]))
     assert union_tf32.tap_code(wl) == code
     frags, taps = union_tf32.pack_union(wl, kernel)
-    offsets, per_kh = code
     # each (kh, kw, ci in the chunk) its own offset, decoded here independently of the packing's
-    where = {ci + offsets[kw] + per_kh * kh: (kh, kw, ci) for kh, kw, ci in np.ndindex(kshape[0], kshape[1], chunk)}
+    where = {ci + offsets[kw] + code[1][kh]: (kh, kw, ci) for kh, kw, ci in np.ndindex(kshape[0], kshape[1], chunk)}
     assert len(where) == kshape[0] * kshape[1] * chunk
     # B fragment order back to [group, chunk, k, channel of the group] (schedules/mma_tf32.b_layout)
     g, c, ks = taps.shape
@@ -196,25 +200,30 @@ def test_union_tf32_kxk_blocks_hold_an_even_number_of_tiles_where_one_fits():
     assert rows * tiles == union_tf32.MAX_BLOCK_TILES
 
 
-@pytest.mark.parametrize("shape,kshape,strides,pitch,tiles", [
-    ((32, 7, 7, 512), (3, 3, 512, 512), 1, 9, 4),  # conv5 3x3: 7 x 9 = 63 positions, 4 tiles as 49
-    ((2, 6, 6, 16), (3, 3, 16, 8), 1, 8, 3),  # 6 x 8 = 48: 3 tiles as 36
-    ((2, 5, 5, 16), (5, 5, 16, 8), 1, None, 2),  # 5 x 9 = 45 would take 3 tiles, 25 take 2: packed
-    ((32, 14, 14, 512), (3, 3, 512, 512), 2, None, 4),  # conv5 3x3 s2: columns by phase, packed
+@pytest.mark.parametrize("shape,kshape,strides,pitch,tiles,positions", [
+    # conv5 3x3: 7 x 9 = 63 positions, 4 tiles as 49; staged: the grid's 64 and the last one's window
+    ((32, 7, 7, 512), (3, 3, 512, 512), 1, 9, 4, 64 + 2 * 9 + 2),
+    ((2, 6, 6, 16), (3, 3, 16, 8), 1, 8, 3, 48 + 2 * 8 + 2),  # 6 x 8 = 48: 3 tiles as 36
+    ((2, 5, 5, 16), (5, 5, 16, 8), 1, None, 2, 9 * 9),  # 5 x 9 = 45 would take 3 tiles, 25 take 2: packed
+    # conv5 3x3 s2: the 15 x 15 padded input in 4 phase planes of 8 x 8 (`image_plane`), 7 x 8 = 56
+    # in 4 tiles; the last window's farthest tap (kh 1, kw 1) in the last plane, 3 planes on
+    ((32, 14, 14, 512), (3, 3, 512, 512), 2, 8, 4, 4 * 64),
+    # stride (1, 2): 12 rows x 11 columns in 2 planes of 12 x 6; 10 x 6 = 60 in 4 tiles as 50; kw 1
+    # in the odd plane, 72 on: the last window reaches 2 rows and a plane on
+    ((2, 10, 10, 16), (3, 3, 16, 8), (1, 2), 6, 4, 64 + 72 + 2 * 6),
 ])
 def test_union_tf32_lays_whole_images_at_their_staged_pitch_where_that_costs_no_tile(shape, kshape, strides,
-                                                                                     pitch, tiles):
-    """A whole-image layer at stride 1 lays its pixels at the padded input's width (an A element's
-    address is then the lane's base plus immediate offsets) where that takes no more mma tiles;
-    its staged box is the grid's positions plus the last one's window."""
+                                                                                     pitch, tiles, positions):
+    """A whole-image layer lays its pixels at its staged input's pitch (the padded input's width;
+    strided, its phase planes': an A element's address is then the lane's base plus immediate
+    offsets) where that takes no more mma tiles; its staged box is the grid's positions plus the
+    last one's window."""
     wl = ConvWorkload.create(shape, kshape, 8, strides, "SAME", 1).with_format("union-tf32", ell_width=8,
                                                                                chunk=min(32, kshape[2]))
     assert union_tf32.whole_images(wl)
     assert union_tf32.image_pitch(wl) == pitch
     assert union_tf32.pixel_grid(wl) == (1, tiles * union_tf32.M_TILE)
-    (eh, ew), gw = wl.kernel_extent, wl.gather_hw[1]
-    if pitch is not None:
-        assert union_tf32.whole_image_positions(wl) == tiles * union_tf32.M_TILE + (eh - 1) * gw + ew - 1
+    assert union_tf32.whole_image_positions(wl) == positions
 
 
 def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
@@ -235,8 +244,8 @@ def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
             overlapped.gather_hw[1])
         box_rows = (rows - 1) * sh + eh if not union_tf32.whole_images(overlapped) else overlapped.gather_hw[0]
         box = box_rows * sw * -(-columns // sw)
-        if union_tf32.image_pitch(overlapped):  # whole images at stride 1: the grid and the last window
-            box = tiles * union_tf32.M_TILE + (eh - 1) * columns + ew - 1
+        if union_tf32.whole_images(overlapped) and union_tf32.image_pitch(overlapped):  # the grid, the last window
+            box = union_tf32.whole_image_positions(overlapped)
         assert 2 * box * union_tf32.staged_row_words(overlapped.chunk) * 4 <= union_tf32.SHARED_BYTES, problem.name
     conv3 = workload_set("resnet50_conv3_3x3_b32_g8")[0]
     assert union_tf32.block_tiles(conv3.workload(algorithm="union-tf32")) == (4, 2)

@@ -213,7 +213,9 @@ def test_union_tf32_on_block_pruned_channels_does_only_their_taps():
     ((2, 20, 20, 40), (3, 3, 40, 16), 1, "SAME", 1),  # rows padded to 32 columns, 2 chunks
     ((1, 16, 40, 3), (5, 3, 3, 8), (1, 2), "SAME", (2, 1)),  # strided, dilated, 3 channels
     ((3, 7, 7, 40), (3, 3, 40, 16), 1, "SAME", 1),  # 7x7 maps: whole images, 3 of them
-    ((2, 13, 13, 24), (3, 3, 24, 24), 2, "VALID", 1),  # strided to 6x6: whole images
+    ((2, 13, 13, 24), (3, 3, 24, 24), 2, "VALID", 1),  # strided to 6x6: whole images at pitch 7
+    ((2, 14, 14, 40), (3, 3, 40, 16), 2, "SAME", 1),  # conv5 3x3 s2's map: 4 phase planes of 8 x 8
+    ((1, 10, 10, 8), (3, 3, 8, 8), (1, 2), "SAME", (2, 1)),  # dilated rows: 2 planes of 14 x 6, 10 x 6 in 4 tiles
 ])
 def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padding, dilations):
     """KxK layers: a block's rows (or whole images of narrow maps) stage as one box of the padded
@@ -223,9 +225,13 @@ def test_union_tf32_stages_kxk_blocks_of_whole_rows(shape, kshape, strides, padd
     program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
     (words,) = map(int, re.findall(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source))
     (gh, gw), (eh, ew), sw = wl.gather_hw, wl.kernel_extent, wl.strides[1]
-    if union_tf32.image_pitch(wl):  # stride 1: the grid's positions and the last one's window
-        assert union_tf32.image_pitch(wl) == gw
-        positions = -(-wl.output_hw[0] * gw // 16) * 16 + (eh - 1) * gw + ew - 1
+    pitch = union_tf32.image_pitch(wl) if union_tf32.whole_images(wl) else None
+    if pitch is not None:  # the grid's positions and the last one's window, phase planes of the strides
+        (sh, sw), plane_rows = wl.strides, -(-gh // wl.strides[0])
+        assert pitch == -(-gw // sw)
+        farthest = max(((r % sh) * sw + c % sw) * plane_rows * pitch + r // sh * pitch + c // sw
+                       for r in range(eh) for c in range(ew))
+        positions = -(-wl.output_hw[0] * pitch // 16) * 16 + farthest
     else:
         if union_tf32.whole_images(wl):
             box_rows, columns = gh, gw

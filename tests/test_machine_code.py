@@ -31,6 +31,9 @@ pytestmark = pytest.mark.skipif(shutil.which("nvcc") is None or CUOBJDUMP is Non
     # whole 7x7 images: a division by 7 per A element 37.5, then 19.1 with offsets in the staged
     # box; 14.5 with the pixels at the box's pitch (`union_tf32.image_pitch`)
     ("resnet50_conv5_3x3_b32_g8", 15),
+    # its stride-2 twin, packed by column phase: 30.5; 14.1 at the pitch of its (row, column)
+    # phase planes (`union_tf32.image_plane`)
+    ("resnet50_conv5_3x3_s2_b32_g8", 15),
     # the 1x1 path, one add per A element: 11.5 (conv3 1x1 reduce's two chunks became one
     # unrolled loop, its copy included, once the 1x1 copy went float4: 529 instructions per 32 mma)
     ("resnet50_conv4_1x1_reduce_b32_g8", 14),

@@ -19,16 +19,19 @@ Stages (block names are what the schedule rules in `schedules/` look for):
   ``xs[n, r, phase, j, ch]`` of column ``j*s + phase``, `column_phases`, so that consecutive
   output pixels read consecutive staged positions), whose rows the CUDA rule stages per block of
   output rows x tiles of columns (`block_tiles`: a box TVM can bound) and chunk; whole images at
-  stride 1 (`image_pitch`) are ``xs[n, r*pitch + c, ch]``, the padded input's positions flattened.
+  their pitch (`image_pitch`) are ``xs[n, r*pitch + c, ch]``, the padded input's positions flattened
+  (strided: by phase plane, ``xs[n, (ph*sw + pc)*plane + i*pitch + j, ch]`` of input row ``i*sh +
+  ph`` and column ``j*sw + pc``, `image_plane`).
 - ``a_tf32``: the gathered operand ``a[p, g, c, k]``: for group g and chunk c, union position k,
-  the input at the tap ``taps[g, c, k] = ci_in_chunk + kw_offset[kw] + per_kh*kh`` (`tap_code`: for
+  the input at the tap ``taps[g, c, k] = ci_in_chunk + kw_offset[kw] + kh_offset[kh]`` (`tap_code`: for
   KxK layers the tap's offset in a block's staged input box, so that an A element's shared-memory
   address is its pixel's plus the tap; the rule declares the region TVM cannot bound,
   `gather_region`). The CUDA rule computes
   it into the mma's A fragments (registers), never into memory. For KxK layers p is
   ``(n, row, column)`` of `pixel_grid`: the output rows padded to whole 16-pixel mma tiles, or for
-  narrow maps (`whole_images`) each image's flattened pixels as one padded row (at stride 1, at
-  the padded input's width, `image_pitch`: a pixel's staged position is then its grid position).
+  narrow maps (`whole_images`) each image's flattened pixels as one padded row (where it costs no
+  tile, at the staged input's pitch, `image_pitch`: a pixel's staged position is then its grid
+  position).
 - ``conv``: ``conv[p, co] = sum_{c,k} a[p, co // 8, c, k] * w[co // 8, c, k, co % 8]``, where the
   weights are stored as the mma's B fragments, ``weights[g, c, k // 8, lane, reg]`` with
   ``(lane, reg) = (j*4 + k % 4, k % 8 // 4)`` (``schedules/mma_tf32.b_layout``): a lane's two
@@ -84,6 +87,8 @@ MAX_BLOCK_TILES = 8
 BLOCK_ATTR = "sparseconv_union_block"
 #: `BLOCK_ATTR`'s key for a whole-image layer's `image_pitch`
 IMAGE_PITCH_KEY = "image_pitch"
+#: `BLOCK_ATTR`'s key for a strided whole-image layer's `image_plane`
+IMAGE_PLANE_KEY = "image_plane"
 
 
 def staging_budget(algorithm: str) -> int:
@@ -150,28 +155,55 @@ def _narrow_maps(wl: ConvWorkload) -> bool:
 
 def image_pitch(wl: ConvWorkload) -> int | None:
     """Grid positions per output row of a whole-image layer whose pixels are laid out at the pitch
-    of its staged input (`whole_images` at stride 1: the padded input's width), or None where
-    they are packed (``oh * ow``). At that pitch a pixel's staged position is its grid position
-    and a tap's offset is a constant, so an A element's shared-memory address is the lane's base
-    plus immediate offsets (packed, each element's row and column are a division by OW: conv5
-    3x3 b32 g8's k steps took 21.5 instructions per mma, against 12.8 on conv4 3x3's rows;
+    of its staged input (`whole_images`: the padded input's width, or with a stride, the width of
+    its planes of one (row, column) phase each, `image_plane`), or None where they are packed
+    (``oh * ow``). At that pitch a pixel's staged position is its grid position and a tap's offset
+    is a constant, so an A element's shared-memory address is the lane's base plus immediate
+    offsets (packed, each element's row and column are a division by OW: conv5 3x3 b32 g8's k
+    steps took 21.5 instructions per mma, against 12.8 on conv4 3x3's rows;
     `benchmarks/experiments/union_sass.py`, stop 51). Taken where the pitch's extra columns,
     which read halo and are never stored, take no more mma tiles (ResNet-50's 7x7 maps: 7 x 9 =
-    63 positions in 4 tiles, as 49 packed)."""
-    if is_pointwise(wl.kernel_shape) or tuple(wl.strides) != (1, 1) or not _narrow_maps(wl):
+    63 positions in 4 tiles at stride 1, 7 x 8 = 56 at stride 2, as 49 packed)."""
+    if is_pointwise(wl.kernel_shape) or not _narrow_maps(wl):
         return None
     (oh, ow), gw = wl.output_hw, wl.gather_hw[1]
-    return gw if -(-oh * gw // M_TILE) <= -(-oh * ow // M_TILE) else None
+    pitch = -(-gw // wl.strides[1])
+    return pitch if -(-oh * pitch // M_TILE) <= -(-oh * ow // M_TILE) else None
+
+
+def image_plane(wl: ConvWorkload, pitch: int) -> int:
+    """Staged positions per phase plane of a whole image at `pitch` (`image_pitch`): with strides
+    (sh, sw) the padded input's rows and columns go by their residues (ph, pc), plane ``ph*sw + pc``
+    holding input (i*sh + ph, j*sw + pc) at ``i*pitch + j``, so that output pixel (oh, ow) reads
+    tap (kh, kw) at its grid position plus a constant (`pitch_offset`). One plane at stride 1: the
+    padded input's positions flattened."""
+    return -(-wl.gather_hw[0] // wl.strides[0]) * pitch
+
+
+def pitch_offset(rows: int, columns: int, strides: tuple[int, int], pitch: int, plane: int) -> int:
+    """Staged positions from a pixel's grid position to its window's input `rows` down and
+    `columns` across, in a whole image at `pitch` (`image_pitch`) of phase planes of `plane`
+    positions (`image_plane`)."""
+    (sh, sw) = strides
+    return ((rows % sh) * sw + columns % sw) * plane + rows // sh * pitch + columns // sw
+
+
+def pitch_window(strides: tuple[int, int], extent: tuple[int, int], pitch: int, plane: int) -> int:
+    """Staged positions from a pixel's grid position past its window's farthest (`pitch_offset`
+    over the kernel's `extent`): the span of the input it may read."""
+    return 1 + max(pitch_offset(r, c, strides, pitch, plane) for r in range(extent[0]) for c in range(extent[1]))
 
 
 def whole_image_positions(wl: ConvWorkload) -> int:
     """Positions of a whole image's staged box (`whole_images`): at `image_pitch`, from the grid's
-    first position to the last one's window (the padded input's rows flattened, and past them
-    zeros); packed, its padded rows x columns by phase."""
-    (gh, gw), (eh, ew) = wl.gather_hw, wl.kernel_extent
+    first position to the last one's window (`pitch_window`: the padded input's positions, by
+    phase plane where strided, and past them whatever the grid's padding reads); packed, its
+    padded rows x columns by phase."""
+    (gh, gw), extent = wl.gather_hw, wl.kernel_extent
     pitch = image_pitch(wl)
     if pitch is not None:
-        return -(-wl.output_hw[0] * pitch // M_TILE) * M_TILE + (eh - 1) * pitch + ew - 1
+        window = pitch_window(wl.strides, extent, pitch, image_plane(wl, pitch))
+        return -(-wl.output_hw[0] * pitch // M_TILE) * M_TILE + window - 1
     return gh * column_phases(wl) * _phase_positions(gw, wl)
 
 
@@ -275,56 +307,66 @@ def staged_strides(wl: ConvWorkload, chunk: int | None = None) -> tuple[int, int
     return per_position, per_phase, per_phase * column_phases(wl)
 
 
-def tap_code(wl: ConvWorkload, chunk: int | None = None) -> tuple[tuple[int, ...], int]:
-    """(offset of each kw, offset per kh): a packed tap is ``ci_in_chunk + kw_offsets[kw] +
-    per_kh*kh``. For KxK layers that is the tap's offset in the block's staged input box
+def tap_code(wl: ConvWorkload, chunk: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(offset of each kw, offset of each kh): a packed tap is ``ci_in_chunk + kw_offsets[kw] +
+    kh_offsets[kh]``. For KxK layers that is the tap's offset in the block's staged input box
     (`staged_strides`, dilations included; column ``kw*dw`` of a pixel's window is in phase
-    ``kw*dw % sw``, ``kw*dw // sw`` positions on), so an A element's shared-memory address is its
-    pixel's plus the tap, one add (the power-of-two fields decoded by shifts and masks before it
-    cost 13-19 instructions per mma on the 3x3 layers, a division by 7 per element 37 on conv5's,
-    `benchmarks/experiments/union_sass.py`). 1x1 layers: the tap is the channel."""
+    ``kw*dw % sw``, ``kw*dw // sw`` positions on; a whole image at its pitch, `pitch_offset`), so
+    an A element's shared-memory address is its pixel's plus the tap, one add (the power-of-two
+    fields decoded by shifts and masks before it cost 13-19 instructions per mma on the 3x3
+    layers, a division by 7 per element 37 on conv5's, `benchmarks/experiments/union_sass.py`).
+    1x1 layers: the tap is the channel."""
     chunk = chunk or wl.chunk
     if is_pointwise(wl.kernel_shape):
-        return (0,), chunk
-    per_position, per_phase, per_row = staged_strides(wl, chunk)
-    sw, dw = wl.strides[1], wl.dilations[1]
-    offsets = tuple(kw * dw % sw * per_phase + kw * dw // sw * per_position for kw in range(wl.kernel_shape[1]))
-    return offsets, per_row * wl.dilations[0]
+        return (0,), (0,)
+    kh_, kw_ = wl.kernel_shape[:2]
+    (dh, dw), strides = wl.dilations, wl.strides
+    per_position = staged_row_words(chunk)
+    pitch = image_pitch(wl) if whole_images(wl, chunk) else None
+    if pitch is not None:
+        plane = image_plane(wl, pitch)
+        return (tuple(per_position * pitch_offset(0, kw * dw, strides, pitch, plane) for kw in range(kw_)),
+                tuple(per_position * pitch_offset(kh * dh, 0, strides, pitch, plane) for kh in range(kh_)))
+    _, per_phase, per_row = staged_strides(wl, chunk)
+    sw = strides[1]
+    offsets = tuple(kw * dw % sw * per_phase + kw * dw // sw * per_position for kw in range(kw_))
+    return offsets, tuple(per_row * dh * kh for kh in range(kh_))
 
 
-def compact_code(kernel_shape, chunk: int) -> tuple[tuple[int, ...], int]:
+def compact_code(kernel_shape, chunk: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A tap code (`tap_code`'s form) that packs taps densely, ``ci + chunk*(kw + KW*kh)``: the
     order of every layer's code, for counting and ordering unions."""
-    kw_ = kernel_shape[1]
-    return tuple(chunk * kw for kw in range(kw_)), chunk * kw_
+    kh_, kw_ = kernel_shape[:2]
+    return tuple(chunk * kw for kw in range(kw_)), tuple(chunk * kw_ * kh for kh in range(kh_))
 
 
-def decode_taps(taps: np.ndarray, code: tuple[tuple[int, ...], int]) -> tuple[np.ndarray, ...]:
-    """(ci in the chunk, kw, kh) of packed `taps` (`tap_code`'s `code`): a tap's kw is the one
-    with the largest offset not past it (the offsets are a chunk or more apart)."""
-    offsets, per_kh = code
+def decode_taps(taps: np.ndarray, code: tuple[tuple[int, ...], tuple[int, ...]]) -> tuple[np.ndarray, ...]:
+    """(ci in the chunk, kw, kh) of packed `taps` (`tap_code`'s `code`): a tap's (kh, kw) is the
+    one with the largest offset not past it (every (kh, kw)'s offset is a chunk or more from the
+    others')."""
+    kw_offsets, kh_offsets = (np.asarray(o, np.int64) for o in code)
     taps = np.asarray(taps, np.int64)
-    kh, rest = taps // per_kh, taps % per_kh
+    offsets = (kh_offsets[:, None] + kw_offsets[None, :]).ravel()
     order = np.argsort(offsets)
-    kw = order[np.searchsorted(np.asarray(offsets)[order], rest, side="right") - 1]
-    return rest - np.asarray(offsets, np.int64)[kw], kw, kh
+    which = order[np.searchsorted(offsets[order], taps, side="right") - 1]
+    return taps - offsets[which], which % len(kw_offsets), which // len(kw_offsets)
 
 
 def group_unions(kernel: SparseKernel, chunk: int | None = None,
-                 code: tuple[tuple[int, ...], int] | None = None) -> list[list[np.ndarray]]:
+                 code: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> list[list[np.ndarray]]:
     """[group][chunk]: the sorted taps of that group's `GROUP` output channels whose input channel
     is in chunk c (`chunk`: default `chunk_size`), packed as ``ci_in_chunk + code[0][kw] +
-    code[1]*kh`` (default: `compact_code`; `tap_code` gives the kernel's, whose order may differ
+    code[1][kh]`` (default: `compact_code`; `tap_code` gives the kernel's, whose order may differ
     across kw phases but whose unions hold the same taps)."""
     cin, cout = kernel.shape[2:]
     chunk = chunk or chunk_size(kernel.shape)
-    offsets, per_kh = code or compact_code(kernel.shape, chunk)
+    kw_offsets, kh_offsets = code or compact_code(kernel.shape, chunk)
     n_chunks = -(-cin // chunk)
     real = kernel.stored()
     ci = kernel.ci.astype(np.int64)
     which = ci // chunk
-    packed = (ci - which * chunk) + np.asarray(offsets, np.int64)[kernel.kw.astype(np.int64)] + (
-        per_kh * kernel.kh.astype(np.int64))
+    packed = (ci - which * chunk) + np.asarray(kw_offsets, np.int64)[kernel.kw.astype(np.int64)] + (
+        np.asarray(kh_offsets, np.int64)[kernel.kh.astype(np.int64)])
     unions = []
     for g in range(cout // GROUP):
         rows = slice(g * GROUP, (g + 1) * GROUP)
@@ -489,10 +531,19 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
         width = gw if flat else gw + (cols - ow_) * sw
         per_position, per_phase, per_row = staged_strides(wl)
         phases = column_phases(wl)
-        if pitch is not None:  # the padded input's positions flattened: xs[b, r*pitch + col, ch]
+        if pitch is not None and (sh, sw) == (1, 1):  # the padded input's positions flattened: xs[b, r*pitch + col, ch]
             xs = te.compute((n, whole_image_positions(wl), n_chunks * chunk),
                             lambda b, pos, ch: padded(b, tirx.floordiv(pos, pitch) - pt, tirx.floormod(pos, pitch) - pl,
                                                       ch), name=X_TF32)
+        elif pitch is not None:  # by phase plane (`image_plane`): xs[b, (ph*sw + pc)*plane + i*pitch + j, ch]
+            plane = image_plane(wl, pitch)
+
+            def planes(b, pos, ch):
+                which, at = tirx.floordiv(pos, plane), tirx.floormod(pos, plane)
+                return padded(b, tirx.floordiv(at, pitch) * sh + tirx.floordiv(which, sw) - pt,
+                              tirx.floormod(at, pitch) * sw + tirx.floormod(which, sw) - pl, ch)
+
+            xs = te.compute((n, whole_image_positions(wl), n_chunks * chunk), planes, name=X_TF32)
         elif phases == 1:
             xs = te.compute((n, gh, width, n_chunks * chunk),
                             lambda b, r, col, ch: padded(b, r - pt, col - pl, ch), name=X_TF32)
@@ -554,10 +605,13 @@ def gather_region(block: dict):
     sh, sw, eh, ew, chunk, oh_, ow_ = (int(block[key]) for key in (
         "stride_h", "stride_w", "extent_h", "extent_w", "chunk", "image_h", "image_w"))
     pitch = block_pitch(block)
+    if pitch is not None:
+        plane = int(block[IMAGE_PLANE_KEY]) if IMAGE_PLANE_KEY in block else 0  # (none at stride 1)
+        window = pitch_window((sh, sw), (eh, ew), pitch, plane)
 
     def region(b, r, q, g, c, k):
         if pitch is not None:  # (`image_pitch`) from the position to its window's last
-            return b, (q, q + (eh - 1) * pitch + ew), (c * chunk, c * chunk + chunk)
+            return b, (q, q + window), (c * chunk, c * chunk + chunk)
         oh, ow = grid_pixel(r, q, (oh_, ow_) if ow_ else None)
         if sw == 1:
             return b, (oh * sh, oh * sh + eh), (ow * sw, ow * sw + ew), (c * chunk, c * chunk + chunk)
@@ -605,7 +659,9 @@ class UnionTF32(Algorithm):
                                      "image_h": oh, "image_w": ow if flat else 0,
                                      # (only where there is one: the other layers' modules, which
                                      # their tuning records name, stay as they were)
-                                     **({IMAGE_PITCH_KEY: pitch} if pitch is not None else {})}}
+                                     **({IMAGE_PITCH_KEY: pitch} if pitch is not None else {}),
+                                     **({IMAGE_PLANE_KEY: image_plane(wl, pitch)}
+                                        if pitch is not None and (sh, sw) != (1, 1) else {})}}
 
     def pack(self, wl: ConvWorkload, kernel: SparseKernel) -> list[np.ndarray]:
         return list(pack_union(wl, kernel))
