@@ -201,7 +201,8 @@ def _block_pruned_layer(name: str, algorithm: str):
     ("resnet50_conv3_1x1_reduce_b32_g8", 64), ("resnet50_conv3_1x1_reduce_b32_g8", 256),
     ("resnet50_conv4_3x3_b32_g8", None), ("resnet50_conv5_3x3_b32_g8", None),  # staged rows; whole images
     ("resnet50_conv3_3x3_b32_g8", None), ("resnet50_conv1_7x7_s2_b32_g8", None),
-    # stride 2, columns staged by phase (`union_tf32.column_phases`): rows; whole images
+    # stride 2, columns staged by phase (`union_tf32.column_phases`): rows; whole images by phase
+    # plane at their pitch (`union_tf32.image_plane`; union-tf32-async's do not fit: rows)
     ("resnet50_conv4_3x3_s2_b32_g8", None), ("resnet50_conv5_3x3_s2_b32_g8", None),
 ])
 def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
@@ -220,7 +221,7 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
 @pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv5_3x3_b32_g8",
-                                  "resnet50_conv5_1x1_reduce_b32_g8"])
+                                  "resnet50_conv5_3x3_s2_b32_g8", "resnet50_conv5_1x1_reduce_b32_g8"])
 def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm):
     """The untuned union templates with the reduction split in 4 shares of the input chunks (two
     kernels: the shares' partial sums, then their sum through the epilogue), on the layers short
