@@ -226,6 +226,22 @@ def test_union_tf32_lays_whole_images_at_their_staged_pitch_where_that_costs_no_
     assert union_tf32.whole_image_positions(wl) == positions
 
 
+def test_union_tf32_whole_images_take_narrower_chunks_only_where_that_makes_them_fit():
+    """conv5 3x3 s2's whole image (256 staged positions) fits union-tf32's one tile at 32
+    channels a chunk, union-tf32-async's half-size tiles only at 16 (`kxk_chunk`); every other
+    ResNet-50 layer keeps its chunk width in both."""
+    from tvm_sparseconv.workloads import workload_set
+
+    for problem in workload_set("resnet50_network_s90_b32_g8"):
+        for algorithm in ("union-tf32", "union-tf32-async"):
+            wl = problem.workload(algorithm=algorithm)
+            narrow = problem.name == "resnet50_conv5_3x3_s2_b32_g8" and algorithm == "union-tf32-async"
+            assert wl.chunk == (union_tf32.CHUNK_WHOLE_IMAGE if narrow else union_tf32.chunk_size(wl.kernel_shape))
+            if narrow:
+                assert union_tf32.whole_images(wl)
+                assert not union_tf32.whole_images(wl, union_tf32.CHUNK_KXK)
+
+
 def test_union_tf32_async_double_buffers_its_tiles_within_the_shared_memory():
     """union-tf32-async keeps two staged tiles (one chunk's in flight): each KxK block's box of
     ResNet-50's block-pruned b32 layers fits in half of union-tf32's shared memory, so a block with

@@ -529,6 +529,22 @@ def test_union_tf32_async_copies_land_at_their_wait():
     assert not reference.relative_error(out, reference.conv2d_f64(x, w, wl, bias)) < 1e-2
 
 
+def test_union_tf32_async_stages_strided_whole_images_in_narrower_chunks():
+    """A stride-2 whole image (7x7 out of 14x14: 4 phase planes, 256 staged positions) takes 16
+    channels a chunk in union-tf32-async (`union_tf32.kxk_chunk`: at 32 its box would not fit half
+    the shared memory), each chunk's cp.async copy landing in one of two tiles: right at TF32
+    accuracy against float64 on a NaN-poisoned output, over 3 chunks."""
+    rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32-async")
+    w, k, bias, wl, x = _layer(((2, 14, 14, 48), (3, 3, 48, 16), 0.3, 2, "SAME", 1, True, "relu"), 3, rule.algorithm)
+    assert wl.chunk == union_tf32.CHUNK_WHOLE_IMAGE and union_tf32.image_pitch(wl) == 8
+    assert union_tf32.whole_images(wl) and union_tf32.whole_image_positions(wl) == 256
+    program = lower(rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False).mod, TARGET)
+    staged = int(re.search(r"__shared__ alignas\(\d+\) float x_tf32_shared_ptr\[(\d+)\]", program.source)[1])
+    assert staged == 2 * 256 * union_tf32.staged_row_words(16)  # two tiles of a whole image
+    err = _error(EmulatedModule(program), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+    assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance
+
+
 @pytest.mark.parametrize("stages", [3, 4])
 def test_union_tf32_async_deeper_pipelines_keep_more_chunks_in_flight(stages):
     """A 1x1 layer of 4 chunks with the async copy `stages` chunks deep: stages - 1 chunks' copies

@@ -76,6 +76,12 @@ CHUNK_1X1 = 256
 #: rows x column tiles (`block_tiles`), e.g. 10 x 18 positions of 36 words (32 channels, padded)
 #: on ResNet-50's conv2 3x3
 CHUNK_KXK = 32
+#: the narrower chunk a whole-image layer takes where a whole image's box does not fit an
+#: algorithm's staged tile at `CHUNK_KXK` but does at this (`kxk_chunk`): conv5 3x3 s2's 256
+#: positions x 36 words (36.9 KB) fit union-tf32's one tile, not union-tf32-async's two of 24 KB;
+#: at 16 channels (20 words, 20.5 KB) they do, and its copy overlaps the mma (tuned at 32, union-tf32
+#: ran 37.9 us on an input in L2, 49.7 in the network bench, where 16 chunks each wait on DRAM)
+CHUNK_WHOLE_IMAGE = 16
 #: static shared memory a block's staged tiles may take
 SHARED_BYTES = 48 * 1024
 #: staged tiles a block holds at once, per algorithm of this family: union-tf32-async double-buffers
@@ -121,6 +127,17 @@ def is_pointwise(kernel_shape) -> bool:
 def chunk_size(kernel_shape) -> int:
     """Input channels per chunk: `CHUNK_1X1` for 1x1 layers, `CHUNK_KXK` otherwise."""
     return min(kernel_shape[2], CHUNK_1X1 if is_pointwise(kernel_shape) else CHUNK_KXK)
+
+
+def kxk_chunk(wl: ConvWorkload, budget: int) -> int:
+    """A layer's chunk width under a staged tile of `budget` bytes: `chunk_size`, or
+    `CHUNK_WHOLE_IMAGE` for a narrow-map KxK layer whose whole image fits the tile only at that."""
+    chunk = chunk_size(wl.kernel_shape)
+    narrow = min(chunk, CHUNK_WHOLE_IMAGE)
+    if (is_pointwise(wl.kernel_shape) or narrow == chunk or not _narrow_maps(wl)
+            or whole_images(wl, chunk, budget) or not whole_images(wl, narrow, budget)):
+        return chunk
+    return narrow
 
 
 #: a staged position's words are padded to `STAGE_ALIGN[1]` mod `STAGE_ALIGN[0]` (the rule's
@@ -638,10 +655,11 @@ class UnionTF32(Algorithm):
         n, oh, ow, cout = wl.output_shape
         if is_pointwise(wl.kernel_shape):
             return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
-        return cout % GROUP == 0 and block_tiles(wl, chunk_size(wl.kernel_shape), staging_budget(self.name)) is not None
+        budget = staging_budget(self.name)
+        return cout % GROUP == 0 and block_tiles(wl, kxk_chunk(wl, budget), budget) is not None
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
-        return chunked_format(kernel, chunk_size(kernel.shape))
+        return chunked_format(kernel, kxk_chunk(wl, staging_budget(self.name)))
 
     def te(self, wl: ConvWorkload) -> list[te.Tensor]:
         return union_tf32_te(wl, self.round_at)
