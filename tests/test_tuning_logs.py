@@ -106,6 +106,21 @@ def test_committed_logs_read_cleanly(folder):
     assert tuning_records.repair_folder(path) == []  # nothing to repair: the files are untouched
 
 
+@pytest.mark.parametrize("folder", sorted({e[0] for e in CUDA_ENTRIES}))
+def test_each_committed_cuda_workload_line_is_one_meta_entrys(folder):
+    """A GPU folder's workload lines and its meta entries match one to one (structurally), in
+    whatever order: the database keeps its lines in the order they were tuned, the meta its
+    entries by problem, so dropping a stale record by its entry's position instead drops another
+    layer's (stop 52 did, and the record-replay test caught it)."""
+    path = LOGS / folder
+    entries = tuning_records.read_meta(path)["entries"]
+    modules = [tuning_records.workload_module(ConvWorkload.from_json(e["workload"])) for e in entries]
+    lines = [w.parsed.mod for w in tuning_records.scan_database(path).workloads]
+    named = [[i for i, m in enumerate(modules) if tvm_ffi.structural_equal(m, line)] for line in lines]
+    assert [j for j, hits in enumerate(named) if len(hits) != 1] == []
+    assert sorted(hits[0] for hits in named) == list(range(len(entries)))
+
+
 # a strided 1x1 (nhwc-direct stages its strided view)
 _PROJECTION_B32 = next(p for p in NETWORKS["resnet50_network_s90_b32"] if "proj_s2" in p.name)
 
