@@ -228,7 +228,7 @@ def test_union_tf32_lays_whole_images_at_their_staged_pitch_where_that_costs_no_
 
 def test_union_tf32_whole_images_take_narrower_chunks_only_where_that_makes_them_fit():
     """conv5 3x3 s2's whole image (256 staged positions) fits union-tf32's one tile at 32
-    channels a chunk, union-tf32-async's half-size tiles only at 16 (`kxk_chunk`); every other
+    channels a chunk, union-tf32-async's half-size tiles only at 16 (`layer_chunk`); every other
     ResNet-50 layer keeps its chunk width in both."""
     from tvm_sparseconv.workloads import workload_set
 

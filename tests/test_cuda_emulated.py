@@ -531,7 +531,7 @@ def test_union_tf32_async_copies_land_at_their_wait():
 
 def test_union_tf32_async_stages_strided_whole_images_in_narrower_chunks():
     """A stride-2 whole image (7x7 out of 14x14: 4 phase planes, 256 staged positions) takes 16
-    channels a chunk in union-tf32-async (`union_tf32.kxk_chunk`: at 32 its box would not fit half
+    channels a chunk in union-tf32-async (`union_tf32.layer_chunk`: at 32 its box would not fit half
     the shared memory), each chunk's cp.async copy landing in one of two tiles: right at TF32
     accuracy against float64 on a NaN-poisoned output, over 3 chunks."""
     rule = next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32-async")

@@ -202,7 +202,7 @@ def _block_pruned_layer(name: str, algorithm: str):
     ("resnet50_conv4_3x3_b32_g8", None), ("resnet50_conv5_3x3_b32_g8", None),  # staged rows; whole images
     ("resnet50_conv3_3x3_b32_g8", None), ("resnet50_conv1_7x7_s2_b32_g8", None),
     # stride 2, columns staged by phase (`union_tf32.column_phases`): rows; whole images by phase
-    # plane at their pitch (`union_tf32.image_plane`; union-tf32-async's do not fit: rows)
+    # plane at their pitch (`union_tf32.image_plane`; union-tf32-async's at 16 channels a chunk)
     ("resnet50_conv4_3x3_s2_b32_g8", None), ("resnet50_conv5_3x3_s2_b32_g8", None),
 ])
 def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):

@@ -77,7 +77,7 @@ CHUNK_1X1 = 256
 #: on ResNet-50's conv2 3x3
 CHUNK_KXK = 32
 #: the narrower chunk a whole-image layer takes where a whole image's box does not fit an
-#: algorithm's staged tile at `CHUNK_KXK` but does at this (`kxk_chunk`): conv5 3x3 s2's 256
+#: algorithm's staged tile at `CHUNK_KXK` but does at this (`layer_chunk`): conv5 3x3 s2's 256
 #: positions x 36 words (36.9 KB) fit union-tf32's one tile, not union-tf32-async's two of 24 KB;
 #: at 16 channels (20 words, 20.5 KB) they do, and its copy overlaps the mma (tuned at 32, union-tf32
 #: ran 37.9 us on an input in L2, 49.7 in the network bench, where 16 chunks each wait on DRAM)
@@ -129,7 +129,7 @@ def chunk_size(kernel_shape) -> int:
     return min(kernel_shape[2], CHUNK_1X1 if is_pointwise(kernel_shape) else CHUNK_KXK)
 
 
-def kxk_chunk(wl: ConvWorkload, budget: int) -> int:
+def layer_chunk(wl: ConvWorkload, budget: int) -> int:
     """A layer's chunk width under a staged tile of `budget` bytes: `chunk_size`, or
     `CHUNK_WHOLE_IMAGE` for a narrow-map KxK layer whose whole image fits the tile only at that."""
     chunk = chunk_size(wl.kernel_shape)
@@ -656,10 +656,10 @@ class UnionTF32(Algorithm):
         if is_pointwise(wl.kernel_shape):
             return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
         budget = staging_budget(self.name)
-        return cout % GROUP == 0 and block_tiles(wl, kxk_chunk(wl, budget), budget) is not None
+        return cout % GROUP == 0 and block_tiles(wl, layer_chunk(wl, budget), budget) is not None
 
     def format_of(self, kernel: SparseKernel, wl: ConvWorkload) -> dict:
-        return chunked_format(kernel, kxk_chunk(wl, staging_budget(self.name)))
+        return chunked_format(kernel, layer_chunk(wl, staging_budget(self.name)))
 
     def te(self, wl: ConvWorkload) -> list[te.Tensor]:
         return union_tf32_te(wl, self.round_at)
