@@ -75,12 +75,13 @@ def as_h100(tmp_path, monkeypatch):
 def test_an_h100_takes_the_h200s_tile_record_where_it_wins_even_taken_1_5x_slower(as_h100):
     """The headline: the H100's own record (ell-shared-weights, 747 us) against the H200's register-
     reuse tile (its time taken 1.5x slower); set just below and just above the own record's time."""
-    assert not tile_records.path_for(as_h100 / "nvidia-h100", "register-reuse").exists()
     p = workload_set("headline")[0]
     kernel = p.sparse_kernel()
     wl = p.workload(kernel)
     scheduled = algorithms.workloads_for(kernel, wl, "cuda")
     generated = algorithms.generated_workloads_for(kernel, wl, "cuda")
+    # the H100's own tile records (batch-1 ResNet-50 layers, stop 52) have none of the headline
+    assert tile_records.find(as_h100 / "nvidia-h100", "register-reuse", generated[0]) is None
 
     found = build.generated_record(generated[0], SM90, nonzeros=kernel.nnz)
     assert found is not None and found.folder.name == "nvidia-h200" and found.family == "cuda-sm_90"
