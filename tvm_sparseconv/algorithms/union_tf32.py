@@ -553,6 +553,8 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
                             lambda b, pos, ch: padded(b, tirx.floordiv(pos, pitch) - pt, tirx.floormod(pos, pitch) - pl,
                                                       ch), name=X_TF32)
         elif pitch is not None:  # by phase plane (`image_plane`): xs[b, (ph*sw + pc)*plane + i*pitch + j, ch]
+            # (the stride-1 branch above is this one's single plane, kept as written: its TE is
+            # what stop 51's committed records of conv5 3x3 name, and this form would change it)
             plane = image_plane(wl, pitch)
 
             def planes(b, pos, ch):
