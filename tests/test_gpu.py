@@ -587,6 +587,28 @@ def test_a_record_of_another_gpu_of_the_architecture_is_used_and_verified(proble
     assert reference.relative_error(out.numpy(), ref) < TOL
 
 
+def test_the_tuners_final_timing_runs_each_kernel_on_inputs_rotated_past_l2():
+    """On this GPU the tuner's final timing (its time is what a record stores) calls each kernel as
+    the benchmarks do: back to back on a rotation of inputs larger than the L2 cache, device time
+    from CUDA events. Each candidate gets a finite per-call time, and the kernel still computes the
+    layer afterwards."""
+    from tvm_sparseconv import baselines
+    from tvm_sparseconv.tuning import LocalSite, _checked_error, _seconds_in_turns
+    from tvm_sparseconv.workloads import Problem
+
+    problem = Problem("rotated", (8, 28, 28, 128), (1, 1, 128, 128), 0.1)
+    target = targets.cuda_target()
+    wl, dense_w, arrays = problem_arguments(problem)
+    sch = next(s for s in (r.apply(tuning_records.workload_module(wl)["main"], target, False)
+                           for r in rules_for(target) if r.algorithm == wl.algorithm) if s is not None)
+    site = LocalSite(tvm.cuda(0))
+    lib = compile_tir(sch.mod, target)
+    assert baselines.rotation_count(int(np.prod(wl.input_shape)) * 4) > 1
+    seconds = _seconds_in_turns([lib, lib], site, arrays, wl, rounds=3)
+    assert all(np.isfinite(s) and 0 < s < 1e-2 for s in seconds), seconds
+    assert _checked_error(lib, site, arrays, wl, reference.conv2d_f64(arrays[0], dense_w, wl)) < TOL
+
+
 def test_tune_py_searches_register_reuse_tiles_and_compile_uses_the_winner(tmp_path, monkeypatch, cache_dir):
     """`scripts/tune.py --algorithm register-reuse` on this GPU: two tiles built, checked against
     float64, timed beside the layer's scheduled choice; a recorded winner is what compile() builds."""

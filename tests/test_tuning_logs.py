@@ -275,6 +275,8 @@ def test_tuning_keeps_an_untuned_template_that_runs_faster_than_the_searchs_best
     # every candidate's time is reported, the kept one the fastest of them
     assert "search" in timed and source in timed and timed[source] == min(timed.values()), timed
     assert err <= 1e-5 and 0 < float(record.run_secs[0]) < 1.0
+    # the record stores the time measured here, beside the others, not the search runner's
+    assert float(record.run_secs[0]) * 1e6 == pytest.approx(timed[source], abs=0.01)
 
     folder = tmp_path / "logs" / targets.target_folder_name(target)
     assert _keep_record(folder, record, mod, wl, problem, target, float(record.run_secs[0]), err, "") == ""

@@ -201,14 +201,12 @@ def tile_record(result: TileSearch, wl: ConvWorkload, tuned_at: str | None = Non
 
 def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False):
     """fn(i): one call on the i-th of a rotation of random inputs (larger than the L2 cache)."""
-    rng = np.random.default_rng(1)
-    n_rot = baselines.rotation_count(int(np.prod(wl.input_shape)) * 4)
-    xs = [tvm.runtime.tensor(rng.standard_normal(wl.input_shape).astype(np.float32), dev) for _ in range(n_rot)]
     rest = [tvm.runtime.tensor(np.asarray(w), dev) for w in weights]
     if with_bias:
-        rest.append(tvm.runtime.tensor(rng.standard_normal(wl.out_channels).astype(np.float32), dev))
+        rest.append(tvm.runtime.tensor(np.random.default_rng(1).standard_normal(wl.out_channels).astype(np.float32),
+                                       dev))
     out = tvm.runtime.empty(wl.output_shape, "float32", dev)
-    return lambda i: function(xs[i % n_rot], *rest, out)
+    return baselines.rotated_calls(function, wl.input_shape, rest, out, dev)
 
 
 def _median_seconds(fns: list, on_gpu: bool, repeats: int) -> list[float]:
