@@ -263,6 +263,28 @@ def test_union_tf32_1x1_operands_a_chunk_ahead_compute_layers(shape, kshape, str
         assert 1e-6 < err <= algorithms.by_name("union-tf32").tolerance, rule.untuned_label()
 
 
+@pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
+@pytest.mark.parametrize("shape,kshape,strides", [
+    ((1, 7, 7, 64), (1, 1, 64, 32), 1),  # 49 pixels: 4 tiles, the last one 15 pixels of padding
+    ((1, 14, 14, 96), (1, 1, 96, 48), 1),  # 196 pixels in 13 tiles (conv4 1x1 at batch 1)
+    ((2, 13, 13, 40), (1, 1, 40, 24), 2),  # strided: 2 x 7 x 7 = 98 pixels, 3 groups
+])
+def test_union_tf32_1x1_layers_pad_their_pixels_to_whole_mma_tiles(rule, shape, kshape, strides):
+    """1x1 layers whose N*OH*OW is no multiple of 16 (ResNet-50's conv4 and conv5 at batch 1):
+    the last tile's padding pixels read zeros and are not stored; every real pixel is computed
+    (TF32 accuracy against float64 on a NaN-poisoned output), untuned and on every untuned variant."""
+    w, k, bias, wl, x = _layer((shape, kshape, 0.2, strides, "SAME", 1, True, "relu"), 3, rule.removeprefix("cuda-"))
+    assert union_tf32.pointwise_pixels(wl) > int(np.prod(wl.output_shape[:3]))
+    rule_obj = next(r for r in rules_for(TARGET) if r.name == rule)
+    inputs = [x, *algorithms.pack_weights(wl, k), bias]
+    for variant in rule_obj.untuned_variants():
+        sch = variant.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+        if sch is None and getattr(variant, "reduction_slices", 1) > 1:
+            continue
+        err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
+        assert 1e-6 < err <= algorithms.by_name(wl.algorithm).tolerance, (variant.untuned_label(), err)
+
+
 @pytest.mark.parametrize("name,chunk", [("resnet50_conv5_3x3_b32_g8", None), ("resnet50_conv3_1x1_reduce_b32_g8", 256)])
 def test_union_tf32_computes_block_pruned_resnet50_layers_at_batch_32(name, chunk):
     """Real layers of the block-pruned network (whole 7x7 images of 32 x 512 channels in 16

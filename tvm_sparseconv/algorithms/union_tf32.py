@@ -13,7 +13,8 @@ Stages (block names are what the schedule rules in `schedules/` look for):
 - ``x_tf32``: the input rounded to TF32 (nearest, ties away from zero, as ``cvt.rna.tf32.f32``; the
   tensor cores would otherwise truncate), zero outside it (TensorFlow's padding), its channels padded
   to whole chunks. For 1x1 layers it is the view on flattened output pixels,
-  ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow)), which the CUDA rule stages
+  ``xs[p, ch] = x[n, oh*sh - pt, ow*sw - pl, ch]`` (p = (n, oh, ow); zeros past the last pixel up
+  to whole mma tiles, `pointwise_pixels`), which the CUDA rule stages
   per chunk of ``chunk`` channels in shared memory for all the block's groups; otherwise it is the
   padded input ``xs[n, r, c, ch]`` (chunks of ``CHUNK_KXK`` channels; with a column stride s,
   ``xs[n, r, phase, j, ch]`` of column ``j*s + phase``, `column_phases`, so that consecutive
@@ -240,6 +241,13 @@ def column_phases(wl: ConvWorkload) -> int:
 def _phase_positions(columns: int, wl: ConvWorkload) -> int:
     """Positions of each phase (`column_phases`) a box of `columns` input columns holds."""
     return -(-columns // column_phases(wl))
+
+
+def pointwise_pixels(wl: ConvWorkload) -> int:
+    """A 1x1 layer's flattened output pixels N*OH*OW, padded to whole mma tiles (the padding
+    pixels read zeros and are never stored: conv4 1x1 at batch 1, 196 pixels, computes 208)."""
+    n, oh, ow, _ = wl.output_shape
+    return -(-n * oh * ow // M_TILE) * M_TILE
 
 
 def pixel_grid(wl: ConvWorkload, chunk: int | None = None, budget: int | None = None) -> tuple[int, int]:
@@ -525,18 +533,25 @@ def union_tf32_te(wl: ConvWorkload, round_at: str = "copy") -> list[te.Tensor]:
         return b, tirx.floordiv(rest, ow_), tirx.floormod(rest, ow_)
 
     if is_pointwise(wl.kernel_shape):
+        grid = pointwise_pixels(wl)
+
         def view(p, ch):
             b, oh, ow = pixel(p)
             return padded(b, oh * sh - pt, ow * sw - pl, ch)
 
-        xs = te.compute((pixels, n_chunks * chunk), view, name=X_TF32)
+        def padded_view(p, ch):  # pixels past the last read zeros (at the last pixel's address)
+            b, oh, ow = pixel(tirx.min(p, pixels - 1))
+            return tirx.if_then_else(p < pixels, padded(b, oh * sh - pt, ow * sw - pl, ch), tirx.const(0.0, "float32"))
+
+        # (a layer of whole tiles keeps its TE as it was: committed records name it)
+        xs = te.compute((grid, n_chunks * chunk), view if grid == pixels else padded_view, name=X_TF32)
 
         def gather(p, g, c, k):
             # Clamped so that TVM's region analysis can bound a chunk (packed taps are in range).
             return at_fragment(xs[p, c * chunk + tirx.max(tirx.min(taps[g, c, k], chunk - 1), 0)])
 
-        a = te.compute((pixels, groups, n_chunks, k_pad), gather, name=A_TF32)
-        pix = (pixels,)
+        a = te.compute((grid, groups, n_chunks, k_pad), gather, name=A_TF32)
+        pix = (grid,)
         at = lambda b, oh, ow: ((b * oh_ + oh) * ow_ + ow,)  # noqa: E731 - the conv's pixel of an output
     else:
         # A grid of rows padded to whole mma tiles (`pixel_grid`), so that a block's box of rows x
@@ -649,14 +664,14 @@ class UnionTF32(Algorithm):
     round_at = "copy"
 
     def applies(self, wl: ConvWorkload | None, target_kind: str) -> bool:
-        """CUDA, Cout a multiple of 8, and for a 1x1 layer N*OH*OW a multiple of 16 (whole mma
-        tiles; other layers pad their rows to whole tiles, and need one tile's input to fit a
-        block's shared memory); `wl=None`: the target alone."""
+        """CUDA, Cout a multiple of 8, and for a KxK layer one tile's input fitting a block's
+        shared memory (1x1 layers pad their flattened pixels to whole mma tiles,
+        `pointwise_pixels`, other layers their rows); `wl=None`: the target alone."""
         if target_kind != "cuda" or wl is None:
             return target_kind == "cuda"
-        n, oh, ow, cout = wl.output_shape
+        cout = wl.output_shape[3]
         if is_pointwise(wl.kernel_shape):
-            return cout % GROUP == 0 and (n * oh * ow) % M_TILE == 0
+            return cout % GROUP == 0
         budget = staging_budget(self.name)
         return cout % GROUP == 0 and block_tiles(wl, layer_chunk(wl, budget), budget) is not None
 
