@@ -38,17 +38,20 @@ def rotation_count(input_bytes: int) -> int:
     return int(min(max(1, -(-2 * L2_BYTES // max(input_bytes, 1))), 16))
 
 
-def rotated_calls(function: Callable, input_shape: Sequence[int], rest: Sequence, out, device,
-                  seed: int = 1) -> Callable[[int], object]:
-    """fn(i): `function(x_i, *rest, out)` on the i-th of a rotation of random inputs on `device`
-    (TVM tensors), together larger than the L2 cache: how the benchmarks call a kernel, so that a
-    kernel that waits on its input's DRAM reads is timed waiting."""
+def rotated_inputs(input_shape: Sequence[int], device, seed: int = 1) -> list:
+    """Random inputs of `input_shape` on `device` (TVM tensors), together larger than the L2 cache
+    (`rotation_count`): the benchmarks call a kernel on each in turn, so that one that waits on
+    its input's DRAM reads is timed waiting."""
     import tvm
 
     rng = np.random.default_rng(seed)
     n_rot = rotation_count(int(np.prod(input_shape)) * 4)
-    xs = [tvm.runtime.tensor(rng.standard_normal(tuple(input_shape)).astype(np.float32), device) for _ in range(n_rot)]
-    return lambda i: function(xs[i % n_rot], *rest, out)
+    return [tvm.runtime.tensor(rng.standard_normal(tuple(input_shape)).astype(np.float32), device) for _ in range(n_rot)]
+
+
+def rotated_calls(function: Callable, xs: Sequence, rest: Sequence, out) -> Callable[[int], object]:
+    """fn(i): `function(x, *rest, out)` on the i-th of `xs` in rotation (`rotated_inputs`)."""
+    return lambda i: function(xs[i % len(xs)], *rest, out)
 
 
 def median_wall(fn: Callable[[int], object], repeats: int, warmup: int = 2) -> float:

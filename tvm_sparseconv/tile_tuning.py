@@ -206,7 +206,7 @@ def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (),
         rest.append(tvm.runtime.tensor(np.random.default_rng(1).standard_normal(wl.out_channels).astype(np.float32),
                                        dev))
     out = tvm.runtime.empty(wl.output_shape, "float32", dev)
-    return baselines.rotated_calls(function, wl.input_shape, rest, out, dev)
+    return baselines.rotated_calls(function, baselines.rotated_inputs(wl.input_shape, dev), rest, out)
 
 
 def _median_seconds(fns: list, on_gpu: bool, repeats: int) -> list[float]:

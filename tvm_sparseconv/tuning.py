@@ -414,8 +414,8 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
     out = tvm.runtime.tensor(np.zeros(wl.output_shape, np.float32), site.device)
     samples: list[list[float]] = [[] for _ in libs]
     if isinstance(site, LocalSite) and site.device.dlpack_device_type() == tvm.cuda().dlpack_device_type():
-        calls = [baselines.rotated_calls(lib[algorithms.FUNC_NAME], wl.input_shape, rest, out, site.device)
-                 for lib in libs]
+        xs = baselines.rotated_inputs(wl.input_shape, site.device)  # (one rotation for them all)
+        calls = [baselines.rotated_calls(lib[algorithms.FUNC_NAME], xs, rest, out) for lib in libs]
         for _ in range(rounds):
             for call, got in zip(calls, samples):
                 got.append(baselines.cuda_event_median(call, TURN_BATCHES))
