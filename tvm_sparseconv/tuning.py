@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import importlib.util
 import json
 import logging
 import multiprocessing
@@ -401,6 +402,17 @@ TURN_ROUNDS = 7
 TURN_BATCHES = 5
 
 
+def _times_as_the_bench(site) -> bool:
+    """Whether `_seconds_in_turns` times on rotated inputs with CUDA events at `site`: this
+    machine's GPU, with PyTorch (whose events the benchmarks use) there."""
+    if not (isinstance(site, LocalSite) and site.device.dlpack_device_type() == tvm.cuda().dlpack_device_type()):
+        return False
+    if importlib.util.find_spec("torch") is None:
+        log.warning("PyTorch is not installed: records are timed on one input (in L2), not as scripts/bench.py times them")
+        return False
+    return True
+
+
 def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = TURN_ROUNDS) -> list[float]:
     """Median seconds per call of each built kernel, timed in turns so that a drifting clock or a
     neighbour's load hits them all alike.
@@ -413,7 +425,7 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
     rest = [tvm.runtime.tensor(a, site.device) for a in arrays[1:]]
     out = tvm.runtime.tensor(np.zeros(wl.output_shape, np.float32), site.device)
     samples: list[list[float]] = [[] for _ in libs]
-    if isinstance(site, LocalSite) and site.device.dlpack_device_type() == tvm.cuda().dlpack_device_type():
+    if _times_as_the_bench(site):
         xs = baselines.rotated_inputs(wl.input_shape, site.device)  # (one rotation for them all)
         calls = [baselines.rotated_calls(lib[algorithms.FUNC_NAME], xs, rest, out) for lib in libs]
         for _ in range(rounds):
