@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
@@ -424,20 +425,23 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
     (37.9 us tuned, 49.7 in the bench) over the asynchronous one that hides DRAM reads."""
     rest = [tvm.runtime.tensor(a, site.device) for a in arrays[1:]]
     out = tvm.runtime.tensor(np.zeros(wl.output_shape, np.float32), site.device)
-    samples: list[list[float]] = [[] for _ in libs]
     if _times_as_the_bench(site):
         xs = baselines.rotated_inputs(wl.input_shape, site.device)  # (one rotation for them all)
         calls = [baselines.rotated_calls(lib[algorithms.FUNC_NAME], xs, rest, out) for lib in libs]
-        for _ in range(rounds):
-            for call, got in zip(calls, samples):
-                got.append(baselines.cuda_event_median(call, TURN_BATCHES))
+        samplers = [functools.partial(baselines.cuda_event_median, call, TURN_BATCHES) for call in calls]
     else:
         args = [tvm.runtime.tensor(arrays[0], site.device), *rest]
         timers = [lib.time_evaluator(algorithms.FUNC_NAME, site.device, number=1, repeat=1, min_repeat_ms=20)
                   for lib in libs]
-        for _ in range(rounds):
-            for timer, got in zip(timers, samples):
-                got.append(timer(*args, out).mean)
+
+        def evaluate(timer) -> float:
+            return timer(*args, out).mean
+
+        samplers = [functools.partial(evaluate, timer) for timer in timers]
+    samples: list[list[float]] = [[] for _ in libs]
+    for _ in range(rounds):
+        for sample, got in zip(samplers, samples):
+            got.append(sample())
     return [float(np.median(s)) for s in samples]
 
 
@@ -477,7 +481,7 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
     source, sch, v_err = entries[i]
     trace = record.trace if i == 0 else sch.trace
     kept = ms.database.TuningRecord(trace, record.workload, [seconds[i]], target, record.args_info)
-    return kept, (err if i == 0 else v_err), source, libs[i], timed
+    return kept, v_err, source, libs[i], timed
 
 
 def _build_all(builder: ms.builder.Builder | None, mods: list[tvm.IRModule], target: Target, site) -> list:
