@@ -153,7 +153,8 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
         err = verification.check_generated(res.function, kernel, wl, dev)
         result.tiles[b["tile"]]["relative_error"] = err
         if err <= algorithms.by_name(algorithm).tolerance:
-            runs[b["tile"]] = _runner(res.function, wl, dev, algorithms.pack_weights(wl, kernel), wl.has_bias, xs)
+            runs[b["tile"]] = rotated_runner(res.function, wl, dev, algorithms.pack_weights(wl, kernel),
+                                             wl.has_bias, xs)
     say(f"timing {len(runs)} correct tiles and the scheduled choice")
     with warnings.catch_warnings():  # the schedule source says "untuned" where it is
         warnings.simplefilter("ignore", build.UntunedWarning)
@@ -162,7 +163,8 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
     weights = algorithms.pack_weights(chosen.workload, kernel)
     # (on CPUs a strided layer's choice may run on its input's stride phases: another input shape)
     same = tuple(chosen.workload.input_shape) == tuple(wl.input_shape)
-    runs["<scheduled>"] = _runner(chosen.function, chosen.workload, dev, weights, wl.has_bias, xs if same else None)
+    runs["<scheduled>"] = rotated_runner(chosen.function, chosen.workload, dev, weights, wl.has_bias,
+                                         xs if same else None)
     times = _median_seconds(list(runs.values()), kind == "cuda", repeats)
     for name, secs in zip(runs, times):
         if name == "<scheduled>":
@@ -202,10 +204,11 @@ def tile_record(result: TileSearch, wl: ConvWorkload, tuned_at: str | None = Non
             "tuned_at": tuned_at or time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def _runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False,
-            xs: Sequence | None = None):
-    """fn(i): one call on the i-th of a rotation of random inputs (larger than the L2 cache; `xs`:
-    a rotation of `wl`'s input shape made already, `baselines.rotated_inputs`)."""
+def rotated_runner(function, wl: ConvWorkload, dev, weights: Sequence[np.ndarray] = (), with_bias: bool = False,
+                   xs: Sequence | None = None):
+    """fn(i): `function` (a layer's compiled kernel) called once on the i-th of a rotation of random
+    inputs larger than the L2 cache (`xs`: a rotation of `wl`'s input shape made already,
+    `baselines.rotated_inputs`), as the tile search and the experiments time a kernel."""
     rest = [tvm.runtime.tensor(np.asarray(w), dev) for w in weights]
     if with_bias:
         rest.append(tvm.runtime.tensor(np.random.default_rng(1).standard_normal(wl.out_channels).astype(np.float32),

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                     emitter.PIPELINED, emitter.LOADS_PER_ITEM, emitter.ABLATE = saved
                 if not parts:
                     errors[name] = verification.check_generated(f, kernel, wl, dev)
-                runs[name] = tile_tuning._runner(f, wl, dev, weights, with_bias=wl.has_bias)
+                runs[name] = tile_tuning.rotated_runner(f, wl, dev, weights, with_bias=wl.has_bias)
             times = {name: baselines.cuda_event_median(fn, args.repeats) for name, fn in runs.items()}
             rng = np.random.default_rng(1)
             xs = [rng.standard_normal(wl.input_shape).astype(np.float32)

@@ -140,7 +140,7 @@ def _time(row: dict, patterns: dict, problem, tile, alg, repeats: int) -> None:
         wl = algorithms.workload_for(kernel, problem.workload(kernel), alg.name)
         f = alg.build(kernel, wl, tile).mod["sparse_conv2d"]
         row["relative_error"][name] = verification.check_generated(f, kernel, wl, dev)
-        runs[name] = tile_tuning._runner(f, wl, dev, algorithms.pack_weights(wl, kernel), with_bias=wl.has_bias)
+        runs[name] = tile_tuning.rotated_runner(f, wl, dev, algorithms.pack_weights(wl, kernel), with_bias=wl.has_bias)
     for name, fn in runs.items():
         row["seconds"][name] = baselines.cuda_event_median(fn, repeats)
     kernel = SparseKernel.from_dense(patterns["pruned"])
