@@ -76,6 +76,11 @@ class SparseConvRule(ScheduleRule):
         samples (an unroll) that it could take either way, a copy for each other way."""
         return [self]
 
+    def design_variants(self) -> list[SparseConvRule]:
+        """The rule's design spaces when tuning (`tunable=True`): this rule's own, and where a choice
+        changes the blocks themselves (which one trace cannot sample), a copy for each other way."""
+        return [self]
+
     def untuned_label(self) -> str:
         """How results name this rule's untuned template (`untuned_variants` tell theirs apart)."""
         return "untuned"

@@ -50,7 +50,11 @@ KXK_GROUP_CAPS = (16, 8)
 #: shares of the chunks that the untuned variants also try (`reduction_slices`), each with both
 #: k-step unrolls and the template's other choices. H100 b32 g8 (stop 49, tuning's candidates in
 #: turns): they win where the grid is smallest (conv5 3x3 s2 whole images, 128 blocks: 61.3 ->
-#: 50.2 us with 2 shares) and lose elsewhere (conv4 3x3 30.4 -> 35.5; 1x1 reduce first 28.2 -> 53.7)
+#: 50.2 us with 2 shares) and lose elsewhere (conv4 3x3 30.4 -> 35.5; 1x1 reduce first 28.2 -> 53.7).
+#: Tuning also searches each as a design space of its own (`design_variants`): on the H100's
+#: batch-1 1x1 layers (stop 54, 16 trials) an untuned split beat the search of unsplit designs on
+#: conv5 1x1 proj s2 (13.1 against 14.4 us), and the search's best on the other wide-Cin layers
+#: ran 2-4x faster than the untuned split (conv5 1x1 reduce_first 10.5 against 21.4)
 REDUCTION_SLICES = (2, 4)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
@@ -124,7 +128,9 @@ class CUDAUnionTF32(SparseConvRule):
             return None
         shares = []  # a split reduction's shares of the chunks: blocks of their own
         if self.reduction_slices > 1:
-            if sch.get(c).extent.value % self.reduction_slices:
+            # (tuned KxK splits: MetaSchedule's reduction postprocessor rejects every draw,
+            # `decompose-reduction` "not a reduction block"; they run as untuned variants only)
+            if sch.get(c).extent.value % self.reduction_slices or (tunable and len(pixels) > 1):
                 return None
             blocks, shares, pixels, co, c, k = self._split_reduction(sch, blocks, c, self.reduction_slices)
         tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable,
@@ -240,6 +246,19 @@ class CUDAUnionTF32(SparseConvRule):
         """Hook for variants that overlap the staging copy (computed at the loop over `chunks`)
         with the mma; here each chunk's copy, rounded to TF32 as it is stored, completes before
         its mma."""
+
+    def design_variants(self) -> list[CUDAUnionTF32]:
+        """This rule's design space, then the same with the reduction split in each of
+        `REDUCTION_SLICES` shares (`_split_reduction` changes the blocks, so each split is a space
+        of its own; declined where the shares do not divide the layer's chunks, and on KxK layers)."""
+        if self.reduction_slices != 1:
+            return [self]
+        variants = [self]
+        for slices in REDUCTION_SLICES:
+            rule = copy.copy(self)
+            rule.reduction_slices = slices
+            variants.append(rule)
+        return variants
 
     def untuned_variants(self) -> list[CUDAUnionTF32]:
         """The untuned template with each pair of unrolls (`K_UNROLL` x `COPY_UNROLL`), each

@@ -325,6 +325,33 @@ def test_sampled_design_space_candidates_compute_layers(algorithm, case):
     assert ran > 0, "every sampled candidate was rejected"
 
 
+@pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
+def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm):
+    """Tuning searches a 1x1 layer's split reductions as design spaces of their own
+    (`CUDAUnionTF32.design_variants`: 2 and 4 shares where they divide the chunks): a draw from
+    each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels)."""
+    rng = np.random.default_rng(7)
+    w = sparse_kernel(rng, (1, 1, 128, 16), 0.2)
+    k = tsc.SparseKernel.from_dense(w)
+    wl = algorithms.workload_for(k, ConvWorkload.create((1, 4, 4, 128), w.shape, k.ell_width, 1, "VALID", 1),
+                                 algorithm)
+    wl = wl.with_format(algorithm, **union_tf32.chunked_format(k, 32))
+    inputs = [rng.standard_normal(wl.input_shape).astype(np.float32), *algorithms.pack_weights(wl, k)]
+    drawn = []
+    for sch in sampled_candidates(wl, TARGET, rng, seeds=1):
+        err = _error(emulate(sch.mod, TARGET), inputs, w, wl, None)
+        assert err <= algorithms.by_name(algorithm).tolerance, f"error {err:.2e}; {sch.trace}"
+        drawn.append(_reduction_shares(sch))
+    assert sorted(drawn) == [1, 2, 4], f"shares of the draws: {drawn}"
+
+
+def _reduction_shares(sch) -> int:
+    """Shares a schedule splits its reduction into: the leading extent of `rfactor`'s partial
+    sums (1 where it has none)."""
+    partial = [b for b in sch.mod["main"].body.block.alloc_buffers if b.name.endswith(".rf")]
+    return int(partial[0].shape[0]) if partial else 1
+
+
 @pytest.mark.parametrize("folder,problem,workload,arch", RECORDS, ids=[f"{f}/{p}" for f, p, *_ in RECORDS])
 def test_committed_cuda_records_compute_their_layers(folder, problem, workload, arch):
     """Each committed CUDA record, replayed onto its layer as compile() replays it, on fresh inputs."""

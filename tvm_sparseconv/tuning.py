@@ -117,8 +117,9 @@ def tuned_rules(target: Target, rule_names: list[str] | None = None,
 
 def design_space(target: Target, rule_names: list[str] | None = None,
                  algorithm: str = algorithms.DEFAULT) -> ms.space_generator.ScheduleFn:
-    """One design space per rule written for the target and algorithm (all of them by default)."""
-    rules = tuned_rules(target, rule_names, algorithm)
+    """One design space per rule written for the target and algorithm (all of them by default),
+    and per structural variant of a rule (`SparseConvRule.design_variants`)."""
+    rules = [v for r in tuned_rules(target, rule_names, algorithm) for v in r.design_variants()]
 
     def spaces(sch):
         out = [r.schedule_into(sch.copy(), target, True) for r in rules]
