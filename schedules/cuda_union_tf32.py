@@ -51,10 +51,10 @@ KXK_GROUP_CAPS = (16, 8)
 #: k-step unrolls and the template's other choices. H100 b32 g8 (stop 49, tuning's candidates in
 #: turns): they win where the grid is smallest (conv5 3x3 s2 whole images, 128 blocks: 61.3 ->
 #: 50.2 us with 2 shares) and lose elsewhere (conv4 3x3 30.4 -> 35.5; 1x1 reduce first 28.2 -> 53.7).
-#: Tuning also searches each as a design space of its own (`design_variants`): on the H100's
-#: batch-1 1x1 layers (stop 54, 16 trials) an untuned split beat the search of unsplit designs on
-#: conv5 1x1 proj s2 (13.1 against 14.4 us), and the search's best on the other wide-Cin layers
-#: ran 2-4x faster than the untuned split (conv5 1x1 reduce_first 10.5 against 21.4)
+#: Tuning also searches each as a design space of its own on 1x1 layers (`design_variants`): on
+#: the H100's batch-1 1x1 layers (stop 54, 16 trials) an untuned split beat the search of unsplit
+#: designs on conv5 1x1 proj s2 (13.1 against 14.4 us), while elsewhere the searched choices
+#: mattered more than the split (conv5 1x1 reduce_first: 10.5 searched, 21.4 the best untuned split)
 REDUCTION_SLICES = (2, 4)
 #: the same for the staging copy's steps (each thread's float4s of a chunk): unrolled, nvcc issues
 #: all their global loads before the first shared store (conv2 3x3 b32 g8: 16 -> 5.6 instructions
