@@ -292,10 +292,10 @@ class CUDAUnionTF32(SparseConvRule):
             rule = copy.copy(self)
             rule.untuned_k_unroll, rule.untuned_copy_unroll, rule.untuned_chunk_operands = k_unroll, copy_unroll, True
             variants.append(rule)
-        if self.reduction_slices == 1:
-            for slices, k_unroll in itertools.product(REDUCTION_SLICES, K_UNROLL):
-                rule = copy.copy(self)
-                rule.reduction_slices, rule.untuned_k_unroll = slices, k_unroll
+        for split in self.design_variants()[1:]:  # the splits tuning searches, each k-step unroll
+            for k_unroll in K_UNROLL:
+                rule = copy.copy(split)
+                rule.untuned_k_unroll = k_unroll
                 variants.append(rule)
         return variants
 
