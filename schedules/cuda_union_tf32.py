@@ -51,7 +51,7 @@ KXK_GROUP_CAPS = (16, 8)
 #: k-step unrolls and the template's other choices. H100 b32 g8 (stop 49, tuning's candidates in
 #: turns): they win where the grid is smallest (conv5 3x3 s2 whole images, 128 blocks: 61.3 ->
 #: 50.2 us with 2 shares) and lose elsewhere (conv4 3x3 30.4 -> 35.5; 1x1 reduce first 28.2 -> 53.7).
-#: Tuning also searches each as a design space of its own on 1x1 layers (`design_variants`): on
+#: Tuning also searches each as a design space of its own (`design_variants`): on
 #: the H100's batch-1 1x1 layers (stop 54, 16 trials) an untuned split beat the search of unsplit
 #: designs on conv5 1x1 proj s2 (13.1 against 14.4 us), while elsewhere the searched choices
 #: mattered more than the split (conv5 1x1 reduce_first: 10.5 searched, 21.4 the best untuned split)
@@ -128,9 +128,7 @@ class CUDAUnionTF32(SparseConvRule):
             return None
         shares = []  # a split reduction's shares of the chunks: blocks of their own
         if self.reduction_slices > 1:
-            # (tuned KxK splits: MetaSchedule's reduction postprocessor rejects every draw,
-            # `decompose-reduction` "not a reduction block"; they run as untuned variants only)
-            if sch.get(c).extent.value % self.reduction_slices or (tunable and len(pixels) > 1):
+            if sch.get(c).extent.value % self.reduction_slices:
                 return None
             blocks, shares, pixels, co, c, k = self._split_reduction(sch, blocks, c, self.reduction_slices)
         tiled = (self._tile_pixels if len(pixels) == 1 else self._tile_rows)(sch, blocks, pixels, co, c, k, tunable,
@@ -223,17 +221,35 @@ class CUDAUnionTF32(SparseConvRule):
         """The chunks in `slices` shares, each a grid of blocks of its own: `rfactor` makes the
         partial sums partial[share, pixels..., co] (global memory; returns the blocks with it as
         the conv, the share loop, then the conv's loops); a second kernel sums the shares where
-        the epilogue stores each output, a thread an output."""
+        the epilogue stores each output, a thread an output (KxK whole images: a thread a position
+        of their staged pitch, storing its output if it has one)."""
         shares, _ = sch.split(c, factors=[slices, None])
         partial = sch.rfactor(shares, factor_axis=0)
         total, epilogue = blocks.conv, blocks.epilogue
-        # the sum over shares, computed where the epilogue stores each output
         sch.set_scope(total, 0, "local")
-        out_loops = sch.get_loops(epilogue)
-        threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
-        sch.bind(threads[0], "blockIdx.x")
-        sch.bind(threads[1], "threadIdx.x")
-        sch.compute_at(total, threads[1], preserve_unit_loops=True)
+        attrs = sch.mod["main"].attrs
+        pitch = block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
+        if pitch is not None:
+            # the sum a thread a position of the staged pitch, the epilogue under it: under the
+            # epilogue's threads the sum's position oh * pitch + ow is no quasi-affine binding,
+            # and MetaSchedule's reduction postprocessor rejects every tuned draw of it
+            # (`decompose-reduction`: "not a reduction block")
+            sch.transform_layout(total, ("write", 0), lambda b, r, q, co: (b, r + q // pitch, q % pitch, co),
+                                 assume_injective_transform=True)
+            # (the epilogue reads [b, oh + ow // pitch, ow % pitch, co], ow < pitch: [b, oh, ow, co])
+            _declare_read_region(sch, epilogue, [r.source.name for r in sch.get(epilogue).reads].index(
+                sch.get(total).writes[0].source.name), lambda b, oh, ow, co: (b, oh, ow, co))
+            *out_loops, _ = sch.get_loops(total)
+            threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
+            sch.bind(threads[0], "blockIdx.x")
+            sch.bind(threads[1], "threadIdx.x")
+            sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
+        else:
+            out_loops = sch.get_loops(epilogue)
+            threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
+            sch.bind(threads[0], "blockIdx.x")
+            sch.bind(threads[1], "threadIdx.x")
+            sch.compute_at(total, threads[1], preserve_unit_loops=True)
         *pixels, co, share, c, k = sch.get_loops(partial)
         sch.reorder(share, *pixels, co)
         return SparseConvBlocks(blocks.x_stage, partial, None), [share], pixels, co, c, k
@@ -250,7 +266,7 @@ class CUDAUnionTF32(SparseConvRule):
     def design_variants(self) -> list[CUDAUnionTF32]:
         """This rule's design space, then the same with the reduction split in each of
         `REDUCTION_SLICES` shares (`_split_reduction` changes the blocks, so each split is a space
-        of its own; declined where the shares do not divide the layer's chunks, and on KxK layers)."""
+        of its own; declined where the shares do not divide the layer's chunks)."""
         if self.reduction_slices != 1:
             return [self]
         variants = [self]

@@ -126,7 +126,8 @@ def test_union_tf32_tallest_kxk_blocks_compute_layers(rule, case):
 @pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
 @pytest.mark.parametrize("slices", [2, 4])
 @pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), "VALID"),
-                                  ((2, 9, 9, 128), (3, 3, 128, 32), "SAME")], ids=["1x1", "3x3"])
+                                  ((2, 9, 9, 128), (3, 3, 128, 32), "SAME"),
+                                  ((2, 7, 7, 128), (3, 3, 128, 16), "SAME")], ids=["1x1", "3x3", "3x3-whole-images"])
 def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own_steps(rule, slices, case):
     """A union kernel whose chunks are split in shares (`reduction_slices`: partial sums a grid
     each, summed by a second kernel into the epilogue) computes the layer, with the padding k
@@ -325,17 +326,23 @@ def test_sampled_design_space_candidates_compute_layers(algorithm, case):
     assert ran > 0, "every sampled candidate was rejected"
 
 
-@pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
-def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm):
-    """Tuning searches a 1x1 layer's split reductions as design spaces of their own
+@pytest.mark.parametrize("algorithm,case", [
+    ("union-tf32", ((1, 4, 4, 128), (1, 1, 128, 16), "VALID")),
+    ("union-tf32-async", ((1, 4, 4, 128), (1, 1, 128, 16), "VALID")),
+    ("union-tf32", ((1, 7, 7, 128), (3, 3, 128, 8), "SAME"))], ids=["1x1", "1x1-async", "3x3-whole-image"])
+def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm, case):
+    """Tuning searches a layer's split reductions as design spaces of their own
     (`CUDAUnionTF32.design_variants`: 2 and 4 shares where they divide the chunks): a draw from
-    each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels)."""
+    each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels). On a KxK whole image
+    the sum is a thread a position of the staged pitch (what MetaSchedule's reduction
+    postprocessor takes: every draw of the sum under the epilogue's threads was rejected)."""
+    shape, kshape, padding = case
     rng = np.random.default_rng(7)
-    w = sparse_kernel(rng, (1, 1, 128, 16), 0.2)
+    w = sparse_kernel(rng, kshape, 0.2)
     k = tsc.SparseKernel.from_dense(w)
-    wl = algorithms.workload_for(k, ConvWorkload.create((1, 4, 4, 128), w.shape, k.ell_width, 1, "VALID", 1),
-                                 algorithm)
+    wl = algorithms.workload_for(k, ConvWorkload.create(shape, w.shape, k.ell_width, 1, padding, 1), algorithm)
     wl = wl.with_format(algorithm, **union_tf32.chunked_format(k, 32))
+    assert union_tf32.whole_images(wl) == (kshape[0] > 1)
     inputs = [rng.standard_normal(wl.input_shape).astype(np.float32), *algorithms.pack_weights(wl, k)]
     drawn = []
     for sch in sampled_candidates(wl, TARGET, rng, seeds=1):
