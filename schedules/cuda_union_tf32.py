@@ -239,16 +239,15 @@ class CUDAUnionTF32(SparseConvRule):
             # (the epilogue reads [b, oh + ow // pitch, ow % pitch, co], ow < pitch: [b, oh, ow, co])
             _declare_read_region(sch, epilogue, [r.source.name for r in sch.get(epilogue).reads].index(
                 sch.get(total).writes[0].source.name), lambda b, oh, ow, co: (b, oh, ow, co))
-            *out_loops, _ = sch.get_loops(total)
-            threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
-            sch.bind(threads[0], "blockIdx.x")
-            sch.bind(threads[1], "threadIdx.x")
-            sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
+            out_loops = sch.get_loops(total)[:-1]  # (the last: the shares)
         else:
             out_loops = sch.get_loops(epilogue)
-            threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
-            sch.bind(threads[0], "blockIdx.x")
-            sch.bind(threads[1], "threadIdx.x")
+        threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
+        sch.bind(threads[0], "blockIdx.x")
+        sch.bind(threads[1], "threadIdx.x")
+        if pitch is not None:
+            sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
+        else:
             sch.compute_at(total, threads[1], preserve_unit_loops=True)
         *pixels, co, share, c, k = sch.get_loops(partial)
         sch.reorder(share, *pixels, co)
