@@ -144,8 +144,7 @@ class CUDAUnionTF32(SparseConvRule):
         # Accumulators: warp fragments, stored (through the NHWC epilogue) after the reduction.
         acc = sch.cache_write(blocks.conv, 0, "warp")
         sch.reverse_compute_at(acc, warp, preserve_unit_loops=True)
-        attrs = sch.mod["main"].attrs
-        pitch = block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
+        pitch = _staged_pitch(sch)
         if pitch is not None and blocks.epilogue is not None:
             # a whole image at its staged pitch (`union_tf32.image_pitch`): the epilogue's
             # oh * pitch + ow is no bijection TVM can inline; as (row, column) it is
@@ -227,8 +226,7 @@ class CUDAUnionTF32(SparseConvRule):
         partial = sch.rfactor(shares, factor_axis=0)
         total, epilogue = blocks.conv, blocks.epilogue
         sch.set_scope(total, 0, "local")
-        attrs = sch.mod["main"].attrs
-        pitch = block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
+        pitch = _staged_pitch(sch)
         if pitch is not None:
             # the sum a thread a position of the staged pitch, the epilogue under it: under the
             # epilogue's threads the sum's position oh * pitch + ow is no quasi-affine binding,
@@ -237,8 +235,8 @@ class CUDAUnionTF32(SparseConvRule):
             sch.transform_layout(total, ("write", 0), lambda b, r, q, co: (b, r + q // pitch, q % pitch, co),
                                  assume_injective_transform=True)
             # (the epilogue reads [b, oh + ow // pitch, ow % pitch, co], ow < pitch: [b, oh, ow, co])
-            _declare_read_region(sch, epilogue, [r.source.name for r in sch.get(epilogue).reads].index(
-                sch.get(total).writes[0].source.name), lambda b, oh, ow, co: (b, oh, ow, co))
+            _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
+                                 lambda b, oh, ow, co: (b, oh, ow, co))
             out_loops = sch.get_loops(total)[:-1]  # (the last: the shares)
         else:
             out_loops = sch.get_loops(epilogue)
@@ -437,6 +435,13 @@ class CUDAUnionTF32(SparseConvRule):
         warp = sch.fuse(r_w, w_w, g_w)
         sch.bind(warp, "threadIdx.y")
         return warp, k_o, p_i, [r_split[0], w_split[0], g_split[1]]
+
+
+def _staged_pitch(sch: s_tir.Schedule) -> int | None:
+    """The staged pitch of a KxK layer's whole images (`union_tf32.image_pitch`), from the
+    function's `BLOCK_ATTR`; None for 1x1 layers and KxK blocks of rows."""
+    attrs = sch.mod["main"].attrs
+    return block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
 
 
 def _declare_read_region(sch: s_tir.Schedule, block, read_index: int, region) -> None:
