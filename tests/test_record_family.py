@@ -271,3 +271,52 @@ def test_a_travelled_tile_record_is_not_weighed_against_this_cpus_own_records(tu
     monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
     op = _compile()
     assert op.schedule_source.endswith(f"@{tuned_folder.name}") and op.algorithm != "cpu-register-reuse"
+
+
+@needs_family
+def test_a_tuning_times_the_familys_record_beside_its_search_and_keeps_the_faster(tmp_path, monkeypatch, cache_dir):
+    """Once written, an own GPU record displaces the architecture's (weighed 1.5x slower) even where
+    that one runs faster here (H100 conv5 3x3 b1, stop 56): so a tuning times each family folder's
+    record of the layer beside its search's best (`family_records`) and keeps the faster, as this
+    device's record with its time here. The other CPU's record here is an untuned template, the
+    "search's best" the unscheduled loop nest (one thread, no vectors), so the record wins; compile()
+    then replays it from this CPU's own folder."""
+    from tvm_sparseconv import reference
+    from tvm_sparseconv.tuning import (LocalSite, _keep_record, _search_or_untuned, family_records, problem_arguments,
+                                       tuned_rules, untuned_schedules)
+    import tvm.s_tir.meta_schedule as ms
+
+    problem = Problem("family_wins", (1, 32, 32, 32), (3, 3, 32, 32), 0.3)
+    wl, dense_w, arrays = problem_arguments(problem)
+    mod = tuning_records.workload_module(wl)
+    args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+
+    def record_of(trace):
+        return ms.database.TuningRecord(trace, ms.database.MemoryDatabase().commit_workload(mod), [1e-4], HOST, args)
+
+    variant, template = untuned_schedules(tuned_rules(HOST), mod, HOST)[0]
+    src = tmp_path / "src" / targets.target_folder_name(HOST)
+    assert _keep_record(src, record_of(template.trace), mod, wl, problem, HOST, 1e-4, 0.0, "") == ""
+    root = tmp_path / "logs"
+    other = _as_cpu(src, root, _other_cpu(same_family=True))
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    own = root / targets.target_folder_name(HOST)
+    others = family_records(wl, HOST, own)
+    assert [label for label, _ in others] == [f"{other.name}'s record ({variant.name})"]
+
+    site = LocalSite(targets.device_for(HOST))
+    record, err, source, _, timed = _search_or_untuned(
+        record_of(tvm.s_tir.Schedule(mod).trace), 0.0, site.load(compile_tir(mod, HOST)), mod, wl,
+        reference.conv2d_f64(arrays[0], dense_w, wl), arrays, HOST, site, [], None, others)
+    assert source == others[0][0] and set(timed) == {"search", source} and timed[source] < timed["search"], timed
+    assert err <= 1e-5 and float(record.run_secs[0]) * 1e6 == pytest.approx(timed[source], abs=0.01)
+
+    assert _keep_record(own, record, mod, wl, problem, HOST, float(record.run_secs[0]), err, "") == ""
+    assert tuning_records.read_meta(own)["entries"][0]["rule"] == variant.name
+    kernel = problem.sparse_kernel()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tsc.UntunedWarning)
+        op = tsc.compile(kernel, problem.input_shape, target="cpu")
+    assert op.schedule_source == f"tuned:{variant.name}@{own.name}", op.schedule_source
+    x = np.random.default_rng().standard_normal(problem.input_shape).astype(np.float32)
+    assert rel_err(run_poisoned(op, x), reference_conv(x, kernel.to_dense())) <= 1e-5

@@ -54,8 +54,8 @@ from .targets import device_for
 from .tir_build import compile_tir
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
-from .tuning_records import (META_FILE, entry_workload, keep_newest_record, meta_header, read_meta, repair_folder,
-                             workload_module)
+from .tuning_records import (META_FILE, entry_workload, family_folders, find_tuned_schedule, keep_newest_record,
+                             meta_header, read_meta, repair_folder, workload_module)
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -247,8 +247,9 @@ class TuneResult:
     measured: int = 0  # candidates measured in this run (`trials` asked for; see enough_trials)
     #: why the record was not written (the folder's record of the workload was faster), else ""
     not_kept: str = ""
-    #: where the kept schedule came from: "search", or the label of the untuned template that ran
-    #: faster than the search's best (`SparseConvRule.untuned_label`)
+    #: where the kept schedule came from: "search", or the label of the untuned template
+    #: (`SparseConvRule.untuned_label`) or of another device's record (`family_records`) that ran
+    #: faster than the search's best
     source: str = "search"
     #: microseconds of each candidate timed in turns at the end (the search's best, "search", and
     #: each untuned variant by label), so a summary shows what the kept schedule beat
@@ -331,7 +332,7 @@ def tune_problem(
             record, err, rejected, lib = _first_correct_record(database, mod, wl, ref, arrays, target, site)
             record, err, source, lib, candidates_us = _search_or_untuned(
                 record, err, lib, mod, wl, ref, arrays, target, site, tuned_rules(target, rule_names, algorithm),
-                builder)
+                builder, family_records(wl, target, out_folder))
             same_run = _against_folder_record(out_folder, lib, wl, target, site, arrays)
     best = float(np.mean([float(s) for s in record.run_secs]))
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
@@ -381,8 +382,6 @@ def _against_folder_record(folder: Path, new_lib, wl: ConvWorkload, target, site
     A re-tune (`tune.py --force`) decides on these, not on the old record's stored time: that was
     measured on another day, and on a shared 2-core VM the same kernel's time moves up to 2x between
     minutes (stop 34: a headline record replaced by one not faster)."""
-    from .tuning_records import find_tuned_schedule
-
     try:
         old = find_tuned_schedule(wl, target, folder)
     except Exception:  # noqa: BLE001 - an unreadable folder record: the stored time decides, as before
@@ -446,12 +445,33 @@ def _seconds_in_turns(libs: list, site, arrays, wl: ConvWorkload, rounds: int = 
     return [float(np.median(s)) for s in samples]
 
 
+def family_records(wl: ConvWorkload, target: Target, out_folder: Path) -> list[tuple[str, object]]:
+    """(label, schedule) of `wl`'s record in each folder of another device of `target`'s family
+    (`tuning_records.family_folders`; `out_folder` is this device's).
+
+    `compile()` weighs a GPU record of the architecture 1.5x slower than an own one
+    (`targets.family_time_factor`), so an own record, once written, displaces it even where it runs
+    slower here: the H100's tuned conv5 3x3 b1 (21.2 us) displaced the H200's record, which runs in
+    14.6 us on the H100 (stop 56). Timed beside the search's best, the faster one is kept."""
+    found = []
+    for folder, _ in family_folders(target, own=out_folder.name):
+        try:
+            tuned = find_tuned_schedule(wl, target, folder)
+        except Exception as e:  # noqa: BLE001 - another device's damaged log: its users are warned
+            log.warning("could not read %s's record of %s: %s", folder.name, wl.describe(), e)
+            continue
+        if tuned is not None:
+            found.append((f"{folder.name}'s record ({tuned.rule})", tuned.schedule))
+    return found
+
+
 def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.ndarray, arrays, target, site,
-                       rules: list, builder: ms.builder.Builder | None = None) -> tuple:
+                       rules: list, builder: ms.builder.Builder | None = None,
+                       others: list[tuple[str, object]] = ()) -> tuple:
     """(record, relative error, source, its kernel, every candidate's microseconds by label): the
     search's checked best (`lib`, built at `site`), or an untuned template of the tuned `rules`
-    (`SparseConvRule.untuned_variants`) as a record where it is correct and runs faster in this
-    run, timed in turns with it.
+    (`SparseConvRule.untuned_variants`) or one of `others` ((label, schedule): `family_records`)
+    as a record where it is correct and runs faster in this run, timed in turns with it.
 
     The search does not always draw the templates' choices: 16 trials on conv4 1x1 expand b32 g8
     kept a 25.4 us kernel where the untuned template with its k steps unrolled takes 21.8 (H100,
@@ -461,20 +481,22 @@ def _search_or_untuned(record, err: float, lib, mod, wl: ConvWorkload, ref: np.n
     3x3 b32 g8 on the H100, stop 49), else here in turn."""
     tol = algorithms.by_name(wl.algorithm).tolerance
     entries, libs = [("search", None, err)], [lib]
-    variants = untuned_schedules(rules, mod, target)
-    built = _build_all(builder, [sch.mod for _, sch in variants], target, site)
-    for (variant, sch), v_lib in zip(variants, built):
+    labelled = [(f"{v.name} {v.untuned_label()}", sch) for v, sch in untuned_schedules(rules, mod, target)]
+    labelled += list(others)
+    built = _build_all(builder, [sch.mod for _, sch in labelled], target, site)
+    for (label, sch), v_lib in zip(labelled, built):
         try:
             if isinstance(v_lib, BaseException):
                 raise v_lib
             v_err = _checked_error(v_lib, site, arrays, wl, ref)
         except Exception as e:  # noqa: BLE001 - a template that does not build here is left out, not fatal
-            log.warning("%s %s of %s did not build or run: %s", variant.name, variant.untuned_label(),
-                        wl.describe(), e)
+            log.warning("%s of %s did not build or run: %s", label, wl.describe(), e)
             continue
         if v_err <= tol:
-            entries.append((f"{variant.name} {variant.untuned_label()}", sch, v_err))
+            entries.append((label, sch, v_err))
             libs.append(v_lib)
+        else:
+            log.warning("%s of %s is wrong here (relative error %.2e): left out", label, wl.describe(), v_err)
     seconds = _seconds_in_turns(libs, site, arrays, wl)
     timed = {label: round(s * 1e6, 2) for (label, _, _), s in zip(entries, seconds)} if len(libs) > 1 else {}
     i = int(np.argmin(seconds))
