@@ -312,7 +312,8 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
     row = {"problem": problem.name, "rule": res.rule, "best_us": res.best_seconds * 1e6,
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
            "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured,
-           "not_kept": res.not_kept, "source": res.source, "candidates_us": res.candidates_us}
+           "not_kept": res.not_kept, "source": res.source, "candidates_us": res.candidates_us,
+           "reduction_shares": res.reduction_shares}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row
@@ -359,9 +360,11 @@ def _line(row: dict, table: int = 0) -> str:
         return (f"{row['problem']:<{table}}{row['rule']:<26}{row['best_us']:>8.1f}us"
                 f"  {dense:<46}{row['tuning_s'] / 60:>6.1f}min")  # columns stay apart when a field is longer
     kept = f"; not kept: {row['not_kept']}" if row.get("not_kept") else ""
-    if row.get("source", "search") != "search":  # an untuned template beat the search's best
-        kept = f"; from the {row['source']} template{kept}"
-    return (f"best {row['best_us']:.1f} us ({row['rule']}, rel. error {row['relative_error']:.1e}, "
+    if row.get("source", "search") != "search":  # an untuned template or another device's record beat the search
+        kept = f"; from {row['source']}, faster than the search's best{kept}"
+    shares = row.get("reduction_shares", 1)
+    split = f", reduction in {shares} shares" if shares > 1 else ""
+    return (f"best {row['best_us']:.1f} us ({row['rule']}{split}, rel. error {row['relative_error']:.1e}, "
             f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}{kept}")
 
 

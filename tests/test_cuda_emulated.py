@@ -25,7 +25,7 @@ from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, Emulatio
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.schedules.cuda_union_tf32 import skip_padding_steps
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
-from tvm_sparseconv.tuning import problem_arguments
+from tvm_sparseconv.tuning import problem_arguments, reduction_shares
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import random_pruned_kernel, workload_set
 
@@ -146,6 +146,7 @@ def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own
     wl = algorithms.workload_for(k, layer, split.algorithm)
     sch = split.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
     assert sch is not None and len(lower(sch.mod, TARGET).launches) == 2  # the partial sums, then their sum
+    assert reduction_shares(sch.trace) == slices
     assert not skip_padding_steps(sch.mod["main"]).same_as(sch.mod["main"])  # the build skips here too
     x = rng.standard_normal(shape).astype(np.float32)
     err = _error(emulate(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
@@ -349,6 +350,7 @@ def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm, ca
         err = _error(emulate(sch.mod, TARGET), inputs, w, wl, None)
         assert err <= algorithms.by_name(algorithm).tolerance, f"error {err:.2e}; {sch.trace}"
         drawn.append(_reduction_shares(sch))
+        assert reduction_shares(sch.trace) == drawn[-1]  # what tune.py's summary reads off the record
     assert sorted(drawn) == [1, 2, 4], f"shares of the draws: {drawn}"
 
 

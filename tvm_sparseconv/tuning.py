@@ -142,6 +142,18 @@ def rule_of(trace) -> str:
     return "?"
 
 
+def reduction_shares(trace) -> int:
+    """In how many shares a trace splits its reduction (an `rfactor` of the outer loop of a split,
+    as union-tf32's `_split_reduction` does; its design spaces differ in that), 1 where it does not."""
+    splits = [inst for inst in trace.insts if inst.kind.name == "Split"]
+    for inst in trace.insts:
+        if inst.kind.name == "RFactor":
+            split = next((s for s in splits if s.outputs[0].same_as(inst.inputs[0])), None)
+            if split is not None and split.inputs[1] is not None:
+                return int(split.inputs[1])
+    return 1
+
+
 TENSOR_INTRIN_MODULE = "tvm.s_tir.tensor_intrin"
 
 
@@ -254,6 +266,8 @@ class TuneResult:
     #: microseconds of each candidate timed in turns at the end (the search's best, "search", and
     #: each untuned variant by label), so a summary shows what the kept schedule beat
     candidates_us: dict[str, float] = field(default_factory=dict)
+    #: the kept schedule's reduction shares (`reduction_shares`: which split design space it is of)
+    reduction_shares: int = 1
 
 
 def tune_problem(
@@ -338,7 +352,7 @@ def tune_problem(
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
     phases = {k: float(v) for k, v in profiler.get().items()}
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
-                      phases, measured, not_kept, source, candidates_us)
+                      phases, measured, not_kept, source, candidates_us, reduction_shares(record.trace))
 
 
 def enough_trials(trials: int, per_iter: int) -> int:
