@@ -102,3 +102,10 @@ extern "C" __global__ void __launch_bounds__(128) k(float* __restrict__ out) {
 """
     registers, shared = union_staging_traffic.ptxas_resources(source)
     assert 1 <= registers <= 32 and shared == 2048
+
+
+def test_the_mma_peak_experiments_kernels_build_for_sm_90():
+    """`benchmarks/experiments/mma_tf32_peak.py` (run on the GPU machine) builds, every chain an
+    m16n8k8 TF32 mma.sync in the PTX, as the union kernels issue them (none optimised away)."""
+    counts = load_script("benchmarks/experiments/mma_tf32_peak.py").check_ptx([1, 3])
+    assert all(n >= chains and n % chains == 0 for chains, n in counts.items()), counts

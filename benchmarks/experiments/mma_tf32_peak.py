@@ -57,8 +57,10 @@ extern "C" __global__ void mma_loop(float* out, int iters) {{
 """
 
 
-def check_ptx(chains_list: list[int]) -> None:
-    """Compile each kernel with nvcc for sm_90 (no GPU needed) and count its mma instructions."""
+def check_ptx(chains_list: list[int]) -> dict[int, int]:
+    """Compile each kernel with nvcc for sm_90 (no GPU needed); the mma instructions in each one's
+    PTX by chains (nvcc unrolls the loop: a multiple of the chains)."""
+    counts = {}
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise SystemExit("nvcc not found")
@@ -69,6 +71,8 @@ def check_ptx(chains_list: list[int]) -> None:
             subprocess.run([nvcc, "-arch=sm_90", "-ptx", str(src), "-o", str(src.with_suffix(".ptx"))], check=True)
             n = src.with_suffix(".ptx").read_text().count("mma.sync.aligned.m16n8k8")
             print(f"chains {chains}: nvcc sm_90 ok, {n} mma.sync in its PTX")
+            counts[chains] = n
+    return counts
 
 
 def time_kernel(cp, kernel, blocks: int, threads: int, iters: int, repeats: int) -> float:
