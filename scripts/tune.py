@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tvm_sparseconv import algorithms, baselines, targets  # noqa: E402
 from tvm_sparseconv.rpc import Tracker, probe  # noqa: E402
-from tvm_sparseconv.tuning import problem_arguments, tune_in_parallel, tune_problem, tuned_problems  # noqa: E402
-from tvm_sparseconv.tuning_records import TuningLogError, logs_root  # noqa: E402
+from tvm_sparseconv.tuning import (drop_records, problem_arguments, tune_in_parallel, tune_problem,  # noqa: E402
+                                   tuned_problems)
+from tvm_sparseconv.tuning_records import TuningLogError, logs_root, read_meta  # noqa: E402
 from tvm_sparseconv.tuning_runner import SESSION_PER  # noqa: E402
 from tvm_sparseconv.workload import ConvWorkload  # noqa: E402,F401
 from tvm_sparseconv.workloads import WORKLOAD_SETS, Problem, workload_set  # noqa: E402
@@ -91,6 +92,11 @@ def parse_args(argv=None):
     ap.add_argument("--force", action="store_true",
                     help="tune workloads that already have a record (the new record replaces it only if faster, "
                          "the two timed in turns in this run)")
+    ap.add_argument("--drop", action="store_true",
+                    help="remove the folder's records of the workloads under --algorithm instead of tuning them "
+                         "(MetaSchedule's: the record and its meta.json entry; a generated algorithm's: the tile "
+                         "records of the layer's shape and density), e.g. a record that made a layer slower: "
+                         "--drop --out tuning_logs/nvidia-h100 --workloads resnet50_conv5_3x3_b1")
     ap.add_argument("--no-baseline", action="store_true", help="skip timing the dense baseline")
     ap.add_argument("--summary-json", type=Path, default=None, help="write the per-workload summary here")
     ap.add_argument("--list", action="store_true", help="list the workload sets and exit")
@@ -150,6 +156,8 @@ def main(argv=None) -> int:
     out = args.out or logs_root() / folder_name
     work_root = args.work_dir or Path.home() / ".cache" / "tvm_sparseconv" / "tuning" / folder_name
     problems = [_own_problem(args)] if args.kernel else workload_set(args.workloads)
+    if args.drop:
+        return _drop(problems, out, args.algorithm, target.kind.name)
     problems = [p.for_target(target.kind.name) for p in problems]  # as compile() computes them there
     if algorithms.by_name(args.algorithm).generated:
         if tracker is not None:
@@ -304,6 +312,23 @@ def _tune_parallel(todo, target, out, work_root, args, workers, options, baselin
         bar.close()
     order = {p.name: i for i, p in enumerate(todo)}
     return sorted(rows, key=lambda r: order[r["problem"]])
+
+
+def _drop(problems: list[Problem], out: Path, algorithm: str, kind: str) -> int:
+    """`--drop`: remove `out`'s records of `problems` under `algorithm`, each as the folder's device
+    computes it (its meta.json's target kind, else `kind`)."""
+    if not out.is_dir():
+        raise SystemExit(f"no tuning-log folder {out}")
+    try:
+        meta = read_meta(out)
+    except TuningLogError as e:
+        raise SystemExit(f"{e}: not editing it; restore it, e.g. with git checkout") from None
+    kind = (meta or {}).get("target", {}).get("kind", kind)
+    for problem in problems:
+        n = drop_records(out, problem.for_target(kind), algorithm)
+        print(f"{problem.name}: {n} {algorithm} record(s) removed from {out}" if n else
+              f"{problem.name}: no {algorithm} record in {out}")
+    return 0
 
 
 def _row(problem: Problem, res, target, baseline: bool) -> dict:

@@ -408,3 +408,55 @@ def test_cpu_records_of_the_old_relayout_replay_with_the_blocked_one_and_compute
     out = tvm.runtime.tensor(np.full(wl.output_shape, np.nan, np.float32))
     lib[algorithms.FUNC_NAME](*args, out)
     assert reference.relative_error(out.numpy(), reference.conv2d_f64(x, kernel.to_dense(), wl)) <= 1e-5
+
+
+def test_tune_py_drop_removes_one_layers_record_and_keeps_the_others_replaying(tmp_path):
+    """`tune.py --drop` (a record that made a layer slower, stop 56): the layer's MetaSchedule
+    record, workload line and meta entry go; every other record keeps replaying its own schedule,
+    renumbered past the removed line (the database is in tuning order, the meta by problem: stop 52
+    dropped another layer's record by position). A generated algorithm's tile record goes too."""
+    from conftest import load_script
+
+    tune = load_script("scripts/tune.py")
+    copy = tmp_path / "nvidia-h100"
+    shutil.copytree(LOGS / "nvidia-h100", copy)
+    meta = tuning_records.read_meta(copy)
+    target = targets.cuda_target_for_arch("sm_90")
+    gone = next(e for e in meta["entries"] if e["problem"] == "resnet50_conv5_3x3_s2_b1" and "ell" in e["rule"])
+    wl = ConvWorkload.from_json(gone["workload"])
+    lines = [w.parsed.mod for w in tuning_records.scan_database(copy).workloads]
+    at = next(i for i, m in enumerate(lines) if tvm_ffi.structural_equal(m, tuning_records.workload_module(wl)))
+    # entries whose lines come after the dropped one (renumbered) and one before, with their traces
+    after = [e for e in meta["entries"] if any(tvm_ffi.structural_equal(m, tuning_records.workload_module(
+        ConvWorkload.from_json(e["workload"]))) for m in lines[at + 1:])][:3]
+    before = [e for e in meta["entries"] if tvm_ffi.structural_equal(lines[0], tuning_records.workload_module(
+        ConvWorkload.from_json(e["workload"])))]
+    kept = after + before
+    assert len(after) == 3 and len(before) == 1
+
+    def trace(e, folder):
+        return str(tuning_records.find_tuned_schedule(ConvWorkload.from_json(e["workload"]), target, folder).schedule.trace)
+
+    traces = [trace(e, copy) for e in kept]
+    assert tune.main(["--drop", "--out", str(copy), "--workloads", "resnet50_conv5_3x3_s2_b1",
+                      "--algorithm", "ell-gather"]) == 0
+    scan = tuning_records.scan_database(copy)
+    new_meta = tuning_records.read_meta(copy)
+    assert len(scan.records) == len(scan.workloads) == len(new_meta["entries"]) == len(meta["entries"]) - 1
+    assert gone not in new_meta["entries"] and tuning_records.repair_folder(copy) == []
+    assert tuning_records.find_tuned_schedule(wl, target, copy) is None or \
+        tuning_records.find_tuned_schedule(wl, target, copy).tuned_workload != wl  # (a nearest width may fill in)
+    assert [trace(e, copy) for e in kept] == traces
+    # the layer's union record stays; dropping again finds nothing
+    assert any(e["problem"] == "resnet50_conv5_3x3_s2_b1" for e in new_meta["entries"])
+    assert tune.main(["--drop", "--out", str(copy), "--workloads", "resnet50_conv5_3x3_s2_b1",
+                      "--algorithm", "ell-gather"]) == 0
+    assert len(tuning_records.read_meta(copy)["entries"]) == len(new_meta["entries"])
+
+    from tvm_sparseconv import tile_records
+    before_tiles = tile_records.read(tile_records.path_for(copy, "csr-split-k"), "csr-split-k")
+    assert tune.main(["--drop", "--out", str(copy), "--workloads", "resnet50_conv5_1x1_reduce_b1",
+                      "--algorithm", "csr-split-k"]) == 0
+    after_tiles = tile_records.read(tile_records.path_for(copy, "csr-split-k"), "csr-split-k")
+    assert [r["layer"] for r in before_tiles if r not in after_tiles] == ["resnet50_conv5_1x1_reduce_b1"]
+    assert len(after_tiles) == len(before_tiles) - 1

@@ -108,6 +108,19 @@ def write(path: Path, algorithm: str, device: str, source: str, records: list[di
                                 "records": records}, indent=1) + "\n")
 
 
+def drop(folder: Path, algorithm: str, wl: ConvWorkload, nonzeros: int | None = None) -> int:
+    """Remove the records of `wl`'s shape (those of `nonzeros`' density, `same_density`, where
+    given) from `algorithm`'s file in `folder` (`tune.py --drop`); how many went."""
+    path = path_for(folder, algorithm)
+    records = read(path, algorithm)
+    key = shape_key(wl)
+    kept = [r for r in records if not (r["shape"] == key and (nonzeros is None or same_density(r, nonzeros)))]
+    if len(kept) != len(records):
+        data = json.loads(path.read_text())
+        write(path, algorithm, data["device"], data["source"], kept)
+    return len(records) - len(kept)
+
+
 def merge(folder: Path, algorithm: str, device: str, source: str, records: list[dict]) -> Path:
     """Write `records` into `algorithm`'s record file in `folder`, replacing the records of the same
     shapes and density (`same_density`) and keeping the others (their sources listed beside

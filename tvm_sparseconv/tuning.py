@@ -54,8 +54,8 @@ from .targets import device_for
 from .tir_build import compile_tir
 from .tuning_builder import BUILD_TIMEOUT_S, build_without_tensor_intrinsics, pooled_builder
 from .tuning_runner import tracker_runner
-from .tuning_records import (META_FILE, entry_workload, family_folders, find_tuned_schedule, keep_newest_record,
-                             meta_header, read_meta, repair_folder, workload_module)
+from .tuning_records import (META_FILE, drop_workload, entry_workload, family_folders, find_tuned_schedule,
+                             keep_newest_record, meta_header, read_meta, repair_folder, workload_module)
 from .workload import ConvWorkload
 from .workloads import Problem
 
@@ -577,6 +577,19 @@ def _folder_lock(folder: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def drop_records(out_folder: Path, problem: Problem, algorithm: str) -> int:
+    """Remove `out_folder`'s records of `problem` under `algorithm` (`tune.py --drop`): its
+    MetaSchedule record and `meta.json` entry, or a generated algorithm's tile records of the
+    layer's shape and density. Returns how many went."""
+    with _folder_lock(out_folder):
+        if algorithms.by_name(algorithm).generated:
+            from . import tile_records
+
+            kernel = problem.sparse_kernel()
+            return tile_records.drop(out_folder, algorithm, problem.workload(kernel), int(kernel.nnz))
+        return drop_workload(out_folder, problem.workload(algorithm=algorithm))
 
 
 def _keep_record(out_folder: Path, record, mod, wl, problem, target, best, err, device_name,

@@ -324,6 +324,38 @@ def repair_folder(folder: Path) -> list[str]:
     return done
 
 
+def _replace_lines(path: Path, lines: list[str]) -> None:
+    """Write `lines` to `path` atomically (a temporary file beside it, then renamed over it)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def drop_workload(folder: Path, wl: ConvWorkload) -> int:
+    """Remove `wl`'s records from `folder`: its database records with their workload lines (the
+    other records renumbered onto the lines kept: MetaSchedule's lines are in tuning order, not the
+    meta's, so nothing is matched by position) and its `meta.json` entry. Returns how many records
+    went. For a record that made a layer slower (`tune.py --drop`); call it with the folder's
+    write lock held."""
+    repair_folder(folder)
+    mod = workload_module(wl)
+    scan = scan_database(folder)
+    mine = {i for i, w in enumerate(scan.workloads) if tvm_ffi.structural_equal(w.parsed.mod, mod)}
+    dropped = sum(r.workload_index in mine for r in scan.records)
+    if mine:
+        index = {old: new for new, old in enumerate(i for i in range(len(scan.workloads)) if i not in mine)}
+        _replace_lines(folder / WORKLOAD_FILE, [w.text for i, w in enumerate(scan.workloads) if i not in mine])
+        _replace_lines(folder / RECORD_FILE, [_INDEX.sub(f"[{index[r.workload_index]},", r.text, count=1)
+                                              for r in scan.records if r.workload_index not in mine])
+    meta = read_meta(folder)
+    if meta is not None:
+        entries = [e for e in meta.get("entries", []) if entry_workload(e) != wl]
+        if len(entries) != len(meta.get("entries", [])):
+            _replace_lines(folder / META_FILE, [json.dumps(meta | {"entries": entries}, indent=1)])
+    return dropped
+
+
 def keep_newest_record(folder: Path, mod: tvm.IRModule) -> int:
     """Drop every record of `mod`'s workload but the last one written; returns how many went.
 
@@ -339,10 +371,7 @@ def keep_newest_record(folder: Path, mod: tvm.IRModule) -> int:
         return 0
     path = folder / RECORD_FILE
     lines, _ = _lines(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RECORD_FILE}.", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(text + "\n" for number, text in lines if number not in drop))
-    os.replace(tmp, path)
+    _replace_lines(path, [text for number, text in lines if number not in drop])
     return len(drop)
 
 
