@@ -132,9 +132,12 @@ def test_every_committed_gpu_record_can_be_checked_on_first_use(gpu):
 
 
 def test_an_h100s_own_record_and_the_h200s_of_one_algorithm_compete_by_weighed_time(as_h100):
-    """The ResNet-50 batch-1 3x3 layers, tuned on both GPUs under the ell-gather algorithm: the H200's
-    record is taken where it is faster even 1.5x slower (conv5 3x3: 16.1 us x 1.5 < the H100's
-    29.5), the H100's own elsewhere (as the committed records have it)."""
+    """The ResNet-50 batch-1 3x3 layers under the ell-gather algorithm, tuned on both GPUs: the
+    H200's record is taken where it is faster even 1.5x slower, the H100's own elsewhere, and the
+    H200's where the H100 has none (conv5 3x3: its H100 record, 21.2 us, ran slower than the H200's,
+    14.6 on the H100, and was dropped in stop 56), as the committed records have it. No committed
+    layer has both with the H200's winning now, so one layer's H100 time is then set either side
+    of the H200's weighed time."""
     factor = targets.GPU_FAMILY_TIME_FACTOR
     picked = {True: 0, False: 0}
     for p in workload_set("resnet50_3x3_b1"):
@@ -142,10 +145,21 @@ def test_an_h100s_own_record_and_the_h200s_of_one_algorithm_compete_by_weighed_t
         wl = p.workload(kernel)
         own = tuning_records.find_tuned_schedule(wl, SM90, as_h100 / "nvidia-h100")
         other = tuning_records.find_tuned_schedule(wl, SM90, as_h100 / "nvidia-h200")
-        assert own is not None and other is not None
+        assert other is not None, p.name
         chosen = tuning_records.find_tuned_schedule(wl, SM90)
-        takes_other = other.run_us * factor < own.run_us
+        takes_other = own is None or other.run_us * factor < own.run_us
         assert chosen.folder.name == ("nvidia-h200" if takes_other else "nvidia-h100"), p.name
         assert chosen.travelled == takes_other and chosen.run_us == (other if takes_other else own).run_us
-        picked[takes_other] += 1
-    assert picked[True] and picked[False], f"the committed records exercise one side only: {picked}"
+        if own is not None:
+            picked[takes_other] += 1
+            both = (wl, own, other)
+    assert picked[False], f"no layer where both GPUs' records compete: {picked}"
+    # the other side on the last such layer: its H100 record's time set just above the H200's weighed
+    wl, own, other = both
+    meta_path = as_h100 / "nvidia-h100" / tuning_records.META_FILE
+    meta = json.loads(meta_path.read_text())
+    entry = next(e for e in meta["entries"] if tuning_records.entry_workload(e) == own.tuned_workload)
+    for us, takes_other in ((other.run_us * factor * 1.05, True), (other.run_us * factor * 0.95, False)):
+        entry["run_us"] = us
+        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+        assert tuning_records.find_tuned_schedule(wl, SM90).travelled == takes_other, us
