@@ -35,7 +35,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -48,6 +47,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
+from . import module_cache
 from ._warnings import warn_user
 from .algorithms import CONV, EPILOGUE, prim_func
 from .schedules import RULES
@@ -310,10 +310,7 @@ def repair_folder(folder: Path) -> list[str]:
             n += 1
             backup = path.with_name(f"{name}.damaged-{stamp}-{n}")
         shutil.copy2(path, backup)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(line + "\n" for line in contents[name]))
-        os.replace(tmp, path)
+        _replace_lines(path, contents[name])
         done.append(f"rewrote {path} with its {len(contents[name])} good lines (original kept as {backup.name})")
     if scan.problems:
         warn_user(
@@ -325,11 +322,10 @@ def repair_folder(folder: Path) -> list[str]:
 
 
 def _replace_lines(path: Path, lines: list[str]) -> None:
-    """Write `lines` to `path` atomically (a temporary file beside it, then renamed over it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    os.replace(tmp, path)
+    """Write `lines` to `path` atomically (`module_cache._write_atomically`: a temporary file beside
+    it, renamed over it, removed if the write fails)."""
+    text = "".join(line + "\n" for line in lines)
+    module_cache._write_atomically(path, lambda tmp: Path(tmp).write_text(text), "")  # noqa: SLF001
 
 
 def drop_workload(folder: Path, wl: ConvWorkload) -> int:
