@@ -274,6 +274,35 @@ def test_a_travelled_tile_record_is_not_weighed_against_this_cpus_own_records(tu
 
 
 @needs_family
+def test_a_tile_search_also_times_the_familys_record_tile_and_records_the_faster(tmp_path, monkeypatch, cache_dir):
+    """An own tile record outranks the family's in compile() (a GPU's is weighed 1.5x slower, a
+    CPU's not at all), so a search of other tiles (`--tiles`) also builds, checks and times the
+    family's record tile here, and records whichever ran faster."""
+    from tvm_sparseconv import tile_records, tile_tuning
+
+    root = tmp_path / "logs"
+    other = _tile_record_folder(root, _other_cpu(same_family=True), tile="l8b4h")
+    monkeypatch.setenv("TVM_SPARSECONV_TUNING_LOGS", str(root))
+    own = root / targets.target_folder_name(HOST)
+    res = tile_tuning.search(PROBLEM, "cpu-register-reuse", HOST, own, tiles=["l8b1"], repeats=5)
+    assert res.family_tiles == {"l8b4h": other.name} and res.as_dict()["family_tiles"] == res.family_tiles
+    assert set(res.tiles) == {"l8b1", "l8b4h"}, res.tiles
+    for tile in res.tiles.values():
+        assert tile["relative_error"] <= 1e-5 and tile["seconds"] > 0, tile
+    best = min(res.tiles, key=lambda t: res.tiles[t]["seconds"])
+    assert res.best == best
+    if res.recorded:  # also faster than the layer's scheduled choice in this run
+        assert res.recorded == best
+        kernel = PROBLEM.sparse_kernel()
+        op = _compile()
+        assert tile_records.find(own, "cpu-register-reuse", op.workload, kernel.nnz)["tile"] == best
+        assert op.schedule_source == f"tuned:cpu-register-reuse {best}@{own.name}"
+        _check_result(op)
+    else:
+        assert "slower than" in res.why_not, res.why_not
+
+
+@needs_family
 def test_a_tuning_times_the_familys_record_beside_its_search_and_keeps_the_faster(tmp_path, monkeypatch, cache_dir):
     """Once written, an own GPU record displaces the architecture's (weighed 1.5x slower) even where
     that one runs faster here (H100 conv5 3x3 b1, stop 56): so a tuning times each family folder's

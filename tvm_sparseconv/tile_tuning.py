@@ -11,7 +11,10 @@ NaN-poisoned output, times the correct ones, and also the layer under its best s
 the same run. The
 fastest tile becomes the layer shape's record (`tile_records`) unless that scheduled choice was
 faster: `compile()` weighs a tile record against the scheduled algorithms' records of another run,
-so a tile that lost in this run would be chosen where it loses.
+so a tile that lost in this run would be chosen where it loses. The tiles of the layer's records in
+the other folders of this device's family (`family_tiles`) are always among those measured: once
+written, an own record outranks theirs in `compile()` (a GPU's weighed 1.5x slower, a CPU's not
+weighed at all), so a search of other tiles must not record one slower here than theirs.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class TileSearch:
     tiles: dict[str, dict] = field(default_factory=dict)
     scheduled: dict = field(default_factory=dict)
     recorded: str | None = None
+    family_tiles: dict[str, str] = field(default_factory=dict)  # tile -> the family folder whose record it is
     why_not: str = ""
     seconds: float = 0.0  # the search's wall time
 
@@ -57,7 +61,8 @@ class TileSearch:
 
     def as_dict(self) -> dict:
         return {"problem": self.problem, "algorithm": self.algorithm, "nonzeros": self.nonzeros, "tiles": self.tiles,
-                "scheduled": self.scheduled, "best": self.best, "recorded": self.recorded, "why_not": self.why_not,
+                "scheduled": self.scheduled, "best": self.best, "recorded": self.recorded,
+                "family_tiles": self.family_tiles, "why_not": self.why_not,
                 "search_s": self.seconds}
 
 
@@ -106,6 +111,21 @@ def candidate_tiles(algorithm: str, wl: ConvWorkload, tiles: Sequence[str] | Non
     return [t for t in tiles if alg.fits(wl, known[t])]
 
 
+def family_tiles(algorithm: str, wl: ConvWorkload, nonzeros: int, target: Target, folder: Path) -> dict[str, str]:
+    """{tile: folder name} of `wl`'s shape's `algorithm` record (nearest to `nonzeros`) in each
+    folder of another device of `target`'s family (`folder` is this device's), where it still fits
+    the layer's compile-time budget."""
+    from .tuning_records import family_folders
+
+    alg, found = algorithms.by_name(algorithm), {}
+    known = alg.tiles()
+    for other, _ in family_folders(target, own=folder.name):
+        record = tile_records.find(other, algorithm, wl, nonzeros)
+        if record is not None and record["tile"] in known and alg.fits(wl, known[record["tile"]]):
+            found.setdefault(record["tile"], other.name)
+    return found
+
+
 def _build_one(job: tuple) -> dict:
     """Worker: build one tile of the problem into the module cache (as `compile()` would)."""
     problem, algorithm, tile, target_text = job
@@ -133,6 +153,10 @@ def search(problem: Problem, algorithm: str, target: Target, folder: Path, tiles
     if not names:
         raise ValueError(f"no {algorithm} tile fits {problem.name}'s compile-time budget")
     result = TileSearch(problem.name, algorithm, int(kernel.nnz))
+    result.family_tiles = family_tiles(algorithm, wl, int(kernel.nnz), target, folder)
+    names += [t for t in result.family_tiles if t not in names]
+    if result.family_tiles:
+        say("also timing the family's records: " + ", ".join(f"{t} ({f})" for t, f in result.family_tiles.items()))
     jobs = [(problem, algorithm, t, str(target)) for t in names]
     say(f"building {len(jobs)} tiles ({workers} at a time)")
     if workers > 1:
