@@ -333,6 +333,39 @@ def test_records_serve_other_epilogues_but_never_a_layer_without_one():
     assert tuning_records._pick_entry(entries[1:2], plain) is None  # its trace would look for one
 
 
+def test_a_record_of_a_narrower_layer_counts_at_this_layers_width_and_a_retune_times_it():
+    """The H100's union record of conv2 3x3 b1 pruned in blocks of 8 channels (its chunks 40 taps
+    wide, 7.0 us) is the nearest-width record of the elementwise layer too, whose chunks are ~4x
+    wider: taken at 7.0 us it was chosen there over register-reuse (7.3) and ran in 14.2 (stop 57).
+    Its time now counts scaled up to the layer's width, never down, and a re-tune of the layer
+    times it beside the search (`other_width_records`)."""
+    from tvm_sparseconv import build
+    from tvm_sparseconv.tuning import other_width_records
+    from tvm_sparseconv.workloads import workload_set
+
+    target, folder = targets.cuda_target_for_arch("sm_90"), LOGS / "nvidia-h100"
+    elementwise, blocks = (next(p for p in workload_set(s) if p.name.startswith("resnet50_conv2_3x3_b1"))
+                           for s in ("resnet50_network_s90_b1", "resnet50_network_s90_b1_g8"))
+    layers = {}
+    for p in (elementwise, blocks):
+        k = p.for_target("cuda").sparse_kernel()
+        layers[p.name] = (k, p.workload(k), algorithms.workload_for(k, p.workload(k), "union-tf32"))
+    _, _, wide = layers[elementwise.name]
+    _, _, narrow = layers[blocks.name]
+    assert narrow.ell_width * 3 < wide.ell_width
+    own = tuning_records.find_tuned_schedule(narrow, target, folder)
+    assert own.tuned_workload.ell_width == narrow.ell_width and own.estimated_us == own.run_us
+    borrowed = tuning_records.find_tuned_schedule(wide, target, folder)
+    assert borrowed.tuned_workload == own.tuned_workload
+    assert borrowed.estimated_us == pytest.approx(own.run_us * wide.ell_width / narrow.ell_width)
+    k, wl, _ = layers[elementwise.name]
+    found = build._tuned_records(algorithms.workloads_for(k, wl, "cuda", precision="tf32"), target, folder)
+    assert min(found, key=lambda f: f[:2])[2].algorithm != "union-tf32", found
+    (label, schedule), = other_width_records(wide, target, folder)
+    assert f"record of width {narrow.ell_width} (cuda-union-tf32)" in label and schedule is not None
+    assert other_width_records(narrow, target, folder) == []  # its own: timed as the folder's record
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("rule", sorted({e[-1] for e in _cuda_entries_with_rule()}))
 def test_a_cuda_record_serves_its_layer_with_bias_and_relu(rule):

@@ -95,9 +95,9 @@ def tune_command(wl: ConvWorkload, target: Target) -> str:
 
 
 def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: Path | None = None) -> list[tuple]:
-    """(never weighed, weighed run_us, workload, TunedSchedule) of each candidate with a record
-    (`targets.weighed_us`; `folder`: this device's tuning logs folder, default `tuning_logs/<device>` and
-    its family's)."""
+    """(never weighed, weighed time, workload, TunedSchedule) of each candidate with a record (its
+    time `TunedSchedule.estimated_us`, weighed by `targets.weighed_us`; `folder`: this device's tuning
+    logs folder, default `tuning_logs/<device>` and its family's)."""
     found = []
     for wl in candidates:
         try:
@@ -107,7 +107,7 @@ def _tuned_records(candidates: Sequence[ConvWorkload], target: Target, folder: P
                       "ignoring them", tuning_records.TuningLogWarning)
             tuned = None
         if tuned is not None:
-            found.append((*weighed_us(tuned.run_us, tuned.family), wl, tuned))
+            found.append((*weighed_us(tuned.estimated_us, tuned.family), wl, tuned))
     return found
 
 

@@ -99,6 +99,19 @@ class TunedSchedule:
     tuned_workload: ConvWorkload
     run_us: float | None
     family: str | None = None  # the family when the record is another device's (not yet checked here)
+    layer_width: int = 0  # the ELL width of the layer it was replayed for (0: the record's own)
+
+    @property
+    def estimated_us(self) -> float | None:
+        """The record's time for the layer it was replayed for: `run_us` scaled up by the ELL widths'
+        ratio where that layer is wider than the one tuned (its k loop runs that much longer), never
+        down (as `tile_records.estimated_seconds`). A union record of conv2 3x3 b1 pruned in blocks of
+        8 channels (40 taps a chunk, 7.0 us) ran the elementwise layer (~4x the taps) in 14.2 us on the
+        H100, where register-reuse takes 7.3: taken at 7.0, it was chosen (stop 57)."""
+        if self.run_us is None:
+            return None
+        tuned = self.tuned_workload.ell_width
+        return self.run_us * max(1.0, self.layer_width / tuned) if tuned > 0 else self.run_us
 
     @property
     def travelled(self) -> bool:
@@ -562,7 +575,7 @@ def find_tuned_schedule(wl: ConvWorkload, target: Target, folder: Path | None = 
                 return replace(travelled, family=family)
             found.append(replace(travelled, family=family))
     # GPUs: own first on a tie (min keeps the first)
-    return min(found, key=lambda t: weighed_us(t.run_us, t.family)) if found else None
+    return min(found, key=lambda t: weighed_us(t.estimated_us, t.family)) if found else None
 
 
 #: whether CPU records of the relayout in chunks of 1024 replay with the blocked one (off only to
@@ -601,4 +614,4 @@ def _replayed(wl: ConvWorkload, target: Target, folder: Path, meta: dict) -> Tun
             rule.attach_epilogue(sch, SparseConvBlocks(None, sblock_or_none(sch, CONV), sch.get_sblock(EPILOGUE)))
     except Exception:  # noqa: BLE001 - a trace that does not fit this width or epilogue: fall back
         return None
-    return TunedSchedule(sch, folder, entry.get("rule", "?"), tuned_wl, entry.get("run_us"))
+    return TunedSchedule(sch, folder, entry.get("rule", "?"), tuned_wl, entry.get("run_us"), layer_width=wl.ell_width)
