@@ -10,8 +10,9 @@ Examples:
 
 Each workload: evolutionary search with the XGBoost cost model over the templates in schedules/,
 every candidate timed on the workload's real sparse pattern; the best candidates are checked against
-a float64 reference and the first correct one is kept, unless one of the templates' untuned variants
-(checked too, timed in turns with it) runs faster. Workloads already in the output folder are
+a float64 reference and the first correct one is kept, unless one of the templates' untuned variants,
+another GPU of the architecture's record of the layer, or this folder's record of its shape at another
+ELL width (each checked too, timed in turns with it) runs faster. Workloads already in the output folder are
 skipped (use --force to tune them again: the new record replaces the old only if it ran faster, the
 two timed in turns in the same run); an interrupted workload restarts warm from its work dir.
 
@@ -19,7 +20,8 @@ The generated algorithms (`--algorithm register-reuse` on a GPU, `cpu-register-r
 the kernel's values compiled into the code; `csr-split-k` on a GPU and `cpu-csr` on a CPU: built
 per layer from a tile, the weights as data) have no MetaSchedule design space; their tiles are
 measured instead (`tvm_sparseconv/tile_tuning.py`): the tiles that won some layer in the committed
-records (or --tiles) that fit the layer's compile-time budget are built, checked against float64
+records (or --tiles), and the tile of the layer's record on another device of the family, that fit
+the layer's compile-time budget are built, checked against float64
 and timed beside the layer's scheduled choice; the fastest becomes the layer shape's tile record
 (tuning_logs/<device>/<algorithm>.json), unless the scheduled choice was faster in the same run:
   python scripts/tune.py --workloads resnet50_network_s90_b32 --algorithm register-reuse
@@ -84,8 +86,9 @@ def parse_args(argv=None):
                            "not by MetaSchedule")
     ap.add_argument("--tiles", default=None,
                     help="generated algorithms: the tiles to measure, comma-separated, or 'all' (default: the "
-                         "tiles that won some layer in the committed records, and the layer's default tile); "
-                         "only those that fit the layer's compile-time budget are built")
+                         "tiles that won some layer in the committed records, and the layer's default tile; the "
+                         "family's record tile of the layer is always added); only those that fit the layer's "
+                         "compile-time budget are built")
     ap.add_argument("--build-workers", type=int, default=None,
                     help="generated algorithms: tiles built at once (default: the CPU count, at most 16)")
     ap.add_argument("--rules", default=None, help="comma-separated schedule rule names (default: all for the target)")
