@@ -469,14 +469,19 @@ def family_records(wl: ConvWorkload, target: Target, out_folder: Path) -> list[t
     14.6 us on the H100 (stop 56). Timed beside the search's best, the faster one is kept."""
     found = []
     for folder, _ in family_folders(target, own=out_folder.name):
-        try:
-            tuned = find_tuned_schedule(wl, target, folder)
-        except Exception as e:  # noqa: BLE001 - another device's damaged log: its users are warned
-            log.warning("could not read %s's record of %s: %s", folder.name, wl.describe(), e)
-            continue
+        tuned = _record_in(folder, wl, target)
         if tuned is not None:
             found.append((f"{folder.name}'s record ({tuned.rule})", tuned.schedule))
     return found
+
+
+def _record_in(folder: Path, wl: ConvWorkload, target: Target):
+    """`folder`'s record of `wl` (`find_tuned_schedule`), None where it has none or cannot be read."""
+    try:
+        return find_tuned_schedule(wl, target, folder)
+    except Exception as e:  # noqa: BLE001 - a damaged log: its users are warned when they use it
+        log.warning("could not read %s's record of %s: %s", folder.name, wl.describe(), e)
+        return None
 
 
 def other_width_records(wl: ConvWorkload, target: Target, out_folder: Path) -> list[tuple[str, object]]:
@@ -488,11 +493,7 @@ def other_width_records(wl: ConvWorkload, target: Target, out_folder: Path) -> l
     `wl`'s own record where it is the fastest. On the H100 the union record of conv5 3x3 s2 b1 pruned
     in blocks of 8 channels (48 taps a chunk) ran the elementwise layer (192) in 12.4 us, where
     its record took 18.8 (stop 57)."""
-    try:
-        tuned = find_tuned_schedule(wl, target, out_folder)
-    except Exception as e:  # noqa: BLE001 - a damaged log: its users are warned
-        log.warning("could not read %s's record of %s: %s", out_folder.name, wl.describe(), e)
-        return []
+    tuned = _record_in(out_folder, wl, target)
     if tuned is None or tuned.tuned_workload.ell_width == wl.ell_width:
         return []  # none, or the layer's own (timed against the new one in `_against_folder_record`)
     return [(f"{out_folder.name}'s record of width {tuned.tuned_workload.ell_width} ({tuned.rule})", tuned.schedule)]
