@@ -19,7 +19,7 @@ import math
 from pathlib import Path
 
 from ._warnings import warn_user
-from .tuning_records import TuningLogWarning
+from .tuning_records import TuningLogWarning, scaled_up
 from .workload import ConvWorkload
 
 VERSION = 1
@@ -91,14 +91,12 @@ def keeps(old: dict | None, new: dict, measured) -> bool:
 
 def estimated_seconds(record: dict, nonzeros: int) -> float:
     """The record's time for a kernel of `nonzeros` nonzeros: scaled up by their ratio to the
-    record's own where the kernel has more (the code is one FMA per nonzero), never down: the
-    scheduled algorithms' records are not scaled either, and both get faster on sparser kernels
-    (H200, half the nonzeros: register-reuse 0.55-0.78x, the gather 0.77x; crediting the full
-    halving chose register-reuse on three batch-1 layers where it was slower)."""
-    measured = record.get("nonzeros")
-    if not measured:
-        return float(record["seconds"])
-    return float(record["seconds"]) * max(1.0, nonzeros / measured)
+    record's own where the kernel has more (the code is one FMA per nonzero), never down
+    (`tuning_records.scaled_up`): the scheduled algorithms' records are not scaled down either, and
+    both get faster on sparser kernels (H200, half the nonzeros: register-reuse 0.55-0.78x, the
+    gather 0.77x; crediting the full halving chose register-reuse on three batch-1 layers where it
+    was slower)."""
+    return scaled_up(float(record["seconds"]), record.get("nonzeros"), nonzeros)
 
 
 def write(path: Path, algorithm: str, device: str, source: str, records: list[dict]) -> None:

@@ -105,18 +105,23 @@ class TunedSchedule:
     def estimated_us(self) -> float | None:
         """The record's time for the layer it was replayed for: `run_us` scaled up by the ELL widths'
         ratio where that layer is wider than the one tuned (its k loop runs that much longer), never
-        down (as `tile_records.estimated_seconds`). A union record of conv2 3x3 b1 pruned in blocks of
+        down (`scaled_up`, as `tile_records.estimated_seconds`). A union record of conv2 3x3 b1 pruned in blocks of
         8 channels (40 taps a chunk, 7.0 us) ran the elementwise layer (~4x the taps) in 14.2 us on the
         H100, where register-reuse takes 7.3: taken at 7.0, it was chosen (stop 57)."""
-        if self.run_us is None:
-            return None
-        tuned = self.tuned_workload.ell_width
-        return self.run_us * max(1.0, self.layer_width / tuned) if tuned > 0 else self.run_us
+        return None if self.run_us is None else scaled_up(self.run_us, self.tuned_workload.ell_width, self.layer_width)
 
     @property
     def travelled(self) -> bool:
         """True when the record was tuned on another device of this device's family."""
         return self.family is not None
+
+
+def scaled_up(value: float, measured_at: int | None, size: int) -> float:
+    """A time `value` measured at `measured_at` (a record's nonzeros or ELL width) as it counts for a
+    layer of `size`: scaled up by their ratio where the layer is larger, never down; as measured
+    where `measured_at` is unknown (None or 0). Records are ranked by it (`TunedSchedule.estimated_us`,
+    `tile_records.estimated_seconds`)."""
+    return value * max(1.0, size / measured_at) if measured_at else value
 
 
 def _family(wl: ConvWorkload) -> ConvWorkload:
