@@ -122,3 +122,23 @@ def test_block_pruned_networks_prune_whole_blocks_of_output_channels():
         zip(*np.unravel_index(np.argsort(-score.ravel())[:4], (4, 2))))
     with pytest.raises(ValueError, match="not a multiple of the block 8"):
         random_pruned_kernel((1, 1, 4, 12), 0.5, rng, block=8)
+
+
+def test_network_runs_compares_runs_per_layer_in_tf32_mode_and_totals_them():
+    """`benchmarks/experiments/network_runs.py` (the per-layer tables of the experiment notes): a layer
+    reads its TF32-mode time and algorithm, the count of shapes at 1.3x cuDNN TF32 follows the times,
+    and the total is network_time's per-layer choice."""
+    from conftest import load_script
+
+    table = load_script("benchmarks/experiments/network_runs.py").table
+    net = network_sweep(1, 90)
+    before = _points(net, 2e-6, 3e-6, 1e-6)
+    after = _points(net, 2e-6, 3e-6, 1e-6)
+    first = NETWORKS[net][0]
+    after[0]["tf32_mode"] = {"seconds": 0.5e-6, "correct": True, "algorithm": "union-tf32"}
+    text = table(net, {"before": before, "after": after})
+    row = next(line for line in text.splitlines() if line.startswith(f"| {first.name.removeprefix('resnet50_')} |"))
+    assert "0.5 (union-tf32) | 1.0 | 2.00" in row and "2.0 (" in row
+    assert "- before: per-layer choice 0.053 ms against all-dense cuDNN TF32 0.053 ms (1.00x); 0 of 23" in text
+    chosen = (first.count * 0.5e-6 + (53 - first.count) * 1e-6) * 1e3
+    assert f"- after: per-layer choice {chosen:.3f} ms" in text and "; 1 of 23 shapes at 1.3x" in text
