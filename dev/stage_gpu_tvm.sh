@@ -4,9 +4,9 @@
 # A run on the GPU machine takes the working tree (tracked + untracked, not ignored) plus the ignored
 # paths it names, 64 MiB in all. The TVM wheel is ~96 MiB and the tree ~28 MiB (it grows with the
 # tuning logs and results), so ../shared/gpu/stage-tvm.sh's two halves no longer fit beside it. This
-# splits the wheel into parts of (64 MiB - tree - margin) into .devcarry/a, b, ... (each with a
-# stage.sh that copies its part to /tmp/devcarry) and puts the last part, apache-tvm-ffi, xgboost-cpu
-# and install.sh in the last folder. Then, on one warm machine, one run per folder in order:
+# splits the wheel into equal parts over the fewest folders of at most (64 MiB - tree - margin),
+# .devcarry/a, b, ... (each with a stage.sh that copies its part to /tmp/devcarry), the last folder
+# also holding apache-tvm-ffi, xgboost-cpu and install.sh. Then, on one warm machine, one run per folder in order:
 #   bash .devcarry/a/stage.sh        (carry .devcarry/a)   ... and so on for every folder but the last
 #   source .devcarry/<last>/install.sh && <command>   (carry .devcarry/<last>): installs into /tmp/site
 # Later runs on that machine carry nothing: export PYTHONPATH=/tmp/site:$PWD.
