@@ -49,13 +49,16 @@ def _attr_values(mod: tvm.IRModule, key: str) -> list:
             if isinstance(f, tirx.PrimFunc) and f.attrs is not None and key in f.attrs]
 
 
-def _skip_padding_steps(mod: tvm.IRModule) -> tvm.IRModule:
-    from .schedules.cuda_union_tf32 import skip_padding_steps  # here: the rules import this module
+def _union_build_steps(mod: tvm.IRModule) -> tvm.IRModule:
+    from .schedules.cuda_union_tf32 import cluster_sums, skip_padding_steps  # here: the rules import this module
 
-    funcs = {gv: skip_padding_steps(f) if isinstance(f, tirx.PrimFunc) and f.attrs is not None
-             and WARP_FRAGMENTS_ATTR in f.attrs and bool(f.attrs.get(SKIP_STEPS_ATTR, True)) else f
-             for gv, f in mod.functions.items()}
-    return tvm.IRModule(funcs, attrs=mod.attrs)
+    def steps(f: tirx.PrimFunc) -> tirx.PrimFunc:
+        if not isinstance(f, tirx.PrimFunc) or f.attrs is None or WARP_FRAGMENTS_ATTR not in f.attrs:
+            return f
+        f = cluster_sums(f)
+        return skip_padding_steps(f) if bool(f.attrs.get(SKIP_STEPS_ATTR, True)) else f
+
+    return tvm.IRModule({gv: steps(f) for gv, f in mod.functions.items()}, attrs=mod.attrs)
 
 
 def _sparseconv_pipeline(**kwargs):
@@ -66,7 +69,7 @@ def _sparseconv_pipeline(**kwargs):
     def _lower(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         fragments["n"] = max((int(v) for v in _attr_values(mod, WARP_FRAGMENTS_ATTR)), default=0)
         if fragments["n"]:
-            mod = _skip_padding_steps(mod)
+            mod = _union_build_steps(mod)
         changes = {"tirx.disable_cse_tir": True} if fragments["n"] else {}
         if any(bool(v) for v in _attr_values(mod, ASYNC_COPY_ATTR)):
             changes["tirx.use_async_copy"] = True
