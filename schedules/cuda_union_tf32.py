@@ -253,6 +253,15 @@ class CUDAUnionTF32(SparseConvRule):
         else:
             out_loops = sch.get_loops(epilogue)
         if cluster:
+            if pitch is None and len(sch.get(total).writes[0].source.shape) == 2:
+                # 1x1: the sum's flattened pixels as (b, oh, ow), which the epilogue (computed at
+                # each sum, `_cluster_reduction`) reads as such: from the flattened index,
+                # reverse_compute_at derives a wrong domain where the pixels are padded to tiles
+                _, oh, ow, _ = (int(d) for d in sch.get(epilogue).writes[0].source.shape)
+                sch.transform_layout(total, ("write", 0), lambda p, co: (p // (oh * ow), p % (oh * ow) // ow, p % ow, co),
+                                     assume_injective_transform=True)
+                _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
+                                     lambda b, oh, ow, co: (b, oh, ow, co))
             *pixels, co, share, c, k = sch.get_loops(partial)
             sch.reorder(share, *pixels, co)
             return SparseConvBlocks(blocks.x_stage, partial, None), [share], pixels, co, c, k, (total, epilogue)
@@ -279,13 +288,14 @@ class CUDAUnionTF32(SparseConvRule):
     def design_variants(self) -> list[CUDAUnionTF32]:
         """This rule's design space, then the same with the reduction split in each of
         `REDUCTION_SLICES` shares (`_split_reduction` changes the blocks, so each split is a space
-        of its own; declined where the shares do not divide the layer's chunks)."""
+        of its own; declined where the shares do not divide the layer's chunks), summed by a
+        second kernel, then by a cluster (`reduction_in_cluster`)."""
         if self.reduction_slices != 1:
             return [self]
         variants = [self]
-        for slices in REDUCTION_SLICES:
+        for cluster, slices in itertools.product((False, True), REDUCTION_SLICES):
             rule = copy.copy(self)
-            rule.reduction_slices = slices
+            rule.reduction_slices, rule.reduction_in_cluster = slices, cluster
             variants.append(rule)
         return variants
 
@@ -719,7 +729,8 @@ def cluster_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
     from tvm.script import tirx as T  # (the PTX builtins' constructors)
 
     total = _first_realize(func.body, lambda r: r.block.annotations is not None
-                           and CLUSTER_SUM_ATTR in r.block.annotations)
+                           and CLUSTER_SUM_ATTR in r.block.annotations  # (not its init, once decomposed)
+                           and any(iv.iter_type == tirx.IterVar.CommReduce for iv in r.block.iter_vars))
     if total is None:
         return func
     shares = int(total.block.annotations[CLUSTER_SUM_ATTR])
