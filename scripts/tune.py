@@ -341,7 +341,7 @@ def _row(problem: Problem, res, target, baseline: bool) -> dict:
            "relative_error": res.relative_error, "tuning_s": res.tuning_seconds,
            "rejected_as_wrong": res.rejected, "phases_s": res.phases, "measured": res.measured,
            "not_kept": res.not_kept, "source": res.source, "candidates_us": res.candidates_us,
-           "reduction_shares": res.reduction_shares}
+           "reduction_shares": res.reduction_shares, "reduction_in_cluster": res.reduction_in_cluster}
     if baseline:
         row["dense_us"] = _dense_us(problem, target)
     return row
@@ -392,6 +392,7 @@ def _line(row: dict, table: int = 0) -> str:
         kept = f"; from {row['source']}, faster than the search's best{kept}"
     shares = row.get("reduction_shares", 1)
     split = f", reduction in {shares} shares" if shares > 1 else ""
+    split += " (a cluster)" if shares > 1 and row.get("reduction_in_cluster") else ""
     return (f"best {row['best_us']:.1f} us ({row['rule']}{split}, rel. error {row['relative_error']:.1e}, "
             f"{row['tuning_s']:.0f} s); dense: {dense or 'not timed'}{kept}")
 

@@ -25,7 +25,7 @@ from tvm_sparseconv.cuda_emulator import EmulatedFault, EmulatedModule, Emulatio
 from tvm_sparseconv.schedules import rules_for
 from tvm_sparseconv.schedules.cuda_union_tf32 import skip_padding_steps
 from tvm_sparseconv.tir_build import SKIP_STEPS_ATTR
-from tvm_sparseconv.tuning import problem_arguments, reduction_shares
+from tvm_sparseconv.tuning import problem_arguments, reduction_in_cluster, reduction_shares
 from tvm_sparseconv.workload import ConvWorkload
 from tvm_sparseconv.workloads import random_pruned_kernel, workload_set
 
@@ -123,17 +123,14 @@ def test_union_tf32_tallest_kxk_blocks_compute_layers(rule, case):
         assert _error(emulate(sch.mod, TARGET), inputs, w, wl, None) <= algorithms.by_name(wl.algorithm).tolerance
 
 
-@pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
-@pytest.mark.parametrize("slices", [2, 4])
-@pytest.mark.parametrize("case", [((2, 8, 8, 1024), (1, 1, 1024, 32), "VALID"),
-                                  ((2, 9, 9, 128), (3, 3, 128, 32), "SAME"),
-                                  ((2, 7, 7, 128), (3, 3, 128, 16), "SAME")], ids=["1x1", "3x3", "3x3-whole-images"])
-def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own_steps(rule, slices, case):
-    """A union kernel whose chunks are split in shares (`reduction_slices`: partial sums a grid
-    each, summed by a second kernel into the epilogue) computes the layer, with the padding k
-    steps skipped by each chunk's own count: the kernel is denser in later input channels, so the
-    shares' chunks take different steps (read a share's counts from the first share's chunks and
-    the error is 0.4-0.5)."""
+SPLIT_CASES = [((2, 8, 8, 1024), (1, 1, 1024, 32), "VALID"), ((1, 7, 7, 512), (1, 1, 512, 64), "VALID"),
+               ((2, 9, 9, 128), (3, 3, 128, 32), "SAME"), ((2, 7, 7, 128), (3, 3, 128, 16), "SAME")]
+SPLIT_IDS = ["1x1", "1x1-padded-tiles", "3x3", "3x3-whole-images"]
+
+
+def _split_layer(rule: str, slices: int, case, cluster: bool):
+    """A layer denser in later input channels, its workload, and `rule`'s untuned schedule with the
+    reduction split in `slices` shares (summed by a second kernel or in a cluster)."""
     shape, kshape, padding = case
     rng = np.random.default_rng(slices)
     w = rng.standard_normal(kshape).astype(np.float32) * (
@@ -142,15 +139,46 @@ def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own
     bias = rng.standard_normal(kshape[3]).astype(np.float32)
     layer = ConvWorkload.create(shape, kshape, k.ell_width, 1, padding, 1, True, "relu")
     split = copy.copy(next(r for r in rules_for(TARGET) if r.name == rule))  # the registered rule is shared
-    split.reduction_slices = slices
+    split.reduction_slices, split.reduction_in_cluster = slices, cluster
     wl = algorithms.workload_for(k, layer, split.algorithm)
     sch = split.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
-    assert sch is not None and len(lower(sch.mod, TARGET).launches) == 2  # the partial sums, then their sum
-    assert reduction_shares(sch.trace) == slices
-    assert not skip_padding_steps(sch.mod["main"]).same_as(sch.mod["main"])  # the build skips here too
     x = rng.standard_normal(shape).astype(np.float32)
-    err = _error(emulate(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k), bias], w, wl, bias)
+    return sch, wl, [x, *algorithms.pack_weights(wl, k), bias], w, bias
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["second-kernel", "cluster"])
+@pytest.mark.parametrize("rule", ["cuda-union-tf32", "cuda-union-tf32-async"])
+@pytest.mark.parametrize("slices", [2, 4])
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=SPLIT_IDS)
+def test_union_tf32_split_reduction_computes_layers_and_skips_by_each_chunks_own_steps(rule, slices, case, cluster):
+    """A union kernel whose chunks are split in shares (`reduction_slices`: partial sums a grid
+    each, summed by a second kernel into the epilogue, or in one kernel by each tile's cluster of
+    shares) computes the layer, with the padding k steps skipped by each chunk's own count: the
+    kernel is denser in later input channels, so the shares' chunks take different steps (read a
+    share's counts from the first share's chunks and the error is 0.4-0.5)."""
+    sch, wl, inputs, w, bias = _split_layer(rule, slices, case, cluster)
+    if case is SPLIT_CASES[1] and slices == 4:  # its 512 channels are 2 chunks of 256
+        assert sch is None
+        pytest.skip("4 shares of 2 chunks: declined")
+    launches = lower(sch.mod, TARGET).launches
+    # the partial sums, then their sum; or one kernel, a tile's shares a cluster
+    assert [lc.cluster for lc in launches] == ([(1, slices, 1)] if cluster else [(1, 1, 1)] * 2)
+    assert reduction_shares(sch.trace) == slices and reduction_in_cluster(sch.trace) == cluster
+    assert not skip_padding_steps(sch.mod["main"]).same_as(sch.mod["main"])  # the build skips here too
+    err = _error(emulate(sch.mod, TARGET), inputs, w, wl, bias)
     assert err <= algorithms.by_name(wl.algorithm).tolerance, err
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES[1:3], ids=SPLIT_IDS[1:3])
+def test_union_tf32_cluster_sum_reads_every_share_from_its_own_block(case, monkeypatch):
+    """Without the build step that makes share s a read of block s's shared memory (`cluster_sums`),
+    the schedule's sum adds the block's own share S times: wrong by far more than TF32."""
+    from tvm_sparseconv.schedules import cuda_union_tf32
+
+    sch, wl, inputs, w, bias = _split_layer("cuda-union-tf32", 2, case, True)
+    assert _error(emulate(sch.mod, TARGET), inputs, w, wl, bias) <= algorithms.by_name(wl.algorithm).tolerance
+    monkeypatch.setattr(cuda_union_tf32, "cluster_sums", lambda f: f)
+    assert _error(emulate(sch.mod, TARGET), inputs, w, wl, bias) > 0.1
 
 
 def _union_tf32_program():
@@ -333,8 +361,8 @@ def test_sampled_design_space_candidates_compute_layers(algorithm, case):
     ("union-tf32", ((1, 7, 7, 128), (3, 3, 128, 8), "SAME"))], ids=["1x1", "1x1-async", "3x3-whole-image"])
 def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm, case):
     """Tuning searches a layer's split reductions as design spaces of their own
-    (`CUDAUnionTF32.design_variants`: 2 and 4 shares where they divide the chunks): a draw from
-    each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels). On a KxK whole image
+    (`CUDAUnionTF32.design_variants`: 2 and 4 shares where they divide the chunks, summed by a
+    second kernel or in a cluster): a draw from each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels). On a KxK whole image
     the sum is a thread a position of the staged pitch (what MetaSchedule's reduction
     postprocessor takes: every draw of the sum under the epilogue's threads was rejected)."""
     shape, kshape, padding = case
@@ -349,9 +377,12 @@ def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm, ca
     for sch in sampled_candidates(wl, TARGET, rng, seeds=1):
         err = _error(emulate(sch.mod, TARGET), inputs, w, wl, None)
         assert err <= algorithms.by_name(algorithm).tolerance, f"error {err:.2e}; {sch.trace}"
-        drawn.append(_reduction_shares(sch))
-        assert reduction_shares(sch.trace) == drawn[-1]  # what tune.py's summary reads off the record
-    assert sorted(drawn) == [1, 2, 4], f"shares of the draws: {drawn}"
+        (launch, *second) = lower(sch.mod, TARGET).launches
+        drawn.append((_reduction_shares(sch) if launch.cluster[1] == 1 else launch.cluster[1], launch.cluster[1] > 1))
+        assert len(second) == (drawn[-1] == (2, False) or drawn[-1] == (4, False))
+        # what tune.py's summary reads off the record
+        assert (reduction_shares(sch.trace), reduction_in_cluster(sch.trace)) == drawn[-1]
+    assert sorted(drawn) == [(1, False), (2, False), (2, True), (4, False), (4, True)], f"shares of the draws: {drawn}"
 
 
 def _reduction_shares(sch) -> int:

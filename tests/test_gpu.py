@@ -219,18 +219,21 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
 
+@pytest.mark.parametrize("cluster", [False, True], ids=["second-kernel", "cluster"])
 @pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
 @pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv5_3x3_b32_g8",
-                                  "resnet50_conv5_3x3_s2_b32_g8", "resnet50_conv5_1x1_reduce_b32_g8"])
-def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm):
-    """The untuned union templates with the reduction split in 4 shares of the input chunks (two
-    kernels: the shares' partial sums, then their sum through the epilogue), on the layers short
-    of warps it is meant for: TF32 accuracy against float64, on a NaN-poisoned output."""
+                                  "resnet50_conv5_3x3_s2_b32_g8", "resnet50_conv5_1x1_reduce_b32_g8",
+                                  "resnet50_conv3_3x3_b1_g8", "resnet50_conv5_1x1_reduce_b1_g8"])
+def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm, cluster):
+    """The untuned union templates with the reduction split in 4 shares of the input chunks
+    (summed by a second kernel through the epilogue, or by the shares' thread-block cluster over
+    distributed shared memory), on the layers short of warps it is meant for: TF32 accuracy
+    against float64, on a NaN-poisoned output."""
     import copy
 
     w, k, wl, target, x = _block_pruned_layer(name, algorithm)
     rule = copy.copy(next(r for r in rules_for(target, algorithm)))  # the registered rule is shared
-    rule.reduction_slices = 4
+    rule.reduction_slices, rule.reduction_in_cluster = 4, cluster
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
     y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance

@@ -154,6 +154,14 @@ def reduction_shares(trace) -> int:
     return 1
 
 
+def reduction_in_cluster(trace) -> bool:
+    """Whether a trace's split reduction sums its shares in a thread-block cluster (union-tf32's
+    `_cluster_reduction` annotates the sum), not in a second kernel."""
+    from .schedules.cuda_union_tf32 import CLUSTER_SUM_ATTR
+
+    return any(inst.kind.name == "Annotate" and str(inst.attrs[0]) == CLUSTER_SUM_ATTR for inst in trace.insts)
+
+
 TENSOR_INTRIN_MODULE = "tvm.s_tir.tensor_intrin"
 
 
@@ -268,6 +276,8 @@ class TuneResult:
     candidates_us: dict[str, float] = field(default_factory=dict)
     #: the kept schedule's reduction shares (`reduction_shares`: which split design space it is of)
     reduction_shares: int = 1
+    #: whether those shares add up in a thread-block cluster (`reduction_in_cluster`)
+    reduction_in_cluster: bool = False
 
 
 def tune_problem(
@@ -352,7 +362,8 @@ def tune_problem(
     not_kept = _keep_record(out_folder, record, mod, wl, problem, target, best, err, device_name, same_run)
     phases = {k: float(v) for k, v in profiler.get().items()}
     return TuneResult(problem.name, wl, rule_of(record.trace), best, err, trials, time.time() - t_start, rejected,
-                      phases, measured, not_kept, source, candidates_us, reduction_shares(record.trace))
+                      phases, measured, not_kept, source, candidates_us, reduction_shares(record.trace),
+                      reduction_in_cluster(record.trace))
 
 
 def enough_trials(trials: int, per_iter: int) -> int:
