@@ -16,12 +16,19 @@ box's rows and column tiles (each lane's taps, offsets in the staged box, serve 
 (Until stop 41 these gathered from the NHWC input through L1, each group re-reading it: 320 us
 on conv4 3x3 at batch 32, `benchmarks/experiments/union_tf32.md`.) The k-step loop and the
 staging copy unroll or not as the tuner draws (`K_UNROLL`, `COPY_UNROLL`).
+
+Layers short of warps may split the chunks in shares, each share's partial sums a grid of blocks
+(`REDUCTION_SLICES`): summed by a second kernel from global memory, or (`reduction_in_cluster`,
+sm_90) in the same kernel by the tile's thread-block cluster of shares over distributed shared
+memory (`_cluster_reduction`, with the build step `cluster_sums`). ncu put the second kernel at
+3.1-3.6 us, 25-31% of a split batch-1 layer (stop 58).
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import tvm
 from tvm import s_tir, tirx
@@ -141,6 +148,13 @@ class CUDAUnionTF32(SparseConvRule):
         if tiled is None:
             return None
         warp, k_o, p_i, copy_warps = tiled
+        if shares and self.reduction_in_cluster and not tunable:
+            # a cluster's partial sums are each block's whole tile in shared memory (tuning's
+            # draws: MetaSchedule's GPU check rejects those over the device's limit)
+            partial = sch.get(blocks.conv).writes[0].source
+            tiles = sch.get(sch.get_loops(blocks.conv)[0]).extent.value
+            if 4 * math.prod(int(d) for d in partial.shape) // tiles > self.tile_budget():
+                return None
         a_block = sch.get_sblock(A_TF32)
         if len(pixels) > 1:  # KxK: the taps are offsets TVM cannot bound; their region is declared
             _declare_read_region(sch, a_block, _read_index(sch, a_block, X_TF32),
@@ -253,11 +267,14 @@ class CUDAUnionTF32(SparseConvRule):
         else:
             out_loops = sch.get_loops(epilogue)
         if cluster:
-            if pitch is None and len(sch.get(total).writes[0].source.shape) == 2:
-                # 1x1: the sum's flattened pixels as (b, oh, ow), which the epilogue (computed at
-                # each sum, `_cluster_reduction`) reads as such: from the flattened index,
-                # reverse_compute_at derives a wrong domain where the pixels are padded to tiles
-                _, oh, ow, _ = (int(d) for d in sch.get(epilogue).writes[0].source.shape)
+            n, oh, ow, _ = (int(d) for d in sch.get(epilogue).writes[0].source.shape)
+            flat = sch.get(total).writes[0].source.shape
+            if pitch is None and len(flat) == 2 and int(flat[0]) != n * oh * ow:
+                # 1x1 with pixels padded to tiles: the sum's flattened pixels as (b, oh, ow), which
+                # the epilogue (computed at each sum, `_cluster_reduction`) reads as such: from the
+                # flattened index, reverse_compute_at derives a wrong domain there. (Not where they
+                # fill the tiles: a tile's sums then span the boxes of whole images, and the
+                # shared partial sums with them: 8 images (392 pixels) on conv5 1x1 reduce b32)
                 sch.transform_layout(total, ("write", 0), lambda p, co: (p // (oh * ow), p % (oh * ow) // ow, p % ow, co),
                                      assume_injective_transform=True)
                 _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
@@ -691,9 +708,9 @@ CLUSTER_SUM_ATTR = "sparseconv_cluster_sum"
 def _cluster_reduction(sch: s_tir.Schedule, partial, total, epilogue, slices: int, warps) -> None:
     """A split reduction's sum in the partial sums' kernel: after them, block y of the tile's
     cluster (blockIdx.y, as each share) sums the y-th slice of the tile over the shares and
-    stores it through the epilogue, with the block's threads (`warps` x 32). The schedule reads
-    every share from the block's own shared tile; `cluster_sums` (at build) makes share s a read
-    of block s's, between cluster barriers."""
+    stores it through the epilogue, with the block's threads (`warps` x 32). The schedule sums
+    every slice from the block's own shared tile; `cluster_sums` (at build) keeps the block's own
+    slice and makes share s a read of block s's, between cluster barriers."""
     tile = sch.get_loops(partial)[0]  # blockIdx.x
     sch.reverse_compute_at(total, tile, preserve_unit_loops=True)
     loops = sch.get_loops(total)[1:]
@@ -701,10 +718,13 @@ def _cluster_reduction(sch: s_tir.Schedule, partial, total, epilogue, slices: in
     sch.reorder(*[lp for lp in loops if not sch.get(lp).same_as(sch.get(share))], share)
     *outputs, _ = sch.get_loops(total)[1:]
     own, _, *lane_warps, lanes = sch.split(sch.fuse(*outputs), factors=[slices, None, *warps, 32])
-    sch.bind(own, "blockIdx.y")
     sch.bind(sch.fuse(*lane_warps), "threadIdx.y")
     sch.bind(lanes, "threadIdx.x")
     sch.reverse_compute_at(epilogue, lanes, preserve_unit_loops=True)
+    # (the slices stay a loop here, which `cluster_sums` runs for the block's own only: bound to
+    # blockIdx.y, the slice's reads of the shared sums would depend on it, and TVM would no
+    # longer compact them to the block's tile: conv5 1x1 reduce b32 kept all 1568 pixels' rows)
+    sch.annotate(own, CLUSTER_SUM_ATTR, slices)
     sch.annotate(total, CLUSTER_SUM_ATTR, slices)
 
 
@@ -767,12 +787,24 @@ def cluster_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 b.iter_vars, b.reads, b.writes, b.name_hint, new, b.init, b.alloc_buffers, b.match_buffers,
                 b.annotations))
         if isinstance(s, tirx.For):
-            outer = "sum" not in found
             new = visit(s.body)
+            if s.annotations is not None and CLUSTER_SUM_ATTR in s.annotations:  # the slices
+                found["slices"] = True
+                block_y, rank = (tirx.Var(name, s.loop_var.ty) for name in ("cluster_block", "cluster_rank"))
+                own = tirx.For(s.loop_var, s.min, s.extent, s.kind, tirx.IfThenElse(s.loop_var == block_y, new, None),
+                               s.thread_binding, {k: v for k, v in s.annotations.items() if k != CLUSTER_SUM_ATTR},
+                               s.step)
+                in_cluster = tirx.For(rank, 0, shares, tirx.ForKind.THREAD_BINDING, own, tirx.IterVar(
+                    tvm.ir.Range(0, shares), rank, tirx.IterVar.ThreadIndex, "clusterCtaIdx.y"))
+                sync = tirx.Evaluate(T.cuda.cluster_sync())
+                return tirx.SeqStmt([sync, tirx.For(block_y, 0, shares, tirx.ForKind.THREAD_BINDING, in_cluster,
+                                                    tirx.IterVar(tvm.ir.Range(0, shares), block_y,
+                                                                 tirx.IterVar.ThreadIndex, "blockIdx.y")), sync])
             if new.same_as(s.body):
                 return s
-            if (outer and "sum" in found and s.thread_binding is not None
-                    and s.thread_binding.thread_tag == "blockIdx.y"):
+            if (bound_slices and "slices" not in found and "sum" in found and s.thread_binding is not None
+                    and s.thread_binding.thread_tag == "blockIdx.y"):  # (records of stop 59's first form)
+                found["slices"] = True
                 rank = tirx.Var("cluster_rank", s.loop_var.ty)
                 in_cluster = tirx.For(rank, 0, shares, tirx.ForKind.THREAD_BINDING, new, tirx.IterVar(
                     tvm.ir.Range(0, shares), rank, tirx.IterVar.ThreadIndex, "clusterCtaIdx.y"))
@@ -785,7 +817,18 @@ def cluster_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
             return s if all(a.same_as(b) for a, b in zip(seq, s.seq)) else tirx.SeqStmt(seq)
         return s
 
-    return func.with_body(visit(func.body))
+    # The slices' loop is annotated; the H100 records tuned first (stop 59) bound it to blockIdx.y
+    # in the schedule instead (right where TVM still compacts the shared sums to the tile, as on
+    # their batch-1 layers): there the sum's blockIdx.y loop becomes the cluster
+    bound_slices = False
+    body = visit(func.body)
+    if "slices" not in found:
+        found.clear()
+        bound_slices = True
+        body = visit(func.body)
+    if "sum" not in found or "slices" not in found:
+        raise ValueError("a cluster sum without its loop of slices")
+    return func.with_body(body)
 
 
 def _operands(expr):

@@ -223,7 +223,7 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
 @pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
 @pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv5_3x3_b32_g8",
                                   "resnet50_conv5_3x3_s2_b32_g8", "resnet50_conv5_1x1_reduce_b32_g8",
-                                  "resnet50_conv3_3x3_b1_g8", "resnet50_conv5_1x1_reduce_b1_g8"])
+                                  "resnet50_conv4_3x3_b1_g8", "resnet50_conv5_1x1_reduce_b1_g8"])
 def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm, cluster):
     """The untuned union templates with the reduction split in 4 shares of the input chunks
     (summed by a second kernel through the epilogue, or by the shares' thread-block cluster over
