@@ -188,6 +188,32 @@ def _union_tf32_program():
     return lower(sch.mod, TARGET), [x, *algorithms.pack_weights(wl, k)] + ([bias] if bias is not None else []), w, wl, bias
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+@pytest.mark.parametrize("name", ["resnet50_conv5_1x1_reduce_b32_g8", "resnet50_conv4_3x3_b32_g8",
+                                  "resnet50_conv4_3x3_b1_g8", "resnet50_conv5_1x1_reduce_b1_g8"])
+def test_union_tf32_cluster_templates_keep_their_shared_sums_to_a_tile(name):
+    """The untuned cluster template of a layer keeps each block's partial sums to its own tile
+    (TVM merges them into the staging buffer), and ptxas takes it for sm_90: bound to blockIdx.y,
+    the sum's slices made TVM keep every pixel's row (800 KB on conv5 1x1 reduce b32, refused)."""
+    from tvm.support import nvcc
+
+    from tvm_sparseconv.tir_build import compile_tir
+
+    problem = workload_set(name)[0].for_target("cuda")
+    k = problem.sparse_kernel()
+    wl = algorithms.workload_for(k, problem.workload(k), "union-tf32")
+    rule = copy.copy(next(r for r in rules_for(TARGET) if r.name == "cuda-union-tf32"))
+    rule.reduction_slices, rule.reduction_in_cluster = 4, True
+    sch = rule.apply(tuning_records.workload_module(wl)["main"], TARGET, False)
+    program = lower(sch.mod, TARGET)
+    assert [lc.cluster for lc in program.launches] == [(1, 4, 1)]
+    shared = [int(n) * 4 for n in re.findall(r"__shared__ alignas\(\d+\) float \w+\[(\d+)\]", program.source)]
+    assert sum(shared) <= rule.tile_budget(), shared
+    src = next(m for m in compile_tir(sch.mod, TARGET).mod.imports if m.kind == "cuda").inspect_source()
+    with TARGET:
+        assert len(nvcc.compile_cuda(src, target_format="cubin", arch="sm_90", compiler="nvcc")) > 0
+
+
 def test_inline_ptx_it_does_not_know_is_declined_by_name():
     program, *_ = _union_tf32_program()
     assert "mma.sync.aligned.m16n8k8.row.col.f32.tf32" in program.source
