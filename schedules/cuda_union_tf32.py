@@ -741,11 +741,12 @@ def cluster_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """A scheduled union function whose cluster reduction (`_cluster_reduction`) reads each share
     from its own block: the sum block's load of the shared partial sums becomes a read of the
     same place in block s's shared memory (``mapa`` + ``ld.shared::cluster``, s the share it
-    adds, in order: the sum does not depend on timing); the sum's blockIdx.y loop is a cluster of
-    the shares (``clusterCtaIdx.y``, which TVM's runtime launches as the cluster shape) between
-    two cluster barriers (the first after every block's partial sums, the second keeping each
-    block's shared memory until the others have read it). Applied by `tir_build` at every build,
-    so tuning records replay unchanged; functions without such a sum come back as they are."""
+    adds, in order: the sum does not depend on timing); the loop over the tile's slices runs the
+    block's own (blockIdx.y) only, in a cluster of the shares (``clusterCtaIdx.y``, which TVM's
+    runtime launches as the cluster shape), between two cluster barriers (the first after every
+    block's partial sums, the second keeping each block's shared memory until the others have
+    read it). Applied by `tir_build` at every build, so tuning records replay unchanged;
+    functions without such a sum come back as they are."""
     from tvm.script import tirx as T  # (the PTX builtins' constructors)
 
     total = _first_realize(func.body, lambda r: r.block.annotations is not None

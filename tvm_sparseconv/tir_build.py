@@ -13,9 +13,11 @@ default TIR pipeline needs two changes:
 Functions marked with `ASYNC_COPY_ATTR` (union-tf32-async) build with `tirx.use_async_copy`: the
 copies of their software pipelines' asynchronous stages become `cp.async`.
 
-The union family's functions (those with warp fragments) first skip the k steps their packed taps
-mark as padding (`schedules/cuda_union_tf32.skip_padding_steps`): a build step, not a schedule
-one, so tuning records replay unchanged. `REVISION` names this pipeline's output in cache keys.
+The union family's functions (those with warp fragments) first get two build steps, not schedule
+ones, so tuning records replay unchanged: a cluster reduction's sum reads each share from its own
+block of the cluster (`schedules/cuda_union_tf32.cluster_sums`), and the k steps their packed taps
+mark as padding are skipped (`skip_padding_steps`). `REVISION` names this pipeline's output in
+cache keys.
 
 Functions without these attributes go through TVM's default pipeline unchanged.
 """
