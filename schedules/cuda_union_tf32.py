@@ -328,8 +328,9 @@ class CUDAUnionTF32(SparseConvRule):
         template's groups a warp, each of `KXK_GROUP_CAPS`), and 1x1 operands loaded a chunk
         ahead (`untuned_chunk_operands`) with each pair of unrolls. On a 1x1 layer the KxK choices give
         the same kernels more than once; tuning builds each once. Then the template with the
-        reduction split in each of `REDUCTION_SLICES` shares, each k-step unroll
-        (declined where the shares do not divide the layer's chunks)."""
+        reduction split in each of `REDUCTION_SLICES` shares, summed by a second kernel and in a
+        cluster, each k-step unroll (declined where the shares do not divide the layer's chunks,
+        and clusters whose partial sums outgrow the staging budget)."""
         own = (self.untuned_k_unroll, self.untuned_copy_unroll, self.untuned_group_regs, self.untuned_kxk_group_cap)
         kxk_caps = (own[3], *(c for c in KXK_GROUP_CAPS if c != own[3]))
         variants = []
@@ -365,7 +366,7 @@ class CUDAUnionTF32(SparseConvRule):
         if self.untuned_kxk_group_cap != cls.untuned_kxk_group_cap:
             parts.append(f"groups a KxK block {self.untuned_kxk_group_cap}")
         if self.reduction_slices != cls.reduction_slices:
-            parts.append(f"reduction in {self.reduction_slices} shares")
+            parts.append(f"reduction in {self.reduction_slices} shares" + (" (a cluster)" if self.reduction_in_cluster else ""))
         if self.untuned_tall_blocks:
             parts.append("tallest KxK blocks")
         if self.untuned_chunk_operands:

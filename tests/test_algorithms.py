@@ -318,7 +318,7 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
     target = targets.cuda_target_for_arch("sm_90")
     variants = rule_by_name(rule_name).untuned_variants()
     ahead = 4 if rule_name == "cuda-union-tf32" else 0  # (union-tf32-async pipelines its copy alone)
-    assert len(variants) == 32 + ahead and variants[0].untuned_label() == "untuned"
+    assert len(variants) == 36 + ahead and variants[0].untuned_label() == "untuned"
     halved = [v for v in variants if v.untuned_kxk_group_cap == 8]
     assert len(halved) == 14 and all("groups a KxK block 8" in v.untuned_label() for v in halved)
 
@@ -332,11 +332,11 @@ def test_union_tf32_untuned_variants_try_kxk_blocks_of_half_the_groups(rule_name
         scheduled("resnet50_conv4_3x3_b32_g8", variants[0]))  # 448 -> 896
     assert tvm_ffi.structural_equal(scheduled("resnet50_conv4_1x1_reduce_b32_g8", halved[0]),
                                    scheduled("resnet50_conv4_1x1_reduce_b32_g8", variants[0]))
-    # what tuning builds and times: 32 on the KxK layer (8 chunks: 2 and 4 shares; operands a
-    # chunk ahead are a 1x1 choice only), the 8 distinct unsplit ones (one group a warp and tall
-    # blocks are KxK choices only), the 4 with operands a chunk ahead and the 4 split ones on the
-    # 1x1 layer (4 chunks)
-    for layer, distinct in (("resnet50_conv4_3x3_b32_g8", 32), ("resnet50_conv4_1x1_reduce_b32_g8", 12 + ahead)):
+    # what tuning builds and times: 36 on the KxK layer (8 chunks: 2 and 4 shares, a second kernel
+    # or a cluster; operands a chunk ahead are a 1x1 choice only), the 8 distinct unsplit ones (one
+    # group a warp and tall blocks are KxK choices only), the 4 with operands a chunk ahead and the
+    # 8 split ones on the 1x1 layer (4 chunks)
+    for layer, distinct in (("resnet50_conv4_3x3_b32_g8", 36), ("resnet50_conv4_1x1_reduce_b32_g8", 16 + ahead)):
         (problem,) = workload_set(layer)
         kernel = SparseKernel.from_dense(problem.dense_kernel())
         wl = algorithms.workload_for(kernel, problem.workload(kernel), variants[0].algorithm)
