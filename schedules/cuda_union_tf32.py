@@ -263,9 +263,6 @@ class CUDAUnionTF32(SparseConvRule):
             # (the epilogue reads [b, oh + ow // pitch, ow % pitch, co], ow < pitch: [b, oh, ow, co])
             _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
                                  lambda b, oh, ow, co: (b, oh, ow, co))
-            out_loops = sch.get_loops(total)[:-1]  # (the last: the shares)
-        else:
-            out_loops = sch.get_loops(epilogue)
         if cluster:
             n, oh, ow, _ = (int(d) for d in sch.get(epilogue).writes[0].source.shape)
             flat = sch.get(total).writes[0].source.shape
@@ -279,16 +276,16 @@ class CUDAUnionTF32(SparseConvRule):
                                      assume_injective_transform=True)
                 _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
                                      lambda b, oh, ow, co: (b, oh, ow, co))
-            *pixels, co, share, c, k = sch.get_loops(partial)
-            sch.reorder(share, *pixels, co)
-            return SparseConvBlocks(blocks.x_stage, partial, None), [share], pixels, co, c, k, (total, epilogue)
-        threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
-        sch.bind(threads[0], "blockIdx.x")
-        sch.bind(threads[1], "threadIdx.x")
-        if pitch is not None:
-            sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
         else:
-            sch.compute_at(total, threads[1], preserve_unit_loops=True)
+            # (the last of the sum's loops: the shares)
+            out_loops = sch.get_loops(total)[:-1] if pitch is not None else sch.get_loops(epilogue)
+            threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
+            sch.bind(threads[0], "blockIdx.x")
+            sch.bind(threads[1], "threadIdx.x")
+            if pitch is not None:
+                sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
+            else:
+                sch.compute_at(total, threads[1], preserve_unit_loops=True)
         *pixels, co, share, c, k = sch.get_loops(partial)
         sch.reorder(share, *pixels, co)
         return SparseConvBlocks(blocks.x_stage, partial, None), [share], pixels, co, c, k, (total, epilogue)
@@ -591,12 +588,11 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 # position
                 skip = bool(int(chosen)) if chosen is not None else not (kxk and found["unrolled"])
                 guarded = tirx.IfThenElse(k_step < found["bound"], body, None) if skip else body
-                return tirx.For(s.loop_var, s.min, s.extent, s.kind, guarded, s.thread_binding, annotations, s.step)
+                return _with_body(s, guarded, annotations)
             if inner is not None:
                 inner.setdefault("loops", []).append(s)
             body = visit(s.body, inner)
-            return s if body.same_as(s.body) else tirx.For(s.loop_var, s.min, s.extent, s.kind, body,
-                                                           s.thread_binding, s.annotations, s.step)
+            return s if body.same_as(s.body) else _with_body(s, body)
         if isinstance(s, s_tir.SBlockRealize):
             b = s.block
             if inner is not None and s.same_as(mma):
@@ -609,10 +605,7 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
                 body = tirx.BufferStore(b.body.buffer, _clamped_taps(b.body.value, taps, last), b.body.indices)
             else:
                 body = visit(b.body, inner)
-            if body.same_as(b.body):
-                return s
-            return s_tir.SBlockRealize(s.iter_values, s.predicate, s_tir.SBlock(
-                b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers, b.match_buffers, b.annotations))
+            return s if body.same_as(b.body) else _realized_with(s, body)
         if isinstance(s, tirx.SeqStmt):
             seq = [visit(x, inner) for x in s.seq]
             return s if all(a.same_as(b) for a, b in zip(seq, s.seq)) else tirx.SeqStmt(seq)
@@ -692,13 +685,40 @@ def _uses(expr, var) -> bool:
 
 def _first_realize(stmt, test):
     """The first block realize under `stmt` for which `test(realize)` holds (None if none)."""
+    return _first_node(stmt, lambda s: isinstance(s, s_tir.SBlockRealize) and test(s))
+
+
+def _first_node(stmt, test):
+    """The first block realize or loop under `stmt` (itself included) for which `test` holds."""
+    if isinstance(stmt, (s_tir.SBlockRealize, tirx.For)) and test(stmt):
+        return stmt
     if isinstance(stmt, s_tir.SBlockRealize):
-        return stmt if test(stmt) else _first_realize(stmt.block.body, test)
+        return _first_node(stmt.block.body, test)
     if isinstance(stmt, tirx.For):
-        return _first_realize(stmt.body, test)
+        return _first_node(stmt.body, test)
     if isinstance(stmt, tirx.SeqStmt):
-        return next((r for r in (_first_realize(x, test) for x in stmt.seq) if r is not None), None)
+        return next((r for r in (_first_node(x, test) for x in stmt.seq) if r is not None), None)
     return None
+
+
+def _with_body(loop: tirx.For, body, annotations=None) -> tirx.For:
+    """`loop` around `body` (and with `annotations`, if given)."""
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding,
+                    loop.annotations if annotations is None else annotations, loop.step)
+
+
+def _realized_with(realize: s_tir.SBlockRealize, body, alloc_buffers=None) -> s_tir.SBlockRealize:
+    """`realize` with its block's body `body` (and buffers `alloc_buffers`, if given)."""
+    b = realize.block
+    return s_tir.SBlockRealize(realize.iter_values, realize.predicate, s_tir.SBlock(
+        b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init,
+        b.alloc_buffers if alloc_buffers is None else alloc_buffers, b.match_buffers, b.annotations))
+
+
+def _thread_loop(var: tirx.Var, extent: int, tag: str, body) -> tirx.For:
+    """A loop of `var` over [0, extent) bound to the thread axis `tag`."""
+    return tirx.For(var, 0, extent, tirx.ForKind.THREAD_BINDING, body,
+                    tirx.IterVar(tvm.ir.Range(0, extent), var, tirx.IterVar.ThreadIndex, tag))
 
 
 #: block annotation of a cluster reduction's sum (`_cluster_reduction`): the shares it adds up,
@@ -773,61 +793,49 @@ def cluster_sums(func: tirx.PrimFunc) -> tirx.PrimFunc:
             T.address_of(loads[0])), tirx.Cast("uint32", share[0]))),
         tirx.Evaluate(T.ptx.ld.shared__cluster.f32(remote[0], mapped[0])),
         tirx.BufferStore(store.buffer, value, store.indices)])
-    summed = s_tir.SBlockRealize(total.iter_values, total.predicate, s_tir.SBlock(
-        block.iter_vars, block.reads, block.writes, block.name_hint, body, block.init,
-        [*block.alloc_buffers, mapped, remote], block.match_buffers, block.annotations))
+    summed = _realized_with(total, body, [*block.alloc_buffers, mapped, remote])
+    # The slices' loop is annotated; the H100 records tuned first (stop 59) bound it to blockIdx.y
+    # in the schedule instead (right where TVM still compacts the shared sums to the tile, as on
+    # their batch-1 layers): there the sum's blockIdx.y loop becomes the cluster
+    bound_slices = _first_node(func.body, lambda s: isinstance(s, tirx.For) and s.annotations is not None
+                               and CLUSTER_SUM_ATTR in s.annotations) is None
     found = {}
+
+    def clustered(block_y: tirx.Var, body, bound: tirx.For | None = None):
+        """`body` in a cluster of the shares (clusterCtaIdx.y) under blockIdx.y (`bound`, the
+        schedule's own loop, or a new one of `block_y`), between cluster barriers."""
+        found["slices"] = True
+        in_cluster = _thread_loop(tirx.Var("cluster_rank", block_y.ty), shares, "clusterCtaIdx.y", body)
+        grid = _with_body(bound, in_cluster) if bound is not None else _thread_loop(block_y, shares, "blockIdx.y",
+                                                                                     in_cluster)
+        sync = tirx.Evaluate(T.cuda.cluster_sync())
+        return tirx.SeqStmt([sync, grid, sync])
 
     def visit(s):
         if isinstance(s, s_tir.SBlockRealize):
             if s.same_as(total):
                 found["sum"] = True
                 return summed
-            b = s.block
-            new = visit(b.body)
-            return s if new.same_as(b.body) else s_tir.SBlockRealize(s.iter_values, s.predicate, s_tir.SBlock(
-                b.iter_vars, b.reads, b.writes, b.name_hint, new, b.init, b.alloc_buffers, b.match_buffers,
-                b.annotations))
+            new = visit(s.block.body)
+            return s if new.same_as(s.block.body) else _realized_with(s, new)
         if isinstance(s, tirx.For):
             new = visit(s.body)
-            if s.annotations is not None and CLUSTER_SUM_ATTR in s.annotations:  # the slices
-                found["slices"] = True
-                block_y, rank = (tirx.Var(name, s.loop_var.ty) for name in ("cluster_block", "cluster_rank"))
-                own = tirx.For(s.loop_var, s.min, s.extent, s.kind, tirx.IfThenElse(s.loop_var == block_y, new, None),
-                               s.thread_binding, {k: v for k, v in s.annotations.items() if k != CLUSTER_SUM_ATTR},
-                               s.step)
-                in_cluster = tirx.For(rank, 0, shares, tirx.ForKind.THREAD_BINDING, own, tirx.IterVar(
-                    tvm.ir.Range(0, shares), rank, tirx.IterVar.ThreadIndex, "clusterCtaIdx.y"))
-                sync = tirx.Evaluate(T.cuda.cluster_sync())
-                return tirx.SeqStmt([sync, tirx.For(block_y, 0, shares, tirx.ForKind.THREAD_BINDING, in_cluster,
-                                                    tirx.IterVar(tvm.ir.Range(0, shares), block_y,
-                                                                 tirx.IterVar.ThreadIndex, "blockIdx.y")), sync])
+            if not bound_slices and CLUSTER_SUM_ATTR in (s.annotations or {}):  # the slices: the block's own
+                block_y = tirx.Var("cluster_block", s.loop_var.ty)
+                return clustered(block_y, _with_body(s, tirx.IfThenElse(s.loop_var == block_y, new, None), {
+                    k: v for k, v in s.annotations.items() if k != CLUSTER_SUM_ATTR}))
             if new.same_as(s.body):
                 return s
             if (bound_slices and "slices" not in found and "sum" in found and s.thread_binding is not None
-                    and s.thread_binding.thread_tag == "blockIdx.y"):  # (records of stop 59's first form)
-                found["slices"] = True
-                rank = tirx.Var("cluster_rank", s.loop_var.ty)
-                in_cluster = tirx.For(rank, 0, shares, tirx.ForKind.THREAD_BINDING, new, tirx.IterVar(
-                    tvm.ir.Range(0, shares), rank, tirx.IterVar.ThreadIndex, "clusterCtaIdx.y"))
-                sync = tirx.Evaluate(T.cuda.cluster_sync())
-                return tirx.SeqStmt([sync, tirx.For(s.loop_var, s.min, s.extent, s.kind, in_cluster,
-                                                    s.thread_binding, s.annotations, s.step), sync])
-            return tirx.For(s.loop_var, s.min, s.extent, s.kind, new, s.thread_binding, s.annotations, s.step)
+                    and s.thread_binding.thread_tag == "blockIdx.y"):  # (the sum's own blockIdx.y loop)
+                return clustered(s.loop_var, new, bound=s)
+            return _with_body(s, new)
         if isinstance(s, tirx.SeqStmt):
             seq = [visit(x) for x in s.seq]
             return s if all(a.same_as(b) for a, b in zip(seq, s.seq)) else tirx.SeqStmt(seq)
         return s
 
-    # The slices' loop is annotated; the H100 records tuned first (stop 59) bound it to blockIdx.y
-    # in the schedule instead (right where TVM still compacts the shared sums to the tile, as on
-    # their batch-1 layers): there the sum's blockIdx.y loop becomes the cluster
-    bound_slices = False
     body = visit(func.body)
-    if "slices" not in found:
-        found.clear()
-        bound_slices = True
-        body = visit(func.body)
     if "sum" not in found or "slices" not in found:
         raise ValueError("a cluster sum without its loop of slices")
     return func.with_body(body)
