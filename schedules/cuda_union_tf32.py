@@ -277,12 +277,15 @@ class CUDAUnionTF32(SparseConvRule):
                 _declare_read_region(sch, epilogue, _read_index(sch, epilogue, sch.get(total).writes[0].source.name),
                                      lambda b, oh, ow, co: (b, oh, ow, co))
         else:
-            # (the last of the sum's loops: the shares)
-            out_loops = sch.get_loops(total)[:-1] if pitch is not None else sch.get_loops(epilogue)
+            # KxK (whole images or rows): a thread a position of the sum (the last of its loops:
+            # the shares), storing its output if it has one; under the epilogue's threads MetaSchedule's
+            # reduction postprocessor rejects the sum of rows, whose columns are padded to tiles
+            kxk = BLOCK_ATTR in sch.mod["main"].attrs
+            out_loops = sch.get_loops(total)[:-1] if kxk else sch.get_loops(epilogue)
             threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
             sch.bind(threads[0], "blockIdx.x")
             sch.bind(threads[1], "threadIdx.x")
-            if pitch is not None:
+            if kxk:
                 sch.reverse_compute_at(epilogue, threads[1], preserve_unit_loops=True)
             else:
                 sch.compute_at(total, threads[1], preserve_unit_loops=True)

@@ -384,20 +384,22 @@ def test_sampled_design_space_candidates_compute_layers(algorithm, case):
 @pytest.mark.parametrize("algorithm,case", [
     ("union-tf32", ((1, 4, 4, 128), (1, 1, 128, 16), "VALID")),
     ("union-tf32-async", ((1, 4, 4, 128), (1, 1, 128, 16), "VALID")),
-    ("union-tf32", ((1, 7, 7, 128), (3, 3, 128, 8), "SAME"))], ids=["1x1", "1x1-async", "3x3-whole-image"])
+    ("union-tf32", ((1, 7, 7, 128), (3, 3, 128, 8), "SAME")),
+    ("union-tf32", ((1, 10, 10, 128), (3, 3, 128, 8), "SAME"))], ids=["1x1", "1x1-async", "3x3-whole-image", "3x3-rows"])
 def test_union_tuning_samples_split_reductions_that_compute_layers(algorithm, case):
     """Tuning searches a layer's split reductions as design spaces of their own
     (`CUDAUnionTF32.design_variants`: 2 and 4 shares where they divide the chunks, summed by a
-    second kernel or in a cluster): a draw from each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels). On a KxK whole image
-    the sum is a thread a position of the staged pitch (what MetaSchedule's reduction
-    postprocessor takes: every draw of the sum under the epilogue's threads was rejected)."""
+    second kernel or in a cluster): a draw from each, against float64 on NaN-poisoned outputs (4 chunks of 32 channels). On KxK
+    layers the sum is a thread a position of its own (whole images: of the staged pitch; rows:
+    of columns padded to tiles), what MetaSchedule's reduction postprocessor takes: every draw of
+    the sum under the epilogue's threads was rejected there."""
     shape, kshape, padding = case
     rng = np.random.default_rng(7)
     w = sparse_kernel(rng, kshape, 0.2)
     k = tsc.SparseKernel.from_dense(w)
     wl = algorithms.workload_for(k, ConvWorkload.create(shape, w.shape, k.ell_width, 1, padding, 1), algorithm)
     wl = wl.with_format(algorithm, **union_tf32.chunked_format(k, 32))
-    assert kshape[0] == 1 or union_tf32.whole_images(wl)  # (the staged-pitch sum)
+    assert kshape[0] == 1 or union_tf32.whole_images(wl) == (shape[2] == 7)  # (the staged-pitch sum, rows)
     inputs = [rng.standard_normal(wl.input_shape).astype(np.float32), *algorithms.pack_weights(wl, k)]
     drawn = []
     for sch in sampled_candidates(wl, TARGET, rng, seeds=1):

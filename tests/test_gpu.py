@@ -223,7 +223,8 @@ def test_union_tf32_on_block_pruned_resnet50_layers(name, chunk, algorithm):
 @pytest.mark.parametrize("algorithm", ["union-tf32", "union-tf32-async"])
 @pytest.mark.parametrize("name", ["resnet50_conv4_3x3_b32_g8", "resnet50_conv5_3x3_b32_g8",
                                   "resnet50_conv5_3x3_s2_b32_g8", "resnet50_conv5_1x1_reduce_b32_g8",
-                                  "resnet50_conv4_3x3_b1_g8", "resnet50_conv5_1x1_reduce_b1_g8"])
+                                  "resnet50_conv4_3x3_b1_g8", "resnet50_conv3_3x3_b1_g8",
+                                  "resnet50_conv5_1x1_reduce_b1_g8"])
 def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algorithm, cluster):
     """The untuned union templates with the reduction split in 4 shares of the input chunks
     (summed by a second kernel through the epilogue, or by the shares' thread-block cluster over
@@ -235,6 +236,10 @@ def test_union_tf32_split_reduction_on_block_pruned_resnet50_layers(name, algori
     rule = copy.copy(next(r for r in rules_for(target, algorithm)))  # the registered rule is shared
     rule.reduction_slices, rule.reduction_in_cluster = 4, cluster
     sch = rule.apply(tuning_records.workload_module(wl)["main"], target, False)
+    if sch is None and cluster:
+        # (the untuned cluster template declines where its shared partial sums outgrow the
+        # staging budget: test_union_tf32_cluster_templates_keep_their_shared_sums_to_a_tile)
+        pytest.skip("the cluster's shared partial sums outgrow the staging budget")
     y = _run_schedule(sch, target, wl, [x, *algorithms.pack_weights(wl, k)])
     assert 1e-6 < reference.relative_error(y, reference.conv2d_f64(x, w, wl)) <= algorithms.by_name(algorithm).tolerance
 
