@@ -241,8 +241,9 @@ class CUDAUnionTF32(SparseConvRule):
         """The chunks in `slices` shares, each a grid of blocks of its own: `rfactor` makes the
         partial sums partial[share, pixels..., co] (global memory; returns the blocks with it as
         the conv, the share loop, then the conv's loops, and the sum and epilogue blocks); a second
-        kernel sums the shares where the epilogue stores each output, a thread an output (KxK whole
-        images: a thread a position of their staged pitch, storing its output if it has one).
+        kernel sums the shares where the epilogue stores each output, a thread an output (KxK: a
+        thread a position of the sum, whole images' staged pitch or rows' columns padded to tiles,
+        storing its output if it has one).
         `cluster`: the partial sums are each block's tile in shared memory (no share axis: a block
         holds its own share's), left for `_cluster_reduction` to sum in the same kernel."""
         shares, _ = sch.split(c, factors=[slices, None])
@@ -280,7 +281,8 @@ class CUDAUnionTF32(SparseConvRule):
             # KxK (whole images or rows): a thread a position of the sum (the last of its loops:
             # the shares), storing its output if it has one; under the epilogue's threads MetaSchedule's
             # reduction postprocessor rejects the sum of rows, whose columns are padded to tiles
-            kxk = BLOCK_ATTR in sch.mod["main"].attrs
+            attrs = sch.mod["main"].attrs
+            kxk = attrs is not None and BLOCK_ATTR in attrs
             out_loops = sch.get_loops(total)[:-1] if kxk else sch.get_loops(epilogue)
             threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
             sch.bind(threads[0], "blockIdx.x")
