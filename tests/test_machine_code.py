@@ -89,6 +89,28 @@ def test_occupancy_takes_the_tightest_of_an_sms_limits():
     assert union_staging_traffic.occupancy_facts(1000, 4, 32, 100 * 1024)["limited_by"] == "shared"
 
 
+@pytest.mark.parametrize("shares", [2, 4])
+def test_staging_traffic_counts_a_clusters_shares_as_blocks(shares):
+    """A cluster reduction's shares are blocks of their own (blockIdx.y), each staging its share
+    of the chunks: as many bytes staged in all as the unsplit template, S times the blocks."""
+    from tvm_sparseconv import algorithms, targets, tuning_records
+    from tvm_sparseconv.workloads import workload_set
+
+    target = targets.cuda_target_for_arch("sm_90")
+    problem = workload_set("resnet50_conv5_1x1_reduce_b1_g8")[0].for_target("cuda")
+    k = problem.sparse_kernel()
+    wl = algorithms.workload_for(k, problem.workload(k), "union-tf32")
+    func = tuning_records.workload_module(wl)["main"]
+    facts = []
+    for slices, cluster in ((1, False), (shares, True)):
+        rule = CUDAUnionTF32()
+        rule.reduction_slices, rule.reduction_in_cluster = slices, cluster
+        facts.append(union_staging_traffic.scheduled_facts(rule.apply(func, target, False).mod, wl, rule))
+    unsplit, clustered = facts
+    assert clustered["blocks"] == shares * unsplit["blocks"] and clustered["chunks"] * shares == unsplit["chunks"]
+    assert clustered["staged_mb"] == unsplit["staged_mb"]
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
 def test_ptxas_reports_a_kernels_registers_and_shared_memory():
     """`ptxas_resources` reads what nvcc's sm_90 build of a kernel uses."""

@@ -46,6 +46,8 @@ from tvm_sparseconv.workloads import workload_set
 ARCH = "sm_90"
 UNION_ALGORITHMS = ("union-tf32", "union-tf32-async")
 _GRID = re.compile(r'T\.thread_binding\((\d+), thread="blockIdx\.x"\)')
+#: a cluster reduction's shares (`reduction_in_cluster`): blocks of their own along y, a cluster a tile
+_GRID_Y = re.compile(r'T\.thread_binding\((\d+), thread="blockIdx\.y"\)')
 _STAGED = re.compile(r"__shared__ alignas\(\d+\) float x_tf32_shared\w*\[(\d+)\]")
 _WARPS = re.compile(r'T\.thread_binding\((\d+), thread="threadIdx\.y"\)')
 _REGISTERS = re.compile(r"Used (\d+) registers")
@@ -64,6 +66,7 @@ def scheduled_facts(mod, wl, rule, occupancy: bool = False) -> dict:
     script = mod.script()
     grids = _GRID.findall(script)  # (a split reduction's second kernel, the sum, comes after the union's)
     blocks = int(grids[0]) if grids else 0
+    in_cluster = max((int(y) for y in _GRID_Y.findall(script)), default=1)  # each share a block
     lib = compile_tir(mod, targets.cuda_target_for_arch(ARCH))
     source = next(m for m in lib.mod.imports if m.kind == "cuda").inspect_source()
     shared = _STAGED.search(source)
@@ -71,7 +74,8 @@ def scheduled_facts(mod, wl, rule, occupancy: bool = False) -> dict:
         raise ValueError("no blockIdx.x binding or x_tf32_shared buffer in the scheduled function")
     tile_words = int(shared.group(1)) // getattr(rule, "stages", 1)  # async: `stages` tiles at once
     shares = _SHARES.search(script)
-    chunks = -(-wl.input_shape[-1] // wl.chunk) // (int(shares.group(1)) if shares else 1)  # a block's
+    blocks *= in_cluster
+    chunks = -(-wl.input_shape[-1] // wl.chunk) // (int(shares.group(1)) if shares else in_cluster)  # a block's
     staged = blocks * tile_words * 4 * chunks
     facts = {"blocks": blocks, "tile_words": tile_words, "chunks": chunks, "staged_mb": round(staged / 1e6, 2),
              "input_reads": round(staged / (input_read_words(wl) * 4), 2)}
