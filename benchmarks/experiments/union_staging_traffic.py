@@ -20,7 +20,8 @@ shared memory a thread and a block) and prints how full it can keep an H100: blo
 (`SM90` limits), waves (blocks / (SMs x blocks an SM)) and the warps an SM holds on average
 over the grid's first wave, the number that says whether a latency-bound kernel has enough
 warps to hide its waits. `--shares` adds the untuned template with its reduction split in those
-shares of the input chunks (`reduction_slices`; 1 for the template as it is).
+shares of the input chunks (`reduction_slices`; 1 for the template as it is), `--splits` the template
+at a group cap with a split (a second kernel's or a cluster's), `--layers` picks layers by name.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def dram_mb(wl, packed) -> float:
 
 
 def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occupancy: bool = False,
-              shares=()) -> dict:
+              shares=(), splits=()) -> dict:
     target = targets.cuda_target_for_arch(ARCH)
     kernel = tsc.SparseKernel.from_dense(problem.dense_kernel())
     wl = algorithms.workload_for(kernel, problem.workload(kernel), algorithm)
@@ -146,15 +147,30 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occu
     row = {"layer": problem.name, "algorithm": algorithm, "schedule": how,
            "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule, occupancy)}
     # the untuned template with one choice changed: (row key, rule attribute, values, with occupancy)
-    for key, attr, values, with_occupancy in (("untuned_by_group_cap", "group_cap", group_caps, False),
-                                              ("untuned_by_shares", "reduction_slices", shares, occupancy)):
-        for value in values:
-            changed = copy.copy(rule)  # the registered rule is shared
+    # (`splits`: a group cap and shares at once, "CAP:SHARES", "c" after the shares for a cluster)
+    for key, changes, with_occupancy in (
+            [("untuned_by_group_cap", {"group_cap": c}, False) for c in group_caps]
+            + [("untuned_by_shares", {"reduction_slices": n}, occupancy) for n in shares]
+            + [("untuned_splits", _split_choice(split), occupancy) for split in splits]):
+        changed = copy.copy(rule)  # the registered rule is shared
+        for attr, value in changes.items():
             setattr(changed, attr, value)
-            sch = changed.apply(tuning_records.workload_module(wl)["main"], target, False)
-            row.setdefault(key, {})[value] = None if sch is None else scheduled_facts(sch.mod, wl, changed,
-                                                                                      with_occupancy)
+        sch = changed.apply(tuning_records.workload_module(wl)["main"], target, False)
+        label = next(iter(changes.values())) if key != "untuned_splits" else _split_label(changes)
+        row.setdefault(key, {})[label] = None if sch is None else scheduled_facts(sch.mod, wl, changed, with_occupancy)
     return row
+
+
+def _split_choice(split: str) -> dict:
+    """`--splits`' "CAP:SHARES" (a second kernel) or "CAP:SHARESc" (a cluster) as rule attributes."""
+    cap, shares = split.split(":")
+    return {"group_cap": int(cap), "reduction_slices": int(shares.rstrip("c")),
+            "reduction_in_cluster": shares.endswith("c")}
+
+
+def _split_label(choice: dict) -> str:
+    return (f"{choice['group_cap']} groups a block, {choice['reduction_slices']} shares"
+            + (" (a cluster)" if choice["reduction_in_cluster"] else ""))
 
 
 def fit(rows: list[dict]) -> dict | None:
@@ -177,20 +193,25 @@ def main(argv=None) -> int:
                     "comma-separated (staged bytes only)")
     ap.add_argument("--shares", default="", help="also the untuned template with its reduction split in these "
                     "shares of the input chunks, comma-separated (`reduction_slices`; 1: the template unsplit)")
+    ap.add_argument("--splits", default="", help="also the untuned template at a group cap with its reduction "
+                    "split, comma-separated CAP:SHARES (summed by a second kernel) or CAP:SHARESc (in a cluster)")
+    ap.add_argument("--layers", default="", help="only layers whose names contain one of these, comma-separated")
     ap.add_argument("--occupancy", action="store_true", help="also registers, blocks an SM, waves and warps an SM "
                     "(compiles each kernel with nvcc for sm_90)")
     ap.add_argument("--json", type=Path, help="write the rows and the fit here")
     args = ap.parse_args(argv)
     caps = [int(c) for c in args.group_caps.split(",") if c]
     shares = [int(n) for n in args.shares.split(",") if n]
+    splits = [s for s in args.splits.split(",") if s]
+    layers = [name for name in args.layers.split(",") if name]
     bench = json.loads(args.results.read_text())
     rows = []
     for point in bench["points"]:
         mode = point.get("tf32_mode") or {}
-        if mode.get("algorithm") not in UNION_ALGORITHMS:
+        if mode.get("algorithm") not in UNION_ALGORITHMS or (layers and not any(n in point["problem"] for n in layers)):
             continue
         (problem,) = workload_set(point["problem"])
-        row = layer_row(problem, mode["algorithm"], args.records, caps, args.occupancy, shares)
+        row = layer_row(problem, mode["algorithm"], args.records, caps, args.occupancy, shares, splits)
         row.update(count=point["count"], measured_us=round(mode["seconds"] * 1e6, 2),
                    cudnn_tf32_us=round(point["seconds"]["cudnn_tf32"] * 1e6, 2))
         row["staging_tb_s"] = round(row["staged_mb"] / row["measured_us"], 2)
@@ -208,7 +229,12 @@ def main(argv=None) -> int:
                                                         + (f", {f['warps_a_block']} warps a block, {f['registers']} "
                                                            f"registers, {f['waves']} waves, {f['warps_an_sm']} warps "
                                                            "an SM" if "waves" in f else "") if f else "declined")
-                        for n, f in row.get("untuned_by_shares", {}).items()), flush=True)
+                        for n, f in row.get("untuned_by_shares", {}).items())
+              + "".join(f"\n    untuned, {label}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB"
+                                                       + (f", {f['registers']} registers, {f['shared_bytes']} B "
+                                                          f"shared, {f['waves']} waves, {f['warps_an_sm']} warps "
+                                                          "an SM" if "waves" in f else "") if f else "declined")
+                        for label, f in row.get("untuned_splits", {}).items()), flush=True)
     pointwise = fit([r for r in rows if "1x1" in r["layer"]])
     if pointwise:
         print(f"1x1 layers: time = {pointwise['fixed_us']} us + staged / {pointwise['rate_tb_s']} TB/s "
