@@ -281,8 +281,7 @@ class CUDAUnionTF32(SparseConvRule):
             # KxK (whole images or rows): a thread a position of the sum (the last of its loops:
             # the shares), storing its output if it has one; under the epilogue's threads MetaSchedule's
             # reduction postprocessor rejects the sum of rows, whose columns are padded to tiles
-            attrs = sch.mod["main"].attrs
-            kxk = attrs is not None and BLOCK_ATTR in attrs
+            kxk = _kxk_block(sch.mod["main"]) is not None
             out_loops = sch.get_loops(total)[:-1] if kxk else sch.get_loops(epilogue)
             threads = sch.split(sch.fuse(*out_loops), factors=[None, 256])
             sch.bind(threads[0], "blockIdx.x")
@@ -457,15 +456,15 @@ class CUDAUnionTF32(SparseConvRule):
         """Other layers: blocks of grid rows x column tiles (`union_tf32.block_tiles`, so the staged
         input is a box) x groups; warps over the rows, the block's column tiles and the groups
         (returns as `_tile_pixels`; None where no block fits)."""
-        attrs = sch.mod["main"].attrs
-        if attrs is None or BLOCK_ATTR not in attrs:
+        block = _kxk_block(sch.mod["main"])
+        if block is None:
             return None
-        rows, tiles = (int(attrs[BLOCK_ATTR][key]) for key in ("rows", "tiles"))
+        rows, tiles = (int(block[key]) for key in ("rows", "tiles"))
         b, oh, ow = pixels
         n_oh, w_tiles = sch.get(oh).extent.value, sch.get(ow).extent.value // M_TILE
         tall = self.untuned_tall_blocks and not tunable
         if tall:
-            rows = tallest_block_rows(attrs[BLOCK_ATTR], n_oh, tiles, self.tile_budget())
+            rows = tallest_block_rows(block, n_oh, tiles, self.tile_budget())
         groups = sch.get(co).extent.value // GROUP
         g_cap = largest_divisor(groups, self._group_caps(tunable))
         g, j = sch.split(co, factors=[groups, GROUP])
@@ -496,8 +495,14 @@ class CUDAUnionTF32(SparseConvRule):
 def _staged_pitch(sch: s_tir.Schedule) -> int | None:
     """The staged pitch of a KxK layer's whole images (`union_tf32.image_pitch`), from the
     function's `BLOCK_ATTR`; None for 1x1 layers and KxK blocks of rows."""
-    attrs = sch.mod["main"].attrs
-    return block_pitch(attrs[BLOCK_ATTR]) if attrs is not None and BLOCK_ATTR in attrs else None
+    block = _kxk_block(sch.mod["main"])
+    return block_pitch(block) if block is not None else None
+
+
+def _kxk_block(func: tirx.PrimFunc):
+    """A KxK layer's staged box (the function's `BLOCK_ATTR`); None for 1x1 layers."""
+    attrs = func.attrs
+    return attrs[BLOCK_ATTR] if attrs is not None and BLOCK_ATTR in attrs else None
 
 
 def _declare_read_region(sch: s_tir.Schedule, block, read_index: int, region) -> None:
@@ -570,7 +575,7 @@ def skip_padding_steps(func: tirx.PrimFunc) -> tirx.PrimFunc:
     g, c, k_step = list(mma.iter_values)[-3:]
     if mma.block.name_hint == _SPLIT_MMA_BLOCK:  # the chunk: its share's first plus its place in it
         c = mma.iter_values[0] * mma.block.iter_vars[-2].dom.extent + c
-    kxk = func.attrs is not None and BLOCK_ATTR in func.attrs
+    kxk = _kxk_block(func) is not None
 
     def steps(group):
         last = tirx.BufferLoad(taps, [group, c, k_pad - 1])

@@ -148,15 +148,15 @@ def layer_row(problem, algorithm: str, records: Path | None, group_caps=(), occu
            "dram_mb": dram_mb(wl, algorithms.pack_weights(wl, kernel)), **scheduled_facts(mod, wl, rule, occupancy)}
     # the untuned template with one choice changed: (row key, rule attribute, values, with occupancy)
     # (`splits`: a group cap and shares at once, "CAP:SHARES", "c" after the shares for a cluster)
-    for key, changes, with_occupancy in (
-            [("untuned_by_group_cap", {"group_cap": c}, False) for c in group_caps]
-            + [("untuned_by_shares", {"reduction_slices": n}, occupancy) for n in shares]
-            + [("untuned_splits", _split_choice(split), occupancy) for split in splits]):
+    choices = [_split_choice(split) for split in splits]
+    for key, label, changes, with_occupancy in (
+            [("untuned_by_group_cap", c, {"group_cap": c}, False) for c in group_caps]
+            + [("untuned_by_shares", n, {"reduction_slices": n}, occupancy) for n in shares]
+            + [("untuned_splits", _split_label(choice), choice, occupancy) for choice in choices]):
         changed = copy.copy(rule)  # the registered rule is shared
         for attr, value in changes.items():
             setattr(changed, attr, value)
         sch = changed.apply(tuning_records.workload_module(wl)["main"], target, False)
-        label = next(iter(changes.values())) if key != "untuned_splits" else _split_label(changes)
         row.setdefault(key, {})[label] = None if sch is None else scheduled_facts(sch.mod, wl, changed, with_occupancy)
     return row
 
@@ -171,6 +171,15 @@ def _split_choice(split: str) -> dict:
 def _split_label(choice: dict) -> str:
     return (f"{choice['group_cap']} groups a block, {choice['reduction_slices']} shares"
             + (" (a cluster)" if choice["reduction_in_cluster"] else ""))
+
+
+def _untuned_line(label: str, facts: dict | None) -> str:
+    """A printed line of an untuned variant's `scheduled_facts` (None: the template declined)."""
+    if facts is None:
+        return f"\n    untuned, {label}: declined"
+    occupancy = (f", {facts['warps_a_block']} warps a block, {facts['registers']} registers, {facts['shared_bytes']} "
+                 f"B shared, {facts['waves']} waves, {facts['warps_an_sm']} warps an SM" if "waves" in facts else "")
+    return f"\n    untuned, {label}: blocks {facts['blocks']}, staged {facts['staged_mb']:.1f} MB{occupancy}"
 
 
 def fit(rows: list[dict]) -> dict | None:
@@ -225,16 +234,8 @@ def main(argv=None) -> int:
               + "".join(f"\n    group cap {c}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB "
                                                       f"({f['input_reads']:.2f}x)" if f else "declined")
                         for c, f in row.get("untuned_by_group_cap", {}).items())
-              + "".join(f"\n    untuned, {n} shares: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB"
-                                                        + (f", {f['warps_a_block']} warps a block, {f['registers']} "
-                                                           f"registers, {f['waves']} waves, {f['warps_an_sm']} warps "
-                                                           "an SM" if "waves" in f else "") if f else "declined")
-                        for n, f in row.get("untuned_by_shares", {}).items())
-              + "".join(f"\n    untuned, {label}: " + (f"blocks {f['blocks']}, staged {f['staged_mb']:.1f} MB"
-                                                       + (f", {f['registers']} registers, {f['shared_bytes']} B "
-                                                          f"shared, {f['waves']} waves, {f['warps_an_sm']} warps "
-                                                          "an SM" if "waves" in f else "") if f else "declined")
-                        for label, f in row.get("untuned_splits", {}).items()), flush=True)
+              + "".join(_untuned_line(f"{n} shares", f) for n, f in row.get("untuned_by_shares", {}).items())
+              + "".join(_untuned_line(label, f) for label, f in row.get("untuned_splits", {}).items()), flush=True)
     pointwise = fit([r for r in rows if "1x1" in r["layer"]])
     if pointwise:
         print(f"1x1 layers: time = {pointwise['fixed_us']} us + staged / {pointwise['rate_tb_s']} TB/s "
